@@ -1,0 +1,19 @@
+//! Sluice's domain in plain data: identifiers, the execution state machine and the wire
+//! messages that travel between the engine and workers. Nothing here does I/O, so every
+//! other crate can share these types and the rules they encode.
+//!
+//! - [`id`] — newtype identifiers (`ExecutionId`, `ActionRef`, ...).
+//! - [`status`] — execution statuses, which transitions are legal and who owns each stage.
+//! - [`message`] — `RunMessage` (engine → worker) and `StatusReport` (worker → engine),
+//!   with their MessagePack encoding.
+//! - [`runner`] — the runner types an action can name.
+
+pub mod id;
+pub mod message;
+pub mod runner;
+pub mod status;
+
+pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
+pub use message::{CodecError, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode, encode};
+pub use runner::RunnerType;
+pub use status::{ExecutionStatus, Owner};

@@ -1,0 +1,124 @@
+//! Messages between the engine and workers, encoded as MessagePack.
+//!
+//! A run message is published once per attempt with the deduplication id
+//! `<execution id>.<attempt>`; a worker answers with at most one `running` report
+//! (`<execution id>.running`) and exactly one completion (`<execution id>.completed`).
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ActionRef, ExecutionId, ExecutionStatus, RunnerType};
+
+/// The `Content-Type` header value of every internal message.
+pub const MSGPACK_CONTENT_TYPE: &str = "application/msgpack";
+
+/// Engine → worker: run this action with these parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMessage {
+    pub execution_id: ExecutionId,
+    pub attempt: u32,
+    pub action: ActionRef,
+    pub runner: RunnerType,
+    /// The file the runner executes, relative to the pack's `actions/` directory.
+    pub entry_point: Option<String>,
+    /// Parameters after defaults and templates, secrets included: the process needs them.
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// Names of parameters that are secret, so the worker never logs their values.
+    #[serde(default)]
+    pub secret_parameters: Vec<String>,
+    pub timeout_secs: Option<u64>,
+}
+
+impl RunMessage {
+    pub fn dedup_id(&self) -> String {
+        format!("{}.{}", self.execution_id, self.attempt)
+    }
+}
+
+/// Worker → engine: what happened to an execution after the handoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub execution_id: ExecutionId,
+    pub attempt: u32,
+    pub action: ActionRef,
+    pub worker: String,
+    /// `running` or a terminal status.
+    pub status: ExecutionStatus,
+    /// The runner's result; `null` on a `running` report.
+    pub result: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+impl StatusReport {
+    /// `<execution id>.running` or `<execution id>.completed`: one of each per execution,
+    /// whatever the number of attempts, so JetStream drops any repeat.
+    pub fn dedup_id(&self) -> String {
+        let kind = if self.status.is_terminal() { "completed" } else { "running" };
+        format!("{}.{kind}", self.execution_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("failed to encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("failed to decode message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+/// MessagePack with field names, so messages stay readable and fields can be added.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(rmp_serde::to_vec_named(value)?)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_messages_round_trip_and_dedup_per_attempt() {
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("cmd".into(), serde_json::json!("uname -a"));
+        let msg = RunMessage {
+            execution_id: ExecutionId(42),
+            attempt: 1,
+            action: "core.local".parse().unwrap(),
+            runner: RunnerType::LocalShellCmd,
+            entry_point: None,
+            parameters,
+            secret_parameters: vec![],
+            timeout_secs: Some(60),
+        };
+        let back: RunMessage = decode(&encode(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(msg.dedup_id(), "42.1");
+    }
+
+    #[test]
+    fn reports_have_one_dedup_id_per_kind() {
+        let mut report = StatusReport {
+            execution_id: ExecutionId(7),
+            attempt: 2,
+            action: "core.noop".parse().unwrap(),
+            worker: "w1".into(),
+            status: ExecutionStatus::Running,
+            result: serde_json::Value::Null,
+            at: Utc::now(),
+        };
+        assert_eq!(report.dedup_id(), "7.running");
+        report.status = ExecutionStatus::TimedOut;
+        assert_eq!(report.dedup_id(), "7.completed");
+        let back: StatusReport = decode(&encode(&report).unwrap()).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(decode::<RunMessage>(b"not msgpack").is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! The runners a worker knows. An action names its runner explicitly; the worker never
+//! guesses one from a file extension.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerType {
+    /// `cmd` run by `/bin/sh -c`; other parameters arrive as environment and stdin JSON.
+    LocalShellCmd,
+    /// The `entry_point` script, executed with parameters in its environment and on stdin.
+    LocalShellScript,
+    /// The `entry_point` file run by `python3`, parameters on stdin as JSON.
+    PythonScript,
+    /// Does nothing and succeeds.
+    Noop,
+    /// Returns its `message` parameter.
+    Echo,
+    /// Waits `seconds`, then succeeds.
+    Sleep,
+    /// An HTTP request; succeeds on a 2xx answer.
+    HttpRequest,
+}
+
+impl RunnerType {
+    pub const ALL: [RunnerType; 7] = [
+        Self::LocalShellCmd,
+        Self::LocalShellScript,
+        Self::PythonScript,
+        Self::Noop,
+        Self::Echo,
+        Self::Sleep,
+        Self::HttpRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LocalShellCmd => "local-shell-cmd",
+            Self::LocalShellScript => "local-shell-script",
+            Self::PythonScript => "python-script",
+            Self::Noop => "noop",
+            Self::Echo => "echo",
+            Self::Sleep => "sleep",
+            Self::HttpRequest => "http-request",
+        }
+    }
+
+    /// Whether the runner executes a file named by the action's `entry_point`.
+    pub fn needs_entry_point(self) -> bool {
+        matches!(self, Self::LocalShellScript | Self::PythonScript)
+    }
+}
+
+impl fmt::Display for RunnerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

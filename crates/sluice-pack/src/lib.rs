@@ -1,0 +1,19 @@
+//! Packs: the files operators write, and what they mean.
+//!
+//! A pack is a directory with `pack.yaml`, `actions/`, `triggers/` and `rules/`, in
+//! StackStorm's file format. [`load::load_packs`] reads a set of pack directories into a
+//! [`Catalog`], validating every file and reporting every problem with its file and field
+//! at once. The catalog then answers the questions the engine asks at run time:
+//!
+//! - [`params`] — resolve an action's parameters: defaults, types, enums, secrets.
+//! - [`criteria`] — StackStorm's rule criteria operators over a trigger payload.
+//! - [`template`] — Jinja parameter templates, shell-quoted where they build a command.
+
+pub mod criteria;
+pub mod load;
+pub mod model;
+pub mod params;
+pub mod template;
+
+pub use load::{LoadError, LoadErrors, load_packs};
+pub use model::{Action, Catalog, Pack, ParamSpec, ParamType, Rule, Trigger};

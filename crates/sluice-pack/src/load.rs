@@ -1,0 +1,376 @@
+//! Reading pack directories into a [`Catalog`].
+//!
+//! Loading never stops at the first problem: every file is read, every reference checked,
+//! and all errors come back together, each naming its file and field, so an operator fixes
+//! a pack in one pass.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sluice_core::{ActionRef, RunnerType};
+
+use crate::criteria::Criterion;
+use crate::model::{Action, Catalog, Pack, ParamSpec, Rule, Trigger};
+use crate::template::ParamTemplate;
+
+/// One problem in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    /// The field at fault (`action.ref`, `criteria.trigger.x.type`), when one is.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {field}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found while loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} problem(s) in packs:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+#[derive(Deserialize)]
+struct PackFile {
+    #[serde(rename = "ref")]
+    pack_ref: Option<String>,
+    name: Option<String>,
+    version: Option<Value>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ActionFile {
+    name: String,
+    pack: Option<String>,
+    runner_type: RunnerType,
+    description: Option<String>,
+    enabled: Option<bool>,
+    entry_point: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, ParamSpec>,
+    timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TriggerFile {
+    name: String,
+    pack: Option<String>,
+    description: Option<String>,
+    payload_schema: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RuleFile {
+    name: String,
+    pack: Option<String>,
+    description: Option<String>,
+    enabled: Option<bool>,
+    trigger: RuleTrigger,
+    #[serde(default)]
+    criteria: BTreeMap<String, CriterionFile>,
+    action: RuleAction,
+}
+
+#[derive(Deserialize)]
+struct RuleTrigger {
+    #[serde(rename = "type")]
+    trigger_type: String,
+}
+
+#[derive(Deserialize)]
+struct CriterionFile {
+    #[serde(rename = "type")]
+    operator: String,
+    #[serde(default)]
+    pattern: Value,
+}
+
+#[derive(Deserialize)]
+struct RuleAction {
+    #[serde(rename = "ref")]
+    action_ref: String,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+#[derive(Default)]
+struct Loader {
+    catalog: Catalog,
+    errors: Vec<LoadError>,
+    /// Rules are checked after every pack's actions and triggers are known.
+    rules: Vec<(PathBuf, String, RuleFile)>,
+}
+
+impl Loader {
+    fn error(&mut self, file: &Path, field: Option<&str>, message: impl Into<String>) {
+        self.errors.push(LoadError { file: file.to_owned(), field: field.map(str::to_owned), message: message.into() });
+    }
+
+    fn read<T: DeserializeOwned>(&mut self, file: &Path) -> Option<T> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                self.error(file, None, format!("cannot read file: {e}"));
+                return None;
+            }
+        };
+        match serde_yaml_ng::from_str(&text) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.error(file, None, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn load_pack(&mut self, dir: &Path) {
+        let manifest = dir.join("pack.yaml");
+        let Some(file) = self.read::<PackFile>(&manifest) else {
+            return;
+        };
+        let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file.pack_ref.or(file.name).unwrap_or(dir_name);
+        if let Err(e) = ActionRef::new(&name, "x") {
+            self.error(&manifest, Some("ref"), format!("pack name {name:?} is not valid: {e}"));
+            return;
+        }
+        if let Some(other) = self.catalog.packs.get(&name) {
+            let message = format!("pack {name:?} is already loaded from {}", other.dir.display());
+            self.error(&manifest, Some("ref"), message);
+            return;
+        }
+        let version = file.version.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+        let pack = Pack { name: name.clone(), version, description: file.description, dir: dir.to_owned() };
+        self.catalog.packs.insert(name.clone(), pack);
+        for path in yaml_files(&dir.join("actions")) {
+            self.load_action(&name, dir, &path);
+        }
+        for path in yaml_files(&dir.join("triggers")) {
+            self.load_trigger(&name, &path);
+        }
+        for path in yaml_files(&dir.join("rules")) {
+            if let Some(rule) = self.read::<RuleFile>(&path) {
+                self.rules.push((path, name.clone(), rule));
+            }
+        }
+    }
+
+    fn reference(&mut self, file: &Path, pack: &str, declared: Option<&str>, name: &str) -> Option<ActionRef> {
+        if let Some(declared) = declared
+            && declared != pack
+        {
+            self.error(file, Some("pack"), format!("says pack {declared:?} but lives in pack {pack:?}"));
+            return None;
+        }
+        match ActionRef::new(pack, name) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.error(file, Some("name"), e.to_string());
+                None
+            }
+        }
+    }
+
+    fn load_action(&mut self, pack: &str, dir: &Path, path: &Path) {
+        let Some(file) = self.read::<ActionFile>(path) else { return };
+        let Some(action_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else { return };
+        let entry_point = file.entry_point.filter(|e| !e.is_empty());
+        match (&entry_point, file.runner_type.needs_entry_point()) {
+            (None, true) => {
+                self.error(path, Some("entry_point"), format!("runner {} needs an entry_point file", file.runner_type));
+            }
+            (Some(entry), true) if !dir.join("actions").join(entry).is_file() => {
+                let message = format!("file {} does not exist", dir.join("actions").join(entry).display());
+                self.error(path, Some("entry_point"), message);
+            }
+            _ => {}
+        }
+        for (name, spec) in &file.parameters {
+            if let Some(default) = &spec.default {
+                let probe = Action {
+                    action_ref: action_ref.clone(),
+                    description: None,
+                    runner: file.runner_type,
+                    entry_point: None,
+                    parameters: BTreeMap::from([(name.clone(), spec.clone())]),
+                    timeout_secs: None,
+                    enabled: true,
+                    file: path.to_owned(),
+                };
+                let given = serde_json::Map::from_iter([(name.clone(), default.clone())]);
+                if let Err(e) = crate::params::resolve(&probe, given) {
+                    let message = format!("default does not fit: {}", e.errors[0]);
+                    self.error(path, Some(&format!("parameters.{name}.default")), message);
+                }
+            }
+        }
+        if file.runner_type == RunnerType::LocalShellCmd && !file.parameters.contains_key("cmd") {
+            self.error(path, Some("parameters.cmd"), "a local-shell-cmd action needs a `cmd` parameter");
+        }
+        if self.catalog.actions.contains_key(&action_ref) {
+            self.error(path, Some("name"), format!("action {action_ref} is defined twice"));
+            return;
+        }
+        let action = Action {
+            action_ref: action_ref.clone(),
+            description: file.description,
+            runner: file.runner_type,
+            entry_point,
+            parameters: file.parameters,
+            timeout_secs: file.timeout,
+            enabled: file.enabled.unwrap_or(true),
+            file: path.to_owned(),
+        };
+        self.catalog.actions.insert(action_ref, action);
+    }
+
+    fn load_trigger(&mut self, pack: &str, path: &Path) {
+        let Some(file) = self.read::<TriggerFile>(path) else { return };
+        let Some(trigger_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else { return };
+        let validator = match &file.payload_schema {
+            None => None,
+            Some(schema) => match jsonschema::validator_for(schema) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => {
+                    self.error(path, Some("payload_schema"), format!("not a valid JSON Schema: {e}"));
+                    return;
+                }
+            },
+        };
+        let trigger = Trigger {
+            trigger_ref: trigger_ref.to_string(),
+            description: file.description,
+            payload_schema: file.payload_schema,
+            validator,
+            file: path.to_owned(),
+        };
+        self.catalog.triggers.insert(trigger_ref.to_string(), trigger);
+    }
+
+    fn check_rule(&mut self, path: PathBuf, pack: String, file: RuleFile) {
+        let Some(rule_ref) = self.reference(&path, &pack, file.pack.as_deref(), &file.name) else { return };
+        let trigger = file.trigger.trigger_type;
+        if !self.catalog.triggers.contains_key(&trigger) {
+            let known = self.catalog.triggers.keys().cloned().collect::<Vec<_>>().join(", ");
+            self.error(&path, Some("trigger.type"), format!("unknown trigger {trigger:?} (known: {known})"));
+        }
+        let mut criteria = Vec::new();
+        for (key, c) in file.criteria {
+            match Criterion::compile("trigger", &key, &c.operator, c.pattern) {
+                Ok(criterion) => criteria.push(criterion),
+                Err(e) => self.error(&path, Some(&format!("criteria.{key}")), e),
+            }
+        }
+        let action = match file.action.action_ref.parse::<ActionRef>() {
+            Ok(r) if self.catalog.actions.contains_key(&r) => Some(self.catalog.actions[&r].clone()),
+            Ok(r) => {
+                self.error(&path, Some("action.ref"), format!("unknown action {r}"));
+                None
+            }
+            Err(e) => {
+                self.error(&path, Some("action.ref"), e.to_string());
+                None
+            }
+        };
+        let mut parameters = BTreeMap::new();
+        if let Some(action) = &action {
+            for (name, value) in file.action.parameters {
+                let field = format!("action.parameters.{name}");
+                if !action.parameters.contains_key(&name) {
+                    let known = action.parameters.keys().cloned().collect::<Vec<_>>().join(", ");
+                    self.error(&path, Some(&field), format!("action {} has no parameter {name:?} (known: {known})", action.action_ref));
+                    continue;
+                }
+                let shell = action.runner == RunnerType::LocalShellCmd && name == "cmd";
+                match ParamTemplate::compile(value, shell) {
+                    Ok(t) => {
+                        parameters.insert(name, t);
+                    }
+                    Err(e) => self.error(&path, Some(&field), e),
+                }
+            }
+            for (name, spec) in &action.parameters {
+                if spec.required && spec.default.is_none() && !parameters.contains_key(name) {
+                    let message = format!("action {} requires parameter {name:?}", action.action_ref);
+                    self.error(&path, Some("action.parameters"), message);
+                }
+            }
+        }
+        let Some(action) = action else { return };
+        self.catalog.rules.push(Rule {
+            rule_ref: rule_ref.to_string(),
+            description: file.description,
+            enabled: file.enabled.unwrap_or(true),
+            trigger,
+            criteria,
+            action: action.action_ref,
+            parameters,
+            file: path,
+        });
+    }
+}
+
+/// `*.yaml` and `*.yml` files of a directory, sorted; none if it does not exist.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Loads every pack found in `roots`. A root is either a pack itself (it has `pack.yaml`)
+/// or a directory of packs.
+pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
+    let mut loader = Loader::default();
+    for root in roots {
+        if root.join("pack.yaml").is_file() {
+            loader.load_pack(root);
+            continue;
+        }
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(e) => {
+                loader.error(root, None, format!("cannot read packs directory: {e}"));
+                continue;
+            }
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("pack.yaml").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            loader.load_pack(&dir);
+        }
+    }
+    for (path, pack, rule) in std::mem::take(&mut loader.rules) {
+        loader.check_rule(path, pack, rule);
+    }
+    if loader.errors.is_empty() { Ok(loader.catalog) } else { Err(LoadErrors(loader.errors)) }
+}

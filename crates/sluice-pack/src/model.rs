@@ -1,0 +1,164 @@
+//! The loaded, validated form of pack files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::{ActionRef, RunnerType};
+
+use crate::criteria::Criterion;
+use crate::template::ParamTemplate;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pack {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    Array,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Number => "number",
+            Self::Boolean => "boolean",
+            Self::Object => "object",
+            Self::Array => "array",
+        }
+    }
+}
+
+/// One entry of an action's `parameters:` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(rename = "type", default = "default_param_type")]
+    pub kind: ParamType,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(rename = "enum", default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<serde_json::Value>>,
+    /// Never stored, logged or shown in clear.
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// StackStorm's flag for a parameter the caller may not override.
+    #[serde(default)]
+    pub immutable: bool,
+    /// StackStorm's positional hint; accepted and ignored: Sluice never builds argv from
+    /// parameters.
+    #[serde(default, skip_serializing)]
+    pub position: Option<u32>,
+}
+
+fn default_param_type() -> ParamType {
+    ParamType::String
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    #[serde(rename = "ref")]
+    pub action_ref: ActionRef,
+    pub description: Option<String>,
+    pub runner: RunnerType,
+    pub entry_point: Option<String>,
+    pub parameters: BTreeMap<String, ParamSpec>,
+    pub timeout_secs: Option<u64>,
+    pub enabled: bool,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+impl Action {
+    pub fn secret_parameters(&self) -> Vec<String> {
+        self.parameters
+            .iter()
+            .filter(|(_, spec)| spec.secret)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub trigger_ref: String,
+    pub description: Option<String>,
+    pub payload_schema: Option<serde_json::Value>,
+    pub(crate) validator: Option<std::sync::Arc<jsonschema::Validator>>,
+    pub file: PathBuf,
+}
+
+impl Trigger {
+    /// Checks a payload against the trigger's `payload_schema`; the error lists every
+    /// violation with its JSON pointer.
+    pub fn validate_payload(&self, payload: &serde_json::Value) -> Result<(), String> {
+        let Some(validator) = &self.validator else {
+            return Ok(());
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(payload)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("payload does not match the schema of {}: {}", self.trigger_ref, problems.join("; ")))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub rule_ref: String,
+    pub description: Option<String>,
+    pub enabled: bool,
+    pub trigger: String,
+    pub criteria: Vec<Criterion>,
+    pub action: ActionRef,
+    pub parameters: BTreeMap<String, ParamTemplate>,
+    pub file: PathBuf,
+}
+
+/// Everything loaded from a set of pack directories.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub packs: BTreeMap<String, Pack>,
+    pub actions: BTreeMap<ActionRef, Action>,
+    pub triggers: BTreeMap<String, Trigger>,
+    pub rules: Vec<Rule>,
+}
+
+impl Catalog {
+    pub fn action(&self, action_ref: &ActionRef) -> Option<&Action> {
+        self.actions.get(action_ref)
+    }
+
+    /// The enabled rules listening to a trigger, in load order.
+    pub fn rules_for<'a>(&'a self, trigger: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |rule| rule.enabled && rule.trigger == trigger)
+    }
+
+    /// The directory an action's `entry_point` is relative to.
+    pub fn actions_dir(&self, action_ref: &ActionRef) -> Option<PathBuf> {
+        self.packs.get(action_ref.pack()).map(|pack| pack.dir.join("actions"))
+    }
+}

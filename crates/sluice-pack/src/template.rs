@@ -1,0 +1,161 @@
+//! Jinja parameter templates over a trigger payload (`{{ trigger.host }}`).
+//!
+//! Where a template builds a shell command — the `cmd` parameter of a `local-shell-cmd`
+//! action — every inserted value is shell-quoted by auto-escaping, so a payload cannot
+//! inject commands; `| safe` is the explicit opt-out. A template that is exactly one
+//! expression keeps the expression's JSON type (`"{{ trigger.count }}"` stays a number).
+//! Undefined values are errors: a command is never run with a silently empty argument.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use minijinja::value::{Serde, Value as JinjaValue};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde_json::Value;
+
+static PLAIN: LazyLock<Environment<'static>> = LazyLock::new(|| environment(false));
+static SHELL: LazyLock<Environment<'static>> = LazyLock::new(|| environment(true));
+
+fn environment(shell: bool) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    if shell {
+        env.set_auto_escape_callback(|_| AutoEscape::Custom(Cow::Borrowed("shell")));
+        env.set_formatter(|out, state, value| {
+            if value.is_safe() || !matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "shell") {
+                return minijinja::escape_formatter(out, state, value);
+            }
+            let text = if value.is_none() { String::new() } else { value.to_string() };
+            out.write_str(&shell_quote(&text)).map_err(minijinja::Error::from)
+        });
+    }
+    env
+}
+
+/// Quotes a string for a POSIX shell; plain words are left as they are.
+pub fn shell_quote(text: &str) -> Cow<'_, str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-+=:,./@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(format!("'{}'", text.replace('\'', r"'\''")))
+    }
+}
+
+/// A parameter value from a rule: JSON whose strings may be templates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamTemplate {
+    pub source: Value,
+    /// Values inserted into it are shell-quoted.
+    pub shell: bool,
+}
+
+fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// The expression of a template that is exactly `{{ expr }}`.
+fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
+}
+
+impl ParamTemplate {
+    /// Checks every template in the value compiles; the error names the problem.
+    pub fn compile(source: Value, shell: bool) -> Result<Self, String> {
+        fn check(value: &Value, shell: bool) -> Result<(), String> {
+            match value {
+                Value::String(s) if is_template(s) => {
+                    let env = if shell { &*SHELL } else { &*PLAIN };
+                    env.template_from_str(s).map(drop).map_err(|e| format!("invalid template {s:?}: {e}"))
+                }
+                Value::Array(items) => items.iter().try_for_each(|v| check(v, shell)),
+                Value::Object(map) => map.values().try_for_each(|v| check(v, shell)),
+                _ => Ok(()),
+            }
+        }
+        check(&source, shell)?;
+        Ok(Self { source, shell })
+    }
+
+    /// Renders against `{"trigger": payload}`.
+    pub fn render(&self, payload: &Value) -> Result<Value, String> {
+        let ctx = minijinja::context! { trigger => JinjaValue::from(Serde(payload)) };
+        self.render_value(&self.source, &ctx)
+    }
+
+    fn render_value(&self, value: &Value, ctx: &JinjaValue) -> Result<Value, String> {
+        match value {
+            Value::String(s) if is_template(s) => {
+                if !self.shell
+                    && let Some(expr) = sole_expression(s)
+                {
+                    let compiled = PLAIN.compile_expression(expr).map_err(|e| format!("{s:?}: {e}"))?;
+                    let out = compiled.eval(ctx.clone()).map_err(|e| format!("{s:?}: {e}"))?;
+                    if out.is_undefined() {
+                        return Err(format!("{s:?}: undefined value"));
+                    }
+                    return serde_json::to_value(&out).map_err(|e| format!("{s:?}: {e}"));
+                }
+                let env = if self.shell { &*SHELL } else { &*PLAIN };
+                env.render_str(s, ctx.clone()).map(Value::String).map_err(|e| format!("{s:?}: {e}"))
+            }
+            Value::Array(items) => items.iter().map(|v| self.render_value(v, ctx)).collect::<Result<_, _>>().map(Value::Array),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), self.render_value(v, ctx)?)))
+                .collect::<Result<_, String>>()
+                .map(Value::Object),
+            other => Ok(other.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn render(source: Value, shell: bool, payload: Value) -> Result<Value, String> {
+        ParamTemplate::compile(source, shell)?.render(&payload)
+    }
+
+    #[test]
+    fn shell_templates_quote_every_inserted_value() {
+        let out = render(json!("ping -c1 {{ trigger.host }}"), true, json!({"host": "db1; rm -rf /"})).unwrap();
+        assert_eq!(out, json!("ping -c1 'db1; rm -rf /'"));
+        let out = render(json!("echo {{ trigger.q }}"), true, json!({"q": "it's $(id)"})).unwrap();
+        assert_eq!(out, json!(r"echo 'it'\''s $(id)'"));
+        let out = render(json!("ping -c1 {{ trigger.host }}"), true, json!({"host": "db1.example"})).unwrap();
+        assert_eq!(out, json!("ping -c1 db1.example"), "plain words stay readable");
+    }
+
+    #[test]
+    fn safe_opts_out_of_shell_quoting() {
+        let out = render(json!("{{ trigger.cmd | safe }}"), true, json!({"cmd": "ls -l"})).unwrap();
+        assert_eq!(out, json!("ls -l"));
+    }
+
+    #[test]
+    fn plain_templates_keep_text_and_types() {
+        let out = render(json!("host {{ trigger.host }} is down"), false, json!({"host": "a b"})).unwrap();
+        assert_eq!(out, json!("host a b is down"));
+        let out = render(json!("{{ trigger.count }}"), false, json!({"count": 3})).unwrap();
+        assert_eq!(out, json!(3));
+        let out = render(json!({"list": ["{{ trigger.a }}", 2]}), false, json!({"a": true})).unwrap();
+        assert_eq!(out, json!({"list": [true, 2]}));
+    }
+
+    #[test]
+    fn undefined_values_are_errors() {
+        let err = render(json!("ping {{ trigger.host }}"), true, json!({})).unwrap_err();
+        assert!(err.contains("undefined"), "{err}");
+        assert!(render(json!("{{ trigger.host }}"), false, json!({})).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_are_found_when_compiling() {
+        assert!(ParamTemplate::compile(json!("{{ trigger.host "), false).is_err());
+    }
+}
