@@ -1,1 +1,15 @@
-//! sluice-store
+//! Sluice's store: events, enforcements, executions and their status history, in SQLite
+//! (the embedded default) or PostgreSQL.
+//!
+//! Every query is written once with `$N` placeholders, which both backends accept, and
+//! runs through [`Store`]'s backend dispatch. Status changes are conditional updates
+//! guarded by the core state machine ([`ExecutionStatus::sources`]): a stale or repeated
+//! status is not a write.
+
+mod model;
+mod store;
+
+pub use model::{Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition};
+pub use store::{Store, StoreError};
+
+pub use sluice_core::ExecutionStatus;

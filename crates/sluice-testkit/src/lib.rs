@@ -1,1 +1,193 @@
-//! sluice-testkit
+//! Real servers for Sluice's tests: a `nats-server -js` and a PostgreSQL cluster, each
+//! started on a free port with its own temporary directory and torn down on `Drop`.
+//! Nothing here is a fake; a test that needs a broker or a database gets a real one.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listened on port {port} within {timeout:?}")
+}
+
+/// A `nats-server` with JetStream, owned by the test.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store_dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store directory.
+    pub fn start() -> Self {
+        let store_dir = tempfile::Builder::new().prefix("sluice-nats-").tempdir().expect("temp dir");
+        let mut server = Self { child: None, port: free_port(), store_dir };
+        server.spawn().expect("failed to start nats-server (install it: apt-get install -y nats-server)");
+        server
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("failed to run nats-server")?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        self.store_dir.path()
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().expect("failed to restart nats-server");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a PostgreSQL binary, as the `postgres` user when we are root (initdb refuses root).
+fn pg_command(binary: &str) -> Command {
+    let path = Path::new(PG_BIN).join(binary);
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(path);
+        cmd
+    } else {
+        Command::new(path)
+    }
+}
+
+/// A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl start` on a free port.
+pub struct Postgres {
+    data_dir: PathBuf,
+    _root: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        Self::try_start().expect("failed to start PostgreSQL (install it: apt-get install -y postgresql)")
+    }
+
+    fn try_start() -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new().prefix("sluice-pg-").tempdir()?;
+        if running_as_root() {
+            let uid = Command::new("id").args(["-u", "postgres"]).output().context("no postgres user")?;
+            let gid = Command::new("id").args(["-g", "postgres"]).output().context("no postgres group")?;
+            let parse = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>();
+            std::os::unix::fs::chown(root.path(), Some(parse(uid)?), Some(parse(gid)?))?;
+        }
+        let data_dir = root.path().join("data");
+        let port = free_port();
+        let status = pg_command("initdb")
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync", "-D"])
+            .arg(&data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("failed to run initdb")?;
+        if !status.success() {
+            bail!("initdb failed: {status}");
+        }
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c max_connections=200",
+            root.path().display()
+        );
+        let status = pg_command("pg_ctl")
+            .args(["-w", "-t", "30", "-o", &options, "-l"])
+            .arg(root.path().join("postgres.log"))
+            .arg("-D")
+            .arg(&data_dir)
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("failed to run pg_ctl")?;
+        if !status.success() {
+            bail!("pg_ctl start failed: {status}");
+        }
+        Ok(Self { data_dir, _root: root, port })
+    }
+
+    /// A URL for the `postgres` database of this cluster.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(&self.data_dir)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

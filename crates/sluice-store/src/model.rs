@@ -1,0 +1,102 @@
+//! Rows and the requests that create them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sluice_core::{ActionRef, EventId, ExecutionId, ExecutionStatus};
+
+/// A trigger firing as received.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub trigger: String,
+    pub subject: String,
+    pub payload: Option<serde_json::Value>,
+    /// Why the event was refused (unreadable, schema mismatch); `None` when accepted.
+    pub rejected: Option<String>,
+    /// Sequence in the TRIGGERS stream, so a redelivery is recognised as the same event.
+    pub stream_seq: Option<u64>,
+    pub msg_id: Option<String>,
+}
+
+/// One rule that fired on an event and the execution it requests.
+#[derive(Debug, Clone)]
+pub struct Firing {
+    pub rule: String,
+    pub action: ActionRef,
+    /// Parameters as stored: secret values already replaced.
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// `Some(reason)` when the execution could not even be requested (a template failed):
+    /// it is stored as `failed` with the reason as its result.
+    pub failed: Option<String>,
+}
+
+/// What recording an event did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventOutcome {
+    pub event_id: EventId,
+    /// True when the event was already stored (a redelivered trigger message); nothing was
+    /// written and `executions` is empty.
+    pub duplicate: bool,
+    /// The `requested` executions created, in firing order.
+    pub executions: Vec<(ExecutionId, ActionRef)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: EventId,
+    pub trigger: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub payload: Option<serde_json::Value>,
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryEntry {
+    pub status: ExecutionStatus,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Execution {
+    pub id: ExecutionId,
+    pub action: ActionRef,
+    pub status: ExecutionStatus,
+    pub parameters: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub rule: Option<String>,
+    pub event_id: Option<EventId>,
+    pub parent_id: Option<ExecutionId>,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Filled by [`crate::Store::get_execution`] only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A status change and what comes with it.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub to: ExecutionStatus,
+    pub result: Option<serde_json::Value>,
+    pub worker: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Transition {
+    pub fn to(to: ExecutionStatus) -> Self {
+        Self { to, result: None, worker: None, at: Utc::now() }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub action: Option<String>,
+    pub status: Option<ExecutionStatus>,
+    /// Newest first, at most this many (default 50, at most 1000).
+    pub limit: Option<u32>,
+}

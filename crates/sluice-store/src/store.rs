@@ -1,0 +1,396 @@
+//! The store and its queries.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, FromRow};
+use sluice_core::{ActionRef, EventId, ExecutionId, ExecutionStatus};
+
+use crate::model::{Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("failed to apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid row in {table}: {message}")]
+    Corrupt { table: &'static str, message: String },
+}
+
+impl StoreError {
+    /// Worth retrying later: the database is busy or unreachable, not wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            Self::Database(sqlx::Error::Database(e)) => {
+                let message = e.message();
+                message.contains("locked") || message.contains("busy") || e.code().is_some_and(|c| c.starts_with("08") || c == "57P01")
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs the same code against whichever pool the store has: every query here is written
+/// with `$N` placeholders, which SQLite and PostgreSQL both understand.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(FromRow)]
+struct ExecutionRow {
+    id: i64,
+    action: String,
+    status: String,
+    parameters: Json<serde_json::Value>,
+    result: Option<Json<serde_json::Value>>,
+    rule: Option<String>,
+    event_id: Option<i64>,
+    parent_id: Option<i64>,
+    attempt: i32,
+    worker: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+const EXECUTION_COLUMNS: &str = "id, action, status, parameters, result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at";
+
+fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt { table, message: message.to_string() }
+}
+
+impl TryFrom<ExecutionRow> for Execution {
+    type Error = StoreError;
+    fn try_from(row: ExecutionRow) -> Result<Self, StoreError> {
+        Ok(Execution {
+            id: ExecutionId(row.id),
+            action: row.action.parse().map_err(|e| corrupt("executions", e))?,
+            status: row.status.parse().map_err(|e| corrupt("executions", e))?,
+            parameters: row.parameters.0,
+            result: row.result.map(|r| r.0),
+            rule: row.rule,
+            event_id: row.event_id.map(EventId),
+            parent_id: row.parent_id.map(ExecutionId),
+            attempt: u32::try_from(row.attempt).map_err(|e| corrupt("executions", e))?,
+            worker: row.worker,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            history: Vec::new(),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    id: i64,
+    trigger: String,
+    status: String,
+    reason: Option<String>,
+    payload: Option<Json<serde_json::Value>>,
+    subject: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            id: EventId(row.id),
+            trigger: row.trigger,
+            status: row.status,
+            reason: row.reason,
+            payload: row.payload.map(|p| p.0),
+            subject: row.subject,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct HistoryRow {
+    status: String,
+    at: DateTime<Utc>,
+}
+
+/// `'a', 'b'` for an `IN (...)` list; the values come from the status enum, never input.
+fn status_list(statuses: &[ExecutionStatus]) -> String {
+    statuses.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store at `url`: `postgres://…` for
+    /// PostgreSQL, `sqlite://PATH` or a plain file path for SQLite.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
+            Backend::Postgres(pool)
+        } else {
+            let url = if url.starts_with("sqlite:") { url.to_owned() } else { format!("sqlite://{url}") };
+            let options = SqliteConnectOptions::from_str(&url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+            sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
+            Backend::Sqlite(pool)
+        };
+        Ok(Self { backend })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// Stores an event and, in the same transaction, one enforcement and one execution per
+    /// firing. A trigger message seen before (same stream sequence) writes nothing.
+    pub async fn record_event(&self, event: &NewEvent, firings: &[Firing]) -> Result<EventOutcome, StoreError> {
+        let now = Utc::now();
+        let stream_seq = event.stream_seq.map(|s| s as i64);
+        let status = if event.rejected.is_some() { "rejected" } else { "accepted" };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted: Option<(i64,)> = sqlx::query_as(
+                "INSERT INTO events (trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_seq) DO NOTHING RETURNING id",
+            )
+            .bind(&event.trigger)
+            .bind(status)
+            .bind(&event.rejected)
+            .bind(event.payload.as_ref().map(Json))
+            .bind(&event.subject)
+            .bind(stream_seq)
+            .bind(&event.msg_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((event_id,)) = inserted else {
+                let (event_id,): (i64,) = sqlx::query_as("SELECT id FROM events WHERE stream_seq = $1")
+                    .bind(stream_seq)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                return Ok(EventOutcome { event_id: EventId(event_id), duplicate: true, executions: Vec::new() });
+            };
+            let mut executions = Vec::new();
+            for firing in firings {
+                let status = if firing.failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Requested };
+                let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8) RETURNING id",
+                )
+                .bind(firing.action.as_str())
+                .bind(status.as_str())
+                .bind(Json(&firing.parameters))
+                .bind(result)
+                .bind(&firing.rule)
+                .bind(event_id)
+                .bind(now)
+                .bind(firing.failed.as_ref().map(|_| now))
+                .fetch_one(&mut *tx)
+                .await?;
+                for entered in [Some(ExecutionStatus::Requested), firing.failed.as_ref().map(|_| ExecutionStatus::Failed)].into_iter().flatten() {
+                    sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, $2, $3)")
+                        .bind(id)
+                        .bind(entered.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("INSERT INTO enforcements (rule, event_id, execution_id, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&firing.rule)
+                    .bind(event_id)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if firing.failed.is_none() {
+                    executions.push((ExecutionId(id), firing.action.clone()));
+                }
+            }
+            tx.commit().await?;
+            Ok(EventOutcome { event_id: EventId(event_id), duplicate: false, executions })
+        })
+    }
+
+    /// Creates a `requested` execution directly (API, CLI, workflow tasks).
+    pub async fn create_execution(
+        &self,
+        action: &ActionRef,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+        parent_id: Option<ExecutionId>,
+    ) -> Result<ExecutionId, StoreError> {
+        let now = Utc::now();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at) \
+                 VALUES ($1, 'requested', $2, $3, 1, $4, $4) RETURNING id",
+            )
+            .bind(action.as_str())
+            .bind(Json(parameters))
+            .bind(parent_id.map(|p| p.0))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, 'requested', $2)")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(ExecutionId(id))
+        })
+    }
+
+    /// Moves an execution to `transition.to` if the state machine allows it from its current
+    /// status. Returns whether anything changed: a repeated or stale status writes nothing.
+    pub async fn transition(&self, id: ExecutionId, transition: &Transition) -> Result<bool, StoreError> {
+        let to = transition.to;
+        let sources = to.sources();
+        if sources.is_empty() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "UPDATE executions SET status = $1, updated_at = $2, \
+             result = COALESCE($3, result), worker = COALESCE($4, worker), \
+             started_at = CASE WHEN $5 THEN $2 ELSE started_at END, \
+             finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
+             WHERE id = $7 AND status IN ({})",
+            status_list(sources)
+        );
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(AssertSqlSafe(sql))
+                .bind(to.as_str())
+                .bind(transition.at)
+                .bind(transition.result.as_ref().map(Json))
+                .bind(&transition.worker)
+                .bind(to == ExecutionStatus::Running)
+                .bind(to.is_terminal())
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if changed {
+                sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(id.0)
+                    .bind(to.as_str())
+                    .bind(transition.at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+    }
+
+    /// One execution with its status history.
+    pub async fn get_execution(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
+        let (row, history): (Option<ExecutionRow>, Vec<HistoryRow>) = on_pool!(self, pool => {
+            let row = sqlx::query_as(AssertSqlSafe(sql)).bind(id.0).fetch_optional(pool).await?;
+            let history = sqlx::query_as("SELECT status, at FROM execution_history WHERE execution_id = $1")
+                .bind(id.0)
+                .fetch_all(pool)
+                .await?;
+            (row, history)
+        });
+        let Some(row) = row else { return Ok(None) };
+        let mut execution = Execution::try_from(row)?;
+        let mut history = history
+            .into_iter()
+            .map(|h| Ok(HistoryEntry { status: h.status.parse().map_err(|e| corrupt("execution_history", e))?, at: h.at }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Statuses are entered in lifecycle order; timestamps alone can tie.
+        history.sort_by_key(|h| (h.at, h.status));
+        execution.history = history;
+        Ok(Some(execution))
+    }
+
+    /// Executions, newest first.
+    pub async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions \
+             WHERE (CAST($1 AS TEXT) IS NULL OR action = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
+             ORDER BY id DESC LIMIT $3"
+        );
+        let limit = i64::from(filter.limit.unwrap_or(50).clamp(1, 1000));
+        let rows: Vec<ExecutionRow> = on_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(&filter.action)
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(Execution::try_from).collect()
+    }
+
+    /// Executions not yet finished, oldest first: what the engine rebuilds its queues and
+    /// active sets from when it starts.
+    pub async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError> {
+        let unfinished = ExecutionStatus::ALL.into_iter().filter(|s| !s.is_terminal()).collect::<Vec<_>>();
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({}) ORDER BY id", status_list(&unfinished));
+        let rows: Vec<ExecutionRow> = on_pool!(self, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?);
+        rows.into_iter().map(Execution::try_from).collect()
+    }
+
+    /// Events, newest first.
+    pub async fn list_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, trigger, status, reason, payload, subject, created_at FROM events ORDER BY id DESC LIMIT $1")
+                .bind(i64::from(limit.clamp(1, 1000)))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    /// How many enforcements exist for an event (one per rule that fired).
+    pub async fn count_enforcements(&self, event_id: EventId) -> Result<i64, StoreError> {
+        let (n,): (i64,) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT COUNT(*) FROM enforcements WHERE event_id = $1").bind(event_id.0).fetch_one(pool).await?
+        });
+        Ok(n)
+    }
+}
