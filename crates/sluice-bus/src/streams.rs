@@ -1,0 +1,80 @@
+//! The stream and consumer definitions in `streams/`, compiled into the binary so a
+//! deployment cannot drift from the code that reads the streams.
+
+use async_nats::jetstream::{consumer, stream};
+
+pub struct ConsumerDef {
+    pub config: consumer::pull::Config,
+}
+
+pub struct StreamDef {
+    pub stream: stream::Config,
+    pub consumers: Vec<ConsumerDef>,
+}
+
+const FILES: &[(&str, &str, &[(&str, &str)])] = &[
+    (
+        "TRIGGERS/stream.json",
+        include_str!("../../../streams/TRIGGERS/stream.json"),
+        &[("TRIGGERS/consumers/engine.json", include_str!("../../../streams/TRIGGERS/consumers/engine.json"))],
+    ),
+    (
+        "RUN/stream.json",
+        include_str!("../../../streams/RUN/stream.json"),
+        &[("RUN/consumers/workers.json", include_str!("../../../streams/RUN/consumers/workers.json"))],
+    ),
+    (
+        "STATUS/stream.json",
+        include_str!("../../../streams/STATUS/stream.json"),
+        &[("STATUS/consumers/engine.json", include_str!("../../../streams/STATUS/consumers/engine.json"))],
+    ),
+];
+
+/// Every stream with its consumers. The JSON is the NATS server's own format; a file that
+/// does not parse is a build defect, caught by this crate's tests.
+pub fn definitions() -> Vec<StreamDef> {
+    FILES
+        .iter()
+        .map(|(file, json, consumers)| StreamDef {
+            stream: serde_json::from_str(json).unwrap_or_else(|e| panic!("streams/{file}: {e}")),
+            consumers: consumers
+                .iter()
+                .map(|(file, json)| ConsumerDef {
+                    config: serde_json::from_str(json).unwrap_or_else(|e| panic!("streams/{file}: {e}")),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn definitions_parse_with_server_field_names() {
+        let defs = definitions();
+        let names: Vec<_> = defs.iter().map(|d| d.stream.name.as_str()).collect();
+        assert_eq!(names, ["TRIGGERS", "RUN", "STATUS"]);
+        assert_eq!(defs[1].stream.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(defs[0].stream.duplicate_window, Duration::from_secs(120));
+        let engine = &defs[0].consumers[0].config;
+        assert_eq!(engine.durable_name.as_deref(), Some("engine"));
+        assert_eq!(engine.ack_policy, consumer::AckPolicy::Explicit);
+        assert_eq!(engine.ack_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn no_consumer_reads_what_another_stream_captures() {
+        // A consumer's filter must stay inside its own stream's subjects, so nothing Sluice
+        // publishes can loop back into the stream it was read from.
+        for def in definitions() {
+            let prefix = def.stream.subjects[0].trim_end_matches('>');
+            for c in &def.consumers {
+                assert!(c.config.filter_subject.starts_with(prefix), "{} reads {}", def.stream.name, c.config.filter_subject);
+            }
+        }
+    }
+}
