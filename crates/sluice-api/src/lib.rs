@@ -1,1 +1,185 @@
-//! sluice-api
+//! Sluice's HTTP API (JSON): executions, actions, events and the live actor tree.
+//!
+//! [`app`] builds the router over a running [`Engine`]; [`ApiError::into_response`] is the
+//! one place errors become status codes, and internal details never reach a client.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sluice_core::{ExecutionId, ExecutionStatus};
+use sluice_engine::{Engine, SubmitError};
+use sluice_store::{ExecutionFilter, StoreError};
+use tracing::error;
+
+pub type AppState = Arc<Engine>;
+
+pub fn app(engine: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/api/v1/executions",
+            get(list_executions).post(create_execution),
+        )
+        .route("/api/v1/executions/{id}", get(get_execution))
+        .route("/api/v1/actions", get(list_actions))
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/actors", get(actors))
+        .with_state(engine)
+}
+
+/// Everything a handler can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    NotFound(String),
+    BadRequest(String),
+    Unprocessable(String),
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::UnknownAction { .. } => Self::NotFound(e.to_string()),
+            SubmitError::Disabled(_) | SubmitError::InvalidParameters(_) => {
+                Self::Unprocessable(e.to_string())
+            }
+            SubmitError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            Self::Internal(detail) => {
+                error!(error = detail, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the engine's log".to_owned(),
+                )
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+async fn healthz(State(engine): State<AppState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "store": engine.store().backend_name() }))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    action: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_executions(
+    State(engine): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = query
+        .status
+        .map(|s| s.parse::<ExecutionStatus>())
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let filter = ExecutionFilter {
+        action: query.action,
+        status,
+        limit: query.limit,
+    };
+    let executions = engine.store().list_executions(&filter).await?;
+    Ok(Json(json!(executions)))
+}
+
+async fn get_execution(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: ExecutionId = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("execution id {id:?} is not a number")))?;
+    let execution = engine
+        .store()
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    Ok(Json(json!(execution)))
+}
+
+#[derive(Deserialize)]
+struct CreateExecution {
+    action: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+async fn create_execution(
+    State(engine): State<AppState>,
+    body: Result<Json<CreateExecution>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let id = engine.submit(&request.action, request.parameters).await?;
+    let execution = engine
+        .store()
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("execution {id} vanished")))?;
+    Ok((StatusCode::CREATED, Json(json!(execution))))
+}
+
+#[derive(Serialize)]
+struct ActionView<'a> {
+    #[serde(flatten)]
+    action: &'a sluice_pack::Action,
+    pack: &'a str,
+}
+
+async fn list_actions(State(engine): State<AppState>) -> Json<Value> {
+    let actions: Vec<ActionView<'_>> = engine
+        .catalog()
+        .actions
+        .values()
+        .map(|action| ActionView {
+            pack: action.action_ref.pack(),
+            action,
+        })
+        .collect();
+    Json(json!(actions))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<u32>,
+}
+
+async fn list_events(
+    State(engine): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        engine
+            .store()
+            .list_events(query.limit.unwrap_or(50))
+            .await?
+    )))
+}
+
+async fn actors(State(engine): State<AppState>) -> Json<Value> {
+    Json(json!(engine.actor_tree().await))
+}

@@ -42,12 +42,21 @@ pub fn status_subject(id: ExecutionId) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot connect to NATS at {url}: {source} (is nats-server running? `sluice up` starts one)")]
-    Connect { url: String, source: async_nats::ConnectError },
+    #[error(
+        "cannot connect to NATS at {url}: {source} (is nats-server running? `sluice up` starts one)"
+    )]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
     #[error("failed to set up stream {stream}: {message}")]
     Setup { stream: String, message: String },
     #[error("failed to publish to {subject}: {message}")]
-    Publish { subject: String, message: String, timed_out: bool },
+    Publish {
+        subject: String,
+        message: String,
+        timed_out: bool,
+    },
     #[error("failed to read from {what}: {message}")]
     Read { what: String, message: String },
     #[error(transparent)]
@@ -88,7 +97,10 @@ impl Bus {
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(|source| BusError::Connect { url: url.to_owned(), source })?;
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         let bus = Self::from_client(client);
         bus.ensure_streams().await?;
         Ok(bus)
@@ -116,16 +128,37 @@ impl Bus {
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
         for def in definitions() {
             let name = def.stream.name.clone();
-            let setup = |message: String| BusError::Setup { stream: name.clone(), message };
-            self.jetstream.create_or_update_stream(def.stream.clone()).await.map_err(|e| setup(e.to_string()))?;
-            let stream = self.jetstream.get_stream(&name).await.map_err(|e| setup(e.to_string()))?;
+            let setup = |message: String| BusError::Setup {
+                stream: name.clone(),
+                message,
+            };
+            self.jetstream
+                .create_or_update_stream(def.stream.clone())
+                .await
+                .map_err(|e| setup(e.to_string()))?;
+            let stream = self
+                .jetstream
+                .get_stream(&name)
+                .await
+                .map_err(|e| setup(e.to_string()))?;
             for consumer in &def.consumers {
                 let durable = consumer.config.durable_name.clone().unwrap_or_default();
-                let exists = stream.get_consumer::<jetstream::consumer::pull::Config>(&durable).await.is_ok();
+                let exists = stream
+                    .get_consumer::<jetstream::consumer::pull::Config>(&durable)
+                    .await
+                    .is_ok();
                 let result = if exists {
-                    stream.update_consumer(consumer.config.clone()).await.map(drop).map_err(|e| e.to_string())
+                    stream
+                        .update_consumer(consumer.config.clone())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 } else {
-                    stream.create_consumer(consumer.config.clone()).await.map(drop).map_err(|e| e.to_string())
+                    stream
+                        .create_consumer(consumer.config.clone())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 };
                 result.map_err(|e| setup(format!("consumer {durable}: {e}")))?;
             }
@@ -135,48 +168,105 @@ impl Bus {
 
     /// The durable pull consumer `durable` of `stream`, as declared in `streams/`.
     pub async fn consumer(&self, stream: &str, durable: &str) -> Result<PullConsumer, BusError> {
-        let read = |message: String| BusError::Read { what: format!("consumer {stream}/{durable}"), message };
-        let stream = self.jetstream.get_stream(stream).await.map_err(|e| read(e.to_string()))?;
-        stream.get_consumer(durable).await.map_err(|e| read(e.to_string()))
+        let read = |message: String| BusError::Read {
+            what: format!("consumer {stream}/{durable}"),
+            message,
+        };
+        let stream = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        stream
+            .get_consumer(durable)
+            .await
+            .map_err(|e| read(e.to_string()))
     }
 
-    async fn publish(&self, subject: String, dedup_id: &str, payload: Vec<u8>) -> Result<Published, BusError> {
+    async fn publish(
+        &self,
+        subject: String,
+        dedup_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<Published, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Content-Type", MSGPACK_CONTENT_TYPE);
         let message = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(payload))
             .headers(headers)
             .message_id(dedup_id);
-        let failed = |message: String, timed_out: bool| BusError::Publish { subject: subject.clone(), message, timed_out };
-        let ack = self.jetstream.send_publish(subject.clone(), message).await.map_err(|e| {
-            let timed_out = matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
-            failed(e.to_string(), timed_out)
-        })?;
+        let failed = |message: String, timed_out: bool| BusError::Publish {
+            subject: subject.clone(),
+            message,
+            timed_out,
+        };
+        let ack = self
+            .jetstream
+            .send_publish(subject.clone(), message)
+            .await
+            .map_err(|e| {
+                let timed_out = matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                );
+                failed(e.to_string(), timed_out)
+            })?;
         let ack = ack.await.map_err(|e| {
-            let timed_out = matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe);
+            let timed_out = matches!(
+                e.kind(),
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+            );
             failed(e.to_string(), timed_out)
         })?;
-        Ok(if ack.duplicate { Published::Duplicate } else { Published::Stored { sequence: ack.sequence } })
+        Ok(if ack.duplicate {
+            Published::Duplicate
+        } else {
+            Published::Stored {
+                sequence: ack.sequence,
+            }
+        })
     }
 
     /// Hands an execution to the workers: the handoff. Deduplicated per attempt.
     pub async fn publish_run(&self, message: &RunMessage) -> Result<Published, BusError> {
-        self.publish(run_subject(DEFAULT_QUEUE), &message.dedup_id(), sluice_core::encode(message)?).await
+        self.publish(
+            run_subject(DEFAULT_QUEUE),
+            &message.dedup_id(),
+            sluice_core::encode(message)?,
+        )
+        .await
     }
 
     /// Reports a status; one `running` and one completion per execution reach the stream.
     pub async fn publish_status(&self, report: &StatusReport) -> Result<Published, BusError> {
-        self.publish(status_subject(report.execution_id), &report.dedup_id(), sluice_core::encode(report)?).await
+        self.publish(
+            status_subject(report.execution_id),
+            &report.dedup_id(),
+            sluice_core::encode(report)?,
+        )
+        .await
     }
 
     /// The last report stored for an execution, if any: lets a worker that receives a
     /// redelivered run message see that the execution already completed.
     pub async fn last_status(&self, id: ExecutionId) -> Result<Option<StatusReport>, BusError> {
-        let read = |message: String| BusError::Read { what: "STATUS stream".into(), message };
-        let stream = self.jetstream.get_stream("STATUS").await.map_err(|e| read(e.to_string()))?;
-        match stream.get_last_raw_message_by_subject(&status_subject(id)).await {
+        let read = |message: String| BusError::Read {
+            what: "STATUS stream".into(),
+            message,
+        };
+        let stream = self
+            .jetstream
+            .get_stream("STATUS")
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        match stream
+            .get_last_raw_message_by_subject(&status_subject(id))
+            .await
+        {
             Ok(raw) => Ok(Some(sluice_core::decode(&raw.payload)?)),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
             Err(e) => Err(read(e.to_string())),
         }
     }

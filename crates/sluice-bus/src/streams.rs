@@ -16,17 +16,26 @@ const FILES: &[(&str, &str, &[(&str, &str)])] = &[
     (
         "TRIGGERS/stream.json",
         include_str!("../../../streams/TRIGGERS/stream.json"),
-        &[("TRIGGERS/consumers/engine.json", include_str!("../../../streams/TRIGGERS/consumers/engine.json"))],
+        &[(
+            "TRIGGERS/consumers/engine.json",
+            include_str!("../../../streams/TRIGGERS/consumers/engine.json"),
+        )],
     ),
     (
         "RUN/stream.json",
         include_str!("../../../streams/RUN/stream.json"),
-        &[("RUN/consumers/workers.json", include_str!("../../../streams/RUN/consumers/workers.json"))],
+        &[(
+            "RUN/consumers/workers.json",
+            include_str!("../../../streams/RUN/consumers/workers.json"),
+        )],
     ),
     (
         "STATUS/stream.json",
         include_str!("../../../streams/STATUS/stream.json"),
-        &[("STATUS/consumers/engine.json", include_str!("../../../streams/STATUS/consumers/engine.json"))],
+        &[(
+            "STATUS/consumers/engine.json",
+            include_str!("../../../streams/STATUS/consumers/engine.json"),
+        )],
     ),
 ];
 
@@ -40,7 +49,8 @@ pub fn definitions() -> Vec<StreamDef> {
             consumers: consumers
                 .iter()
                 .map(|(file, json)| ConsumerDef {
-                    config: serde_json::from_str(json).unwrap_or_else(|e| panic!("streams/{file}: {e}")),
+                    config: serde_json::from_str(json)
+                        .unwrap_or_else(|e| panic!("streams/{file}: {e}")),
                 })
                 .collect(),
         })
@@ -73,7 +83,12 @@ mod tests {
         for def in definitions() {
             let prefix = def.stream.subjects[0].trim_end_matches('>');
             for c in &def.consumers {
-                assert!(c.config.filter_subject.starts_with(prefix), "{} reads {}", def.stream.name, c.config.filter_subject);
+                assert!(
+                    c.config.filter_subject.starts_with(prefix),
+                    "{} reads {}",
+                    def.stream.name,
+                    c.config.filter_subject
+                );
             }
         }
     }

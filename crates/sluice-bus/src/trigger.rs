@@ -16,7 +16,11 @@ pub struct TriggerMessage {
 /// Decodes a trigger message: the subject names the trigger, the payload is JSON (what
 /// `nats pub` sends) or MessagePack with `Content-Type: application/msgpack`. The error
 /// says what is wrong, to be stored with the rejected event.
-pub fn decode_trigger(subject: &str, content_type: Option<&str>, payload: &[u8]) -> Result<TriggerMessage, String> {
+pub fn decode_trigger(
+    subject: &str,
+    content_type: Option<&str>,
+    payload: &[u8],
+) -> Result<TriggerMessage, String> {
     let trigger = subject
         .strip_prefix(TRIGGER_PREFIX)
         .filter(|t| t.split('.').count() == 2 && t.split('.').all(|p| !p.is_empty()))
@@ -32,7 +36,10 @@ pub fn decode_trigger(subject: &str, content_type: Option<&str>, payload: &[u8])
         })?
     };
     if !payload.is_object() {
-        return Err(format!("payload must be a JSON object, found {}", kind(&payload)));
+        return Err(format!(
+            "payload must be a JSON object, found {}",
+            kind(&payload)
+        ));
     }
     Ok(TriggerMessage { trigger, payload })
 }
@@ -60,10 +67,22 @@ mod tests {
 
     #[test]
     fn json_and_msgpack_payloads() {
-        let m = decode_trigger("sluice.trigger.examples.alert", None, br#"{"host":"db1"}"#).unwrap();
-        assert_eq!(m, TriggerMessage { trigger: "examples.alert".into(), payload: json!({"host": "db1"}) });
+        let m =
+            decode_trigger("sluice.trigger.examples.alert", None, br#"{"host":"db1"}"#).unwrap();
+        assert_eq!(
+            m,
+            TriggerMessage {
+                trigger: "examples.alert".into(),
+                payload: json!({"host": "db1"})
+            }
+        );
         let packed = sluice_core::encode(&json!({"host": "db2"})).unwrap();
-        let m = decode_trigger("sluice.trigger.examples.alert", Some("application/msgpack"), &packed).unwrap();
+        let m = decode_trigger(
+            "sluice.trigger.examples.alert",
+            Some("application/msgpack"),
+            &packed,
+        )
+        .unwrap();
         assert_eq!(m.payload, json!({"host": "db2"}));
         let m = decode_trigger("sluice.trigger.examples.alert", None, b"").unwrap();
         assert_eq!(m.payload, json!({}), "an empty publish is an empty payload");
@@ -74,8 +93,16 @@ mod tests {
         let err = decode_trigger("sluice.trigger.examples.alert", None, b"not json").unwrap_err();
         assert!(err.contains("payload is not valid JSON"), "{err}");
         let err = decode_trigger("sluice.trigger.examples.alert", None, b"[1,2]").unwrap_err();
-        assert!(err.contains("must be a JSON object, found an array"), "{err}");
-        let err = decode_trigger("sluice.trigger.examples.alert", Some("application/msgpack"), b"\xc1").unwrap_err();
+        assert!(
+            err.contains("must be a JSON object, found an array"),
+            "{err}"
+        );
+        let err = decode_trigger(
+            "sluice.trigger.examples.alert",
+            Some("application/msgpack"),
+            b"\xc1",
+        )
+        .unwrap_err();
         assert!(err.contains("not valid MessagePack"), "{err}");
         let err = decode_trigger("sluice.trigger.alert", None, b"{}").unwrap_err();
         assert!(err.contains("is not sluice.trigger.<pack>.<name>"), "{err}");

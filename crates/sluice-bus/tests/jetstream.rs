@@ -22,12 +22,28 @@ fn run_message(id: i64, attempt: u32) -> RunMessage {
 async fn streams_are_applied_idempotently_and_publishes_deduplicated() {
     let nats = NatsServer::start();
     let bus = Bus::connect(&nats.url(), "test").await.unwrap();
-    bus.ensure_streams().await.expect("applying the same definitions again is a no-op");
-    Bus::connect(&nats.url(), "second").await.expect("a second process applies them too");
+    bus.ensure_streams()
+        .await
+        .expect("applying the same definitions again is a no-op");
+    Bus::connect(&nats.url(), "second")
+        .await
+        .expect("a second process applies them too");
 
-    assert!(matches!(bus.publish_run(&run_message(1, 1)).await.unwrap(), Published::Stored { .. }));
-    assert_eq!(bus.publish_run(&run_message(1, 1)).await.unwrap(), Published::Duplicate);
-    assert!(matches!(bus.publish_run(&run_message(1, 2)).await.unwrap(), Published::Stored { .. }), "a new attempt is a new message");
+    assert!(matches!(
+        bus.publish_run(&run_message(1, 1)).await.unwrap(),
+        Published::Stored { .. }
+    ));
+    assert_eq!(
+        bus.publish_run(&run_message(1, 1)).await.unwrap(),
+        Published::Duplicate
+    );
+    assert!(
+        matches!(
+            bus.publish_run(&run_message(1, 2)).await.unwrap(),
+            Published::Stored { .. }
+        ),
+        "a new attempt is a new message"
+    );
 
     let mut run = bus.jetstream().get_stream("RUN").await.unwrap();
     assert_eq!(run.info().await.unwrap().state.messages, 2);
@@ -50,6 +66,17 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
     bus.publish_status(&report).await.unwrap();
     report.status = ExecutionStatus::Succeeded;
     bus.publish_status(&report).await.unwrap();
-    assert_eq!(bus.publish_status(&report).await.unwrap(), Published::Duplicate, "one completion per execution");
-    assert_eq!(bus.last_status(ExecutionId(5)).await.unwrap().unwrap().status, ExecutionStatus::Succeeded);
+    assert_eq!(
+        bus.publish_status(&report).await.unwrap(),
+        Published::Duplicate,
+        "one completion per execution"
+    );
+    assert_eq!(
+        bus.last_status(ExecutionId(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        ExecutionStatus::Succeeded
+    );
 }

@@ -54,7 +54,11 @@ impl StatusReport {
     /// `<execution id>.running` or `<execution id>.completed`: one of each per execution,
     /// whatever the number of attempts, so JetStream drops any repeat.
     pub fn dedup_id(&self) -> String {
-        let kind = if self.status.is_terminal() { "completed" } else { "running" };
+        let kind = if self.status.is_terminal() {
+            "completed"
+        } else {
+            "running"
+        };
         format!("{}.{kind}", self.execution_id)
     }
 }

@@ -131,7 +131,10 @@ mod tests {
     #[test]
     fn no_status_transitions_to_itself() {
         for status in ExecutionStatus::ALL {
-            assert!(!status.can_transition_to(status), "{status} -> {status} allowed");
+            assert!(
+                !status.can_transition_to(status),
+                "{status} -> {status} allowed"
+            );
         }
     }
 
@@ -139,11 +142,19 @@ mod tests {
     fn the_happy_path_is_legal_and_running_is_never_reentered() {
         let path = [Requested, Scheduling, Scheduled, Running, Succeeded];
         for pair in path.windows(2) {
-            assert!(pair[0].can_transition_to(pair[1]), "{} -> {}", pair[0], pair[1]);
+            assert!(
+                pair[0].can_transition_to(pair[1]),
+                "{} -> {}",
+                pair[0],
+                pair[1]
+            );
         }
         assert!(!Succeeded.can_transition_to(Running));
         assert!(!Running.can_transition_to(Scheduled));
-        assert!(!Requested.can_transition_to(Succeeded), "only a worker reports success");
+        assert!(
+            !Requested.can_transition_to(Succeeded),
+            "only a worker reports success"
+        );
     }
 
     #[test]

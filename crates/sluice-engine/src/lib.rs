@@ -1,1 +1,354 @@
-//! sluice-engine
+//! The Sluice engine: it turns trigger events into executions and shepherds each one to
+//! the moment a worker takes it, then records what the worker reports.
+//!
+//! ```text
+//! engine (root actor)
+//!  ├─ ingestor             TRIGGERS consumer: event -> rules -> executions     (ingest.rs)
+//!  ├─ completions          STATUS consumer: worker reports -> store -> supervisor (completion.rs)
+//!  └─ action/<ref> ×N      FIFO queue and active set of one action            (supervisor.rs)
+//!       └─ execution/<id>  one per admitted execution until it completes      (execution.rs)
+//! ```
+//!
+//! [`Engine::start`] rebuilds every queue and active set from the store before it consumes
+//! anything, so a restart resumes where the last run stopped.
+
+mod completion;
+mod consumer;
+mod context;
+mod execution;
+mod ingest;
+pub mod rules;
+mod supervisor;
+mod tree;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{Map, Value};
+use sluice_bus::Bus;
+use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_pack::{Catalog, params};
+use sluice_store::Store;
+use tracing::{error, info, warn};
+
+use crate::context::Shared;
+use crate::execution::Phase;
+use crate::supervisor::{ActionSupervisor, Pending, SupervisorArgs, SupervisorHandle};
+
+pub use supervisor::SupervisorStats;
+pub use tree::ActorNode;
+
+type Routes = Arc<HashMap<ActionRef, SupervisorHandle>>;
+
+/// What the engine runs with.
+pub struct EngineConfig {
+    /// Prefix of the engine's actor names; unique within the process.
+    pub name: String,
+    pub catalog: Arc<Catalog>,
+    pub store: Store,
+    pub bus: Bus,
+    /// Consume the TRIGGERS stream (switch off for an API-only engine).
+    pub ingest_triggers: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("failed to start actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] sluice_bus::BusError),
+}
+
+/// Why a request for an execution was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown action {action} (known: {known})")]
+    UnknownAction { action: String, known: String },
+    #[error("action {0} is disabled")]
+    Disabled(ActionRef),
+    #[error(transparent)]
+    InvalidParameters(#[from] params::ParamErrors),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+}
+
+/// A running engine. Dropping it leaves the actors running; call [`Engine::shutdown`].
+pub struct Engine {
+    shared: Arc<Shared>,
+    routes: Routes,
+    root: ActorRef<()>,
+    ingestor: Option<ActorRef<()>>,
+    completions: ActorRef<()>,
+}
+
+/// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
+/// never a reason to stop the engine (ractor's default would stop it).
+struct EngineRoot;
+
+impl Actor for EngineRoot {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<()>, _args: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(child, err) => {
+                error!(actor = ?child.get_name(), error = %err, "engine actor failed")
+            }
+            SupervisionEvent::ActorTerminated(child, _, reason) => {
+                info!(actor = ?child.get_name(), ?reason, "engine actor stopped")
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    pub async fn start(config: EngineConfig) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            catalog: config.catalog,
+            store: config.store,
+            bus: config.bus,
+        });
+        let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
+        let mut routes = HashMap::new();
+        for action in shared.catalog.actions.values() {
+            let args = SupervisorArgs {
+                shared: shared.clone(),
+                action: action.clone(),
+            };
+            routes.insert(
+                action.action_ref.clone(),
+                ActionSupervisor::spawn(args, root.get_cell()).await?,
+            );
+        }
+        let routes: Routes = Arc::new(routes);
+        rebuild(&shared, &routes).await?;
+
+        let consumer = shared.bus.consumer("STATUS", "engine").await?;
+        let (s, r) = (shared.clone(), routes.clone());
+        let completions = consumer::spawn_loop(
+            format!("{}/completions", config.name),
+            root.get_cell(),
+            Box::new(move |cancel| {
+                Box::pin(async move {
+                    consumer::consume(consumer, cancel, |m| completion::handle_status(&s, &r, m))
+                        .await;
+                })
+            }),
+        )
+        .await?;
+
+        let ingestor = if config.ingest_triggers {
+            let consumer = shared.bus.consumer("TRIGGERS", "engine").await?;
+            let (s, r) = (shared.clone(), routes.clone());
+            Some(
+                consumer::spawn_loop(
+                    format!("{}/ingestor", config.name),
+                    root.get_cell(),
+                    Box::new(move |cancel| {
+                        Box::pin(async move {
+                            consumer::consume(consumer, cancel, |m| {
+                                ingest::handle_trigger(&s, &r, m)
+                            })
+                            .await;
+                        })
+                    }),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        info!(
+            engine = config.name,
+            actions = routes.len(),
+            store = shared.store.backend_name(),
+            "engine started"
+        );
+        Ok(Self {
+            shared,
+            routes,
+            root,
+            ingestor,
+            completions,
+        })
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.shared.catalog
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Requests an execution directly (API, CLI): parameters are checked against the action,
+    /// the execution is stored `requested` and joins its action's queue.
+    pub async fn submit(
+        &self,
+        action: &str,
+        given: Map<String, Value>,
+    ) -> Result<ExecutionId, SubmitError> {
+        let unknown = || SubmitError::UnknownAction {
+            action: action.to_owned(),
+            known: self
+                .shared
+                .catalog
+                .actions
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let action_ref: ActionRef = action.parse().map_err(|_| unknown())?;
+        let definition = self
+            .shared
+            .catalog
+            .action(&action_ref)
+            .ok_or_else(unknown)?;
+        if !definition.enabled {
+            return Err(SubmitError::Disabled(action_ref));
+        }
+        let parameters = params::resolve(definition, given)?;
+        let id = self
+            .shared
+            .store
+            .create_execution(&action_ref, &params::redact(definition, &parameters), None)
+            .await?;
+        if let Some(supervisor) = self.routes.get(&action_ref) {
+            supervisor.enqueue(Pending {
+                id,
+                attempt: 1,
+                parameters,
+                enqueued_at: Utc::now(),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Queue figures of every action supervisor, by action.
+    pub async fn supervisor_stats(&self) -> Vec<SupervisorStats> {
+        let mut stats = Vec::with_capacity(self.routes.len());
+        for supervisor in self.routes.values() {
+            stats.extend(supervisor.stats().await);
+        }
+        stats.sort_by(|a, b| a.action.cmp(&b.action));
+        stats
+    }
+
+    /// The live actor tree, read from ractor's supervision links.
+    pub async fn actor_tree(&self) -> ActorNode {
+        let stats = self.supervisor_stats().await;
+        tree::snapshot(&self.root.get_cell(), &self.shared.name, &stats)
+    }
+
+    /// Stops taking triggers, lets executions already handed to workers finish (up to
+    /// `drain`), then stops every actor. Queued executions stay `requested` in the store and
+    /// run after the next start.
+    pub async fn shutdown(self, drain: Duration) {
+        if let Some(ingestor) = &self.ingestor {
+            let _ = ingestor.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        for supervisor in self.routes.values() {
+            supervisor.drain();
+        }
+        let deadline = Instant::now() + drain;
+        loop {
+            let active: usize = self
+                .supervisor_stats()
+                .await
+                .iter()
+                .map(|s| s.active_count)
+                .sum();
+            if active == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                warn!(
+                    active,
+                    "drain time is up; executions in flight resume on the next start"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self
+            .completions
+            .stop_and_wait(Some("shutdown".into()), None)
+            .await;
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), None).await;
+        info!(engine = self.shared.name, "engine stopped");
+    }
+}
+
+/// Puts every unfinished execution back where it belongs: `requested` ones in their queue in
+/// request order, the rest as active children of their supervisor.
+async fn rebuild(shared: &Arc<Shared>, routes: &Routes) -> Result<(), EngineError> {
+    let unfinished = shared.store.unfinished_executions().await?;
+    let count = unfinished.len();
+    for execution in unfinished {
+        let id = execution.id;
+        let Some(supervisor) = routes.get(&execution.action) else {
+            let reason = format!("action {} is no longer loaded", execution.action);
+            if !shared.store.fail_before_handoff(id, &reason).await? {
+                warn!(execution_id = %id, action = %execution.action, "execution of an unloaded action is still with a worker");
+            }
+            continue;
+        };
+        let parameters = execution
+            .parameters
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let lost_secrets = shared.catalog.action(&execution.action).is_some_and(|a| {
+            a.secret_parameters()
+                .iter()
+                .any(|name| parameters.get(name).is_some_and(|v| v == params::REDACTED))
+        });
+        let pending = Pending {
+            id,
+            attempt: execution.attempt,
+            parameters,
+            enqueued_at: execution.created_at,
+        };
+        match execution.status {
+            ExecutionStatus::Requested | ExecutionStatus::Scheduling if lost_secrets => {
+                let reason = "its secret parameters are held in memory only and were lost when the engine stopped; request it again";
+                shared.store.fail_before_handoff(id, reason).await?;
+            }
+            ExecutionStatus::Requested => supervisor.enqueue(pending),
+            ExecutionStatus::Scheduling => supervisor.resume(pending, Phase::Dispatch),
+            // Its run message may already be out; publishing it again with redacted secrets
+            // would run it wrong, so wait for the worker instead.
+            ExecutionStatus::Scheduled if lost_secrets => {
+                supervisor.resume(pending, Phase::AwaitCompletion)
+            }
+            ExecutionStatus::Scheduled => supervisor.resume(pending, Phase::Dispatch),
+            _ => supervisor.resume(pending, Phase::AwaitCompletion),
+        }
+    }
+    if count > 0 {
+        info!(
+            executions = count,
+            "resumed unfinished executions from the store"
+        );
+    }
+    Ok(())
+}

@@ -14,10 +14,36 @@ use serde_json::Value;
 
 /// Every operator name StackStorm accepts, aliases included.
 pub const OPERATOR_NAMES: &[&str] = &[
-    "equals", "eq", "nequals", "neq", "iequals", "contains", "ncontains", "icontains",
-    "incontains", "startswith", "istartswith", "endswith", "iendswith", "matchwildcard",
-    "matchregex", "regex", "iregex", "lessthan", "lt", "greaterthan", "gt", "timediff_lt",
-    "timediff_gt", "exists", "nexists", "inside", "in", "ninside", "nin", "search",
+    "equals",
+    "eq",
+    "nequals",
+    "neq",
+    "iequals",
+    "contains",
+    "ncontains",
+    "icontains",
+    "incontains",
+    "startswith",
+    "istartswith",
+    "endswith",
+    "iendswith",
+    "matchwildcard",
+    "matchregex",
+    "regex",
+    "iregex",
+    "lessthan",
+    "lt",
+    "greaterthan",
+    "gt",
+    "timediff_lt",
+    "timediff_gt",
+    "exists",
+    "nexists",
+    "inside",
+    "in",
+    "ninside",
+    "nin",
+    "search",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +119,10 @@ enum SearchCondition {
 enum Compiled {
     Plain,
     Regex(Regex),
-    Search { condition: SearchCondition, items: Vec<Criterion> },
+    Search {
+        condition: SearchCondition,
+        items: Vec<Criterion>,
+    },
 }
 
 /// One compiled criterion.
@@ -111,9 +140,17 @@ pub struct Criterion {
 impl Criterion {
     /// Compiles a criterion whose key must start with `prefix` (`trigger` in rules, `item`
     /// inside `search`). Errors name what is wrong, for the loader to place in its file.
-    pub fn compile(prefix: &str, key: &str, operator: &str, pattern: Value) -> Result<Self, String> {
+    pub fn compile(
+        prefix: &str,
+        key: &str,
+        operator: &str,
+        pattern: Value,
+    ) -> Result<Self, String> {
         let op = parse_op(operator).ok_or_else(|| {
-            format!("unknown operator {operator:?}; known operators: {}", OPERATOR_NAMES.join(", "))
+            format!(
+                "unknown operator {operator:?}; known operators: {}",
+                OPERATOR_NAMES.join(", ")
+            )
         })?;
         let rest = key
             .strip_prefix(prefix)
@@ -139,12 +176,21 @@ impl Criterion {
             }
             Op::MatchWildcard => Compiled::Regex(wildcard_regex(pattern_str()?)),
             Op::TimeDiffLt | Op::TimeDiffGt if !pattern.is_number() => {
-                return Err(format!("operator {operator} needs a number of seconds as pattern"));
+                return Err(format!(
+                    "operator {operator} needs a number of seconds as pattern"
+                ));
             }
             Op::Search => compile_search(&pattern)?,
             _ => Compiled::Plain,
         };
-        Ok(Self { key: key.to_owned(), path, op, operator: operator.to_owned(), pattern, compiled })
+        Ok(Self {
+            key: key.to_owned(),
+            path,
+            op,
+            operator: operator.to_owned(),
+            pattern,
+            compiled,
+        })
     }
 
     /// Whether the value at this criterion's path in `root` satisfies it.
@@ -157,24 +203,40 @@ impl Criterion {
             (_, None | Some(Value::Null)) => false,
             (Op::Equals, Some(v)) => json_eq(v, pattern),
             (Op::NEquals, Some(v)) => !json_eq(v, pattern),
-            (Op::IEquals, Some(v)) => both_str(v, pattern, |a, b| a.to_lowercase() == b.to_lowercase()),
+            (Op::IEquals, Some(v)) => {
+                both_str(v, pattern, |a, b| a.to_lowercase() == b.to_lowercase())
+            }
             (Op::Contains, Some(v)) => contains(v, pattern),
             (Op::NContains, Some(v)) => !contains(v, pattern),
-            (Op::IContains, Some(v)) => both_str(v, pattern, |a, b| a.to_lowercase().contains(&b.to_lowercase())),
-            (Op::INContains, Some(v)) => both_str(v, pattern, |a, b| !a.to_lowercase().contains(&b.to_lowercase())),
+            (Op::IContains, Some(v)) => both_str(v, pattern, |a, b| {
+                a.to_lowercase().contains(&b.to_lowercase())
+            }),
+            (Op::INContains, Some(v)) => both_str(v, pattern, |a, b| {
+                !a.to_lowercase().contains(&b.to_lowercase())
+            }),
             (Op::StartsWith, Some(v)) => both_str(v, pattern, |a, b| a.starts_with(b)),
-            (Op::IStartsWith, Some(v)) => both_str(v, pattern, |a, b| a.to_lowercase().starts_with(&b.to_lowercase())),
+            (Op::IStartsWith, Some(v)) => both_str(v, pattern, |a, b| {
+                a.to_lowercase().starts_with(&b.to_lowercase())
+            }),
             (Op::EndsWith, Some(v)) => both_str(v, pattern, |a, b| a.ends_with(b)),
-            (Op::IEndsWith, Some(v)) => both_str(v, pattern, |a, b| a.to_lowercase().ends_with(&b.to_lowercase())),
-            (Op::MatchWildcard | Op::Regex | Op::IRegex, Some(Value::String(s))) => match &self.compiled {
-                Compiled::Regex(regex) => regex.is_match(s),
-                _ => false,
-            },
+            (Op::IEndsWith, Some(v)) => both_str(v, pattern, |a, b| {
+                a.to_lowercase().ends_with(&b.to_lowercase())
+            }),
+            (Op::MatchWildcard | Op::Regex | Op::IRegex, Some(Value::String(s))) => {
+                match &self.compiled {
+                    Compiled::Regex(regex) => regex.is_match(s),
+                    _ => false,
+                }
+            }
             (Op::MatchWildcard | Op::Regex | Op::IRegex, Some(_)) => false,
             (Op::LessThan, Some(v)) => compare(v, pattern) == Some(Ordering::Less),
             (Op::GreaterThan, Some(v)) => compare(v, pattern) == Some(Ordering::Greater),
-            (Op::TimeDiffLt, Some(v)) => age_seconds(v).zip(pattern.as_f64()).is_some_and(|(age, limit)| age < limit),
-            (Op::TimeDiffGt, Some(v)) => age_seconds(v).zip(pattern.as_f64()).is_some_and(|(age, limit)| age > limit),
+            (Op::TimeDiffLt, Some(v)) => age_seconds(v)
+                .zip(pattern.as_f64())
+                .is_some_and(|(age, limit)| age < limit),
+            (Op::TimeDiffGt, Some(v)) => age_seconds(v)
+                .zip(pattern.as_f64())
+                .is_some_and(|(age, limit)| age > limit),
             (Op::Inside, Some(v)) => contains(pattern, v),
             (Op::NInside, Some(v)) => !contains(pattern, v),
             (Op::Search, Some(Value::Array(list))) => match &self.compiled {
@@ -214,9 +276,13 @@ fn compile_search(pattern: &Value) -> Result<Compiled, String> {
     let items = map
         .iter()
         .map(|(key, spec)| {
-            let operator = spec.get("type").and_then(Value::as_str).ok_or_else(|| format!("search pattern {key}: missing `type`"))?;
+            let operator = spec
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("search pattern {key}: missing `type`"))?;
             let inner = spec.get("pattern").cloned().unwrap_or(Value::Null);
-            Criterion::compile("item", key, operator, inner).map_err(|e| format!("search pattern {key}: {e}"))
+            Criterion::compile("item", key, operator, inner)
+                .map_err(|e| format!("search pattern {key}: {e}"))
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Compiled::Search { condition, items })
@@ -264,7 +330,9 @@ fn wildcard_regex(pattern: &str) -> Regex {
     RegexBuilder::new(&source)
         .dot_matches_new_line(true)
         .build()
-        .unwrap_or_else(|_| Regex::new(&format!("^{}$", regex::escape(pattern))).expect("escaped regex compiles"))
+        .unwrap_or_else(|_| {
+            Regex::new(&format!("^{}$", regex::escape(pattern))).expect("escaped regex compiles")
+        })
 }
 
 fn json_eq(a: &Value, b: &Value) -> bool {
@@ -311,8 +379,12 @@ fn age_seconds(value: &Value) -> Option<f64> {
     let text = value.as_str()?;
     let at = DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc()))
-        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| {
+            NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc())
+        })
+        .or_else(|_| {
+            NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc())
+        })
         .ok()?;
     Some((Utc::now() - at).num_milliseconds() as f64 / 1000.0)
 }
@@ -324,7 +396,9 @@ mod tests {
     use super::*;
 
     fn check(op: &str, pattern: Value, payload: Value) -> bool {
-        Criterion::compile("trigger", "trigger.v", op, pattern).unwrap().matches(&json!({ "v": payload }))
+        Criterion::compile("trigger", "trigger.v", op, pattern)
+            .unwrap()
+            .matches(&json!({ "v": payload }))
     }
 
     #[test]
@@ -359,22 +433,35 @@ mod tests {
         assert!(check("endswith", json!(".com"), json!("a.com")));
         assert!(!check("endswith", json!(".COM"), json!("a.com")));
         assert!(check("iendswith", json!(".COM"), json!("a.com")));
-        assert!(!check("startswith", json!("1"), json!(12)), "numbers are not strings");
+        assert!(
+            !check("startswith", json!("1"), json!(12)),
+            "numbers are not strings"
+        );
     }
 
     #[test]
     fn wildcard_and_regex_operators() {
-        assert!(check("matchwildcard", json!("db*.prod"), json!("db12.prod")));
+        assert!(check(
+            "matchwildcard",
+            json!("db*.prod"),
+            json!("db12.prod")
+        ));
         assert!(check("matchwildcard", json!("db?"), json!("db1")));
         assert!(!check("matchwildcard", json!("db?"), json!("db12")));
         assert!(check("matchwildcard", json!("host[0-9]"), json!("host7")));
         assert!(!check("matchwildcard", json!("host[!0-9]"), json!("host7")));
         assert!(check("matchwildcard", json!("a.b"), json!("a.b")));
-        assert!(!check("matchwildcard", json!("a.b"), json!("axb")), "dot is literal");
+        assert!(
+            !check("matchwildcard", json!("a.b"), json!("axb")),
+            "dot is literal"
+        );
         // Python's re.match: anchored at the start only.
         assert!(check("matchregex", json!("db\\d+"), json!("db42-east")));
         assert!(!check("regex", json!("\\d+"), json!("db42")));
-        assert!(check("regex", json!("a.b"), json!("a\nb")), "dot matches newline");
+        assert!(
+            check("regex", json!("a.b"), json!("a\nb")),
+            "dot matches newline"
+        );
         assert!(check("iregex", json!("DB"), json!("db1")));
         assert!(!check("regex", json!("DB"), json!("db1")));
     }
@@ -384,7 +471,10 @@ mod tests {
         assert!(check("lessthan", json!(10), json!(3)));
         assert!(!check("lt", json!(3), json!(3)));
         assert!(check("greaterthan", json!(10), json!(11.5)));
-        assert!(check("gt", json!(10), json!("11")), "numeric strings compare as numbers");
+        assert!(
+            check("gt", json!(10), json!("11")),
+            "numeric strings compare as numbers"
+        );
         assert!(!check("gt", json!(10), json!("eleven")));
         assert!(check("gt", json!("a"), json!("b")));
     }
@@ -392,7 +482,9 @@ mod tests {
     #[test]
     fn timediff_operators() {
         let recent = (Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
-        let old = (Utc::now() - chrono::Duration::seconds(3600)).format("%Y-%m-%d %H:%M:%S").to_string();
+        let old = (Utc::now() - chrono::Duration::seconds(3600))
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
         assert!(check("timediff_lt", json!(60), json!(recent)));
         assert!(!check("timediff_gt", json!(60), json!(recent)));
         assert!(check("timediff_gt", json!(60), json!(old)));
@@ -424,10 +516,20 @@ mod tests {
 
     #[test]
     fn missing_values_only_satisfy_nexists() {
-        for op in OPERATOR_NAMES.iter().filter(|op| !matches!(**op, "nexists" | "exists" | "search")) {
-            let pattern = if op.starts_with("timediff") { json!(1) } else { json!("x") };
+        for op in OPERATOR_NAMES
+            .iter()
+            .filter(|op| !matches!(**op, "nexists" | "exists" | "search"))
+        {
+            let pattern = if op.starts_with("timediff") {
+                json!(1)
+            } else {
+                json!("x")
+            };
             let criterion = Criterion::compile("trigger", "trigger.missing", op, pattern).unwrap();
-            assert!(!criterion.matches(&json!({})), "{op} matched a missing value");
+            assert!(
+                !criterion.matches(&json!({})),
+                "{op} matched a missing value"
+            );
         }
     }
 
@@ -444,13 +546,23 @@ mod tests {
             }})
         };
         let search = |condition: &str| {
-            Criterion::compile("trigger", "trigger.v", "search", spec(condition)).unwrap().matches(&payload)
+            Criterion::compile("trigger", "trigger.v", "search", spec(condition))
+                .unwrap()
+                .matches(&payload)
         };
         assert!(search("any"), "db1 matches both patterns");
         assert!(!search("all"), "web1 matches neither");
         assert!(search("any2any"));
         assert!(!search("all2any"));
-        assert!(Criterion::compile("trigger", "trigger.v", "search", json!({"condition": "some"})).is_err());
+        assert!(
+            Criterion::compile(
+                "trigger",
+                "trigger.v",
+                "search",
+                json!({"condition": "some"})
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -465,7 +577,8 @@ mod tests {
 
     #[test]
     fn paths_index_into_arrays() {
-        let c = Criterion::compile("trigger", "trigger.hosts.1.name", "equals", json!("b")).unwrap();
+        let c =
+            Criterion::compile("trigger", "trigger.hosts.1.name", "equals", json!("b")).unwrap();
         assert!(c.matches(&json!({"hosts": [{"name": "a"}, {"name": "b"}]})));
     }
 }

@@ -126,7 +126,11 @@ struct Loader {
 
 impl Loader {
     fn error(&mut self, file: &Path, field: Option<&str>, message: impl Into<String>) {
-        self.errors.push(LoadError { file: file.to_owned(), field: field.map(str::to_owned), message: message.into() });
+        self.errors.push(LoadError {
+            file: file.to_owned(),
+            field: field.map(str::to_owned),
+            message: message.into(),
+        });
     }
 
     fn read<T: DeserializeOwned>(&mut self, file: &Path) -> Option<T> {
@@ -151,19 +155,38 @@ impl Loader {
         let Some(file) = self.read::<PackFile>(&manifest) else {
             return;
         };
-        let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let name = file.pack_ref.or(file.name).unwrap_or(dir_name);
         if let Err(e) = ActionRef::new(&name, "x") {
-            self.error(&manifest, Some("ref"), format!("pack name {name:?} is not valid: {e}"));
+            self.error(
+                &manifest,
+                Some("ref"),
+                format!("pack name {name:?} is not valid: {e}"),
+            );
             return;
         }
         if let Some(other) = self.catalog.packs.get(&name) {
-            let message = format!("pack {name:?} is already loaded from {}", other.dir.display());
+            let message = format!(
+                "pack {name:?} is already loaded from {}",
+                other.dir.display()
+            );
             self.error(&manifest, Some("ref"), message);
             return;
         }
-        let version = file.version.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
-        let pack = Pack { name: name.clone(), version, description: file.description, dir: dir.to_owned() };
+        let version = file
+            .version
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+        // Absolute, so workers can run entry points whatever their working directory.
+        let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let pack = Pack {
+            name: name.clone(),
+            version,
+            description: file.description,
+            dir: dir.to_owned(),
+        };
         self.catalog.packs.insert(name.clone(), pack);
         for path in yaml_files(&dir.join("actions")) {
             self.load_action(&name, dir, &path);
@@ -178,11 +201,21 @@ impl Loader {
         }
     }
 
-    fn reference(&mut self, file: &Path, pack: &str, declared: Option<&str>, name: &str) -> Option<ActionRef> {
+    fn reference(
+        &mut self,
+        file: &Path,
+        pack: &str,
+        declared: Option<&str>,
+        name: &str,
+    ) -> Option<ActionRef> {
         if let Some(declared) = declared
             && declared != pack
         {
-            self.error(file, Some("pack"), format!("says pack {declared:?} but lives in pack {pack:?}"));
+            self.error(
+                file,
+                Some("pack"),
+                format!("says pack {declared:?} but lives in pack {pack:?}"),
+            );
             return None;
         }
         match ActionRef::new(pack, name) {
@@ -195,15 +228,26 @@ impl Loader {
     }
 
     fn load_action(&mut self, pack: &str, dir: &Path, path: &Path) {
-        let Some(file) = self.read::<ActionFile>(path) else { return };
-        let Some(action_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else { return };
+        let Some(file) = self.read::<ActionFile>(path) else {
+            return;
+        };
+        let Some(action_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else {
+            return;
+        };
         let entry_point = file.entry_point.filter(|e| !e.is_empty());
         match (&entry_point, file.runner_type.needs_entry_point()) {
             (None, true) => {
-                self.error(path, Some("entry_point"), format!("runner {} needs an entry_point file", file.runner_type));
+                self.error(
+                    path,
+                    Some("entry_point"),
+                    format!("runner {} needs an entry_point file", file.runner_type),
+                );
             }
             (Some(entry), true) if !dir.join("actions").join(entry).is_file() => {
-                let message = format!("file {} does not exist", dir.join("actions").join(entry).display());
+                let message = format!(
+                    "file {} does not exist",
+                    dir.join("actions").join(entry).display()
+                );
                 self.error(path, Some("entry_point"), message);
             }
             _ => {}
@@ -228,10 +272,18 @@ impl Loader {
             }
         }
         if file.runner_type == RunnerType::LocalShellCmd && !file.parameters.contains_key("cmd") {
-            self.error(path, Some("parameters.cmd"), "a local-shell-cmd action needs a `cmd` parameter");
+            self.error(
+                path,
+                Some("parameters.cmd"),
+                "a local-shell-cmd action needs a `cmd` parameter",
+            );
         }
         if self.catalog.actions.contains_key(&action_ref) {
-            self.error(path, Some("name"), format!("action {action_ref} is defined twice"));
+            self.error(
+                path,
+                Some("name"),
+                format!("action {action_ref} is defined twice"),
+            );
             return;
         }
         let action = Action {
@@ -248,14 +300,22 @@ impl Loader {
     }
 
     fn load_trigger(&mut self, pack: &str, path: &Path) {
-        let Some(file) = self.read::<TriggerFile>(path) else { return };
-        let Some(trigger_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else { return };
+        let Some(file) = self.read::<TriggerFile>(path) else {
+            return;
+        };
+        let Some(trigger_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else {
+            return;
+        };
         let validator = match &file.payload_schema {
             None => None,
             Some(schema) => match jsonschema::validator_for(schema) {
                 Ok(v) => Some(Arc::new(v)),
                 Err(e) => {
-                    self.error(path, Some("payload_schema"), format!("not a valid JSON Schema: {e}"));
+                    self.error(
+                        path,
+                        Some("payload_schema"),
+                        format!("not a valid JSON Schema: {e}"),
+                    );
                     return;
                 }
             },
@@ -267,15 +327,29 @@ impl Loader {
             validator,
             file: path.to_owned(),
         };
-        self.catalog.triggers.insert(trigger_ref.to_string(), trigger);
+        self.catalog
+            .triggers
+            .insert(trigger_ref.to_string(), trigger);
     }
 
     fn check_rule(&mut self, path: PathBuf, pack: String, file: RuleFile) {
-        let Some(rule_ref) = self.reference(&path, &pack, file.pack.as_deref(), &file.name) else { return };
+        let Some(rule_ref) = self.reference(&path, &pack, file.pack.as_deref(), &file.name) else {
+            return;
+        };
         let trigger = file.trigger.trigger_type;
         if !self.catalog.triggers.contains_key(&trigger) {
-            let known = self.catalog.triggers.keys().cloned().collect::<Vec<_>>().join(", ");
-            self.error(&path, Some("trigger.type"), format!("unknown trigger {trigger:?} (known: {known})"));
+            let known = self
+                .catalog
+                .triggers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.error(
+                &path,
+                Some("trigger.type"),
+                format!("unknown trigger {trigger:?} (known: {known})"),
+            );
         }
         let mut criteria = Vec::new();
         for (key, c) in file.criteria {
@@ -285,7 +359,9 @@ impl Loader {
             }
         }
         let action = match file.action.action_ref.parse::<ActionRef>() {
-            Ok(r) if self.catalog.actions.contains_key(&r) => Some(self.catalog.actions[&r].clone()),
+            Ok(r) if self.catalog.actions.contains_key(&r) => {
+                Some(self.catalog.actions[&r].clone())
+            }
             Ok(r) => {
                 self.error(&path, Some("action.ref"), format!("unknown action {r}"));
                 None
@@ -300,8 +376,20 @@ impl Loader {
             for (name, value) in file.action.parameters {
                 let field = format!("action.parameters.{name}");
                 if !action.parameters.contains_key(&name) {
-                    let known = action.parameters.keys().cloned().collect::<Vec<_>>().join(", ");
-                    self.error(&path, Some(&field), format!("action {} has no parameter {name:?} (known: {known})", action.action_ref));
+                    let known = action
+                        .parameters
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.error(
+                        &path,
+                        Some(&field),
+                        format!(
+                            "action {} has no parameter {name:?} (known: {known})",
+                            action.action_ref
+                        ),
+                    );
                     continue;
                 }
                 let shell = action.runner == RunnerType::LocalShellCmd && name == "cmd";
@@ -314,7 +402,8 @@ impl Loader {
             }
             for (name, spec) in &action.parameters {
                 if spec.required && spec.default.is_none() && !parameters.contains_key(name) {
-                    let message = format!("action {} requires parameter {name:?}", action.action_ref);
+                    let message =
+                        format!("action {} requires parameter {name:?}", action.action_ref);
                     self.error(&path, Some("action.parameters"), message);
                 }
             }
@@ -335,10 +424,16 @@ impl Loader {
 
 /// `*.yaml` and `*.yml` files of a directory, sorted; none if it does not exist.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
         .collect();
     files.sort();
     files
@@ -372,5 +467,9 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     for (path, pack, rule) in std::mem::take(&mut loader.rules) {
         loader.check_rule(path, pack, rule);
     }
-    if loader.errors.is_empty() { Ok(loader.catalog) } else { Err(LoadErrors(loader.errors)) }
+    if loader.errors.is_empty() {
+        Ok(loader.catalog)
+    } else {
+        Err(LoadErrors(loader.errors))
+    }
 }

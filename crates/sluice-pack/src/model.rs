@@ -115,13 +115,21 @@ impl Trigger {
             .iter_errors(payload)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
             })
             .collect();
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(format!("payload does not match the schema of {}: {}", self.trigger_ref, problems.join("; ")))
+            Err(format!(
+                "payload does not match the schema of {}: {}",
+                self.trigger_ref,
+                problems.join("; ")
+            ))
         }
     }
 }
@@ -154,11 +162,15 @@ impl Catalog {
 
     /// The enabled rules listening to a trigger, in load order.
     pub fn rules_for<'a>(&'a self, trigger: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules.iter().filter(move |rule| rule.enabled && rule.trigger == trigger)
+        self.rules
+            .iter()
+            .filter(move |rule| rule.enabled && rule.trigger == trigger)
     }
 
     /// The directory an action's `entry_point` is relative to.
     pub fn actions_dir(&self, action_ref: &ActionRef) -> Option<PathBuf> {
-        self.packs.get(action_ref.pack()).map(|pack| pack.dir.join("actions"))
+        self.packs
+            .get(action_ref.pack())
+            .map(|pack| pack.dir.join("actions"))
     }
 }

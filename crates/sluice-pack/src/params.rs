@@ -11,24 +11,52 @@ pub const REDACTED: &str = "********";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamError {
-    Unknown { name: String, known: Vec<String> },
-    Missing { name: String },
-    WrongType { name: String, expected: &'static str, found: String },
-    NotAllowed { name: String, value: String, allowed: String },
+    Unknown {
+        name: String,
+        known: Vec<String>,
+    },
+    Missing {
+        name: String,
+    },
+    WrongType {
+        name: String,
+        expected: &'static str,
+        found: String,
+    },
+    NotAllowed {
+        name: String,
+        value: String,
+        allowed: String,
+    },
 }
 
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unknown { name, known } => {
-                write!(f, "unknown parameter {name:?} (known: {})", known.join(", "))
+                write!(
+                    f,
+                    "unknown parameter {name:?} (known: {})",
+                    known.join(", ")
+                )
             }
             Self::Missing { name } => write!(f, "required parameter {name:?} is missing"),
-            Self::WrongType { name, expected, found } => {
+            Self::WrongType {
+                name,
+                expected,
+                found,
+            } => {
                 write!(f, "parameter {name:?} must be {expected}, found {found}")
             }
-            Self::NotAllowed { name, value, allowed } => {
-                write!(f, "parameter {name:?} is {value}, which is not one of {allowed}")
+            Self::NotAllowed {
+                name,
+                value,
+                allowed,
+            } => {
+                write!(
+                    f,
+                    "parameter {name:?} is {value}, which is not one of {allowed}"
+                )
             }
         }
     }
@@ -72,22 +100,36 @@ fn kind_of(value: &Value) -> String {
 fn coerce(kind: ParamType, value: Value) -> Option<Value> {
     match (kind, value) {
         (ParamType::String, v @ Value::String(_)) => Some(v),
-        (ParamType::String, v @ (Value::Number(_) | Value::Bool(_))) => Some(Value::String(v.to_string())),
-        (ParamType::Integer, Value::Number(n)) => {
-            n.as_i64().map(Value::from).or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| Value::from(f as i64)))
+        (ParamType::String, v @ (Value::Number(_) | Value::Bool(_))) => {
+            Some(Value::String(v.to_string()))
         }
+        (ParamType::Integer, Value::Number(n)) => n.as_i64().map(Value::from).or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0)
+                .map(|f| Value::from(f as i64))
+        }),
         (ParamType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
         (ParamType::Number, v @ Value::Number(_)) => Some(v),
-        (ParamType::Number, Value::String(s)) => s.trim().parse::<f64>().ok().and_then(|f| serde_json::Number::from_f64(f)).map(Value::Number),
+        (ParamType::Number, Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| serde_json::Number::from_f64(f))
+            .map(Value::Number),
         (ParamType::Boolean, v @ Value::Bool(_)) => Some(v),
         (ParamType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "yes" | "1" => Some(Value::Bool(true)),
             "false" | "no" | "0" => Some(Value::Bool(false)),
             _ => None,
         },
-        (ParamType::Object, v @ Value::Object(_)) | (ParamType::Array, v @ Value::Array(_)) => Some(v),
+        (ParamType::Object, v @ Value::Object(_)) | (ParamType::Array, v @ Value::Array(_)) => {
+            Some(v)
+        }
         (ParamType::Object | ParamType::Array, Value::String(s)) => {
-            serde_json::from_str::<Value>(&s).ok().filter(|v| (kind == ParamType::Object) == v.is_object() && (kind == ParamType::Array) == v.is_array())
+            serde_json::from_str::<Value>(&s).ok().filter(|v| {
+                (kind == ParamType::Object) == v.is_object()
+                    && (kind == ParamType::Array) == v.is_array()
+            })
         }
         _ => None,
     }
@@ -95,12 +137,18 @@ fn coerce(kind: ParamType, value: Value) -> Option<Value> {
 
 /// Checks `given` against the action's parameters and returns the full set: defaults
 /// filled in, values coerced to their declared types. Every problem is reported at once.
-pub fn resolve(action: &Action, given: Map<String, Value>) -> Result<Map<String, Value>, ParamErrors> {
+pub fn resolve(
+    action: &Action,
+    given: Map<String, Value>,
+) -> Result<Map<String, Value>, ParamErrors> {
     let mut errors = Vec::new();
     let mut resolved = Map::new();
     for (name, value) in given {
         if !action.parameters.contains_key(&name) {
-            errors.push(ParamError::Unknown { name, known: action.parameters.keys().cloned().collect() });
+            errors.push(ParamError::Unknown {
+                name,
+                known: action.parameters.keys().cloned().collect(),
+            });
             continue;
         }
         resolved.insert(name, value);
@@ -119,7 +167,11 @@ pub fn resolve(action: &Action, given: Map<String, Value>) -> Result<Map<String,
         };
         let found = kind_of(&value);
         let Some(value) = coerce(spec.kind, value) else {
-            errors.push(ParamError::WrongType { name: name.clone(), expected: spec.kind.as_str(), found });
+            errors.push(ParamError::WrongType {
+                name: name.clone(),
+                expected: spec.kind.as_str(),
+                found,
+            });
             continue;
         };
         if let Some(allowed) = &spec.allowed
@@ -127,7 +179,11 @@ pub fn resolve(action: &Action, given: Map<String, Value>) -> Result<Map<String,
         {
             errors.push(ParamError::NotAllowed {
                 name: name.clone(),
-                value: if spec.secret { REDACTED.to_owned() } else { value.to_string() },
+                value: if spec.secret {
+                    REDACTED.to_owned()
+                } else {
+                    value.to_string()
+                },
                 allowed: Value::Array(allowed.clone()).to_string(),
             });
             continue;
@@ -137,7 +193,10 @@ pub fn resolve(action: &Action, given: Map<String, Value>) -> Result<Map<String,
     if errors.is_empty() {
         Ok(resolved)
     } else {
-        Err(ParamErrors { action: action.action_ref.to_string(), errors })
+        Err(ParamErrors {
+            action: action.action_ref.to_string(),
+            errors,
+        })
     }
 }
 
@@ -151,7 +210,11 @@ pub fn redact_names(secret: &[String], parameters: &Map<String, Value>) -> Map<S
     parameters
         .iter()
         .map(|(name, value)| {
-            let shown = if secret.contains(name) { Value::String(REDACTED.to_owned()) } else { value.clone() };
+            let shown = if secret.contains(name) {
+                Value::String(REDACTED.to_owned())
+            } else {
+                value.clone()
+            };
             (name.clone(), shown)
         })
         .collect()
@@ -170,11 +233,23 @@ mod tests {
     fn action() -> Action {
         let spec = |v: Value| serde_json::from_value::<ParamSpec>(v).unwrap();
         let parameters = BTreeMap::from([
-            ("host".to_owned(), spec(json!({"type": "string", "required": true}))),
-            ("count".to_owned(), spec(json!({"type": "integer", "default": 1}))),
+            (
+                "host".to_owned(),
+                spec(json!({"type": "string", "required": true})),
+            ),
+            (
+                "count".to_owned(),
+                spec(json!({"type": "integer", "default": 1})),
+            ),
             ("force".to_owned(), spec(json!({"type": "boolean"}))),
-            ("level".to_owned(), spec(json!({"type": "string", "enum": ["low", "high"]}))),
-            ("token".to_owned(), spec(json!({"type": "string", "secret": true}))),
+            (
+                "level".to_owned(),
+                spec(json!({"type": "string", "enum": ["low", "high"]})),
+            ),
+            (
+                "token".to_owned(),
+                spec(json!({"type": "string", "secret": true})),
+            ),
         ]);
         Action {
             action_ref: "t.a".parse().unwrap(),
@@ -194,21 +269,41 @@ mod tests {
 
     #[test]
     fn defaults_and_coercion() {
-        let out = resolve(&action(), map(json!({"host": "db1", "force": "yes", "count": "5"}))).unwrap();
-        assert_eq!(Value::Object(out), json!({"host": "db1", "force": true, "count": 5}));
+        let out = resolve(
+            &action(),
+            map(json!({"host": "db1", "force": "yes", "count": "5"})),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(out),
+            json!({"host": "db1", "force": true, "count": 5})
+        );
         let out = resolve(&action(), map(json!({"host": "db1"}))).unwrap();
         assert_eq!(out["count"], json!(1));
     }
 
     #[test]
     fn every_problem_is_reported() {
-        let err = resolve(&action(), map(json!({"count": "many", "level": "mid", "colour": "red"}))).unwrap_err();
+        let err = resolve(
+            &action(),
+            map(json!({"count": "many", "level": "mid", "colour": "red"})),
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert_eq!(err.errors.len(), 4, "{text}");
         assert!(text.contains("unknown parameter \"colour\""), "{text}");
-        assert!(text.contains("required parameter \"host\" is missing"), "{text}");
-        assert!(text.contains("\"count\" must be integer, found the string \"many\""), "{text}");
-        assert!(text.contains("\"level\" is \"mid\", which is not one of"), "{text}");
+        assert!(
+            text.contains("required parameter \"host\" is missing"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"count\" must be integer, found the string \"many\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"level\" is \"mid\", which is not one of"),
+            "{text}"
+        );
     }
 
     #[test]

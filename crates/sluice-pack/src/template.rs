@@ -22,11 +22,18 @@ fn environment(shell: bool) -> Environment<'static> {
     if shell {
         env.set_auto_escape_callback(|_| AutoEscape::Custom(Cow::Borrowed("shell")));
         env.set_formatter(|out, state, value| {
-            if value.is_safe() || !matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "shell") {
+            if value.is_safe()
+                || !matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "shell")
+            {
                 return minijinja::escape_formatter(out, state, value);
             }
-            let text = if value.is_none() { String::new() } else { value.to_string() };
-            out.write_str(&shell_quote(&text)).map_err(minijinja::Error::from)
+            let text = if value.is_none() {
+                String::new()
+            } else {
+                value.to_string()
+            };
+            out.write_str(&shell_quote(&text))
+                .map_err(minijinja::Error::from)
         });
     }
     env
@@ -67,7 +74,9 @@ impl ParamTemplate {
             match value {
                 Value::String(s) if is_template(s) => {
                     let env = if shell { &*SHELL } else { &*PLAIN };
-                    env.template_from_str(s).map(drop).map_err(|e| format!("invalid template {s:?}: {e}"))
+                    env.template_from_str(s)
+                        .map(drop)
+                        .map_err(|e| format!("invalid template {s:?}: {e}"))
                 }
                 Value::Array(items) => items.iter().try_for_each(|v| check(v, shell)),
                 Value::Object(map) => map.values().try_for_each(|v| check(v, shell)),
@@ -90,17 +99,27 @@ impl ParamTemplate {
                 if !self.shell
                     && let Some(expr) = sole_expression(s)
                 {
-                    let compiled = PLAIN.compile_expression(expr).map_err(|e| format!("{s:?}: {e}"))?;
-                    let out = compiled.eval(ctx.clone()).map_err(|e| format!("{s:?}: {e}"))?;
+                    let compiled = PLAIN
+                        .compile_expression(expr)
+                        .map_err(|e| format!("{s:?}: {e}"))?;
+                    let out = compiled
+                        .eval(ctx.clone())
+                        .map_err(|e| format!("{s:?}: {e}"))?;
                     if out.is_undefined() {
                         return Err(format!("{s:?}: undefined value"));
                     }
                     return serde_json::to_value(&out).map_err(|e| format!("{s:?}: {e}"));
                 }
                 let env = if self.shell { &*SHELL } else { &*PLAIN };
-                env.render_str(s, ctx.clone()).map(Value::String).map_err(|e| format!("{s:?}: {e}"))
+                env.render_str(s, ctx.clone())
+                    .map(Value::String)
+                    .map_err(|e| format!("{s:?}: {e}"))
             }
-            Value::Array(items) => items.iter().map(|v| self.render_value(v, ctx)).collect::<Result<_, _>>().map(Value::Array),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| self.render_value(v, ctx))
+                .collect::<Result<_, _>>()
+                .map(Value::Array),
             Value::Object(map) => map
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), self.render_value(v, ctx)?)))
@@ -123,27 +142,61 @@ mod tests {
 
     #[test]
     fn shell_templates_quote_every_inserted_value() {
-        let out = render(json!("ping -c1 {{ trigger.host }}"), true, json!({"host": "db1; rm -rf /"})).unwrap();
+        let out = render(
+            json!("ping -c1 {{ trigger.host }}"),
+            true,
+            json!({"host": "db1; rm -rf /"}),
+        )
+        .unwrap();
         assert_eq!(out, json!("ping -c1 'db1; rm -rf /'"));
-        let out = render(json!("echo {{ trigger.q }}"), true, json!({"q": "it's $(id)"})).unwrap();
+        let out = render(
+            json!("echo {{ trigger.q }}"),
+            true,
+            json!({"q": "it's $(id)"}),
+        )
+        .unwrap();
         assert_eq!(out, json!(r"echo 'it'\''s $(id)'"));
-        let out = render(json!("ping -c1 {{ trigger.host }}"), true, json!({"host": "db1.example"})).unwrap();
-        assert_eq!(out, json!("ping -c1 db1.example"), "plain words stay readable");
+        let out = render(
+            json!("ping -c1 {{ trigger.host }}"),
+            true,
+            json!({"host": "db1.example"}),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!("ping -c1 db1.example"),
+            "plain words stay readable"
+        );
     }
 
     #[test]
     fn safe_opts_out_of_shell_quoting() {
-        let out = render(json!("{{ trigger.cmd | safe }}"), true, json!({"cmd": "ls -l"})).unwrap();
+        let out = render(
+            json!("{{ trigger.cmd | safe }}"),
+            true,
+            json!({"cmd": "ls -l"}),
+        )
+        .unwrap();
         assert_eq!(out, json!("ls -l"));
     }
 
     #[test]
     fn plain_templates_keep_text_and_types() {
-        let out = render(json!("host {{ trigger.host }} is down"), false, json!({"host": "a b"})).unwrap();
+        let out = render(
+            json!("host {{ trigger.host }} is down"),
+            false,
+            json!({"host": "a b"}),
+        )
+        .unwrap();
         assert_eq!(out, json!("host a b is down"));
         let out = render(json!("{{ trigger.count }}"), false, json!({"count": 3})).unwrap();
         assert_eq!(out, json!(3));
-        let out = render(json!({"list": ["{{ trigger.a }}", 2]}), false, json!({"a": true})).unwrap();
+        let out = render(
+            json!({"list": ["{{ trigger.a }}", 2]}),
+            false,
+            json!({"a": true}),
+        )
+        .unwrap();
         assert_eq!(out, json!({"list": [true, 2]}));
     }
 

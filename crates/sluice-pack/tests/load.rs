@@ -29,14 +29,31 @@ fn with_pack(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<PathBuf>) {
 
 fn errors(files: &[(&str, &str)]) -> Vec<String> {
     let (_dir, roots) = with_pack(files);
-    load_packs(&roots).expect_err("pack should not load").0.iter().map(ToString::to_string).collect()
+    load_packs(&roots)
+        .expect_err("pack should not load")
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
 fn bundled_packs_load() {
     let catalog = load_packs(&[bundled()]).unwrap();
-    for action in ["core.noop", "core.echo", "core.local", "core.local_script", "core.sleep", "core.http", "examples.diagnose", "examples.summarise"] {
-        assert!(catalog.action(&action.parse().unwrap()).is_some(), "{action} missing");
+    for action in [
+        "core.noop",
+        "core.echo",
+        "core.local",
+        "core.local_script",
+        "core.sleep",
+        "core.http",
+        "examples.diagnose",
+        "examples.summarise",
+    ] {
+        assert!(
+            catalog.action(&action.parse().unwrap()).is_some(),
+            "{action} missing"
+        );
     }
     assert!(catalog.triggers.contains_key("examples.alert"));
     assert_eq!(catalog.rules_for("examples.alert").count(), 3);
@@ -54,12 +71,25 @@ fn bundled_rules_match_as_documented() {
     };
     assert_eq!(
         fired(json!({"host": "db1", "severity": "critical"})),
-        ["examples.diagnose_critical", "examples.log_alert", "examples.summarise_warnings"]
+        [
+            "examples.diagnose_critical",
+            "examples.log_alert",
+            "examples.summarise_warnings"
+        ]
     );
-    assert_eq!(fired(json!({"host": "web1", "severity": "info"})), ["examples.log_alert"]);
+    assert_eq!(
+        fired(json!({"host": "web1", "severity": "info"})),
+        ["examples.log_alert"]
+    );
     let trigger = &catalog.triggers["examples.alert"];
-    assert!(trigger.validate_payload(&json!({"host": "db1", "severity": "critical"})).is_ok());
-    let err = trigger.validate_payload(&json!({"host": "db1", "severity": "bad"})).unwrap_err();
+    assert!(
+        trigger
+            .validate_payload(&json!({"host": "db1", "severity": "critical"}))
+            .is_ok()
+    );
+    let err = trigger
+        .validate_payload(&json!({"host": "db1", "severity": "bad"}))
+        .unwrap_err();
     assert!(err.contains("/severity"), "{err}");
 }
 
@@ -70,7 +100,10 @@ fn a_rule_naming_an_unknown_action_fails_at_load_time() {
         "name: r\ntrigger: {type: examples.alert}\naction: {ref: core.nope}\n",
     )]);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].ends_with("t/rules/r.yaml: action.ref: unknown action core.nope"), "{errs:?}");
+    assert!(
+        errs[0].ends_with("t/rules/r.yaml: action.ref: unknown action core.nope"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -80,8 +113,16 @@ fn a_rule_naming_an_unknown_trigger_or_operator_is_reported() {
         "name: r\ntrigger: {type: t.nothing}\ncriteria:\n  trigger.x: {type: equal, pattern: 1}\naction: {ref: core.noop}\n",
     )]);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("r.yaml: trigger.type: unknown trigger \"t.nothing\"")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("r.yaml: criteria.trigger.x: unknown operator \"equal\"")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("r.yaml: trigger.type: unknown trigger \"t.nothing\"")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("r.yaml: criteria.trigger.x: unknown operator \"equal\"")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -90,13 +131,25 @@ fn rule_parameters_are_checked_against_the_action() {
         "rules/r.yaml",
         "name: r\ntrigger: {type: examples.alert}\naction:\n  ref: core.local\n  parameters:\n    command: ls\n",
     )]);
-    assert!(errs.iter().any(|e| e.contains("action.parameters.command: action core.local has no parameter \"command\"")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("action.parameters: action core.local requires parameter \"cmd\"")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e
+            .contains("action.parameters.command: action core.local has no parameter \"command\"")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("action.parameters: action core.local requires parameter \"cmd\"")),
+        "{errs:?}"
+    );
     let errs = errors(&[(
         "rules/r.yaml",
         "name: r\ntrigger: {type: examples.alert}\naction:\n  ref: core.local\n  parameters:\n    cmd: \"echo {{ trigger.host \"\n",
     )]);
-    assert!(errs.iter().any(|e| e.contains("action.parameters.cmd: invalid template")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("action.parameters.cmd: invalid template")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -104,16 +157,37 @@ fn broken_action_files_name_file_and_field() {
     let errs = errors(&[
         ("actions/a.yaml", "name: a\nrunner_type: local-shel-cmd\n"),
         ("actions/b.yaml", "runner_type: noop\n"),
-        ("actions/c.yaml", "name: c\nrunner_type: python-script\nentry_point: missing.py\n"),
-        ("actions/d.yaml", "name: d\nrunner_type: noop\nparameters:\n  n: {type: integer, default: many}\n"),
-        ("actions/e.yaml", "name: e\nrunner_type: noop\nparameters:\n  n: {type: int}\n"),
+        (
+            "actions/c.yaml",
+            "name: c\nrunner_type: python-script\nentry_point: missing.py\n",
+        ),
+        (
+            "actions/d.yaml",
+            "name: d\nrunner_type: noop\nparameters:\n  n: {type: integer, default: many}\n",
+        ),
+        (
+            "actions/e.yaml",
+            "name: e\nrunner_type: noop\nparameters:\n  n: {type: int}\n",
+        ),
     ]);
     let find = |needle: &str| errs.iter().any(|e| e.contains(needle));
-    assert!(find("t/actions/a.yaml: runner_type: unknown variant `local-shel-cmd`"), "{errs:#?}");
+    assert!(
+        find("t/actions/a.yaml: runner_type: unknown variant `local-shel-cmd`"),
+        "{errs:#?}"
+    );
     assert!(find("t/actions/b.yaml: missing field `name`"), "{errs:#?}");
-    assert!(find("t/actions/c.yaml: entry_point: file ") && find("missing.py does not exist"), "{errs:#?}");
-    assert!(find("t/actions/d.yaml: parameters.n.default: default does not fit"), "{errs:#?}");
-    assert!(find("t/actions/e.yaml: parameters.n.type: unknown variant `int`"), "{errs:#?}");
+    assert!(
+        find("t/actions/c.yaml: entry_point: file ") && find("missing.py does not exist"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/actions/d.yaml: parameters.n.default: default does not fit"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/actions/e.yaml: parameters.n.type: unknown variant `int`"),
+        "{errs:#?}"
+    );
     assert_eq!(errs.len(), 5, "{errs:#?}");
 }
 
@@ -123,12 +197,23 @@ fn broken_trigger_schema_and_yaml_are_reported() {
         ("triggers/x.yaml", "name: x\npayload_schema: {type: 12}\n"),
         ("triggers/y.yaml", "name: y\n  bad: [indent\n"),
     ]);
-    assert!(errs.iter().any(|e| e.contains("t/triggers/x.yaml: payload_schema: not a valid JSON Schema")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.contains("t/triggers/y.yaml: ")), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("t/triggers/x.yaml: payload_schema: not a valid JSON Schema")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("t/triggers/y.yaml: ")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn a_missing_packs_directory_is_an_error() {
     let err = load_packs(&[PathBuf::from("/nonexistent/packs")]).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/packs: cannot read packs directory"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/packs: cannot read packs directory"),
+        "{err}"
+    );
 }

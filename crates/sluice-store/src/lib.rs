@@ -9,7 +9,9 @@
 mod model;
 mod store;
 
-pub use model::{Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition};
+pub use model::{
+    Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition,
+};
 pub use store::{Store, StoreError};
 
 pub use sluice_core::ExecutionStatus;

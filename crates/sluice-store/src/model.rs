@@ -89,7 +89,12 @@ pub struct Transition {
 
 impl Transition {
     pub fn to(to: ExecutionStatus) -> Self {
-        Self { to, result: None, worker: None, at: Utc::now() }
+        Self {
+            to,
+            result: None,
+            worker: None,
+            at: Utc::now(),
+        }
     }
 }
 

@@ -4,13 +4,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sluice_core::{ActionRef, EventId, ExecutionId, ExecutionStatus};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, FromRow};
-use sluice_core::{ActionRef, EventId, ExecutionId, ExecutionStatus};
 
-use crate::model::{Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition};
+use crate::model::{
+    Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,17 +23,25 @@ pub enum StoreError {
     #[error("failed to apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid row in {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
 }
 
 impl StoreError {
     /// Worth retrying later: the database is busy or unreachable, not wrong.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            Self::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            ) => true,
             Self::Database(sqlx::Error::Database(e)) => {
                 let message = e.message();
-                message.contains("locked") || message.contains("busy") || e.code().is_some_and(|c| c.starts_with("08") || c == "57P01")
+                message.contains("locked")
+                    || message.contains("busy")
+                    || e.code()
+                        .is_some_and(|c| c.starts_with("08") || c == "57P01")
             }
             _ => false,
         }
@@ -80,7 +92,10 @@ struct ExecutionRow {
 const EXECUTION_COLUMNS: &str = "id, action, status, parameters, result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at";
 
 fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
-    StoreError::Corrupt { table, message: message.to_string() }
+    StoreError::Corrupt {
+        table,
+        message: message.to_string(),
+    }
 }
 
 impl TryFrom<ExecutionRow> for Execution {
@@ -139,7 +154,11 @@ struct HistoryRow {
 
 /// `'a', 'b'` for an `IN (...)` list; the values come from the status enum, never input.
 fn status_list(statuses: &[ExecutionStatus]) -> String {
-    statuses.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+    statuses
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Store {
@@ -152,17 +171,26 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
+            sqlx::migrate!("../../migrations/postgres")
+                .run(&pool)
+                .await?;
             Backend::Postgres(pool)
         } else {
-            let url = if url.starts_with("sqlite:") { url.to_owned() } else { format!("sqlite://{url}") };
+            let url = if url.starts_with("sqlite:") {
+                url.to_owned()
+            } else {
+                format!("sqlite://{url}")
+            };
             let options = SqliteConnectOptions::from_str(&url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
             Backend::Sqlite(pool)
         };
@@ -182,10 +210,18 @@ impl Store {
 
     /// Stores an event and, in the same transaction, one enforcement and one execution per
     /// firing. A trigger message seen before (same stream sequence) writes nothing.
-    pub async fn record_event(&self, event: &NewEvent, firings: &[Firing]) -> Result<EventOutcome, StoreError> {
+    pub async fn record_event(
+        &self,
+        event: &NewEvent,
+        firings: &[Firing],
+    ) -> Result<EventOutcome, StoreError> {
         let now = Utc::now();
         let stream_seq = event.stream_seq.map(|s| s as i64);
-        let status = if event.rejected.is_some() { "rejected" } else { "accepted" };
+        let status = if event.rejected.is_some() {
+            "rejected"
+        } else {
+            "accepted"
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let inserted: Option<(i64,)> = sqlx::query_as(
@@ -283,7 +319,11 @@ impl Store {
 
     /// Moves an execution to `transition.to` if the state machine allows it from its current
     /// status. Returns whether anything changed: a repeated or stale status writes nothing.
-    pub async fn transition(&self, id: ExecutionId, transition: &Transition) -> Result<bool, StoreError> {
+    pub async fn transition(
+        &self,
+        id: ExecutionId,
+        transition: &Transition,
+    ) -> Result<bool, StoreError> {
         let to = transition.to;
         let sources = to.sources();
         if sources.is_empty() {
@@ -339,7 +379,15 @@ impl Store {
         let mut execution = Execution::try_from(row)?;
         let mut history = history
             .into_iter()
-            .map(|h| Ok(HistoryEntry { status: h.status.parse().map_err(|e| corrupt("execution_history", e))?, at: h.at }))
+            .map(|h| {
+                Ok(HistoryEntry {
+                    status: h
+                        .status
+                        .parse()
+                        .map_err(|e| corrupt("execution_history", e))?,
+                    at: h.at,
+                })
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
         // Statuses are entered in lifecycle order; timestamps alone can tie.
         history.sort_by_key(|h| (h.at, h.status));
@@ -348,7 +396,10 @@ impl Store {
     }
 
     /// Executions, newest first.
-    pub async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+    pub async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> Result<Vec<Execution>, StoreError> {
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions \
              WHERE (CAST($1 AS TEXT) IS NULL OR action = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
@@ -369,9 +420,16 @@ impl Store {
     /// Executions not yet finished, oldest first: what the engine rebuilds its queues and
     /// active sets from when it starts.
     pub async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError> {
-        let unfinished = ExecutionStatus::ALL.into_iter().filter(|s| !s.is_terminal()).collect::<Vec<_>>();
-        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({}) ORDER BY id", status_list(&unfinished));
-        let rows: Vec<ExecutionRow> = on_pool!(self, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?);
+        let unfinished = ExecutionStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({}) ORDER BY id",
+            status_list(&unfinished)
+        );
+        let rows: Vec<ExecutionRow> =
+            on_pool!(self, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?);
         rows.into_iter().map(Execution::try_from).collect()
     }
 
@@ -392,5 +450,43 @@ impl Store {
             sqlx::query_as("SELECT COUNT(*) FROM enforcements WHERE event_id = $1").bind(event_id.0).fetch_one(pool).await?
         });
         Ok(n)
+    }
+}
+
+impl Store {
+    /// Fails an execution that has not been handed to a worker yet (`requested` or
+    /// `scheduling`): what the engine may decide on its own. Returns whether it changed.
+    pub async fn fail_before_handoff(
+        &self,
+        id: ExecutionId,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut failed = Transition::to(ExecutionStatus::Failed);
+        failed.result = Some(serde_json::json!({ "error": reason }));
+        let now = failed.at;
+        let result = failed.result.as_ref().map(Json);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE executions SET status = 'failed', result = $1, updated_at = $2, finished_at = $2 \
+                 WHERE id = $3 AND status IN ('requested', 'scheduling')",
+            )
+            .bind(result)
+            .bind(now)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, 'failed', $2) ON CONFLICT DO NOTHING")
+                    .bind(id.0)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 }

@@ -29,35 +29,75 @@ fn firing(rule: &str, action_ref: &str) -> Firing {
 }
 
 async fn an_event_creates_one_execution_per_rule_once(store: Store) {
-    let firings = [firing("examples.a", "core.noop"), firing("examples.b", "core.echo")];
+    let firings = [
+        firing("examples.a", "core.noop"),
+        firing("examples.b", "core.echo"),
+    ];
     let first = store.record_event(&event(Some(7)), &firings).await.unwrap();
     assert!(!first.duplicate);
     assert_eq!(first.executions.len(), 2);
     assert_eq!(store.count_enforcements(first.event_id).await.unwrap(), 2);
 
     let again = store.record_event(&event(Some(7)), &firings).await.unwrap();
-    assert!(again.duplicate, "a redelivered trigger message is the same event");
+    assert!(
+        again.duplicate,
+        "a redelivered trigger message is the same event"
+    );
     assert_eq!(again.event_id, first.event_id);
     assert!(again.executions.is_empty());
-    assert_eq!(store.list_executions(&ExecutionFilter::default()).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_executions(&ExecutionFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
-    let other = store.record_event(&event(None), &firings[..1]).await.unwrap();
-    assert_ne!(other.event_id, first.event_id, "events without a sequence are distinct");
+    let other = store
+        .record_event(&event(None), &firings[..1])
+        .await
+        .unwrap();
+    assert_ne!(
+        other.event_id, first.event_id,
+        "events without a sequence are distinct"
+    );
 }
 
 async fn transitions_follow_the_state_machine_and_write_once(store: Store) {
-    let id = store.create_execution(&action("core.noop"), &Default::default(), None).await.unwrap();
-    assert!(!store.transition(id, &Transition::to(ExecutionStatus::Running)).await.unwrap(), "requested -> running is illegal");
+    let id = store
+        .create_execution(&action("core.noop"), &Default::default(), None)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .transition(id, &Transition::to(ExecutionStatus::Running))
+            .await
+            .unwrap(),
+        "requested -> running is illegal"
+    );
     for status in [ExecutionStatus::Scheduling, ExecutionStatus::Scheduled] {
         assert!(store.transition(id, &Transition::to(status)).await.unwrap());
-        assert!(!store.transition(id, &Transition::to(status)).await.unwrap(), "{status} twice is one write");
+        assert!(
+            !store.transition(id, &Transition::to(status)).await.unwrap(),
+            "{status} twice is one write"
+        );
     }
     let mut done = Transition::to(ExecutionStatus::Succeeded);
     done.result = Some(json!({"stdout": "ok"}));
     done.worker = Some("w1".into());
     assert!(store.transition(id, &done).await.unwrap());
-    assert!(!store.transition(id, &done).await.unwrap(), "a repeated completion changes nothing");
-    assert!(!store.transition(id, &Transition::to(ExecutionStatus::Running)).await.unwrap(), "a stale running report changes nothing");
+    assert!(
+        !store.transition(id, &done).await.unwrap(),
+        "a repeated completion changes nothing"
+    );
+    assert!(
+        !store
+            .transition(id, &Transition::to(ExecutionStatus::Running))
+            .await
+            .unwrap(),
+        "a stale running report changes nothing"
+    );
 
     let execution = store.get_execution(id).await.unwrap().unwrap();
     assert_eq!(execution.status, ExecutionStatus::Succeeded);
@@ -65,7 +105,15 @@ async fn transitions_follow_the_state_machine_and_write_once(store: Store) {
     assert_eq!(execution.worker.as_deref(), Some("w1"));
     assert!(execution.finished_at.is_some());
     let history: Vec<_> = execution.history.iter().map(|h| h.status).collect();
-    assert_eq!(history, [ExecutionStatus::Requested, ExecutionStatus::Scheduling, ExecutionStatus::Scheduled, ExecutionStatus::Succeeded]);
+    assert_eq!(
+        history,
+        [
+            ExecutionStatus::Requested,
+            ExecutionStatus::Scheduling,
+            ExecutionStatus::Scheduled,
+            ExecutionStatus::Succeeded
+        ]
+    );
 }
 
 async fn failed_firings_are_stored_failed_with_the_reason(store: Store) {
@@ -73,10 +121,18 @@ async fn failed_firings_are_stored_failed_with_the_reason(store: Store) {
     bad.failed = Some("\"{{ trigger.nope }}\": undefined value".into());
     let outcome = store.record_event(&event(Some(1)), &[bad]).await.unwrap();
     assert!(outcome.executions.is_empty(), "nothing to run");
-    let all = store.list_executions(&ExecutionFilter::default()).await.unwrap();
+    let all = store
+        .list_executions(&ExecutionFilter::default())
+        .await
+        .unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].status, ExecutionStatus::Failed);
-    assert!(all[0].result.as_ref().unwrap()["error"].as_str().unwrap().contains("undefined"));
+    assert!(
+        all[0].result.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("undefined")
+    );
 }
 
 async fn rejected_events_are_kept_with_their_reason(store: Store) {
@@ -87,26 +143,73 @@ async fn rejected_events_are_kept_with_their_reason(store: Store) {
     let events = store.list_events(10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].status, "rejected");
-    assert_eq!(events[0].reason.as_deref(), Some("payload is not JSON or MessagePack"));
+    assert_eq!(
+        events[0].reason.as_deref(),
+        Some("payload is not JSON or MessagePack")
+    );
 }
 
 async fn listing_filters_and_unfinished_order(store: Store) {
     let noop = action("core.noop");
     let echo = action("core.echo");
-    let a = store.create_execution(&noop, &Default::default(), None).await.unwrap();
-    let b = store.create_execution(&echo, &Default::default(), None).await.unwrap();
-    let c = store.create_execution(&noop, &Default::default(), None).await.unwrap();
-    store.transition(b, &Transition::to(ExecutionStatus::Cancelled)).await.unwrap();
+    let a = store
+        .create_execution(&noop, &Default::default(), None)
+        .await
+        .unwrap();
+    let b = store
+        .create_execution(&echo, &Default::default(), None)
+        .await
+        .unwrap();
+    let c = store
+        .create_execution(&noop, &Default::default(), None)
+        .await
+        .unwrap();
+    store
+        .transition(b, &Transition::to(ExecutionStatus::Cancelled))
+        .await
+        .unwrap();
 
-    let noops = store.list_executions(&ExecutionFilter { action: Some("core.noop".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(noops.iter().map(|e| e.id).collect::<Vec<_>>(), [c, a], "newest first");
-    let cancelled = store.list_executions(&ExecutionFilter { status: Some(ExecutionStatus::Cancelled), ..Default::default() }).await.unwrap();
+    let noops = store
+        .list_executions(&ExecutionFilter {
+            action: Some("core.noop".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        noops.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [c, a],
+        "newest first"
+    );
+    let cancelled = store
+        .list_executions(&ExecutionFilter {
+            status: Some(ExecutionStatus::Cancelled),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(cancelled.iter().map(|e| e.id).collect::<Vec<_>>(), [b]);
-    let limited = store.list_executions(&ExecutionFilter { limit: Some(1), ..Default::default() }).await.unwrap();
+    let limited = store
+        .list_executions(&ExecutionFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 1);
     let unfinished = store.unfinished_executions().await.unwrap();
-    assert_eq!(unfinished.iter().map(|e| e.id).collect::<Vec<_>>(), [a, c], "oldest first, terminal ones left out");
-    assert!(store.get_execution(sluice_core::ExecutionId(9999)).await.unwrap().is_none());
+    assert_eq!(
+        unfinished.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [a, c],
+        "oldest first, terminal ones left out"
+    );
+    assert!(
+        store
+            .get_execution(sluice_core::ExecutionId(9999))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 macro_rules! store_suite {

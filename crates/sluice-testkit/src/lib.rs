@@ -11,7 +11,10 @@ use anyhow::{Context, bail};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
 }
 
 fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
@@ -35,15 +38,31 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory.
     pub fn start() -> Self {
-        let store_dir = tempfile::Builder::new().prefix("sluice-nats-").tempdir().expect("temp dir");
-        let mut server = Self { child: None, port: free_port(), store_dir };
-        server.spawn().expect("failed to start nats-server (install it: apt-get install -y nats-server)");
+        let store_dir = tempfile::Builder::new()
+            .prefix("sluice-nats-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store_dir,
+        };
+        server
+            .spawn()
+            .expect("failed to start nats-server (install it: apt-get install -y nats-server)");
         server
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.store_dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -89,7 +108,10 @@ impl Drop for NatsServer {
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn running_as_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// Runs a PostgreSQL binary, as the `postgres` user when we are root (initdb refuses root).
@@ -113,21 +135,35 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
-        Self::try_start().expect("failed to start PostgreSQL (install it: apt-get install -y postgresql)")
+        Self::try_start()
+            .expect("failed to start PostgreSQL (install it: apt-get install -y postgresql)")
     }
 
     fn try_start() -> anyhow::Result<Self> {
         let root = tempfile::Builder::new().prefix("sluice-pg-").tempdir()?;
         if running_as_root() {
-            let uid = Command::new("id").args(["-u", "postgres"]).output().context("no postgres user")?;
-            let gid = Command::new("id").args(["-g", "postgres"]).output().context("no postgres group")?;
-            let parse = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>();
+            let uid = Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .context("no postgres user")?;
+            let gid = Command::new("id")
+                .args(["-g", "postgres"])
+                .output()
+                .context("no postgres group")?;
+            let parse =
+                |o: std::process::Output| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>();
             std::os::unix::fs::chown(root.path(), Some(parse(uid)?), Some(parse(gid)?))?;
         }
         let data_dir = root.path().join("data");
         let port = free_port();
         let status = pg_command("initdb")
-            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync", "-D"])
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -153,7 +189,11 @@ impl Postgres {
         if !status.success() {
             bail!("pg_ctl start failed: {status}");
         }
-        Ok(Self { data_dir, _root: root, port })
+        Ok(Self {
+            data_dir,
+            _root: root,
+            port,
+        })
     }
 
     /// A URL for the `postgres` database of this cluster.

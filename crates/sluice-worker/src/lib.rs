@@ -1,1 +1,392 @@
-//! sluice-worker
+//! The Sluice worker: takes run messages from the RUN work queue, runs the actions and
+//! reports over the STATUS stream. It needs no database; start as many as you like.
+//!
+//! ```text
+//! worker (run supervisor: pull loop, capacity)
+//!  └─ run/<execution id>   one per running execution: process, in-progress acks, report
+//! ```
+//!
+//! A run message is acknowledged only after its completion report is stored by JetStream,
+//! and in-progress acks keep `ack_wait` from redelivering live work. A redelivered message
+//! for an execution that already completed is acknowledged without running it again; one
+//! whose earlier run was lost with its worker is reported `abandoned`, never run twice.
+
+pub mod runner;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::Utc;
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::json;
+use sluice_bus::Bus;
+use sluice_core::{ExecutionStatus, RunMessage, StatusReport};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// How often a running execution tells JetStream it is still being worked on.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+pub struct WorkerConfig {
+    /// This worker's name in reports and actor names; unique among workers.
+    pub name: String,
+    pub bus: Bus,
+    /// `actions/` directory of every pack installed on this worker, by pack name.
+    pub actions_dirs: BTreeMap<String, PathBuf>,
+    /// How many actions run at once.
+    pub capacity: usize,
+}
+
+struct Shared {
+    name: String,
+    bus: Bus,
+    actions_dirs: BTreeMap<String, PathBuf>,
+}
+
+/// A running worker.
+pub struct Worker {
+    supervisor: ActorRef<RunSupervisorMsg>,
+    cancel: CancellationToken,
+    pull: JoinHandle<()>,
+    capacity: usize,
+    slots: Arc<Semaphore>,
+}
+
+enum RunSupervisorMsg {
+    Start(Box<jetstream::Message>, OwnedSemaphorePermit),
+}
+
+struct RunSupervisor;
+
+impl Actor for RunSupervisor {
+    type Msg = RunSupervisorMsg;
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Shared>, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        shared: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        let RunSupervisorMsg::Start(message, permit) = message;
+        let run: RunMessage = match sluice_core::decode(&message.payload) {
+            Ok(run) => run,
+            Err(e) => {
+                error!(subject = %message.subject, error = %e, "unreadable run message; terminated");
+                let _ = message.ack_with(AckKind::Term).await;
+                return Ok(());
+            }
+        };
+        let name = format!("{}/run/{}", shared.name, run.execution_id);
+        let args = RunArgs {
+            shared: shared.clone(),
+            run,
+            message,
+            permit,
+        };
+        if let Err(e) = Actor::spawn_linked(Some(name), RunActor, args, myself.get_cell()).await {
+            // The message was not acked: it is redelivered after ack_wait.
+            error!(error = %e, "failed to start run actor");
+        }
+        Ok(())
+    }
+
+    /// A run actor ending is the normal end of an execution (its capacity slot is released
+    /// with it); a failed one is logged and its message redelivered after `ack_wait`.
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _state: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(child, err) = event {
+            error!(actor = ?child.get_name(), error = %err, "run actor failed");
+        }
+        Ok(())
+    }
+}
+
+struct RunArgs {
+    shared: Arc<Shared>,
+    run: RunMessage,
+    message: Box<jetstream::Message>,
+    permit: OwnedSemaphorePermit,
+}
+
+enum RunMsg {
+    Progress,
+    Done(runner::Outcome),
+}
+
+struct RunState {
+    shared: Arc<Shared>,
+    run: RunMessage,
+    message: Box<jetstream::Message>,
+    _permit: OwnedSemaphorePermit,
+    task: Option<JoinHandle<()>>,
+    progress: Option<JoinHandle<()>>,
+}
+
+struct RunActor;
+
+impl RunActor {
+    fn report(
+        state: &RunState,
+        status: ExecutionStatus,
+        result: serde_json::Value,
+    ) -> StatusReport {
+        StatusReport {
+            execution_id: state.run.execution_id,
+            attempt: state.run.attempt,
+            action: state.run.action.clone(),
+            worker: state.shared.name.clone(),
+            status,
+            result,
+            at: Utc::now(),
+        }
+    }
+
+    /// Publishes until JetStream has it: a completion must never be lost.
+    async fn publish(state: &RunState, report: &StatusReport) {
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = state.shared.bus.publish_status(report).await {
+            warn!(execution_id = %report.execution_id, error = %e, "status report not stored; retrying");
+            let _ = state.message.ack_with(AckKind::Progress).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn finish(
+        myself: &ActorRef<RunMsg>,
+        state: &RunState,
+        status: ExecutionStatus,
+        result: serde_json::Value,
+    ) {
+        let report = Self::report(state, status, result);
+        Self::publish(state, &report).await;
+        if let Err(e) = state.message.double_ack().await {
+            warn!(execution_id = %report.execution_id, error = %e, "run message ack not confirmed; a redelivery will find the completion");
+        }
+        info!(execution_id = %report.execution_id, action = %report.action, status = %report.status, "execution finished");
+        myself.stop(None);
+    }
+}
+
+impl Actor for RunActor {
+    type Msg = RunMsg;
+    type State = RunState;
+    type Arguments = RunArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RunMsg>,
+        args: RunArgs,
+    ) -> Result<RunState, ActorProcessingErr> {
+        let mut state = RunState {
+            shared: args.shared,
+            run: args.run,
+            message: args.message,
+            _permit: args.permit,
+            task: None,
+            progress: None,
+        };
+        let id = state.run.execution_id;
+        // A redelivery: the execution may already have run here or on a lost worker.
+        match state.shared.bus.last_status(id).await {
+            Ok(Some(last)) if last.status.is_terminal() => {
+                debug!(execution_id = %id, status = %last.status, "already completed; not run again");
+                let _ = state.message.double_ack().await;
+                myself.stop(None);
+                return Ok(state);
+            }
+            Ok(Some(last)) => {
+                warn!(execution_id = %id, previous_worker = last.worker, "started before by a worker that was lost; reported abandoned");
+                let result =
+                    json!({ "error": format!("worker {} was lost while running it", last.worker) });
+                Self::finish(&myself, &state, ExecutionStatus::Abandoned, result).await;
+                return Ok(state);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let running = Self::report(&state, ExecutionStatus::Running, serde_json::Value::Null);
+        Self::publish(&state, &running).await;
+        state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
+        let run = state.run.clone();
+        let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();
+        let me = myself.clone();
+        state.task = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = runner::run(&run, actions_dir.as_deref()).await;
+            debug!(execution_id = %run.execution_id, elapsed_ms = started.elapsed().as_millis() as u64, "runner returned");
+            let _ = me.send_message(RunMsg::Done(outcome));
+        }));
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RunMsg>,
+        message: RunMsg,
+        state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RunMsg::Progress => {
+                let _ = state.message.ack_with(AckKind::Progress).await;
+            }
+            RunMsg::Done(outcome) => {
+                if let Some(progress) = state.progress.take() {
+                    progress.abort();
+                }
+                Self::finish(&myself, state, outcome.status, outcome.result).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RunMsg>,
+        state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(progress) = state.progress.take() {
+            progress.abort();
+        }
+        Ok(())
+    }
+}
+
+impl Worker {
+    pub async fn start(config: WorkerConfig) -> Result<Self, sluice_bus::BusError> {
+        let capacity = config.capacity.max(1);
+        let consumer = config.bus.consumer("RUN", "workers").await?;
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            bus: config.bus,
+            actions_dirs: config.actions_dirs,
+        });
+        let (supervisor, _) = Actor::spawn(Some(config.name.clone()), RunSupervisor, shared)
+            .await
+            .map_err(|e| sluice_bus::BusError::Setup {
+                stream: "RUN".into(),
+                message: format!("failed to start worker actor: {e}"),
+            })?;
+        let slots = Arc::new(Semaphore::new(capacity));
+        let cancel = CancellationToken::new();
+        let pull = tokio::spawn(pull_loop(
+            consumer,
+            supervisor.clone(),
+            slots.clone(),
+            cancel.clone(),
+        ));
+        info!(worker = config.name, capacity, "worker started");
+        Ok(Self {
+            supervisor,
+            cancel,
+            pull,
+            capacity,
+            slots,
+        })
+    }
+
+    /// Executions running right now.
+    pub fn in_flight(&self) -> usize {
+        self.capacity - self.slots.available_permits()
+    }
+
+    /// Stops taking run messages, waits up to `drain` for running executions to finish and
+    /// report, then stops. Anything still running is redelivered to another worker after
+    /// `ack_wait` and reported `abandoned` there.
+    pub async fn shutdown(mut self, drain: Duration) {
+        self.cancel.cancel();
+        let _ = (&mut self.pull).await;
+        let deadline = Instant::now() + drain;
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.in_flight() > 0 {
+            warn!(
+                in_flight = self.in_flight(),
+                "drain time is up; stopping with executions running"
+            );
+        }
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), None)
+            .await;
+    }
+}
+
+/// Pulls as many run messages as there are free slots, never more, so a message waits in
+/// the stream — where another worker can take it — rather than in this worker's buffer.
+async fn pull_loop(
+    consumer: jetstream::consumer::PullConsumer,
+    supervisor: ActorRef<RunSupervisorMsg>,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(error = %e, "cannot pull run messages; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = batch.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let Some(permit) = permits.pop() else { break };
+                    if supervisor
+                        .send_message(RunSupervisorMsg::Start(Box::new(message), permit))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "pull request ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}

@@ -1,1 +1,251 @@
-fn main() {}
+//! `sluice`: parse the command line, set up logging, run.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sluice::cli::{self, Client};
+use sluice::config::{Config, bundled_packs};
+use sluice_telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Event-driven automation on NATS JetStream"
+)]
+struct Cli {
+    /// Log format: human or json.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG_FORMAT",
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Engine, a worker and (unless --nats-url) a nats-server, in one process.
+    Up(ServerArgs),
+    /// The engine alone: triggers, rules, queues, store and HTTP API.
+    Engine(ServerArgs),
+    /// A worker alone: runs actions; needs NATS and the packs, no database.
+    Worker(ServerArgs),
+    /// Run an action: sluice run core.local cmd='uname -a' --wait
+    Run {
+        /// The action, as pack.name.
+        action: String,
+        /// Parameters as key=value.
+        params: Vec<String>,
+        /// Wait for the execution to finish; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Inspect executions.
+    Execution {
+        #[command(subcommand)]
+        command: ExecutionCommand,
+    },
+    /// Print the engine's live actor tree.
+    Actors {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExecutionCommand {
+    /// Recent executions, newest first.
+    List {
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One execution: parameters, status history and result.
+    Get {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The Sluice API.
+    #[arg(long, env = "SLUICE_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Directory for the SQLite store and the nats-server that `up` starts.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    data_dir: PathBuf,
+    /// A directory of packs (repeatable); default the bundled packs.
+    #[arg(long, env = "SLUICE_PACKS", value_delimiter = ',')]
+    packs: Vec<PathBuf>,
+    /// Address of the HTTP API.
+    #[arg(long, env = "SLUICE_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// A running NATS server; without it `sluice up` starts nats-server itself.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    nats_url: Option<String>,
+    /// Port for the nats-server that `sluice up` starts.
+    #[arg(long, env = "SLUICE_NATS_PORT", default_value_t = 4222)]
+    nats_port: u16,
+    /// PostgreSQL instead of SQLite: postgres://user@host/db
+    #[arg(long, env = "SLUICE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Actions a worker runs at once.
+    #[arg(long, env = "SLUICE_CAPACITY", default_value_t = 16)]
+    capacity: usize,
+    /// The worker's name (default host-pid).
+    #[arg(long, env = "SLUICE_WORKER_NAME")]
+    worker_name: Option<String>,
+    /// Seconds shutdown waits for executions in flight.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> Config {
+        Config {
+            data_dir: self.data_dir,
+            packs: if self.packs.is_empty() {
+                vec![bundled_packs()]
+            } else {
+                self.packs
+            },
+            http: self.http,
+            nats_url: self.nats_url,
+            nats_port: self.nats_port,
+            database_url: self.database_url,
+            capacity: self.capacity,
+            worker_name: self.worker_name,
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Up(args) => sluice::up::run(args.into_config(), shutdown_signal())
+            .await
+            .map(|()| true),
+        Command::Engine(args) => sluice::up::run_engine(args.into_config(), shutdown_signal())
+            .await
+            .map(|()| true),
+        Command::Worker(args) => sluice::up::run_worker(args.into_config(), shutdown_signal())
+            .await
+            .map(|()| true),
+        Command::Run {
+            action,
+            params,
+            wait,
+            timeout,
+            client,
+        } => {
+            cli::run(
+                &Client::new(&client.api),
+                &action,
+                &params,
+                wait,
+                Duration::from_secs(timeout),
+                client.json,
+                &mut out,
+            )
+            .await
+        }
+        Command::Execution {
+            command:
+                ExecutionCommand::List {
+                    action,
+                    status,
+                    limit,
+                    client,
+                },
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(action.map(|a| format!("action={a}")));
+            query.extend(status.map(|s| format!("status={s}")));
+            let list = Client::new(&client.api)
+                .get(&format!("/api/v1/executions?{}", query.join("&")))
+                .await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                cli::print_table(
+                    list.as_array().map(Vec::as_slice).unwrap_or_default(),
+                    &mut out,
+                )?;
+            }
+            Ok(true)
+        }
+        Command::Execution {
+            command: ExecutionCommand::Get { id, client },
+        } => {
+            let execution = Client::new(&client.api)
+                .get(&format!("/api/v1/executions/{id}"))
+                .await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&execution)?)?;
+            } else {
+                cli::print_execution(&execution, &mut out)?;
+            }
+            Ok(true)
+        }
+        Command::Actors { client } => {
+            let tree = Client::new(&client.api).get("/api/v1/actors").await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&tree)?)?;
+            } else {
+                cli::print_tree(&tree, 0, &mut out)?;
+            }
+            Ok(true)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice_telemetry::init(cli.log_format);
+    match main_inner(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

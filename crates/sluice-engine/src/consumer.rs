@@ -1,0 +1,106 @@
+//! Actors that own a JetStream consumer loop (the trigger ingestor and the completion
+//! listener). The loop runs as a task the actor owns: stopping the actor cancels the loop
+//! between messages — never in the middle of one — and waits for it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type LoopFn = Box<dyn FnOnce(CancellationToken) -> BoxFuture + Send>;
+
+pub(crate) struct LoopActor;
+
+pub(crate) struct LoopState {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Actor for LoopActor {
+    type Msg = ();
+    type State = LoopState;
+    type Arguments = LoopFn;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        run: LoopFn,
+    ) -> Result<LoopState, ActorProcessingErr> {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(cancel.clone()));
+        Ok(LoopState {
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        state: &mut LoopState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.cancel.cancel();
+        if let Some(task) = state.task.take() {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn spawn_loop(
+    name: String,
+    parent: ActorCell,
+    run: LoopFn,
+) -> Result<ActorRef<()>, ractor::SpawnErr> {
+    Actor::spawn_linked(Some(name), LoopActor, run, parent)
+        .await
+        .map(|(actor, _)| actor)
+}
+
+/// Feeds every message of a durable consumer to `handle`, one at a time, until cancelled;
+/// reconnects the message stream when it ends or fails.
+pub(crate) async fn consume<F, Fut>(
+    consumer: PullConsumer,
+    cancel: CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(async_nats::jetstream::Message) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !cancel.is_cancelled() {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => {
+                warn!(error = %e, "cannot pull messages; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => handle(message).await,
+                Some(Err(e)) => warn!(error = %e, "consumer stream error"),
+                None => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The execution actor: one child of its action's supervisor per admitted execution.
+//!
+//! It takes the execution through the engine's stages — `scheduling`, `scheduled`, then the
+//! handoff (publishing the run message) — and then lives until its supervisor learns of the
+//! completion and stops it. Its life is the execution's slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sluice_core::{ExecutionStatus, RunMessage};
+use sluice_pack::Action;
+use sluice_store::Transition;
+use tracing::{debug, warn};
+
+use crate::context::Shared;
+use crate::supervisor::Pending;
+
+/// Where a new execution actor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Move it to `scheduled` and publish its run message. Idempotent: on a restart the
+    /// same run message id is published again and JetStream drops the repeat.
+    Dispatch,
+    /// A worker already reported it running; wait for its completion.
+    AwaitCompletion,
+}
+
+pub(crate) enum ExecutionMsg {
+    Dispatch,
+}
+
+pub(crate) struct ExecutionActor;
+
+pub(crate) struct ExecutionArgs {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) action: Arc<Action>,
+    pub(crate) pending: Pending,
+    pub(crate) phase: Phase,
+}
+
+pub(crate) struct ExecutionState {
+    shared: Arc<Shared>,
+    action: Arc<Action>,
+    pending: Pending,
+}
+
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+impl ExecutionActor {
+    /// Returns whether the run message should be published now.
+    async fn advance(state: &ExecutionState) -> Result<bool, sluice_store::StoreError> {
+        let store = &state.shared.store;
+        let id = state.pending.id;
+        store
+            .transition(id, &Transition::to(ExecutionStatus::Scheduling))
+            .await?;
+        if store
+            .transition(id, &Transition::to(ExecutionStatus::Scheduled))
+            .await?
+        {
+            return Ok(true);
+        }
+        // Not moved: resumed after a restart, or cancelled meanwhile.
+        let status = store.get_execution(id).await?.map(|e| e.status);
+        Ok(status == Some(ExecutionStatus::Scheduled))
+    }
+
+    fn run_message(state: &ExecutionState) -> RunMessage {
+        RunMessage {
+            execution_id: state.pending.id,
+            attempt: state.pending.attempt,
+            action: state.action.action_ref.clone(),
+            runner: state.action.runner,
+            entry_point: state.action.entry_point.clone(),
+            parameters: state.pending.parameters.clone(),
+            secret_parameters: state.action.secret_parameters(),
+            timeout_secs: state.action.timeout_secs,
+        }
+    }
+}
+
+impl Actor for ExecutionActor {
+    type Msg = ExecutionMsg;
+    type State = ExecutionState;
+    type Arguments = ExecutionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ExecutionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        if args.phase == Phase::Dispatch {
+            myself.send_message(ExecutionMsg::Dispatch)?;
+        }
+        Ok(ExecutionState {
+            shared: args.shared,
+            action: args.action,
+            pending: args.pending,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ExecutionMsg::Dispatch = message;
+        let id = state.pending.id;
+        let publish = match Self::advance(state).await {
+            Ok(publish) => publish,
+            Err(e) if e.is_transient() => {
+                warn!(execution_id = %id, error = %e, "store busy; dispatch retried");
+                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !publish {
+            let status = state
+                .shared
+                .store
+                .get_execution(id)
+                .await?
+                .map(|e| e.status);
+            if status.is_none_or(ExecutionStatus::is_terminal) {
+                debug!(execution_id = %id, ?status, "execution ended before dispatch");
+                myself.stop(Some("already finished".into()));
+            }
+            return Ok(());
+        }
+        match state
+            .shared
+            .bus
+            .publish_run(&Self::run_message(state))
+            .await
+        {
+            Ok(outcome) => debug!(execution_id = %id, ?outcome, "run message published"),
+            Err(e) if e.is_transient() => {
+                warn!(execution_id = %id, error = %e, "run message not acknowledged; publishing again");
+                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
+            }
+            Err(e) => {
+                let mut failed = Transition::to(ExecutionStatus::Failed);
+                failed.result = Some(
+                    serde_json::json!({ "error": format!("failed to hand the execution to workers: {e}") }),
+                );
+                state.shared.store.transition(id, &failed).await?;
+                myself.stop(Some("handoff failed".into()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The trigger ingestor: TRIGGERS stream → event stored → rules matched → executions
+//! requested and queued at their supervisors.
+//!
+//! A message is acknowledged once its effect is committed. A payload that can never be
+//! accepted (not JSON or MessagePack, unknown trigger, schema mismatch) is stored as a
+//! rejected event with the reason and acknowledged: it is never redelivered in a loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use chrono::Utc;
+use sluice_bus::decode_trigger;
+use sluice_store::NewEvent;
+use tracing::{debug, error, info, warn};
+
+use crate::rules;
+use crate::supervisor::Pending;
+use crate::{Routes, Shared};
+
+pub(crate) async fn handle_trigger(shared: &Arc<Shared>, routes: &Routes, message: Message) {
+    let stream_seq = message.info().ok().map(|i| i.stream_sequence);
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let subject = message.subject.to_string();
+    let mut event = NewEvent {
+        trigger: subject
+            .strip_prefix(sluice_bus::TRIGGER_PREFIX)
+            .unwrap_or(&subject)
+            .to_owned(),
+        subject: subject.clone(),
+        payload: None,
+        rejected: None,
+        stream_seq,
+        msg_id: header("Nats-Msg-Id"),
+    };
+    let mut planned = Vec::new();
+    match decode_trigger(
+        &subject,
+        header("Content-Type").as_deref(),
+        &message.payload,
+    ) {
+        Err(reason) => event.rejected = Some(reason),
+        Ok(decoded) => {
+            event.trigger = decoded.trigger;
+            match shared.catalog.triggers.get(&event.trigger) {
+                None => {
+                    let known = shared
+                        .catalog
+                        .triggers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    event.rejected = Some(format!(
+                        "unknown trigger {:?} (known: {known})",
+                        event.trigger
+                    ));
+                }
+                Some(trigger) => {
+                    if let Err(reason) = trigger.validate_payload(&decoded.payload) {
+                        event.rejected = Some(reason);
+                    } else {
+                        planned = rules::plan(&shared.catalog, &event.trigger, &decoded.payload);
+                    }
+                }
+            }
+            event.payload = Some(decoded.payload);
+        }
+    }
+    let firings: Vec<_> = planned.iter().map(|p| p.firing.clone()).collect();
+    match shared.store.record_event(&event, &firings).await {
+        Ok(outcome) => {
+            if outcome.duplicate {
+                debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
+            } else if let Some(reason) = &event.rejected {
+                warn!(event_id = %outcome.event_id, subject, reason, "trigger rejected");
+            } else {
+                info!(event_id = %outcome.event_id, trigger = event.trigger, rules = firings.len(), "trigger accepted");
+            }
+            let runnable = planned.into_iter().filter(|p| p.firing.failed.is_none());
+            for ((id, action), plan) in outcome.executions.into_iter().zip(runnable) {
+                if let Some(supervisor) = routes.get(&action) {
+                    supervisor.enqueue(Pending {
+                        id,
+                        attempt: 1,
+                        parameters: plan.parameters,
+                        enqueued_at: Utc::now(),
+                    });
+                }
+            }
+            for failed in firings.iter().filter_map(|f| f.failed.as_ref()) {
+                warn!(
+                    reason = failed,
+                    "rule fired but its execution could not be requested"
+                );
+            }
+            if let Err(e) = message.ack().await {
+                warn!(error = %e, "failed to ack trigger message; a redelivery will be recognised");
+            }
+        }
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "store unavailable; trigger message will be redelivered");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+        Err(e) => {
+            error!(error = %e, subject, "failed to record trigger; message terminated");
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! From a trigger payload to the executions its rules request.
+
+use serde_json::{Map, Value};
+use sluice_pack::{Catalog, params, template::ParamTemplate};
+use sluice_store::Firing;
+
+/// One rule that fired: what is stored, and the parameters to run with (secrets in clear,
+/// held in memory only).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub firing: Firing,
+    pub parameters: Map<String, Value>,
+}
+
+/// Matches the enabled rules of `trigger` against `payload` and renders each firing rule's
+/// parameters. A rule whose parameters cannot be rendered or do not fit the action still
+/// fires: its execution is recorded as failed with the reason, so the operator sees why.
+pub fn plan(catalog: &Catalog, trigger: &str, payload: &Value) -> Vec<Planned> {
+    catalog
+        .rules_for(trigger)
+        .filter(|rule| rule.criteria.iter().all(|c| c.matches(payload)))
+        .filter_map(|rule| {
+            let action = catalog.action(&rule.action)?;
+            let rendered = render(&rule.parameters, payload);
+            let resolved = rendered
+                .and_then(|given| params::resolve(action, given).map_err(|e| e.to_string()));
+            Some(match resolved {
+                Ok(parameters) => Planned {
+                    firing: Firing {
+                        rule: rule.rule_ref.clone(),
+                        action: rule.action.clone(),
+                        parameters: params::redact(action, &parameters),
+                        failed: None,
+                    },
+                    parameters,
+                },
+                Err(reason) => Planned {
+                    firing: Firing {
+                        rule: rule.rule_ref.clone(),
+                        action: rule.action.clone(),
+                        parameters: Map::new(),
+                        failed: Some(format!("rule {}: {reason}", rule.rule_ref)),
+                    },
+                    parameters: Map::new(),
+                },
+            })
+        })
+        .collect()
+}
+
+fn render(
+    templates: &std::collections::BTreeMap<String, ParamTemplate>,
+    payload: &Value,
+) -> Result<Map<String, Value>, String> {
+    templates
+        .iter()
+        .map(|(name, template)| {
+            Ok((
+                name.clone(),
+                template
+                    .render(payload)
+                    .map_err(|e| format!("parameter {name}: {e}"))?,
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,339 @@
+//! The runners: what actually happens when an action runs.
+//!
+//! Parameters reach processes as `SLUICE_PARAM_<NAME>` environment variables and as one
+//! JSON object on stdin — never interpolated into a command line. Each process runs in its
+//! own process group, so a timeout kills everything it started.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sluice_core::{ExecutionStatus, RunMessage, RunnerType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// How much of stdout and of stderr a result keeps.
+pub const OUTPUT_CAP: usize = 1024 * 1024;
+
+/// How an execution ended on the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: ExecutionStatus,
+    pub result: Value,
+}
+
+impl Outcome {
+    fn succeeded(result: Value) -> Self {
+        Self {
+            status: ExecutionStatus::Succeeded,
+            result,
+        }
+    }
+
+    fn failed(error: impl Into<String>) -> Self {
+        Self {
+            status: ExecutionStatus::Failed,
+            result: json!({ "error": error.into() }),
+        }
+    }
+}
+
+/// Runs one execution to its end. `actions_dir` is the pack's `actions/` directory on this
+/// worker, needed by runners that execute an `entry_point` file.
+pub async fn run(message: &RunMessage, actions_dir: Option<&Path>) -> Outcome {
+    let timeout = message.timeout_secs.map(Duration::from_secs);
+    let params = &message.parameters;
+    match message.runner {
+        RunnerType::Noop => Outcome::succeeded(json!({})),
+        RunnerType::Echo => Outcome::succeeded(
+            json!({ "message": params.get("message").cloned().unwrap_or(Value::Null) }),
+        ),
+        RunnerType::Sleep => {
+            let seconds = params
+                .get("seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0)
+                .max(0.0);
+            let sleep = tokio::time::sleep(Duration::from_secs_f64(seconds));
+            match timeout {
+                Some(limit) if limit.as_secs_f64() < seconds => {
+                    tokio::time::sleep(limit).await;
+                    timed_out(limit, json!({}))
+                }
+                _ => {
+                    sleep.await;
+                    Outcome::succeeded(json!({ "slept": seconds }))
+                }
+            }
+        }
+        RunnerType::HttpRequest => {
+            http_request(params, timeout.unwrap_or(Duration::from_secs(60))).await
+        }
+        RunnerType::LocalShellCmd => {
+            let Some(cmd) = params.get("cmd").and_then(Value::as_str) else {
+                return Outcome::failed("parameter cmd is missing");
+            };
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(cmd);
+            if let Some(cwd) = params.get("cwd").and_then(Value::as_str) {
+                command.current_dir(cwd);
+            }
+            run_process(command, message, timeout).await
+        }
+        RunnerType::LocalShellScript | RunnerType::PythonScript => {
+            let script = match entry_point(message, actions_dir) {
+                Ok(path) => path,
+                Err(e) => return Outcome::failed(e),
+            };
+            let command = if message.runner == RunnerType::PythonScript {
+                let mut command = Command::new("python3");
+                command.arg(&script);
+                command
+            } else if is_executable(&script) {
+                Command::new(&script)
+            } else {
+                let mut command = Command::new("/bin/sh");
+                command.arg(&script);
+                command
+            };
+            let mut command = command;
+            if let Some(dir) = script.parent() {
+                command.current_dir(dir);
+            }
+            run_process(command, message, timeout).await
+        }
+    }
+}
+
+fn entry_point(message: &RunMessage, actions_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let entry = message
+        .entry_point
+        .as_deref()
+        .ok_or_else(|| format!("action {} has no entry_point", message.action))?;
+    let dir = actions_dir.ok_or_else(|| {
+        format!(
+            "pack {} is not installed on this worker (add it with --packs)",
+            message.action.pack()
+        )
+    })?;
+    let path = dir.join(entry);
+    if !path.is_file() {
+        return Err(format!(
+            "entry point {} does not exist on this worker",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+/// `SLUICE_PARAM_<NAME>`: strings as they are, other values as JSON.
+pub fn param_env(parameters: &Map<String, Value>) -> Vec<(String, String)> {
+    parameters
+        .iter()
+        .map(|(name, value)| {
+            let key: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (format!("SLUICE_PARAM_{key}"), text)
+        })
+        .collect()
+}
+
+fn timed_out(limit: Duration, mut result: Value) -> Outcome {
+    result["error"] = json!(format!("timed out after {}s", limit.as_secs_f64()));
+    Outcome {
+        status: ExecutionStatus::TimedOut,
+        result,
+    }
+}
+
+/// Reads up to [`OUTPUT_CAP`] bytes and drains the rest, so the process never blocks on a
+/// full pipe. Returns the text and whether it was cut.
+async fn read_capped(mut reader: impl AsyncRead + Unpin) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut truncated = false;
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+}
+
+#[allow(unsafe_code)]
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory
+    // of ours. The group is the child's own (process_group(0) below).
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+    }
+}
+
+async fn run_process(
+    mut command: Command,
+    message: &RunMessage,
+    timeout: Option<Duration>,
+) -> Outcome {
+    command
+        .envs(param_env(&message.parameters))
+        .env("SLUICE_EXECUTION_ID", message.execution_id.to_string())
+        .env("SLUICE_ACTION", message.action.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return Outcome::failed(format!("failed to start process: {e}")),
+    };
+    let pid = child.id();
+    let stdin_json = serde_json::to_vec(&message.parameters).unwrap_or_default();
+    let mut stdin = child.stdin.take();
+    let feed = async move {
+        if let Some(stdin) = stdin.as_mut() {
+            // A process that never reads stdin closes it; that is not an error.
+            let _ = stdin.write_all(&stdin_json).await;
+            let _ = stdin.shutdown().await;
+        }
+        drop(stdin);
+    };
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let work = async {
+        let ((), (out, out_cut), (err, err_cut), status) =
+            tokio::join!(feed, read_capped(stdout), read_capped(stderr), child.wait());
+        (out, out_cut, err, err_cut, status)
+    };
+    let finished = match timeout {
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+        None => Some(work.await),
+    };
+    let Some((stdout, stdout_cut, stderr, stderr_cut, status)) = finished else {
+        if let Some(pid) = pid {
+            kill_group(pid);
+        }
+        let _ = child.wait().await;
+        return timed_out(timeout.unwrap_or_default(), json!({}));
+    };
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => return Outcome::failed(format!("failed to wait for process: {e}")),
+    };
+    let mut result = json!({
+        "exit_code": status.code(),
+        "stdout": stdout,
+        "stderr": stderr,
+    });
+    if let Ok(parsed) = serde_json::from_str::<Value>(stdout.trim())
+        .map_err(drop)
+        .and_then(|v| {
+            if stdout.trim().is_empty() {
+                Err(())
+            } else {
+                Ok(v)
+            }
+        })
+    {
+        result["result"] = parsed;
+    }
+    let truncated: Vec<&str> = [("stdout", stdout_cut), ("stderr", stderr_cut)]
+        .into_iter()
+        .filter(|(_, cut)| *cut)
+        .map(|(n, _)| n)
+        .collect();
+    if !truncated.is_empty() {
+        result["truncated"] = json!(truncated);
+    }
+    let status = if status.success() {
+        ExecutionStatus::Succeeded
+    } else {
+        ExecutionStatus::Failed
+    };
+    Outcome { status, result }
+}
+
+async fn http_request(params: &Map<String, Value>, timeout: Duration) -> Outcome {
+    let Some(url) = params.get("url").and_then(Value::as_str) else {
+        return Outcome::failed("parameter url is missing");
+    };
+    let method = params
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("GET");
+    let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+        return Outcome::failed(format!("invalid HTTP method {method:?}"));
+    };
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(client) => client,
+        Err(e) => return Outcome::failed(format!("failed to build HTTP client: {e}")),
+    };
+    let mut request = client.request(method, url);
+    if let Some(Value::Object(headers)) = params.get("headers") {
+        for (name, value) in headers {
+            request = request.header(
+                name,
+                value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned),
+            );
+        }
+    }
+    if let Some(token) = params.get("auth_token").and_then(Value::as_str) {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = params.get("body").and_then(Value::as_str) {
+        request = request.body(body.to_owned());
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) if e.is_timeout() => return timed_out(timeout, json!({})),
+        Err(e) => return Outcome::failed(format!("request to {url} failed: {e}")),
+    };
+    let status_code = response.status();
+    let headers: Map<String, Value> = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap_or_default().to_owned()),
+            )
+        })
+        .collect();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+    let result = json!({ "status_code": status_code.as_u16(), "headers": headers, "body": body });
+    if status_code.is_success() {
+        Outcome::succeeded(result)
+    } else {
+        Outcome {
+            status: ExecutionStatus::Failed,
+            result,
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The command-line client: `sluice run`, `sluice execution list|get`, `sluice actors`.
+//! It talks to the HTTP API only, so it works against any engine it can reach.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Map, Value};
+
+pub struct Client {
+    api: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(api: &str) -> Self {
+        Self {
+            api: api.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().await.map_err(|e| {
+            anyhow!("cannot reach the Sluice API at {}: {e}\nis `sluice up` running? (point at another with --api)", self.api)
+        })?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .context("the API answered with something that is not JSON")?;
+        if !status.is_success() {
+            let message = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        Ok(body)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.api)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.api)).json(body))
+            .await
+    }
+}
+
+/// `key=value` pairs into parameters. Values are sent as text; the engine converts them to
+/// the types the action declares.
+pub fn parse_params(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow!("parameter {pair:?} is not key=value"))?;
+            if key.is_empty() {
+                bail!("parameter {pair:?} has no name");
+            }
+            Ok((key.to_owned(), Value::String(value.to_owned())))
+        })
+        .collect()
+}
+
+fn is_terminal(execution: &Value) -> bool {
+    matches!(
+        execution["status"].as_str(),
+        Some("succeeded" | "failed" | "timed_out" | "cancelled" | "abandoned")
+    )
+}
+
+/// `sluice run`: requests an execution; with `wait`, follows it to the end and returns
+/// whether it succeeded.
+pub async fn run(
+    client: &Client,
+    action: &str,
+    params: &[String],
+    wait: bool,
+    timeout: Duration,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let parameters = parse_params(params)?;
+    let created = client
+        .post(
+            "/api/v1/executions",
+            &serde_json::json!({ "action": action, "parameters": parameters }),
+        )
+        .await?;
+    let id = created["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("the API returned no execution id"))?;
+    if !wait {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&created)?)?;
+        } else {
+            writeln!(
+                out,
+                "execution {id} requested ({action}); follow it with: sluice execution get {id}"
+            )?;
+        }
+        return Ok(true);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(20);
+    let execution = loop {
+        let execution = client.get(&format!("/api/v1/executions/{id}")).await?;
+        if is_terminal(&execution) {
+            break execution;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "execution {id} is still {} after {}s; follow it with: sluice execution get {id}",
+                execution["status"].as_str().unwrap_or("?"),
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&execution)?)?;
+    } else {
+        print_execution(&execution, out)?;
+    }
+    Ok(execution["status"] == "succeeded")
+}
+
+fn short_time(value: &Value) -> String {
+    value
+        .as_str()
+        .map(|t| t.replace('T', " ").chars().take(19).collect())
+        .unwrap_or_default()
+}
+
+pub fn print_table(executions: &[Value], out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<8} {:<24} {:<10} {:<19} {}",
+        "ID", "ACTION", "STATUS", "CREATED", "RULE"
+    )?;
+    for e in executions {
+        writeln!(
+            out,
+            "{:<8} {:<24} {:<10} {:<19} {}",
+            e["id"].to_string(),
+            e["action"].as_str().unwrap_or(""),
+            e["status"].as_str().unwrap_or(""),
+            short_time(&e["created_at"]),
+            e["rule"].as_str().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}
+
+pub fn print_execution(e: &Value, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "id:         {}", e["id"])?;
+    writeln!(out, "action:     {}", e["action"].as_str().unwrap_or(""))?;
+    writeln!(out, "status:     {}", e["status"].as_str().unwrap_or(""))?;
+    if let Some(rule) = e["rule"].as_str() {
+        writeln!(out, "rule:       {rule} (event {})", e["event_id"])?;
+    }
+    if let Some(worker) = e["worker"].as_str() {
+        writeln!(out, "worker:     {worker}")?;
+    }
+    writeln!(out, "parameters: {}", e["parameters"])?;
+    if let Some(history) = e["history"].as_array() {
+        writeln!(out, "history:")?;
+        for h in history {
+            writeln!(
+                out,
+                "  {:<10} {}",
+                h["status"].as_str().unwrap_or(""),
+                h["at"].as_str().unwrap_or("")
+            )?;
+        }
+    }
+    let result = &e["result"];
+    if let Some(stdout) = result
+        .get("stdout")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        writeln!(out, "stdout:\n{}", stdout.trim_end())?;
+    }
+    if let Some(stderr) = result
+        .get("stderr")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        writeln!(out, "stderr:\n{}", stderr.trim_end())?;
+    }
+    if !result.is_null() && result.get("stdout").is_none() {
+        writeln!(
+            out,
+            "result:\n{}",
+            serde_json::to_string_pretty(result).unwrap_or_default()
+        )?;
+    } else if let Some(parsed) = result.get("result") {
+        writeln!(
+            out,
+            "result:\n{}",
+            serde_json::to_string_pretty(parsed).unwrap_or_default()
+        )?;
+    }
+    if let Some(code) = result.get("exit_code").filter(|c| !c.is_null()) {
+        writeln!(out, "exit code:  {code}")?;
+    }
+    Ok(())
+}
+
+pub fn print_tree(node: &Value, depth: usize, out: &mut impl Write) -> std::io::Result<()> {
+    let mut line = format!(
+        "{}{} [{}]",
+        "  ".repeat(depth),
+        node["name"].as_str().unwrap_or("?"),
+        node["kind"].as_str().unwrap_or("?")
+    );
+    if node.get("queue_length").is_some() {
+        let limit = node["max_concurrent"]
+            .as_u64()
+            .map_or_else(|| "∞".to_owned(), |l| l.to_string());
+        line.push_str(&format!(
+            " queued={} active={}/{limit}",
+            node["queue_length"], node["active_count"]
+        ));
+    }
+    writeln!(out, "{line}")?;
+    for child in node["children"].as_array().into_iter().flatten() {
+        print_tree(child, depth + 1, out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_key_value_text() {
+        let p = parse_params(&["cmd=uname -a".into(), "n=3".into(), "empty=".into()]).unwrap();
+        assert_eq!(p["cmd"], "uname -a");
+        assert_eq!(p["n"], "3");
+        assert_eq!(p["empty"], "");
+        assert!(
+            parse_params(&["novalue".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("is not key=value")
+        );
+        assert!(parse_params(&["=x".into()]).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! Typed configuration of the process modes. Flags and `SLUICE_*` environment variables are
+//! read by clap in `main.rs`; nothing else reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The packs shipped with Sluice: `./packs` when run from a checkout, else the directory
+/// the binary was built from.
+pub fn bundled_packs() -> PathBuf {
+    let local = PathBuf::from("packs");
+    if local.join("core/pack.yaml").is_file() {
+        return local;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs"))
+}
+
+/// What `sluice up`, `sluice engine` and `sluice worker` run with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds the SQLite store and, for `sluice up`, the nats-server store.
+    pub data_dir: PathBuf,
+    /// Directories of packs (or single packs).
+    pub packs: Vec<PathBuf>,
+    /// Where the HTTP API listens (engine only).
+    pub http: SocketAddr,
+    /// A running NATS server; `None` makes `sluice up` start its own.
+    pub nats_url: Option<String>,
+    /// Port of the nats-server that `sluice up` starts.
+    pub nats_port: u16,
+    /// `postgres://…` to use PostgreSQL instead of `<data-dir>/sluice.db`.
+    pub database_url: Option<String>,
+    /// Actions a worker runs at once.
+    pub capacity: usize,
+    /// The worker's name (default `<host>-<pid>`).
+    pub worker_name: Option<String>,
+    /// How long shutdown waits for executions in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sluice.db").display().to_string())
+    }
+
+    pub fn nats_url(&self) -> String {
+        self.nats_url
+            .clone()
+            .unwrap_or_else(|| format!("nats://127.0.0.1:{}", self.nats_port))
+    }
+
+    pub fn worker_name(&self) -> String {
+        self.worker_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

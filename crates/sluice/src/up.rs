@@ -1,0 +1,163 @@
+//! The process modes: `sluice up` (everything in one process), `sluice engine` and
+//! `sluice worker`. Each takes a shutdown future so tests can run it in-process.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use sluice_bus::Bus;
+use sluice_engine::{Engine, EngineConfig};
+use sluice_pack::Catalog;
+use sluice_store::Store;
+use sluice_worker::{Worker, WorkerConfig};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Config;
+use crate::nats::NatsChild;
+
+fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
+    let catalog = sluice_pack::load_packs(&config.packs).map_err(|e| anyhow!("{e}"))?;
+    info!(
+        packs = catalog.packs.len(),
+        actions = catalog.actions.len(),
+        rules = catalog.rules.len(),
+        "packs loaded"
+    );
+    Ok(Arc::new(catalog))
+}
+
+fn actions_dirs(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
+    catalog
+        .packs
+        .iter()
+        .map(|(name, pack)| (name.clone(), pack.dir.join("actions")))
+        .collect()
+}
+
+async fn connect(config: &Config, name: &str) -> anyhow::Result<Bus> {
+    let url = config.nats_url();
+    Bus::connect(&url, name)
+        .await
+        .with_context(|| format!("failed to set up NATS at {url}"))
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("failed to create data dir {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    Store::connect(&url)
+        .await
+        .with_context(|| format!("failed to open the store at {url}"))
+}
+
+/// Starts the engine and its HTTP API; returns when the API is listening.
+async fn start_engine(
+    config: &Config,
+    catalog: Arc<Catalog>,
+) -> anyhow::Result<(Arc<Engine>, TcpListener)> {
+    let bus = connect(config, "sluice-engine").await?;
+    let store = open_store(config).await?;
+    let listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("failed to listen on {} (--http)", config.http))?;
+    let engine = Engine::start(EngineConfig {
+        name: "engine".into(),
+        catalog,
+        store,
+        bus,
+        ingest_triggers: true,
+    })
+    .await
+    .context("failed to start the engine")?;
+    info!(api = %format!("http://{}", listener.local_addr()?), "HTTP API listening");
+    Ok((Arc::new(engine), listener))
+}
+
+async fn start_worker(config: &Config, catalog: &Catalog) -> anyhow::Result<Worker> {
+    let bus = connect(config, "sluice-worker").await?;
+    Worker::start(WorkerConfig {
+        name: format!("worker/{}", config.worker_name()),
+        bus,
+        actions_dirs: actions_dirs(catalog),
+        capacity: config.capacity,
+    })
+    .await
+    .context("failed to start the worker")
+}
+
+async fn stop_engine(engine: Arc<Engine>, config: &Config) {
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown(config.drain_timeout).await,
+        Err(_) => tracing::warn!("engine still referenced at shutdown; stopping without drain"),
+    }
+}
+
+/// `sluice up`: engine, one worker and (without `--nats-url`) a nats-server child.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let catalog = load_catalog(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("failed to create data dir {}", config.data_dir.display()))?;
+    let nats = match config.nats_url {
+        Some(_) => None,
+        None => Some(NatsChild::start(&config.data_dir, config.nats_port)?),
+    };
+    let (engine, listener) = start_engine(&config, catalog.clone()).await?;
+    let worker = start_worker(&config, &catalog).await?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, sluice_api::app(engine.clone()))
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
+    );
+    info!("sluice is up; Ctrl-C drains executions in flight and stops");
+    shutdown.await;
+    info!("shutting down: draining executions in flight");
+    let _ = stop_http.send(());
+    let _ = server.await;
+    let store = engine.store().clone();
+    // The engine drains first (it stops admitting and waits for completions), while the
+    // worker keeps running what was already handed to it.
+    stop_engine(engine, &config).await;
+    worker.shutdown(config.drain_timeout).await;
+    store.close().await;
+    if let Some(nats) = nats {
+        nats.stop();
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
+pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let catalog = load_catalog(&config)?;
+    let (engine, listener) = start_engine(&config, catalog).await?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, sluice_api::app(engine.clone()))
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
+    );
+    shutdown.await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    let store = engine.store().clone();
+    stop_engine(engine, &config).await;
+    store.close().await;
+    Ok(())
+}
+
+/// `sluice worker`: runs actions; needs NATS and the packs, no database.
+pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let catalog = load_catalog(&config)?;
+    let worker = start_worker(&config, &catalog).await?;
+    shutdown.await;
+    worker.shutdown(config.drain_timeout).await;
+    Ok(())
+}
