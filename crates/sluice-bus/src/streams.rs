@@ -12,7 +12,10 @@ pub struct StreamDef {
     pub consumers: Vec<ConsumerDef>,
 }
 
-const FILES: &[(&str, &str, &[(&str, &str)])] = &[
+/// A file under `streams/`: its path and its text.
+type File = (&'static str, &'static str);
+
+const FILES: &[(&str, &str, &[File])] = &[
     (
         "TRIGGERS/stream.json",
         include_str!("../../../streams/TRIGGERS/stream.json"),

@@ -114,7 +114,7 @@ fn coerce(kind: ParamType, value: Value) -> Option<Value> {
             .trim()
             .parse::<f64>()
             .ok()
-            .and_then(|f| serde_json::Number::from_f64(f))
+            .and_then(serde_json::Number::from_f64)
             .map(Value::Number),
         (ParamType::Boolean, v @ Value::Bool(_)) => Some(v),
         (ParamType::Boolean, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {

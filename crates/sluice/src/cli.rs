@@ -141,8 +141,8 @@ fn short_time(value: &Value) -> String {
 pub fn print_table(executions: &[Value], out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<8} {:<24} {:<10} {:<19} {}",
-        "ID", "ACTION", "STATUS", "CREATED", "RULE"
+        "{:<8} {:<24} {:<10} {:<19} RULE",
+        "ID", "ACTION", "STATUS", "CREATED"
     )?;
     for e in executions {
         writeln!(

@@ -1,0 +1,240 @@
+//! The runners on real processes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use sluice_core::{ExecutionId, ExecutionStatus, RunMessage, RunnerType};
+use sluice_worker::runner::{OUTPUT_CAP, run};
+
+fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunMessage {
+    RunMessage {
+        execution_id: ExecutionId(1),
+        attempt: 1,
+        action: "t.a".parse().unwrap(),
+        runner,
+        entry_point: None,
+        parameters: params.as_object().cloned().unwrap_or_else(Map::new),
+        secret_parameters: vec![],
+        timeout_secs,
+    }
+}
+
+fn shell(cmd: &str, extra: Value) -> RunMessage {
+    let mut params = json!({ "cmd": cmd });
+    params
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    message(RunnerType::LocalShellCmd, params, Some(20))
+}
+
+#[tokio::test]
+async fn parameters_arrive_as_environment_and_stdin_json_never_as_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let hostile = format!(
+        "$(touch {0}); `touch {0}`; rm -rf /nonexistent",
+        marker.display()
+    );
+    let out = run(
+        &shell(
+            "printf '%s|' \"$SLUICE_PARAM_HOST\" \"$SLUICE_PARAM_COUNT\"; cat",
+            json!({ "host": hostile, "count": 3 }),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+    let stdout = out.result["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with(&format!("{hostile}|3|")), "{stdout}");
+    let stdin: Value = serde_json::from_str(stdout.splitn(3, '|').nth(2).unwrap()).unwrap();
+    assert_eq!(stdin["host"], json!(hostile));
+    assert_eq!(stdin["count"], json!(3));
+    assert!(!marker.exists(), "a parameter value was executed");
+}
+
+#[tokio::test]
+async fn exit_codes_stdout_json_and_stderr_are_reported() {
+    let out = run(
+        &shell("echo '{\"ok\": true}'; echo oops >&2; exit 0", json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded);
+    assert_eq!(
+        out.result["result"],
+        json!({"ok": true}),
+        "JSON stdout is parsed"
+    );
+    assert_eq!(out.result["stderr"], json!("oops\n"));
+    assert_eq!(out.result["exit_code"], json!(0));
+    let out = run(&shell("exit 7", json!({})), None).await;
+    assert_eq!(out.status, ExecutionStatus::Failed);
+    assert_eq!(out.result["exit_code"], json!(7));
+    assert!(out.result.get("result").is_none());
+}
+
+#[tokio::test]
+async fn output_is_capped_and_marked() {
+    let out = run(
+        &shell("head -c 3000000 /dev/zero | tr '\\0' x", json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded);
+    assert_eq!(out.result["stdout"].as_str().unwrap().len(), OUTPUT_CAP);
+    assert_eq!(out.result["truncated"], json!(["stdout"]));
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let cmd = format!(
+        "sleep 30 & echo $! > {0}; sleep 30 & echo $! >> {0}; wait",
+        pids.display()
+    );
+    let started = Instant::now();
+    let out = run(
+        &message(RunnerType::LocalShellCmd, json!({ "cmd": cmd }), Some(1)),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::TimedOut, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        out.result["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s")
+    );
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        assert!(
+            state.is_none() || state == Some('Z'),
+            "grandchild {pid} survived the timeout: {stat}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn script_runners_execute_their_entry_point() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hello.sh"),
+        "echo \"hello $SLUICE_PARAM_NAME from $(basename \"$PWD\")\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("double.py"),
+        "import json,sys\nprint(json.dumps({'twice': json.load(sys.stdin)['n'] * 2}))\n",
+    )
+    .unwrap();
+    let mut msg = message(
+        RunnerType::LocalShellScript,
+        json!({ "name": "ops" }),
+        Some(20),
+    );
+    msg.entry_point = Some("hello.sh".into());
+    let out = run(&msg, Some(dir.path())).await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+    let expected = format!(
+        "hello ops from {}\n",
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    assert_eq!(
+        out.result["stdout"],
+        json!(expected),
+        "runs in its own directory"
+    );
+
+    let mut msg = message(RunnerType::PythonScript, json!({ "n": 21 }), Some(20));
+    msg.entry_point = Some("double.py".into());
+    let out = run(&msg, Some(dir.path())).await;
+    assert_eq!(out.result["result"], json!({"twice": 42}), "{out:?}");
+
+    msg.entry_point = Some("missing.py".into());
+    let out = run(&msg, Some(dir.path())).await;
+    assert_eq!(out.status, ExecutionStatus::Failed);
+    assert!(
+        out.result["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist on this worker")
+    );
+    let out = run(&msg, None::<&Path>).await;
+    assert!(
+        out.result["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not installed on this worker")
+    );
+}
+
+#[tokio::test]
+async fn builtins() {
+    assert_eq!(
+        run(&message(RunnerType::Noop, json!({}), None), None)
+            .await
+            .status,
+        ExecutionStatus::Succeeded
+    );
+    let out = run(
+        &message(RunnerType::Echo, json!({ "message": "hi" }), None),
+        None,
+    )
+    .await;
+    assert_eq!(out.result, json!({ "message": "hi" }));
+    let out = run(
+        &message(RunnerType::Sleep, json!({ "seconds": 0.05 }), None),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded);
+    let out = run(
+        &message(RunnerType::Sleep, json!({ "seconds": 30 }), Some(1)),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::TimedOut);
+}
+
+#[tokio::test]
+async fn http_requests_report_status_and_body() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for status in ["200 OK", "503 Service Unavailable"] {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(
+                request.contains("authorization: Bearer s3cret"),
+                "{request}"
+            );
+            let body = "{\"up\":true}";
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+        }
+    });
+    let params =
+        json!({ "url": format!("http://{addr}/health"), "method": "GET", "auth_token": "s3cret" });
+    let out = run(
+        &message(RunnerType::HttpRequest, params.clone(), Some(10)),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+    assert_eq!(out.result["status_code"], json!(200));
+    assert_eq!(out.result["body"], json!({"up": true}));
+    let out = run(&message(RunnerType::HttpRequest, params, Some(10)), None).await;
+    assert_eq!(out.status, ExecutionStatus::Failed);
+    assert_eq!(out.result["status_code"], json!(503));
+}

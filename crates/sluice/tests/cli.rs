@@ -1,0 +1,241 @@
+//! The real `sluice` binary as a newcomer uses it: `sluice up` with its own nats-server,
+//! `sluice run --wait`, `sluice execution list|get`, and `kill -9` of `sluice up`.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_testkit::free_port;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+struct Up {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up(data_dir: &Path, nats_port: u16, http_port: u16) -> Up {
+    let child = Command::new(SLUICE)
+        .args([
+            "up",
+            "--nats-port",
+            &nats_port.to_string(),
+            "--http",
+            &format!("127.0.0.1:{http_port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{http_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sluice up did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Up { child, api }
+}
+
+fn sluice(args: &[&str], api: &str) -> Output {
+    Command::new(SLUICE)
+        .args(args)
+        .args(["--api", api])
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Gone, or a zombie waiting to be reaped: either way it no longer runs.
+fn process_is_dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
+    let data = tempfile::tempdir().unwrap();
+    let (nats_port, http_port) = (free_port(), free_port());
+    let mut first = up(data.path(), nats_port, http_port);
+
+    let ran = sluice(&["run", "core.local", "cmd=uname -a", "--wait"], &first.api);
+    assert!(ran.status.success(), "{}", text(&ran));
+    let out = text(&ran);
+    assert!(
+        out.contains("status:     succeeded") && out.contains("Linux"),
+        "{out}"
+    );
+
+    let failed = sluice(&["run", "core.local", "cmd=exit 3", "--wait"], &first.api);
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "--wait exits non-zero when the action fails"
+    );
+    assert!(text(&failed).contains("exit code:  3"), "{}", text(&failed));
+
+    let unknown = sluice(&["run", "core.nope"], &first.api);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("error: unknown action core.nope"),
+        "{}",
+        text(&unknown)
+    );
+
+    // Publish like `nats pub`: raw NATS protocol over TCP, no client library.
+    {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", nats_port)).unwrap();
+        let payload = r#"{"host":"db1","severity":"critical"}"#;
+        write!(socket, "CONNECT {{\"verbose\":false}}\r\nPUB sluice.trigger.examples.alert {}\r\n{payload}\r\nPING\r\n", payload.len()).unwrap();
+        let mut buf = [0u8; 512];
+        let mut seen = String::new();
+        while !seen.contains("PONG") {
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "server closed the connection: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listing = loop {
+        let list = text(&sluice(&["execution", "list"], &first.api));
+        if list.matches("succeeded").count() == 4 {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trigger's executions did not all succeed:\n{list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(listing.starts_with("ID"), "{listing}");
+    assert!(
+        listing.contains("examples.diagnose") && listing.contains("examples.diagnose_critical"),
+        "{listing}"
+    );
+
+    let json = sluice(&["execution", "get", "1", "--json"], &first.api);
+    let execution: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(execution["parameters"]["cmd"], "uname -a");
+    assert_eq!(execution["history"].as_array().unwrap().len(), 5);
+
+    // kill -9: the nats-server child must not outlive sluice up.
+    let nats_pid = std::fs::read_to_string(data.path().join("nats-server.pid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!process_is_dead(&nats_pid));
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_is_dead(&nats_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server {nats_pid} outlived sluice up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A restart on the same data dir resumes: same store, same streams, same port.
+    let mut second = up(data.path(), nats_port, http_port);
+    let list = text(&sluice(
+        &["execution", "list", "--limit", "100"],
+        &second.api,
+    ));
+    assert_eq!(list.lines().count(), 1 + 5, "{list}");
+    let ran = sluice(
+        &["run", "core.echo", "message=again", "--wait"],
+        &second.api,
+    );
+    assert!(ran.status.success(), "{}", text(&ran));
+
+    // SIGTERM drains and exits cleanly, taking nats-server down with it.
+    let nats_pid = std::fs::read_to_string(data.path().join("nats-server.pid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Command::new("kill")
+        .args(["-TERM", &second.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = second.child.wait().unwrap();
+    assert!(status.success(), "sluice up exited with {status}");
+    assert!(process_is_dead(&nats_pid));
+}
+
+#[test]
+fn a_missing_nats_server_names_the_install_command() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(SLUICE)
+        .args([
+            "up",
+            "--nats-port",
+            &free_port().to_string(),
+            "--http",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("PATH", data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("apt-get install -y nats-server"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_broken_pack_stops_start_up_with_file_and_field() {
+    let packs = tempfile::tempdir().unwrap();
+    let pack = packs.path().join("bad");
+    std::fs::create_dir_all(pack.join("rules")).unwrap();
+    std::fs::write(pack.join("pack.yaml"), "ref: bad\n").unwrap();
+    std::fs::write(
+        pack.join("rules/r.yaml"),
+        "name: r\ntrigger: {type: examples.alert}\naction: {ref: core.nope}\n",
+    )
+    .unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
+    let out = Command::new(SLUICE)
+        .args(["up", "--nats-port", &free_port().to_string(), "--data-dir"])
+        .arg(packs.path().join("data"))
+        .arg("--packs")
+        .arg(&bundled)
+        .arg("--packs")
+        .arg(packs.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("bad/rules/r.yaml: action.ref: unknown action core.nope"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,389 @@
+//! From a trigger published by a plain NATS client to a stored result, through a real
+//! nats-server, the engine, a worker and a real store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sluice, StoreKind, statuses, test_pack};
+use serde_json::json;
+use sluice_testkit::eventually;
+
+async fn a_published_alert_runs_every_matching_rule_once(store: StoreKind) {
+    let sluice = Sluice::start(store, &[]).await;
+    let client = sluice.nats_client().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "alert-1");
+    let payload = br#"{"host":"db1","severity":"critical"}"#;
+    for _ in 0..2 {
+        // The same message id twice: JetStream keeps one.
+        client
+            .publish_with_headers(
+                "sluice.trigger.examples.alert",
+                headers.clone(),
+                payload.to_vec().into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+
+    let executions = sluice.wait_finished(3).await;
+    let by_action = |action: &str| {
+        executions
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action}: {executions:#?}"))
+    };
+    for e in &executions {
+        assert_eq!(e["status"], "succeeded", "{e:#}");
+    }
+    let diagnose = by_action("examples.diagnose");
+    assert!(
+        diagnose["result"]["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("diagnosing host db1 (severity critical)")
+    );
+    assert_eq!(diagnose["rule"], "examples.diagnose_critical");
+    let summary = by_action("examples.summarise");
+    assert_eq!(summary["result"]["result"]["page_oncall"], json!(true));
+    assert_eq!(
+        by_action("core.local")["result"]["stdout"],
+        "alert: db1 is critical\n"
+    );
+
+    let id = diagnose["id"].as_i64().unwrap();
+    let (_, full) = sluice.get(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(
+        statuses(&full),
+        [
+            "requested",
+            "scheduling",
+            "scheduled",
+            "running",
+            "succeeded"
+        ]
+    );
+    assert_eq!(
+        full["parameters"],
+        json!({"host": "db1", "severity": "critical"})
+    );
+    assert_eq!(full["worker"], "worker/test");
+
+    // A different alert afterwards: one more event, one more execution (only log_alert
+    // matches), so the duplicate above really was dropped rather than still in flight.
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host":"web1","severity":"info"}"#,
+        )
+        .await;
+    let executions = sluice.wait_finished(4).await;
+    assert_eq!(executions[3]["action"], "core.local");
+    let (_, events) = sluice.get("/api/v1/events").await;
+    assert_eq!(events.as_array().unwrap().len(), 2, "{events:#}");
+}
+
+#[tokio::test]
+async fn a_published_alert_runs_every_matching_rule_once_on_sqlite() {
+    a_published_alert_runs_every_matching_rule_once(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_published_alert_runs_every_matching_rule_once_on_postgres() {
+    a_published_alert_runs_every_matching_rule_once(StoreKind::Postgres).await;
+}
+
+async fn direct_runs_and_msgpack_triggers(store: StoreKind) {
+    let sluice = Sluice::start(store, &[]).await;
+    let (status, created) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": "core.local", "parameters": {"cmd": "uname -s"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["action"], "core.local");
+    assert_eq!(
+        common::statuses(&created)[0],
+        "requested",
+        "the execution is already on its way: {created}"
+    );
+    let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["result"]["stdout"], "Linux\n");
+
+    let client = sluice.nats_client().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/msgpack");
+    let packed = rmp_serde::to_vec_named(&json!({"host": "db9", "severity": "warning"})).unwrap();
+    client
+        .publish_with_headers("sluice.trigger.examples.alert", headers, packed.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let executions = sluice.wait_finished(3).await;
+    let summary = executions
+        .iter()
+        .find(|e| e["action"] == "examples.summarise")
+        .unwrap();
+    assert_eq!(
+        summary["result"]["result"]["text"],
+        "WARNING on db9: no message"
+    );
+}
+
+#[tokio::test]
+async fn direct_runs_and_msgpack_triggers_on_sqlite() {
+    direct_runs_and_msgpack_triggers(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn direct_runs_and_msgpack_triggers_on_postgres() {
+    direct_runs_and_msgpack_triggers(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn bad_trigger_payloads_are_rejected_acknowledged_and_never_redelivered() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    sluice
+        .publish("sluice.trigger.examples.alert", b"not json")
+        .await;
+    sluice
+        .publish("sluice.trigger.examples.alert", b"[1, 2]")
+        .await;
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host":"db1","severity":"apocalyptic"}"#,
+        )
+        .await;
+    sluice
+        .publish("sluice.trigger.examples.nope", br#"{"host":"db1"}"#)
+        .await;
+    let events = eventually("four rejected events", Duration::from_secs(20), || async {
+        let (_, events) = sluice.get("/api/v1/events").await;
+        let events = events.as_array().unwrap().clone();
+        (events.len() == 4).then_some(events)
+    })
+    .await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .rev()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(events.iter().all(|e| e["status"] == "rejected"));
+    assert!(
+        reasons[0].starts_with("payload is not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("must be a JSON object, found an array"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("/severity") && reasons[2].contains("apocalyptic"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].starts_with("unknown trigger \"examples.nope\""),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        events[1]["payload"],
+        json!({"host": "db1", "severity": "apocalyptic"}),
+        "a readable payload is kept"
+    );
+    assert!(sluice.executions().await.is_empty());
+
+    let js = async_nats::jetstream::new(sluice.nats_client().await);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("TRIGGERS")
+        .await
+        .unwrap()
+        .get_consumer("engine")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending, info.num_redelivered),
+        (0, 0, 0),
+        "every bad message acknowledged once"
+    );
+
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host":"web1","severity":"info"}"#,
+        )
+        .await;
+    assert_eq!(
+        sluice.wait_finished(1).await[0]["status"],
+        "succeeded",
+        "the engine keeps serving"
+    );
+}
+
+#[tokio::test]
+async fn trigger_values_templated_into_a_shell_command_stay_text() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let marker = sluice.data_dir.path().join("pwned");
+    let host = format!("db1; touch {0} $(touch {0}) `touch {0}`", marker.display());
+    let payload = json!({"host": host, "severity": "info"}).to_string();
+    sluice
+        .publish("sluice.trigger.examples.alert", payload.as_bytes())
+        .await;
+    let executions = sluice.wait_finished(1).await;
+    assert_eq!(executions[0]["status"], "succeeded", "{:#}", executions[0]);
+    assert_eq!(
+        executions[0]["result"]["stdout"],
+        json!(format!("alert: {host} is info\n"))
+    );
+    assert!(!marker.exists(), "the payload ran as a command");
+}
+
+#[tokio::test]
+async fn api_errors_name_what_is_wrong() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let (status, body) = sluice
+        .post("/api/v1/executions", &json!({"action": "core.nope"}))
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown action core.nope (known: core.echo"),
+        "{body}"
+    );
+    let (status, body) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": "core.sleep", "parameters": {"seconds": "soon"}}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body["error"],
+        "invalid parameters for core.sleep: parameter \"seconds\" must be number, found the string \"soon\""
+    );
+    let (status, body) = sluice
+        .post("/api/v1/executions", &json!({"parameters": {}}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("action"), "{body}");
+    assert_eq!(sluice.get("/api/v1/executions/999").await.0, 404);
+    assert_eq!(sluice.get("/api/v1/executions/abc").await.0, 400);
+    let (status, body) = sluice.get("/api/v1/executions?status=done").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "unknown execution status \"done\"");
+    let (_, actions) = sluice.get("/api/v1/actions").await;
+    let http = actions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["ref"] == "core.http")
+        .unwrap();
+    assert_eq!(http["parameters"]["auth_token"]["secret"], json!(true));
+    assert_eq!(http["runner"], "http-request");
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_in_the_store_and_reach_the_action() {
+    let pack = test_pack(&[(
+        "actions/login.yaml",
+        "name: login\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, required: true}\n  password: {type: string, secret: true, required: true}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let (status, created) = sluice.post("/api/v1/executions", &json!({"action": "t.login", "parameters": {"cmd": "test \"$SLUICE_PARAM_PASSWORD\" = \"$(echo aHVudGVyMg== | base64 -d)\"", "password": "hunter2"}})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["parameters"]["password"], "********");
+    let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
+    assert_eq!(
+        done["status"], "succeeded",
+        "the action saw the real secret: {done:#}"
+    );
+    let db = std::fs::read(sluice.data_dir.path().join("sluice.db")).unwrap();
+    let wal = std::fs::read(sluice.data_dir.path().join("sluice.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(
+            !bytes.windows(7).any(|w| w == b"hunter2"),
+            "the secret reached the store in clear"
+        );
+    }
+}
+
+#[tokio::test]
+async fn timeouts_end_as_timed_out_and_the_actor_tree_shows_live_work() {
+    let pack = test_pack(&[(
+        "actions/slow.yaml",
+        "name: slow\nrunner_type: local-shell-cmd\ntimeout: 1\nparameters:\n  cmd: {type: string, default: sleep 30}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let (_, created) = sluice
+        .post("/api/v1/executions", &json!({"action": "t.slow"}))
+        .await;
+    let id = created["id"].as_i64().unwrap();
+    let (_, tree) = sluice.get("/api/v1/actors").await;
+    assert_eq!(tree["kind"], "engine");
+    let slow = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "engine/action/t.slow")
+        .expect("supervisor in tree");
+    assert_eq!(slow["kind"], "action-supervisor");
+    assert_eq!(slow["active_count"], 1, "{slow:#}");
+    assert_eq!(
+        slow["children"][0]["name"],
+        format!("engine/execution/{id}")
+    );
+    assert!(
+        tree["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "ingestor")
+    );
+
+    let done = sluice.wait_execution(id).await;
+    assert_eq!(done["status"], "timed_out", "{done:#}");
+    assert_eq!(done["result"]["error"], "timed out after 1s");
+    let (_, tree) = sluice.get("/api/v1/actors").await;
+    let slow = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "engine/action/t.slow")
+        .unwrap();
+    assert_eq!(
+        (
+            slow["active_count"].as_u64(),
+            slow["total_completed"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "the slot was released once"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_runs_what_was_requested_while_down() {
+    let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    sluice.shutdown().await;
+    // Requested while the engine was down, straight into the store.
+    let store = sluice_store::Store::connect(sluice.config.database_url().as_str())
+        .await
+        .unwrap();
+    let params = json!({"message": "hello"}).as_object().unwrap().clone();
+    let id = store
+        .create_execution(&"core.echo".parse().unwrap(), &params, None)
+        .await
+        .unwrap();
+    store.close().await;
+    sluice.boot().await;
+    let done = sluice.wait_execution(id.0).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["result"], json!({"message": "hello"}));
+    sluice.shutdown().await;
+}
