@@ -67,6 +67,27 @@ pub fn parse_params(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
         .collect()
 }
 
+/// Publishes a trigger payload as a plain core NATS message: exactly what `nats pub` does,
+/// so the engine sees no difference. The payload must be JSON.
+pub async fn publish_trigger(nats_url: &str, trigger: &str, payload: &str) -> anyhow::Result<()> {
+    serde_json::from_str::<Value>(payload)
+        .with_context(|| format!("the payload is not JSON: {payload}"))?;
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    client
+        .publish(
+            sluice_bus::trigger_subject(trigger),
+            payload.to_owned().into(),
+        )
+        .await?;
+    client
+        .flush()
+        .await
+        .context("failed to flush the publish")?;
+    Ok(())
+}
+
 fn is_terminal(execution: &Value) -> bool {
     matches!(
         execution["status"].as_str(),

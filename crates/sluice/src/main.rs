@@ -53,6 +53,17 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Publish a trigger event, as `nats pub sluice.trigger.<ref> PAYLOAD` would.
+    Trigger {
+        /// The trigger, as pack.name.
+        trigger: String,
+        /// The payload, JSON.
+        #[arg(default_value = "{}")]
+        payload: String,
+        /// The NATS server.
+        #[arg(long, env = "SLUICE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+    },
     /// Inspect executions.
     Execution {
         #[command(subcommand)]
@@ -185,6 +196,19 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 &mut out,
             )
             .await
+        }
+        Command::Trigger {
+            trigger,
+            payload,
+            nats_url,
+        } => {
+            cli::publish_trigger(&nats_url, &trigger, &payload).await?;
+            writeln!(
+                out,
+                "published to {}",
+                sluice_bus::trigger_subject(&trigger)
+            )?;
+            Ok(true)
         }
         Command::Execution {
             command:
