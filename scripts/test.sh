@@ -22,5 +22,6 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo nextest run --workspace --locked --no-fail-fast
 cargo test --workspace --doc --locked
+# Last, so its summary closes the run.
+cargo nextest run --workspace --locked --no-fail-fast

@@ -89,11 +89,12 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Connects and applies the stream and consumer definitions (idempotent).
+    /// Connects and applies the stream and consumer definitions (idempotent). An unreachable
+    /// server is an error at once, naming the URL; once connected, the client reconnects by
+    /// itself.
     pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await

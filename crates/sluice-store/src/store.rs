@@ -324,8 +324,33 @@ impl Store {
         id: ExecutionId,
         transition: &Transition,
     ) -> Result<bool, StoreError> {
+        self.transition_from(id, transition, transition.to.sources())
+            .await
+    }
+
+    /// Fails an execution that has not been handed to a worker yet (`requested` or
+    /// `scheduling`): what the engine may decide on its own. Returns whether it changed.
+    pub async fn fail_before_handoff(
+        &self,
+        id: ExecutionId,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut failed = Transition::to(ExecutionStatus::Failed);
+        failed.result = Some(serde_json::json!({ "error": reason }));
+        let engine_owned = [ExecutionStatus::Requested, ExecutionStatus::Scheduling];
+        self.transition_from(id, &failed, &engine_owned).await
+    }
+
+    /// The one conditional update: moves `id` to `transition.to` only from `sources`, and
+    /// records the status in the history when it changed.
+    async fn transition_from(
+        &self,
+        id: ExecutionId,
+        transition: &Transition,
+        sources: &[ExecutionStatus],
+    ) -> Result<bool, StoreError> {
         let to = transition.to;
-        let sources = to.sources();
+        debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
         if sources.is_empty() {
             return Ok(false);
         }
@@ -450,43 +475,5 @@ impl Store {
             sqlx::query_as("SELECT COUNT(*) FROM enforcements WHERE event_id = $1").bind(event_id.0).fetch_one(pool).await?
         });
         Ok(n)
-    }
-}
-
-impl Store {
-    /// Fails an execution that has not been handed to a worker yet (`requested` or
-    /// `scheduling`): what the engine may decide on its own. Returns whether it changed.
-    pub async fn fail_before_handoff(
-        &self,
-        id: ExecutionId,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        let mut failed = Transition::to(ExecutionStatus::Failed);
-        failed.result = Some(serde_json::json!({ "error": reason }));
-        let now = failed.at;
-        let result = failed.result.as_ref().map(Json);
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let changed = sqlx::query(
-                "UPDATE executions SET status = 'failed', result = $1, updated_at = $2, finished_at = $2 \
-                 WHERE id = $3 AND status IN ('requested', 'scheduling')",
-            )
-            .bind(result)
-            .bind(now)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if changed {
-                sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, 'failed', $2) ON CONFLICT DO NOTHING")
-                    .bind(id.0)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(changed)
-        })
     }
 }

@@ -88,6 +88,32 @@ async fn start_worker(config: &Config, catalog: &Catalog) -> anyhow::Result<Work
     .context("failed to start the worker")
 }
 
+/// The HTTP API, served until [`Api::stop`].
+struct Api {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Api {
+    fn serve(listener: TcpListener, engine: Arc<Engine>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(listener, sluice_api::app(engine))
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .into_future(),
+        );
+        Self { stop, server }
+    }
+
+    /// Stops accepting requests and lets those in progress finish.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
 async fn stop_engine(engine: Arc<Engine>, config: &Config) {
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.shutdown(config.drain_timeout).await,
@@ -106,19 +132,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let (engine, listener) = start_engine(&config, catalog.clone()).await?;
     let worker = start_worker(&config, &catalog).await?;
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, sluice_api::app(engine.clone()))
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .into_future(),
-    );
+    let api = Api::serve(listener, engine.clone());
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
     shutdown.await;
     info!("shutting down: draining executions in flight");
-    let _ = stop_http.send(());
-    let _ = server.await;
+    api.stop().await;
     let store = engine.store().clone();
     // The engine drains first (it stops admitting and waits for completions), while the
     // worker keeps running what was already handed to it.
@@ -136,17 +154,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = load_catalog(&config)?;
     let (engine, listener) = start_engine(&config, catalog).await?;
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, sluice_api::app(engine.clone()))
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .into_future(),
-    );
+    let api = Api::serve(listener, engine.clone());
     shutdown.await;
-    let _ = stop_http.send(());
-    let _ = server.await;
+    api.stop().await;
     let store = engine.store().clone();
     stop_engine(engine, &config).await;
     store.close().await;

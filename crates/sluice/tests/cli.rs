@@ -239,3 +239,20 @@ fn a_broken_pack_stops_start_up_with_file_and_field() {
         text(&out)
     );
 }
+
+#[test]
+fn an_unreachable_nats_server_is_named() {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let out = Command::new(SLUICE)
+        .args(["worker", "--nats-url", &url, "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("cannot connect to NATS at {url}")),
+        "{}",
+        text(&out)
+    );
+}
