@@ -43,10 +43,11 @@ CREATE TABLE enforcements (
     UNIQUE (rule, event_id)
 );
 
--- Each status an execution entered, once.
+-- Each status an execution entered, once per attempt.
 CREATE TABLE execution_history (
     execution_id INTEGER NOT NULL REFERENCES executions (id),
+    attempt      INTEGER NOT NULL,
     status       TEXT    NOT NULL,
     at           TEXT    NOT NULL,
-    PRIMARY KEY (execution_id, status)
+    PRIMARY KEY (execution_id, attempt, status)
 );

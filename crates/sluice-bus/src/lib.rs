@@ -5,7 +5,11 @@
 //! |----------|--------------------------|------------------------------------------|
 //! | TRIGGERS | `sluice.trigger.<p>.<n>` | trigger payloads, JSON or MessagePack     |
 //! | RUN      | `sluice.run.<queue>`     | [`RunMessage`]s, a work queue to workers  |
+//! | CONTROL  | `sluice.cancel.<id>`     | cancel requests after the handoff         |
 //! | STATUS   | `sluice.status.<id>`     | [`StatusReport`]s from workers            |
+//!
+//! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
+//! matter only while fresh, so they are not stored.
 //!
 //! Every publish carries a `Nats-Msg-Id`, so JetStream drops a repeat inside the stream's
 //! duplicate window; every consumer acknowledges explicitly.
@@ -18,7 +22,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishErrorKind};
 use bytes::Bytes;
-use sluice_core::{CodecError, ExecutionId, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport};
+use sluice_core::{
+    CodecError, ExecutionId, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport,
+};
 
 pub use streams::{ConsumerDef, StreamDef, definitions};
 pub use trigger::{TriggerMessage, decode_trigger};
@@ -38,6 +44,28 @@ pub fn run_subject(queue: &str) -> String {
 
 pub fn status_subject(id: ExecutionId) -> String {
     format!("sluice.status.{id}")
+}
+
+pub fn cancel_subject(id: ExecutionId) -> String {
+    format!("sluice.cancel.{id}")
+}
+
+/// Every worker's heartbeats.
+pub const HEARTBEAT_SUBJECTS: &str = "sluice.heartbeat.>";
+
+/// A worker's heartbeat subject; characters NATS gives meaning to become `_`.
+pub fn heartbeat_subject(worker: &str) -> String {
+    let token: String = worker
+        .chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>' | ' ' | '\t') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("sluice.heartbeat.{token}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +274,50 @@ impl Bus {
             sluice_core::encode(report)?,
         )
         .await
+    }
+
+    /// Asks whichever worker holds the execution to cancel it; a worker that takes it later
+    /// finds the request before starting. Deduplicated per execution.
+    pub async fn publish_cancel(&self, id: ExecutionId) -> Result<Published, BusError> {
+        self.publish(cancel_subject(id), &format!("{id}.cancel"), Vec::new())
+            .await
+    }
+
+    /// Whether a cancel request exists for the execution.
+    pub async fn cancel_requested(&self, id: ExecutionId) -> Result<bool, BusError> {
+        let read = |message: String| BusError::Read {
+            what: "CONTROL stream".into(),
+            message,
+        };
+        let stream = self
+            .jetstream
+            .get_stream("CONTROL")
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        match stream
+            .get_last_raw_message_by_subject(&cancel_subject(id))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(false)
+            }
+            Err(e) => Err(read(e.to_string())),
+        }
+    }
+
+    /// Publishes a heartbeat on core NATS (fire and forget: the next one follows shortly).
+    pub async fn publish_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), BusError> {
+        let subject = heartbeat_subject(&heartbeat.worker);
+        let payload = sluice_core::encode(heartbeat)?;
+        self.client
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                message: e.to_string(),
+                timed_out: false,
+            })
     }
 
     /// The last report stored for an execution, if any: lets a worker that receives a

@@ -33,6 +33,11 @@ const FILES: &[(&str, &str, &[File])] = &[
         )],
     ),
     (
+        "CONTROL/stream.json",
+        include_str!("../../../streams/CONTROL/stream.json"),
+        &[],
+    ),
+    (
         "STATUS/stream.json",
         include_str!("../../../streams/STATUS/stream.json"),
         &[(
@@ -70,10 +75,14 @@ mod tests {
     fn definitions_parse_with_server_field_names() {
         let defs = definitions();
         let names: Vec<_> = defs.iter().map(|d| d.stream.name.as_str()).collect();
-        assert_eq!(names, ["TRIGGERS", "RUN", "STATUS"]);
+        assert_eq!(names, ["TRIGGERS", "RUN", "CONTROL", "STATUS"]);
         assert_eq!(defs[1].stream.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(defs[0].stream.duplicate_window, Duration::from_secs(120));
         let engine = &defs[0].consumers[0].config;
+        assert!(
+            defs[2].consumers.is_empty(),
+            "cancel requests are read by subject, not consumed"
+        );
         assert_eq!(engine.durable_name.as_deref(), Some("engine"));
         assert_eq!(engine.ack_policy, consumer::AckPolicy::Explicit);
         assert_eq!(engine.ack_wait, Duration::from_secs(30));

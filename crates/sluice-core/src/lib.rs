@@ -14,6 +14,8 @@ pub mod runner;
 pub mod status;
 
 pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
-pub use message::{CodecError, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode, encode};
+pub use message::{
+    CodecError, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode, encode,
+};
 pub use runner::RunnerType;
 pub use status::{ExecutionStatus, Owner};

@@ -51,16 +51,25 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// `<execution id>.running` or `<execution id>.completed`: one of each per execution,
-    /// whatever the number of attempts, so JetStream drops any repeat.
+    /// `<execution id>.<attempt>.running` or `<execution id>.completed`: one running report
+    /// per attempt and one completion per execution, so JetStream drops any repeat.
     pub fn dedup_id(&self) -> String {
-        let kind = if self.status.is_terminal() {
-            "completed"
+        if self.status.is_terminal() {
+            format!("{}.completed", self.execution_id)
         } else {
-            "running"
-        };
-        format!("{}.{kind}", self.execution_id)
+            format!("{}.{}.running", self.execution_id, self.attempt)
+        }
     }
+}
+
+/// Worker → engine, every heartbeat interval on core NATS: the worker is alive, and this is
+/// what it is running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub worker: String,
+    pub capacity: usize,
+    pub running: Vec<ExecutionId>,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +123,7 @@ mod tests {
             result: serde_json::Value::Null,
             at: Utc::now(),
         };
-        assert_eq!(report.dedup_id(), "7.running");
+        assert_eq!(report.dedup_id(), "7.2.running");
         report.status = ExecutionStatus::TimedOut;
         assert_eq!(report.dedup_id(), "7.completed");
         let back: StatusReport = decode(&encode(&report).unwrap()).unwrap();

@@ -76,7 +76,9 @@ impl ExecutionStatus {
     /// store updates use it as their `WHERE status IN (...)` guard.
     pub fn sources(self) -> &'static [ExecutionStatus] {
         match self {
-            Requested => &[],
+            // Back to the queue for another attempt when the worker running it was lost and
+            // the action's policy says to retry; the attempt number goes up.
+            Requested => &[Scheduled, Running],
             Scheduling => &[Requested],
             Scheduled => &[Scheduling],
             Running => &[Scheduled],

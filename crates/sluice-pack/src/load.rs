@@ -15,7 +15,7 @@ use serde_json::Value;
 use sluice_core::{ActionRef, RunnerType};
 
 use crate::criteria::Criterion;
-use crate::model::{Action, Catalog, Pack, ParamSpec, Rule, Trigger};
+use crate::model::{Action, Catalog, OnFull, Pack, ParamSpec, Policy, Rule, Trigger};
 use crate::template::ParamTemplate;
 
 /// One problem in one file.
@@ -72,6 +72,28 @@ struct ActionFile {
     #[serde(default)]
     parameters: BTreeMap<String, ParamSpec>,
     timeout: Option<u64>,
+    #[serde(default)]
+    policy: Policy,
+}
+
+/// StackStorm's policy file: `action.concurrency` and `action.concurrency.attr`.
+#[derive(Deserialize)]
+struct PolicyFile {
+    name: String,
+    resource_ref: String,
+    policy_type: String,
+    enabled: Option<bool>,
+    #[serde(default)]
+    parameters: PolicyParameters,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PolicyParameters {
+    threshold: Option<usize>,
+    action: Option<String>,
+    #[serde(default)]
+    attributes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +144,7 @@ struct Loader {
     errors: Vec<LoadError>,
     /// Rules are checked after every pack's actions and triggers are known.
     rules: Vec<(PathBuf, String, RuleFile)>,
+    policies: Vec<(PathBuf, PolicyFile)>,
 }
 
 impl Loader {
@@ -199,6 +222,11 @@ impl Loader {
                 self.rules.push((path, name.clone(), rule));
             }
         }
+        for path in yaml_files(&dir.join("policies")) {
+            if let Some(policy) = self.read::<PolicyFile>(&path) {
+                self.policies.push((path, policy));
+            }
+        }
     }
 
     fn reference(
@@ -262,6 +290,7 @@ impl Loader {
                     parameters: BTreeMap::from([(name.clone(), spec.clone())]),
                     timeout_secs: None,
                     enabled: true,
+                    policy: Policy::default(),
                     file: path.to_owned(),
                 };
                 let given = serde_json::Map::from_iter([(name.clone(), default.clone())]);
@@ -278,6 +307,7 @@ impl Loader {
                 "a local-shell-cmd action needs a `cmd` parameter",
             );
         }
+        self.check_policy(path, "policy", &file.policy, &file.parameters);
         if self.catalog.actions.contains_key(&action_ref) {
             self.error(
                 path,
@@ -294,9 +324,128 @@ impl Loader {
             parameters: file.parameters,
             timeout_secs: file.timeout,
             enabled: file.enabled.unwrap_or(true),
+            policy: file.policy,
             file: path.to_owned(),
         };
         self.catalog.actions.insert(action_ref, action);
+    }
+
+    fn check_policy(
+        &mut self,
+        path: &Path,
+        field: &str,
+        policy: &Policy,
+        parameters: &BTreeMap<String, ParamSpec>,
+    ) {
+        for (name, value) in [
+            ("max_concurrent", policy.max_concurrent),
+            ("max_concurrent_total", policy.max_concurrent_total),
+        ] {
+            if value == Some(0) {
+                self.error(path, Some(&format!("{field}.{name}")), "must be at least 1");
+            }
+        }
+        for name in &policy.concurrency_key {
+            if !parameters.contains_key(name) {
+                let known = parameters.keys().cloned().collect::<Vec<_>>().join(", ");
+                self.error(
+                    path,
+                    Some(&format!("{field}.concurrency_key")),
+                    format!("{name:?} is not a parameter of the action (known: {known})"),
+                );
+            }
+        }
+        if let Some(rate) = policy.rate_limit
+            && (rate.count == 0 || !(rate.per_seconds > 0.0))
+        {
+            self.error(
+                path,
+                Some(&format!("{field}.rate_limit")),
+                "count must be at least 1 and per_seconds above 0",
+            );
+        }
+        if policy.on_full == OnFull::Cancel
+            && policy.max_concurrent.is_none()
+            && policy.max_concurrent_total.is_none()
+        {
+            self.error(
+                path,
+                Some(&format!("{field}.on_full")),
+                "cancel needs max_concurrent",
+            );
+        }
+    }
+
+    /// Applies a StackStorm policy file to the action it names.
+    fn apply_policy(&mut self, path: PathBuf, file: PolicyFile) {
+        if !file.enabled.unwrap_or(true) {
+            return;
+        }
+        let action_ref = match file.resource_ref.parse::<ActionRef>() {
+            Ok(r) if self.catalog.actions.contains_key(&r) => r,
+            _ => {
+                self.error(
+                    &path,
+                    Some("resource_ref"),
+                    format!("unknown action {:?}", file.resource_ref),
+                );
+                return;
+            }
+        };
+        let with_attributes = match file.policy_type.as_str() {
+            "action.concurrency" => false,
+            "action.concurrency.attr" => true,
+            other => {
+                let message = format!(
+                    "unsupported policy_type {other:?} (supported: action.concurrency, action.concurrency.attr)"
+                );
+                self.error(&path, Some("policy_type"), message);
+                return;
+            }
+        };
+        let Some(threshold) = file.parameters.threshold else {
+            self.error(&path, Some("parameters.threshold"), "missing");
+            return;
+        };
+        let on_full = match file.parameters.action.as_deref() {
+            None | Some("delay") => OnFull::Enqueue,
+            Some("cancel") => OnFull::Cancel,
+            Some(other) => {
+                self.error(
+                    &path,
+                    Some("parameters.action"),
+                    format!("{other:?} is not delay or cancel"),
+                );
+                return;
+            }
+        };
+        if with_attributes && file.parameters.attributes.is_empty() {
+            self.error(
+                &path,
+                Some("parameters.attributes"),
+                "action.concurrency.attr needs attributes",
+            );
+            return;
+        }
+        let action = &self.catalog.actions[&action_ref];
+        if action.policy.max_concurrent.is_some() {
+            let message = format!(
+                "policy {} sets the concurrency of {action_ref}, which {} already sets",
+                file.name,
+                action.file.display()
+            );
+            self.error(&path, Some("resource_ref"), message);
+            return;
+        }
+        let mut policy = action.policy.clone();
+        policy.max_concurrent = Some(threshold);
+        policy.on_full = on_full;
+        policy.concurrency_key = file.parameters.attributes;
+        let parameters = action.parameters.clone();
+        self.check_policy(&path, "parameters", &policy, &parameters);
+        if let Some(action) = self.catalog.actions.get_mut(&action_ref) {
+            action.policy = policy;
+        }
     }
 
     fn load_trigger(&mut self, pack: &str, path: &Path) {
@@ -463,6 +612,9 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
         for dir in dirs {
             loader.load_pack(&dir);
         }
+    }
+    for (path, policy) in std::mem::take(&mut loader.policies) {
+        loader.apply_policy(path, policy);
     }
     for (path, pack, rule) in std::mem::take(&mut loader.rules) {
         loader.check_rule(path, pack, rule);

@@ -71,6 +71,53 @@ fn default_param_type() -> ParamType {
     ParamType::String
 }
 
+/// What to do with a new execution when its action (or key) is at `max_concurrent`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// Wait in the FIFO queue.
+    #[default]
+    Enqueue,
+    /// End as `cancelled` with the reason.
+    Cancel,
+}
+
+/// At most `count` admissions in any `per_seconds` window; the rest wait.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per_seconds: f64,
+}
+
+/// An action's admission policy (the `policy:` block of its file, and any
+/// `policies/*.yaml` that name it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// At most this many executions past the gate (scheduled or running) at once, per
+    /// concurrency key when there is one; the rest wait in FIFO order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Parameters whose values give each execution its own queue and limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency_key: Vec<String>,
+    /// A limit across all keys; keys with work waiting take turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_total: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Queued executions beyond which new requests fail at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<usize>,
+    /// Run again elsewhere (at the head of the queue) when the worker running it is lost,
+    /// instead of ending as `abandoned`.
+    #[serde(default)]
+    pub retry_on_worker_loss: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
     #[serde(rename = "ref")]
@@ -81,11 +128,30 @@ pub struct Action {
     pub parameters: BTreeMap<String, ParamSpec>,
     pub timeout_secs: Option<u64>,
     pub enabled: bool,
+    pub policy: Policy,
     #[serde(skip)]
     pub file: PathBuf,
 }
 
 impl Action {
+    /// The concurrency key of an execution with these parameters: the values of the
+    /// policy's `concurrency_key` parameters, as JSON; empty without a key.
+    pub fn concurrency_key(
+        &self,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+    ) -> String {
+        if self.policy.concurrency_key.is_empty() {
+            return String::new();
+        }
+        let values: Vec<&serde_json::Value> = self
+            .policy
+            .concurrency_key
+            .iter()
+            .map(|name| parameters.get(name).unwrap_or(&serde_json::Value::Null))
+            .collect();
+        serde_json::to_string(&values).unwrap_or_default()
+    }
+
     pub fn secret_parameters(&self) -> Vec<String> {
         self.parameters
             .iter()

@@ -259,6 +259,7 @@ mod tests {
             parameters,
             timeout_secs: None,
             enabled: true,
+            policy: Default::default(),
             file: "t/actions/a.yaml".into(),
         }
     }

@@ -217,3 +217,89 @@ fn a_missing_packs_directory_is_an_error() {
         "{err}"
     );
 }
+
+const KEYED_ACTION: &str = "name: deploy\nrunner_type: noop\nparameters:\n  host: {type: string}\n";
+
+#[test]
+fn policies_from_the_action_file_and_from_stackstorm_policy_files() {
+    let (_dir, roots) = with_pack(&[
+        (
+            "actions/a.yaml",
+            "name: a\nrunner_type: noop\npolicy:\n  max_concurrent: 3\n  on_full: cancel\n  rate_limit: {count: 10, per_seconds: 1}\n  max_queue: 100\n  retry_on_worker_loss: true\n",
+        ),
+        ("actions/deploy.yaml", KEYED_ACTION),
+        (
+            "policies/deploy.yaml",
+            "name: deploy.concurrency\nresource_ref: t.deploy\npolicy_type: action.concurrency.attr\nparameters:\n  threshold: 1\n  action: delay\n  attributes: [host]\n",
+        ),
+    ]);
+    let catalog = load_packs(&roots).unwrap();
+    let a = &catalog.actions[&"t.a".parse().unwrap()].policy;
+    assert_eq!(a.max_concurrent, Some(3));
+    assert_eq!(a.on_full, sluice_pack::model::OnFull::Cancel);
+    assert_eq!(a.rate_limit.unwrap().count, 10);
+    assert_eq!(a.max_queue, Some(100));
+    assert!(a.retry_on_worker_loss);
+    let deploy = &catalog.actions[&"t.deploy".parse().unwrap()];
+    assert_eq!(deploy.policy.max_concurrent, Some(1));
+    assert_eq!(deploy.policy.concurrency_key, ["host"]);
+    let params = json!({"host": "db1"}).as_object().unwrap().clone();
+    assert_eq!(deploy.concurrency_key(&params), r#"["db1"]"#);
+}
+
+#[test]
+fn broken_policies_name_file_and_field() {
+    let errs = errors(&[
+        (
+            "actions/a.yaml",
+            "name: a\nrunner_type: noop\npolicy:\n  max_concurrent: 0\n  concurrency_key: [nope]\n  rate_limit: {count: 0, per_seconds: 1}\n",
+        ),
+        (
+            "actions/b.yaml",
+            "name: b\nrunner_type: noop\npolicy:\n  max_concurent: 2\n",
+        ),
+        ("actions/deploy.yaml", KEYED_ACTION),
+        (
+            "policies/p.yaml",
+            "name: p\nresource_ref: t.missing\npolicy_type: action.concurrency\nparameters: {threshold: 1}\n",
+        ),
+        (
+            "policies/q.yaml",
+            "name: q\nresource_ref: t.deploy\npolicy_type: action.retry\nparameters: {threshold: 1}\n",
+        ),
+        (
+            "policies/r.yaml",
+            "name: r\nresource_ref: t.deploy\npolicy_type: action.concurrency\nparameters: {threshold: 1, action: drop}\n",
+        ),
+    ]);
+    let find = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    assert!(
+        find("t/actions/a.yaml: policy.max_concurrent: must be at least 1"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/actions/a.yaml: policy.concurrency_key: \"nope\" is not a parameter"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/actions/a.yaml: policy.rate_limit: count must be at least 1"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/actions/b.yaml: policy: unknown field `max_concurent`"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/policies/p.yaml: resource_ref: unknown action \"t.missing\""),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/policies/q.yaml: policy_type: unsupported policy_type \"action.retry\""),
+        "{errs:#?}"
+    );
+    assert!(
+        find("t/policies/r.yaml: parameters.action: \"drop\" is not delay or cancel"),
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), 7, "{errs:#?}");
+}

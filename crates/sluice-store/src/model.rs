@@ -53,6 +53,7 @@ pub struct Event {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HistoryEntry {
+    pub attempt: u32,
     pub status: ExecutionStatus,
     pub at: DateTime<Utc>,
 }

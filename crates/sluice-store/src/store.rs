@@ -148,6 +148,7 @@ impl From<EventRow> for Event {
 
 #[derive(FromRow)]
 struct HistoryRow {
+    attempt: i32,
     status: String,
     at: DateTime<Utc>,
 }
@@ -264,7 +265,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
                 for entered in [Some(ExecutionStatus::Requested), firing.failed.as_ref().map(|_| ExecutionStatus::Failed)].into_iter().flatten() {
-                    sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, $2, $3)")
+                    sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, $2, $3)")
                         .bind(id)
                         .bind(entered.as_str())
                         .bind(now)
@@ -307,7 +308,7 @@ impl Store {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, 'requested', $2)")
+            sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, 'requested', $2)")
                 .bind(id)
                 .bind(now)
                 .execute(&mut *tx)
@@ -356,8 +357,10 @@ impl Store {
         }
         let sql = format!(
             "UPDATE executions SET status = $1, updated_at = $2, \
-             result = COALESCE($3, result), worker = COALESCE($4, worker), \
-             started_at = CASE WHEN $5 THEN $2 ELSE started_at END, \
+             result = COALESCE($3, result), \
+             worker = CASE WHEN $8 THEN NULL ELSE COALESCE($4, worker) END, \
+             attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
+             started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE started_at END, \
              finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
              WHERE id = $7 AND status IN ({})",
             status_list(sources)
@@ -372,14 +375,15 @@ impl Store {
                 .bind(to == ExecutionStatus::Running)
                 .bind(to.is_terminal())
                 .bind(id.0)
+                .bind(to == ExecutionStatus::Requested)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
                 == 1;
             if changed {
-                sqlx::query("INSERT INTO execution_history (execution_id, status, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
+                     SELECT id, attempt, status, $2 FROM executions WHERE id = $1 ON CONFLICT DO NOTHING")
                     .bind(id.0)
-                    .bind(to.as_str())
                     .bind(transition.at)
                     .execute(&mut *tx)
                     .await?;
@@ -394,7 +398,7 @@ impl Store {
         let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
         let (row, history): (Option<ExecutionRow>, Vec<HistoryRow>) = on_pool!(self, pool => {
             let row = sqlx::query_as(AssertSqlSafe(sql)).bind(id.0).fetch_optional(pool).await?;
-            let history = sqlx::query_as("SELECT status, at FROM execution_history WHERE execution_id = $1")
+            let history = sqlx::query_as("SELECT attempt, status, at FROM execution_history WHERE execution_id = $1")
                 .bind(id.0)
                 .fetch_all(pool)
                 .await?;
@@ -406,6 +410,8 @@ impl Store {
             .into_iter()
             .map(|h| {
                 Ok(HistoryEntry {
+                    attempt: u32::try_from(h.attempt)
+                        .map_err(|e| corrupt("execution_history", e))?,
                     status: h
                         .status
                         .parse()
@@ -414,8 +420,8 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        // Statuses are entered in lifecycle order; timestamps alone can tie.
-        history.sort_by_key(|h| (h.at, h.status));
+        // Statuses are entered in lifecycle order within an attempt; timestamps alone can tie.
+        history.sort_by_key(|h| (h.attempt, h.at, h.status));
         execution.history = history;
         Ok(Some(execution))
     }

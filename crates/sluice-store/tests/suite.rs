@@ -212,6 +212,62 @@ async fn listing_filters_and_unfinished_order(store: Store) {
     );
 }
 
+async fn a_retry_starts_a_new_attempt_with_its_own_history(store: Store) {
+    let id = store
+        .create_execution(&action("core.noop"), &Default::default(), None)
+        .await
+        .unwrap();
+    for status in [ExecutionStatus::Scheduling, ExecutionStatus::Scheduled] {
+        store.transition(id, &Transition::to(status)).await.unwrap();
+    }
+    let mut running = Transition::to(ExecutionStatus::Running);
+    running.worker = Some("lost".into());
+    assert!(store.transition(id, &running).await.unwrap());
+    assert!(
+        store
+            .transition(id, &Transition::to(ExecutionStatus::Requested))
+            .await
+            .unwrap(),
+        "retry"
+    );
+    let retried = store.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(
+        (retried.status, retried.attempt, retried.worker.as_deref()),
+        (ExecutionStatus::Requested, 2, None)
+    );
+    assert!(retried.started_at.is_none());
+    for status in [
+        ExecutionStatus::Scheduling,
+        ExecutionStatus::Scheduled,
+        ExecutionStatus::Running,
+        ExecutionStatus::Succeeded,
+    ] {
+        assert!(
+            store.transition(id, &Transition::to(status)).await.unwrap(),
+            "{status} on attempt 2"
+        );
+    }
+    let done = store.get_execution(id).await.unwrap().unwrap();
+    let history: Vec<(u32, ExecutionStatus)> =
+        done.history.iter().map(|h| (h.attempt, h.status)).collect();
+    use ExecutionStatus::*;
+    assert_eq!(
+        history,
+        [
+            (1, Requested),
+            (1, Scheduling),
+            (1, Scheduled),
+            (1, Running),
+            (2, Requested),
+            (2, Scheduling),
+            (2, Scheduled),
+            (2, Running),
+            (2, Succeeded)
+        ]
+    );
+    assert!(!store.fail_before_handoff(id, "too late").await.unwrap());
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -245,4 +301,5 @@ store_suite!(
     failed_firings_are_stored_failed_with_the_reason,
     rejected_events_are_kept_with_their_reason,
     listing_filters_and_unfinished_order,
+    a_retry_starts_a_new_attempt_with_its_own_history,
 );

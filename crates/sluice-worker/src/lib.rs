@@ -9,13 +9,19 @@
 //! A run message is acknowledged only after its completion report is stored by JetStream,
 //! and in-progress acks keep `ack_wait` from redelivering live work. A redelivered message
 //! for an execution that already completed is acknowledged without running it again; one
-//! whose earlier run was lost with its worker is reported `abandoned`, never run twice.
+//! whose earlier run was lost with its worker is reported `abandoned`, never run twice; one
+//! for an attempt older than the latest is dropped.
+//!
+//! The worker publishes a heartbeat every `heartbeat_interval` with what it is running; the
+//! engine declares its executions lost when the heartbeats stop. Cancel requests arrive on
+//! `sluice.cancel.<id>`: a running execution has its process group killed and ends
+//! `cancelled`; one not started yet finds the request before it starts.
 
 pub mod runner;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
@@ -24,7 +30,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
 use sluice_bus::Bus;
-use sluice_core::{ExecutionStatus, RunMessage, StatusReport};
+use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,12 +47,28 @@ pub struct WorkerConfig {
     pub actions_dirs: BTreeMap<String, PathBuf>,
     /// How many actions run at once.
     pub capacity: usize,
+    /// How often the worker tells the engine it is alive.
+    pub heartbeat_interval: Duration,
 }
 
 struct Shared {
     name: String,
     bus: Bus,
     actions_dirs: BTreeMap<String, PathBuf>,
+    /// Executions this worker is running, for heartbeats.
+    running: Mutex<BTreeSet<ExecutionId>>,
+}
+
+impl Shared {
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeSet<ExecutionId>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn run_actor_name(&self, id: ExecutionId) -> String {
+        format!("{}/run/{id}", self.name)
+    }
 }
 
 /// A running worker.
@@ -54,6 +76,7 @@ pub struct Worker {
     supervisor: ActorRef<RunSupervisorMsg>,
     cancel: CancellationToken,
     pull: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     capacity: usize,
     slots: Arc<Semaphore>,
 }
@@ -92,7 +115,7 @@ impl Actor for RunSupervisor {
                 return Ok(());
             }
         };
-        let name = format!("{}/run/{}", shared.name, run.execution_id);
+        let name = shared.run_actor_name(run.execution_id);
         let args = RunArgs {
             shared: shared.clone(),
             run,
@@ -130,6 +153,7 @@ struct RunArgs {
 
 enum RunMsg {
     Progress,
+    Cancel,
     Done(runner::Outcome),
 }
 
@@ -140,6 +164,7 @@ struct RunState {
     _permit: OwnedSemaphorePermit,
     task: Option<JoinHandle<()>>,
     progress: Option<JoinHandle<()>>,
+    cancel: CancellationToken,
 }
 
 struct RunActor;
@@ -205,8 +230,10 @@ impl Actor for RunActor {
             _permit: args.permit,
             task: None,
             progress: None,
+            cancel: CancellationToken::new(),
         };
         let id = state.run.execution_id;
+        let attempt = state.run.attempt;
         // A redelivery: the execution may already have run here or on a lost worker.
         match state.shared.bus.last_status(id).await {
             Ok(Some(last)) if last.status.is_terminal() => {
@@ -215,25 +242,39 @@ impl Actor for RunActor {
                 myself.stop(None);
                 return Ok(state);
             }
-            Ok(Some(last)) => {
-                warn!(execution_id = %id, previous_worker = last.worker, "started before by a worker that was lost; reported abandoned");
+            Ok(Some(last)) if last.attempt > attempt => {
+                debug!(execution_id = %id, attempt, latest = last.attempt, "run message of an earlier attempt; dropped");
+                let _ = state.message.double_ack().await;
+                myself.stop(None);
+                return Ok(state);
+            }
+            Ok(Some(last)) if last.attempt == attempt => {
+                warn!(execution_id = %id, attempt, previous_worker = last.worker, "started before by a worker that was lost; reported abandoned");
                 let result =
                     json!({ "error": format!("worker {} was lost while running it", last.worker) });
                 Self::finish(&myself, &state, ExecutionStatus::Abandoned, result).await;
                 return Ok(state);
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
+        if state.shared.bus.cancel_requested(id).await? {
+            info!(execution_id = %id, "cancelled before it started");
+            let result = json!({ "error": "cancelled before it started" });
+            Self::finish(&myself, &state, ExecutionStatus::Cancelled, result).await;
+            return Ok(state);
+        }
+        state.shared.running().insert(id);
         let running = Self::report(&state, ExecutionStatus::Running, serde_json::Value::Null);
         Self::publish(&state, &running).await;
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
         let run = state.run.clone();
         let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();
         let me = myself.clone();
+        let cancel = state.cancel.clone();
         state.task = Some(tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = runner::run(&run, actions_dir.as_deref()).await;
+            let outcome = runner::run(&run, actions_dir.as_deref(), &cancel).await;
             debug!(execution_id = %run.execution_id, elapsed_ms = started.elapsed().as_millis() as u64, "runner returned");
             let _ = me.send_message(RunMsg::Done(outcome));
         }));
@@ -249,6 +290,10 @@ impl Actor for RunActor {
         match message {
             RunMsg::Progress => {
                 let _ = state.message.ack_with(AckKind::Progress).await;
+            }
+            RunMsg::Cancel => {
+                info!(execution_id = %state.run.execution_id, "cancel requested; stopping the action");
+                state.cancel.cancel();
             }
             RunMsg::Done(outcome) => {
                 if let Some(progress) = state.progress.take() {
@@ -268,6 +313,7 @@ impl Actor for RunActor {
         if let Some(progress) = state.progress.take() {
             progress.abort();
         }
+        state.shared.running().remove(&state.run.execution_id);
         Ok(())
     }
 }
@@ -276,17 +322,28 @@ impl Worker {
     pub async fn start(config: WorkerConfig) -> Result<Self, sluice_bus::BusError> {
         let capacity = config.capacity.max(1);
         let consumer = config.bus.consumer("RUN", "workers").await?;
+        let cancels = config
+            .bus
+            .client()
+            .subscribe("sluice.cancel.>")
+            .await
+            .map_err(|e| sluice_bus::BusError::Read {
+                what: "cancel requests".into(),
+                message: e.to_string(),
+            })?;
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             bus: config.bus,
             actions_dirs: config.actions_dirs,
+            running: Mutex::new(BTreeSet::new()),
         });
-        let (supervisor, _) = Actor::spawn(Some(config.name.clone()), RunSupervisor, shared)
-            .await
-            .map_err(|e| sluice_bus::BusError::Setup {
-                stream: "RUN".into(),
-                message: format!("failed to start worker actor: {e}"),
-            })?;
+        let (supervisor, _) =
+            Actor::spawn(Some(config.name.clone()), RunSupervisor, shared.clone())
+                .await
+                .map_err(|e| sluice_bus::BusError::Setup {
+                    stream: "RUN".into(),
+                    message: format!("failed to start worker actor: {e}"),
+                })?;
         let slots = Arc::new(Semaphore::new(capacity));
         let cancel = CancellationToken::new();
         let pull = tokio::spawn(pull_loop(
@@ -295,11 +352,21 @@ impl Worker {
             slots.clone(),
             cancel.clone(),
         ));
+        let background = vec![
+            tokio::spawn(heartbeat_loop(
+                shared.clone(),
+                capacity,
+                config.heartbeat_interval,
+                cancel.clone(),
+            )),
+            tokio::spawn(cancel_loop(shared, cancels, cancel.clone())),
+        ];
         info!(worker = config.name, capacity, "worker started");
         Ok(Self {
             supervisor,
             cancel,
             pull,
+            background,
             capacity,
             slots,
         })
@@ -330,6 +397,61 @@ impl Worker {
             .supervisor
             .stop_and_wait(Some("shutdown".into()), None)
             .await;
+        for task in self.background {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Tells the engine, every `interval`, that this worker is alive and what it runs. Keeps
+/// beating through a drain, so executions finishing then are not declared lost.
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    capacity: usize,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = cancel.cancelled(), if shared.running().is_empty() => return,
+        }
+        let running: Vec<ExecutionId> = shared.running().iter().copied().collect();
+        let heartbeat = Heartbeat {
+            worker: shared.name.clone(),
+            capacity,
+            running,
+            at: Utc::now(),
+        };
+        if let Err(e) = shared.bus.publish_heartbeat(&heartbeat).await {
+            warn!(error = %e, "heartbeat not sent");
+        }
+    }
+}
+
+/// Routes cancel requests to the run actor of the execution, if this worker runs it.
+async fn cancel_loop(
+    shared: Arc<Shared>,
+    mut requests: async_nats::Subscriber,
+    cancel: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = cancel.cancelled() => return,
+            request = requests.next() => match request { Some(r) => r, None => return },
+        };
+        let Some(id) = request
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|id| id.parse::<ExecutionId>().ok())
+        else {
+            continue;
+        };
+        if let Some(actor) = ractor::registry::where_is(shared.run_actor_name(id)) {
+            let _ = actor.send_message(RunMsg::Cancel);
+        }
     }
 }
 

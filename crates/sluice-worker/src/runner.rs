@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionStatus, RunMessage, RunnerType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 /// How much of stdout and of stderr a result keeps.
 pub const OUTPUT_CAP: usize = 1024 * 1024;
@@ -39,9 +40,40 @@ impl Outcome {
     }
 }
 
-/// Runs one execution to its end. `actions_dir` is the pack's `actions/` directory on this
-/// worker, needed by runners that execute an `entry_point` file.
-pub async fn run(message: &RunMessage, actions_dir: Option<&Path>) -> Outcome {
+fn cancelled() -> Outcome {
+    Outcome {
+        status: ExecutionStatus::Cancelled,
+        result: json!({ "error": "cancelled while running" }),
+    }
+}
+
+/// Runs one execution to its end, or until `cancel` fires (then the process group is
+/// killed and the outcome is `cancelled`). `actions_dir` is the pack's `actions/` directory
+/// on this worker, needed by runners that execute an `entry_point` file.
+pub async fn run(
+    message: &RunMessage,
+    actions_dir: Option<&Path>,
+    cancel: &CancellationToken,
+) -> Outcome {
+    tokio::select! {
+        outcome = run_to_end(message, actions_dir, cancel) => outcome,
+        // Process runners watch `cancel` themselves, to kill their process group first.
+        _ = cancel.cancelled(), if !is_process(message.runner) => cancelled(),
+    }
+}
+
+fn is_process(runner: RunnerType) -> bool {
+    matches!(
+        runner,
+        RunnerType::LocalShellCmd | RunnerType::LocalShellScript | RunnerType::PythonScript
+    )
+}
+
+async fn run_to_end(
+    message: &RunMessage,
+    actions_dir: Option<&Path>,
+    cancel: &CancellationToken,
+) -> Outcome {
     let timeout = message.timeout_secs.map(Duration::from_secs);
     let params = &message.parameters;
     match message.runner {
@@ -79,7 +111,7 @@ pub async fn run(message: &RunMessage, actions_dir: Option<&Path>) -> Outcome {
             if let Some(cwd) = params.get("cwd").and_then(Value::as_str) {
                 command.current_dir(cwd);
             }
-            run_process(command, message, timeout).await
+            run_process(command, message, timeout, cancel).await
         }
         RunnerType::LocalShellScript | RunnerType::PythonScript => {
             let script = match entry_point(message, actions_dir) {
@@ -101,7 +133,7 @@ pub async fn run(message: &RunMessage, actions_dir: Option<&Path>) -> Outcome {
             if let Some(dir) = script.parent() {
                 command.current_dir(dir);
             }
-            run_process(command, message, timeout).await
+            run_process(command, message, timeout, cancel).await
         }
     }
 }
@@ -197,6 +229,7 @@ async fn run_process(
     mut command: Command,
     message: &RunMessage,
     timeout: Option<Duration>,
+    cancel: &CancellationToken,
 ) -> Outcome {
     command
         .envs(param_env(&message.parameters))
@@ -229,16 +262,20 @@ async fn run_process(
             tokio::join!(feed, read_capped(stdout), read_capped(stderr), child.wait());
         (out, out_cut, err, err_cut, status)
     };
-    let finished = match timeout {
-        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
-        None => Some(work.await),
+    let limit = timeout.unwrap_or(Duration::MAX);
+    let finished = tokio::select! {
+        finished = tokio::time::timeout(limit, work) => finished.ok(),
+        _ = cancel.cancelled() => None,
     };
     let Some((stdout, stdout_cut, stderr, stderr_cut, status)) = finished else {
         if let Some(pid) = pid {
             kill_group(pid);
         }
         let _ = child.wait().await;
-        return timed_out(timeout.unwrap_or_default(), json!({}));
+        if cancel.is_cancelled() {
+            return cancelled();
+        }
+        return timed_out(limit, json!({}));
     };
     let status = match status {
         Ok(status) => status,

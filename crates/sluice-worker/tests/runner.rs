@@ -5,7 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionId, ExecutionStatus, RunMessage, RunnerType};
-use sluice_worker::runner::{OUTPUT_CAP, run};
+use sluice_worker::runner::{OUTPUT_CAP, Outcome};
+use tokio_util::sync::CancellationToken;
+
+/// Runs to the end, never cancelled.
+async fn run(message: &RunMessage, actions_dir: Option<&Path>) -> Outcome {
+    sluice_worker::runner::run(message, actions_dir, &CancellationToken::new()).await
+}
 
 fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunMessage {
     RunMessage {
@@ -237,4 +243,42 @@ async fn http_requests_report_status_and_body() {
     let out = run(&message(RunnerType::HttpRequest, params, Some(10)), None).await;
     assert_eq!(out.status, ExecutionStatus::Failed);
     assert_eq!(out.result["status_code"], json!(503));
+}
+
+#[tokio::test]
+async fn cancelling_kills_the_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let cmd = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let pid_path = pid_file.clone();
+    tokio::spawn(async move {
+        while !pid_path.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.cancel();
+    });
+    let out = sluice_worker::runner::run(
+        &message(RunnerType::LocalShellCmd, json!({ "cmd": cmd }), Some(20)),
+        None,
+        &cancel,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Cancelled, "{out:?}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z')),
+        "survived: {stat}"
+    );
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let out = sluice_worker::runner::run(
+        &message(RunnerType::Sleep, json!({ "seconds": 30 }), None),
+        None,
+        &cancel,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Cancelled);
 }
