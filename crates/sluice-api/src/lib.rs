@@ -8,12 +8,12 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionId, ExecutionStatus};
-use sluice_engine::{Engine, SubmitError};
+use sluice_engine::{CancelError, Engine, SubmitError};
 use sluice_store::{ExecutionFilter, StoreError};
 use tracing::error;
 
@@ -27,7 +27,10 @@ pub fn app(engine: AppState) -> Router {
             get(list_executions).post(create_execution),
         )
         .route("/api/v1/executions/{id}", get(get_execution))
+        .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
         .route("/api/v1/actions", get(list_actions))
+        .route("/api/v1/actions/{action}/queue-stats", get(queue_stats))
+        .route("/api/v1/workers", get(workers))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/actors", get(actors))
         .with_state(engine)
@@ -37,6 +40,7 @@ pub fn app(engine: AppState) -> Router {
 #[derive(Debug)]
 pub enum ApiError {
     NotFound(String),
+    Conflict(String),
     BadRequest(String),
     Unprocessable(String),
     Internal(String),
@@ -60,10 +64,22 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound(_) => Self::NotFound(e.to_string()),
+            CancelError::Finished(..) => Self::Conflict(e.to_string()),
+            CancelError::Store(e) => e.into(),
+            CancelError::Bus(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             Self::Internal(detail) => {
@@ -76,6 +92,40 @@ impl IntoResponse for ApiError {
         };
         (status, Json(json!({ "error": message }))).into_response()
     }
+}
+
+fn parse_id(id: &str) -> Result<ExecutionId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("execution id {id:?} is not a number")))
+}
+
+async fn cancel_execution(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&id)?;
+    let outcome = engine.cancel(id).await?;
+    let execution = engine.store().get_execution(id).await?;
+    let status = execution.map(|e| e.status);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "cancel": outcome, "status": status })),
+    ))
+}
+
+async fn queue_stats(
+    State(engine): State<AppState>,
+    Path(action): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stats = engine
+        .queue_stats(&action)
+        .await
+        .ok_or_else(|| ApiError::NotFound(format!("unknown action {action}")))?;
+    Ok(Json(json!(stats)))
+}
+
+async fn workers(State(engine): State<AppState>) -> Json<Value> {
+    Json(json!(engine.workers()))
 }
 
 async fn healthz(State(engine): State<AppState>) -> Json<Value> {
@@ -111,9 +161,7 @@ async fn get_execution(
     State(engine): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id: ExecutionId = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("execution id {id:?} is not a number")))?;
+    let id = parse_id(&id)?;
     let execution = engine
         .store()
         .get_execution(id)

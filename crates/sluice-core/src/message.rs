@@ -2,7 +2,7 @@
 //!
 //! A run message is published once per attempt with the deduplication id
 //! `<execution id>.<attempt>`; a worker answers with at most one `running` report
-//! (`<execution id>.running`) and exactly one completion (`<execution id>.completed`).
+//! (`<id>.<attempt>.running`) and exactly one completion (`<id>.<attempt>.completed`).
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -51,14 +51,17 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// `<execution id>.<attempt>.running` or `<execution id>.completed`: one running report
-    /// per attempt and one completion per execution, so JetStream drops any repeat.
+    /// `<execution id>.<attempt>.running` and `<execution id>.<attempt>.completed`: one of
+    /// each per attempt, so JetStream drops any repeat. Per attempt, so the late completion
+    /// of a superseded attempt (a worker thought lost) cannot take the place of the real one;
+    /// the engine ignores reports whose attempt is not the execution's current one.
     pub fn dedup_id(&self) -> String {
-        if self.status.is_terminal() {
-            format!("{}.completed", self.execution_id)
+        let kind = if self.status.is_terminal() {
+            "completed"
         } else {
-            format!("{}.{}.running", self.execution_id, self.attempt)
-        }
+            "running"
+        };
+        format!("{}.{}.{kind}", self.execution_id, self.attempt)
     }
 }
 
@@ -125,7 +128,7 @@ mod tests {
         };
         assert_eq!(report.dedup_id(), "7.2.running");
         report.status = ExecutionStatus::TimedOut;
-        assert_eq!(report.dedup_id(), "7.completed");
+        assert_eq!(report.dedup_id(), "7.2.completed");
         let back: StatusReport = decode(&encode(&report).unwrap()).unwrap();
         assert_eq!(back, report);
     }

@@ -1,14 +1,14 @@
 //! The completion listener: STATUS stream → store → the action's supervisor.
 //!
-//! The engine only records what workers report. Every update is conditional, so a report
-//! that is stale or repeated changes nothing; a completion always tells the supervisor,
-//! which ends the execution's child if it still has one and otherwise does nothing.
+//! The engine only records what workers report. Every update is conditional on the status
+//! and on the report's attempt, so a report that is stale or repeated changes nothing and
+//! tells nobody; a change is passed to the action's supervisor.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use sluice_core::StatusReport;
+use sluice_core::{ExecutionStatus, StatusReport};
 use sluice_store::Transition;
 use tracing::{debug, error, info, warn};
 
@@ -25,8 +25,14 @@ pub(crate) async fn handle_status(shared: &Arc<Shared>, routes: &Routes, message
     };
     let id = report.execution_id;
     let terminal = report.status.is_terminal();
+    if report.status != ExecutionStatus::Running && !terminal {
+        warn!(execution_id = %id, status = %report.status, "a worker reported a status only the engine sets; ignored");
+        let _ = message.ack().await;
+        return;
+    }
     let transition = Transition {
         to: report.status,
+        attempt: Some(report.attempt),
         result: terminal.then(|| report.result.clone()),
         worker: Some(report.worker.clone()),
         at: report.at,
@@ -38,8 +44,14 @@ pub(crate) async fn handle_status(shared: &Arc<Shared>, routes: &Routes, message
             } else if !changed {
                 debug!(execution_id = %id, status = %report.status, "stale or repeated report ignored");
             }
-            if terminal && let Some(supervisor) = routes.get(&report.action) {
-                supervisor.finished(id);
+            // Only a change is news: a stale report (a superseded attempt, a redelivery)
+            // must not end the child of the attempt that is running now.
+            if changed && let Some(supervisor) = routes.get(&report.action) {
+                if terminal {
+                    supervisor.finished(id);
+                } else {
+                    supervisor.running(id, report.worker.clone());
+                }
             }
             let _ = message.ack().await;
         }

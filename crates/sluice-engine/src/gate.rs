@@ -39,8 +39,14 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Full { limit } => write!(f, "cancelled by policy: {limit} already running and on_full is cancel"),
-            Self::QueueFull { limit } => write!(f, "rejected by policy: the queue already holds max_queue = {limit}"),
+            Self::Full { limit } => write!(
+                f,
+                "cancelled by policy: {limit} already running and on_full is cancel"
+            ),
+            Self::QueueFull { limit } => write!(
+                f,
+                "rejected by policy: the queue already holds max_queue = {limit}"
+            ),
         }
     }
 }
@@ -70,7 +76,12 @@ struct KeyState<T> {
 
 impl<T> Default for KeyState<T> {
     fn default() -> Self {
-        Self { queue: VecDeque::new(), active: HashSet::new(), total_enqueued: 0, total_completed: 0 }
+        Self {
+            queue: VecDeque::new(),
+            active: HashSet::new(),
+            total_enqueued: 0,
+            total_completed: 0,
+        }
     }
 }
 
@@ -128,18 +139,32 @@ impl<T> Gate<T> {
 
     fn key_full(&self, key: &str) -> bool {
         let active = self.keys.get(key).map_or(0, |k| k.active.len());
-        self.policy.max_concurrent.is_some_and(|limit| active >= limit)
+        self.policy
+            .max_concurrent
+            .is_some_and(|limit| active >= limit)
     }
 
     fn total_full(&self) -> bool {
-        self.policy.max_concurrent_total.is_some_and(|limit| self.active.len() >= limit)
+        self.policy
+            .max_concurrent_total
+            .is_some_and(|limit| self.active.len() >= limit)
     }
 
     /// Offers a new execution; it joins the back of its key's queue unless the policy
     /// refuses it.
-    pub fn offer(&mut self, id: ExecutionId, key: String, item: T, now: Instant) -> Result<(), Refusal> {
+    pub fn offer(
+        &mut self,
+        id: ExecutionId,
+        key: String,
+        item: T,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         if self.policy.cancel_when_full && (self.key_full(&key) || self.total_full()) {
-            let limit = self.policy.max_concurrent.or(self.policy.max_concurrent_total).unwrap_or(0);
+            let limit = self
+                .policy
+                .max_concurrent
+                .or(self.policy.max_concurrent_total)
+                .unwrap_or(0);
             return Err(Refusal::Full { limit });
         }
         if let Some(limit) = self.policy.max_queue
@@ -151,10 +176,31 @@ impl<T> Gate<T> {
         if state.queue.is_empty() {
             self.turns.push_back(key);
         }
-        state.queue.push_back(Queued { id, item, enqueued_at: now });
+        state.queue.push_back(Queued {
+            id,
+            item,
+            enqueued_at: now,
+        });
         state.total_enqueued += 1;
         self.queued += 1;
         Ok(())
+    }
+
+    /// Puts an execution back at the head of its key's queue (a retry after its worker was
+    /// lost): it goes before everything that was waiting behind it. Limits on queueing do
+    /// not apply; it was already accepted once.
+    pub fn offer_front(&mut self, id: ExecutionId, key: String, item: T, now: Instant) {
+        let state = self.keys.entry(key.clone()).or_default();
+        if state.queue.is_empty() {
+            self.turns.push_front(key);
+        }
+        state.queue.push_front(Queued {
+            id,
+            item,
+            enqueued_at: now,
+        });
+        self.queued += 1;
+        self.check();
     }
 
     /// Counts an execution found past admission (after a restart) as active at once.
@@ -171,7 +217,11 @@ impl<T> Gate<T> {
             return Next::Idle;
         }
         if let Some((count, per)) = self.policy.rate_limit {
-            while self.admitted_at.front().is_some_and(|t| now.duration_since(*t) >= per) {
+            while self
+                .admitted_at
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= per)
+            {
                 self.admitted_at.pop_front();
             }
             if self.admitted_at.len() >= count as usize {
@@ -186,7 +236,10 @@ impl<T> Gate<T> {
                 continue;
             }
             let state = self.keys.get_mut(&key).expect("a key in turns has state");
-            let queued = state.queue.pop_front().expect("a key in turns has work queued");
+            let queued = state
+                .queue
+                .pop_front()
+                .expect("a key in turns has work queued");
             state.active.insert(queued.id);
             if !state.queue.is_empty() {
                 self.turns.push_back(key.clone());
@@ -205,7 +258,9 @@ impl<T> Gate<T> {
     /// Frees the slot an execution held. Returns false if it held none: a slot is released
     /// at most once.
     pub fn release(&mut self, id: ExecutionId) -> bool {
-        let Some(key) = self.active.remove(&id) else { return false };
+        let Some(key) = self.active.remove(&id) else {
+            return false;
+        };
         if let Some(state) = self.keys.get_mut(&key) {
             state.active.remove(&id);
             state.total_completed += 1;
@@ -216,7 +271,10 @@ impl<T> Gate<T> {
 
     /// Takes a queued execution out of its queue (cancellation before admission).
     pub fn remove_queued(&mut self, id: ExecutionId) -> Option<T> {
-        let (key, state) = self.keys.iter_mut().find(|(_, s)| s.queue.iter().any(|q| q.id == id))?;
+        let (key, state) = self
+            .keys
+            .iter_mut()
+            .find(|(_, s)| s.queue.iter().any(|q| q.id == id))?;
         let index = state.queue.iter().position(|q| q.id == id)?;
         let queued = state.queue.remove(index)?;
         if state.queue.is_empty() {
@@ -230,7 +288,9 @@ impl<T> Gate<T> {
 
     /// Whether `id` is waiting in a queue.
     pub fn is_queued(&self, id: ExecutionId) -> bool {
-        self.keys.values().any(|s| s.queue.iter().any(|q| q.id == id))
+        self.keys
+            .values()
+            .any(|s| s.queue.iter().any(|q| q.id == id))
     }
 
     /// Figures per key, sorted by key.
@@ -255,9 +315,15 @@ impl<T> Gate<T> {
         if cfg!(debug_assertions) {
             let per_key: usize = self.keys.values().map(|s| s.active.len()).sum();
             debug_assert_eq!(per_key, self.active.len(), "active sets disagree");
-            debug_assert_eq!(self.keys.values().map(|s| s.queue.len()).sum::<usize>(), self.queued);
+            debug_assert_eq!(
+                self.keys.values().map(|s| s.queue.len()).sum::<usize>(),
+                self.queued
+            );
             for state in self.keys.values() {
-                debug_assert!(state.queue.iter().all(|q| !state.active.contains(&q.id)), "an execution is both queued and active");
+                debug_assert!(
+                    state.queue.iter().all(|q| !state.active.contains(&q.id)),
+                    "an execution is both queued and active"
+                );
             }
         }
     }
@@ -282,7 +348,10 @@ mod tests {
     #[test]
     fn fifo_within_the_limit() {
         let now = Instant::now();
-        let mut gate = Gate::new(GatePolicy { max_concurrent: Some(3), ..Default::default() });
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(3),
+            ..Default::default()
+        });
         for n in 1..=10 {
             gate.offer(id(n), String::new(), (), now).unwrap();
         }
@@ -311,11 +380,18 @@ mod tests {
     #[test]
     fn keys_have_their_own_queue_and_limit() {
         let now = Instant::now();
-        let mut gate = Gate::new(GatePolicy { max_concurrent: Some(1), ..Default::default() });
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(1),
+            ..Default::default()
+        });
         for (n, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "a")] {
             gate.offer(id(n), key.into(), (), now).unwrap();
         }
-        assert_eq!(admit_all(&mut gate, now), [1, 3], "one per key, in parallel");
+        assert_eq!(
+            admit_all(&mut gate, now),
+            [1, 3],
+            "one per key, in parallel"
+        );
         gate.release(id(3));
         assert_eq!(admit_all(&mut gate, now), [4]);
         gate.release(id(1));
@@ -327,13 +403,21 @@ mod tests {
     #[test]
     fn keys_share_a_total_by_taking_turns() {
         let now = Instant::now();
-        let policy = GatePolicy { max_concurrent: Some(10), max_concurrent_total: Some(2), ..Default::default() };
+        let policy = GatePolicy {
+            max_concurrent: Some(10),
+            max_concurrent_total: Some(2),
+            ..Default::default()
+        };
         let mut gate = Gate::new(policy);
         for n in 1..=6 {
             gate.offer(id(n), "busy".into(), (), now).unwrap();
         }
         gate.offer(id(7), "quiet".into(), (), now).unwrap();
-        assert_eq!(admit_all(&mut gate, now), [1, 7], "the quiet key is not starved");
+        assert_eq!(
+            admit_all(&mut gate, now),
+            [1, 7],
+            "the quiet key is not starved"
+        );
         gate.release(id(1));
         assert_eq!(admit_all(&mut gate, now), [2]);
         gate.release(id(7));
@@ -343,39 +427,73 @@ mod tests {
     #[test]
     fn on_full_cancel_and_max_queue_refuse() {
         let now = Instant::now();
-        let mut gate = Gate::new(GatePolicy { max_concurrent: Some(1), cancel_when_full: true, ..Default::default() });
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(1),
+            cancel_when_full: true,
+            ..Default::default()
+        });
         gate.offer(id(1), String::new(), (), now).unwrap();
         assert_eq!(admit_all(&mut gate, now), [1]);
-        assert_eq!(gate.offer(id(2), String::new(), (), now), Err(Refusal::Full { limit: 1 }));
+        assert_eq!(
+            gate.offer(id(2), String::new(), (), now),
+            Err(Refusal::Full { limit: 1 })
+        );
 
-        let mut gate = Gate::new(GatePolicy { max_concurrent: Some(1), max_queue: Some(2), ..Default::default() });
-        for n in 1..=3 {
-            gate.offer(id(n), String::new(), (), now).unwrap();
-        }
-        assert_eq!(admit_all(&mut gate, now), [1]);
-        assert_eq!(gate.offer(id(4), String::new(), (), now), Err(Refusal::QueueFull { limit: 2 }));
-        assert!(Refusal::QueueFull { limit: 2 }.to_string().contains("max_queue = 2"));
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(1),
+            max_queue: Some(2),
+            ..Default::default()
+        });
+        gate.offer(id(1), String::new(), (), now).unwrap();
+        assert_eq!(
+            admit_all(&mut gate, now),
+            [1],
+            "admitted at once: not queued"
+        );
+        gate.offer(id(2), String::new(), (), now).unwrap();
+        gate.offer(id(3), String::new(), (), now).unwrap();
+        assert_eq!(
+            gate.offer(id(4), String::new(), (), now),
+            Err(Refusal::QueueFull { limit: 2 })
+        );
+        assert!(
+            Refusal::QueueFull { limit: 2 }
+                .to_string()
+                .contains("max_queue = 2")
+        );
     }
 
     #[test]
     fn the_rate_limit_delays_admissions() {
         let start = Instant::now();
-        let mut gate = Gate::new(GatePolicy { rate_limit: Some((2, Duration::from_secs(1))), ..Default::default() });
+        let mut gate = Gate::new(GatePolicy {
+            rate_limit: Some((2, Duration::from_secs(1))),
+            ..Default::default()
+        });
         for n in 1..=5 {
             gate.offer(id(n), String::new(), (), start).unwrap();
         }
         assert_eq!(admit_all(&mut gate, start), [1, 2]);
-        assert_eq!(gate.next(start), Next::WaitUntil(start + Duration::from_secs(1)));
+        assert_eq!(
+            gate.next(start),
+            Next::WaitUntil(start + Duration::from_secs(1))
+        );
         let later = start + Duration::from_millis(1000);
         assert_eq!(admit_all(&mut gate, later), [3, 4]);
-        assert_eq!(admit_all(&mut gate, later + Duration::from_millis(999)), Vec::<i64>::new());
+        assert_eq!(
+            admit_all(&mut gate, later + Duration::from_millis(999)),
+            Vec::<i64>::new()
+        );
         assert_eq!(admit_all(&mut gate, later + Duration::from_secs(1)), [5]);
     }
 
     #[test]
     fn cancelling_a_queued_execution_keeps_the_order_of_the_rest() {
         let now = Instant::now();
-        let mut gate = Gate::new(GatePolicy { max_concurrent: Some(1), ..Default::default() });
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(1),
+            ..Default::default()
+        });
         for n in 1..=4 {
             gate.offer(id(n), String::new(), (), now).unwrap();
         }
@@ -391,9 +509,28 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_goes_to_the_head_of_the_queue() {
+        let now = Instant::now();
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(1),
+            max_queue: Some(1),
+            ..Default::default()
+        });
+        gate.offer(id(1), String::new(), (), now).unwrap();
+        assert_eq!(admit_all(&mut gate, now), [1]);
+        gate.offer(id(2), String::new(), (), now).unwrap();
+        assert!(gate.release(id(1)));
+        gate.offer_front(id(1), String::new(), (), now);
+        assert_eq!(admit_all(&mut gate, now), [1]);
+    }
+
+    #[test]
     fn resumed_executions_hold_slots() {
         let now = Instant::now();
-        let mut gate = Gate::new(GatePolicy { max_concurrent: Some(2), ..Default::default() });
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(2),
+            ..Default::default()
+        });
         gate.resume(id(1), String::new());
         gate.resume(id(2), String::new());
         gate.offer(id(3), String::new(), (), now).unwrap();

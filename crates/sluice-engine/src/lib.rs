@@ -5,7 +5,9 @@
 //! engine (root actor)
 //!  ├─ ingestor             TRIGGERS consumer: event -> rules -> executions     (ingest.rs)
 //!  ├─ completions          STATUS consumer: worker reports -> store -> supervisor (completion.rs)
-//!  └─ action/<ref> ×N      FIFO queue and active set of one action            (supervisor.rs)
+//!  ├─ workers              heartbeats: finds lost workers                      (monitor.rs)
+//!  └─ action/<ref> ×N      admission gate and active set of one action       (supervisor.rs,
+//!       │                                                                      gate.rs)
 //!       └─ execution/<id>  one per admitted execution until it completes      (execution.rs)
 //! ```
 //!
@@ -16,7 +18,9 @@ mod completion;
 mod consumer;
 mod context;
 mod execution;
+pub mod gate;
 mod ingest;
+mod monitor;
 pub mod rules;
 mod supervisor;
 mod tree;
@@ -38,7 +42,8 @@ use crate::context::Shared;
 use crate::execution::Phase;
 use crate::supervisor::{ActionSupervisor, Pending, SupervisorArgs, SupervisorHandle};
 
-pub use supervisor::SupervisorStats;
+pub use monitor::WorkerInfo;
+pub use supervisor::{CancelOutcome, KeyQueueStats, SupervisorStats};
 pub use tree::ActorNode;
 
 type Routes = Arc<HashMap<ActionRef, SupervisorHandle>>;
@@ -52,6 +57,8 @@ pub struct EngineConfig {
     pub bus: Bus,
     /// Consume the TRIGGERS stream (switch off for an API-only engine).
     pub ingest_triggers: bool,
+    /// A worker silent this long is lost: its executions end `abandoned` (or are retried).
+    pub worker_loss_window: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +84,19 @@ pub enum SubmitError {
     Store(#[from] sluice_store::StoreError),
 }
 
+/// Why a cancel request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no execution {0}")]
+    NotFound(ExecutionId),
+    #[error("execution {0} already finished: {1}")]
+    Finished(ExecutionId, ExecutionStatus),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Bus(sluice_bus::BusError),
+}
+
 /// A running engine. Dropping it leaves the actors running; call [`Engine::shutdown`].
 pub struct Engine {
     shared: Arc<Shared>,
@@ -84,6 +104,7 @@ pub struct Engine {
     root: ActorRef<()>,
     ingestor: Option<ActorRef<()>>,
     completions: ActorRef<()>,
+    workers: monitor::Workers,
 }
 
 /// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
@@ -139,7 +160,25 @@ impl Engine {
             );
         }
         let routes: Routes = Arc::new(routes);
-        rebuild(&shared, &routes).await?;
+        let workers = monitor::Workers::default();
+        rebuild(&shared, &routes, &workers).await?;
+
+        let heartbeats = shared
+            .bus
+            .client()
+            .subscribe(sluice_bus::HEARTBEAT_SUBJECTS)
+            .await
+            .map_err(|e| sluice_bus::BusError::Read {
+                what: "heartbeats".into(),
+                message: e.to_string(),
+            })?;
+        let (w, r, window) = (workers.clone(), routes.clone(), config.worker_loss_window);
+        consumer::spawn_loop(
+            format!("{}/workers", config.name),
+            root.get_cell(),
+            Box::new(move |cancel| Box::pin(monitor::run(heartbeats, w, r, window, cancel))),
+        )
+        .await?;
 
         let consumer = shared.bus.consumer("STATUS", "engine").await?;
         let (s, r) = (shared.clone(), routes.clone());
@@ -188,6 +227,7 @@ impl Engine {
             root,
             ingestor,
             completions,
+            workers,
         })
     }
 
@@ -241,6 +281,55 @@ impl Engine {
             });
         }
         Ok(id)
+    }
+
+    /// Cancels an execution, following the ownership model: one not yet handed to a worker
+    /// is cancelled here; one a worker holds is cancelled by that worker, which is asked.
+    pub async fn cancel(&self, id: ExecutionId) -> Result<CancelOutcome, CancelError> {
+        let execution = self
+            .shared
+            .store
+            .get_execution(id)
+            .await?
+            .ok_or(CancelError::NotFound(id))?;
+        if execution.status.is_terminal() {
+            return Err(CancelError::Finished(id, execution.status));
+        }
+        let outcome = match self.routes.get(&execution.action) {
+            Some(supervisor) => supervisor.cancel(id).await,
+            None => CancelOutcome::NotHere,
+        };
+        if outcome != CancelOutcome::NotHere {
+            return Ok(outcome);
+        }
+        // Not held by a supervisor (the engine is draining, or the action is gone): the
+        // store and the workers are asked directly.
+        let reason = "cancelled before it started";
+        if self
+            .shared
+            .store
+            .end_before_handoff(id, ExecutionStatus::Cancelled, reason)
+            .await?
+        {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        self.shared
+            .bus
+            .publish_cancel(id)
+            .await
+            .map_err(CancelError::Bus)?;
+        Ok(CancelOutcome::Requested)
+    }
+
+    /// The queue figures of one action.
+    pub async fn queue_stats(&self, action: &str) -> Option<SupervisorStats> {
+        let action: ActionRef = action.parse().ok()?;
+        self.routes.get(&action)?.stats().await
+    }
+
+    /// Workers the engine has heard from, with their last heartbeat.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.workers.snapshot()
     }
 
     /// Queue figures of every action supervisor, by action.
@@ -300,7 +389,11 @@ impl Engine {
 
 /// Puts every unfinished execution back where it belongs: `requested` ones in their queue in
 /// request order, the rest as active children of their supervisor.
-async fn rebuild(shared: &Arc<Shared>, routes: &Routes) -> Result<(), EngineError> {
+async fn rebuild(
+    shared: &Arc<Shared>,
+    routes: &Routes,
+    workers: &monitor::Workers,
+) -> Result<(), EngineError> {
     let unfinished = shared.store.unfinished_executions().await?;
     let count = unfinished.len();
     for execution in unfinished {
@@ -334,14 +427,20 @@ async fn rebuild(shared: &Arc<Shared>, routes: &Routes) -> Result<(), EngineErro
                 shared.store.fail_before_handoff(id, reason).await?;
             }
             ExecutionStatus::Requested => supervisor.enqueue(pending),
-            ExecutionStatus::Scheduling => supervisor.resume(pending, Phase::Dispatch),
+            ExecutionStatus::Scheduling => supervisor.resume(pending, Phase::Dispatch, None),
             // Its run message may already be out; publishing it again with redacted secrets
             // would run it wrong, so wait for the worker instead.
             ExecutionStatus::Scheduled if lost_secrets => {
-                supervisor.resume(pending, Phase::AwaitCompletion)
+                supervisor.resume(pending, Phase::AwaitCompletion, None)
             }
-            ExecutionStatus::Scheduled => supervisor.resume(pending, Phase::Dispatch),
-            _ => supervisor.resume(pending, Phase::AwaitCompletion),
+            ExecutionStatus::Scheduled => supervisor.resume(pending, Phase::Dispatch, None),
+            _ => {
+                // Running: its worker has one loss window to show it is still alive.
+                if let Some(worker) = &execution.worker {
+                    workers.expect(worker);
+                }
+                supervisor.resume(pending, Phase::AwaitCompletion, execution.worker.clone())
+            }
         }
     }
     if count > 0 {

@@ -356,7 +356,7 @@ impl Loader {
             }
         }
         if let Some(rate) = policy.rate_limit
-            && (rate.count == 0 || !(rate.per_seconds > 0.0))
+            && (rate.count == 0 || !rate.per_seconds.is_finite() || rate.per_seconds <= 0.0)
         {
             self.error(
                 path,

@@ -83,6 +83,8 @@ pub struct Execution {
 #[derive(Debug, Clone)]
 pub struct Transition {
     pub to: ExecutionStatus,
+    /// Apply only if this is the execution's current attempt (worker reports).
+    pub attempt: Option<u32>,
     pub result: Option<serde_json::Value>,
     pub worker: Option<String>,
     pub at: DateTime<Utc>,
@@ -92,6 +94,7 @@ impl Transition {
     pub fn to(to: ExecutionStatus) -> Self {
         Self {
             to,
+            attempt: None,
             result: None,
             worker: None,
             at: Utc::now(),

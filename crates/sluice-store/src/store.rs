@@ -329,17 +329,33 @@ impl Store {
             .await
     }
 
-    /// Fails an execution that has not been handed to a worker yet (`requested` or
-    /// `scheduling`): what the engine may decide on its own. Returns whether it changed.
+    /// Ends an execution that has not been handed to a worker yet (`requested` or
+    /// `scheduling`) as `failed` or `cancelled`, with the reason: what the engine may decide
+    /// on its own. Returns whether it changed.
+    pub async fn end_before_handoff(
+        &self,
+        id: ExecutionId,
+        status: ExecutionStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        debug_assert!(matches!(
+            status,
+            ExecutionStatus::Failed | ExecutionStatus::Cancelled
+        ));
+        let mut end = Transition::to(status);
+        end.result = Some(serde_json::json!({ "error": reason }));
+        let engine_owned = [ExecutionStatus::Requested, ExecutionStatus::Scheduling];
+        self.transition_from(id, &end, &engine_owned).await
+    }
+
+    /// [`Self::end_before_handoff`] as `failed`.
     pub async fn fail_before_handoff(
         &self,
         id: ExecutionId,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let mut failed = Transition::to(ExecutionStatus::Failed);
-        failed.result = Some(serde_json::json!({ "error": reason }));
-        let engine_owned = [ExecutionStatus::Requested, ExecutionStatus::Scheduling];
-        self.transition_from(id, &failed, &engine_owned).await
+        self.end_before_handoff(id, ExecutionStatus::Failed, reason)
+            .await
     }
 
     /// The one conditional update: moves `id` to `transition.to` only from `sources`, and
@@ -362,8 +378,13 @@ impl Store {
              attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
              started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE started_at END, \
              finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
-             WHERE id = $7 AND status IN ({})",
-            status_list(sources)
+             WHERE id = $7 AND status IN ({}){}",
+            status_list(sources),
+            // A number from the report's typed field, never text from outside.
+            transition
+                .attempt
+                .map(|a| format!(" AND attempt = {a}"))
+                .unwrap_or_default()
         );
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;

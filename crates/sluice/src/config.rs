@@ -36,6 +36,10 @@ pub struct Config {
     pub worker_name: Option<String>,
     /// How long shutdown waits for executions in flight.
     pub drain_timeout: Duration,
+    /// How often a worker sends a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How long a worker may be silent before the engine declares it lost.
+    pub worker_loss_window: Duration,
 }
 
 impl Config {

@@ -89,6 +89,12 @@ enum ExecutionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cancel an execution: queued ones at once, running ones by their worker.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// One execution: parameters, status history and result.
     Get {
         id: i64,
@@ -136,6 +142,12 @@ struct ServerArgs {
     /// Seconds shutdown waits for executions in flight.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
+    /// Seconds between a worker's heartbeats.
+    #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", default_value_t = 2.0)]
+    heartbeat_interval: f64,
+    /// Seconds a worker may be silent before its executions are declared lost.
+    #[arg(long, env = "SLUICE_WORKER_LOSS_WINDOW", default_value_t = 10.0)]
+    worker_loss_window: f64,
 }
 
 impl ServerArgs {
@@ -154,6 +166,8 @@ impl ServerArgs {
             capacity: self.capacity,
             worker_name: self.worker_name,
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            heartbeat_interval: Duration::from_secs_f64(self.heartbeat_interval.max(0.05)),
+            worker_loss_window: Duration::from_secs_f64(self.worker_loss_window.max(0.1)),
         }
     }
 }
@@ -231,6 +245,27 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 cli::print_table(
                     list.as_array().map(Vec::as_slice).unwrap_or_default(),
                     &mut out,
+                )?;
+            }
+            Ok(true)
+        }
+        Command::Execution {
+            command: ExecutionCommand::Cancel { id, client },
+        } => {
+            let answer = Client::new(&client.api)
+                .post(
+                    &format!("/api/v1/executions/{id}/cancel"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+            } else if answer["cancel"] == "cancelled" {
+                writeln!(out, "execution {id} cancelled")?;
+            } else {
+                writeln!(
+                    out,
+                    "execution {id} is with a worker; it was asked to cancel it"
                 )?;
             }
             Ok(true)

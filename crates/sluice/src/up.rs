@@ -69,6 +69,7 @@ async fn start_engine(
         store,
         bus,
         ingest_triggers: true,
+        worker_loss_window: config.worker_loss_window,
     })
     .await
     .context("failed to start the engine")?;
@@ -83,6 +84,7 @@ async fn start_worker(config: &Config, catalog: &Catalog) -> anyhow::Result<Work
         bus,
         actions_dirs: actions_dirs(catalog),
         capacity: config.capacity,
+        heartbeat_interval: config.heartbeat_interval,
     })
     .await
     .context("failed to start the worker")

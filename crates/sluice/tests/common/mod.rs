@@ -50,6 +50,8 @@ impl Sluice {
             capacity: 8,
             worker_name: Some("test".into()),
             drain_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_millis(200),
+            worker_loss_window: Duration::from_secs(2),
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),

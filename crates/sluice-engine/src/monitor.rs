@@ -1,0 +1,126 @@
+//! The worker monitor: listens to worker heartbeats and declares a worker lost when it has
+//! been silent longer than the loss window. Its executions are then ended `abandoned`, or
+//! requeued when their action retries on worker loss — by their supervisors.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use sluice_core::{ExecutionId, Heartbeat};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::Routes;
+
+/// What the engine knows of one worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub capacity: usize,
+    pub running: Vec<ExecutionId>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub lost: bool,
+    #[serde(skip)]
+    seen: Instant,
+}
+
+/// Workers by name; shared with the API.
+#[derive(Clone, Default)]
+pub(crate) struct Workers(Arc<Mutex<BTreeMap<String, WorkerInfo>>>);
+
+impl Workers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, WorkerInfo>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the clock on a worker known from the store or a report, so one that never
+    /// beats again is found lost one window from now.
+    pub(crate) fn expect(&self, name: &str) {
+        self.lock()
+            .entry(name.to_owned())
+            .or_insert_with(|| WorkerInfo {
+                name: name.to_owned(),
+                capacity: 0,
+                running: Vec::new(),
+                last_heartbeat_at: None,
+                lost: false,
+                seen: Instant::now(),
+            });
+    }
+
+    fn beat(&self, heartbeat: Heartbeat) {
+        let mut workers = self.lock();
+        let info = workers
+            .entry(heartbeat.worker.clone())
+            .or_insert_with(|| WorkerInfo {
+                name: heartbeat.worker.clone(),
+                capacity: 0,
+                running: Vec::new(),
+                last_heartbeat_at: None,
+                lost: false,
+                seen: Instant::now(),
+            });
+        if info.lost {
+            info!(worker = info.name, "worker is back");
+        }
+        info.capacity = heartbeat.capacity;
+        info.running = heartbeat.running;
+        info.last_heartbeat_at = Some(heartbeat.at);
+        info.lost = false;
+        info.seen = Instant::now();
+    }
+
+    /// Workers silent for longer than `window`, newly lost.
+    fn newly_lost(&self, window: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for info in self.lock().values_mut() {
+            if !info.lost && now.duration_since(info.seen) > window {
+                info.lost = true;
+                lost.push(info.name.clone());
+            }
+        }
+        lost
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<WorkerInfo> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+pub(crate) async fn run(
+    subscriber: async_nats::Subscriber,
+    workers: Workers,
+    routes: Routes,
+    window: Duration,
+    cancel: CancellationToken,
+) {
+    let mut subscriber = subscriber;
+    let mut ticks = tokio::time::interval((window / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            message = subscriber.next() => match message {
+                Some(message) => match sluice_core::decode::<Heartbeat>(&message.payload) {
+                    Ok(heartbeat) => workers.beat(heartbeat),
+                    Err(e) => warn!(subject = %message.subject, error = %e, "unreadable heartbeat ignored"),
+                },
+                None => return,
+            },
+            _ = ticks.tick() => {
+                let lost = workers.newly_lost(window);
+                if !lost.is_empty() {
+                    warn!(workers = ?lost, window_secs = window.as_secs_f64(), "workers stopped sending heartbeats");
+                    for supervisor in routes.values() {
+                        supervisor.workers_lost(lost.clone());
+                    }
+                }
+            }
+        }
+    }
+}
