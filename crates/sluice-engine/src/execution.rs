@@ -1,7 +1,7 @@
 //! The execution actor: one child of its action's supervisor per admitted execution.
 //!
-//! It takes the execution through the engine's stages — `scheduling`, `scheduled`, then the
-//! handoff (publishing the run message) — and then lives until its supervisor learns of the
+//! Its supervisor has admitted it (`scheduling`); it records `scheduled` and makes the
+//! handoff (publishes the run message), then lives until its supervisor learns of the
 //! completion and stops it. Its life is the execution's slot.
 
 use std::sync::Arc;

@@ -276,8 +276,32 @@ impl ActionSupervisor {
         while !state.draining {
             let now = Instant::now();
             match state.gate.next(now) {
-                Next::Admit(_, pending) => {
-                    Self::start_child(myself, state, pending, Phase::Dispatch).await
+                Next::Admit(id, pending) => {
+                    // Admission is recorded here, in gate order, so the store's `scheduling`
+                    // times show the order the gate admitted in.
+                    let admitted = Transition::to(ExecutionStatus::Scheduling);
+                    match state.shared.store.transition(id, &admitted).await {
+                        Ok(true) => {
+                            Self::start_child(myself, state, pending, Phase::Dispatch).await
+                        }
+                        Ok(false) => {
+                            // Cancelled or ended meanwhile: nothing to run.
+                            state.gate.release(id);
+                        }
+                        Err(e) => {
+                            warn!(execution_id = %id, error = %e, "store unavailable; admission retried");
+                            state.gate.release(id);
+                            let key = state.action.concurrency_key(&pending.parameters);
+                            state.gate.offer_front(id, key, pending, now);
+                            if !state.timer_armed {
+                                state.timer_armed = true;
+                                myself.send_after(std::time::Duration::from_secs(1), || {
+                                    SupervisorMsg::Admit
+                                });
+                            }
+                            break;
+                        }
+                    }
                 }
                 Next::WaitUntil(at) => {
                     if !state.timer_armed {

@@ -235,6 +235,7 @@ async fn run_process(
         .envs(param_env(&message.parameters))
         .env("SLUICE_EXECUTION_ID", message.execution_id.to_string())
         .env("SLUICE_ACTION", message.action.as_str())
+        .env("SLUICE_ATTEMPT", message.attempt.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -387,3 +387,92 @@ async fn a_restart_runs_what_was_requested_while_down() {
     assert_eq!(done["result"], json!({"message": "hello"}));
     sluice.shutdown().await;
 }
+
+#[tokio::test]
+async fn cancel_follows_ownership_queued_by_the_engine_running_by_the_worker() {
+    let pack = test_pack(&[(
+        "actions/hold.yaml",
+        "name: hold\nrunner_type: local-shell-cmd\npolicy: {max_concurrent: 1}\nparameters:\n  cmd: {type: string, default: \"echo $$ > $SLUICE_PARAM_PIDFILE; sleep 30\"}\n  pidfile: {type: string, required: true}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let pidfile = sluice.data_dir.path().join("pid");
+    let submit =
+        |pidfile: &std::path::Path| json!({"action": "t.hold", "parameters": {"pidfile": pidfile}});
+    let (_, running) = sluice.post("/api/v1/executions", &submit(&pidfile)).await;
+    let (_, queued) = sluice
+        .post(
+            "/api/v1/executions",
+            &submit(&sluice.data_dir.path().join("pid2")),
+        )
+        .await;
+    let (running, queued) = (
+        running["id"].as_i64().unwrap(),
+        queued["id"].as_i64().unwrap(),
+    );
+    eventually(
+        "the first execution to start",
+        Duration::from_secs(20),
+        || async { pidfile.exists().then_some(()) },
+    )
+    .await;
+
+    let (status, answer) = sluice
+        .post(&format!("/api/v1/executions/{queued}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        (answer["cancel"].as_str(), answer["status"].as_str()),
+        (Some("cancelled"), Some("cancelled")),
+        "the engine cancels what it holds"
+    );
+    let (_, stats) = sluice.get("/api/v1/actions/t.hold/queue-stats").await;
+    assert_eq!(
+        (
+            stats["queue_length"].as_u64(),
+            stats["active_count"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{stats}"
+    );
+
+    let (status, answer) = sluice
+        .post(&format!("/api/v1/executions/{running}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["cancel"], "requested",
+        "the worker cancels what it runs"
+    );
+    let done = sluice.wait_execution(running).await;
+    assert_eq!(done["status"], "cancelled", "{done:#}");
+    let shell = std::fs::read_to_string(&pidfile).unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{}/stat", shell.trim()))
+        .map(|s| !s.contains(") Z"))
+        .unwrap_or(false);
+    assert!(!alive, "the action's process outlived the cancel");
+    assert!(
+        !sluice.data_dir.path().join("pid2").exists(),
+        "the cancelled queued execution never ran"
+    );
+
+    let (status, answer) = sluice
+        .post(&format!("/api/v1/executions/{running}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("already finished: cancelled"),
+        "{answer}"
+    );
+    assert_eq!(
+        sluice
+            .post("/api/v1/executions/999/cancel", &json!({}))
+            .await
+            .0,
+        404
+    );
+    let (_, stats) = sluice.get("/api/v1/actions/t.hold/queue-stats").await;
+    assert_eq!(stats["active_count"], 0, "the slot was released: {stats}");
+}
