@@ -85,7 +85,7 @@ mod tests {
         );
         assert_eq!(engine.durable_name.as_deref(), Some("engine"));
         assert_eq!(engine.ack_policy, consumer::AckPolicy::Explicit);
-        assert_eq!(engine.ack_wait, Duration::from_secs(30));
+        assert_eq!(engine.ack_wait, Duration::from_secs(5));
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct Gate<T> {
     turns: VecDeque<String>,
     /// Which key each active execution holds a slot of.
     active: HashMap<ExecutionId, String>,
+    /// Every queued execution, so membership is not a scan of the queues.
+    queued_ids: HashSet<ExecutionId>,
     queued: usize,
     admitted_at: VecDeque<Instant>,
 }
@@ -116,6 +118,7 @@ impl<T> Gate<T> {
             keys: HashMap::new(),
             turns: VecDeque::new(),
             active: HashMap::new(),
+            queued_ids: HashSet::new(),
             queued: 0,
             admitted_at: VecDeque::new(),
         }
@@ -183,6 +186,7 @@ impl<T> Gate<T> {
         });
         state.total_enqueued += 1;
         self.queued += 1;
+        self.queued_ids.insert(id);
         Ok(())
     }
 
@@ -200,6 +204,7 @@ impl<T> Gate<T> {
             enqueued_at: now,
         });
         self.queued += 1;
+        self.queued_ids.insert(id);
         self.check();
     }
 
@@ -245,6 +250,7 @@ impl<T> Gate<T> {
                 self.turns.push_back(key.clone());
             }
             self.queued -= 1;
+            self.queued_ids.remove(&queued.id);
             self.active.insert(queued.id, key);
             if self.policy.rate_limit.is_some() {
                 self.admitted_at.push_back(now);
@@ -271,6 +277,9 @@ impl<T> Gate<T> {
 
     /// Takes a queued execution out of its queue (cancellation before admission).
     pub fn remove_queued(&mut self, id: ExecutionId) -> Option<T> {
+        if !self.queued_ids.remove(&id) {
+            return None;
+        }
         let (key, state) = self
             .keys
             .iter_mut()
@@ -288,9 +297,7 @@ impl<T> Gate<T> {
 
     /// Whether `id` is waiting in a queue.
     pub fn is_queued(&self, id: ExecutionId) -> bool {
-        self.keys
-            .values()
-            .any(|s| s.queue.iter().any(|q| q.id == id))
+        self.queued_ids.contains(&id)
     }
 
     /// Figures per key, sorted by key.
@@ -319,6 +326,7 @@ impl<T> Gate<T> {
                 self.keys.values().map(|s| s.queue.len()).sum::<usize>(),
                 self.queued
             );
+            debug_assert_eq!(self.queued_ids.len(), self.queued);
             for state in self.keys.values() {
                 debug_assert!(
                     state.queue.iter().all(|q| !state.active.contains(&q.id)),

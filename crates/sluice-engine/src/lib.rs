@@ -394,53 +394,19 @@ async fn rebuild(
     routes: &Routes,
     workers: &monitor::Workers,
 ) -> Result<(), EngineError> {
-    let unfinished = shared.store.unfinished_executions().await?;
-    let count = unfinished.len();
-    for execution in unfinished {
-        let id = execution.id;
-        let Some(supervisor) = routes.get(&execution.action) else {
-            let reason = format!("action {} is no longer loaded", execution.action);
-            if !shared.store.fail_before_handoff(id, &reason).await? {
-                warn!(execution_id = %id, action = %execution.action, "execution of an unloaded action is still with a worker");
-            }
-            continue;
-        };
-        let parameters = execution
-            .parameters
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let lost_secrets = shared.catalog.action(&execution.action).is_some_and(|a| {
-            a.secret_parameters()
-                .iter()
-                .any(|name| parameters.get(name).is_some_and(|v| v == params::REDACTED))
-        });
-        let pending = Pending {
-            id,
-            attempt: execution.attempt,
-            parameters,
-            enqueued_at: execution.created_at,
-        };
-        match execution.status {
-            ExecutionStatus::Requested | ExecutionStatus::Scheduling if lost_secrets => {
-                let reason = "its secret parameters are held in memory only and were lost when the engine stopped; request it again";
-                shared.store.fail_before_handoff(id, reason).await?;
-            }
-            ExecutionStatus::Requested => supervisor.enqueue(pending),
-            ExecutionStatus::Scheduling => supervisor.resume(pending, Phase::Dispatch, None),
-            // Its run message may already be out; publishing it again with redacted secrets
-            // would run it wrong, so wait for the worker instead.
-            ExecutionStatus::Scheduled if lost_secrets => {
-                supervisor.resume(pending, Phase::AwaitCompletion, None)
-            }
-            ExecutionStatus::Scheduled => supervisor.resume(pending, Phase::Dispatch, None),
-            _ => {
-                // Running: its worker has one loss window to show it is still alive.
-                if let Some(worker) = &execution.worker {
-                    workers.expect(worker);
-                }
-                supervisor.resume(pending, Phase::AwaitCompletion, execution.worker.clone())
-            }
+    const PAGE: u32 = 10_000;
+    let mut count = 0;
+    let mut after = ExecutionId(0);
+    loop {
+        let page = shared
+            .store
+            .unfinished_executions_after(after, PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        count += page.len();
+        for execution in page {
+            resume_one(shared, routes, workers, execution).await?;
         }
     }
     if count > 0 {
@@ -448,6 +414,61 @@ async fn rebuild(
             executions = count,
             "resumed unfinished executions from the store"
         );
+    }
+    Ok(())
+}
+
+/// Puts one unfinished execution back where it belongs.
+async fn resume_one(
+    shared: &Arc<Shared>,
+    routes: &Routes,
+    workers: &monitor::Workers,
+    execution: sluice_store::Execution,
+) -> Result<(), EngineError> {
+    let id = execution.id;
+    let Some(supervisor) = routes.get(&execution.action) else {
+        let reason = format!("action {} is no longer loaded", execution.action);
+        if !shared.store.fail_before_handoff(id, &reason).await? {
+            warn!(execution_id = %id, action = %execution.action, "execution of an unloaded action is still with a worker");
+        }
+        return Ok(());
+    };
+    let parameters = execution
+        .parameters
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let lost_secrets = shared.catalog.action(&execution.action).is_some_and(|a| {
+        a.secret_parameters()
+            .iter()
+            .any(|name| parameters.get(name).is_some_and(|v| v == params::REDACTED))
+    });
+    let pending = Pending {
+        id,
+        attempt: execution.attempt,
+        parameters,
+        enqueued_at: execution.created_at,
+    };
+    match execution.status {
+        ExecutionStatus::Requested | ExecutionStatus::Scheduling if lost_secrets => {
+            let reason = "its secret parameters are held in memory only and were lost when the engine stopped; request it again";
+            shared.store.fail_before_handoff(id, reason).await?;
+        }
+        ExecutionStatus::Requested => supervisor.enqueue(pending),
+        ExecutionStatus::Scheduling => supervisor.resume(pending, Phase::Dispatch, None),
+        // Its run message may already be out; publishing it again with redacted secrets
+        // would run it wrong, so wait for the worker instead.
+        ExecutionStatus::Scheduled if lost_secrets => {
+            supervisor.resume(pending, Phase::AwaitCompletion, None)
+        }
+        ExecutionStatus::Scheduled => supervisor.resume(pending, Phase::Dispatch, None),
+        _ => {
+            // Running: its worker has one loss window to show it is still alive.
+            if let Some(worker) = &execution.worker {
+                workers.expect(worker);
+            }
+            supervisor.resume(pending, Phase::AwaitCompletion, execution.worker.clone())
+        }
     }
     Ok(())
 }

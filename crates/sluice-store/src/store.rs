@@ -472,16 +472,28 @@ impl Store {
     /// Executions not yet finished, oldest first: what the engine rebuilds its queues and
     /// active sets from when it starts.
     pub async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError> {
+        self.unfinished_executions_after(ExecutionId(0), u32::MAX)
+            .await
+    }
+
+    /// One page of [`Self::unfinished_executions`]: at most `limit`, with ids above `after`,
+    /// so a long queue is read without holding it twice in memory.
+    pub async fn unfinished_executions_after(
+        &self,
+        after: ExecutionId,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError> {
         let unfinished = ExecutionStatus::ALL
             .into_iter()
             .filter(|s| !s.is_terminal())
             .collect::<Vec<_>>();
         let sql = format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({}) ORDER BY id",
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({}) AND id > $1 ORDER BY id LIMIT $2",
             status_list(&unfinished)
         );
-        let rows: Vec<ExecutionRow> =
-            on_pool!(self, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?);
+        let rows: Vec<ExecutionRow> = on_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql)).bind(after.0).bind(i64::from(limit)).fetch_all(pool).await?
+        });
         rows.into_iter().map(Execution::try_from).collect()
     }
 
