@@ -285,22 +285,31 @@ impl Bus {
 
     /// Whether a cancel request exists for the execution.
     pub async fn cancel_requested(&self, id: ExecutionId) -> Result<bool, BusError> {
+        Ok(self
+            .last_on_subject("CONTROL", &cancel_subject(id))
+            .await?
+            .is_some())
+    }
+
+    /// The payload of the last message stored on `subject` in `stream`, if any.
+    async fn last_on_subject(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<Bytes>, BusError> {
         let read = |message: String| BusError::Read {
-            what: "CONTROL stream".into(),
+            what: format!("{stream} stream"),
             message,
         };
         let stream = self
             .jetstream
-            .get_stream("CONTROL")
+            .get_stream(stream)
             .await
             .map_err(|e| read(e.to_string()))?;
-        match stream
-            .get_last_raw_message_by_subject(&cancel_subject(id))
-            .await
-        {
-            Ok(_) => Ok(true),
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(raw) => Ok(Some(raw.payload)),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(read(e.to_string())),
         }
@@ -323,24 +332,9 @@ impl Bus {
     /// The last report stored for an execution, if any: lets a worker that receives a
     /// redelivered run message see that the execution already completed.
     pub async fn last_status(&self, id: ExecutionId) -> Result<Option<StatusReport>, BusError> {
-        let read = |message: String| BusError::Read {
-            what: "STATUS stream".into(),
-            message,
-        };
-        let stream = self
-            .jetstream
-            .get_stream("STATUS")
-            .await
-            .map_err(|e| read(e.to_string()))?;
-        match stream
-            .get_last_raw_message_by_subject(&status_subject(id))
-            .await
-        {
-            Ok(raw) => Ok(Some(sluice_core::decode(&raw.payload)?)),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(read(e.to_string())),
+        match self.last_on_subject("STATUS", &status_subject(id)).await? {
+            Some(payload) => Ok(Some(sluice_core::decode(&payload)?)),
+            None => Ok(None),
         }
     }
 }

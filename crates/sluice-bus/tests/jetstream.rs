@@ -80,3 +80,20 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
         ExecutionStatus::Succeeded
     );
 }
+
+#[tokio::test]
+async fn a_cancel_request_is_kept_until_a_worker_looks() {
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    assert!(!bus.cancel_requested(ExecutionId(9)).await.unwrap());
+    assert!(matches!(
+        bus.publish_cancel(ExecutionId(9)).await.unwrap(),
+        Published::Stored { .. }
+    ));
+    assert_eq!(
+        bus.publish_cancel(ExecutionId(9)).await.unwrap(),
+        Published::Duplicate
+    );
+    assert!(bus.cancel_requested(ExecutionId(9)).await.unwrap());
+    assert!(!bus.cancel_requested(ExecutionId(10)).await.unwrap());
+}
