@@ -2,11 +2,11 @@
 //! as the supervisor holds it, against a no-op ractor actor receiving the same number of
 //! messages (the baseline: what the actor runtime itself costs).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sluice_core::ExecutionId;
-use sluice_engine::gate::{Gate, GatePolicy, Next};
+use sluice_engine::gate::{Gate, GatePolicy, Instant, Next};
 
 enum Msg {
     Offer(i64),

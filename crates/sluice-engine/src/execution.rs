@@ -13,7 +13,7 @@ use sluice_pack::Action;
 use sluice_store::Transition;
 use tracing::{debug, warn};
 
-use crate::context::Shared;
+use crate::backend::ActorContext;
 use crate::supervisor::Pending;
 
 /// Where a new execution actor starts.
@@ -33,14 +33,14 @@ pub(crate) enum ExecutionMsg {
 pub(crate) struct ExecutionActor;
 
 pub(crate) struct ExecutionArgs {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) ctx: Arc<ActorContext>,
     pub(crate) action: Arc<Action>,
     pub(crate) pending: Pending,
     pub(crate) phase: Phase,
 }
 
 pub(crate) struct ExecutionState {
-    shared: Arc<Shared>,
+    ctx: Arc<ActorContext>,
     action: Arc<Action>,
     pending: Pending,
 }
@@ -50,7 +50,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 impl ExecutionActor {
     /// Returns whether the run message should be published now.
     async fn advance(state: &ExecutionState) -> Result<bool, sluice_store::StoreError> {
-        let store = &state.shared.store;
+        let store = &state.ctx.backend;
         let id = state.pending.id;
         store
             .transition(id, &Transition::to(ExecutionStatus::Scheduling))
@@ -62,8 +62,7 @@ impl ExecutionActor {
             return Ok(true);
         }
         // Not moved: resumed after a restart, or cancelled meanwhile.
-        let status = store.get_execution(id).await?.map(|e| e.status);
-        Ok(status == Some(ExecutionStatus::Scheduled))
+        Ok(store.status(id).await? == Some(ExecutionStatus::Scheduled))
     }
 
     fn run_message(state: &ExecutionState) -> RunMessage {
@@ -94,7 +93,7 @@ impl Actor for ExecutionActor {
             myself.send_message(ExecutionMsg::Dispatch)?;
         }
         Ok(ExecutionState {
-            shared: args.shared,
+            ctx: args.ctx,
             action: args.action,
             pending: args.pending,
         })
@@ -118,12 +117,7 @@ impl Actor for ExecutionActor {
             Err(e) => return Err(e.into()),
         };
         if !publish {
-            let status = state
-                .shared
-                .store
-                .get_execution(id)
-                .await?
-                .map(|e| e.status);
+            let status = state.ctx.backend.status(id).await?;
             if status.is_none_or(ExecutionStatus::is_terminal) {
                 debug!(execution_id = %id, ?status, "execution ended before dispatch");
                 myself.stop(Some("already finished".into()));
@@ -131,12 +125,12 @@ impl Actor for ExecutionActor {
             return Ok(());
         }
         match state
-            .shared
-            .bus
+            .ctx
+            .backend
             .publish_run(&Self::run_message(state))
             .await
         {
-            Ok(outcome) => debug!(execution_id = %id, ?outcome, "run message published"),
+            Ok(()) => debug!(execution_id = %id, "run message published"),
             Err(e) if e.is_transient() => {
                 warn!(execution_id = %id, error = %e, "run message not acknowledged; publishing again");
                 myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
@@ -146,7 +140,7 @@ impl Actor for ExecutionActor {
                 failed.result = Some(
                     serde_json::json!({ "error": format!("failed to hand the execution to workers: {e}") }),
                 );
-                state.shared.store.transition(id, &failed).await?;
+                state.ctx.backend.transition(id, &failed).await?;
                 myself.stop(Some("handoff failed".into()));
             }
         }

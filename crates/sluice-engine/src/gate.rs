@@ -8,7 +8,10 @@
 //! - A rate limit delays admissions (sliding window); it never rejects.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so tests with paused time drive the rate limit window too.
+pub use tokio::time::Instant;
 
 use sluice_core::ExecutionId;
 

@@ -14,6 +14,7 @@
 //! [`Engine::start`] rebuilds every queue and active set from the store before it consumes
 //! anything, so a restart resumes where the last run stopped.
 
+mod backend;
 mod completion;
 mod consumer;
 mod context;
@@ -38,6 +39,7 @@ use sluice_pack::{Catalog, params};
 use sluice_store::Store;
 use tracing::{error, info, warn};
 
+use crate::backend::{ActorContext, Live};
 use crate::context::Shared;
 use crate::execution::Phase;
 use crate::supervisor::{ActionSupervisor, Pending, SupervisorArgs, SupervisorHandle};
@@ -148,10 +150,17 @@ impl Engine {
             bus: config.bus,
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
+        let actor_ctx = Arc::new(ActorContext {
+            name: config.name.clone(),
+            backend: Arc::new(Live {
+                store: shared.store.clone(),
+                bus: shared.bus.clone(),
+            }),
+        });
         let mut routes = HashMap::new();
         for action in shared.catalog.actions.values() {
             let args = SupervisorArgs {
-                shared: shared.clone(),
+                ctx: actor_ctx.clone(),
                 action: action.clone(),
             };
             routes.insert(

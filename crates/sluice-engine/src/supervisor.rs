@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -20,9 +19,9 @@ use sluice_pack::model::OnFull;
 use sluice_store::Transition;
 use tracing::{error, info, warn};
 
-use crate::context::Shared;
+use crate::backend::ActorContext;
 use crate::execution::{ExecutionActor, ExecutionArgs, ExecutionMsg, Phase};
-use crate::gate::{Gate, GatePolicy, KeyStats, Next, Refusal};
+use crate::gate::{Gate, GatePolicy, Instant, KeyStats, Next, Refusal};
 
 /// An execution waiting for, or holding, a slot.
 #[derive(Debug, Clone)]
@@ -150,12 +149,12 @@ impl SupervisorHandle {
 pub(crate) struct ActionSupervisor;
 
 pub(crate) struct SupervisorArgs {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) ctx: Arc<ActorContext>,
     pub(crate) action: Action,
 }
 
 pub(crate) struct SupervisorState {
-    shared: Arc<Shared>,
+    ctx: Arc<ActorContext>,
     action: Arc<Action>,
     gate: Gate<Pending>,
     /// Live children by execution id, and the reverse map for supervision events.
@@ -238,7 +237,7 @@ impl ActionSupervisor {
         args: SupervisorArgs,
         parent: ractor::ActorCell,
     ) -> Result<SupervisorHandle, ractor::SpawnErr> {
-        let name = format!("{}/action/{}", args.shared.name, args.action.action_ref);
+        let name = format!("{}/action/{}", args.ctx.name, args.action.action_ref);
         let (actor, _) = Actor::spawn_linked(Some(name), ActionSupervisor, args, parent).await?;
         Ok(SupervisorHandle { actor })
     }
@@ -252,12 +251,12 @@ impl ActionSupervisor {
         let id = pending.id;
         state.admitted.insert(id, pending.clone());
         let args = ExecutionArgs {
-            shared: state.shared.clone(),
+            ctx: state.ctx.clone(),
             action: state.action.clone(),
             pending,
             phase,
         };
-        let name = format!("{}/execution/{id}", state.shared.name);
+        let name = format!("{}/execution/{id}", state.ctx.name);
         match Actor::spawn_linked(Some(name), ExecutionActor, args, myself.get_cell()).await {
             Ok((child, _)) => {
                 state.by_actor.insert(child.get_id(), id);
@@ -280,7 +279,7 @@ impl ActionSupervisor {
                     // Admission is recorded here, in gate order, so the store's `scheduling`
                     // times show the order the gate admitted in.
                     let admitted = Transition::to(ExecutionStatus::Scheduling);
-                    match state.shared.store.transition(id, &admitted).await {
+                    match state.ctx.backend.transition(id, &admitted).await {
                         Ok(true) => {
                             Self::start_child(myself, state, pending, Phase::Dispatch).await
                         }
@@ -325,8 +324,8 @@ impl ActionSupervisor {
         let reason = refusal.to_string();
         info!(execution_id = %id, action = %state.action.action_ref, %status, reason, "execution refused by policy");
         if let Err(e) = state
-            .shared
-            .store
+            .ctx
+            .backend
             .end_before_handoff(id, status, &reason)
             .await
         {
@@ -338,7 +337,7 @@ impl ActionSupervisor {
         state: &mut SupervisorState,
         id: ExecutionId,
     ) -> Result<CancelOutcome, ActorProcessingErr> {
-        let store = &state.shared.store;
+        let store = &state.ctx.backend;
         if state.gate.remove_queued(id).is_some() {
             store
                 .end_before_handoff(
@@ -364,7 +363,7 @@ impl ActionSupervisor {
         {
             return Ok(CancelOutcome::Cancelled);
         }
-        state.shared.bus.publish_cancel(id).await?;
+        state.ctx.backend.publish_cancel(id).await?;
         Ok(CancelOutcome::Requested)
     }
 
@@ -386,7 +385,7 @@ impl ActionSupervisor {
                 );
                 abandoned
             };
-            match state.shared.store.transition(id, &transition).await {
+            match state.ctx.backend.transition(id, &transition).await {
                 Ok(true) => {
                     warn!(execution_id = %id, worker, retry, "worker lost; execution {}", if retry { "requeued" } else { "abandoned" });
                     if retry {
@@ -434,7 +433,7 @@ impl Actor for ActionSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SupervisorState {
             gate: Gate::new(gate_policy(&args.action)),
-            shared: args.shared,
+            ctx: args.ctx,
             action: Arc::new(args.action),
             children: HashMap::new(),
             by_actor: HashMap::new(),
@@ -532,7 +531,12 @@ impl Actor for ActionSupervisor {
                 if let Some(id) = Self::release(state, child.get_id()) {
                     error!(execution_id = %id, action = %state.action.action_ref, error = %err, "execution actor failed");
                     let reason = format!("the engine failed while scheduling: {err}");
-                    if let Err(e) = state.shared.store.fail_before_handoff(id, &reason).await {
+                    if let Err(e) = state
+                        .ctx
+                        .backend
+                        .end_before_handoff(id, ExecutionStatus::Failed, &reason)
+                        .await
+                    {
                         error!(execution_id = %id, error = %e, "failed to record the failure");
                     }
                 }
@@ -541,5 +545,434 @@ impl Actor for ActionSupervisor {
         }
         Self::admit(&myself, state).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor and its execution children in-process, against an in-memory store and
+    //! bus that follow the same state machine, with tokio's clock paused.
+
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use sluice_bus::BusError;
+    use sluice_core::{RunMessage, RunnerType};
+    use sluice_pack::model::{Policy, RateLimit};
+    use sluice_store::StoreError;
+
+    use super::*;
+    use crate::backend::{Backend, BoxFuture};
+
+    #[derive(Default)]
+    struct Fake {
+        statuses: Mutex<HashMap<ExecutionId, ExecutionStatus>>,
+        /// (execution, attempt) of every run message, in publish order.
+        runs: Mutex<Vec<(i64, u32)>>,
+        cancels: Mutex<Vec<i64>>,
+        refuse_publish: Mutex<HashSet<i64>>,
+    }
+
+    impl Fake {
+        fn status(&self, id: i64) -> Option<ExecutionStatus> {
+            self.statuses.lock().unwrap().get(&ExecutionId(id)).copied()
+        }
+
+        fn set(&self, id: i64, status: ExecutionStatus) {
+            self.statuses
+                .lock()
+                .unwrap()
+                .insert(ExecutionId(id), status);
+        }
+
+        fn runs(&self) -> Vec<(i64, u32)> {
+            self.runs.lock().unwrap().clone()
+        }
+
+        fn run_ids(&self) -> Vec<i64> {
+            self.runs().into_iter().map(|(id, _)| id).collect()
+        }
+    }
+
+    impl Backend for Fake {
+        fn transition<'a>(
+            &'a self,
+            id: ExecutionId,
+            transition: &'a Transition,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(async move {
+                let mut statuses = self.statuses.lock().unwrap();
+                let allowed = statuses
+                    .get(&id)
+                    .is_some_and(|from| transition.to.sources().contains(from));
+                if allowed {
+                    statuses.insert(id, transition.to);
+                }
+                Ok(allowed)
+            })
+        }
+
+        fn end_before_handoff<'a>(
+            &'a self,
+            id: ExecutionId,
+            status: ExecutionStatus,
+            _reason: &'a str,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(async move {
+                let mut statuses = self.statuses.lock().unwrap();
+                let engine_owned = matches!(
+                    statuses.get(&id),
+                    Some(ExecutionStatus::Requested | ExecutionStatus::Scheduling)
+                );
+                if engine_owned {
+                    statuses.insert(id, status);
+                }
+                Ok(engine_owned)
+            })
+        }
+
+        fn status(
+            &self,
+            id: ExecutionId,
+        ) -> BoxFuture<'_, Result<Option<ExecutionStatus>, StoreError>> {
+            Box::pin(async move { Ok(self.statuses.lock().unwrap().get(&id).copied()) })
+        }
+
+        fn publish_run<'a>(
+            &'a self,
+            message: &'a RunMessage,
+        ) -> BoxFuture<'a, Result<(), BusError>> {
+            Box::pin(async move {
+                if self
+                    .refuse_publish
+                    .lock()
+                    .unwrap()
+                    .contains(&message.execution_id.0)
+                {
+                    return Err(BusError::Setup {
+                        stream: "RUN".into(),
+                        message: "refused".into(),
+                    });
+                }
+                self.runs
+                    .lock()
+                    .unwrap()
+                    .push((message.execution_id.0, message.attempt));
+                Ok(())
+            })
+        }
+
+        fn publish_cancel(&self, id: ExecutionId) -> BoxFuture<'_, Result<(), BusError>> {
+            Box::pin(async move {
+                self.cancels.lock().unwrap().push(id.0);
+                Ok(())
+            })
+        }
+    }
+
+    struct Harness {
+        fake: Arc<Fake>,
+        handle: SupervisorHandle,
+        params: Map<String, Value>,
+    }
+
+    async fn start(name: &str, policy: Policy) -> Harness {
+        let fake = Arc::new(Fake::default());
+        let ctx = Arc::new(ActorContext {
+            name: format!("test-{name}"),
+            backend: fake.clone(),
+        });
+        let key_param = sluice_pack::ParamSpec {
+            kind: sluice_pack::ParamType::String,
+            required: false,
+            default: None,
+            allowed: None,
+            secret: false,
+            description: None,
+            immutable: false,
+            position: None,
+        };
+        let action = Action {
+            action_ref: "t.a".parse().unwrap(),
+            description: None,
+            runner: RunnerType::Noop,
+            entry_point: None,
+            parameters: BTreeMap::from([("key".to_owned(), key_param)]),
+            timeout_secs: None,
+            enabled: true,
+            policy,
+            file: "t/actions/a.yaml".into(),
+        };
+        let (actor, _) = Actor::spawn(
+            Some(format!("test-{name}/action/t.a")),
+            ActionSupervisor,
+            SupervisorArgs { ctx, action },
+        )
+        .await
+        .unwrap();
+        Harness {
+            fake,
+            handle: SupervisorHandle { actor },
+            params: Map::new(),
+        }
+    }
+
+    impl Harness {
+        fn enqueue(&self, id: i64) {
+            self.enqueue_with(id, self.params.clone());
+        }
+
+        fn enqueue_with(&self, id: i64, parameters: Map<String, Value>) {
+            self.fake.set(id, ExecutionStatus::Requested);
+            self.handle.enqueue(Pending {
+                id: ExecutionId(id),
+                attempt: 1,
+                parameters,
+                enqueued_at: Utc::now(),
+            });
+        }
+
+        /// Completes an execution as its worker would, and tells the supervisor.
+        fn complete(&self, id: i64) {
+            self.fake.set(id, ExecutionStatus::Succeeded);
+            self.handle.finished(ExecutionId(id));
+        }
+
+        async fn stats(&self) -> SupervisorStats {
+            self.handle.stats().await.unwrap()
+        }
+
+        /// Waits until the supervisor's own figures satisfy `check`.
+        async fn until_stats(
+            &self,
+            what: &str,
+            check: impl Fn(&SupervisorStats) -> bool,
+        ) -> SupervisorStats {
+            for _ in 0..2000 {
+                let stats = self.stats().await;
+                if check(&stats) {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("never happened: {what}: {:?}", self.stats().await);
+        }
+    }
+
+    /// Lets the actors run until `check` holds (time is paused: sleeping costs nothing).
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    fn limit(n: usize) -> Policy {
+        Policy {
+            max_concurrent: Some(n),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_in_fifo_order_within_the_limit_and_releases_each_slot_once() {
+        let h = start("fifo", limit(2)).await;
+        for id in 1..=5 {
+            h.enqueue(id);
+        }
+        until("two handed off", || h.fake.run_ids() == [1, 2]).await;
+        let stats = h.stats().await;
+        assert_eq!(
+            (stats.active_count, stats.queue_length, stats.max_concurrent),
+            (2, 3, Some(2))
+        );
+        assert_eq!(h.fake.status(3), Some(ExecutionStatus::Requested));
+
+        h.complete(1);
+        until("the third admitted", || h.fake.run_ids() == [1, 2, 3]).await;
+        // A repeated completion, and one for an execution it never had, change nothing.
+        h.handle.finished(ExecutionId(1));
+        h.handle.finished(ExecutionId(99));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stats = h.stats().await;
+        assert_eq!(
+            (
+                stats.active_count,
+                stats.queue_length,
+                stats.total_completed
+            ),
+            (2, 2, 1)
+        );
+        assert_eq!(h.fake.run_ids(), [1, 2, 3]);
+
+        for id in 2..=5 {
+            h.complete(id);
+            until("the queue drains", || {
+                h.fake.run_ids().len() == (id as usize + 2).min(5)
+            })
+            .await;
+        }
+        let stats = h.until_stats("all released", |s| s.active_count == 0).await;
+        assert_eq!(
+            (
+                stats.queue_length,
+                stats.total_completed,
+                stats.total_enqueued
+            ),
+            (0, 5, 5)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_waits_on_the_clock() {
+        let policy = Policy {
+            rate_limit: Some(RateLimit {
+                count: 2,
+                per_seconds: 1.0,
+            }),
+            ..Default::default()
+        };
+        let h = start("rate", policy).await;
+        for id in 1..=5 {
+            h.enqueue(id);
+        }
+        until("the first two", || h.fake.run_ids().len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(h.fake.run_ids().len(), 2, "the window has not moved yet");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        until("two more after a second", || h.fake.run_ids().len() == 4).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        until("the last", || h.fake.run_ids() == [1, 2, 3, 4, 5]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_key_queues_run_side_by_side() {
+        let h = start(
+            "keys",
+            Policy {
+                concurrency_key: vec!["key".into()],
+                ..limit(1)
+            },
+        )
+        .await;
+        let with_key = |k: &str| Map::from_iter([("key".to_owned(), json!(k))]);
+        for (id, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
+            h.enqueue_with(id, with_key(key));
+        }
+        until("one per key", || h.fake.run_ids() == [1, 3]).await;
+        let stats = h.stats().await;
+        assert_eq!(stats.keys.len(), 2);
+        assert!(
+            stats
+                .keys
+                .iter()
+                .all(|k| k.active_count == 1 && k.queue_length == 1),
+            "{stats:?}"
+        );
+        h.complete(3);
+        until("b's next", || h.fake.run_ids() == [1, 3, 4]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_worker_s_execution_is_abandoned_and_the_queue_moves_on() {
+        let h = start("lost", limit(1)).await;
+        h.enqueue(1);
+        h.enqueue(2);
+        until("the first handed off", || h.fake.run_ids() == [1]).await;
+        h.fake.set(1, ExecutionStatus::Running);
+        h.handle.running(ExecutionId(1), "w1".into());
+        h.handle.workers_lost(vec!["w2".into()]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            h.fake.status(1),
+            Some(ExecutionStatus::Running),
+            "another worker's loss is not its loss"
+        );
+        h.handle.workers_lost(vec!["w1".into()]);
+        until("abandoned, next admitted", || {
+            h.fake.status(1) == Some(ExecutionStatus::Abandoned) && h.fake.run_ids() == [1, 2]
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_worker_s_execution_is_retried_first_with_a_new_attempt() {
+        let h = start(
+            "retry",
+            Policy {
+                retry_on_worker_loss: true,
+                ..limit(1)
+            },
+        )
+        .await;
+        h.enqueue(1);
+        h.enqueue(2);
+        until("the first handed off", || h.fake.runs() == [(1, 1)]).await;
+        h.fake.set(1, ExecutionStatus::Running);
+        h.handle.running(ExecutionId(1), "w1".into());
+        h.handle.workers_lost(vec!["w1".into()]);
+        until("retried ahead of 2", || h.fake.runs() == [(1, 1), (1, 2)]).await;
+        h.complete(1);
+        until("then 2", || h.fake.runs() == [(1, 1), (1, 2), (2, 1)]).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_is_decided_by_who_owns_the_execution() {
+        let h = start("cancel", limit(1)).await;
+        h.enqueue(1);
+        h.enqueue(2);
+        until("the first handed off", || h.fake.run_ids() == [1]).await;
+        assert_eq!(
+            h.handle.cancel(ExecutionId(2)).await,
+            CancelOutcome::Cancelled
+        );
+        assert_eq!(h.fake.status(2), Some(ExecutionStatus::Cancelled));
+        assert_eq!(
+            h.handle.cancel(ExecutionId(1)).await,
+            CancelOutcome::Requested,
+            "a worker holds it"
+        );
+        assert_eq!(*h.fake.cancels.lock().unwrap(), [1]);
+        assert_eq!(
+            h.handle.cancel(ExecutionId(99)).await,
+            CancelOutcome::NotHere
+        );
+        h.fake.set(1, ExecutionStatus::Cancelled);
+        h.handle.finished(ExecutionId(1));
+        let stats = h.until_stats("released", |s| s.active_count == 0).await;
+        assert_eq!(stats.queue_length, 0);
+        assert_eq!(h.fake.run_ids(), [1], "the cancelled one never ran");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_and_a_failed_handoff_end_executions_and_free_their_slot() {
+        let h = start(
+            "full",
+            Policy {
+                on_full: OnFull::Cancel,
+                ..limit(1)
+            },
+        )
+        .await;
+        h.enqueue(1);
+        h.enqueue(2);
+        until("the second refused", || {
+            h.fake.status(2) == Some(ExecutionStatus::Cancelled)
+        })
+        .await;
+        assert_eq!(h.fake.run_ids(), [1]);
+
+        let h = start("handoff", limit(1)).await;
+        h.fake.refuse_publish.lock().unwrap().insert(1);
+        h.enqueue(1);
+        h.enqueue(2);
+        until("failed, next admitted", || {
+            h.fake.status(1) == Some(ExecutionStatus::Failed) && h.fake.run_ids() == [2]
+        })
+        .await;
     }
 }
