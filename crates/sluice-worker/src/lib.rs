@@ -197,6 +197,22 @@ impl RunActor {
         }
     }
 
+    /// The checks before a run could not be made (NATS unavailable): the message comes back
+    /// shortly, to this or another worker.
+    async fn retry_later(
+        myself: &ActorRef<RunMsg>,
+        state: RunState,
+        error: &sluice_bus::BusError,
+    ) -> RunState {
+        warn!(execution_id = %state.run.execution_id, error = %error, "cannot check the execution's reports; retried shortly");
+        let _ = state
+            .message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        myself.stop(None);
+        state
+    }
+
     async fn finish(
         myself: &ActorRef<RunMsg>,
         state: &RunState,
@@ -235,30 +251,42 @@ impl Actor for RunActor {
         let id = state.run.execution_id;
         let attempt = state.run.attempt;
         // A redelivery: the execution may already have run here or on a lost worker.
-        match state.shared.bus.last_status(id).await {
-            Ok(Some(last)) if last.status.is_terminal() => {
+        let last = match state.shared.bus.last_status(id).await {
+            Ok(last) => last,
+            Err(sluice_bus::BusError::Codec(e)) => {
+                // Not a report any worker wrote: it says nothing about this execution.
+                warn!(execution_id = %id, error = %e, "unreadable message on the execution's status subject; ignored");
+                None
+            }
+            Err(e) => return Ok(Self::retry_later(&myself, state, &e).await),
+        };
+        match last {
+            Some(last) if last.status.is_terminal() => {
                 debug!(execution_id = %id, status = %last.status, "already completed; not run again");
                 let _ = state.message.double_ack().await;
                 myself.stop(None);
                 return Ok(state);
             }
-            Ok(Some(last)) if last.attempt > attempt => {
+            Some(last) if last.attempt > attempt => {
                 debug!(execution_id = %id, attempt, latest = last.attempt, "run message of an earlier attempt; dropped");
                 let _ = state.message.double_ack().await;
                 myself.stop(None);
                 return Ok(state);
             }
-            Ok(Some(last)) if last.attempt == attempt => {
+            Some(last) if last.attempt == attempt => {
                 warn!(execution_id = %id, attempt, previous_worker = last.worker, "started before by a worker that was lost; reported abandoned");
                 let result =
                     json!({ "error": format!("worker {} was lost while running it", last.worker) });
                 Self::finish(&myself, &state, ExecutionStatus::Abandoned, result).await;
                 return Ok(state);
             }
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
+            _ => {}
         }
-        if state.shared.bus.cancel_requested(id).await? {
+        let cancelled = match state.shared.bus.cancel_requested(id).await {
+            Ok(cancelled) => cancelled,
+            Err(e) => return Ok(Self::retry_later(&myself, state, &e).await),
+        };
+        if cancelled {
             info!(execution_id = %id, "cancelled before it started");
             let result = json!({ "error": "cancelled before it started" });
             Self::finish(&myself, &state, ExecutionStatus::Cancelled, result).await;
