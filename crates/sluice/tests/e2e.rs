@@ -527,3 +527,39 @@ async fn unreadable_internal_messages_are_terminated_once_and_nothing_stops() {
         "engine and worker keep serving"
     );
 }
+
+#[tokio::test]
+async fn shutting_down_drains_executions_in_flight() {
+    let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let (_, created) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": "core.local", "parameters": {"cmd": "sleep 1; echo drained"}}),
+        )
+        .await;
+    let id = created["id"].as_i64().unwrap();
+    eventually(
+        "the action to be running",
+        Duration::from_secs(20),
+        || async {
+            (sluice.get(&format!("/api/v1/executions/{id}")).await.1["status"] == "running")
+                .then_some(())
+        },
+    )
+    .await;
+    sluice.shutdown().await;
+    let store = sluice_store::Store::connect(sluice.config.database_url().as_str())
+        .await
+        .unwrap();
+    let execution = store
+        .get_execution(sluice_core::ExecutionId(id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        execution.status,
+        sluice_core::ExecutionStatus::Succeeded,
+        "stopped without draining"
+    );
+    assert_eq!(execution.result.unwrap()["stdout"], "drained\n");
+}
