@@ -563,3 +563,31 @@ async fn shutting_down_drains_executions_in_flight() {
     );
     assert_eq!(execution.result.unwrap()["stdout"], "drained\n");
 }
+
+#[tokio::test]
+async fn each_execution_is_one_run_message_one_running_report_and_one_completion() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    for _ in 0..20 {
+        sluice
+            .post("/api/v1/executions", &json!({"action": "core.noop"}))
+            .await;
+    }
+    let executions = sluice.wait_finished(20).await;
+    assert!(executions.iter().all(|e| e["status"] == "succeeded"));
+    let js = async_nats::jetstream::new(sluice.nats_client().await);
+    // RUN is a work queue (acked messages are gone), so count what it ever stored.
+    let mut run = js.get_stream("RUN").await.unwrap();
+    let run = run.info().await.unwrap().state.clone();
+    assert_eq!(
+        (run.last_sequence, run.messages),
+        (20, 0),
+        "one run message each, all acknowledged"
+    );
+    let mut status = js.get_stream("STATUS").await.unwrap();
+    let status = status.info().await.unwrap().state.clone();
+    assert_eq!(
+        (status.last_sequence, status.messages),
+        (40, 40),
+        "one running report and one completion each"
+    );
+}
