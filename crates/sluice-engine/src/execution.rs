@@ -48,21 +48,21 @@ pub(crate) struct ExecutionState {
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 impl ExecutionActor {
-    /// Returns whether the run message should be published now.
-    async fn advance(state: &ExecutionState) -> Result<bool, sluice_store::StoreError> {
-        let store = &state.ctx.backend;
+    /// Records `scheduled` (the supervisor recorded `scheduling` when it admitted the
+    /// execution) and returns the status to act on: `scheduled` means publish.
+    async fn advance(
+        state: &ExecutionState,
+    ) -> Result<Option<ExecutionStatus>, sluice_store::StoreError> {
+        let backend = &state.ctx.backend;
         let id = state.pending.id;
-        store
-            .transition(id, &Transition::to(ExecutionStatus::Scheduling))
-            .await?;
-        if store
+        if backend
             .transition(id, &Transition::to(ExecutionStatus::Scheduled))
             .await?
         {
-            return Ok(true);
+            return Ok(Some(ExecutionStatus::Scheduled));
         }
-        // Not moved: resumed after a restart, or cancelled meanwhile.
-        Ok(store.status(id).await? == Some(ExecutionStatus::Scheduled))
+        // Not moved: resumed after a restart (already scheduled), or cancelled meanwhile.
+        backend.status(id).await
     }
 
     fn run_message(state: &ExecutionState) -> RunMessage {
@@ -107,8 +107,8 @@ impl Actor for ExecutionActor {
     ) -> Result<(), ActorProcessingErr> {
         let ExecutionMsg::Dispatch = message;
         let id = state.pending.id;
-        let publish = match Self::advance(state).await {
-            Ok(publish) => publish,
+        let status = match Self::advance(state).await {
+            Ok(status) => status,
             Err(e) if e.is_transient() => {
                 warn!(execution_id = %id, error = %e, "store busy; dispatch retried");
                 myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
@@ -116,8 +116,7 @@ impl Actor for ExecutionActor {
             }
             Err(e) => return Err(e.into()),
         };
-        if !publish {
-            let status = state.ctx.backend.status(id).await?;
+        if status != Some(ExecutionStatus::Scheduled) {
             if status.is_none_or(ExecutionStatus::is_terminal) {
                 debug!(execution_id = %id, ?status, "execution ended before dispatch");
                 myself.stop(Some("already finished".into()));

@@ -126,8 +126,6 @@ async fn stop_engine(engine: Arc<Engine>, config: &Config) {
 /// `sluice up`: engine, one worker and (without `--nats-url`) a nats-server child.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = load_catalog(&config)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("failed to create data dir {}", config.data_dir.display()))?;
     let nats = match config.nats_url {
         Some(_) => None,
         None => Some(NatsChild::start(&config.data_dir, config.nats_port)?),
