@@ -73,7 +73,10 @@ pub(crate) async fn handle_trigger(shared: &Arc<Shared>, routes: &Routes, messag
             event.payload = Some(decoded.payload);
         }
     }
-    let firings: Vec<_> = planned.iter().map(|p| p.firing.clone()).collect();
+    let (firings, parameters): (Vec<_>, Vec<_>) = planned
+        .into_iter()
+        .map(|p| (p.firing, p.parameters))
+        .unzip();
     match shared.store.record_event(&event, &firings).await {
         Ok(outcome) => {
             if outcome.duplicate {
@@ -83,13 +86,18 @@ pub(crate) async fn handle_trigger(shared: &Arc<Shared>, routes: &Routes, messag
             } else {
                 info!(event_id = %outcome.event_id, trigger = event.trigger, rules = firings.len(), "trigger accepted");
             }
-            let runnable = planned.into_iter().filter(|p| p.firing.failed.is_none());
-            for ((id, action), plan) in outcome.executions.into_iter().zip(runnable) {
+            // The store returns the executions it created in firing order, failed ones left out.
+            let runnable = firings
+                .iter()
+                .zip(parameters)
+                .filter(|(firing, _)| firing.failed.is_none())
+                .map(|(_, parameters)| parameters);
+            for ((id, action), parameters) in outcome.executions.into_iter().zip(runnable) {
                 if let Some(supervisor) = routes.get(&action) {
                     supervisor.enqueue(Pending {
                         id,
                         attempt: 1,
-                        parameters: plan.parameters,
+                        parameters,
                         enqueued_at: Utc::now(),
                     });
                 }
