@@ -1,4 +1,5 @@
-//! Sluice's HTTP API (JSON): executions, actions, events and the live actor tree.
+//! Sluice's HTTP API (JSON): executions, actions, events, dead letters and the live actor
+//! tree; and the process's Prometheus counters at `/metrics`.
 //!
 //! [`app`] builds the router over a running [`Engine`]; [`ApiError::into_response`] is the
 //! one place errors become status codes, and internal details never reach a client.
@@ -32,8 +33,21 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/actions/{action}/queue-stats", get(queue_stats))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/actors", get(actors))
+        .route("/metrics", get(metrics))
         .with_state(engine)
+}
+
+/// The Prometheus text exposition of the process's counters.
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        sluice_telemetry::metrics().render(),
+    )
 }
 
 /// Everything a handler can fail with.
@@ -212,18 +226,30 @@ async fn list_actions(State(engine): State<AppState>) -> Json<Value> {
 }
 
 #[derive(Deserialize)]
-struct EventsQuery {
+struct LimitQuery {
     limit: Option<u32>,
 }
 
 async fn list_events(
     State(engine): State<AppState>,
-    Query(query): Query<EventsQuery>,
+    Query(query): Query<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(
         engine
             .store()
             .list_events(query.limit.unwrap_or(50))
+            .await?
+    )))
+}
+
+async fn list_dead_letters(
+    State(engine): State<AppState>,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        engine
+            .store()
+            .list_dead_letters(query.limit.unwrap_or(50))
             .await?
     )))
 }

@@ -14,6 +14,7 @@
 //! Every publish carries a `Nats-Msg-Id`, so JetStream drops a repeat inside the stream's
 //! duplicate window; every consumer acknowledges explicitly.
 
+pub mod settle;
 mod streams;
 mod trigger;
 
@@ -23,9 +24,11 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishErrorKind};
 use bytes::Bytes;
 use sluice_core::{
-    CodecError, ExecutionId, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport,
+    CodecError, DeadLetter, ExecutionId, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport,
 };
+use sluice_telemetry::metrics;
 
+pub use settle::Settle;
 pub use streams::{ConsumerDef, StreamDef, definitions};
 pub use trigger::{TriggerMessage, decode_trigger};
 
@@ -44,6 +47,11 @@ pub fn run_subject(queue: &str) -> String {
 
 pub fn status_subject(id: ExecutionId) -> String {
     format!("sluice.status.{id}")
+}
+
+/// Where a dead letter about a message of `stream` is published.
+pub fn dead_letter_subject(stream: &str) -> String {
+    format!("sluice.deadletter.{}", stream.to_ascii_lowercase())
 }
 
 pub fn cancel_subject(id: ExecutionId) -> String {
@@ -83,7 +91,7 @@ pub enum BusError {
     Publish {
         subject: String,
         message: String,
-        timed_out: bool,
+        transient: bool,
     },
     #[error("failed to read from {what}: {message}")]
     Read { what: String, message: String },
@@ -95,7 +103,7 @@ impl BusError {
     /// Worth retrying: the server did not answer in time or the connection dropped.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Publish { timed_out, .. } => *timed_out,
+            Self::Publish { transient, .. } => *transient,
             Self::Read { .. } | Self::Connect { .. } => true,
             Self::Setup { .. } | Self::Codec(_) => false,
         }
@@ -212,8 +220,10 @@ impl Bus {
             .map_err(|e| read(e.to_string()))
     }
 
+    /// Publishes with a deduplication id and counts the outcome under `kind`.
     async fn publish(
         &self,
+        kind: &'static str,
         subject: String,
         dedup_id: &str,
         payload: Vec<u8>,
@@ -224,32 +234,30 @@ impl Bus {
             .payload(Bytes::from(payload))
             .headers(headers)
             .message_id(dedup_id);
-        let failed = |message: String, timed_out: bool| BusError::Publish {
+        let failed = |message: String, kind: PublishErrorKind| BusError::Publish {
             subject: subject.clone(),
             message,
-            timed_out,
+            // Only a refusal of the message itself is final. "No stream" is what a server
+            // answers while JetStream is still starting after a restart: the streams exist.
+            transient: !matches!(
+                kind,
+                PublishErrorKind::MaxPayloadExceeded
+                    | PublishErrorKind::WrongLastMessageId
+                    | PublishErrorKind::WrongLastSequence
+                    | PublishErrorKind::Other
+            ),
         };
         let ack = self
             .jetstream
             .send_publish(subject.clone(), message)
             .await
-            .map_err(|e| {
-                let timed_out = matches!(
-                    e.kind(),
-                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-                );
-                failed(e.to_string(), timed_out)
-            })?;
-        let ack = ack.await.map_err(|e| {
-            let timed_out = matches!(
-                e.kind(),
-                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-            );
-            failed(e.to_string(), timed_out)
-        })?;
+            .map_err(|e| failed(e.to_string(), e.kind()))?;
+        let ack = ack.await.map_err(|e| failed(e.to_string(), e.kind()))?;
         Ok(if ack.duplicate {
+            metrics().duplicates_suppressed.inc([kind]);
             Published::Duplicate
         } else {
+            metrics().messages_published.inc([kind]);
             Published::Stored {
                 sequence: ack.sequence,
             }
@@ -259,6 +267,7 @@ impl Bus {
     /// Hands an execution to the workers: the handoff. Deduplicated per attempt.
     pub async fn publish_run(&self, message: &RunMessage) -> Result<Published, BusError> {
         self.publish(
+            "run",
             run_subject(DEFAULT_QUEUE),
             &message.dedup_id(),
             sluice_core::encode(message)?,
@@ -268,7 +277,13 @@ impl Bus {
 
     /// Reports a status; one `running` and one completion per execution reach the stream.
     pub async fn publish_status(&self, report: &StatusReport) -> Result<Published, BusError> {
+        let kind = if report.status.is_terminal() {
+            "completed"
+        } else {
+            "running"
+        };
         self.publish(
+            kind,
             status_subject(report.execution_id),
             &report.dedup_id(),
             sluice_core::encode(report)?,
@@ -279,8 +294,24 @@ impl Bus {
     /// Asks whichever worker holds the execution to cancel it; a worker that takes it later
     /// finds the request before starting. Deduplicated per execution.
     pub async fn publish_cancel(&self, id: ExecutionId) -> Result<Published, BusError> {
-        self.publish(cancel_subject(id), &format!("{id}.cancel"), Vec::new())
-            .await
+        self.publish(
+            "cancel",
+            cancel_subject(id),
+            &format!("{id}.cancel"),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Records that a message was given up, and why; deduplicated per stream message.
+    pub async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<Published, BusError> {
+        self.publish(
+            "dead_letter",
+            dead_letter_subject(&letter.stream),
+            &letter.dedup_id(),
+            sluice_core::encode(letter)?,
+        )
+        .await
     }
 
     /// Whether a cancel request exists for the execution.
@@ -325,7 +356,7 @@ impl Bus {
             .map_err(|e| BusError::Publish {
                 subject,
                 message: e.to_string(),
-                timed_out: false,
+                transient: true,
             })
     }
 

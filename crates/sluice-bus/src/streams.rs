@@ -38,6 +38,14 @@ const FILES: &[(&str, &str, &[File])] = &[
         &[],
     ),
     (
+        "DEADLETTER/stream.json",
+        include_str!("../../../streams/DEADLETTER/stream.json"),
+        &[(
+            "DEADLETTER/consumers/engine.json",
+            include_str!("../../../streams/DEADLETTER/consumers/engine.json"),
+        )],
+    ),
+    (
         "STATUS/stream.json",
         include_str!("../../../streams/STATUS/stream.json"),
         &[(
@@ -75,7 +83,10 @@ mod tests {
     fn definitions_parse_with_server_field_names() {
         let defs = definitions();
         let names: Vec<_> = defs.iter().map(|d| d.stream.name.as_str()).collect();
-        assert_eq!(names, ["TRIGGERS", "RUN", "CONTROL", "STATUS"]);
+        assert_eq!(
+            names,
+            ["TRIGGERS", "RUN", "CONTROL", "DEADLETTER", "STATUS"]
+        );
         assert_eq!(defs[1].stream.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(defs[0].stream.duplicate_window, Duration::from_secs(120));
         let engine = &defs[0].consumers[0].config;
@@ -86,6 +97,25 @@ mod tests {
         assert_eq!(engine.durable_name.as_deref(), Some("engine"));
         assert_eq!(engine.ack_policy, consumer::AckPolicy::Explicit);
         assert_eq!(engine.ack_wait, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_consumer_gives_up_after_a_bounded_number_of_deliveries() {
+        for def in definitions() {
+            for c in &def.consumers {
+                let name = format!("{}/{:?}", def.stream.name, c.config.durable_name);
+                assert!(c.config.max_deliver > 1, "{name} has unbounded max_deliver");
+                // The naks' backoff over every delivery bounds how long a store or NATS
+                // outage can last before a message is dead-lettered.
+                let patience: Duration = (1..c.config.max_deliver as u64)
+                    .map(crate::settle::backoff)
+                    .sum();
+                assert!(
+                    patience >= Duration::from_secs(5 * 60),
+                    "{name} gives up after {patience:?}"
+                );
+            }
+        }
     }
 
     #[test]

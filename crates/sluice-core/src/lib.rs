@@ -15,7 +15,8 @@ pub mod status;
 
 pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
 pub use message::{
-    CodecError, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode, encode,
+    CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode,
+    encode,
 };
 pub use runner::RunnerType;
 pub use status::{ExecutionStatus, Owner};

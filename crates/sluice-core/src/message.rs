@@ -75,6 +75,82 @@ pub struct Heartbeat {
     pub at: DateTime<Utc>,
 }
 
+/// Whoever terminates a message that can never succeed → the engine's dead-letter
+/// recorder: what the message was, where it came from and why it was given up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub stream: String,
+    pub consumer: String,
+    pub subject: String,
+    pub stream_seq: u64,
+    /// How many times the message had been delivered when it was given up.
+    pub deliveries: u64,
+    pub reason: String,
+    pub payload_size: u64,
+    /// The payload, up to [`DeadLetter::MAX_PAYLOAD`] bytes; `None` for run messages,
+    /// which can carry secret parameters.
+    #[serde(with = "serde_bytes_opt")]
+    pub payload: Option<Vec<u8>>,
+    /// The process that gave it up (`engine/...`, `worker/...`).
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// How much of a dead message's payload is kept.
+    pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+    /// `<stream>.<stream sequence>`: one dead letter per message, however often it is given up.
+    pub fn dedup_id(&self) -> String {
+        format!("{}.{}", self.stream, self.stream_seq)
+    }
+}
+
+/// Payload bytes as a MessagePack binary rather than an array of integers.
+mod serde_bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_some(&Bytes(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<ByteBuf>::deserialize(d)?.map(|b| b.0))
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct ByteBuf(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(Visitor)
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("failed to encode message: {0}")]
@@ -95,6 +171,30 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letters_round_trip_with_binary_payloads() {
+        let letter = DeadLetter {
+            stream: "STATUS".into(),
+            consumer: "engine".into(),
+            subject: "sluice.status.7".into(),
+            stream_seq: 12,
+            deliveries: 1,
+            reason: "unreadable".into(),
+            payload_size: 3,
+            payload: Some(vec![0xff, 0x00, 0x41]),
+            by: "engine/test".into(),
+            at: Utc::now(),
+        };
+        let bytes = encode(&letter).unwrap();
+        assert_eq!(decode::<DeadLetter>(&bytes).unwrap(), letter);
+        assert_eq!(letter.dedup_id(), "STATUS.12");
+        let none = DeadLetter {
+            payload: None,
+            ..letter
+        };
+        assert_eq!(decode::<DeadLetter>(&encode(&none).unwrap()).unwrap(), none);
+    }
 
     #[test]
     fn run_messages_round_trip_and_dedup_per_attempt() {

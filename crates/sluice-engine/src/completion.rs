@@ -5,29 +5,40 @@
 //! tells nobody; a change is passed to the action's supervisor.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, Message};
+use async_nats::jetstream::Message;
+use sluice_bus::Settle;
 use sluice_core::{ExecutionStatus, StatusReport};
 use sluice_store::Transition;
+use sluice_telemetry::metrics;
 use tracing::{debug, error, info, warn};
 
 use crate::{Routes, Shared};
 
-pub(crate) async fn handle_status(shared: &Arc<Shared>, routes: &Routes, message: Message) {
+pub(crate) async fn handle_status(
+    shared: &Arc<Shared>,
+    routes: &Routes,
+    settle: &Settle,
+    message: Message,
+) {
+    settle.received(&message);
     let report: StatusReport = match sluice_core::decode(&message.payload) {
         Ok(report) => report,
         Err(e) => {
-            error!(subject = %message.subject, error = %e, "unreadable status report; terminated");
-            let _ = message.ack_with(AckKind::Term).await;
+            settle
+                .dead(&message, format!("unreadable status report: {e}"))
+                .await;
             return;
         }
     };
     let id = report.execution_id;
     let terminal = report.status.is_terminal();
     if report.status != ExecutionStatus::Running && !terminal {
-        warn!(execution_id = %id, status = %report.status, "a worker reported a status only the engine sets; ignored");
-        let _ = message.ack().await;
+        let reason = format!(
+            "status {} is set by the engine only; a worker cannot report it",
+            report.status
+        );
+        settle.dead(&message, reason).await;
         return;
     }
     let transition = Transition {
@@ -40,8 +51,10 @@ pub(crate) async fn handle_status(shared: &Arc<Shared>, routes: &Routes, message
     match shared.store.transition(id, &transition).await {
         Ok(changed) => {
             if changed && terminal {
+                metrics().completions.inc();
                 info!(execution_id = %id, action = %report.action, status = %report.status, worker = report.worker, "execution finished");
             } else if !changed {
+                metrics().stale_reports_ignored.inc();
                 debug!(execution_id = %id, status = %report.status, "stale or repeated report ignored");
             }
             // Only a change is news: a stale report (a superseded attempt, a redelivery)
@@ -53,17 +66,17 @@ pub(crate) async fn handle_status(shared: &Arc<Shared>, routes: &Routes, message
                     supervisor.running(id, report.worker.clone());
                 }
             }
-            let _ = message.ack().await;
+            settle.ack(&message).await;
         }
         Err(e) if e.is_transient() => {
             warn!(execution_id = %id, error = %e, "store unavailable; report will be redelivered");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            settle.retry(&message, &e.to_string()).await;
         }
         Err(e) => {
-            error!(execution_id = %id, error = %e, "failed to record report; terminated");
-            let _ = message.ack_with(AckKind::Term).await;
+            error!(execution_id = %id, error = %e, "failed to record report");
+            settle
+                .dead(&message, format!("the store refused the report: {e}"))
+                .await;
         }
     }
 }

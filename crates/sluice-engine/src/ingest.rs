@@ -4,21 +4,29 @@
 //! A message is acknowledged once its effect is committed. A payload that can never be
 //! accepted (not JSON or MessagePack, unknown trigger, schema mismatch) is stored as a
 //! rejected event with the reason and acknowledged: it is never redelivered in a loop.
+//! A store that is busy or unreachable gets the message nak'd with a growing delay; a
+//! message the store refuses outright is dead-lettered.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, Message};
+use async_nats::jetstream::Message;
 use chrono::Utc;
-use sluice_bus::decode_trigger;
+use sluice_bus::{Settle, decode_trigger};
 use sluice_store::NewEvent;
+use sluice_telemetry::metrics;
 use tracing::{debug, error, info, warn};
 
 use crate::rules;
 use crate::supervisor::Pending;
 use crate::{Routes, Shared};
 
-pub(crate) async fn handle_trigger(shared: &Arc<Shared>, routes: &Routes, message: Message) {
+pub(crate) async fn handle_trigger(
+    shared: &Arc<Shared>,
+    routes: &Routes,
+    settle: &Settle,
+    message: Message,
+) {
+    settle.received(&message);
     let stream_seq = message.info().ok().map(|i| i.stream_sequence);
     let header = |name: &str| {
         message
@@ -80,6 +88,7 @@ pub(crate) async fn handle_trigger(shared: &Arc<Shared>, routes: &Routes, messag
     match shared.store.record_event(&event, &firings).await {
         Ok(outcome) => {
             if outcome.duplicate {
+                metrics().duplicates_suppressed.inc(["trigger"]);
                 debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
             } else if let Some(reason) = &event.rejected {
                 warn!(event_id = %outcome.event_id, subject, reason, "trigger rejected");
@@ -108,19 +117,17 @@ pub(crate) async fn handle_trigger(shared: &Arc<Shared>, routes: &Routes, messag
                     "rule fired but its execution could not be requested"
                 );
             }
-            if let Err(e) = message.ack().await {
-                warn!(error = %e, "failed to ack trigger message; a redelivery will be recognised");
-            }
+            settle.ack(&message).await;
         }
         Err(e) if e.is_transient() => {
             warn!(error = %e, "store unavailable; trigger message will be redelivered");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            settle.retry(&message, &e.to_string()).await;
         }
         Err(e) => {
-            error!(error = %e, subject, "failed to record trigger; message terminated");
-            let _ = message.ack_with(AckKind::Term).await;
+            error!(error = %e, subject, "failed to record trigger");
+            settle
+                .dead(&message, format!("the store refused the event: {e}"))
+                .await;
         }
     }
 }

@@ -5,6 +5,7 @@
 //! engine (root actor)
 //!  ├─ ingestor             TRIGGERS consumer: event -> rules -> executions     (ingest.rs)
 //!  ├─ completions          STATUS consumer: worker reports -> store -> supervisor (completion.rs)
+//!  ├─ dead-letters         DEADLETTER consumer: given-up messages -> store     (deadletter.rs)
 //!  ├─ workers              heartbeats: finds lost workers                      (monitor.rs)
 //!  └─ action/<ref> ×N      admission gate and active set of one action       (supervisor.rs,
 //!       │                                                                      gate.rs)
@@ -18,6 +19,7 @@ mod backend;
 mod completion;
 mod consumer;
 mod context;
+mod deadletter;
 mod execution;
 pub mod gate;
 mod ingest;
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value};
-use sluice_bus::Bus;
+use sluice_bus::{Bus, Settle};
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::{Catalog, params};
 use sluice_store::Store;
@@ -106,6 +108,7 @@ pub struct Engine {
     root: ActorRef<()>,
     ingestor: Option<ActorRef<()>>,
     completions: ActorRef<()>,
+    dead_letters: ActorRef<()>,
     workers: monitor::Workers,
 }
 
@@ -189,15 +192,43 @@ impl Engine {
         )
         .await?;
 
+        let settle = |stream, label| {
+            Settle::new(
+                shared.bus.clone(),
+                stream,
+                "engine",
+                label,
+                config.name.clone(),
+            )
+        };
+
+        let consumer = shared.bus.consumer("DEADLETTER", "engine").await?;
+        let (s, settler) = (shared.clone(), settle("DEADLETTER", "dead_letters"));
+        let dead_letters = consumer::spawn_loop(
+            format!("{}/dead-letters", config.name),
+            root.get_cell(),
+            Box::new(move |cancel| {
+                Box::pin(async move {
+                    consumer::consume(consumer, cancel, |m| {
+                        deadletter::handle_dead_letter(&s, &settler, m)
+                    })
+                    .await;
+                })
+            }),
+        )
+        .await?;
+
         let consumer = shared.bus.consumer("STATUS", "engine").await?;
-        let (s, r) = (shared.clone(), routes.clone());
+        let (s, r, settler) = (shared.clone(), routes.clone(), settle("STATUS", "status"));
         let completions = consumer::spawn_loop(
             format!("{}/completions", config.name),
             root.get_cell(),
             Box::new(move |cancel| {
                 Box::pin(async move {
-                    consumer::consume(consumer, cancel, |m| completion::handle_status(&s, &r, m))
-                        .await;
+                    consumer::consume(consumer, cancel, |m| {
+                        completion::handle_status(&s, &r, &settler, m)
+                    })
+                    .await;
                 })
             }),
         )
@@ -205,7 +236,11 @@ impl Engine {
 
         let ingestor = if config.ingest_triggers {
             let consumer = shared.bus.consumer("TRIGGERS", "engine").await?;
-            let (s, r) = (shared.clone(), routes.clone());
+            let (s, r, settler) = (
+                shared.clone(),
+                routes.clone(),
+                settle("TRIGGERS", "triggers"),
+            );
             Some(
                 consumer::spawn_loop(
                     format!("{}/ingestor", config.name),
@@ -213,7 +248,7 @@ impl Engine {
                     Box::new(move |cancel| {
                         Box::pin(async move {
                             consumer::consume(consumer, cancel, |m| {
-                                ingest::handle_trigger(&s, &r, m)
+                                ingest::handle_trigger(&s, &r, &settler, m)
                             })
                             .await;
                         })
@@ -236,6 +271,7 @@ impl Engine {
             root,
             ingestor,
             completions,
+            dead_letters,
             workers,
         })
     }
@@ -387,10 +423,9 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = self
-            .completions
-            .stop_and_wait(Some("shutdown".into()), None)
-            .await;
+        for consumer in [&self.completions, &self.dead_letters] {
+            let _ = consumer.stop_and_wait(Some("shutdown".into()), None).await;
+        }
         let _ = self.root.stop_and_wait(Some("shutdown".into()), None).await;
         info!(engine = self.shared.name, "engine stopped");
     }

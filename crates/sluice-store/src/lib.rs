@@ -1,4 +1,5 @@
-//! Sluice's store: events, enforcements, executions and their status history, in SQLite
+//! Sluice's store: events, enforcements, executions and their status history, and dead
+//! letters, in SQLite
 //! (the embedded default) or PostgreSQL.
 //!
 //! Every query is written once with `$N` placeholders, which both backends accept, and
@@ -10,7 +11,8 @@ mod model;
 mod store;
 
 pub use model::{
-    Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition,
+    DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
+    NewEvent, Transition,
 };
 pub use store::{Store, StoreError};
 

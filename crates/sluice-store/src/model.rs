@@ -109,3 +109,20 @@ pub struct ExecutionFilter {
     /// Newest first, at most this many (default 50, at most 1000).
     pub limit: Option<u32>,
 }
+
+/// A message given up as never able to succeed, as the store keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterRecord {
+    pub id: i64,
+    pub stream: String,
+    pub consumer: String,
+    pub subject: String,
+    pub stream_seq: u64,
+    pub deliveries: u64,
+    pub reason: String,
+    pub payload_size: u64,
+    /// The kept payload as text (invalid UTF-8 shown as U+FFFD); `None` for run messages.
+    pub payload: Option<String>,
+    pub given_up_by: String,
+    pub created_at: DateTime<Utc>,
+}

@@ -12,9 +12,20 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, FromRow};
 
+use sluice_core::DeadLetter;
+use sluice_telemetry::metrics;
+
 use crate::model::{
-    Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry, NewEvent, Transition,
+    DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
+    NewEvent, Transition,
 };
+
+/// Counts rows written, for `sluice_store_writes_total`.
+fn wrote(table: &'static str, kind: &'static str, rows: u64) {
+    if rows > 0 {
+        metrics().store_writes.add([table, kind], rows);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -141,6 +152,42 @@ impl From<EventRow> for Event {
             reason: row.reason,
             payload: row.payload.map(|p| p.0),
             subject: row.subject,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct DeadLetterRow {
+    id: i64,
+    stream: String,
+    consumer: String,
+    subject: String,
+    stream_seq: i64,
+    deliveries: i64,
+    reason: String,
+    payload_size: i64,
+    payload: Option<Vec<u8>>,
+    given_up_by: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<DeadLetterRow> for DeadLetterRecord {
+    fn from(row: DeadLetterRow) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        DeadLetterRecord {
+            id: row.id,
+            stream: row.stream,
+            consumer: row.consumer,
+            subject: row.subject,
+            stream_seq: count(row.stream_seq),
+            deliveries: count(row.deliveries),
+            reason: row.reason,
+            payload_size: count(row.payload_size),
+            payload: row
+                .payload
+                .map(|p| String::from_utf8_lossy(&p).into_owned()),
+            given_up_by: row.given_up_by,
             created_at: row.created_at,
         }
     }
@@ -284,6 +331,12 @@ impl Store {
                 }
             }
             tx.commit().await?;
+            let n = firings.len() as u64;
+            let ended = firings.iter().filter(|f| f.failed.is_some()).count() as u64;
+            wrote("events", "insert", 1);
+            wrote("executions", "insert", n);
+            wrote("enforcements", "insert", n);
+            wrote("execution_history", "insert", n + ended);
             Ok(EventOutcome { event_id: EventId(event_id), duplicate: false, executions })
         })
     }
@@ -314,6 +367,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+            wrote("executions", "insert", 1);
+            wrote("execution_history", "insert", 1);
             Ok(ExecutionId(id))
         })
     }
@@ -401,15 +456,19 @@ impl Store {
                 .await?
                 .rows_affected()
                 == 1;
+            let mut history = 0;
             if changed {
-                sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
+                history = sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
                      SELECT id, attempt, status, $2 FROM executions WHERE id = $1 ON CONFLICT DO NOTHING")
                     .bind(id.0)
                     .bind(transition.at)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
             }
             tx.commit().await?;
+            wrote("executions", "update", u64::from(changed));
+            wrote("execution_history", "insert", history);
             Ok(changed)
         })
     }
@@ -506,6 +565,45 @@ impl Store {
                 .await?
         });
         Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    /// Records a dead letter; one per stream message, so a repeat writes nothing. Returns
+    /// whether it was new.
+    pub async fn record_dead_letter(&self, letter: &DeadLetter) -> Result<bool, StoreError> {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let inserted = on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO dead_letters (stream, consumer, subject, stream_seq, deliveries, reason, payload_size, payload, given_up_by, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (stream, stream_seq) DO NOTHING",
+            )
+            .bind(&letter.stream)
+            .bind(&letter.consumer)
+            .bind(&letter.subject)
+            .bind(count(letter.stream_seq))
+            .bind(count(letter.deliveries))
+            .bind(&letter.reason)
+            .bind(count(letter.payload_size))
+            .bind(letter.payload.as_deref())
+            .bind(&letter.by)
+            .bind(letter.at)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        wrote("dead_letters", "insert", inserted);
+        Ok(inserted == 1)
+    }
+
+    /// Dead letters, newest first.
+    pub async fn list_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows: Vec<DeadLetterRow> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, stream, consumer, subject, stream_seq, deliveries, reason, payload_size, payload, given_up_by, created_at \
+                            FROM dead_letters ORDER BY id DESC LIMIT $1")
+                .bind(i64::from(limit.clamp(1, 1000)))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(DeadLetterRecord::from).collect())
     }
 
     /// How many enforcements exist for an event (one per rule that fired).

@@ -268,6 +268,42 @@ async fn a_retry_starts_a_new_attempt_with_its_own_history(store: Store) {
     assert!(!store.fail_before_handoff(id, "too late").await.unwrap());
 }
 
+async fn dead_letters_are_kept_once_per_message_newest_first(store: Store) {
+    let letter = |seq: u64, payload: Option<Vec<u8>>| sluice_core::DeadLetter {
+        stream: "STATUS".into(),
+        consumer: "engine".into(),
+        subject: format!("sluice.status.{seq}"),
+        stream_seq: seq,
+        deliveries: 3,
+        reason: "unreadable status report".into(),
+        payload_size: 4,
+        payload,
+        by: "engine/test".into(),
+        at: chrono::Utc::now(),
+    };
+    assert!(
+        store
+            .record_dead_letter(&letter(7, Some(b"\xffab".to_vec())))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.record_dead_letter(&letter(7, None)).await.unwrap(),
+        "the same stream message is one dead letter"
+    );
+    assert!(store.record_dead_letter(&letter(9, None)).await.unwrap());
+    let listed = store.list_dead_letters(10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.stream_seq).collect::<Vec<_>>(),
+        [9, 7]
+    );
+    assert_eq!(listed[1].payload.as_deref(), Some("\u{fffd}ab"));
+    assert_eq!(listed[1].deliveries, 3);
+    assert_eq!(listed[1].reason, "unreadable status report");
+    assert_eq!(listed[0].payload, None);
+    assert_eq!(listed[0].given_up_by, "engine/test");
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -302,4 +338,5 @@ store_suite!(
     rejected_events_are_kept_with_their_reason,
     listing_filters_and_unfinished_order,
     a_retry_starts_a_new_attempt_with_its_own_history,
+    dead_letters_are_kept_once_per_message_newest_first,
 );

@@ -1,6 +1,9 @@
-//! Logging for Sluice's processes: human-readable lines by default, JSON for machines,
-//! filtered by `RUST_LOG` (default `info`).
+//! Logging for Sluice's processes (human-readable lines by default, JSON for machines,
+//! filtered by `RUST_LOG`, default `info`) and the process's Prometheus counters.
 
+pub mod metrics;
+
+pub use metrics::metrics;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -10,7 +10,9 @@
 //! and in-progress acks keep `ack_wait` from redelivering live work. A redelivered message
 //! for an execution that already completed is acknowledged without running it again; one
 //! whose earlier run was lost with its worker is reported `abandoned`, never run twice; one
-//! for an attempt older than the latest is dropped.
+//! for an attempt older than the latest is dropped. A run message that cannot be read is
+//! dead-lettered (without its payload: run messages carry secrets); one whose checks keep
+//! failing until its last allowed delivery is reported `failed` with the reason.
 //!
 //! The worker publishes a heartbeat every `heartbeat_interval` with what it is running; the
 //! engine declares its executions lost when the heartbeats stop. Cancel requests arrive on
@@ -29,8 +31,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
-use sluice_bus::Bus;
+use sluice_bus::{Bus, Settle};
 use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
+use sluice_telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +57,7 @@ pub struct WorkerConfig {
 struct Shared {
     name: String,
     bus: Bus,
+    settle: Settle,
     actions_dirs: BTreeMap<String, PathBuf>,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
@@ -107,11 +111,12 @@ impl Actor for RunSupervisor {
         shared: &mut Arc<Shared>,
     ) -> Result<(), ActorProcessingErr> {
         let RunSupervisorMsg::Start(message, permit) = message;
+        shared.settle.received(&message);
         let run: RunMessage = match sluice_core::decode(&message.payload) {
             Ok(run) => run,
             Err(e) => {
-                error!(subject = %message.subject, error = %e, "unreadable run message; terminated");
-                let _ = message.ack_with(AckKind::Term).await;
+                let reason = format!("unreadable run message: {e}");
+                shared.settle.dead(&message, reason).await;
                 return Ok(());
             }
         };
@@ -186,10 +191,26 @@ impl RunActor {
         }
     }
 
-    /// Publishes until JetStream has it: a completion must never be lost.
+    /// Publishes until JetStream has it: a completion must never be lost. A report the
+    /// stream refuses outright (a result over its message size limit) is replaced by a
+    /// `failed` one that says so, under the same deduplication id.
     async fn publish(state: &RunState, report: &StatusReport) {
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = state.shared.bus.publish_status(report).await {
+        let mut report = std::borrow::Cow::Borrowed(report);
+        loop {
+            let Err(e) = state.shared.bus.publish_status(&report).await else {
+                return;
+            };
+            if !e.is_transient() && report.status.is_terminal() {
+                error!(execution_id = %report.execution_id, error = %e, "completion refused by the STATUS stream; reporting the refusal instead");
+                let mut refused = report.into_owned();
+                refused.result = json!({
+                    "error": format!("the action finished ({}) but its result could not be reported: {e}", refused.status)
+                });
+                refused.status = ExecutionStatus::Failed;
+                report = std::borrow::Cow::Owned(refused);
+                continue;
+            }
             warn!(execution_id = %report.execution_id, error = %e, "status report not stored; retrying");
             let _ = state.message.ack_with(AckKind::Progress).await;
             tokio::time::sleep(delay).await;
@@ -198,17 +219,25 @@ impl RunActor {
     }
 
     /// The checks before a run could not be made (NATS unavailable): the message comes back
-    /// shortly, to this or another worker.
+    /// after a backoff, to this or another worker. On its last allowed delivery the
+    /// execution is reported `failed` with the reason instead, so it never hangs.
     async fn retry_later(
         myself: &ActorRef<RunMsg>,
         state: RunState,
         error: &sluice_bus::BusError,
     ) -> RunState {
-        warn!(execution_id = %state.run.execution_id, error = %error, "cannot check the execution's reports; retried shortly");
-        let _ = state
-            .message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
+        let id = state.run.execution_id;
+        if state.shared.settle.is_last_delivery(&state.message) {
+            let deliveries = sluice_bus::settle::deliveries(&state.message);
+            error!(execution_id = %id, error = %error, deliveries, "cannot check the execution's reports; giving up");
+            let result = json!({
+                "error": format!("not started: the worker could not check the execution's reports after {deliveries} deliveries: {error}")
+            });
+            Self::finish(myself, &state, ExecutionStatus::Failed, result).await;
+            return state;
+        }
+        warn!(execution_id = %id, error = %error, "cannot check the execution's reports; retried shortly");
+        state.shared.settle.nak(&state.message).await;
         myself.stop(None);
         state
     }
@@ -262,12 +291,14 @@ impl Actor for RunActor {
         };
         match last {
             Some(last) if last.status.is_terminal() => {
+                metrics().duplicates_suppressed.inc(["run"]);
                 debug!(execution_id = %id, status = %last.status, "already completed; not run again");
                 let _ = state.message.double_ack().await;
                 myself.stop(None);
                 return Ok(state);
             }
             Some(last) if last.attempt > attempt => {
+                metrics().duplicates_suppressed.inc(["run"]);
                 debug!(execution_id = %id, attempt, latest = last.attempt, "run message of an earlier attempt; dropped");
                 let _ = state.message.double_ack().await;
                 myself.stop(None);
@@ -359,9 +390,17 @@ impl Worker {
                 what: "cancel requests".into(),
                 message: e.to_string(),
             })?;
+        let settle = Settle::new(
+            config.bus.clone(),
+            "RUN",
+            "workers",
+            "run",
+            config.name.clone(),
+        );
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             bus: config.bus,
+            settle,
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
         });
