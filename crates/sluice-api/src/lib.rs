@@ -34,9 +34,20 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/dead-letters", get(list_dead_letters))
+        .route("/api/v1/ledger", get(ledger))
         .route("/api/v1/actors", get(actors))
         .route("/metrics", get(metrics))
         .with_state(engine)
+}
+
+/// What a process without the API serves (`sluice worker`): `/metrics` and `/healthz`.
+pub fn metrics_app() -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/metrics", get(metrics))
 }
 
 /// The Prometheus text exposition of the process's counters.
@@ -151,6 +162,7 @@ struct ListQuery {
     action: Option<String>,
     status: Option<String>,
     limit: Option<u32>,
+    before: Option<i64>,
 }
 
 async fn list_executions(
@@ -166,6 +178,7 @@ async fn list_executions(
         action: query.action,
         status,
         limit: query.limit,
+        before: query.before,
     };
     let executions = engine.store().list_executions(&filter).await?;
     Ok(Json(json!(executions)))
@@ -252,6 +265,12 @@ async fn list_dead_letters(
             .list_dead_letters(query.limit.unwrap_or(50))
             .await?
     )))
+}
+
+/// Counts that must add up: events, enforcements, executions by status, and any
+/// execution whose history does not show exactly one end.
+async fn ledger(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(engine.store().ledger().await?)))
 }
 
 async fn actors(State(engine): State<AppState>) -> Json<Value> {

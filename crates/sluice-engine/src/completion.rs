@@ -31,6 +31,10 @@ pub(crate) async fn handle_status(
             return;
         }
     };
+    if shared.store_health.resting() {
+        settle.retry(&message, "the store is unavailable").await;
+        return;
+    }
     let id = report.execution_id;
     let terminal = report.status.is_terminal();
     if report.status != ExecutionStatus::Running && !terminal {
@@ -50,6 +54,7 @@ pub(crate) async fn handle_status(
     };
     match shared.store.transition(id, &transition).await {
         Ok(changed) => {
+            shared.store_health.succeeded();
             if changed && terminal {
                 metrics().completions.inc();
                 info!(execution_id = %id, action = %report.action, status = %report.status, worker = report.worker, "execution finished");
@@ -69,6 +74,7 @@ pub(crate) async fn handle_status(
             settle.ack(&message).await;
         }
         Err(e) if e.is_transient() => {
+            shared.store_health.failed();
             warn!(execution_id = %id, error = %e, "store unavailable; report will be redelivered");
             settle.retry(&message, &e.to_string()).await;
         }

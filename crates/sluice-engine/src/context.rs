@@ -1,6 +1,7 @@
 //! What the engine's actors and loops share.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_bus::Bus;
 use sluice_pack::Catalog;
@@ -12,4 +13,66 @@ pub(crate) struct Shared {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) store: Store,
     pub(crate) bus: Bus,
+    pub(crate) store_health: StoreHealth,
+}
+
+/// What the consumers know of the store's health. After a transient failure they hand
+/// messages back (nak with a delay) without touching the store until a pause has passed,
+/// the pause growing with each failure in a row (up to 5 s); then one message tries again.
+/// So a store outage costs one slow query per pause, not one per message, and the
+/// messages waiting in a consumer's batch go back to JetStream instead of outliving
+/// `ack_wait` in the batch.
+#[derive(Default)]
+pub(crate) struct StoreHealth {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    failures_in_a_row: u32,
+    down_until: Option<Instant>,
+}
+
+impl StoreHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the store failed so recently that it should not be tried yet.
+    pub(crate) fn resting(&self) -> bool {
+        self.lock()
+            .down_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    pub(crate) fn failed(&self) {
+        let mut state = self.lock();
+        state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
+        let pause = sluice_bus::settle::backoff(u64::from(state.failures_in_a_row))
+            .min(Duration::from_secs(5));
+        state.down_until = Some(Instant::now() + pause);
+    }
+
+    pub(crate) fn succeeded(&self) {
+        let mut state = self.lock();
+        state.failures_in_a_row = 0;
+        state.down_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_rests_the_store_and_a_success_ends_the_rest() {
+        let health = StoreHealth::default();
+        assert!(!health.resting());
+        health.failed();
+        assert!(health.resting());
+        health.succeeded();
+        assert!(!health.resting());
+    }
 }

@@ -27,6 +27,10 @@ pub(crate) async fn handle_trigger(
     message: Message,
 ) {
     settle.received(&message);
+    if shared.store_health.resting() {
+        settle.retry(&message, "the store is unavailable").await;
+        return;
+    }
     let stream_seq = message.info().ok().map(|i| i.stream_sequence);
     let header = |name: &str| {
         message
@@ -87,6 +91,7 @@ pub(crate) async fn handle_trigger(
         .unzip();
     match shared.store.record_event(&event, &firings).await {
         Ok(outcome) => {
+            shared.store_health.succeeded();
             if outcome.duplicate {
                 metrics().duplicates_suppressed.inc(["trigger"]);
                 debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
@@ -120,6 +125,7 @@ pub(crate) async fn handle_trigger(
             settle.ack(&message).await;
         }
         Err(e) if e.is_transient() => {
+            shared.store_health.failed();
             warn!(error = %e, "store unavailable; trigger message will be redelivered");
             settle.retry(&message, &e.to_string()).await;
         }

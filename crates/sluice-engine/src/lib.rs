@@ -151,6 +151,7 @@ impl Engine {
             catalog: config.catalog,
             store: config.store,
             bus: config.bus,
+            store_health: Default::default(),
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
         let actor_ctx = Arc::new(ActorContext {
@@ -185,10 +186,13 @@ impl Engine {
                 message: e.to_string(),
             })?;
         let (w, r, window) = (workers.clone(), routes.clone(), config.worker_loss_window);
+        let client = shared.bus.client().clone();
         consumer::spawn_loop(
             format!("{}/workers", config.name),
             root.get_cell(),
-            Box::new(move |cancel| Box::pin(monitor::run(heartbeats, w, r, window, cancel))),
+            Box::new(move |cancel| {
+                Box::pin(monitor::run(client, heartbeats, w, r, window, cancel))
+            }),
         )
         .await?;
 

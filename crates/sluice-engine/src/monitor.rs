@@ -1,6 +1,10 @@
 //! The worker monitor: listens to worker heartbeats and declares a worker lost when it has
 //! been silent longer than the loss window. Its executions are then ended `abandoned`, or
 //! requeued when their action retries on worker loss — by their supervisors.
+//!
+//! Silence only counts while the engine itself can hear: when its own NATS connection is
+//! down, no heartbeat could arrive, so nobody is declared lost, and once it is back every
+//! worker gets a fresh window to be heard again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -88,12 +92,21 @@ impl Workers {
         lost
     }
 
+    /// Restarts every live worker's window: after the engine could not hear anyone.
+    fn grace(&self) {
+        let now = Instant::now();
+        for info in self.lock().values_mut().filter(|i| !i.lost) {
+            info.seen = now;
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<WorkerInfo> {
         self.lock().values().cloned().collect()
     }
 }
 
 pub(crate) async fn run(
+    client: async_nats::Client,
     subscriber: async_nats::Subscriber,
     workers: Workers,
     routes: Routes,
@@ -102,6 +115,7 @@ pub(crate) async fn run(
 ) {
     let mut subscriber = subscriber;
     let mut ticks = tokio::time::interval((window / 4).max(Duration::from_millis(100)));
+    let mut deaf = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -113,6 +127,20 @@ pub(crate) async fn run(
                 None => return,
             },
             _ = ticks.tick() => {
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                if !connected {
+                    if !deaf {
+                        warn!("engine disconnected from NATS; worker loss detection paused");
+                    }
+                    deaf = true;
+                    continue;
+                }
+                if deaf {
+                    info!("engine reconnected to NATS; every worker has a fresh window to be heard");
+                    workers.grace();
+                    deaf = false;
+                }
                 let lost = workers.newly_lost(window);
                 if !lost.is_empty() {
                     warn!(workers = ?lost, window_secs = window.as_secs_f64(), "workers stopped sending heartbeats");

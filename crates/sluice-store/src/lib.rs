@@ -12,7 +12,7 @@ mod store;
 
 pub use model::{
     DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
-    NewEvent, Transition,
+    Ledger, NewEvent, Transition,
 };
 pub use store::{Store, StoreError};
 

@@ -108,6 +108,25 @@ pub struct ExecutionFilter {
     pub status: Option<ExecutionStatus>,
     /// Newest first, at most this many (default 50, at most 1000).
     pub limit: Option<u32>,
+    /// Only executions with a smaller id: the next page after a page ending at `before`.
+    pub before: Option<i64>,
+}
+
+/// Counts across the store that must add up: every trigger message is one event, every
+/// execution ends exactly once.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Ledger {
+    pub events: i64,
+    pub rejected_events: i64,
+    pub enforcements: i64,
+    /// Executions by status.
+    pub executions: std::collections::BTreeMap<String, i64>,
+    /// Executions not in a terminal status.
+    pub unfinished: i64,
+    /// Ended executions whose history does not hold exactly one terminal status (at most
+    /// 100 listed); empty when every execution ended once.
+    pub ended_other_than_once: Vec<i64>,
+    pub dead_letters: i64,
 }
 
 /// A message given up as never able to succeed, as the store keeps it.

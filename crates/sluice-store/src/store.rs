@@ -17,7 +17,7 @@ use sluice_telemetry::metrics;
 
 use crate::model::{
     DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
-    NewEvent, Transition,
+    Ledger, NewEvent, Transition,
 };
 
 /// Counts rows written, for `sluice_store_writes_total`.
@@ -209,6 +209,11 @@ fn status_list(statuses: &[ExecutionStatus]) -> String {
         .join(", ")
 }
 
+/// How long a query waits for a connection (PostgreSQL) or a lock (SQLite) before it fails
+/// as transient: well inside the engine consumers' 5 s `ack_wait`, so a message is nak'd
+/// with a backoff rather than redelivered while its handler still waits.
+const WAIT_FOR_DATABASE: Duration = Duration::from_secs(2);
+
 impl Store {
     /// Opens (creating if needed) and migrates the store at `url`: `postgres://…` for
     /// PostgreSQL, `sqlite://PATH` or a plain file path for SQLite.
@@ -216,7 +221,7 @@ impl Store {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(WAIT_FOR_DATABASE)
                 .connect(url)
                 .await?;
             sqlx::migrate!("../../migrations/postgres")
@@ -233,7 +238,7 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(WAIT_FOR_DATABASE)
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
@@ -514,7 +519,7 @@ impl Store {
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions \
              WHERE (CAST($1 AS TEXT) IS NULL OR action = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-             ORDER BY id DESC LIMIT $3"
+             AND id < $4 ORDER BY id DESC LIMIT $3"
         );
         let limit = i64::from(filter.limit.unwrap_or(50).clamp(1, 1000));
         let rows: Vec<ExecutionRow> = on_pool!(self, pool => {
@@ -522,6 +527,7 @@ impl Store {
                 .bind(&filter.action)
                 .bind(filter.status.map(|s| s.as_str()))
                 .bind(limit)
+                .bind(filter.before.unwrap_or(i64::MAX))
                 .fetch_all(pool)
                 .await?
         });
@@ -604,6 +610,48 @@ impl Store {
                 .await?
         });
         Ok(rows.into_iter().map(DeadLetterRecord::from).collect())
+    }
+
+    /// The store's counts, and any execution that did not end exactly once.
+    pub async fn ledger(&self) -> Result<Ledger, StoreError> {
+        let terminal: Vec<_> = ExecutionStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        let terminal = status_list(&terminal);
+        let mismatches = format!(
+            "SELECT e.id FROM executions e \
+             LEFT JOIN execution_history h ON h.execution_id = e.id AND h.status IN ({terminal}) \
+             WHERE e.status IN ({terminal}) GROUP BY e.id HAVING COUNT(h.status) <> 1 ORDER BY e.id LIMIT 100"
+        );
+        on_pool!(self, pool => {
+            let count = |sql: &'static str| async move {
+                let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await?;
+                Ok::<i64, StoreError>(n)
+            };
+            let by_status: Vec<(String, i64)> =
+                sqlx::query_as("SELECT status, COUNT(*) FROM executions GROUP BY status")
+                    .fetch_all(pool)
+                    .await?;
+            let ended_other_than_once: Vec<(i64,)> =
+                sqlx::query_as(AssertSqlSafe(mismatches)).fetch_all(pool).await?;
+            let mut ledger = Ledger {
+                events: count("SELECT COUNT(*) FROM events").await?,
+                rejected_events: count("SELECT COUNT(*) FROM events WHERE status = 'rejected'").await?,
+                enforcements: count("SELECT COUNT(*) FROM enforcements").await?,
+                dead_letters: count("SELECT COUNT(*) FROM dead_letters").await?,
+                ended_other_than_once: ended_other_than_once.into_iter().map(|(id,)| id).collect(),
+                ..Ledger::default()
+            };
+            for (status, n) in by_status {
+                let ended = status.parse::<ExecutionStatus>().is_ok_and(ExecutionStatus::is_terminal);
+                if !ended {
+                    ledger.unfinished += n;
+                }
+                ledger.executions.insert(status, n);
+            }
+            Ok(ledger)
+        })
     }
 
     /// How many enforcements exist for an event (one per rule that fired).

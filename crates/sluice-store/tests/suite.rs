@@ -197,6 +197,15 @@ async fn listing_filters_and_unfinished_order(store: Store) {
         .await
         .unwrap();
     assert_eq!(limited.len(), 1);
+    let next_page = store
+        .list_executions(&ExecutionFilter {
+            limit: Some(1),
+            before: Some(limited[0].id.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_page.iter().map(|e| e.id).collect::<Vec<_>>(), [b]);
     let unfinished = store.unfinished_executions().await.unwrap();
     assert_eq!(
         unfinished.iter().map(|e| e.id).collect::<Vec<_>>(),
@@ -304,6 +313,37 @@ async fn dead_letters_are_kept_once_per_message_newest_first(store: Store) {
     assert_eq!(listed[0].given_up_by, "engine/test");
 }
 
+async fn the_ledger_counts_and_finds_executions_not_ended_once(store: Store) {
+    use ExecutionStatus::*;
+    let outcome = store
+        .record_event(
+            &event(Some(1)),
+            &[firing("r1", "core.noop"), firing("r2", "core.noop")],
+        )
+        .await
+        .unwrap();
+    let mut rejected = event(Some(2));
+    rejected.rejected = Some("bad".into());
+    store.record_event(&rejected, &[]).await.unwrap();
+    let (a, b) = (outcome.executions[0].0, outcome.executions[1].0);
+    for to in [Scheduling, Scheduled, Running, Succeeded] {
+        assert!(store.transition(a, &Transition::to(to)).await.unwrap());
+    }
+    let ledger = store.ledger().await.unwrap();
+    assert_eq!(
+        (ledger.events, ledger.rejected_events, ledger.enforcements),
+        (2, 1, 2)
+    );
+    assert_eq!(ledger.executions.get("succeeded"), Some(&1));
+    assert_eq!(ledger.executions.get("requested"), Some(&1));
+    assert_eq!(ledger.unfinished, 1);
+    assert!(ledger.ended_other_than_once.is_empty());
+    assert!(store.fail_before_handoff(b, "no").await.unwrap());
+    let ledger = store.ledger().await.unwrap();
+    assert_eq!(ledger.unfinished, 0);
+    assert!(ledger.ended_other_than_once.is_empty());
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -339,4 +379,5 @@ store_suite!(
     listing_filters_and_unfinished_order,
     a_retry_starts_a_new_attempt_with_its_own_history,
     dead_letters_are_kept_once_per_message_newest_first,
+    the_ledger_counts_and_finds_executions_not_ended_once,
 );

@@ -129,7 +129,7 @@ fn pg_command(binary: &str) -> Command {
 /// A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl start` on a free port.
 pub struct Postgres {
     data_dir: PathBuf,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     port: u16,
 }
 
@@ -172,15 +172,26 @@ impl Postgres {
         if !status.success() {
             bail!("initdb failed: {status}");
         }
+        let postgres = Self {
+            data_dir,
+            root,
+            port,
+        };
+        postgres.pg_ctl_start()?;
+        Ok(postgres)
+    }
+
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c max_connections=200",
-            root.path().display()
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c max_connections=200",
+            self.port,
+            self.root.path().display()
         );
         let status = pg_command("pg_ctl")
             .args(["-w", "-t", "30", "-o", &options, "-l"])
-            .arg(root.path().join("postgres.log"))
+            .arg(self.root.path().join("postgres.log"))
             .arg("-D")
-            .arg(&data_dir)
+            .arg(&self.data_dir)
             .arg("start")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -189,11 +200,25 @@ impl Postgres {
         if !status.success() {
             bail!("pg_ctl start failed: {status}");
         }
-        Ok(Self {
-            data_dir,
-            _root: root,
-            port,
-        })
+        Ok(())
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: no shutdown checkpoint, every
+    /// connection dropped), as a crash would.
+    pub fn stop(&self) {
+        let _ = pg_command("pg_ctl")
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(&self.data_dir)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn start_again(&self) {
+        self.pg_ctl_start()
+            .expect("failed to start PostgreSQL again");
     }
 
     /// A URL for the `postgres` database of this cluster.
@@ -204,13 +229,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
-            .args(["-m", "immediate", "-D"])
-            .arg(&self.data_dir)
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.stop();
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Config {
     pub packs: Vec<PathBuf>,
     /// Where the HTTP API listens (engine only).
     pub http: SocketAddr,
+    /// Where `sluice worker` serves `/metrics` and `/healthz`; off when `None`. (`sluice up`
+    /// and `sluice engine` serve `/metrics` on the API.)
+    pub worker_http: Option<SocketAddr>,
     /// A running NATS server; `None` makes `sluice up` start its own.
     pub nats_url: Option<String>,
     /// Port of the nats-server that `sluice up` starts.

@@ -124,6 +124,9 @@ struct ServerArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SLUICE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Where `sluice worker` serves /metrics and /healthz (off unless given).
+    #[arg(long, env = "SLUICE_WORKER_HTTP")]
+    worker_http: Option<SocketAddr>,
     /// A running NATS server; without it `sluice up` starts nats-server itself.
     #[arg(long, env = "SLUICE_NATS_URL")]
     nats_url: Option<String>,
@@ -160,6 +163,7 @@ impl ServerArgs {
                 self.packs
             },
             http: self.http,
+            worker_http: self.worker_http,
             nats_url: self.nats_url,
             nats_port: self.nats_port,
             database_url: self.database_url,

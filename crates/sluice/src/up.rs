@@ -98,9 +98,13 @@ struct Api {
 
 impl Api {
     fn serve(listener: TcpListener, engine: Arc<Engine>) -> Self {
+        Self::serve_router(listener, sluice_api::app(engine))
+    }
+
+    fn serve_router(listener: TcpListener, router: axum::Router) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
-            axum::serve(listener, sluice_api::app(engine))
+            axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })
@@ -166,8 +170,21 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
 /// `sluice worker`: runs actions; needs NATS and the packs, no database.
 pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = load_catalog(&config)?;
+    let api = match config.worker_http {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on {addr} (--worker-http)"))?;
+            info!(metrics = %format!("http://{}/metrics", listener.local_addr()?), "worker metrics listening");
+            Some(Api::serve_router(listener, sluice_api::metrics_app()))
+        }
+        None => None,
+    };
     let worker = start_worker(&config, &catalog).await?;
     shutdown.await;
     worker.shutdown(config.drain_timeout).await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
     Ok(())
 }

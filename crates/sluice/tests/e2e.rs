@@ -478,57 +478,6 @@ async fn cancel_follows_ownership_queued_by_the_engine_running_by_the_worker() {
 }
 
 #[tokio::test]
-async fn unreadable_internal_messages_are_terminated_once_and_nothing_stops() {
-    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
-    let js = async_nats::jetstream::new(sluice.nats_client().await);
-    // Not MessagePack, and MessagePack of the wrong shape, on both internal streams.
-    let wrong_shape = rmp_serde::to_vec_named(&json!({"hello": "world"})).unwrap();
-    for subject in ["sluice.run.default", "sluice.status.1"] {
-        for payload in [b"\xc1garbage".to_vec(), wrong_shape.clone()] {
-            js.publish(subject, payload.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    }
-    for (stream, consumer) in [("RUN", "workers"), ("STATUS", "engine")] {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .get_consumer(consumer)
-            .await
-            .unwrap();
-        eventually(
-            &format!("{stream} poison handled"),
-            Duration::from_secs(20),
-            || {
-                let mut consumer = consumer.clone();
-                async move {
-                    let info = consumer.info().await.ok()?;
-                    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-                }
-            },
-        )
-        .await;
-        let info = consumer.info().await.unwrap();
-        assert_eq!(
-            info.num_redelivered, 0,
-            "{stream}: a poison message was redelivered"
-        );
-    }
-    let (_, created) = sluice
-        .post("/api/v1/executions", &json!({"action": "core.noop"}))
-        .await;
-    let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
-    assert_eq!(
-        done["status"], "succeeded",
-        "engine and worker keep serving"
-    );
-}
-
-#[tokio::test]
 async fn shutting_down_drains_executions_in_flight() {
     let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
     let (_, created) = sluice

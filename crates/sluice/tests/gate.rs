@@ -2,15 +2,15 @@
 //! `sluice worker` processes, a real nats-server. Actions log their own start and finish
 //! times (nanoseconds) to a file, so overlaps and order are read from what workers did.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::books;
+use common::cluster::Cluster;
 use serde_json::{Value, json};
-use sluice_testkit::{NatsServer, free_port};
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 const PACK: &[(&str, &str)] = &[
     ("pack.yaml", "ref: t\n"),
@@ -47,183 +47,6 @@ const PACK: &[(&str, &str)] = &[
         "name: paced\nrunner_type: noop\npolicy:\n  rate_limit: {count: 10, per_seconds: 1}\n",
     ),
 ];
-
-struct Cluster {
-    nats: NatsServer,
-    dir: tempfile::TempDir,
-    http_port: u16,
-    engine: Option<Child>,
-    workers: HashMap<String, Child>,
-    http: reqwest::Client,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.engine.iter_mut().chain(self.workers.values_mut()) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for (rel, text) in PACK {
-            let path = dir.path().join("packs/t").join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
-        Self {
-            nats: NatsServer::start(),
-            dir,
-            http_port: free_port(),
-            engine: None,
-            workers: HashMap::new(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("runs.log")
-    }
-
-    fn common_args(&self, command: &mut Command) {
-        let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
-        command
-            .arg("--nats-url")
-            .arg(self.nats.url())
-            .arg("--packs")
-            .arg(bundled)
-            .arg("--packs")
-            .arg(self.dir.path().join("packs"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-    }
-
-    async fn start_engine(&mut self) {
-        let mut command = Command::new(SLUICE);
-        command.args([
-            "engine",
-            "--worker-loss-window",
-            "2",
-            "--http",
-            &format!("127.0.0.1:{}", self.http_port),
-            "--data-dir",
-        ]);
-        command.arg(self.dir.path().join("data"));
-        self.common_args(&mut command);
-        self.engine = Some(command.spawn().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .http
-            .get(format!("{}/healthz", self.api()))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "engine did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill_engine(&mut self) {
-        let mut engine = self.engine.take().unwrap();
-        engine.kill().unwrap();
-        engine.wait().unwrap();
-    }
-
-    fn start_worker(&mut self, name: &str, capacity: usize) {
-        let mut command = Command::new(SLUICE);
-        command.args([
-            "worker",
-            "--worker-name",
-            name,
-            "--capacity",
-            &capacity.to_string(),
-            "--heartbeat-interval",
-            "0.2",
-        ]);
-        self.common_args(&mut command);
-        self.workers
-            .insert(name.to_owned(), command.spawn().unwrap());
-    }
-
-    fn kill_worker(&mut self, name: &str) {
-        let mut worker = self.workers.remove(name).unwrap();
-        worker.kill().unwrap();
-        worker.wait().unwrap();
-    }
-
-    fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
-    }
-
-    async fn submit(&self, action: &str, parameters: Value) -> i64 {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/executions", self.api()))
-            .json(&json!({ "action": action, "parameters": parameters }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        response.json::<Value>().await.unwrap()["id"]
-            .as_i64()
-            .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.api()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn execution(&self, id: i64) -> Value {
-        self.get(&format!("/api/v1/executions/{id}")).await
-    }
-
-    /// Every execution of `action` in full, status history included.
-    async fn full(&self, executions: &[Value]) -> Vec<Value> {
-        let mut full = Vec::with_capacity(executions.len());
-        for e in executions {
-            full.push(self.execution(e["id"].as_i64().unwrap()).await);
-        }
-        full
-    }
-
-    /// Waits until every execution of `action` (expecting `count`) has `status`.
-    async fn wait_all(
-        &self,
-        action: &str,
-        count: usize,
-        status: &str,
-        timeout: Duration,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let list = self
-                .get(&format!("/api/v1/executions?action={action}&limit=1000"))
-                .await;
-            let list = list.as_array().unwrap().clone();
-            let done = list.iter().filter(|e| e["status"] == status).count();
-            if list.len() == count && done == count {
-                return list;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{done}/{count} {action} executions {status} after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Event {
@@ -288,7 +111,7 @@ fn admitted_at(execution: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_executions_through_max_concurrent_3_on_3_workers() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(PACK);
     cluster.start_engine().await;
     for name in ["w1", "w2", "w3"] {
         cluster.start_worker(name, 4);
@@ -378,7 +201,7 @@ async fn a_thousand_executions_through_max_concurrent_3_on_3_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_run_in_parallel_each_in_its_own_order() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(PACK);
     cluster.start_engine().await;
     cluster.start_worker("w1", 8);
     let log = cluster.log();
@@ -420,7 +243,7 @@ async fn keys_run_in_parallel_each_in_its_own_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_with_500_queued_runs_them_all_once_in_order_after_restart() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(PACK);
     cluster.start_engine().await;
     cluster.start_worker("w1", 4);
     let log = cluster.log();
@@ -462,7 +285,7 @@ async fn an_engine_killed_with_500_queued_runs_them_all_once_in_order_after_rest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_executions_are_abandoned_or_retried_elsewhere() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(PACK);
     cluster.start_engine().await;
     cluster.start_worker("doomed", 4);
     let log = cluster.log();
@@ -561,11 +384,20 @@ async fn a_killed_worker_s_executions_are_abandoned_or_retried_elsewhere() {
         2,
         "abandoned executions never ran again"
     );
+    let books = books::balance(
+        &cluster.http,
+        &cluster.api(),
+        &cluster.nats.url(),
+        5,
+        &["t.long", "t.retried"],
+    )
+    .await;
+    assert_eq!((books.count("abandoned"), books.count("succeeded")), (2, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_paces_admissions_and_rejects_nothing() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(PACK);
     cluster.start_engine().await;
     cluster.start_worker("w1", 16);
     for _ in 0..50 {

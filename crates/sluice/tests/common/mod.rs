@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod books;
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,7 +33,7 @@ pub struct Sluice {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    _postgres: Option<Postgres>,
+    pub postgres: Option<Postgres>,
 }
 
 impl Sluice {
@@ -44,6 +47,7 @@ impl Sluice {
             data_dir: data_dir.path().to_owned(),
             packs,
             http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            worker_http: None,
             nats_url: Some(nats.url()),
             nats_port: 0,
             database_url: postgres.as_ref().map(Postgres::url),
@@ -61,7 +65,7 @@ impl Sluice {
             http: reqwest::Client::new(),
             stop: None,
             task: None,
-            _postgres: postgres,
+            postgres,
         };
         sluice.boot().await;
         sluice
@@ -113,6 +117,19 @@ impl Sluice {
             .await
             .unwrap();
         client.flush().await.unwrap();
+    }
+
+    /// The Prometheus text at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.api);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
