@@ -93,6 +93,9 @@ pub enum BusError {
         message: String,
         transient: bool,
     },
+    /// A conditional publish found another message last on its subject.
+    #[error("{subject} has a newer message than expected")]
+    NotLast { subject: String },
     #[error("failed to read from {what}: {message}")]
     Read { what: String, message: String },
     #[error(transparent)]
@@ -105,7 +108,7 @@ impl BusError {
         match self {
             Self::Publish { transient, .. } => *transient,
             Self::Read { .. } | Self::Connect { .. } => true,
-            Self::Setup { .. } | Self::Codec(_) => false,
+            Self::Setup { .. } | Self::NotLast { .. } | Self::Codec(_) => false,
         }
     }
 }
@@ -115,6 +118,15 @@ impl BusError {
 pub enum Published {
     Stored { sequence: u64 },
     Duplicate,
+}
+
+/// The last message on an execution's status subject.
+#[derive(Debug)]
+pub struct LastStatus {
+    /// Its sequence in the STATUS stream: what a claim expects to still be last.
+    pub sequence: u64,
+    /// The report, or why it is not one (a message no worker wrote).
+    pub report: Result<StatusReport, CodecError>,
 }
 
 /// A connection to NATS and its JetStream context; cheap to clone.
@@ -220,32 +232,45 @@ impl Bus {
             .map_err(|e| read(e.to_string()))
     }
 
-    /// Publishes with a deduplication id and counts the outcome under `kind`.
+    /// Publishes with a deduplication id and counts the outcome under `kind`. With
+    /// `expected_last`, JetStream stores the message only if the subject's last message
+    /// still has that sequence (0: the subject is empty); otherwise [`BusError::NotLast`].
     async fn publish(
         &self,
         kind: &'static str,
         subject: String,
         dedup_id: &str,
         payload: Vec<u8>,
+        expected_last: Option<u64>,
     ) -> Result<Published, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Content-Type", MSGPACK_CONTENT_TYPE);
-        let message = jetstream::message::PublishMessage::build()
+        let mut message = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(payload))
             .headers(headers)
             .message_id(dedup_id);
-        let failed = |message: String, kind: PublishErrorKind| BusError::Publish {
-            subject: subject.clone(),
-            message,
-            // Only a refusal of the message itself is final. "No stream" is what a server
-            // answers while JetStream is still starting after a restart: the streams exist.
-            transient: !matches!(
-                kind,
-                PublishErrorKind::MaxPayloadExceeded
-                    | PublishErrorKind::WrongLastMessageId
-                    | PublishErrorKind::WrongLastSequence
-                    | PublishErrorKind::Other
-            ),
+        if let Some(sequence) = expected_last {
+            message = message.expected_last_subject_sequence(sequence);
+        }
+        let failed = |message: String, kind: PublishErrorKind| {
+            if kind == PublishErrorKind::WrongLastSequence {
+                return BusError::NotLast {
+                    subject: subject.clone(),
+                };
+            }
+            BusError::Publish {
+                subject: subject.clone(),
+                message,
+                // Only a refusal of the message itself is final. "No stream" is what a server
+                // answers while JetStream is still starting after a restart: the streams exist.
+                transient: !matches!(
+                    kind,
+                    PublishErrorKind::MaxPayloadExceeded
+                        | PublishErrorKind::WrongLastMessageId
+                        | PublishErrorKind::WrongLastSequence
+                        | PublishErrorKind::Other
+                ),
+            }
         };
         let ack = self
             .jetstream
@@ -271,6 +296,7 @@ impl Bus {
             run_subject(DEFAULT_QUEUE),
             &message.dedup_id(),
             sluice_core::encode(message)?,
+            None,
         )
         .await
     }
@@ -287,8 +313,32 @@ impl Bus {
             status_subject(report.execution_id),
             &report.dedup_id(),
             sluice_core::encode(report)?,
+            None,
         )
         .await
+    }
+
+    /// Claims an execution attempt for one worker: publishes its `running` report only if
+    /// `expected_last` (from [`Bus::last_status`], 0 for none) is still the last message on
+    /// the execution's status subject. Of several workers holding copies of one run
+    /// message, exactly one claim succeeds; the others get `Ok(false)` and must not run it.
+    /// A repeat of this worker's own claim (same deduplication id) counts as claimed.
+    pub async fn claim(&self, report: &StatusReport, expected_last: u64) -> Result<bool, BusError> {
+        debug_assert_eq!(report.status, sluice_core::ExecutionStatus::Running);
+        let published = self
+            .publish(
+                "running",
+                status_subject(report.execution_id),
+                &report.dedup_id(),
+                sluice_core::encode(report)?,
+                Some(expected_last),
+            )
+            .await;
+        match published {
+            Ok(_) => Ok(true),
+            Err(BusError::NotLast { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks whichever worker holds the execution to cancel it; a worker that takes it later
@@ -299,6 +349,7 @@ impl Bus {
             cancel_subject(id),
             &format!("{id}.cancel"),
             Vec::new(),
+            None,
         )
         .await
     }
@@ -310,6 +361,7 @@ impl Bus {
             dead_letter_subject(&letter.stream),
             &letter.dedup_id(),
             sluice_core::encode(letter)?,
+            None,
         )
         .await
     }
@@ -322,12 +374,12 @@ impl Bus {
             .is_some())
     }
 
-    /// The payload of the last message stored on `subject` in `stream`, if any.
+    /// The sequence and payload of the last message stored on `subject` in `stream`, if any.
     async fn last_on_subject(
         &self,
         stream: &str,
         subject: &str,
-    ) -> Result<Option<Bytes>, BusError> {
+    ) -> Result<Option<(u64, Bytes)>, BusError> {
         let read = |message: String| BusError::Read {
             what: format!("{stream} stream"),
             message,
@@ -338,7 +390,7 @@ impl Bus {
             .await
             .map_err(|e| read(e.to_string()))?;
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(raw) => Ok(Some(raw.payload)),
+            Ok(raw) => Ok(Some((raw.sequence, raw.payload))),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(None)
             }
@@ -360,12 +412,16 @@ impl Bus {
             })
     }
 
-    /// The last report stored for an execution, if any: lets a worker that receives a
-    /// redelivered run message see that the execution already completed.
-    pub async fn last_status(&self, id: ExecutionId) -> Result<Option<StatusReport>, BusError> {
-        match self.last_on_subject("STATUS", &status_subject(id)).await? {
-            Some(payload) => Ok(Some(sluice_core::decode(&payload)?)),
-            None => Ok(None),
-        }
+    /// The last message stored on an execution's status subject, if any: lets a worker
+    /// that receives a run message see whether the attempt was already claimed or
+    /// completed, and claim it against that sequence.
+    pub async fn last_status(&self, id: ExecutionId) -> Result<Option<LastStatus>, BusError> {
+        Ok(self
+            .last_on_subject("STATUS", &status_subject(id))
+            .await?
+            .map(|(sequence, payload)| LastStatus {
+                sequence,
+                report: sluice_core::decode(&payload),
+            }))
     }
 }

@@ -53,7 +53,7 @@ async fn streams_are_applied_idempotently_and_publishes_deduplicated() {
 async fn the_last_status_of_an_execution_can_be_read_back() {
     let nats = NatsServer::start();
     let bus = Bus::connect(&nats.url(), "test").await.unwrap();
-    assert_eq!(bus.last_status(ExecutionId(5)).await.unwrap(), None);
+    assert!(bus.last_status(ExecutionId(5)).await.unwrap().is_none());
     let mut report = StatusReport {
         execution_id: ExecutionId(5),
         attempt: 1,
@@ -71,14 +71,40 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
         Published::Duplicate,
         "one completion per execution"
     );
-    assert_eq!(
-        bus.last_status(ExecutionId(5))
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        ExecutionStatus::Succeeded
+    let last = bus.last_status(ExecutionId(5)).await.unwrap().unwrap();
+    assert_eq!(last.report.unwrap().status, ExecutionStatus::Succeeded);
+    assert_eq!(last.sequence, 2);
+}
+
+#[tokio::test]
+async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let claim = |worker: &str| StatusReport {
+        execution_id: ExecutionId(8),
+        attempt: 1,
+        action: "core.noop".parse().unwrap(),
+        worker: worker.into(),
+        status: ExecutionStatus::Running,
+        result: serde_json::Value::Null,
+        at: Utc::now(),
+    };
+    // Both read an empty subject, then both claim against it.
+    assert!(bus.claim(&claim("a"), 0).await.unwrap());
+    assert!(
+        !bus.claim(&claim("b"), 0).await.unwrap(),
+        "b must stand down"
     );
+    assert!(
+        bus.claim(&claim("a"), 0).await.unwrap(),
+        "a's own repeat is a duplicate, still a's claim"
+    );
+    let last = bus.last_status(ExecutionId(8)).await.unwrap().unwrap();
+    assert_eq!(last.report.unwrap().worker, "a");
+    // A claim against the current last sequence goes through (a retry after a lost worker).
+    let mut retry = claim("b");
+    retry.attempt = 2;
+    assert!(bus.claim(&retry, last.sequence).await.unwrap());
 }
 
 #[tokio::test]

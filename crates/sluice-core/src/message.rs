@@ -1,8 +1,10 @@
 //! Messages between the engine and workers, encoded as MessagePack.
 //!
 //! A run message is published once per attempt with the deduplication id
-//! `<execution id>.<attempt>`; a worker answers with at most one `running` report
-//! (`<id>.<attempt>.running`) and exactly one completion (`<id>.<attempt>.completed`).
+//! `<execution id>.<attempt>`; the one worker that claims the attempt answers with one
+//! `running` report (`<id>.<attempt>.running.<worker>`, published only if nothing else
+//! reached the execution's status subject first) and one completion
+//! (`<id>.<attempt>.completed`).
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -51,17 +53,23 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// `<execution id>.<attempt>.running` and `<execution id>.<attempt>.completed`: one of
-    /// each per attempt, so JetStream drops any repeat. Per attempt, so the late completion
-    /// of a superseded attempt (a worker thought lost) cannot take the place of the real one;
-    /// the engine ignores reports whose attempt is not the execution's current one.
+    /// `<execution id>.<attempt>.completed`: one completion per attempt, so JetStream
+    /// drops any repeat. Per attempt, so the late completion of a superseded attempt (a
+    /// worker thought lost) cannot take the place of the real one; the engine ignores
+    /// reports whose attempt is not the execution's current one.
+    ///
+    /// `<execution id>.<attempt>.running.<worker>`: the claim. It names the worker so that
+    /// only the same worker's repeat is dropped as a duplicate; another worker's claim is
+    /// refused by its expected-last-sequence condition instead, and that worker stands down.
     pub fn dedup_id(&self) -> String {
-        let kind = if self.status.is_terminal() {
-            "completed"
+        if self.status.is_terminal() {
+            format!("{}.{}.completed", self.execution_id, self.attempt)
         } else {
-            "running"
-        };
-        format!("{}.{}.{kind}", self.execution_id, self.attempt)
+            format!(
+                "{}.{}.running.{}",
+                self.execution_id, self.attempt, self.worker
+            )
+        }
     }
 }
 
@@ -226,7 +234,7 @@ mod tests {
             result: serde_json::Value::Null,
             at: Utc::now(),
         };
-        assert_eq!(report.dedup_id(), "7.2.running");
+        assert_eq!(report.dedup_id(), "7.2.running.w1");
         report.status = ExecutionStatus::TimedOut;
         assert_eq!(report.dedup_id(), "7.2.completed");
         let back: StatusReport = decode(&encode(&report).unwrap()).unwrap();

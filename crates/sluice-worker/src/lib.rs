@@ -121,6 +121,15 @@ impl Actor for RunSupervisor {
             }
         };
         let name = shared.run_actor_name(run.execution_id);
+        if ractor::registry::where_is(name.clone()).is_some() {
+            // Another copy of this run message is being handled here right now; that one
+            // decides. This copy is done.
+            metrics().duplicates_suppressed.inc(["run"]);
+            debug!(execution_id = %run.execution_id, "copy of a run message this worker already holds");
+            let _ = message.double_ack().await;
+            drop(permit);
+            return Ok(());
+        }
         let args = RunArgs {
             shared: shared.clone(),
             run,
@@ -154,6 +163,21 @@ struct RunArgs {
     run: RunMessage,
     message: Box<jetstream::Message>,
     permit: OwnedSemaphorePermit,
+}
+
+/// How many times a worker reads an execution's status subject and tries to claim it
+/// before it gives the message back: another message landing between the read and the
+/// claim makes it read again.
+const CLAIM_TRIES: usize = 3;
+
+/// What a worker does with a run message.
+enum Claim {
+    /// This worker holds the attempt: run it.
+    Claimed,
+    /// Nothing to do: another worker holds it, or it is over.
+    Settled(&'static str),
+    /// Report this terminal status without running.
+    Finish(ExecutionStatus, serde_json::Value),
 }
 
 enum RunMsg {
@@ -242,6 +266,68 @@ impl RunActor {
         state
     }
 
+    /// Decides whether this worker runs the attempt, and claims it if so. A run message can
+    /// arrive more than once — redelivered after `ack_wait`, or published again by an engine
+    /// restarted after the deduplication window — and possibly to two workers at once; the
+    /// claim is a `running` report published only if the execution's status subject is
+    /// unchanged since it was read, so exactly one worker wins.
+    async fn claim(state: &RunState) -> Result<Claim, sluice_bus::BusError> {
+        let bus = &state.shared.bus;
+        let (id, attempt) = (state.run.execution_id, state.run.attempt);
+        let mut cancel_checked = false;
+        for _ in 0..CLAIM_TRIES {
+            let last = bus.last_status(id).await?;
+            let expected = last.as_ref().map_or(0, |l| l.sequence);
+            let report = match last.map(|l| l.report) {
+                Some(Ok(report)) => Some(report),
+                Some(Err(e)) => {
+                    // Not a report any worker wrote: it says nothing about this execution.
+                    warn!(execution_id = %id, error = %e, "unreadable message on the execution's status subject; ignored");
+                    None
+                }
+                None => None,
+            };
+            if let Some(last) = report {
+                if last.attempt > attempt {
+                    return Ok(Claim::Settled("an attempt newer than this one exists"));
+                }
+                if last.attempt == attempt && last.status.is_terminal() {
+                    return Ok(Claim::Settled("this attempt already completed"));
+                }
+                if last.attempt == attempt && last.worker != state.shared.name {
+                    // Live or lost, the claim is theirs; the engine's heartbeat monitor
+                    // decides whether that worker is gone.
+                    return Ok(Claim::Settled("another worker claimed this attempt"));
+                }
+                if last.attempt == attempt {
+                    warn!(execution_id = %id, attempt, "started by an earlier run of this worker, which was lost; reported abandoned");
+                    let error = format!("worker {} was lost while running it", last.worker);
+                    return Ok(Claim::Finish(
+                        ExecutionStatus::Abandoned,
+                        json!({ "error": error }),
+                    ));
+                }
+            }
+            if !cancel_checked {
+                if bus.cancel_requested(id).await? {
+                    info!(execution_id = %id, "cancelled before it started");
+                    return Ok(Claim::Finish(
+                        ExecutionStatus::Cancelled,
+                        json!({ "error": "cancelled before it started" }),
+                    ));
+                }
+                cancel_checked = true;
+            }
+            let running = Self::report(state, ExecutionStatus::Running, serde_json::Value::Null);
+            if bus.claim(&running, expected).await? {
+                return Ok(Claim::Claimed);
+            }
+        }
+        Err(sluice_bus::BusError::NotLast {
+            subject: sluice_bus::status_subject(id),
+        })
+    }
+
     async fn finish(
         myself: &ActorRef<RunMsg>,
         state: &RunState,
@@ -279,53 +365,22 @@ impl Actor for RunActor {
         };
         let id = state.run.execution_id;
         let attempt = state.run.attempt;
-        // A redelivery: the execution may already have run here or on a lost worker.
-        let last = match state.shared.bus.last_status(id).await {
-            Ok(last) => last,
-            Err(sluice_bus::BusError::Codec(e)) => {
-                // Not a report any worker wrote: it says nothing about this execution.
-                warn!(execution_id = %id, error = %e, "unreadable message on the execution's status subject; ignored");
-                None
-            }
-            Err(e) => return Ok(Self::retry_later(&myself, state, &e).await),
-        };
-        match last {
-            Some(last) if last.status.is_terminal() => {
+        match Self::claim(&state).await {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Settled(reason)) => {
                 metrics().duplicates_suppressed.inc(["run"]);
-                debug!(execution_id = %id, status = %last.status, "already completed; not run again");
+                debug!(execution_id = %id, attempt, reason, "run message not run");
                 let _ = state.message.double_ack().await;
                 myself.stop(None);
                 return Ok(state);
             }
-            Some(last) if last.attempt > attempt => {
-                metrics().duplicates_suppressed.inc(["run"]);
-                debug!(execution_id = %id, attempt, latest = last.attempt, "run message of an earlier attempt; dropped");
-                let _ = state.message.double_ack().await;
-                myself.stop(None);
+            Ok(Claim::Finish(status, result)) => {
+                Self::finish(&myself, &state, status, result).await;
                 return Ok(state);
             }
-            Some(last) if last.attempt == attempt => {
-                warn!(execution_id = %id, attempt, previous_worker = last.worker, "started before by a worker that was lost; reported abandoned");
-                let result =
-                    json!({ "error": format!("worker {} was lost while running it", last.worker) });
-                Self::finish(&myself, &state, ExecutionStatus::Abandoned, result).await;
-                return Ok(state);
-            }
-            _ => {}
-        }
-        let cancelled = match state.shared.bus.cancel_requested(id).await {
-            Ok(cancelled) => cancelled,
             Err(e) => return Ok(Self::retry_later(&myself, state, &e).await),
-        };
-        if cancelled {
-            info!(execution_id = %id, "cancelled before it started");
-            let result = json!({ "error": "cancelled before it started" });
-            Self::finish(&myself, &state, ExecutionStatus::Cancelled, result).await;
-            return Ok(state);
         }
         state.shared.running().insert(id);
-        let running = Self::report(&state, ExecutionStatus::Running, serde_json::Value::Null);
-        Self::publish(&state, &running).await;
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
         let run = state.run.clone();
         let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();

@@ -414,6 +414,93 @@ async fn one_nats_msg_id_is_one_event_and_no_id_is_one_event_per_publish() {
     assert_eq!(runs.per_tick, BTreeMap::from([(1, 1), (2, 2)]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
+    let pack = test_pack(&PACK[1..]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let second = sluice_worker::Worker::start(sluice_worker::WorkerConfig {
+        name: "worker/second".into(),
+        bus: sluice_bus::Bus::connect(&sluice.nats.url(), "second")
+            .await
+            .unwrap(),
+        actions_dirs: [("t".to_owned(), pack.path().join("t/actions"))].into(),
+        capacity: 4,
+        heartbeat_interval: Duration::from_millis(200),
+    })
+    .await
+    .unwrap();
+    let (_, created) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": "t.record", "parameters": {"n": 7}}),
+        )
+        .await;
+    let id = created["id"].as_i64().unwrap();
+    // What an engine restarted after the deduplication window, or a redelivery racing a
+    // slow worker, would leave in RUN: more copies of the same attempt.
+    let copy = sluice_core::RunMessage {
+        execution_id: sluice_core::ExecutionId(id),
+        attempt: 1,
+        action: "t.record".parse().unwrap(),
+        runner: sluice_core::RunnerType::LocalShellScript,
+        entry_point: Some("record.sh".into()),
+        parameters: json!({"n": 7}).as_object().unwrap().clone(),
+        secret_parameters: vec![],
+        timeout_secs: None,
+    };
+    let js = async_nats::jetstream::new(sluice.nats_client().await);
+    for i in 0..5 {
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(sluice_core::encode(&copy).unwrap()))
+            .message_id(format!("copy-{i}"));
+        js.send_publish("sluice.run.default", message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let done = sluice.wait_execution(id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("RUN")
+        .await
+        .unwrap()
+        .get_consumer("workers")
+        .await
+        .unwrap();
+    eventually("every copy settled", Duration::from_secs(30), || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+    let _ = consumer.info().await;
+    let runs = Runs::read(&pack.path().join("t/runs.log"));
+    assert_eq!(
+        runs.per_execution,
+        BTreeMap::from([(id, 1)]),
+        "the action ran more than once"
+    );
+    let metrics = sluice.metrics().await;
+    assert_eq!(
+        series(&metrics, "sluice_duplicates_suppressed_total{kind=\"run\"}"),
+        5,
+        "{metrics}"
+    );
+    let books = books::balance(
+        &sluice.http,
+        &sluice.api,
+        &sluice.nats.url(),
+        1,
+        &["t.record"],
+    )
+    .await;
+    books.report("six copies of one run message on two workers", &metrics);
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_stops() {
     let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
