@@ -32,6 +32,20 @@ pub use settle::Settle;
 pub use streams::{ConsumerDef, StreamDef, definitions};
 pub use trigger::{TriggerMessage, decode_trigger};
 
+/// A header of a received message, as text.
+pub fn header(message: &async_nats::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+}
+
+/// Makes `span` continue the trace whose context `message` carries, if it carries one.
+pub fn continue_trace(span: &tracing::Span, message: &async_nats::Message) {
+    sluice_telemetry::continue_trace(span, |name| header(message, name));
+}
+
 /// Where triggers are published: `sluice.trigger.<pack>.<name>`.
 pub const TRIGGER_PREFIX: &str = "sluice.trigger.";
 /// The queue every action uses until actions can name their own.
@@ -245,6 +259,11 @@ impl Bus {
     ) -> Result<Published, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Content-Type", MSGPACK_CONTENT_TYPE);
+        // The publishing span's context travels with the message, so the consumer's spans
+        // join the same trace.
+        for (name, value) in sluice_telemetry::trace_headers(&tracing::Span::current()) {
+            headers.insert(name.as_str(), value.as_str());
+        }
         let mut message = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(payload))
             .headers(headers)

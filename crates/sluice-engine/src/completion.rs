@@ -11,16 +11,35 @@ use sluice_bus::Settle;
 use sluice_core::{ExecutionStatus, StatusReport};
 use sluice_store::Transition;
 use sluice_telemetry::metrics;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::{Routes, Shared};
 
+/// Handles one report inside a `report.recorded` span, a child of the worker's
+/// `execution.run` span by the message's trace context.
 pub(crate) async fn handle_status(
     shared: &Arc<Shared>,
     routes: &Routes,
     settle: &Settle,
     message: Message,
 ) {
+    let span = info_span!(
+        "report.recorded",
+        subject = %message.subject,
+        execution_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    sluice_bus::continue_trace(&span, &message);
+    if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
+    record(shared, routes, settle, message)
+        .instrument(span)
+        .await;
+}
+
+async fn record(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, message: Message) {
     settle.received(&message);
     let report: StatusReport = match sluice_core::decode(&message.payload) {
         Ok(report) => report,
@@ -36,6 +55,9 @@ pub(crate) async fn handle_status(
         return;
     }
     let id = report.execution_id;
+    let span = tracing::Span::current();
+    span.record("execution_id", id.0);
+    span.record("status", report.status.as_str());
     let terminal = report.status.is_terminal();
     if report.status != ExecutionStatus::Running && !terminal {
         let reason = format!(

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sluice_core::{ExecutionStatus, RunMessage};
 use sluice_pack::Action;
 use sluice_store::Transition;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, warn};
 
 use crate::backend::ActorContext;
 use crate::supervisor::Pending;
@@ -106,6 +106,29 @@ impl Actor for ExecutionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let ExecutionMsg::Dispatch = message;
+        let span = tracing::info_span!(
+            "execution.dispatch",
+            execution_id = %state.pending.id,
+            action = %state.action.action_ref,
+            attempt = state.pending.attempt,
+            trace_id = tracing::field::Empty,
+        );
+        let trace = &state.pending.trace;
+        sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
+        if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
+            span.record("trace_id", trace_id);
+        }
+        Self::dispatch(&myself, state).instrument(span).await
+    }
+}
+
+impl ExecutionActor {
+    /// Records `scheduled` and publishes the run message (the handoff); the run message
+    /// carries this span's trace context to the worker.
+    async fn dispatch(
+        myself: &ActorRef<ExecutionMsg>,
+        state: &mut ExecutionState,
+    ) -> Result<(), ActorProcessingErr> {
         let id = state.pending.id;
         let status = match Self::advance(state).await {
             Ok(status) => status,

@@ -14,18 +14,36 @@ use chrono::Utc;
 use sluice_bus::{Settle, decode_trigger};
 use sluice_store::NewEvent;
 use sluice_telemetry::metrics;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::rules;
 use crate::supervisor::Pending;
 use crate::{Routes, Shared};
 
+/// Handles one trigger message inside a `trigger.received` span, which continues the
+/// publisher's trace when the message carries a `traceparent` header.
 pub(crate) async fn handle_trigger(
     shared: &Arc<Shared>,
     routes: &Routes,
     settle: &Settle,
     message: Message,
 ) {
+    let span = info_span!(
+        "trigger.received",
+        subject = %message.subject,
+        event_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    sluice_bus::continue_trace(&span, &message);
+    if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
+    receive(shared, routes, settle, message)
+        .instrument(span)
+        .await;
+}
+
+async fn receive(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, message: Message) {
     settle.received(&message);
     if shared.store_health.resting() {
         settle.retry(&message, "the store is unavailable").await;
@@ -85,13 +103,21 @@ pub(crate) async fn handle_trigger(
             event.payload = Some(decoded.payload);
         }
     }
+    // One `rule.matched` span per rule that fired; its context is the execution's trace.
     let (firings, parameters): (Vec<_>, Vec<_>) = planned
         .into_iter()
-        .map(|p| (p.firing, p.parameters))
+        .map(|mut p| {
+            let matched =
+                info_span!("rule.matched", rule = %p.firing.rule, action = %p.firing.action);
+            let trace = sluice_telemetry::trace_headers(&matched);
+            p.firing.traceparent = trace.get("traceparent").cloned();
+            (p.firing, (p.parameters, trace))
+        })
         .unzip();
     match shared.store.record_event(&event, &firings).await {
         Ok(outcome) => {
             shared.store_health.succeeded();
+            tracing::Span::current().record("event_id", outcome.event_id.0);
             if outcome.duplicate {
                 metrics().duplicates_suppressed.inc(["trigger"]);
                 debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
@@ -108,12 +134,8 @@ pub(crate) async fn handle_trigger(
                 .map(|(_, parameters)| parameters);
             for ((id, action), parameters) in outcome.executions.into_iter().zip(runnable) {
                 if let Some(supervisor) = routes.get(&action) {
-                    supervisor.enqueue(Pending {
-                        id,
-                        attempt: 1,
-                        parameters,
-                        enqueued_at: Utc::now(),
-                    });
+                    let (parameters, trace) = parameters;
+                    supervisor.enqueue(Pending::new(id, 1, &action, parameters, Utc::now(), trace));
                 }
             }
             for failed in firings.iter().filter_map(|f| f.failed.as_ref()) {

@@ -39,7 +39,7 @@ use sluice_bus::{Bus, Settle};
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::{Catalog, params};
 use sluice_store::Store;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, warn};
 
 use crate::backend::{ActorContext, Live};
 use crate::context::Shared;
@@ -316,18 +316,33 @@ impl Engine {
             return Err(SubmitError::Disabled(action_ref));
         }
         let parameters = params::resolve(definition, given)?;
+        let requested = tracing::info_span!(
+            "execution.requested",
+            action = %action_ref,
+            execution_id = tracing::field::Empty,
+        );
+        let trace = sluice_telemetry::trace_headers(&requested);
         let id = self
             .shared
             .store
-            .create_execution(&action_ref, &params::redact(definition, &parameters), None)
+            .create_execution(
+                &action_ref,
+                &params::redact(definition, &parameters),
+                None,
+                trace.get("traceparent").map(String::as_str),
+            )
+            .instrument(requested.clone())
             .await?;
+        requested.record("execution_id", id.0);
         if let Some(supervisor) = self.routes.get(&action_ref) {
-            supervisor.enqueue(Pending {
+            supervisor.enqueue(Pending::new(
                 id,
-                attempt: 1,
+                1,
+                &action_ref,
                 parameters,
-                enqueued_at: Utc::now(),
-            });
+                Utc::now(),
+                trace,
+            ));
         }
         Ok(id)
     }
@@ -491,12 +506,19 @@ async fn resume_one(
             .iter()
             .any(|name| parameters.get(name).is_some_and(|v| v == params::REDACTED))
     });
-    let pending = Pending {
+    let trace = execution
+        .traceparent
+        .iter()
+        .map(|tp| ("traceparent".to_owned(), tp.clone()))
+        .collect();
+    let pending = Pending::new(
         id,
-        attempt: execution.attempt,
+        execution.attempt,
+        &execution.action,
         parameters,
-        enqueued_at: execution.created_at,
-    };
+        execution.created_at,
+        trace,
+    );
     match execution.status {
         ExecutionStatus::Requested | ExecutionStatus::Scheduling if lost_secrets => {
             let reason = "its secret parameters are held in memory only and were lost when the engine stopped; request it again";

@@ -17,6 +17,7 @@ use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::Action;
 use sluice_pack::model::OnFull;
 use sluice_store::Transition;
+use sluice_telemetry::TraceHeaders;
 use tracing::{error, info, warn};
 
 use crate::backend::ActorContext;
@@ -31,6 +32,42 @@ pub(crate) struct Pending {
     /// Parameters as they will run, secrets included.
     pub(crate) parameters: Map<String, Value>,
     pub(crate) enqueued_at: DateTime<Utc>,
+    /// The trace the execution belongs to: the context of the span that requested it.
+    pub(crate) trace: TraceHeaders,
+    /// `execution.queued`, open from the request until the gate admits it: the wait for a
+    /// slot, as one span.
+    pub(crate) queued: Option<tracing::Span>,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        id: ExecutionId,
+        attempt: u32,
+        action: &ActionRef,
+        parameters: Map<String, Value>,
+        enqueued_at: DateTime<Utc>,
+        trace: TraceHeaders,
+    ) -> Self {
+        let queued = tracing::info_span!(
+            "execution.queued",
+            execution_id = %id,
+            action = %action,
+            attempt,
+            trace_id = tracing::field::Empty,
+        );
+        sluice_telemetry::continue_trace(&queued, |name| trace.get(name).cloned());
+        if let Some(trace_id) = sluice_telemetry::trace_id(&queued) {
+            queued.record("trace_id", trace_id);
+        }
+        Self {
+            id,
+            attempt,
+            parameters,
+            enqueued_at,
+            trace,
+            queued: Some(queued),
+        }
+    }
 }
 
 /// Figures one supervisor reports about itself.
@@ -275,12 +312,14 @@ impl ActionSupervisor {
         while !state.draining {
             let now = Instant::now();
             match state.gate.next(now) {
-                Next::Admit(id, pending) => {
+                Next::Admit(id, mut pending) => {
                     // Admission is recorded here, in gate order, so the store's `scheduling`
                     // times show the order the gate admitted in.
                     let admitted = Transition::to(ExecutionStatus::Scheduling);
                     match state.ctx.backend.transition(id, &admitted).await {
                         Ok(true) => {
+                            // The wait is over: `execution.queued` ends here.
+                            pending.queued = None;
                             Self::start_child(myself, state, pending, Phase::Dispatch).await
                         }
                         Ok(false) => {
@@ -725,12 +764,14 @@ mod tests {
 
         fn enqueue_with(&self, id: i64, parameters: Map<String, Value>) {
             self.fake.set(id, ExecutionStatus::Requested);
-            self.handle.enqueue(Pending {
-                id: ExecutionId(id),
-                attempt: 1,
+            self.handle.enqueue(Pending::new(
+                ExecutionId(id),
+                1,
+                &"t.a".parse().unwrap(),
                 parameters,
-                enqueued_at: Utc::now(),
-            });
+                Utc::now(),
+                Default::default(),
+            ));
         }
 
         /// Completes an execution as its worker would, and tells the supervisor.

@@ -23,6 +23,7 @@ fn kind_of(name: &str, root: &str) -> &'static str {
         Some("") => "engine",
         Some("ingestor") => "ingestor",
         Some("completions") => "completion-listener",
+        Some("dead-letters") => "dead-letter-recorder",
         Some("workers") => "worker-monitor",
         Some("action") => "action-supervisor",
         Some("execution") => "execution",

@@ -27,6 +27,8 @@ pub struct Firing {
     /// `Some(reason)` when the execution could not even be requested (a template failed):
     /// it is stored as `failed` with the reason as its result.
     pub failed: Option<String>,
+    /// The W3C `traceparent` of the span that requested it.
+    pub traceparent: Option<String>,
 }
 
 /// What recording an event did.
@@ -74,6 +76,11 @@ pub struct Execution {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The trace this execution's spans belong to (hex), when it was traced.
+    pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the span that requested it.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
     /// Filled by [`crate::Store::get_execution`] only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

@@ -98,9 +98,16 @@ struct ExecutionRow {
     updated_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    traceparent: Option<String>,
 }
 
-const EXECUTION_COLUMNS: &str = "id, action, status, parameters, result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at";
+const EXECUTION_COLUMNS: &str = "id, action, status, parameters, result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at, traceparent";
+
+/// The trace id inside a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32).then(|| id.to_owned())
+}
 
 fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -127,6 +134,8 @@ impl TryFrom<ExecutionRow> for Execution {
             updated_at: row.updated_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            trace_id: row.traceparent.as_deref().and_then(trace_id_of),
+            traceparent: row.traceparent,
             history: Vec::new(),
         })
     }
@@ -303,8 +312,8 @@ impl Store {
                 let status = if firing.failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Requested };
                 let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
                 let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8) RETURNING id",
+                    "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id",
                 )
                 .bind(firing.action.as_str())
                 .bind(status.as_str())
@@ -314,6 +323,7 @@ impl Store {
                 .bind(event_id)
                 .bind(now)
                 .bind(firing.failed.as_ref().map(|_| now))
+                .bind(&firing.traceparent)
                 .fetch_one(&mut *tx)
                 .await?;
                 for entered in [Some(ExecutionStatus::Requested), firing.failed.as_ref().map(|_| ExecutionStatus::Failed)].into_iter().flatten() {
@@ -352,18 +362,20 @@ impl Store {
         action: &ActionRef,
         parameters: &serde_json::Map<String, serde_json::Value>,
         parent_id: Option<ExecutionId>,
+        traceparent: Option<&str>,
     ) -> Result<ExecutionId, StoreError> {
         let now = Utc::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at) \
-                 VALUES ($1, 'requested', $2, $3, 1, $4, $4) RETURNING id",
+                "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at, traceparent) \
+                 VALUES ($1, 'requested', $2, $3, 1, $4, $4, $5) RETURNING id",
             )
             .bind(action.as_str())
             .bind(Json(parameters))
             .bind(parent_id.map(|p| p.0))
             .bind(now)
+            .bind(traceparent)
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, 'requested', $2)")

@@ -25,6 +25,7 @@ fn firing(rule: &str, action_ref: &str) -> Firing {
         action: action(action_ref),
         parameters: json!({"host": "db1"}).as_object().unwrap().clone(),
         failed: None,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     }
 }
 
@@ -45,6 +46,16 @@ async fn an_event_creates_one_execution_per_rule_once(store: Store) {
     );
     assert_eq!(again.event_id, first.event_id);
     assert!(again.executions.is_empty());
+    let stored = store
+        .get_execution(first.executions[0].0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.trace_id.as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c"),
+        "an execution keeps the trace it was requested in"
+    );
     assert_eq!(
         store
             .list_executions(&ExecutionFilter::default())
@@ -66,7 +77,7 @@ async fn an_event_creates_one_execution_per_rule_once(store: Store) {
 
 async fn transitions_follow_the_state_machine_and_write_once(store: Store) {
     let id = store
-        .create_execution(&action("core.noop"), &Default::default(), None)
+        .create_execution(&action("core.noop"), &Default::default(), None, None)
         .await
         .unwrap();
     assert!(
@@ -153,15 +164,15 @@ async fn listing_filters_and_unfinished_order(store: Store) {
     let noop = action("core.noop");
     let echo = action("core.echo");
     let a = store
-        .create_execution(&noop, &Default::default(), None)
+        .create_execution(&noop, &Default::default(), None, None)
         .await
         .unwrap();
     let b = store
-        .create_execution(&echo, &Default::default(), None)
+        .create_execution(&echo, &Default::default(), None, None)
         .await
         .unwrap();
     let c = store
-        .create_execution(&noop, &Default::default(), None)
+        .create_execution(&noop, &Default::default(), None, None)
         .await
         .unwrap();
     store
@@ -223,7 +234,7 @@ async fn listing_filters_and_unfinished_order(store: Store) {
 
 async fn a_retry_starts_a_new_attempt_with_its_own_history(store: Store) {
     let id = store
-        .create_execution(&action("core.noop"), &Default::default(), None)
+        .create_execution(&action("core.noop"), &Default::default(), None, None)
         .await
         .unwrap();
     for status in [ExecutionStatus::Scheduling, ExecutionStatus::Scheduled] {

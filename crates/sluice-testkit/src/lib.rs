@@ -1,6 +1,9 @@
 //! Real servers for Sluice's tests: a `nats-server -js` and a PostgreSQL cluster, each
-//! started on a free port with its own temporary directory and torn down on `Drop`.
+//! started on a free port with its own temporary directory and torn down on `Drop`, and an
+//! OTLP trace receiver that keeps what it is sent.
 //! Nothing here is a fake; a test that needs a broker or a database gets a real one.
+
+mod otlp;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -8,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -37,7 +37,7 @@ use sluice_telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, warn};
 
 /// How often a running execution tells JetStream it is still being worked on.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -190,6 +190,9 @@ struct RunState {
     shared: Arc<Shared>,
     run: RunMessage,
     message: Box<jetstream::Message>,
+    /// `execution.run`: this worker's part of the execution's trace, continued from the
+    /// run message's headers. Its reports carry it back to the engine.
+    span: tracing::Span,
     _permit: OwnedSemaphorePermit,
     task: Option<JoinHandle<()>>,
     progress: Option<JoinHandle<()>>,
@@ -354,15 +357,62 @@ impl Actor for RunActor {
         myself: ActorRef<RunMsg>,
         args: RunArgs,
     ) -> Result<RunState, ActorProcessingErr> {
-        let mut state = RunState {
+        let span = tracing::info_span!(
+            "execution.run",
+            execution_id = %args.run.execution_id,
+            action = %args.run.action,
+            attempt = args.run.attempt,
+            worker = %args.shared.name,
+            trace_id = tracing::field::Empty,
+        );
+        sluice_bus::continue_trace(&span, &args.message);
+        if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
+            span.record("trace_id", trace_id);
+        }
+        let state = RunState {
             shared: args.shared,
             run: args.run,
             message: args.message,
+            span: span.clone(),
             _permit: args.permit,
             task: None,
             progress: None,
             cancel: CancellationToken::new(),
         };
+        Self::begin(myself, state).instrument(span).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RunMsg>,
+        message: RunMsg,
+        state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        Self::on_message(myself, message, state)
+            .instrument(span)
+            .await
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RunMsg>,
+        state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(progress) = state.progress.take() {
+            progress.abort();
+        }
+        state.shared.running().remove(&state.run.execution_id);
+        Ok(())
+    }
+}
+
+impl RunActor {
+    /// Claims the attempt and starts the runner, or settles the message without running.
+    async fn begin(
+        myself: ActorRef<RunMsg>,
+        mut state: RunState,
+    ) -> Result<RunState, ActorProcessingErr> {
         let id = state.run.execution_id;
         let attempt = state.run.attempt;
         match Self::claim(&state).await {
@@ -386,17 +436,25 @@ impl Actor for RunActor {
         let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();
         let me = myself.clone();
         let cancel = state.cancel.clone();
-        state.task = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let outcome = runner::run(&run, actions_dir.as_deref(), &cancel).await;
-            debug!(execution_id = %run.execution_id, elapsed_ms = started.elapsed().as_millis() as u64, "runner returned");
-            let _ = me.send_message(RunMsg::Done(outcome));
-        }));
+        let process =
+            tracing::info_span!("process", runner = %run.runner, status = tracing::field::Empty);
+        state.task = Some(tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let outcome = runner::run(&run, actions_dir.as_deref(), &cancel).await;
+                tracing::Span::current().record("status", outcome.status.as_str());
+                debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "runner returned"
+                );
+                let _ = me.send_message(RunMsg::Done(outcome));
+            }
+            .instrument(process),
+        ));
         Ok(state)
     }
 
-    async fn handle(
-        &self,
+    async fn on_message(
         myself: ActorRef<RunMsg>,
         message: RunMsg,
         state: &mut RunState,
@@ -416,18 +474,6 @@ impl Actor for RunActor {
                 Self::finish(&myself, state, outcome.status, outcome.result).await;
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<RunMsg>,
-        state: &mut RunState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(progress) = state.progress.take() {
-            progress.abort();
-        }
-        state.shared.running().remove(&state.run.execution_id);
         Ok(())
     }
 }

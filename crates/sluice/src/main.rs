@@ -302,8 +302,25 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice_telemetry::init(cli.log_format);
-    match main_inner(cli).await {
+    // The long-running modes record and export spans; the client commands only log.
+    let service = match cli.command {
+        Command::Up(_) => Some("sluice"),
+        Command::Engine(_) => Some("sluice-engine"),
+        Command::Worker(_) => Some("sluice-worker"),
+        _ => None,
+    };
+    let telemetry = match service {
+        Some(service) => Some(sluice_telemetry::init(cli.log_format, service)),
+        None => {
+            sluice_telemetry::init_logs(cli.log_format);
+            None
+        }
+    };
+    let outcome = main_inner(cli).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -377,7 +377,7 @@ async fn a_restart_runs_what_was_requested_while_down() {
         .unwrap();
     let params = json!({"message": "hello"}).as_object().unwrap().clone();
     let id = store
-        .create_execution(&"core.echo".parse().unwrap(), &params, None)
+        .create_execution(&"core.echo".parse().unwrap(), &params, None, None)
         .await
         .unwrap();
     store.close().await;

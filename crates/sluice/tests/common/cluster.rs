@@ -67,7 +67,13 @@ impl Cluster {
     }
 
     pub async fn start_engine(&mut self) {
+        self.start_engine_with(&[]).await;
+    }
+
+    /// Starts `sluice engine` with extra environment variables.
+    pub async fn start_engine_with(&mut self, env: &[(&str, String)]) {
         let mut command = Command::new(SLUICE);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         command.args([
             "engine",
             "--worker-loss-window",
@@ -99,7 +105,13 @@ impl Cluster {
     }
 
     pub fn start_worker(&mut self, name: &str, capacity: usize) {
+        self.start_worker_with(name, capacity, &[]);
+    }
+
+    /// Starts `sluice worker` with extra environment variables.
+    pub fn start_worker_with(&mut self, name: &str, capacity: usize, env: &[(&str, String)]) {
         let mut command = Command::new(SLUICE);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         command.args([
             "worker",
             "--worker-name",

@@ -1,0 +1,207 @@
+//! One trace per trigger, across processes: a `sluice engine` exporting over OTLP/gRPC and
+//! a separate `sluice worker` exporting over OTLP/HTTP, both to a receiver in this test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use serde_json::Value;
+use sluice_testkit::{OtlpReceiver, ReceivedSpan};
+
+const PACK: &[(&str, &str)] = &[
+    ("pack.yaml", "ref: t\n"),
+    (
+        "actions/hold.yaml",
+        "name: hold\nrunner_type: local-shell-cmd\nparameters:\n  seconds: {type: number, required: true}\n  cmd: {type: string, default: 'sleep \"$SLUICE_PARAM_SECONDS\"'}\npolicy:\n  max_concurrent: 1\n",
+    ),
+    (
+        "triggers/go.yaml",
+        "name: go\npayload_schema:\n  type: object\n  required: [seconds]\n",
+    ),
+    (
+        "rules/on_go.yaml",
+        "name: on_go\ntrigger:\n  type: t.go\naction:\n  ref: t.hold\n  parameters:\n    seconds: \"{{ trigger.seconds }}\"\n",
+    ),
+];
+
+const PUBLISHER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PUBLISHER_SPAN: &str = "00f067aa0ba902b7";
+
+fn one<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "{name}: {found:#?}");
+    found[0]
+}
+
+fn history_at(execution: &Value, status: &str) -> chrono::DateTime<chrono::Utc> {
+    execution["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["status"] == status)
+        .unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_is_one_trace_from_publisher_to_completion_across_processes() {
+    let receiver = OtlpReceiver::start().await;
+    let mut cluster = Cluster::new(PACK);
+    let otel = |endpoint: String, protocol: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ]
+    };
+    cluster
+        .start_engine_with(&otel(receiver.grpc_endpoint(), "grpc"))
+        .await;
+    cluster.start_worker_with("w1", 2, &otel(receiver.http_endpoint(), "http/protobuf"));
+
+    let client = async_nats::connect(cluster.nats.url()).await.unwrap();
+    // A peer that holds the only slot for 1.5 s, then the traced trigger behind it.
+    client
+        .publish("sluice.trigger.t.go", r#"{"seconds": 1.5}"#.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{PUBLISHER_TRACE}-{PUBLISHER_SPAN}-01").as_str(),
+    );
+    client
+        .publish_with_headers("sluice.trigger.t.go", headers, r#"{"seconds": 0}"#.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let executions = cluster
+        .wait_all("t.hold", 2, "succeeded", Duration::from_secs(30))
+        .await;
+    let traced = executions
+        .iter()
+        .find(|e| e["parameters"]["seconds"] == 0)
+        .unwrap();
+    let traced = cluster.execution(traced["id"].as_i64().unwrap()).await;
+    assert_eq!(traced["trace_id"], PUBLISHER_TRACE, "{traced}");
+    let waited = (history_at(&traced, "scheduling") - history_at(&traced, "requested"))
+        .to_std()
+        .unwrap();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "it did not wait: {waited:?}"
+    );
+
+    // Wait for both processes' exports, up to the completion's report.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans: Vec<ReceivedSpan> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == PUBLISHER_TRACE)
+            .collect();
+        let completed = spans.iter().any(|s| {
+            s.name == "report.recorded"
+                && s.attributes.get("status").is_some_and(|v| v == "succeeded")
+        });
+        if completed && spans.iter().any(|s| s.name == "process") {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of the trace so far: {:#?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let received = one(&spans, "trigger.received");
+    let matched = one(&spans, "rule.matched");
+    let queued = one(&spans, "execution.queued");
+    let dispatch = one(&spans, "execution.dispatch");
+    let run = one(&spans, "execution.run");
+    let process = one(&spans, "process");
+    let reports: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "report.recorded")
+        .collect();
+    assert_eq!(
+        reports.len(),
+        2,
+        "a running report and a completion: {reports:#?}"
+    );
+
+    assert_eq!(
+        received.parent_span_id, PUBLISHER_SPAN,
+        "joins the publisher's trace"
+    );
+    assert_eq!(matched.parent_span_id, received.span_id);
+    assert_eq!(queued.parent_span_id, matched.span_id);
+    assert_eq!(dispatch.parent_span_id, matched.span_id);
+    assert_eq!(
+        run.parent_span_id, dispatch.span_id,
+        "the worker continues the engine's span"
+    );
+    assert_eq!(process.parent_span_id, run.span_id);
+    for report in &reports {
+        assert_eq!(
+            report.parent_span_id, run.span_id,
+            "reports come back from the run"
+        );
+        assert_eq!(report.service, "sluice-engine");
+    }
+    for span in [received, matched, queued, dispatch] {
+        assert_eq!(span.service, "sluice-engine", "{span:?}");
+    }
+    for span in [run, process] {
+        assert_eq!(span.service, "sluice-worker", "{span:?}");
+    }
+    let id = traced["id"].as_i64().unwrap().to_string();
+    for span in [queued, dispatch, run] {
+        assert_eq!(span.attributes.get("execution_id"), Some(&id), "{span:?}");
+    }
+    assert!(
+        queued.duration() + Duration::from_millis(20) >= waited,
+        "queue-wait span {:?} shorter than the wait {waited:?}",
+        queued.duration()
+    );
+    assert!(queued.end_unix_nano <= dispatch.start_unix_nano + 1_000_000);
+    assert!(run.start_unix_nano >= dispatch.start_unix_nano);
+
+    // The peer, published without a traceparent, is a trace of its own.
+    let peer_roots: Vec<ReceivedSpan> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "trigger.received" && s.trace_id != PUBLISHER_TRACE)
+        .collect();
+    assert_eq!(peer_roots.len(), 1);
+    assert!(
+        peer_roots[0].parent_span_id.is_empty(),
+        "{:?}",
+        peer_roots[0]
+    );
+
+    let mut sample: Vec<&ReceivedSpan> = spans.iter().collect();
+    sample.sort_by_key(|s| s.start_unix_nano);
+    let origin = sample[0].start_unix_nano;
+    for span in sample {
+        eprintln!(
+            "[trace {PUBLISHER_TRACE}] {:>8.1} ms +{:>8.1} ms  {:<14} {:<20} {}",
+            (span.start_unix_nano - origin) as f64 / 1e6,
+            span.duration().as_secs_f64() * 1e3,
+            span.service,
+            span.name,
+            span.attributes
+                .get("status")
+                .map(String::as_str)
+                .unwrap_or(""),
+        );
+    }
+}
