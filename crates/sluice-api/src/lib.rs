@@ -36,7 +36,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/ledger", get(ledger))
         .route("/api/v1/actors", get(actors))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(engine_metrics))
         .with_state(engine)
 }
 
@@ -50,15 +50,129 @@ pub fn metrics_app() -> Router {
         .route("/metrics", get(metrics))
 }
 
-/// The Prometheus text exposition of the process's counters.
-pub async fn metrics() -> impl IntoResponse {
+fn prometheus_text(text: String) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        sluice_telemetry::metrics().render(),
+        text,
     )
+}
+
+/// The Prometheus text exposition of the process's counters and histograms.
+pub async fn metrics() -> impl IntoResponse {
+    prometheus_text(sluice_telemetry::metrics().render())
+}
+
+/// The process's counters and histograms, and gauges read from the engine at scrape time:
+/// each action's queue, active count and limit (per concurrency key too), and workers.
+async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
+    use sluice_telemetry::metrics::render_gauge;
+    let mut text = sluice_telemetry::metrics().render();
+    let stats = engine.supervisor_stats().await;
+    let now = chrono::Utc::now();
+    let per_action = |value: &dyn Fn(&sluice_engine::SupervisorStats) -> Option<f64>| {
+        stats
+            .iter()
+            .filter_map(|s| Some((vec![s.action.to_string()], value(s)?)))
+            .collect::<Vec<_>>()
+    };
+    let per_key = |value: &dyn Fn(&sluice_engine::KeyQueueStats) -> f64| {
+        stats
+            .iter()
+            .flat_map(|s| {
+                s.keys
+                    .iter()
+                    .map(|k| (vec![s.action.to_string(), k.key.clone()], value(k)))
+            })
+            .collect::<Vec<_>>()
+    };
+    render_gauge(
+        &mut text,
+        "sluice_queue_length",
+        "Executions waiting at an action's gate.",
+        &["action"],
+        &per_action(&|s| Some(s.queue_length as f64)),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_active_executions",
+        "Executions admitted and not yet finished, by action.",
+        &["action"],
+        &per_action(&|s| Some(s.active_count as f64)),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_max_concurrent",
+        "An action's concurrency limit (actions with one only).",
+        &["action"],
+        &per_action(&|s| s.max_concurrent.map(|m| m as f64)),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_oldest_queued_seconds",
+        "How long the oldest queued execution of an action has waited.",
+        &["action"],
+        &per_action(&|s| {
+            s.oldest_queued_at
+                .map(|at| (now - at).as_seconds_f64().max(0.0))
+        }),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_key_queue_length",
+        "Executions waiting, per concurrency key.",
+        &["action", "key"],
+        &per_key(&|k| k.queue_length as f64),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_key_active_executions",
+        "Executions admitted and not yet finished, per concurrency key.",
+        &["action", "key"],
+        &per_key(&|k| k.active_count as f64),
+    );
+    let workers = engine.workers();
+    render_gauge(
+        &mut text,
+        "sluice_worker_capacity",
+        "Actions a worker runs at once, from its heartbeats.",
+        &["worker"],
+        &workers
+            .iter()
+            .filter(|w| !w.lost)
+            .map(|w| (vec![w.name.clone()], w.capacity as f64))
+            .collect::<Vec<_>>(),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_worker_running",
+        "Executions a worker is running, from its heartbeats.",
+        &["worker"],
+        &workers
+            .iter()
+            .filter(|w| !w.lost)
+            .map(|w| (vec![w.name.clone()], w.running.len() as f64))
+            .collect::<Vec<_>>(),
+    );
+    render_gauge(
+        &mut text,
+        "sluice_workers",
+        "Workers known to the engine, live or lost.",
+        &["state"],
+        &[
+            (
+                vec!["live".into()],
+                workers.iter().filter(|w| !w.lost).count() as f64,
+            ),
+            (
+                vec!["lost".into()],
+                workers.iter().filter(|w| w.lost).count() as f64,
+            ),
+        ],
+    );
+    prometheus_text(text)
 }
 
 /// Everything a handler can fail with.

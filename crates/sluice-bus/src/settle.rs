@@ -83,9 +83,23 @@ impl Settle {
 
     /// The effect is durable.
     pub async fn ack(&self, message: &Message) {
-        if let Err(e) = message.ack().await {
-            warn!(subject = %message.subject, error = %e, "ack not sent; the redelivery will be recognised");
+        match message.ack().await {
+            Ok(()) => metrics().acks.inc([self.label]),
+            Err(e) => {
+                warn!(subject = %message.subject, error = %e, "ack not sent; the redelivery will be recognised")
+            }
         }
+    }
+
+    /// The effect is durable, and JetStream confirms it has the ack: for a worker's run
+    /// message, whose redelivery would cost a claim check on another worker.
+    pub async fn double_ack(&self, message: &Message) -> Result<(), BusError> {
+        message.double_ack().await.map_err(|e| BusError::Read {
+            what: format!("ack of {}", message.subject),
+            message: e.to_string(),
+        })?;
+        metrics().acks.inc([self.label]);
+        Ok(())
     }
 
     /// A transient failure: deliver the message again after a backoff, or, on its last
@@ -102,7 +116,7 @@ impl Settle {
 
     /// Asks for the message again after [`backoff`], whatever its delivery count.
     pub async fn nak(&self, message: &Message) {
-        metrics().naks.inc();
+        metrics().naks.inc([self.label]);
         let delay = backoff(deliveries(message));
         if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
             warn!(subject = %message.subject, error = %e, "nak not sent; redelivered after ack_wait");
@@ -112,7 +126,7 @@ impl Settle {
     /// Terminates the message without a dead letter: for the consumer of dead letters
     /// itself, which must never publish to the stream it reads.
     pub async fn term(&self, message: &Message) {
-        metrics().terms.inc();
+        metrics().terms.inc([self.label]);
         if let Err(e) = message.ack_with(AckKind::Term).await {
             warn!(subject = %message.subject, error = %e, "term not sent");
         }

@@ -122,8 +122,10 @@ async fn receive(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, message
                 metrics().duplicates_suppressed.inc(["trigger"]);
                 debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
             } else if let Some(reason) = &event.rejected {
+                metrics().trigger_events.inc(["rejected"]);
                 warn!(event_id = %outcome.event_id, subject, reason, "trigger rejected");
             } else {
+                metrics().trigger_events.inc(["accepted"]);
                 info!(event_id = %outcome.event_id, trigger = event.trigger, rules = firings.len(), "trigger accepted");
             }
             // The store returns the executions it created in firing order, failed ones left out.

@@ -320,6 +320,10 @@ impl ActionSupervisor {
                         Ok(true) => {
                             // The wait is over: `execution.queued` ends here.
                             pending.queued = None;
+                            let waited = (Utc::now() - pending.enqueued_at).as_seconds_f64();
+                            sluice_telemetry::metrics()
+                                .admission_wait_seconds
+                                .observe([state.action.action_ref.as_str()], waited);
                             Self::start_child(myself, state, pending, Phase::Dispatch).await
                         }
                         Ok(false) => {

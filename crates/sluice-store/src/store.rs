@@ -20,6 +20,13 @@ use crate::model::{
     Ledger, NewEvent, Transition,
 };
 
+/// Records how long a write took, for `sluice_store_write_seconds`.
+fn timed(op: &'static str, started: std::time::Instant) {
+    metrics()
+        .store_write_seconds
+        .observe([op], started.elapsed().as_secs_f64());
+}
+
 /// Counts rows written, for `sluice_store_writes_total`.
 fn wrote(table: &'static str, kind: &'static str, rows: u64) {
     if rows > 0 {
@@ -284,6 +291,7 @@ impl Store {
         } else {
             "accepted"
         };
+        let started = std::time::Instant::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let inserted: Option<(i64,)> = sqlx::query_as(
@@ -352,6 +360,10 @@ impl Store {
             wrote("executions", "insert", n);
             wrote("enforcements", "insert", n);
             wrote("execution_history", "insert", n + ended);
+            timed("record_event", started);
+            for firing in firings.iter().filter(|f| f.failed.is_some()) {
+                metrics().executions_ended.inc([firing.action.as_str(), "failed"]);
+            }
             Ok(EventOutcome { event_id: EventId(event_id), duplicate: false, executions })
         })
     }
@@ -365,6 +377,7 @@ impl Store {
         traceparent: Option<&str>,
     ) -> Result<ExecutionId, StoreError> {
         let now = Utc::now();
+        let started = std::time::Instant::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let (id,): (i64,) = sqlx::query_as(
@@ -386,6 +399,7 @@ impl Store {
             tx.commit().await?;
             wrote("executions", "insert", 1);
             wrote("execution_history", "insert", 1);
+            timed("create_execution", started);
             Ok(ExecutionId(id))
         })
     }
@@ -450,7 +464,7 @@ impl Store {
              attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
              started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE started_at END, \
              finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
-             WHERE id = $7 AND status IN ({}){}",
+             WHERE id = $7 AND status IN ({}){} RETURNING action",
             status_list(sources),
             // A number from the report's typed field, never text from outside.
             transition
@@ -458,9 +472,10 @@ impl Store {
                 .map(|a| format!(" AND attempt = {a}"))
                 .unwrap_or_default()
         );
+        let started = std::time::Instant::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let changed = sqlx::query(AssertSqlSafe(sql))
+            let action: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(to.as_str())
                 .bind(transition.at)
                 .bind(transition.result.as_ref().map(Json))
@@ -469,10 +484,9 @@ impl Store {
                 .bind(to.is_terminal())
                 .bind(id.0)
                 .bind(to == ExecutionStatus::Requested)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
+                .fetch_optional(&mut *tx)
+                .await?;
+            let changed = action.is_some();
             let mut history = 0;
             if changed {
                 history = sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
@@ -486,6 +500,10 @@ impl Store {
             tx.commit().await?;
             wrote("executions", "update", u64::from(changed));
             wrote("execution_history", "insert", history);
+            timed("transition", started);
+            if let Some((action,)) = action.filter(|_| to.is_terminal()) {
+                metrics().executions_ended.inc([action.as_str(), to.as_str()]);
+            }
             Ok(changed)
         })
     }
@@ -589,6 +607,7 @@ impl Store {
     /// whether it was new.
     pub async fn record_dead_letter(&self, letter: &DeadLetter) -> Result<bool, StoreError> {
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let started = std::time::Instant::now();
         let inserted = on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO dead_letters (stream, consumer, subject, stream_seq, deliveries, reason, payload_size, payload, given_up_by, created_at) \
@@ -609,6 +628,7 @@ impl Store {
             .rows_affected()
         });
         wrote("dead_letters", "insert", inserted);
+        timed("record_dead_letter", started);
         Ok(inserted == 1)
     }
 

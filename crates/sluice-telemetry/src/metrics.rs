@@ -37,8 +37,36 @@ impl Counter {
     }
 
     fn render(&self, out: &mut String) {
-        header(out, self.name, self.help);
+        header(out, self.name, self.help, "counter");
         let _ = writeln!(out, "{} {}", self.name, self.get());
+    }
+}
+
+/// A series' label values, owned so that any text (an action name) can be one.
+type Labels<const N: usize> = [Box<str>; N];
+
+fn same<const N: usize>(stored: &Labels<N>, values: &[&str; N]) -> bool {
+    stored.iter().zip(values).all(|(a, b)| &**a == *b)
+}
+
+fn owned<const N: usize>(values: &[&str; N]) -> Labels<N> {
+    values.map(Box::from)
+}
+
+fn write_labels(out: &mut String, names: &[&str], values: &[&str], extra: Option<(&str, &str)>) {
+    let pairs = names.iter().zip(values).map(|(n, v)| (*n, *v)).chain(extra);
+    let mut first = true;
+    for (name, value) in pairs {
+        let _ = write!(
+            out,
+            "{}{name}=\"{}\"",
+            if first { "{" } else { "," },
+            escape(value)
+        );
+        first = false;
+    }
+    if !first {
+        out.push('}');
     }
 }
 
@@ -47,7 +75,7 @@ pub struct CounterVec<const N: usize> {
     name: &'static str,
     help: &'static str,
     labels: [&'static str; N],
-    series: RwLock<Vec<([&'static str; N], AtomicU64)>>,
+    series: RwLock<Vec<(Labels<N>, AtomicU64)>>,
 }
 
 impl<const N: usize> CounterVec<N> {
@@ -60,33 +88,33 @@ impl<const N: usize> CounterVec<N> {
         }
     }
 
-    pub fn inc(&self, values: [&'static str; N]) {
+    pub fn inc(&self, values: [&str; N]) {
         self.add(values, 1);
     }
 
-    pub fn add(&self, values: [&'static str; N], n: u64) {
+    pub fn add(&self, values: [&str; N], n: u64) {
         {
             let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, value)) = series.iter().find(|(v, _)| *v == values) {
+            if let Some((_, value)) = series.iter().find(|(v, _)| same(v, &values)) {
                 value.fetch_add(n, Ordering::Relaxed);
                 return;
             }
         }
         let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
-        match series.iter().find(|(v, _)| *v == values) {
+        match series.iter().find(|(v, _)| same(v, &values)) {
             Some((_, value)) => {
                 value.fetch_add(n, Ordering::Relaxed);
             }
-            None => series.push((values, AtomicU64::new(n))),
+            None => series.push((owned(&values), AtomicU64::new(n))),
         }
     }
 
     /// The value of one series (0 if it was never incremented).
-    pub fn get(&self, values: [&'static str; N]) -> u64 {
+    pub fn get(&self, values: [&str; N]) -> u64 {
         let series = self.series.read().unwrap_or_else(|e| e.into_inner());
         series
             .iter()
-            .find(|(v, _)| *v == values)
+            .find(|(v, _)| same(v, &values))
             .map_or(0, |(_, value)| value.load(Ordering::Relaxed))
     }
 
@@ -97,29 +125,153 @@ impl<const N: usize> CounterVec<N> {
     }
 
     fn render(&self, out: &mut String) {
-        header(out, self.name, self.help);
-        let mut series: Vec<_> = {
+        header(out, self.name, self.help, "counter");
+        let mut series: Vec<(Labels<N>, u64)> = {
             let series = self.series.read().unwrap_or_else(|e| e.into_inner());
             series
                 .iter()
-                .map(|(v, n)| (*v, n.load(Ordering::Relaxed)))
+                .map(|(v, n)| (v.clone(), n.load(Ordering::Relaxed)))
                 .collect()
         };
         series.sort();
         for (values, n) in series {
-            let _ = write!(out, "{}{{", self.name);
-            for (i, (label, value)) in self.labels.iter().zip(values).enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(out, "{sep}{label}=\"{}\"", escape(value));
-            }
-            let _ = writeln!(out, "}} {n}");
+            out.push_str(self.name);
+            let values: Vec<&str> = values.iter().map(|v| &**v).collect();
+            write_labels(out, &self.labels, &values, None);
+            let _ = writeln!(out, " {n}");
         }
     }
 }
 
-fn header(out: &mut String, name: &str, help: &str) {
+/// Upper bounds (seconds) of the histogram buckets: from a millisecond to five minutes.
+const BUCKETS: [f64; 15] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+struct HistogramSeries {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// The sum in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl HistogramSeries {
+    fn new() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// A histogram of durations in seconds, with `N` labels.
+pub struct HistogramVec<const N: usize> {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; N],
+    series: RwLock<Vec<(Labels<N>, HistogramSeries)>>,
+}
+
+impl<const N: usize> HistogramVec<N> {
+    fn new(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
+        Self {
+            name,
+            help,
+            labels,
+            series: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn observe(&self, values: [&str; N], seconds: f64) {
+        {
+            let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, h)) = series.iter().find(|(v, _)| same(v, &values)) {
+                h.observe(seconds);
+                return;
+            }
+        }
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        if !series.iter().any(|(v, _)| same(v, &values)) {
+            series.push((owned(&values), HistogramSeries::new()));
+        }
+        if let Some((_, h)) = series.iter().find(|(v, _)| same(v, &values)) {
+            h.observe(seconds);
+        }
+    }
+
+    /// How many observations one series has.
+    pub fn count(&self, values: [&str; N]) -> u64 {
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        series
+            .iter()
+            .find(|(v, _)| same(v, &values))
+            .map_or(0, |(_, h)| h.count.load(Ordering::Relaxed))
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "histogram");
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut order: Vec<usize> = (0..series.len()).collect();
+        order.sort_by(|a, b| series[*a].0.cmp(&series[*b].0));
+        for i in order {
+            let (values, h) = &series[i];
+            let values: Vec<&str> = values.iter().map(|v| &**v).collect();
+            let mut cumulative = 0;
+            for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = write!(out, "{}_bucket", self.name);
+                write_labels(out, &self.labels, &values, Some(("le", &bound.to_string())));
+                let _ = writeln!(out, " {cumulative}");
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = write!(out, "{}_bucket", self.name);
+            write_labels(out, &self.labels, &values, Some(("le", "+Inf")));
+            let _ = writeln!(out, " {count}");
+            let _ = write!(out, "{}_sum", self.name);
+            write_labels(out, &self.labels, &values, None);
+            let _ = writeln!(
+                out,
+                " {}",
+                h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = write!(out, "{}_count", self.name);
+            write_labels(out, &self.labels, &values, None);
+            let _ = writeln!(out, " {count}");
+        }
+    }
+}
+
+/// Writes one gauge family measured at scrape time: `series` are (label values, value).
+pub fn render_gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    series: &[(Vec<String>, f64)],
+) {
+    header(out, name, help, "gauge");
+    for (values, value) in series {
+        out.push_str(name);
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        write_labels(out, labels, &values, None);
+        let _ = writeln!(out, " {value}");
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 fn escape(value: &str) -> String {
@@ -138,13 +290,27 @@ pub struct Metrics {
     pub duplicates_suppressed: CounterVec<1>,
     /// Messages delivered more than once, by consumer.
     pub redeliveries: CounterVec<1>,
-    pub naks: Counter,
-    pub terms: Counter,
+    /// Messages acknowledged, by consumer.
+    pub acks: CounterVec<1>,
+    /// Messages handed back for a later delivery, by consumer.
+    pub naks: CounterVec<1>,
+    /// Messages given up, by consumer.
+    pub terms: CounterVec<1>,
     pub dead_letters: Counter,
     /// Rows inserted or updated, by table and kind (`insert`, `update`).
     pub store_writes: CounterVec<2>,
+    /// How long store writes take, by operation.
+    pub store_write_seconds: HistogramVec<1>,
     pub completions: Counter,
     pub stale_reports_ignored: Counter,
+    /// Trigger events recorded, by status (`accepted`, `rejected`).
+    pub trigger_events: CounterVec<1>,
+    /// Executions that ended, by action and terminal status.
+    pub executions_ended: CounterVec<2>,
+    /// From request to admission, by action.
+    pub admission_wait_seconds: HistogramVec<1>,
+    /// From the start of the action's process to its end, on the worker, by action.
+    pub run_seconds: HistogramVec<1>,
 }
 
 impl Metrics {
@@ -165,19 +331,51 @@ impl Metrics {
                 "Messages delivered more than once, by consumer.",
                 ["consumer"],
             ),
-            naks: Counter::new(
-                "sluice_naks_total",
-                "Messages handed back for a later redelivery after a transient failure.",
+            acks: CounterVec::new(
+                "sluice_acks_total",
+                "Messages acknowledged, by consumer.",
+                ["consumer"],
             ),
-            terms: Counter::new(
+            naks: CounterVec::new(
+                "sluice_naks_total",
+                "Messages handed back for a later redelivery after a transient failure, by consumer.",
+                ["consumer"],
+            ),
+            terms: CounterVec::new(
                 "sluice_terms_total",
-                "Messages terminated because they can never succeed.",
+                "Messages terminated because they can never succeed, by consumer.",
+                ["consumer"],
             ),
             dead_letters: Counter::new("sluice_dead_letters_total", "Dead-letter records stored."),
             store_writes: CounterVec::new(
                 "sluice_store_writes_total",
                 "Rows written to the store, by table and kind.",
                 ["table", "kind"],
+            ),
+            store_write_seconds: HistogramVec::new(
+                "sluice_store_write_seconds",
+                "How long store writes take, by operation.",
+                ["op"],
+            ),
+            trigger_events: CounterVec::new(
+                "sluice_trigger_events_total",
+                "Trigger events recorded, by status.",
+                ["status"],
+            ),
+            executions_ended: CounterVec::new(
+                "sluice_executions_total",
+                "Executions that ended, by action and terminal status.",
+                ["action", "status"],
+            ),
+            admission_wait_seconds: HistogramVec::new(
+                "sluice_admission_wait_seconds",
+                "Time from an execution's request to its admission by the action's gate.",
+                ["action"],
+            ),
+            run_seconds: HistogramVec::new(
+                "sluice_run_seconds",
+                "Time an action ran on a worker.",
+                ["action"],
             ),
             completions: Counter::new(
                 "sluice_completions_total",
@@ -196,12 +394,18 @@ impl Metrics {
         self.messages_published.render(&mut out);
         self.duplicates_suppressed.render(&mut out);
         self.redeliveries.render(&mut out);
+        self.acks.render(&mut out);
         self.naks.render(&mut out);
         self.terms.render(&mut out);
         self.dead_letters.render(&mut out);
         self.store_writes.render(&mut out);
+        self.store_write_seconds.render(&mut out);
         self.completions.render(&mut out);
         self.stale_reports_ignored.render(&mut out);
+        self.trigger_events.render(&mut out);
+        self.executions_ended.render(&mut out);
+        self.admission_wait_seconds.render(&mut out);
+        self.run_seconds.render(&mut out);
         out
     }
 }
@@ -224,7 +428,11 @@ mod tests {
         m.messages_published.add(["completed"], 3);
         m.messages_published.inc(["run"]);
         m.store_writes.inc(["executions", "update"]);
-        m.naks.inc();
+        m.naks.inc(["status"]);
+        let action = String::from("examples.diagnose");
+        m.executions_ended.inc([action.as_str(), "succeeded"]);
+        m.admission_wait_seconds.observe([action.as_str()], 0.3);
+        m.admission_wait_seconds.observe([action.as_str()], 7.0);
         let text = m.render();
         assert!(text.contains("# TYPE sluice_messages_published_total counter\n"));
         assert!(text.contains("sluice_messages_published_total{kind=\"completed\"} 3\n"));
@@ -232,8 +440,26 @@ mod tests {
         assert!(
             text.contains("sluice_store_writes_total{table=\"executions\",kind=\"update\"} 1\n")
         );
-        assert!(text.contains("sluice_naks_total 1\n"));
-        assert!(text.contains("sluice_terms_total 0\n"));
+        assert!(text.contains("sluice_naks_total{consumer=\"status\"} 1\n"));
+        assert!(text.contains("# TYPE sluice_terms_total counter\n"));
+        assert!(text.contains(
+            "sluice_executions_total{action=\"examples.diagnose\",status=\"succeeded\"} 1\n"
+        ));
+        assert!(text.contains("# TYPE sluice_admission_wait_seconds histogram\n"));
+        let bucket = |le: &str, n: u64| {
+            format!(
+                "sluice_admission_wait_seconds_bucket{{action=\"examples.diagnose\",le=\"{le}\"}} {n}\n"
+            )
+        };
+        assert!(text.contains(&bucket("0.25", 0)), "{text}");
+        assert!(text.contains(&bucket("0.5", 1)), "{text}");
+        assert!(text.contains(&bucket("+Inf", 2)), "{text}");
+        assert!(
+            text.contains("sluice_admission_wait_seconds_sum{action=\"examples.diagnose\"} 7.3\n")
+        );
+        assert!(
+            text.contains("sluice_admission_wait_seconds_count{action=\"examples.diagnose\"} 2\n")
+        );
         assert_eq!(m.messages_published.get(["run"]), 2);
         assert_eq!(m.messages_published.total(), 5);
         assert_eq!(m.redeliveries.get(["status"]), 0);

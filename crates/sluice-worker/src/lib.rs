@@ -126,7 +126,7 @@ impl Actor for RunSupervisor {
             // decides. This copy is done.
             metrics().duplicates_suppressed.inc(["run"]);
             debug!(execution_id = %run.execution_id, "copy of a run message this worker already holds");
-            let _ = message.double_ack().await;
+            let _ = shared.settle.double_ack(&message).await;
             drop(permit);
             return Ok(());
         }
@@ -339,7 +339,7 @@ impl RunActor {
     ) {
         let report = Self::report(state, status, result);
         Self::publish(state, &report).await;
-        if let Err(e) = state.message.double_ack().await {
+        if let Err(e) = state.shared.settle.double_ack(&state.message).await {
             warn!(execution_id = %report.execution_id, error = %e, "run message ack not confirmed; a redelivery will find the completion");
         }
         info!(execution_id = %report.execution_id, action = %report.action, status = %report.status, "execution finished");
@@ -420,7 +420,7 @@ impl RunActor {
             Ok(Claim::Settled(reason)) => {
                 metrics().duplicates_suppressed.inc(["run"]);
                 debug!(execution_id = %id, attempt, reason, "run message not run");
-                let _ = state.message.double_ack().await;
+                let _ = state.shared.settle.double_ack(&state.message).await;
                 myself.stop(None);
                 return Ok(state);
             }
@@ -442,6 +442,9 @@ impl RunActor {
             async move {
                 let started = Instant::now();
                 let outcome = runner::run(&run, actions_dir.as_deref(), &cancel).await;
+                metrics()
+                    .run_seconds
+                    .observe([run.action.as_str()], started.elapsed().as_secs_f64());
                 tracing::Span::current().record("status", outcome.status.as_str());
                 debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,

@@ -205,3 +205,152 @@ async fn a_trigger_is_one_trace_from_publisher_to_completion_across_processes() 
         );
     }
 }
+
+fn scrape(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses as Prometheus text")
+}
+
+/// The value of the sample `metric` whose labels include every `(name, value)` given.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+/// The bucket counts of a histogram sample, by upper bound.
+fn buckets(
+    scrape: &prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(f64, f64)> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(b) => {
+                b.iter().map(|b| (b.less_than, b.count)).collect()
+            }
+            other => panic!("{metric} is not a histogram: {other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_queues_waits_runs_and_outcomes() {
+    use common::{Sluice, StoreKind, test_pack};
+    use serde_json::json;
+    let pack = test_pack(&PACK[1..]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    for seconds in [1.0, 0.0, 0.0] {
+        sluice
+            .post(
+                "/api/v1/executions",
+                &json!({"action": "t.hold", "parameters": {"seconds": seconds}}),
+            )
+            .await;
+    }
+    let held =
+        sluice_testkit::eventually("two queued behind one", Duration::from_secs(20), || async {
+            let scrape = scrape(&sluice.metrics().await);
+            let queued = sample(&scrape, "sluice_queue_length", &[("action", "t.hold")])?;
+            (queued == 2.0).then_some(scrape)
+        })
+        .await;
+    assert_eq!(
+        sample(&held, "sluice_active_executions", &[("action", "t.hold")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&held, "sluice_max_concurrent", &[("action", "t.hold")]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &held,
+            "sluice_oldest_queued_seconds",
+            &[("action", "t.hold")]
+        )
+        .unwrap()
+            >= 0.0
+    );
+    assert_eq!(
+        sample(&held, "sluice_workers", &[("state", "live")]),
+        Some(1.0)
+    );
+
+    sluice
+        .publish("sluice.trigger.t.go", br#"{"seconds": 0}"#)
+        .await;
+    sluice
+        .publish("sluice.trigger.t.go", br#"{"no": "seconds"}"#)
+        .await;
+    sluice.wait_finished(4).await;
+
+    let done = scrape(&sluice.metrics().await);
+    let hold = [("action", "t.hold")];
+    assert_eq!(
+        sample(
+            &done,
+            "sluice_executions_total",
+            &[("action", "t.hold"), ("status", "succeeded")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &done,
+            "sluice_trigger_events_total",
+            &[("status", "accepted")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &done,
+            "sluice_trigger_events_total",
+            &[("status", "rejected")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&done, "sluice_queue_length", &hold), Some(0.0));
+    assert_eq!(sample(&done, "sluice_active_executions", &hold), Some(0.0));
+    // Two executions waited behind the 1 s one: the wait histogram shows it.
+    let waits = buckets(&done, "sluice_admission_wait_seconds", &hold);
+    let within = |bound: f64| waits.iter().find(|(le, _)| *le == bound).map(|(_, n)| *n);
+    assert_eq!(within(f64::INFINITY), Some(4.0), "{waits:?}");
+    assert!(within(0.5).unwrap() <= 2.0, "{waits:?}");
+    assert_eq!(
+        sample(&done, "sluice_admission_wait_seconds_count", &hold),
+        Some(4.0)
+    );
+    let runs = buckets(&done, "sluice_run_seconds", &hold);
+    assert_eq!(runs.last().map(|(_, n)| *n), Some(4.0), "{runs:?}");
+    assert!(
+        runs.iter().find(|(le, _)| *le == 0.5).unwrap().1 <= 3.0,
+        "the 1 s run: {runs:?}"
+    );
+    assert!(
+        sample(
+            &done,
+            "sluice_store_write_seconds_count",
+            &[("op", "transition")]
+        )
+        .unwrap()
+            >= 16.0
+    );
+    assert!(sample(&done, "sluice_acks_total", &[("consumer", "status")]).unwrap() >= 8.0);
+    assert!(sample(&done, "sluice_acks_total", &[("consumer", "triggers")]).unwrap() >= 2.0);
+    assert_eq!(sample(&done, "sluice_completions_total", &[]), Some(4.0));
+}
