@@ -387,6 +387,28 @@ async fn ledger(State(engine): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!(engine.store().ledger().await?)))
 }
 
-async fn actors(State(engine): State<AppState>) -> Json<Value> {
-    Json(json!(engine.actor_tree().await))
+#[derive(Deserialize)]
+struct ActorsQuery {
+    action: Option<String>,
+}
+
+/// The live actor tree; `?action=REF` keeps only that action's supervisor.
+async fn actors(
+    State(engine): State<AppState>,
+    Query(query): Query<ActorsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tree = engine.actor_tree().await;
+    let tree = match query.action {
+        None => tree,
+        Some(action) => {
+            let action: sluice_core::ActionRef = action
+                .parse()
+                .map_err(|e| ApiError::BadRequest(format!("action {action:?}: {e}")))?;
+            if engine.catalog().action(&action).is_none() {
+                return Err(ApiError::NotFound(format!("no action {action}")));
+            }
+            tree.only_action(&action)
+        }
+    };
+    Ok(Json(json!(tree)))
 }

@@ -47,8 +47,8 @@ use crate::execution::Phase;
 use crate::supervisor::{ActionSupervisor, Pending, SupervisorArgs, SupervisorHandle};
 
 pub use monitor::WorkerInfo;
-pub use supervisor::{CancelOutcome, KeyQueueStats, SupervisorStats};
-pub use tree::ActorNode;
+pub use supervisor::{AdmittedExecution, CancelOutcome, KeyQueueStats, SupervisorStats};
+pub use tree::{ActorNode, ExecutionView, WorkerView};
 
 type Routes = Arc<HashMap<ActionRef, SupervisorHandle>>;
 
@@ -409,7 +409,14 @@ impl Engine {
     /// The live actor tree, read from ractor's supervision links.
     pub async fn actor_tree(&self) -> ActorNode {
         let stats = self.supervisor_stats().await;
-        tree::snapshot(&self.root.get_cell(), &self.shared.name, &stats)
+        let workers = self.workers.snapshot();
+        tree::snapshot(
+            &self.root.get_cell(),
+            None,
+            &self.shared.name,
+            &stats,
+            &workers,
+        )
     }
 
     /// Stops taking triggers, lets executions already handed to workers finish (up to

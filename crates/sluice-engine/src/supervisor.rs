@@ -83,6 +83,20 @@ pub struct SupervisorStats {
     /// Per concurrency key, when the action has one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyQueueStats>,
+    /// The admitted executions, one per live child (shown on the children in the tree).
+    #[serde(skip)]
+    pub admitted: Vec<AdmittedExecution>,
+}
+
+/// What a supervisor knows of one of its live execution children.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AdmittedExecution {
+    pub execution_id: ExecutionId,
+    pub attempt: u32,
+    /// `scheduled` until a worker reports it `running`.
+    pub status: ExecutionStatus,
+    pub worker: Option<String>,
+    pub requested_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -265,6 +279,24 @@ impl SupervisorState {
             } else {
                 keys.iter().map(key_view).collect()
             },
+            admitted: self
+                .admitted
+                .values()
+                .map(|p| {
+                    let worker = self.running_on.get(&p.id).cloned();
+                    AdmittedExecution {
+                        execution_id: p.id,
+                        attempt: p.attempt,
+                        status: if worker.is_some() {
+                            ExecutionStatus::Running
+                        } else {
+                            ExecutionStatus::Scheduled
+                        },
+                        worker,
+                        requested_at: p.enqueued_at,
+                    }
+                })
+                .collect(),
         }
     }
 }

@@ -1,18 +1,61 @@
 //! A snapshot of the engine's live actor tree, read from ractor's supervision links.
+//!
+//! Each node is a running actor, found by walking `ActorCell::get_children` from the engine's
+//! root: nothing here keeps a parallel list. Nodes carry what their actor knows: action
+//! supervisors their queue figures, execution actors their execution. Two kinds of node
+//! are views rather than actors, and say so in their kind: `key-queue` nodes under a
+//! supervisor (per-key queues live inside its gate) and `worker` / `run` nodes under the
+//! worker monitor (workers are other processes, known here by their heartbeats).
 
+use chrono::{DateTime, Utc};
 use ractor::ActorCell;
 use serde::Serialize;
+use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 
-use crate::supervisor::SupervisorStats;
+use crate::monitor::WorkerInfo;
+use crate::supervisor::{KeyQueueStats, SupervisorStats};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorNode {
     pub name: String,
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// Queue figures, on action supervisors.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SupervisorStats>,
+    /// Queue figures of one concurrency key, on key queues.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyQueueStats>,
+    /// The execution, on execution actors and runs.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<ExecutionView>,
+    /// The worker as its heartbeats describe it, on workers.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerView>,
     pub children: Vec<ActorNode>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutionView {
+    pub execution_id: ExecutionId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ExecutionStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Seconds since it was requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    pub capacity: usize,
+    pub in_flight: usize,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub lost: bool,
 }
 
 fn kind_of(name: &str, root: &str) -> &'static str {
@@ -31,7 +74,73 @@ fn kind_of(name: &str, root: &str) -> &'static str {
     }
 }
 
-pub(crate) fn snapshot(cell: &ActorCell, root: &str, stats: &[SupervisorStats]) -> ActorNode {
+fn leaf(name: String, kind: &'static str, parent: &str) -> ActorNode {
+    ActorNode {
+        name,
+        kind,
+        parent: Some(parent.to_owned()),
+        stats: None,
+        key: None,
+        execution: None,
+        worker: None,
+        children: Vec::new(),
+    }
+}
+
+fn worker_nodes(workers: &[WorkerInfo], parent: &str) -> Vec<ActorNode> {
+    workers
+        .iter()
+        .map(|w| {
+            let mut node = leaf(w.name.clone(), "worker", parent);
+            node.worker = Some(WorkerView {
+                capacity: w.capacity,
+                in_flight: w.running.len(),
+                last_heartbeat_at: w.last_heartbeat_at,
+                lost: w.lost,
+            });
+            node.children = w
+                .running
+                .iter()
+                .map(|id| {
+                    let mut run = leaf(format!("{}/run/{id}", w.name), "run", &w.name);
+                    run.execution = Some(ExecutionView {
+                        execution_id: *id,
+                        attempt: None,
+                        status: None,
+                        worker: Some(w.name.clone()),
+                        age_seconds: None,
+                    });
+                    run
+                })
+                .collect();
+            node
+        })
+        .collect()
+}
+
+/// A concurrency key (a JSON array of parameter values) as a name: `db1` for `["db1"]`,
+/// `db1,5` for `["db1",5]`.
+fn readable(key: &str) -> String {
+    match serde_json::from_str::<Vec<serde_json::Value>>(key) {
+        Ok(values) => values
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(_) => key.to_owned(),
+    }
+}
+
+pub(crate) fn snapshot(
+    cell: &ActorCell,
+    parent: Option<&str>,
+    root: &str,
+    stats: &[SupervisorStats],
+    workers: &[WorkerInfo],
+) -> ActorNode {
     let name = cell.get_name().unwrap_or_else(|| cell.get_id().to_string());
     let kind = kind_of(&name, root);
     let own_stats = (kind == "action-supervisor")
@@ -46,13 +155,59 @@ pub(crate) fn snapshot(cell: &ActorCell, root: &str, stats: &[SupervisorStats]) 
     let mut children: Vec<ActorNode> = cell
         .get_children()
         .iter()
-        .map(|child| snapshot(child, root, stats))
+        .map(|child| snapshot(child, Some(&name), root, stats, workers))
         .collect();
+    let now = Utc::now();
+    if let Some(stats) = &own_stats {
+        for child in children.iter_mut().filter(|c| c.kind == "execution") {
+            let id = child.name.rsplit('/').next().and_then(|id| id.parse().ok());
+            if let Some(admitted) = stats.admitted.iter().find(|a| Some(a.execution_id) == id) {
+                child.execution = Some(ExecutionView {
+                    execution_id: admitted.execution_id,
+                    attempt: Some(admitted.attempt),
+                    status: Some(admitted.status),
+                    worker: admitted.worker.clone(),
+                    age_seconds: Some((now - admitted.requested_at).as_seconds_f64().max(0.0)),
+                });
+            }
+        }
+        children.extend(stats.keys.iter().map(|k| {
+            let mut node = leaf(
+                format!("{name}/key/{}", readable(&k.key)),
+                "key-queue",
+                &name,
+            );
+            node.key = Some(k.clone());
+            node
+        }));
+    }
+    if kind == "worker-monitor" {
+        children.extend(worker_nodes(workers, &name));
+    }
     children.sort_by(|a, b| a.name.cmp(&b.name));
     ActorNode {
         name,
         kind,
+        parent: parent.map(str::to_owned),
         stats: own_stats,
+        key: None,
+        execution: None,
+        worker: None,
         children,
+    }
+}
+
+impl ActorNode {
+    /// Keeps only the supervisor of `action` (and everything that is not a supervisor).
+    pub fn only_action(mut self, action: &ActionRef) -> Self {
+        self.children.retain(|c| {
+            c.kind != "action-supervisor" || c.stats.as_ref().is_some_and(|s| &s.action == action)
+        });
+        self.children = self
+            .children
+            .into_iter()
+            .map(|c| c.only_action(action))
+            .collect();
+        self
     }
 }

@@ -242,14 +242,54 @@ pub fn print_tree(node: &Value, depth: usize, out: &mut impl Write) -> std::io::
         node["name"].as_str().unwrap_or("?"),
         node["kind"].as_str().unwrap_or("?")
     );
-    if node.get("queue_length").is_some() {
+    if node.get("queue_length").is_some() && node["kind"] == "action-supervisor" {
         let limit = node["max_concurrent"]
             .as_u64()
             .map_or_else(|| "∞".to_owned(), |l| l.to_string());
+        let per_key = node["keys"].as_array().is_some_and(|k| !k.is_empty());
+        if per_key {
+            line.push_str(&format!(
+                " queued={} active={} ({limit} per key)",
+                node["queue_length"], node["active_count"]
+            ));
+        } else {
+            line.push_str(&format!(
+                " queued={} active={}/{limit}",
+                node["queue_length"], node["active_count"]
+            ));
+        }
+        if let Some(oldest) = node["oldest_queued_at"].as_str() {
+            line.push_str(&format!(" oldest_queued_at={oldest}"));
+        }
+    }
+    if node["kind"] == "key-queue" {
         line.push_str(&format!(
-            " queued={} active={}/{limit}",
+            " queued={} active={}",
             node["queue_length"], node["active_count"]
         ));
+    }
+    if let Some(status) = node["status"].as_str() {
+        line.push_str(&format!(" {status}"));
+    }
+    if let Some(age) = node["age_seconds"].as_f64() {
+        line.push_str(&format!(" age={age:.1}s"));
+    }
+    if node["kind"] == "execution"
+        && let Some(worker) = node["worker"].as_str()
+    {
+        line.push_str(&format!(" on {worker}"));
+    }
+    if node["kind"] == "worker" {
+        line.push_str(&format!(
+            " running={}/{}",
+            node["in_flight"], node["capacity"]
+        ));
+        if let Some(at) = node["last_heartbeat_at"].as_str() {
+            line.push_str(&format!(" last_heartbeat={at}"));
+        }
+        if node["lost"] == true {
+            line.push_str(" LOST");
+        }
     }
     writeln!(out, "{line}")?;
     for child in node["children"].as_array().into_iter().flatten() {

@@ -71,6 +71,9 @@ enum Command {
     },
     /// Print the engine's live actor tree.
     Actors {
+        /// Only this action's supervisor (pack.name).
+        #[arg(long)]
+        action: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -287,8 +290,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Command::Actors { client } => {
-            let tree = Client::new(&client.api).get("/api/v1/actors").await?;
+        Command::Actors { action, client } => {
+            let path = match action {
+                Some(action) => format!("/api/v1/actors?action={action}"),
+                None => "/api/v1/actors".to_owned(),
+            };
+            let tree = Client::new(&client.api).get(&path).await?;
             if client.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&tree)?)?;
             } else {

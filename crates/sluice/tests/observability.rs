@@ -354,3 +354,150 @@ async fn metrics_show_queues_waits_runs_and_outcomes() {
     assert!(sample(&done, "sluice_acks_total", &[("consumer", "triggers")]).unwrap() >= 2.0);
     assert_eq!(sample(&done, "sluice_completions_total", &[]), Some(4.0));
 }
+
+fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
+    if node["name"] == name {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|child| find(child, name))
+}
+
+/// Every node's `parent` names the node it sits under.
+fn assert_parents(node: &Value) {
+    for child in node["children"].as_array().unwrap() {
+        assert_eq!(child["parent"], node["name"], "{child}");
+        assert_parents(child);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actor_tree_shows_queues_executions_and_workers() {
+    use common::{Sluice, StoreKind, test_pack};
+    use serde_json::json;
+    let pack = test_pack(&[(
+        "actions/keyed.yaml",
+        "name: keyed\nrunner_type: local-shell-cmd\nparameters:\n  host: {type: string, required: true}\n  cmd: {type: string, default: sleep 30}\npolicy:\n  max_concurrent: 1\n  concurrency_key: [host]\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let mut ids = Vec::new();
+    for host in ["db1", "db1", "web1"] {
+        let (_, created) = sluice
+            .post(
+                "/api/v1/executions",
+                &json!({"action": "t.keyed", "parameters": {"host": host}}),
+            )
+            .await;
+        ids.push(created["id"].as_i64().unwrap());
+    }
+    let tree = sluice_testkit::eventually(
+        "two running, one queued",
+        Duration::from_secs(20),
+        || async {
+            let (_, tree) = sluice.get("/api/v1/actors?action=t.keyed").await;
+            let supervisor = find(&tree, "engine/action/t.keyed")?.clone();
+            let running = supervisor["children"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["status"] == "running")
+                .count();
+            let beating = find(&tree, "worker/test").is_some_and(|w| w["in_flight"] == 2);
+            (running == 2 && beating).then_some(tree)
+        },
+    )
+    .await;
+    assert_parents(&tree);
+    let supervisors: Vec<&Value> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "action-supervisor")
+        .collect();
+    assert_eq!(
+        supervisors.len(),
+        1,
+        "?action narrows the tree to one supervisor"
+    );
+    let supervisor = supervisors[0];
+    assert_eq!(
+        (
+            supervisor["queue_length"].as_u64(),
+            supervisor["active_count"].as_u64(),
+            supervisor["max_concurrent"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1))
+    );
+    assert!(supervisor["oldest_queued_at"].is_string(), "{supervisor}");
+    for id in &ids[..1] {
+        let execution = find(&tree, &format!("engine/execution/{id}")).unwrap();
+        assert_eq!(execution["kind"], "execution");
+        assert_eq!(execution["execution_id"], *id);
+        assert_eq!(execution["worker"], "worker/test");
+        assert!(execution["age_seconds"].as_f64().unwrap() >= 0.0);
+    }
+    let db1 = find(&tree, "engine/action/t.keyed/key/db1").expect("a key queue per host");
+    assert_eq!(
+        (db1["kind"].as_str(), db1["queue_length"].as_u64()),
+        (Some("key-queue"), Some(1))
+    );
+    let worker = find(&tree, "worker/test").unwrap();
+    assert_eq!(worker["kind"], "worker");
+    assert_eq!(worker["capacity"], 8);
+    assert!(worker["last_heartbeat_at"].is_string());
+    assert_eq!(worker["parent"], "engine/workers");
+    let runs: Vec<i64> = worker["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["execution_id"].as_i64().unwrap())
+        .collect();
+    assert!(runs.contains(&ids[0]) && runs.contains(&ids[2]), "{runs:?}");
+    let (status, _) = sluice.get("/api/v1/actors?action=t.nope").await;
+    assert_eq!(status, 404);
+
+    // `sluice actors` prints the same tree, indented.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["actors", "--api", &sluice.api])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    eprintln!("{printed}");
+    assert!(printed.starts_with("engine [engine]\n"), "{printed}");
+    assert!(
+        printed
+            .contains("  engine/action/t.keyed [action-supervisor] queued=1 active=2 (1 per key)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!(
+            "    engine/execution/{} [execution] running",
+            ids[0]
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("    worker/test [worker] running=2/8"),
+        "{printed}"
+    );
+    let json_out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "actors",
+            "--json",
+            "--action",
+            "t.keyed",
+            "--api",
+            &sluice.api,
+        ])
+        .output()
+        .unwrap();
+    let parsed: Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(parsed["kind"], "engine");
+    for id in ids {
+        sluice
+            .post(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
+            .await;
+    }
+}
