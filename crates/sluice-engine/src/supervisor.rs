@@ -68,6 +68,12 @@ impl Pending {
             queued: Some(queued),
         }
     }
+
+    /// The execution's trace id, for log lines written outside its spans.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        let traceparent = self.trace.get("traceparent")?;
+        traceparent.split('-').nth(1).map(str::to_owned)
+    }
 }
 
 /// Figures one supervisor reports about itself.
@@ -391,13 +397,18 @@ impl ActionSupervisor {
         state.check_invariants();
     }
 
-    async fn refuse(state: &SupervisorState, id: ExecutionId, refusal: Refusal) {
+    async fn refuse(
+        state: &SupervisorState,
+        id: ExecutionId,
+        trace_id: Option<String>,
+        refusal: Refusal,
+    ) {
         let status = match refusal {
             Refusal::Full { .. } => ExecutionStatus::Cancelled,
             Refusal::QueueFull { .. } => ExecutionStatus::Failed,
         };
         let reason = refusal.to_string();
-        info!(execution_id = %id, action = %state.action.action_ref, %status, reason, "execution refused by policy");
+        info!(execution_id = %id, trace_id, action = %state.action.action_ref, %status, reason, "execution refused by policy");
         if let Err(e) = state
             .ctx
             .backend
@@ -462,7 +473,8 @@ impl ActionSupervisor {
             };
             match state.ctx.backend.transition(id, &transition).await {
                 Ok(true) => {
-                    warn!(execution_id = %id, worker, retry, "worker lost; execution {}", if retry { "requeued" } else { "abandoned" });
+                    let trace_id = state.admitted.get(&id).and_then(Pending::trace_id);
+                    warn!(execution_id = %id, trace_id, worker, retry, "worker lost; execution {}", if retry { "requeued" } else { "abandoned" });
                     if retry {
                         state.retry_when_stopped.insert(id);
                     }
@@ -540,8 +552,9 @@ impl Actor for ActionSupervisor {
                     .to_std()
                     .unwrap_or_default();
                 let enqueued = now.checked_sub(waited).unwrap_or(now);
+                let trace_id = pending.trace_id();
                 if let Err(refusal) = state.gate.offer(id, key, pending, enqueued) {
-                    Self::refuse(state, id, refusal).await;
+                    Self::refuse(state, id, trace_id, refusal).await;
                 }
                 Self::admit(&myself, state).await;
             }

@@ -501,3 +501,100 @@ async fn the_actor_tree_shows_queues_executions_and_workers() {
             .await;
     }
 }
+
+/// A field of a JSON log line: the event's own, or its span's.
+fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
+    line.get(name)
+        .or_else(|| line.get("span").and_then(|s| s.get(name)))
+        .filter(|v| !v.is_null())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_about_an_execution_carry_its_id_and_trace_id() {
+    let mut cluster = Cluster::new(PACK);
+    cluster.capture_logs = true;
+    let json_logs = vec![
+        ("SLUICE_LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    cluster.start_engine_with(&json_logs).await;
+    cluster.start_worker_with("w1", 2, &json_logs);
+    let client = async_nats::connect(cluster.nats.url()).await.unwrap();
+    client
+        .publish("sluice.trigger.t.go", r#"{"seconds": 0}"#.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    cluster
+        .submit("t.hold", serde_json::json!({"seconds": 0}))
+        .await;
+    let executions = cluster
+        .wait_all("t.hold", 2, "succeeded", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut about_executions = 0;
+    for process in ["engine", "w1"] {
+        let text = std::fs::read_to_string(cluster.log_file(process)).unwrap();
+        eprintln!(
+            "{process}: {}",
+            text.lines()
+                .find(|l| l.contains("execution_id"))
+                .unwrap_or("")
+        );
+        for raw in text.lines() {
+            let line: Value = serde_json::from_str(raw)
+                .unwrap_or_else(|e| panic!("{process}: not a JSON line ({e}): {raw}"));
+            assert!(
+                line["level"].is_string() && line["timestamp"].is_string(),
+                "{raw}"
+            );
+            let Some(id) = log_field(&line, "execution_id") else {
+                continue;
+            };
+            about_executions += 1;
+            let trace_id = log_field(&line, "trace_id").unwrap_or_else(|| {
+                panic!("{process}: a line about execution {id} without trace_id: {raw}")
+            });
+            let execution = executions
+                .iter()
+                .find(|e| {
+                    let id = match id {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    e["id"].as_i64().map(|n| n.to_string()) == Some(id)
+                })
+                .unwrap_or_else(|| panic!("unknown execution {id}: {raw}"));
+            let stored = cluster.execution(execution["id"].as_i64().unwrap()).await;
+            assert_eq!(stored["trace_id"], *trace_id, "{raw}");
+        }
+    }
+    eprintln!("{about_executions} lines about executions, each with its trace id");
+    assert!(
+        about_executions >= 4,
+        "only {about_executions} lines about executions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_blocks_nothing() {
+    let mut cluster = Cluster::new(PACK);
+    let nowhere = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", sluice_testkit::free_port()),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+    ];
+    cluster.start_engine_with(&nowhere).await;
+    cluster.start_worker_with("w1", 2, &nowhere);
+    for _ in 0..20 {
+        cluster
+            .submit("t.hold", serde_json::json!({"seconds": 0}))
+            .await;
+    }
+    cluster
+        .wait_all("t.hold", 20, "succeeded", Duration::from_secs(30))
+        .await;
+}

@@ -18,6 +18,8 @@ pub struct Cluster {
     engine: Option<Child>,
     workers: HashMap<String, Child>,
     pub http: reqwest::Client,
+    /// Send each process's stderr to [`Cluster::log_file`] instead of the test's output.
+    pub capture_logs: bool,
 }
 
 impl Drop for Cluster {
@@ -45,6 +47,7 @@ impl Cluster {
             engine: None,
             workers: HashMap::new(),
             http: reqwest::Client::new(),
+            capture_logs: false,
         }
     }
 
@@ -52,7 +55,14 @@ impl Cluster {
         self.dir.path().join("runs.log")
     }
 
-    fn common_args(&self, command: &mut Command) {
+    /// Where a process's stderr goes when logs are captured: `<dir>/<process>.log`.
+    pub fn log_file(&self, process: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", process.replace('/', "_")))
+    }
+
+    fn common_args(&self, command: &mut Command, process: &str, env: &[(&str, String)]) {
         let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
         command
             .arg("--nats-url")
@@ -64,6 +74,11 @@ impl Cluster {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        if self.capture_logs {
+            let file = std::fs::File::create(self.log_file(process)).unwrap();
+            command.stderr(file);
+        }
     }
 
     pub async fn start_engine(&mut self) {
@@ -73,7 +88,6 @@ impl Cluster {
     /// Starts `sluice engine` with extra environment variables.
     pub async fn start_engine_with(&mut self, env: &[(&str, String)]) {
         let mut command = Command::new(SLUICE);
-        command.envs(env.iter().map(|(k, v)| (k, v)));
         command.args([
             "engine",
             "--worker-loss-window",
@@ -83,7 +97,7 @@ impl Cluster {
             "--data-dir",
         ]);
         command.arg(self.dir.path().join("data"));
-        self.common_args(&mut command);
+        self.common_args(&mut command, "engine", env);
         self.engine = Some(command.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         while self
@@ -111,7 +125,6 @@ impl Cluster {
     /// Starts `sluice worker` with extra environment variables.
     pub fn start_worker_with(&mut self, name: &str, capacity: usize, env: &[(&str, String)]) {
         let mut command = Command::new(SLUICE);
-        command.envs(env.iter().map(|(k, v)| (k, v)));
         command.args([
             "worker",
             "--worker-name",
@@ -121,7 +134,7 @@ impl Cluster {
             "--heartbeat-interval",
             "0.2",
         ]);
-        self.common_args(&mut command);
+        self.common_args(&mut command, name, env);
         self.workers
             .insert(name.to_owned(), command.spawn().unwrap());
     }
