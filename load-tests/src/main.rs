@@ -2,14 +2,19 @@
 //! in the same run on the same machine, because absolute numbers on a shared machine drift.
 //!
 //! ```text
+//! cargo run -p sluice-load --release -- throughput [--executions N] [--database-url URL|start] [--json FILE]
+//! cargo run -p sluice-load --release -- latency [--rate R] [--duration S] [--database-url URL|start] [--json FILE]
 //! cargo run -p sluice-load --release -- gate [--operations N]
 //! cargo run -p sluice-load --release -- queue-memory [--executions N]
 //! ```
 
 #![allow(clippy::print_stdout)]
 
+mod baseline;
 mod gate;
 mod queue_memory;
+mod report;
+mod triggers;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +27,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// N triggers published pipelined, one rule to core.noop: executions per second from
+    /// the first publish to the last completion, and trigger -> completion latency.
+    Throughput {
+        #[arg(long, default_value_t = 100_000)]
+        executions: u64,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
+    /// Triggers at a fixed low rate; trigger -> completion latency against the JetStream
+    /// round trip.
+    Latency {
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
     /// Admit + release operations per second through one action's gate and supervisor
     /// mailbox, in process, against raw ractor messaging.
     Gate {
@@ -38,6 +61,15 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
+        Scenario::Throughput {
+            executions,
+            options,
+        } => triggers::throughput(executions, options).await,
+        Scenario::Latency {
+            rate,
+            duration,
+            options,
+        } => triggers::latency(rate, duration, options).await,
         Scenario::Gate { operations } => gate::run(operations).await,
         Scenario::QueueMemory { executions } => queue_memory::run(executions).await,
     }

@@ -1,0 +1,130 @@
+//! Figures as a human table and as flat JSON (`--json FILE`), each Sluice figure next to
+//! its ratio to the baseline measured in the same run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Microsecond resolution, up to an hour.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+pub fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let micros = (elapsed.as_micros() as u64).clamp(1, 3_600_000_000);
+    let _ = histogram.record(micros);
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p90: ms(histogram.value_at_quantile(0.9)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// One scenario's figures, with flat keys.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub store: String,
+    pub executions: u64,
+    pub executions_per_s: f64,
+    pub latency_ms: Percentiles,
+    pub baseline_roundtrip_ms: Percentiles,
+    pub baseline_msgs_per_s: f64,
+    pub p50_ratio: f64,
+    pub p99_ratio: f64,
+    pub throughput_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mb: Option<f64>,
+    pub commit: String,
+}
+
+impl Summary {
+    pub fn new(
+        scenario: &str,
+        store: &str,
+        executions: u64,
+        executions_per_s: f64,
+        latency: Percentiles,
+        baseline: &crate::baseline::Baseline,
+    ) -> Self {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        Self {
+            scenario: scenario.to_owned(),
+            store: store.to_owned(),
+            executions,
+            executions_per_s,
+            latency_ms: latency,
+            baseline_roundtrip_ms: baseline.roundtrip,
+            baseline_msgs_per_s: baseline.msgs_per_s,
+            p50_ratio: ratio(latency.p50, baseline.roundtrip.p50),
+            p99_ratio: ratio(latency.p99, baseline.roundtrip.p99),
+            throughput_ratio: ratio(executions_per_s, baseline.msgs_per_s),
+            rss_mb: None,
+            commit: commit(),
+        }
+    }
+
+    /// Prints the table, and writes the JSON when asked to.
+    pub fn emit(&self, json: Option<&Path>) -> anyhow::Result<()> {
+        let row = |name: &str, p: &Percentiles| {
+            println!(
+                "  {name:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                p.p50, p.p90, p.p99, p.p999, p.max
+            );
+        };
+        println!(
+            "scenario: {} ({} executions, store {}, commit {})",
+            self.scenario, self.executions, self.store, self.commit
+        );
+        println!(
+            "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "max"
+        );
+        row("trigger -> completion", &self.latency_ms);
+        row("baseline JetStream 2-hop", &self.baseline_roundtrip_ms);
+        println!(
+            "  ratio to baseline          p50 {:.1}x   p99 {:.1}x",
+            self.p50_ratio, self.p99_ratio
+        );
+        println!(
+            "  throughput                 {:>9.0} executions/s   baseline {:.0} msgs/s   ratio {:.3}",
+            self.executions_per_s, self.baseline_msgs_per_s, self.throughput_ratio
+        );
+        if let Some(path) = json {
+            std::fs::write(path, serde_json::to_string_pretty(self)?)?;
+            println!("  JSON summary written to {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+/// The checked-out commit, when run from a git checkout.
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
