@@ -256,8 +256,12 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(WAIT_FOR_DATABASE)
                 .foreign_keys(true);
+            // SQLite has one write lock. With one connection, writers queue in the pool, in
+            // order; with several, they collide on the lock and back off in sleeps, which
+            // halved throughput. Readers are short and queue with them.
             let pool = SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(1)
+                .acquire_timeout(WAIT_FOR_DATABASE)
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
