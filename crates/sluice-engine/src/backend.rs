@@ -19,6 +19,19 @@ pub(crate) trait Backend: Send + Sync + 'static {
         id: ExecutionId,
         transition: &'a Transition,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Status changes in one transaction, in order ([`Store::transitions`]).
+    fn transitions<'a>(
+        &'a self,
+        batch: &'a [(ExecutionId, Transition)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(async move {
+            let mut changed = Vec::with_capacity(batch.len());
+            for (id, transition) in batch {
+                changed.push(self.transition(*id, transition).await?);
+            }
+            Ok(changed)
+        })
+    }
     /// Ends an execution the engine still owns ([`Store::end_before_handoff`]).
     fn end_before_handoff<'a>(
         &'a self,
@@ -48,6 +61,13 @@ impl Backend for Live {
         transition: &'a Transition,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(self.store.transition(id, transition))
+    }
+
+    fn transitions<'a>(
+        &'a self,
+        batch: &'a [(ExecutionId, Transition)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(self.store.transitions(batch))
     }
 
     fn end_before_handoff<'a>(

@@ -64,6 +64,72 @@ pub(crate) async fn spawn_loop(
         .map(|(actor, _)| actor)
 }
 
+/// The most messages handed over as one batch.
+const MAX_BATCH: usize = 256;
+
+/// Feeds the messages of a durable consumer to `handle` in batches, until cancelled: each
+/// batch is one message waited for plus whatever else has already arrived (at most
+/// [`MAX_BATCH`]), so a busy stream is handled in groups and a quiet one without delay.
+/// Reconnects the message stream when it ends or fails.
+pub(crate) async fn consume_batches<F, Fut>(
+    consumer: PullConsumer,
+    cancel: CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(Vec<async_nats::jetstream::Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use futures::FutureExt as _;
+    while !cancel.is_cancelled() {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(MAX_BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => {
+                warn!(error = %e, "cannot pull messages; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        'stream: loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let mut batch = match first {
+                Some(Ok(message)) => vec![message],
+                Some(Err(e)) => {
+                    warn!(error = %e, "consumer stream error");
+                    continue;
+                }
+                None => break,
+            };
+            let mut ended = false;
+            while batch.len() < MAX_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(e))) => warn!(error = %e, "consumer stream error"),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            handle(batch).await;
+            if ended {
+                break 'stream;
+            }
+        }
+    }
+}
+
 /// Feeds every message of a durable consumer to `handle`, one at a time, until cancelled;
 /// reconnects the message stream when it ends or fails.
 pub(crate) async fn consume<F, Fut>(

@@ -1,8 +1,9 @@
 //! The execution actor: one child of its action's supervisor per admitted execution.
 //!
-//! Its supervisor has admitted it (`scheduling`); it records `scheduled` and makes the
-//! handoff (publishes the run message), then lives until its supervisor learns of the
-//! completion and stops it. Its life is the execution's slot.
+//! Its supervisor has admitted it and recorded `scheduled` (after a restart, an execution
+//! found `scheduling` is moved to `scheduled` here); it makes the handoff (publishes the
+//! run message), then lives until its supervisor learns of the completion and stops it.
+//! Its life is the execution's slot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub(crate) enum Phase {
     /// Move it to `scheduled` and publish its run message. Idempotent: on a restart the
     /// same run message id is published again and JetStream drops the repeat.
     Dispatch,
+    /// Its supervisor recorded `scheduled` when it admitted it: publish the run message.
+    Publish,
     /// A worker already reported it running; wait for its completion.
     AwaitCompletion,
 }
@@ -43,6 +46,8 @@ pub(crate) struct ExecutionState {
     ctx: Arc<ActorContext>,
     action: Arc<Action>,
     pending: Pending,
+    /// `scheduled` is recorded: what is left is the publish.
+    scheduled: bool,
 }
 
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -89,13 +94,14 @@ impl Actor for ExecutionActor {
         myself: ActorRef<Self::Msg>,
         args: ExecutionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        if args.phase == Phase::Dispatch {
+        if matches!(args.phase, Phase::Dispatch | Phase::Publish) {
             myself.send_message(ExecutionMsg::Dispatch)?;
         }
         Ok(ExecutionState {
             ctx: args.ctx,
             action: args.action,
             pending: args.pending,
+            scheduled: args.phase == Phase::Publish,
         })
     }
 
@@ -130,8 +136,16 @@ impl ExecutionActor {
         state: &mut ExecutionState,
     ) -> Result<(), ActorProcessingErr> {
         let id = state.pending.id;
-        let status = match Self::advance(state).await {
-            Ok(status) => status,
+        let recorded = if state.scheduled {
+            Ok(Some(ExecutionStatus::Scheduled))
+        } else {
+            Self::advance(state).await
+        };
+        let status = match recorded {
+            Ok(status) => {
+                state.scheduled = status == Some(ExecutionStatus::Scheduled);
+                status
+            }
             Err(e) if e.is_transient() => {
                 warn!(execution_id = %id, error = %e, "store busy; dispatch retried");
                 myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);

@@ -1,7 +1,9 @@
 //! The trigger ingestor: TRIGGERS stream → event stored → rules matched → executions
 //! requested and queued at their supervisors.
 //!
-//! A message is acknowledged once its effect is committed. A payload that can never be
+//! Messages are handled in batches: each is decoded and matched on its own, then the batch
+//! is stored in one transaction (group commit), and each message is acknowledged once that
+//! has committed. A payload that can never be
 //! accepted (not JSON or MessagePack, unknown trigger, schema mismatch) is stored as a
 //! rejected event with the reason and acknowledged: it is never redelivered in a loop.
 //! A store that is busy or unreachable gets the message nak'd with a growing delay; a
@@ -11,52 +13,66 @@ use std::sync::Arc;
 
 use async_nats::jetstream::Message;
 use chrono::Utc;
+use serde_json::{Map, Value};
 use sluice_bus::{Settle, decode_trigger};
-use sluice_store::NewEvent;
+use sluice_store::{EventOutcome, Firing, NewEvent};
+use sluice_telemetry::TraceHeaders;
 use sluice_telemetry::metrics;
-use tracing::{Instrument as _, debug, error, info, info_span, warn};
+use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
 use crate::rules;
 use crate::supervisor::Pending;
 use crate::{Routes, Shared};
 
-/// Handles one trigger message inside a `trigger.received` span, which continues the
-/// publisher's trace when the message carries a `traceparent` header.
-pub(crate) async fn handle_trigger(
+/// One trigger message, decoded and matched, ready to be stored.
+struct Received {
+    message: Message,
+    /// `trigger.received`: continues the publisher's trace when the message carries a
+    /// `traceparent` header.
+    span: Span,
+    event: NewEvent,
+    firings: Vec<Firing>,
+    /// Per firing: the parameters as they will run (secrets included) and its trace.
+    parameters: Vec<(Map<String, Value>, TraceHeaders)>,
+}
+
+/// Handles a batch of trigger messages: each is decoded and matched in its own span, then
+/// all are stored in one transaction (group commit) and acknowledged after the commit.
+pub(crate) async fn handle_triggers(
     shared: &Arc<Shared>,
     routes: &Routes,
     settle: &Settle,
-    message: Message,
+    batch: Vec<Message>,
 ) {
-    let span = info_span!(
-        "trigger.received",
-        subject = %message.subject,
-        event_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    sluice_bus::continue_trace(&span, &message);
-    if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
-        span.record("trace_id", trace_id);
+    let mut received = Vec::with_capacity(batch.len());
+    for message in batch {
+        let span = info_span!(
+            "trigger.received",
+            subject = %message.subject,
+            event_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        sluice_bus::continue_trace(&span, &message);
+        if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
+            span.record("trace_id", trace_id);
+        }
+        settle.received(&message);
+        if shared.store_health.resting() {
+            settle
+                .retry(&message, "the store is unavailable")
+                .instrument(span)
+                .await;
+            continue;
+        }
+        received.push(span.in_scope(|| prepare(shared, message, span.clone())));
     }
-    receive(shared, routes, settle, message)
-        .instrument(span)
-        .await;
+    store(shared, routes, settle, received).await;
 }
 
-async fn receive(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, message: Message) {
-    settle.received(&message);
-    if shared.store_health.resting() {
-        settle.retry(&message, "the store is unavailable").await;
-        return;
-    }
+/// Decodes, validates and matches one message: what its event and executions will be.
+fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
     let stream_seq = message.info().ok().map(|i| i.stream_sequence);
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
+    let header = |name: &str| sluice_bus::header(&message, name);
     let subject = message.subject.to_string();
     let mut event = NewEvent {
         trigger: subject
@@ -114,50 +130,92 @@ async fn receive(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, message
             (p.firing, (p.parameters, trace))
         })
         .unzip();
-    match shared.store.record_event(&event, &firings).await {
-        Ok(outcome) => {
+    Received {
+        message,
+        span,
+        event,
+        firings,
+        parameters,
+    }
+}
+
+/// Stores the batch's events in one transaction, then queues the executions and
+/// acknowledges each message. A transient failure hands every message back; a batch the
+/// store refuses is retried one message at a time, so only a message that fails alone is
+/// dead-lettered.
+async fn store(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received: Vec<Received>) {
+    if received.is_empty() {
+        return;
+    }
+    let batch: Vec<(&NewEvent, &[Firing])> = received
+        .iter()
+        .map(|r| (&r.event, r.firings.as_slice()))
+        .collect();
+    match shared.store.record_events(&batch).await {
+        Ok(outcomes) => {
             shared.store_health.succeeded();
-            tracing::Span::current().record("event_id", outcome.event_id.0);
-            if outcome.duplicate {
-                metrics().duplicates_suppressed.inc(["trigger"]);
-                debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
-            } else if let Some(reason) = &event.rejected {
-                metrics().trigger_events.inc(["rejected"]);
-                warn!(event_id = %outcome.event_id, subject, reason, "trigger rejected");
-            } else {
-                metrics().trigger_events.inc(["accepted"]);
-                info!(event_id = %outcome.event_id, trigger = event.trigger, rules = firings.len(), "trigger accepted");
+            for (r, outcome) in received.into_iter().zip(outcomes) {
+                let span = r.span.clone();
+                accepted(routes, settle, r, outcome).instrument(span).await;
             }
-            // The store returns the executions it created in firing order, failed ones left out.
-            let runnable = firings
-                .iter()
-                .zip(parameters)
-                .filter(|(firing, _)| firing.failed.is_none())
-                .map(|(_, parameters)| parameters);
-            for ((id, action), parameters) in outcome.executions.into_iter().zip(runnable) {
-                if let Some(supervisor) = routes.get(&action) {
-                    let (parameters, trace) = parameters;
-                    supervisor.enqueue(Pending::new(id, 1, &action, parameters, Utc::now(), trace));
-                }
-            }
-            for failed in firings.iter().filter_map(|f| f.failed.as_ref()) {
-                warn!(
-                    reason = failed,
-                    "rule fired but its execution could not be requested"
-                );
-            }
-            settle.ack(&message).await;
         }
         Err(e) if e.is_transient() => {
             shared.store_health.failed();
-            warn!(error = %e, "store unavailable; trigger message will be redelivered");
-            settle.retry(&message, &e.to_string()).await;
+            for r in received {
+                warn!(parent: &r.span, error = %e, "store unavailable; trigger message will be redelivered");
+                settle
+                    .retry(&r.message, &e.to_string())
+                    .instrument(r.span)
+                    .await;
+            }
         }
-        Err(e) => {
-            error!(error = %e, subject, "failed to record trigger");
+        Err(e) if received.len() == 1 => {
+            let r = received.into_iter().next().expect("one message");
+            error!(parent: &r.span, error = %e, subject = %r.message.subject, "failed to record trigger");
             settle
-                .dead(&message, format!("the store refused the event: {e}"))
+                .dead(&r.message, format!("the store refused the event: {e}"))
+                .instrument(r.span)
                 .await;
         }
+        Err(e) => {
+            warn!(error = %e, messages = received.len(), "the store refused a batch of events; storing them one by one");
+            for r in received {
+                Box::pin(store(shared, routes, settle, vec![r])).await;
+            }
+        }
     }
+}
+
+/// After the commit: logs, queues the executions at their supervisors, acknowledges.
+async fn accepted(routes: &Routes, settle: &Settle, r: Received, outcome: EventOutcome) {
+    tracing::Span::current().record("event_id", outcome.event_id.0);
+    if outcome.duplicate {
+        metrics().duplicates_suppressed.inc(["trigger"]);
+        debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
+    } else if let Some(reason) = &r.event.rejected {
+        metrics().trigger_events.inc(["rejected"]);
+        warn!(event_id = %outcome.event_id, subject = %r.event.subject, reason, "trigger rejected");
+    } else {
+        metrics().trigger_events.inc(["accepted"]);
+        info!(event_id = %outcome.event_id, trigger = r.event.trigger, rules = r.firings.len(), "trigger accepted");
+    }
+    // The store returns the executions it created in firing order, failed ones left out.
+    let runnable = r
+        .firings
+        .iter()
+        .zip(r.parameters)
+        .filter(|(firing, _)| firing.failed.is_none())
+        .map(|(_, parameters)| parameters);
+    for ((id, action), (parameters, trace)) in outcome.executions.into_iter().zip(runnable) {
+        if let Some(supervisor) = routes.get(&action) {
+            supervisor.enqueue(Pending::new(id, 1, &action, parameters, Utc::now(), trace));
+        }
+    }
+    for failed in r.firings.iter().filter_map(|f| f.failed.as_ref()) {
+        warn!(
+            reason = failed,
+            "rule fired but its execution could not be requested"
+        );
+    }
+    settle.ack(&r.message).await;
 }

@@ -229,8 +229,8 @@ impl Engine {
             root.get_cell(),
             Box::new(move |cancel| {
                 Box::pin(async move {
-                    consumer::consume(consumer, cancel, |m| {
-                        completion::handle_status(&s, &r, &settler, m)
+                    consumer::consume_batches(consumer, cancel, |batch| {
+                        completion::handle_statuses(&s, &r, &settler, batch)
                     })
                     .await;
                 })
@@ -251,8 +251,8 @@ impl Engine {
                     root.get_cell(),
                     Box::new(move |cancel| {
                         Box::pin(async move {
-                            consumer::consume(consumer, cancel, |m| {
-                                ingest::handle_trigger(&s, &r, &settler, m)
+                            consumer::consume_batches(consumer, cancel, |batch| {
+                                ingest::handle_triggers(&s, &r, &settler, batch)
                             })
                             .await;
                         })

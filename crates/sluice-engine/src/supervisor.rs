@@ -205,6 +205,9 @@ impl SupervisorHandle {
 
 pub(crate) struct ActionSupervisor;
 
+/// The most admissions recorded in one transaction.
+const ADMIT_BATCH: usize = 256;
+
 pub(crate) struct SupervisorArgs {
     pub(crate) ctx: Arc<ActorContext>,
     pub(crate) action: Action,
@@ -225,6 +228,8 @@ pub(crate) struct SupervisorState {
     retry_when_stopped: HashSet<ExecutionId>,
     draining: bool,
     timer_armed: bool,
+    /// An `Admit` is in the mailbox, behind the requests that arrived with it.
+    admit_queued: bool,
 }
 
 fn gate_policy(action: &Action) -> GatePolicy {
@@ -346,52 +351,82 @@ impl ActionSupervisor {
         }
     }
 
+    /// Admits what the gate lets through, in gate order. Each round takes up to
+    /// [`ADMIT_BATCH`] admissions and records them in one transaction: `scheduling`, so the
+    /// store's times show the order the gate admitted in, then `scheduled`, the status the
+    /// handoff happens from. The children then only publish their run messages.
     async fn admit(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
         while !state.draining {
             let now = Instant::now();
-            match state.gate.next(now) {
-                Next::Admit(id, mut pending) => {
-                    // Admission is recorded here, in gate order, so the store's `scheduling`
-                    // times show the order the gate admitted in.
-                    let admitted = Transition::to(ExecutionStatus::Scheduling);
-                    match state.ctx.backend.transition(id, &admitted).await {
-                        Ok(true) => {
-                            // The wait is over: `execution.queued` ends here.
-                            pending.queued = None;
-                            let waited = (Utc::now() - pending.enqueued_at).as_seconds_f64();
-                            sluice_telemetry::metrics()
-                                .admission_wait_seconds
-                                .observe([state.action.action_ref.as_str()], waited);
-                            Self::start_child(myself, state, pending, Phase::Dispatch).await
+            let mut admitted = Vec::new();
+            let mut wait = None;
+            while admitted.len() < ADMIT_BATCH {
+                match state.gate.next(now) {
+                    Next::Admit(id, pending) => admitted.push((id, pending)),
+                    Next::WaitUntil(at) => {
+                        wait = Some(at);
+                        break;
+                    }
+                    Next::Idle => break,
+                }
+            }
+            let full = admitted.len() == ADMIT_BATCH;
+            if !admitted.is_empty() {
+                let writes: Vec<(ExecutionId, Transition)> = admitted
+                    .iter()
+                    .flat_map(|(id, _)| {
+                        [
+                            (*id, Transition::to(ExecutionStatus::Scheduling)),
+                            (*id, Transition::to(ExecutionStatus::Scheduled)),
+                        ]
+                    })
+                    .collect();
+                match state.ctx.backend.transitions(&writes).await {
+                    Ok(changed) => {
+                        for ((id, mut pending), moved) in
+                            admitted.into_iter().zip(changed.chunks(2))
+                        {
+                            if moved.iter().all(|m| *m) {
+                                // The wait is over: `execution.queued` ends here.
+                                pending.queued = None;
+                                let waited = (Utc::now() - pending.enqueued_at).as_seconds_f64();
+                                sluice_telemetry::metrics()
+                                    .admission_wait_seconds
+                                    .observe([state.action.action_ref.as_str()], waited);
+                                Self::start_child(myself, state, pending, Phase::Publish).await
+                            } else {
+                                // Cancelled or ended meanwhile: nothing to run.
+                                state.gate.release(id);
+                            }
                         }
-                        Ok(false) => {
-                            // Cancelled or ended meanwhile: nothing to run.
-                            state.gate.release(id);
-                        }
-                        Err(e) => {
-                            warn!(execution_id = %id, error = %e, "store unavailable; admission retried");
+                    }
+                    Err(e) => {
+                        warn!(executions = admitted.len(), error = %e, "store unavailable; admissions retried");
+                        // Back to the head of their queues, in their order.
+                        for (id, pending) in admitted.into_iter().rev() {
                             state.gate.release(id);
                             let key = state.action.concurrency_key(&pending.parameters);
                             state.gate.offer_front(id, key, pending, now);
-                            if !state.timer_armed {
-                                state.timer_armed = true;
-                                myself.send_after(std::time::Duration::from_secs(1), || {
-                                    SupervisorMsg::Admit
-                                });
-                            }
-                            break;
                         }
+                        if !state.timer_armed {
+                            state.timer_armed = true;
+                            myself.send_after(std::time::Duration::from_secs(1), || {
+                                SupervisorMsg::Admit
+                            });
+                        }
+                        break;
                     }
                 }
-                Next::WaitUntil(at) => {
-                    if !state.timer_armed {
-                        state.timer_armed = true;
-                        myself
-                            .send_after(at.saturating_duration_since(now), || SupervisorMsg::Admit);
-                    }
-                    break;
+            }
+            if let Some(at) = wait {
+                if !state.timer_armed {
+                    state.timer_armed = true;
+                    myself.send_after(at.saturating_duration_since(now), || SupervisorMsg::Admit);
                 }
-                Next::Idle => break,
+                break;
+            }
+            if !full {
+                break;
             }
         }
         state.check_invariants();
@@ -529,6 +564,7 @@ impl Actor for ActionSupervisor {
             retry_when_stopped: HashSet::new(),
             draining: false,
             timer_armed: false,
+            admit_queued: false,
         })
     }
 
@@ -556,7 +592,15 @@ impl Actor for ActionSupervisor {
                 if let Err(refusal) = state.gate.offer(id, key, pending, enqueued) {
                     Self::refuse(state, id, trace_id, refusal).await;
                 }
-                Self::admit(&myself, state).await;
+                if state.action.policy.on_full == OnFull::Cancel {
+                    // A full gate refuses at once: admit now, so the next request sees it.
+                    Self::admit(&myself, state).await;
+                } else if !state.admit_queued {
+                    // Admit after the requests already in the mailbox are queued too, so a
+                    // burst is admitted, and recorded, as one batch.
+                    state.admit_queued = true;
+                    let _ = myself.send_message(SupervisorMsg::Admit);
+                }
             }
             SupervisorMsg::Resume {
                 pending,
@@ -593,6 +637,7 @@ impl Actor for ActionSupervisor {
             SupervisorMsg::WorkersLost(workers) => Self::workers_lost(state, &workers).await,
             SupervisorMsg::Admit => {
                 state.timer_armed = false;
+                state.admit_queued = false;
                 Self::admit(&myself, state).await;
             }
             SupervisorMsg::Drain => state.draining = true,

@@ -288,88 +288,107 @@ impl Store {
         event: &NewEvent,
         firings: &[Firing],
     ) -> Result<EventOutcome, StoreError> {
+        let mut outcomes = self.record_events(&[(event, firings)]).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// [`Store::record_event`] for a batch of events, in one transaction (group commit):
+    /// all are stored or none. Outcomes come back in the order of `batch`.
+    pub async fn record_events(
+        &self,
+        batch: &[(&NewEvent, &[Firing])],
+    ) -> Result<Vec<EventOutcome>, StoreError> {
         let now = Utc::now();
-        let stream_seq = event.stream_seq.map(|s| s as i64);
-        let status = if event.rejected.is_some() {
-            "rejected"
-        } else {
-            "accepted"
-        };
         let started = std::time::Instant::now();
-        on_pool!(self, pool => {
+        let outcomes = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let inserted: Option<(i64,)> = sqlx::query_as(
-                "INSERT INTO events (trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_seq) DO NOTHING RETURNING id",
-            )
-            .bind(&event.trigger)
-            .bind(status)
-            .bind(&event.rejected)
-            .bind(event.payload.as_ref().map(Json))
-            .bind(&event.subject)
-            .bind(stream_seq)
-            .bind(&event.msg_id)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((event_id,)) = inserted else {
-                let (event_id,): (i64,) = sqlx::query_as("SELECT id FROM events WHERE stream_seq = $1")
-                    .bind(stream_seq)
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for (event, firings) in batch {
+                let stream_seq = event.stream_seq.map(|s| s as i64);
+                let status = if event.rejected.is_some() { "rejected" } else { "accepted" };
+                let inserted: Option<(i64,)> = sqlx::query_as(
+                    "INSERT INTO events (trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_seq) DO NOTHING RETURNING id",
+                )
+                .bind(&event.trigger)
+                .bind(status)
+                .bind(&event.rejected)
+                .bind(event.payload.as_ref().map(Json))
+                .bind(&event.subject)
+                .bind(stream_seq)
+                .bind(&event.msg_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((event_id,)) = inserted else {
+                    let (event_id,): (i64,) = sqlx::query_as("SELECT id FROM events WHERE stream_seq = $1")
+                        .bind(stream_seq)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    outcomes.push(EventOutcome { event_id: EventId(event_id), duplicate: true, executions: Vec::new() });
+                    continue;
+                };
+                let mut executions = Vec::new();
+                for firing in firings.iter() {
+                    let status = if firing.failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Requested };
+                    let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
+                    let (id,): (i64,) = sqlx::query_as(
+                        "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id",
+                    )
+                    .bind(firing.action.as_str())
+                    .bind(status.as_str())
+                    .bind(Json(&firing.parameters))
+                    .bind(result)
+                    .bind(&firing.rule)
+                    .bind(event_id)
+                    .bind(now)
+                    .bind(firing.failed.as_ref().map(|_| now))
+                    .bind(&firing.traceparent)
                     .fetch_one(&mut *tx)
                     .await?;
-                return Ok(EventOutcome { event_id: EventId(event_id), duplicate: true, executions: Vec::new() });
-            };
-            let mut executions = Vec::new();
-            for firing in firings {
-                let status = if firing.failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Requested };
-                let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id",
-                )
-                .bind(firing.action.as_str())
-                .bind(status.as_str())
-                .bind(Json(&firing.parameters))
-                .bind(result)
-                .bind(&firing.rule)
-                .bind(event_id)
-                .bind(now)
-                .bind(firing.failed.as_ref().map(|_| now))
-                .bind(&firing.traceparent)
-                .fetch_one(&mut *tx)
-                .await?;
-                for entered in [Some(ExecutionStatus::Requested), firing.failed.as_ref().map(|_| ExecutionStatus::Failed)].into_iter().flatten() {
-                    sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, $2, $3)")
+                    for entered in [Some(ExecutionStatus::Requested), firing.failed.as_ref().map(|_| ExecutionStatus::Failed)].into_iter().flatten() {
+                        sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, $2, $3)")
+                            .bind(id)
+                            .bind(entered.as_str())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("INSERT INTO enforcements (rule, event_id, execution_id, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(&firing.rule)
+                        .bind(event_id)
                         .bind(id)
-                        .bind(entered.as_str())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    if firing.failed.is_none() {
+                        executions.push((ExecutionId(id), firing.action.clone()));
+                    }
                 }
-                sqlx::query("INSERT INTO enforcements (rule, event_id, execution_id, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&firing.rule)
-                    .bind(event_id)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                if firing.failed.is_none() {
-                    executions.push((ExecutionId(id), firing.action.clone()));
-                }
+                outcomes.push(EventOutcome { event_id: EventId(event_id), duplicate: false, executions });
             }
             tx.commit().await?;
+            outcomes
+        });
+        for ((_, firings), outcome) in batch.iter().zip(&outcomes) {
+            if outcome.duplicate {
+                continue;
+            }
             let n = firings.len() as u64;
             let ended = firings.iter().filter(|f| f.failed.is_some()).count() as u64;
             wrote("events", "insert", 1);
             wrote("executions", "insert", n);
             wrote("enforcements", "insert", n);
             wrote("execution_history", "insert", n + ended);
-            timed("record_event", started);
             for firing in firings.iter().filter(|f| f.failed.is_some()) {
-                metrics().executions_ended.inc([firing.action.as_str(), "failed"]);
+                metrics()
+                    .executions_ended
+                    .inc([firing.action.as_str(), "failed"]);
             }
-            Ok(EventOutcome { event_id: EventId(event_id), duplicate: false, executions })
-        })
+        }
+        timed("record_event", started);
+        Ok(outcomes)
     }
 
     /// Creates a `requested` execution directly (API, CLI, workflow tasks).
@@ -456,60 +475,95 @@ impl Store {
         transition: &Transition,
         sources: &[ExecutionStatus],
     ) -> Result<bool, StoreError> {
-        let to = transition.to;
-        debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
-        if sources.is_empty() {
-            return Ok(false);
-        }
-        let sql = format!(
-            "UPDATE executions SET status = $1, updated_at = $2, \
-             result = COALESCE($3, result), \
-             worker = CASE WHEN $8 THEN NULL ELSE COALESCE($4, worker) END, \
-             attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
-             started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE started_at END, \
-             finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
-             WHERE id = $7 AND status IN ({}){} RETURNING action",
-            status_list(sources),
-            // A number from the report's typed field, never text from outside.
-            transition
-                .attempt
-                .map(|a| format!(" AND attempt = {a}"))
-                .unwrap_or_default()
-        );
+        let changed = self.transitions_from(&[(id, transition, sources)]).await?;
+        Ok(changed[0])
+    }
+
+    /// [`Store::transition`] for a batch, in one transaction (group commit), applied in
+    /// order: a batch may move one execution twice (`running`, then its completion).
+    /// Returns, in order, whether each changed anything.
+    pub async fn transitions(
+        &self,
+        batch: &[(ExecutionId, Transition)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let batch: Vec<_> = batch
+            .iter()
+            .map(|(id, transition)| (*id, transition, transition.to.sources()))
+            .collect();
+        self.transitions_from(&batch).await
+    }
+
+    /// The one conditional update: moves each execution to its `transition.to` only from
+    /// its sources, and records the status in the history when it changed.
+    async fn transitions_from(
+        &self,
+        batch: &[(ExecutionId, &Transition, &[ExecutionStatus])],
+    ) -> Result<Vec<bool>, StoreError> {
+        let sql = |transition: &Transition, sources: &[ExecutionStatus]| {
+            format!(
+                "UPDATE executions SET status = $1, updated_at = $2, \
+                 result = COALESCE($3, result), \
+                 worker = CASE WHEN $8 THEN NULL ELSE COALESCE($4, worker) END, \
+                 attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
+                 started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE started_at END, \
+                 finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
+                 WHERE id = $7 AND status IN ({}){} RETURNING action",
+                status_list(sources),
+                // A number from the report's typed field, never text from outside.
+                transition
+                    .attempt
+                    .map(|a| format!(" AND attempt = {a}"))
+                    .unwrap_or_default()
+            )
+        };
         let started = std::time::Instant::now();
-        on_pool!(self, pool => {
+        let results: Vec<(bool, u64, Option<String>)> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let action: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(to.as_str())
-                .bind(transition.at)
-                .bind(transition.result.as_ref().map(Json))
-                .bind(&transition.worker)
-                .bind(to == ExecutionStatus::Running)
-                .bind(to.is_terminal())
-                .bind(id.0)
-                .bind(to == ExecutionStatus::Requested)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let changed = action.is_some();
-            let mut history = 0;
-            if changed {
-                history = sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
-                     SELECT id, attempt, status, $2 FROM executions WHERE id = $1 ON CONFLICT DO NOTHING")
-                    .bind(id.0)
+            let mut results = Vec::with_capacity(batch.len());
+            for (id, transition, sources) in batch {
+                let to = transition.to;
+                debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
+                if sources.is_empty() {
+                    results.push((false, 0, None));
+                    continue;
+                }
+                let action: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql(transition, sources)))
+                    .bind(to.as_str())
                     .bind(transition.at)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                    .bind(transition.result.as_ref().map(Json))
+                    .bind(&transition.worker)
+                    .bind(to == ExecutionStatus::Running)
+                    .bind(to.is_terminal())
+                    .bind(id.0)
+                    .bind(to == ExecutionStatus::Requested)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let mut history = 0;
+                if action.is_some() {
+                    history = sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
+                         SELECT id, attempt, status, $2 FROM executions WHERE id = $1 ON CONFLICT DO NOTHING")
+                        .bind(id.0)
+                        .bind(transition.at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                results.push((action.is_some(), history, action.map(|(a,)| a)));
             }
             tx.commit().await?;
-            wrote("executions", "update", u64::from(changed));
-            wrote("execution_history", "insert", history);
-            timed("transition", started);
-            if let Some((action,)) = action.filter(|_| to.is_terminal()) {
-                metrics().executions_ended.inc([action.as_str(), to.as_str()]);
+            results
+        });
+        timed("transition", started);
+        for ((_, transition, _), (changed, history, action)) in batch.iter().zip(&results) {
+            wrote("executions", "update", u64::from(*changed));
+            wrote("execution_history", "insert", *history);
+            if let Some(action) = action.as_deref().filter(|_| transition.to.is_terminal()) {
+                metrics()
+                    .executions_ended
+                    .inc([action, transition.to.as_str()]);
             }
-            Ok(changed)
-        })
+        }
+        Ok(results.into_iter().map(|(changed, _, _)| changed).collect())
     }
 
     /// One execution with its status history.

@@ -21,7 +21,7 @@
 
 pub mod runner;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,11 +61,19 @@ struct Shared {
     actions_dirs: BTreeMap<String, PathBuf>,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
+    /// The run message each run actor holds, by execution: its stream sequence.
+    held: Mutex<HashMap<ExecutionId, u64>>,
 }
 
 impl Shared {
     fn running(&self) -> std::sync::MutexGuard<'_, BTreeSet<ExecutionId>> {
         self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, u64>> {
+        self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -121,23 +129,34 @@ impl Actor for RunSupervisor {
             }
         };
         let name = shared.run_actor_name(run.execution_id);
-        if ractor::registry::where_is(name.clone()).is_some() {
-            // Another copy of this run message is being handled here right now; that one
-            // decides. This copy is done.
-            metrics().duplicates_suppressed.inc(["run"]);
-            debug!(execution_id = %run.execution_id, "copy of a run message this worker already holds");
-            let _ = shared.settle.double_ack(&message).await;
+        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let held = shared.held().get(&run.execution_id).copied();
+        if let Some(held) = held {
             drop(permit);
+            metrics().duplicates_suppressed.inc(["run"]);
+            if held == stream_seq {
+                // The very message a run actor here holds, delivered again (its ack was
+                // late): that actor settles it. Acking it here would take it from under
+                // an actor that may still hand it back.
+                debug!(execution_id = %run.execution_id, "redelivery of a run message this worker holds; left to its run actor");
+            } else {
+                // Another copy of the run message: the one being handled here decides.
+                debug!(execution_id = %run.execution_id, "copy of a run message this worker already holds");
+                let _ = shared.settle.double_ack(&message).await;
+            }
             return Ok(());
         }
+        shared.held().insert(run.execution_id, stream_seq);
         let args = RunArgs {
             shared: shared.clone(),
             run,
             message,
             permit,
         };
+        let id = args.run.execution_id;
         if let Err(e) = Actor::spawn_linked(Some(name), RunActor, args, myself.get_cell()).await {
             // The message was not acked: it is redelivered after ack_wait.
+            shared.held().remove(&id);
             error!(error = %e, "failed to start run actor");
         }
         Ok(())
@@ -181,6 +200,9 @@ enum Claim {
 }
 
 enum RunMsg {
+    /// Claim the attempt and start it: in the run actor's own turn, so the run supervisor
+    /// goes on to the next message while claims are checked.
+    Begin,
     Progress,
     Cancel,
     Done(runner::Outcome),
@@ -250,9 +272,9 @@ impl RunActor {
     /// execution is reported `failed` with the reason instead, so it never hangs.
     async fn retry_later(
         myself: &ActorRef<RunMsg>,
-        state: RunState,
+        state: &RunState,
         error: &sluice_bus::BusError,
-    ) -> RunState {
+    ) {
         let id = state.run.execution_id;
         if state.shared.settle.is_last_delivery(&state.message) {
             let deliveries = sluice_bus::settle::deliveries(&state.message);
@@ -260,13 +282,12 @@ impl RunActor {
             let result = json!({
                 "error": format!("not started: the worker could not check the execution's reports after {deliveries} deliveries: {error}")
             });
-            Self::finish(myself, &state, ExecutionStatus::Failed, result).await;
-            return state;
+            Self::finish(myself, state, ExecutionStatus::Failed, result).await;
+            return;
         }
         warn!(execution_id = %id, error = %error, "cannot check the execution's reports; retried shortly");
         state.shared.settle.nak(&state.message).await;
         myself.stop(None);
-        state
     }
 
     /// Decides whether this worker runs the attempt, and claims it if so. A run message can
@@ -373,13 +394,14 @@ impl Actor for RunActor {
             shared: args.shared,
             run: args.run,
             message: args.message,
-            span: span.clone(),
+            span,
             _permit: args.permit,
             task: None,
             progress: None,
             cancel: CancellationToken::new(),
         };
-        Self::begin(myself, state).instrument(span).await
+        myself.send_message(RunMsg::Begin)?;
+        Ok(state)
     }
 
     async fn handle(
@@ -403,32 +425,30 @@ impl Actor for RunActor {
             progress.abort();
         }
         state.shared.running().remove(&state.run.execution_id);
+        state.shared.held().remove(&state.run.execution_id);
         Ok(())
     }
 }
 
 impl RunActor {
     /// Claims the attempt and starts the runner, or settles the message without running.
-    async fn begin(
-        myself: ActorRef<RunMsg>,
-        mut state: RunState,
-    ) -> Result<RunState, ActorProcessingErr> {
+    async fn begin(myself: ActorRef<RunMsg>, state: &mut RunState) {
         let id = state.run.execution_id;
         let attempt = state.run.attempt;
-        match Self::claim(&state).await {
+        match Self::claim(state).await {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Settled(reason)) => {
                 metrics().duplicates_suppressed.inc(["run"]);
                 debug!(execution_id = %id, attempt, reason, "run message not run");
                 let _ = state.shared.settle.double_ack(&state.message).await;
                 myself.stop(None);
-                return Ok(state);
+                return;
             }
             Ok(Claim::Finish(status, result)) => {
-                Self::finish(&myself, &state, status, result).await;
-                return Ok(state);
+                Self::finish(&myself, state, status, result).await;
+                return;
             }
-            Err(e) => return Ok(Self::retry_later(&myself, state, &e).await),
+            Err(e) => return Self::retry_later(&myself, state, &e).await,
         }
         state.shared.running().insert(id);
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
@@ -454,7 +474,6 @@ impl RunActor {
             }
             .instrument(process),
         ));
-        Ok(state)
     }
 
     async fn on_message(
@@ -463,6 +482,7 @@ impl RunActor {
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            RunMsg::Begin => Self::begin(myself, state).await,
             RunMsg::Progress => {
                 let _ = state.message.ack_with(AckKind::Progress).await;
             }
@@ -507,6 +527,7 @@ impl Worker {
             settle,
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
+            held: Mutex::new(HashMap::new()),
         });
         let (supervisor, _) =
             Actor::spawn(Some(config.name.clone()), RunSupervisor, shared.clone())

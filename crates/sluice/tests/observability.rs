@@ -348,7 +348,16 @@ async fn metrics_show_queues_waits_runs_and_outcomes() {
             &[("op", "transition")]
         )
         .unwrap()
-            >= 16.0
+            >= 1.0
+    );
+    // Four executions, each moved to scheduling, scheduled, running and succeeded once.
+    assert_eq!(
+        sample(
+            &done,
+            "sluice_store_writes_total",
+            &[("table", "executions"), ("kind", "update")]
+        ),
+        Some(16.0)
     );
     assert!(sample(&done, "sluice_acks_total", &[("consumer", "status")]).unwrap() >= 8.0);
     assert!(sample(&done, "sluice_acks_total", &[("consumer", "triggers")]).unwrap() >= 2.0);
