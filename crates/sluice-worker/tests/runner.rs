@@ -266,7 +266,8 @@ async fn cancelling_kills_the_process_group() {
     let trigger = cancel.clone();
     let pid_path = pid_file.clone();
     tokio::spawn(async move {
-        while !pid_path.exists() {
+        // The shell creates the file before it writes the pid: wait for the whole line.
+        while !std::fs::read_to_string(&pid_path).is_ok_and(|pid| pid.ends_with('\n')) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         trigger.cancel();
@@ -279,7 +280,9 @@ async fn cancelling_kills_the_process_group() {
     .await;
     assert_eq!(out.status, ExecutionStatus::Cancelled, "{out:?}");
     let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(died(&pid).await, "grandchild {pid} survived the cancel");
+    let pid = pid.trim();
+    assert!(!pid.is_empty(), "the shell wrote no pid");
+    assert!(died(pid).await, "grandchild {pid} survived the cancel");
     let cancel = CancellationToken::new();
     cancel.cancel();
     let out = sluice_worker::runner::run(
