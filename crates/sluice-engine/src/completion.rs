@@ -42,9 +42,6 @@ pub(crate) async fn handle_statuses(
             trace_id = tracing::field::Empty,
         );
         sluice_bus::continue_trace(&span, &message);
-        if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
-            span.record("trace_id", trace_id);
-        }
         settle.received(&message);
         if shared.store_health.resting() {
             settle

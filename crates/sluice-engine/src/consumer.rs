@@ -1,6 +1,7 @@
-//! Actors that own a JetStream consumer loop (the trigger ingestor and the completion
-//! listener). The loop runs as a task the actor owns: stopping the actor cancels the loop
-//! between messages — never in the middle of one — and waits for it.
+//! Actors that own a JetStream consumer loop (the trigger ingestor, the completion
+//! listener and the dead-letter recorder). The loop runs as a task the actor owns: stopping
+//! the actor cancels the loop between batches — never in the middle of one — and waits for
+//! it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,47 +126,6 @@ pub(crate) async fn consume_batches<F, Fut>(
             handle(batch).await;
             if ended {
                 break 'stream;
-            }
-        }
-    }
-}
-
-/// Feeds every message of a durable consumer to `handle`, one at a time, until cancelled;
-/// reconnects the message stream when it ends or fails.
-pub(crate) async fn consume<F, Fut>(
-    consumer: PullConsumer,
-    cancel: CancellationToken,
-    mut handle: F,
-) where
-    F: FnMut(async_nats::jetstream::Message) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    while !cancel.is_cancelled() {
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await
-        {
-            Ok(messages) => messages,
-            Err(e) => {
-                warn!(error = %e, "cannot pull messages; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => handle(message).await,
-                Some(Err(e)) => warn!(error = %e, "consumer stream error"),
-                None => break,
             }
         }
     }

@@ -121,9 +121,6 @@ impl Actor for ExecutionActor {
         );
         let trace = &state.pending.trace;
         sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
-        if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
-            span.record("trace_id", trace_id);
-        }
         Self::dispatch(&myself, state).instrument(span).await
     }
 }

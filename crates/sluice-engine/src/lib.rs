@@ -213,8 +213,10 @@ impl Engine {
             root.get_cell(),
             Box::new(move |cancel| {
                 Box::pin(async move {
-                    consumer::consume(consumer, cancel, |m| {
-                        deadletter::handle_dead_letter(&s, &settler, m)
+                    consumer::consume_batches(consumer, cancel, |batch| async {
+                        for message in batch {
+                            deadletter::handle_dead_letter(&s, &settler, message).await;
+                        }
                     })
                     .await;
                 })

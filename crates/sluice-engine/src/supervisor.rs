@@ -56,9 +56,6 @@ impl Pending {
             trace_id = tracing::field::Empty,
         );
         sluice_telemetry::continue_trace(&queued, |name| trace.get(name).cloned());
-        if let Some(trace_id) = sluice_telemetry::trace_id(&queued) {
-            queued.record("trace_id", trace_id);
-        }
         Self {
             id,
             attempt,

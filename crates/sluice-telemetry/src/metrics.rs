@@ -70,12 +70,51 @@ fn write_labels(out: &mut String, names: &[&str], values: &[&str], extra: Option
     }
 }
 
+/// The series of a labelled metric, one `T` per distinct set of label values: found by a
+/// short scan under a read lock, created under the write lock the first time.
+struct Series<const N: usize, T>(RwLock<Vec<(Labels<N>, T)>>);
+
+impl<const N: usize, T> Series<N, T> {
+    fn new() -> Self {
+        Self(RwLock::new(Vec::new()))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(Labels<N>, T)>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the series for `values`, created with `make` if it is new.
+    fn update(&self, values: &[&str; N], make: impl FnOnce() -> T, f: impl FnOnce(&T)) {
+        if let Some((_, t)) = self.read().iter().find(|(v, _)| same(v, values)) {
+            f(t);
+            return;
+        }
+        let mut series = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let i = match series.iter().position(|(v, _)| same(v, values)) {
+            Some(i) => i,
+            None => {
+                series.push((owned(values), make()));
+                series.len() - 1
+            }
+        };
+        f(&series[i].1);
+    }
+
+    /// `f` of the series for `values`, if it exists.
+    fn get<R>(&self, values: &[&str; N], f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.read()
+            .iter()
+            .find(|(v, _)| same(v, values))
+            .map(|(_, t)| f(t))
+    }
+}
+
 /// A counter with `N` labels; each distinct set of label values is its own series.
 pub struct CounterVec<const N: usize> {
     name: &'static str,
     help: &'static str,
     labels: [&'static str; N],
-    series: RwLock<Vec<(Labels<N>, AtomicU64)>>,
+    series: Series<N, AtomicU64>,
 }
 
 impl<const N: usize> CounterVec<N> {
@@ -84,7 +123,7 @@ impl<const N: usize> CounterVec<N> {
             name,
             help,
             labels,
-            series: RwLock::new(Vec::new()),
+            series: Series::new(),
         }
     }
 
@@ -93,46 +132,39 @@ impl<const N: usize> CounterVec<N> {
     }
 
     pub fn add(&self, values: [&str; N], n: u64) {
-        {
-            let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, value)) = series.iter().find(|(v, _)| same(v, &values)) {
+        self.series.update(
+            &values,
+            || AtomicU64::new(0),
+            |value| {
                 value.fetch_add(n, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
-        match series.iter().find(|(v, _)| same(v, &values)) {
-            Some((_, value)) => {
-                value.fetch_add(n, Ordering::Relaxed);
-            }
-            None => series.push((owned(&values), AtomicU64::new(n))),
-        }
+            },
+        );
     }
 
     /// The value of one series (0 if it was never incremented).
     pub fn get(&self, values: [&str; N]) -> u64 {
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        series
-            .iter()
-            .find(|(v, _)| same(v, &values))
-            .map_or(0, |(_, value)| value.load(Ordering::Relaxed))
+        self.series
+            .get(&values, |value| value.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// The sum over every series.
     pub fn total(&self) -> u64 {
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        series.iter().map(|(_, v)| v.load(Ordering::Relaxed)).sum()
+        self.series
+            .read()
+            .iter()
+            .map(|(_, v)| v.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "counter");
-        let mut series: Vec<(Labels<N>, u64)> = {
-            let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-            series
-                .iter()
-                .map(|(v, n)| (v.clone(), n.load(Ordering::Relaxed)))
-                .collect()
-        };
+        let mut series: Vec<(Labels<N>, u64)> = self
+            .series
+            .read()
+            .iter()
+            .map(|(v, n)| (v.clone(), n.load(Ordering::Relaxed)))
+            .collect();
         series.sort();
         for (values, n) in series {
             out.push_str(self.name);
@@ -180,7 +212,7 @@ pub struct HistogramVec<const N: usize> {
     name: &'static str,
     help: &'static str,
     labels: [&'static str; N],
-    series: RwLock<Vec<(Labels<N>, HistogramSeries)>>,
+    series: Series<N, HistogramSeries>,
 }
 
 impl<const N: usize> HistogramVec<N> {
@@ -189,39 +221,25 @@ impl<const N: usize> HistogramVec<N> {
             name,
             help,
             labels,
-            series: RwLock::new(Vec::new()),
+            series: Series::new(),
         }
     }
 
     pub fn observe(&self, values: [&str; N], seconds: f64) {
-        {
-            let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, h)) = series.iter().find(|(v, _)| same(v, &values)) {
-                h.observe(seconds);
-                return;
-            }
-        }
-        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
-        if !series.iter().any(|(v, _)| same(v, &values)) {
-            series.push((owned(&values), HistogramSeries::new()));
-        }
-        if let Some((_, h)) = series.iter().find(|(v, _)| same(v, &values)) {
-            h.observe(seconds);
-        }
+        self.series
+            .update(&values, HistogramSeries::new, |h| h.observe(seconds));
     }
 
     /// How many observations one series has.
     pub fn count(&self, values: [&str; N]) -> u64 {
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        series
-            .iter()
-            .find(|(v, _)| same(v, &values))
-            .map_or(0, |(_, h)| h.count.load(Ordering::Relaxed))
+        self.series
+            .get(&values, |h| h.count.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "histogram");
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let series = self.series.read();
         let mut order: Vec<usize> = (0..series.len()).collect();
         order.sort_by(|a, b| series[*a].0.cmp(&series[*b].0));
         for i in order {

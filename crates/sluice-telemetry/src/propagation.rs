@@ -41,7 +41,8 @@ pub fn trace_headers(span: &tracing::Span) -> TraceHeaders {
     headers
 }
 
-/// Makes `span` a child of the context in `lookup`'s `traceparent` / `tracestate`, if any.
+/// Makes `span` a child of the context in `lookup`'s `traceparent` / `tracestate`, if any,
+/// and records the resulting trace id in the span's `trace_id` field when it declares one.
 pub fn continue_trace(span: &tracing::Span, lookup: impl Fn(&str) -> Option<String>) {
     let mut headers = TraceHeaders::new();
     for name in ["traceparent", "tracestate"] {
@@ -54,6 +55,9 @@ pub fn continue_trace(span: &tracing::Span, lookup: impl Fn(&str) -> Option<Stri
         if context.span().span_context().is_valid() {
             let _ = span.set_parent(context);
         }
+    }
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id);
     }
 }
 

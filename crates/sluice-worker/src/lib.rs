@@ -387,9 +387,6 @@ impl Actor for RunActor {
             trace_id = tracing::field::Empty,
         );
         sluice_bus::continue_trace(&span, &args.message);
-        if let Some(trace_id) = sluice_telemetry::trace_id(&span) {
-            span.record("trace_id", trace_id);
-        }
         let state = RunState {
             shared: args.shared,
             run: args.run,
