@@ -2,15 +2,22 @@
 //! in the same run on the same machine, because absolute numbers on a shared machine drift.
 //!
 //! ```text
-//! cargo run -p sluice-load --release -- throughput [--executions N] [--database-url URL|start] [--json FILE]
-//! cargo run -p sluice-load --release -- latency [--rate R] [--duration S] [--database-url URL|start] [--json FILE]
+//! cargo run -p sluice-load --release -- throughput [--executions N]
+//! cargo run -p sluice-load --release -- latency [--rate R] [--duration S]
+//! cargo run -p sluice-load --release -- fifo [--executions N]
+//! cargo run -p sluice-load --release -- shell [--rate R] [--duration S]
+//! cargo run -p sluice-load --release -- scale [--executions N] [--worker-counts 1,2,4]
 //! cargo run -p sluice-load --release -- gate [--operations N]
 //! cargo run -p sluice-load --release -- queue-memory [--executions N]
 //! ```
+//!
+//! The trigger scenarios take `--database-url URL|start`, `--workers N`, `--capacity N`,
+//! `--json FILE`, and `--nats-url URL --api URL` to run against a deployment.
 
 #![allow(clippy::print_stdout)]
 
 mod baseline;
+mod deployment;
 mod gate;
 mod queue_memory;
 mod report;
@@ -45,6 +52,34 @@ enum Scenario {
         #[command(flatten)]
         options: triggers::Options,
     },
+    /// N triggers pipelined to an action with `max_concurrent: 1`: admission order checked
+    /// against publish order, and executions per second through one slot.
+    Fifo {
+        #[arg(long, default_value_t = 10_000)]
+        executions: u64,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
+    /// `true` in a shell (`local-shell-cmd`) at a fixed rate: trigger -> completion with a
+    /// process started per execution.
+    Shell {
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
+    /// A burst of triggers to a 20 ms action with 1, 2 and 4 worker processes: executions
+    /// per second for each, against linear scaling from one.
+    Scale {
+        #[arg(long, default_value_t = 4_000)]
+        executions: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        worker_counts: Vec<usize>,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
     /// Admit + release operations per second through one action's gate and supervisor
     /// mailbox, in process, against raw ractor messaging.
     Gate {
@@ -55,6 +90,19 @@ enum Scenario {
     QueueMemory {
         #[arg(long, default_value_t = 1_000_000)]
         executions: u64,
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// A worker process of a deployment a scenario started (not run by hand).
+    #[command(hide = true)]
+    WorkerProcess {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        capacity: usize,
     },
 }
 
@@ -69,9 +117,30 @@ async fn main() -> anyhow::Result<()> {
             rate,
             duration,
             options,
-        } => triggers::latency(rate, duration, options).await,
+        } => triggers::latency("noop", rate, duration, options).await,
+        Scenario::Fifo {
+            executions,
+            options,
+        } => triggers::fifo(executions, options).await,
+        Scenario::Shell {
+            rate,
+            duration,
+            options,
+        } => triggers::latency("shell", rate, duration, options).await,
+        Scenario::Scale {
+            executions,
+            worker_counts,
+            options,
+        } => triggers::scale(executions, &worker_counts, options).await,
         Scenario::Gate { operations } => gate::run(operations).await,
-        Scenario::QueueMemory { executions } => queue_memory::run(executions).await,
+        Scenario::QueueMemory { executions, json } => {
+            queue_memory::run(executions, json.as_deref()).await
+        }
+        Scenario::WorkerProcess {
+            nats_url,
+            name,
+            capacity,
+        } => deployment::worker_process(&nats_url, &name, capacity).await,
     }
 }
 

@@ -22,7 +22,7 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-pub async fn run(executions: u64) -> anyhow::Result<()> {
+pub async fn run(executions: u64, json: Option<&std::path::Path>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pack = dir.path().join("packs/q");
     std::fs::create_dir_all(pack.join("actions"))?;
@@ -107,5 +107,21 @@ pub async fn run(executions: u64) -> anyhow::Result<()> {
         "  peak during the rebuild              {:>8.1} MB RSS",
         mb(peak)
     );
+    if let Some(path) = json {
+        crate::report::write_json(
+            path,
+            &serde_json::json!({
+                "scenario": "queue-memory",
+                "store": "sqlite",
+                "executions": executions,
+                "baseline_rss_mb": mb(before),
+                "rss_mb": mb(after),
+                "peak_rss_mb": mb(peak),
+                "bytes_per_queued": after.saturating_sub(before) as f64 / executions as f64,
+                "rebuild_s": rebuild_time.as_secs_f64(),
+                "commit": crate::report::commit(),
+            }),
+        )?;
+    }
     Ok(())
 }

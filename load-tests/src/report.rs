@@ -1,6 +1,7 @@
 //! Figures as a human table and as flat JSON (`--json FILE`), each Sluice figure next to
 //! its ratio to the baseline measured in the same run.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
     pub commit: String,
+    /// What only this scenario measures, as further flat keys.
+    #[serde(flatten)]
+    pub figures: BTreeMap<String, f64>,
 }
 
 impl Summary {
@@ -81,7 +85,13 @@ impl Summary {
             throughput_ratio: ratio(executions_per_s, baseline.msgs_per_s),
             rss_mb: None,
             commit: commit(),
+            figures: BTreeMap::new(),
         }
+    }
+
+    /// Adds a figure only this scenario measures.
+    pub fn figure(&mut self, key: &str, value: f64) {
+        self.figures.insert(key.to_owned(), value);
     }
 
     /// Prints the table, and writes the JSON when asked to.
@@ -110,16 +120,25 @@ impl Summary {
             "  throughput                 {:>9.0} executions/s   baseline {:.0} msgs/s   ratio {:.3}",
             self.executions_per_s, self.baseline_msgs_per_s, self.throughput_ratio
         );
+        for (key, value) in &self.figures {
+            println!("  {key:<26} {value:>9.2}");
+        }
         if let Some(path) = json {
-            std::fs::write(path, serde_json::to_string_pretty(self)?)?;
-            println!("  JSON summary written to {}", path.display());
+            write_json(path, self)?;
         }
         Ok(())
     }
 }
 
+/// Writes a summary as pretty JSON.
+pub fn write_json(path: &Path, summary: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(summary)?)?;
+    println!("  JSON summary written to {}", path.display());
+    Ok(())
+}
+
 /// The checked-out commit, when run from a git checkout.
-fn commit() -> String {
+pub fn commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()

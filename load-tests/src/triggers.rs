@@ -1,37 +1,27 @@
-//! Scenarios that publish triggers as a plain NATS client would (JSON on
-//! `sluice.trigger.load.tick`) and measure trigger → completion through a real engine and
-//! worker: a nats-server, a store, and one rule to `core.noop`.
-//!
-//! Latency is read back from the store: each event's payload carries its tick number, so an
-//! execution's `finished_at` is matched with the moment its trigger was published.
+//! Scenarios that publish triggers as a plain NATS client would (JSON `{"n": tick}` on
+//! `sluice.trigger.load.<scenario>`) and measure trigger → completion through a real
+//! engine and real workers. The `load` pack's rules pass the tick number to the action, so
+//! each execution's `finished_at`, read back through the HTTP API, is matched with the
+//! moment its trigger was published.
 
 use std::future::IntoFuture as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use sluice_bus::Bus;
-use sluice_engine::{Engine, EngineConfig};
-use sluice_store::Store;
-use sluice_testkit::{NatsServer, Postgres};
-use sluice_worker::{Worker, WorkerConfig};
+use futures::stream::FuturesUnordered;
 
 use crate::baseline::{self, Baseline};
+use crate::deployment::{Deployment, Run, Target};
 use crate::report::{self, Percentiles, Summary};
 
 /// What every trigger scenario accepts.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// A PostgreSQL URL; default a fresh SQLite file. `--database-url start` starts a
-    /// throwaway PostgreSQL cluster for the run.
-    #[arg(long)]
-    pub database_url: Option<String>,
-    /// Actions the worker runs at once.
-    #[arg(long, default_value_t = 64)]
-    pub capacity: usize,
+    #[command(flatten)]
+    pub target: Target,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -43,220 +33,244 @@ pub struct Options {
     pub baseline_messages: u64,
 }
 
-const PACK: &[(&str, &str)] = &[
-    ("pack.yaml", "ref: load\n"),
-    ("triggers/tick.yaml", "name: tick\n"),
-    (
-        "rules/on_tick.yaml",
-        "name: on_tick\ntrigger:\n  type: load.tick\naction:\n  ref: core.noop\n",
-    ),
-];
+/// Unacknowledged publishes a pipelined publisher keeps in flight.
+const IN_FLIGHT: usize = 2_000;
 
-struct Harness {
-    nats: NatsServer,
-    store: Store,
-    store_kind: &'static str,
-    engine: Engine,
-    worker: Worker,
-    _postgres: Option<Postgres>,
-    _dir: tempfile::TempDir,
-}
-
-impl Harness {
-    async fn start(options: &Options) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        for (rel, text) in PACK {
-            let path = dir.path().join("packs/load").join(rel);
-            std::fs::create_dir_all(path.parent().unwrap_or(dir.path()))?;
-            std::fs::write(path, text)?;
-        }
-        let bundled = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../packs"));
-        let catalog = Arc::new(
-            sluice_pack::load_packs(&[bundled, dir.path().join("packs")])
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
-        let nats = NatsServer::start();
-        let (postgres, url) = match options.database_url.as_deref() {
-            Some("start") => {
-                let pg = Postgres::start();
-                let url = pg.url();
-                (Some(pg), url)
-            }
-            Some(url) => (None, url.to_owned()),
-            None => (None, dir.path().join("sluice.db").display().to_string()),
-        };
-        let store = Store::connect(&url).await?;
-        let store_kind = store.backend_name();
-        let engine = Engine::start(EngineConfig {
-            name: "engine".into(),
-            catalog: catalog.clone(),
-            store: store.clone(),
-            bus: Bus::connect(&nats.url(), "load-engine").await?,
-            ingest_triggers: true,
-            worker_loss_window: Duration::from_secs(10),
-        })
-        .await?;
-        let worker = Worker::start(WorkerConfig {
-            name: "worker/load".into(),
-            bus: Bus::connect(&nats.url(), "load-worker").await?,
-            actions_dirs: catalog
-                .packs
-                .iter()
-                .map(|(name, pack)| (name.clone(), pack.dir.join("actions")))
-                .collect(),
-            capacity: options.capacity,
-            heartbeat_interval: Duration::from_secs(2),
-        })
-        .await?;
-        Ok(Self {
-            nats,
-            store,
-            store_kind,
-            engine,
-            worker,
-            _postgres: postgres,
-            _dir: dir,
-        })
-    }
-
-    async fn baseline(&self, options: &Options) -> anyhow::Result<Baseline> {
-        baseline::measure(
-            &self.nats.url(),
-            options.baseline_roundtrips,
-            options.baseline_messages,
-        )
-        .await
-    }
-
-    /// Waits until `count` executions exist and every one has ended.
-    async fn wait_settled(&self, count: u64, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let ledger = self.store.ledger().await?;
-            let executions: i64 = ledger.executions.values().sum();
-            if executions as u64 == count && ledger.unfinished == 0 {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "not settled after {timeout:?}: {executions} executions, {} unfinished",
-                ledger.unfinished
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Each execution's tick number and when it finished.
-    async fn finished(&self) -> anyhow::Result<Vec<(i64, DateTime<Utc>)>> {
-        Ok(self.store.finished_by_event_field("n").await?)
-    }
-
-    async fn stop(self) {
-        self.engine.shutdown(Duration::from_secs(5)).await;
-        self.worker.shutdown(Duration::from_secs(5)).await;
-        self.store.close().await;
-    }
-}
-
-/// Publishes tick `n` and returns when it was published.
-fn tick(n: u64) -> (String, Bytes) {
-    (
-        "sluice.trigger.load.tick".to_owned(),
-        Bytes::from(format!("{{\"n\":{n}}}")),
+async fn baseline(deployment: &Deployment, options: &Options) -> anyhow::Result<Baseline> {
+    baseline::measure(
+        &deployment.nats_url,
+        options.baseline_roundtrips,
+        options.baseline_messages,
     )
+    .await
 }
 
-/// Trigger → completion for each tick, from when it was published.
-fn latencies(
-    published: &[DateTime<Utc>],
-    finished: &[(i64, DateTime<Utc>)],
-) -> anyhow::Result<(Percentiles, DateTime<Utc>)> {
-    let mut histogram = report::histogram();
-    let mut last = published.first().copied().unwrap_or_else(Utc::now);
-    for (n, at) in finished {
-        let sent = published
-            .get(usize::try_from(*n).unwrap_or(usize::MAX))
-            .ok_or_else(|| anyhow::anyhow!("an execution for unknown tick {n}"))?;
-        report::record(&mut histogram, (*at - *sent).to_std().unwrap_or_default());
-        last = last.max(*at);
-    }
-    Ok((Percentiles::of(&histogram), last))
+fn tick(n: u64) -> Bytes {
+    Bytes::from(format!("{{\"n\":{n}}}"))
 }
 
-/// `throughput`: N triggers published pipelined (at most 2,000 unacknowledged), then the
-/// time to the last completion recorded in the store.
-pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()> {
-    let harness = Harness::start(&options).await?;
-    let baseline = harness.baseline(&options).await?;
-    let js = async_nats::jetstream::new(async_nats::connect(harness.nats.url()).await?);
-    let mut published = Vec::with_capacity(executions as usize);
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for n in 0..executions {
-        let (subject, payload) = tick(n);
+/// Publishes ticks `0..count` to `load.<action>`, pipelined when `rate` is `None`, else at
+/// that many per second; returns when each was published.
+async fn publish(
+    deployment: &Deployment,
+    action: &str,
+    count: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    let js = async_nats::jetstream::new(async_nats::connect(&deployment.nats_url).await?);
+    let subject = format!("sluice.trigger.load.{action}");
+    let mut published = Vec::with_capacity(count as usize);
+    let mut ticks = rate.map(|rate| {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
+    let mut acks = FuturesUnordered::new();
+    for n in 0..count {
+        if let Some(ticks) = ticks.as_mut() {
+            ticks.tick().await;
+        }
         published.push(Utc::now());
-        acks.push(js.publish(subject, payload).await?.into_future());
-        while acks.len() >= 2_000 {
-            if let Some(ack) = acks.next().await {
+        acks.push(js.publish(subject.clone(), tick(n)).await?.into_future());
+        if ticks.is_some() {
+            // At a fixed rate, collect the acks that are in without waiting for any.
+            while let Some(Some(ack)) = futures::FutureExt::now_or_never(acks.next()) {
                 ack?;
+            }
+        } else {
+            while acks.len() >= IN_FLIGHT {
+                if let Some(ack) = acks.next().await {
+                    ack?;
+                }
             }
         }
     }
     while let Some(ack) = acks.next().await {
         ack?;
     }
-    let timeout = Duration::from_secs(60 + executions / 200);
-    harness.wait_settled(executions, timeout).await?;
-    let finished = harness.finished().await?;
-    let (latency, last) = latencies(&published, &finished)?;
-    let span = (last - published[0]).as_seconds_f64();
+    Ok(published)
+}
+
+/// Publishes, waits for every execution to end, and reads them back.
+async fn run(
+    deployment: &Deployment,
+    action: &str,
+    count: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<(Vec<DateTime<Utc>>, Vec<Run>)> {
+    let published = publish(deployment, action, count, rate).await?;
+    let timeout = Duration::from_secs(120 + count / 100);
+    deployment.wait_settled(count, timeout).await?;
+    let runs = deployment.runs(&format!("load.{action}")).await?;
+    anyhow::ensure!(
+        runs.len() as u64 == count,
+        "{} executions of load.{action} for {count} triggers",
+        runs.len()
+    );
+    let failed = runs.iter().filter(|run| run.status != "succeeded").count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} executions of load.{action} did not succeed"
+    );
+    Ok((published, runs))
+}
+
+/// Trigger → completion for each tick, and executions per second from the first publish
+/// to the last completion.
+fn measure(published: &[DateTime<Utc>], runs: &[Run]) -> anyhow::Result<(Percentiles, f64)> {
+    let mut histogram = report::histogram();
+    let first = published.first().copied().unwrap_or_else(Utc::now);
+    let mut last = first;
+    for run in runs {
+        let n = run.tick()?;
+        let sent = published
+            .get(usize::try_from(n).unwrap_or(usize::MAX))
+            .ok_or_else(|| anyhow::anyhow!("an execution for unknown tick {n}"))?;
+        let finished = run
+            .finished_at
+            .ok_or_else(|| anyhow::anyhow!("execution {} has no finished_at", run.id))?;
+        report::record(
+            &mut histogram,
+            (finished - *sent).to_std().unwrap_or_default(),
+        );
+        last = last.max(finished);
+    }
+    let span = (last - first).as_seconds_f64().max(f64::EPSILON);
+    Ok((Percentiles::of(&histogram), runs.len() as f64 / span))
+}
+
+/// `throughput`: N triggers published pipelined, one rule to a `noop` action.
+pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()> {
+    let deployment = Deployment::start(&options.target).await?;
+    let baseline = baseline(&deployment, &options).await?;
+    let (published, runs) = run(&deployment, "noop", executions, None).await?;
+    let (latency, per_s) = measure(&published, &runs)?;
     let summary = Summary::new(
         "throughput",
-        harness.store_kind,
+        &deployment.store,
         executions,
-        executions as f64 / span,
+        per_s,
         latency,
         &baseline,
     );
-    harness.stop().await;
+    deployment.stop().await;
     summary.emit(options.json.as_deref())
 }
 
-/// `latency`: triggers at a fixed low rate for a while, each timed to its completion.
-pub async fn latency(rate: u64, duration: u64, options: Options) -> anyhow::Result<()> {
-    let harness = Harness::start(&options).await?;
-    let baseline = harness.baseline(&options).await?;
-    let js = async_nats::jetstream::new(async_nats::connect(harness.nats.url()).await?);
+/// `latency` and `shell`: triggers at a fixed low rate for a while, each timed to its
+/// completion.
+pub async fn latency(
+    action: &str,
+    rate: u64,
+    duration: u64,
+    options: Options,
+) -> anyhow::Result<()> {
+    let deployment = Deployment::start(&options.target).await?;
+    let baseline = baseline(&deployment, &options).await?;
     let executions = rate * duration;
-    let mut published = Vec::with_capacity(executions as usize);
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for n in 0..executions {
-        ticks.tick().await;
-        let (subject, payload) = tick(n);
-        published.push(Utc::now());
-        acks.push(js.publish(subject, payload).await?.into_future());
-        while let Some(Some(ack)) = futures::FutureExt::now_or_never(acks.next()) {
-            ack?;
-        }
-    }
-    while let Some(ack) = acks.next().await {
-        ack?;
-    }
-    harness
-        .wait_settled(executions, Duration::from_secs(120))
-        .await?;
-    let finished = harness.finished().await?;
-    let (latency, last) = latencies(&published, &finished)?;
-    let span = (last - published[0]).as_seconds_f64();
+    let (published, runs) = run(&deployment, action, executions, Some(rate)).await?;
+    let (latency, per_s) = measure(&published, &runs)?;
+    let scenario = match action {
+        "noop" => "latency",
+        other => other,
+    };
     let summary = Summary::new(
-        &format!("latency ({rate}/s for {duration}s)"),
-        harness.store_kind,
+        &format!("{scenario} ({rate}/s for {duration}s)"),
+        &deployment.store,
         executions,
-        executions as f64 / span,
+        per_s,
         latency,
         &baseline,
     );
-    harness.stop().await;
+    deployment.stop().await;
+    summary.emit(options.json.as_deref())
+}
+
+/// `fifo`: N triggers pipelined to an action with `max_concurrent: 1`; the order in which
+/// executions were admitted (each starts only after the one before it ended) must be the
+/// order their triggers were published in.
+pub async fn fifo(executions: u64, options: Options) -> anyhow::Result<()> {
+    let deployment = Deployment::start(&options.target).await?;
+    let baseline = baseline(&deployment, &options).await?;
+    let (published, mut runs) = run(&deployment, "serial", executions, None).await?;
+    let (latency, per_s) = measure(&published, &runs)?;
+    runs.sort_by_key(|run| (run.started_at, run.id));
+    let order = runs
+        .iter()
+        .map(Run::tick)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out_of_order = order.windows(2).filter(|pair| pair[0] > pair[1]).count();
+    let overlapping = runs
+        .windows(2)
+        .filter(|pair| match (pair[0].finished_at, pair[1].started_at) {
+            (Some(ended), Some(started)) => started < ended,
+            _ => true,
+        })
+        .count();
+    let mut summary = Summary::new(
+        "fifo (max_concurrent 1)",
+        &deployment.store,
+        executions,
+        per_s,
+        latency,
+        &baseline,
+    );
+    summary.figure("admitted_out_of_order", out_of_order as f64);
+    summary.figure("ran_overlapping", overlapping as f64);
+    deployment.stop().await;
+    summary.emit(options.json.as_deref())?;
+    anyhow::ensure!(
+        out_of_order == 0 && overlapping == 0,
+        "{out_of_order} admissions out of trigger order, {overlapping} overlapping runs"
+    );
+    Ok(())
+}
+
+/// `scale`: the same burst against 1, 2 and 4 worker processes running a 20 ms action;
+/// executions per second for each and the ratio to linear scaling from one worker.
+pub async fn scale(
+    executions: u64,
+    worker_counts: &[usize],
+    mut options: Options,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        options.target.nats_url.is_none(),
+        "scale starts its own deployments (it varies the worker count); drop --nats-url"
+    );
+    let capacity = *options.target.capacity.get_or_insert(8);
+    let mut figures = Vec::new();
+    let mut last = None;
+    for &workers in worker_counts {
+        options.target.workers = workers;
+        let deployment = Deployment::start(&options.target).await?;
+        let baseline = baseline(&deployment, &options).await?;
+        let (published, runs) = run(&deployment, "sleep", executions, None).await?;
+        let (latency, per_s) = measure(&published, &runs)?;
+        let store = deployment.store.clone();
+        deployment.stop().await;
+        println!("  {workers} worker(s): {per_s:.0} executions/s");
+        figures.push((workers, per_s));
+        last = Some(Summary::new(
+            "scale (20 ms action)",
+            &store,
+            executions,
+            per_s,
+            latency,
+            &baseline,
+        ));
+    }
+    let mut summary = last.ok_or_else(|| anyhow::anyhow!("no worker counts given"))?;
+    let (one, one_per_s) = figures[0];
+    let ideal = capacity as f64 / 0.020;
+    println!("  each worker runs {capacity} at once: at most {ideal:.0} executions/s per worker");
+    for &(workers, per_s) in &figures {
+        let linear = one_per_s * workers as f64 / one as f64;
+        let ratio = per_s / linear;
+        println!(
+            "  {workers} worker(s) {per_s:>9.0} executions/s   linear {linear:>9.0}   ratio {ratio:.2}"
+        );
+        summary.figure(&format!("workers_{workers}_executions_per_s"), per_s);
+        summary.figure(&format!("workers_{workers}_linear_ratio"), ratio);
+    }
     summary.emit(options.json.as_deref())
 }

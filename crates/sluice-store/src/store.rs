@@ -744,44 +744,6 @@ impl Store {
         })
     }
 
-    /// For every ended execution requested by an event, the integer at `field` in the
-    /// event's payload and when the execution finished: correlates what a publisher sent
-    /// with when it completed. `field` is a plain name (letters, digits, `_`).
-    pub async fn finished_by_event_field(
-        &self,
-        field: &str,
-    ) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
-        if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(corrupt(
-                "events",
-                format!("{field:?} is not a plain field name"),
-            ));
-        }
-        let rows: Vec<(i64, DateTime<Utc>)> = match &self.backend {
-            Backend::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT CAST(json_extract(ev.payload, '$.' || $1) AS INTEGER), ex.finished_at \
-                     FROM executions ex JOIN events ev ON ev.id = ex.event_id \
-                     WHERE ex.finished_at IS NOT NULL AND json_extract(ev.payload, '$.' || $1) IS NOT NULL",
-                )
-                .bind(field)
-                .fetch_all(pool)
-                .await?
-            }
-            Backend::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT (ev.payload->>$1)::bigint, ex.finished_at \
-                     FROM executions ex JOIN events ev ON ev.id = ex.event_id \
-                     WHERE ex.finished_at IS NOT NULL AND ev.payload ? $1",
-                )
-                .bind(field)
-                .fetch_all(pool)
-                .await?
-            }
-        };
-        Ok(rows)
-    }
-
     /// How many enforcements exist for an event (one per rule that fired).
     pub async fn count_enforcements(&self, event_id: EventId) -> Result<i64, StoreError> {
         let (n,): (i64,) = on_pool!(self, pool => {

@@ -355,29 +355,6 @@ async fn the_ledger_counts_and_finds_executions_not_ended_once(store: Store) {
     assert!(ledger.ended_other_than_once.is_empty());
 }
 
-async fn finished_executions_are_matched_with_a_field_of_their_event(store: Store) {
-    use ExecutionStatus::*;
-    let mut numbered = event(Some(1));
-    numbered.payload = Some(json!({"n": 41}));
-    let outcome = store
-        .record_event(&numbered, &[firing("r", "core.noop")])
-        .await
-        .unwrap();
-    let id = outcome.executions[0].0;
-    assert!(store.finished_by_event_field("n").await.unwrap().is_empty());
-    for to in [Scheduling, Scheduled, Running, Succeeded] {
-        assert!(store.transition(id, &Transition::to(to)).await.unwrap());
-    }
-    let finished = store.finished_by_event_field("n").await.unwrap();
-    assert_eq!(finished.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [41]);
-    assert!(
-        store
-            .finished_by_event_field("n') OR 1=1 --")
-            .await
-            .is_err()
-    );
-}
-
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -414,5 +391,4 @@ store_suite!(
     a_retry_starts_a_new_attempt_with_its_own_history,
     dead_letters_are_kept_once_per_message_newest_first,
     the_ledger_counts_and_finds_executions_not_ended_once,
-    finished_executions_are_matched_with_a_field_of_their_event,
 );

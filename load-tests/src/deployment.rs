@@ -1,0 +1,301 @@
+//! What a scenario runs against: by default a deployment it starts itself (a nats-server, a
+//! store, an engine serving the HTTP API, and worker processes), or with `--nats-url` and
+//! `--api` a running one that has the `load` pack (`load-tests/pack/`) installed.
+//!
+//! Either way a scenario publishes triggers to NATS and reads the results back through the
+//! HTTP API, so both paths measure the same thing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sluice_bus::Bus;
+use sluice_engine::{Engine, EngineConfig};
+use sluice_store::Store;
+use sluice_testkit::{NatsServer, Postgres};
+use sluice_worker::{Worker, WorkerConfig};
+
+/// Where a scenario's deployment comes from; every trigger scenario accepts these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// A running deployment's NATS server (needs `--api`); default: start one.
+    #[arg(long, requires = "api")]
+    pub nats_url: Option<String>,
+    /// A running deployment's HTTP API, e.g. http://127.0.0.1:8080 (needs `--nats-url`).
+    #[arg(long, requires = "nats_url")]
+    pub api: Option<String>,
+    /// A PostgreSQL URL; default a fresh SQLite file. `--database-url start` starts a
+    /// throwaway PostgreSQL cluster for the run.
+    #[arg(long, conflicts_with = "nats_url")]
+    pub database_url: Option<String>,
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 1, conflicts_with = "nats_url")]
+    pub workers: usize,
+    /// Actions each worker runs at once [default: 64; 8 for `scale`].
+    #[arg(long, conflicts_with = "nats_url")]
+    pub capacity: Option<usize>,
+}
+
+/// The packs a scenario's deployment loads: the bundled ones and `load`.
+fn pack_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    vec![root.join("../packs"), root.join("pack")]
+}
+
+/// One execution of a `load` action, as the API lists it.
+#[derive(Debug, Deserialize)]
+pub struct Run {
+    pub id: i64,
+    pub status: String,
+    pub parameters: serde_json::Value,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    /// The tick number of the trigger that requested it.
+    pub fn tick(&self) -> anyhow::Result<u64> {
+        self.parameters["n"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("execution {} has no tick number", self.id))
+    }
+}
+
+pub struct Deployment {
+    pub nats_url: String,
+    pub store: String,
+    api: String,
+    http: reqwest::Client,
+    /// Executions with an id at or below this existed before the scenario started.
+    floor: i64,
+    local: Option<Local>,
+}
+
+impl Deployment {
+    pub async fn start(target: &Target) -> anyhow::Result<Self> {
+        let (nats_url, api, local) = match (&target.nats_url, &target.api) {
+            (Some(nats), Some(api)) => (nats.clone(), api.trim_end_matches('/').to_owned(), None),
+            _ => {
+                let local = Local::start(target).await?;
+                (local.nats.url(), local.api.clone(), Some(local))
+            }
+        };
+        let http = reqwest::Client::new();
+        let health: serde_json::Value = http
+            .get(format!("{api}/healthz"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| anyhow::anyhow!("the API at {api} does not answer /healthz: {e}"))?
+            .json()
+            .await?;
+        let mut deployment = Self {
+            nats_url,
+            store: health["store"].as_str().unwrap_or("unknown").to_owned(),
+            api,
+            http,
+            floor: 0,
+            local,
+        };
+        deployment.floor = deployment.newest_execution().await?;
+        Ok(deployment)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.api);
+        let response = self.http.get(&url).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+
+    async fn newest_execution(&self) -> anyhow::Result<i64> {
+        let newest: Vec<Run> = self.get("/api/v1/executions?limit=1").await?;
+        Ok(newest.first().map_or(0, |run| run.id))
+    }
+
+    /// Waits until `count` executions have been created since the scenario started and
+    /// every execution has ended.
+    pub async fn wait_settled(&self, count: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ledger: serde_json::Value = self.get("/api/v1/ledger").await?;
+            let created = self.newest_execution().await? - self.floor;
+            let unfinished = ledger["unfinished"].as_i64().unwrap_or(-1);
+            if created >= count as i64 && unfinished == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not settled after {timeout:?}: {created} of {count} executions created, \
+                 {unfinished} unfinished"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every execution of `action` created since the scenario started, newest first.
+    pub async fn runs(&self, action: &str) -> anyhow::Result<Vec<Run>> {
+        let mut runs: Vec<Run> = Vec::new();
+        loop {
+            let before = runs.last().map_or(i64::MAX, |run| run.id);
+            let page: Vec<Run> = self
+                .get(&format!(
+                    "/api/v1/executions?action={action}&limit=1000&before={before}"
+                ))
+                .await?;
+            let done = page.len() < 1000 || page.iter().any(|run| run.id <= self.floor);
+            runs.extend(page.into_iter().filter(|run| run.id > self.floor));
+            if done {
+                return Ok(runs);
+            }
+        }
+    }
+
+    pub async fn stop(self) {
+        let Self { local, http, .. } = self;
+        // Closing the client's idle connections lets the local API finish serving.
+        drop(http);
+        if let Some(local) = local {
+            local.stop().await;
+        }
+    }
+}
+
+/// A deployment the scenario started and tears down.
+struct Local {
+    nats: NatsServer,
+    api: String,
+    engine: Arc<Engine>,
+    server: tokio::task::JoinHandle<()>,
+    stop_serving: tokio::sync::oneshot::Sender<()>,
+    store: Store,
+    workers: Vec<tokio::process::Child>,
+    _postgres: Option<Postgres>,
+    _dir: tempfile::TempDir,
+}
+
+impl Local {
+    async fn start(target: &Target) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let catalog =
+            Arc::new(sluice_pack::load_packs(&pack_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let nats = NatsServer::start();
+        let (postgres, url) = match target.database_url.as_deref() {
+            Some("start") => {
+                let pg = Postgres::start();
+                let url = pg.url();
+                (Some(pg), url)
+            }
+            Some(url) => (None, url.to_owned()),
+            None => (None, dir.path().join("sluice.db").display().to_string()),
+        };
+        let store = Store::connect(&url).await?;
+        let engine = Arc::new(
+            Engine::start(EngineConfig {
+                name: "engine".into(),
+                catalog,
+                store: store.clone(),
+                bus: Bus::connect(&nats.url(), "load-engine").await?,
+                ingest_triggers: true,
+                worker_loss_window: Duration::from_secs(10),
+            })
+            .await?,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        let router = sluice_api::app(engine.clone());
+        let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let exe = std::env::current_exe()?;
+        let mut workers = Vec::with_capacity(target.workers);
+        for i in 1..=target.workers {
+            workers.push(
+                tokio::process::Command::new(&exe)
+                    .args(["worker-process", "--nats-url", &nats.url()])
+                    .args(["--name", &format!("worker/load-{i}")])
+                    .args(["--capacity", &target.capacity.unwrap_or(64).to_string()])
+                    .stdin(Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()?,
+            );
+        }
+        let local = Self {
+            nats,
+            api,
+            engine,
+            server,
+            stop_serving,
+            store,
+            workers,
+            _postgres: postgres,
+            _dir: dir,
+        };
+        local.wait_for_workers(target.workers).await?;
+        Ok(local)
+    }
+
+    /// Waits until every worker process has sent its first heartbeat.
+    async fn wait_for_workers(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.engine.workers().len() < count {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{count} worker processes did not report within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn stop(mut self) {
+        // Closing a worker's stdin asks it to drain and exit.
+        for worker in &mut self.workers {
+            drop(worker.stdin.take());
+        }
+        for worker in &mut self.workers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await;
+        }
+        let _ = self.stop_serving.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        match Arc::try_unwrap(self.engine) {
+            Ok(engine) => engine.shutdown(Duration::from_secs(5)).await,
+            Err(_) => eprintln!("engine still referenced; stopping without drain"),
+        }
+        self.store.close().await;
+        drop(self.nats);
+    }
+}
+
+/// `sluice-load worker-process`: one worker with every pack, until its stdin closes.
+pub async fn worker_process(nats_url: &str, name: &str, capacity: usize) -> anyhow::Result<()> {
+    let catalog = sluice_pack::load_packs(&pack_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let worker = Worker::start(WorkerConfig {
+        name: name.to_owned(),
+        bus: Bus::connect(nats_url, name).await?,
+        actions_dirs: catalog
+            .packs
+            .iter()
+            .map(|(pack, loaded)| (pack.clone(), loaded.dir.join("actions")))
+            .collect(),
+        capacity,
+        heartbeat_interval: Duration::from_secs(1),
+    })
+    .await?;
+    let mut stdin = tokio::io::stdin();
+    let _ = tokio::io::copy(&mut stdin, &mut tokio::io::sink()).await;
+    worker.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
