@@ -25,10 +25,6 @@ mod triggers;
 
 use clap::{Parser, Subcommand};
 
-/// The same allocator as the `sluice` binary, so in-process figures match a deployment.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "sluice-load", about = "Sluice benchmark scenarios")]
 struct Cli {

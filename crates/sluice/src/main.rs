@@ -11,11 +11,6 @@ use sluice::cli::{self, Client};
 use sluice::config::{Config, bundled_packs};
 use sluice_telemetry::LogFormat;
 
-/// mimalloc: the engine allocates many small, short-lived messages on several threads,
-/// where it measured about 7% more executions/s than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sluice",
