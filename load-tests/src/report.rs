@@ -140,7 +140,13 @@ pub fn write_json(path: &Path, summary: &impl Serialize) -> anyhow::Result<()> {
 /// The checked-out commit, when run from a git checkout.
 pub fn commit() -> String {
     std::process::Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())

@@ -277,6 +277,7 @@ struct ListQuery {
     status: Option<String>,
     limit: Option<u32>,
     before: Option<i64>,
+    parent: Option<i64>,
 }
 
 async fn list_executions(
@@ -293,6 +294,7 @@ async fn list_executions(
         status,
         limit: query.limit,
         before: query.before,
+        parent: query.parent,
     };
     let executions = engine.store().list_executions(&filter).await?;
     Ok(Json(json!(executions)))

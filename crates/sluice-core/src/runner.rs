@@ -22,10 +22,14 @@ pub enum RunnerType {
     Sleep,
     /// An HTTP request; succeeds on a 2xx answer.
     HttpRequest,
+    /// A workflow (`entry_point` is its file): the engine runs its tasks as child
+    /// executions; no worker ever receives one. `workflow` is accepted as another name.
+    #[serde(alias = "workflow")]
+    Orquesta,
 }
 
 impl RunnerType {
-    pub const ALL: [RunnerType; 7] = [
+    pub const ALL: [RunnerType; 8] = [
         Self::LocalShellCmd,
         Self::LocalShellScript,
         Self::PythonScript,
@@ -33,6 +37,7 @@ impl RunnerType {
         Self::Echo,
         Self::Sleep,
         Self::HttpRequest,
+        Self::Orquesta,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,12 +49,16 @@ impl RunnerType {
             Self::Echo => "echo",
             Self::Sleep => "sleep",
             Self::HttpRequest => "http-request",
+            Self::Orquesta => "orquesta",
         }
     }
 
     /// Whether the runner executes a file named by the action's `entry_point`.
     pub fn needs_entry_point(self) -> bool {
-        matches!(self, Self::LocalShellScript | Self::PythonScript)
+        matches!(
+            self,
+            Self::LocalShellScript | Self::PythonScript | Self::Orquesta
+        )
     }
 }
 

@@ -100,4 +100,7 @@ pub(crate) struct ActorContext {
     /// Prefix of every actor name of this engine, unique within the process.
     pub(crate) name: String,
     pub(crate) backend: Arc<dyn Backend>,
+    /// The engine's store and catalog, which workflow actors work with; `None` where the
+    /// actors run against a fake (tests of the supervisor), which runs no workflows.
+    pub(crate) shared: Option<Arc<crate::context::Shared>>,
 }

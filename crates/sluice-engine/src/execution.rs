@@ -3,19 +3,21 @@
 //! Its supervisor has admitted it and recorded `scheduled` (after a restart, an execution
 //! found `scheduling` is moved to `scheduled` here); it makes the handoff (publishes the
 //! run message), then lives until its supervisor learns of the completion and stops it.
-//! Its life is the execution's slot.
+//! Its life is the execution's slot. A workflow execution has no handoff: its actor
+//! starts the workflow actor as its child and lives as long as the workflow runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use sluice_core::{ExecutionStatus, RunMessage};
 use sluice_pack::Action;
 use sluice_store::Transition;
-use tracing::{Instrument as _, debug, warn};
+use tracing::{Instrument as _, debug, error, warn};
 
 use crate::backend::ActorContext;
 use crate::supervisor::Pending;
+use crate::workflow::{WorkflowActor, WorkflowArgs};
 
 /// Where a new execution actor starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +96,10 @@ impl Actor for ExecutionActor {
         myself: ActorRef<Self::Msg>,
         args: ExecutionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        if matches!(args.phase, Phase::Dispatch | Phase::Publish) {
+        // A workflow runs here, in the engine: its actor starts (or resumes) in any phase.
+        if matches!(args.phase, Phase::Dispatch | Phase::Publish)
+            || crate::workflow::is_workflow(&args.action)
+        {
             myself.send_message(ExecutionMsg::Dispatch)?;
         }
         Ok(ExecutionState {
@@ -121,7 +126,90 @@ impl Actor for ExecutionActor {
         );
         let trace = &state.pending.trace;
         sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
+        if crate::workflow::is_workflow(&state.action) {
+            return Self::start_workflow(&myself, state).instrument(span).await;
+        }
         Self::dispatch(&myself, state).instrument(span).await
+    }
+
+    /// The workflow actor, a child, is this execution's run: when it stops, so does this
+    /// actor (and the slot is released); when it fails, the workflow has failed.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(_, err) => {
+                let id = state.pending.id;
+                error!(execution_id = %id, error = %err, "workflow actor failed");
+                let mut failed = Transition::to(ExecutionStatus::Failed);
+                failed.result = Some(
+                    serde_json::json!({ "error": format!("the workflow failed in the engine: {err}") }),
+                );
+                if let Err(e) = state.ctx.backend.transition(id, &failed).await {
+                    error!(execution_id = %id, error = %e, "failed to record the workflow's failure");
+                }
+                myself.stop(Some("workflow failed".into()));
+            }
+            SupervisionEvent::ActorTerminated(..) => myself.stop(Some("workflow ended".into())),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionActor {
+    /// Records `scheduled`, then `running` (the engine runs a workflow; there is no handoff
+    /// to a worker), and starts the workflow actor, which resumes from the saved state
+    /// after a restart.
+    async fn start_workflow(
+        myself: &ActorRef<ExecutionMsg>,
+        state: &mut ExecutionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = state.pending.id;
+        let recorded = if state.scheduled {
+            Ok(Some(ExecutionStatus::Scheduled))
+        } else {
+            Self::advance(state).await
+        };
+        let status = match recorded {
+            Ok(status) => status,
+            Err(e) if e.is_transient() => {
+                warn!(execution_id = %id, error = %e, "store busy; workflow start retried");
+                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        state.scheduled = true;
+        match status {
+            Some(ExecutionStatus::Scheduled) => {
+                state
+                    .ctx
+                    .backend
+                    .transition(id, &Transition::to(ExecutionStatus::Running))
+                    .await?;
+            }
+            Some(ExecutionStatus::Running) => {}
+            status => {
+                debug!(execution_id = %id, ?status, "workflow ended before it started");
+                myself.stop(Some("already finished".into()));
+                return Ok(());
+            }
+        }
+        let Some(shared) = state.ctx.shared.clone() else {
+            return Err("this engine runs no workflows".into());
+        };
+        let args = WorkflowArgs {
+            shared,
+            action: state.action.clone(),
+            pending: state.pending.clone(),
+        };
+        let name = crate::workflow::actor_name(&state.ctx.name, id);
+        Actor::spawn_linked(Some(name), WorkflowActor, args, myself.get_cell()).await?;
+        Ok(())
     }
 }
 

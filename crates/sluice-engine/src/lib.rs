@@ -10,6 +10,7 @@
 //!  └─ action/<ref> ×N      admission gate and active set of one action       (supervisor.rs,
 //!       │                                                                      gate.rs)
 //!       └─ execution/<id>  one per admitted execution until it completes      (execution.rs)
+//!            └─ workflow/<id>  a workflow execution's tasks, in order          (workflow.rs)
 //! ```
 //!
 //! [`Engine::start`] rebuilds every queue and active set from the store before it consumes
@@ -27,6 +28,7 @@ mod monitor;
 pub mod rules;
 mod supervisor;
 mod tree;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,6 +162,7 @@ impl Engine {
                 store: shared.store.clone(),
                 bus: shared.bus.clone(),
             }),
+            shared: Some(shared.clone()),
         });
         let mut routes = HashMap::new();
         for action in shared.catalog.actions.values() {
@@ -433,10 +436,18 @@ impl Engine {
         }
         let deadline = Instant::now() + drain;
         loop {
+            // A workflow ends only when its tasks do, and no new task is admitted now:
+            // waiting for one would wait for the whole drain time.
+            let catalog = &self.shared.catalog;
             let active: usize = self
                 .supervisor_stats()
                 .await
                 .iter()
+                .filter(|s| {
+                    catalog
+                        .action(&s.action)
+                        .is_none_or(|a| !workflow::is_workflow(a))
+                })
                 .map(|s| s.active_count)
                 .sum();
             if active == 0 {
@@ -520,7 +531,7 @@ async fn resume_one(
         .iter()
         .map(|tp| ("traceparent".to_owned(), tp.clone()))
         .collect();
-    let pending = Pending::new(
+    let mut pending = Pending::new(
         id,
         execution.attempt,
         &execution.action,
@@ -528,6 +539,7 @@ async fn resume_one(
         execution.created_at,
         trace,
     );
+    pending.parent = execution.parent_id;
     match execution.status {
         ExecutionStatus::Requested | ExecutionStatus::Scheduling if lost_secrets => {
             let reason = "its secret parameters are held in memory only and were lost when the engine stopped; request it again";

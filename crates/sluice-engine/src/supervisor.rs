@@ -37,6 +37,8 @@ pub(crate) struct Pending {
     /// `execution.queued`, open from the request until the gate admits it: the wait for a
     /// slot, as one span.
     pub(crate) queued: Option<tracing::Span>,
+    /// The workflow execution it is a task of, which hears when it ends.
+    pub(crate) parent: Option<ExecutionId>,
 }
 
 impl Pending {
@@ -63,7 +65,13 @@ impl Pending {
             enqueued_at,
             trace,
             queued: Some(queued),
+            parent: None,
         }
+    }
+
+    pub(crate) fn with_parent(mut self, parent: ExecutionId) -> Self {
+        self.parent = Some(parent);
+        self
     }
 
     /// The execution's trace id, for log lines written outside its spans.
@@ -157,6 +165,12 @@ pub(crate) struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
+    /// The supervisor of `action` in engine `engine`, from ractor's registry.
+    pub(crate) fn lookup(engine: &str, action: &ActionRef) -> Option<Self> {
+        ractor::registry::where_is(supervisor_name(engine, action))
+            .map(|cell| Self { actor: cell.into() })
+    }
+
     fn send(&self, message: SupervisorMsg) {
         if self.actor.send_message(message).is_err() {
             error!(actor = ?self.actor.get_name(), "action supervisor is gone; its executions resume after a restart");
@@ -201,6 +215,17 @@ impl SupervisorHandle {
 }
 
 pub(crate) struct ActionSupervisor;
+
+fn supervisor_name(engine: &str, action: &ActionRef) -> String {
+    format!("{engine}/action/{action}")
+}
+
+/// A task of a workflow left its supervisor: the workflow hears of it.
+fn tell_parent(state: &SupervisorState, id: ExecutionId, parent: Option<ExecutionId>) {
+    if let Some(parent) = parent {
+        crate::workflow::child_ended(&state.ctx.name, parent, id);
+    }
+}
 
 /// The most admissions recorded in one transaction.
 const ADMIT_BATCH: usize = 256;
@@ -314,7 +339,7 @@ impl ActionSupervisor {
         args: SupervisorArgs,
         parent: ractor::ActorCell,
     ) -> Result<SupervisorHandle, ractor::SpawnErr> {
-        let name = format!("{}/action/{}", args.ctx.name, args.action.action_ref);
+        let name = supervisor_name(&args.ctx.name, &args.action.action_ref);
         let (actor, _) = Actor::spawn_linked(Some(name), ActionSupervisor, args, parent).await?;
         Ok(SupervisorHandle { actor })
     }
@@ -456,7 +481,7 @@ impl ActionSupervisor {
         id: ExecutionId,
     ) -> Result<CancelOutcome, ActorProcessingErr> {
         let store = &state.ctx.backend;
-        if state.gate.remove_queued(id).is_some() {
+        if let Some(pending) = state.gate.remove_queued(id) {
             store
                 .end_before_handoff(
                     id,
@@ -464,6 +489,7 @@ impl ActionSupervisor {
                     "cancelled before it started",
                 )
                 .await?;
+            tell_parent(state, id, pending.parent);
             return Ok(CancelOutcome::Cancelled);
         }
         if !state.children.contains_key(&id) {
@@ -480,6 +506,14 @@ impl ActionSupervisor {
             .await?
         {
             return Ok(CancelOutcome::Cancelled);
+        }
+        if crate::workflow::is_workflow(&state.action) {
+            // The engine runs a workflow: its actor cancels the tasks, then ends it.
+            return Ok(if crate::workflow::cancel(&state.ctx.name, id) {
+                CancelOutcome::Requested
+            } else {
+                CancelOutcome::NotHere
+            });
         }
         state.ctx.backend.publish_cancel(id).await?;
         Ok(CancelOutcome::Requested)
@@ -523,7 +557,12 @@ impl ActionSupervisor {
         }
     }
 
-    fn release(state: &mut SupervisorState, child: ActorId) -> Option<ExecutionId> {
+    /// Frees the slot of an ended child; returns its execution and, unless it was put back
+    /// in the queue to run again, the workflow to tell.
+    fn release(
+        state: &mut SupervisorState,
+        child: ActorId,
+    ) -> Option<(ExecutionId, Option<ExecutionId>)> {
         let id = state.by_actor.remove(&child)?;
         state.children.remove(&id);
         state.running_on.remove(&id);
@@ -535,8 +574,9 @@ impl ActionSupervisor {
             pending.attempt += 1;
             let key = state.action.concurrency_key(&pending.parameters);
             state.gate.offer_front(id, key, pending, Instant::now());
+            return Some((id, None));
         }
-        Some(id)
+        Some((id, pending.and_then(|p| p.parent)))
     }
 }
 
@@ -586,8 +626,10 @@ impl Actor for ActionSupervisor {
                     .unwrap_or_default();
                 let enqueued = now.checked_sub(waited).unwrap_or(now);
                 let trace_id = pending.trace_id();
+                let parent = pending.parent;
                 if let Err(refusal) = state.gate.offer(id, key, pending, enqueued) {
                     Self::refuse(state, id, trace_id, refusal).await;
+                    tell_parent(state, id, parent);
                 }
                 if state.action.policy.on_full == OnFull::Cancel {
                     // A full gate refuses at once: admit now, so the next request sees it.
@@ -655,10 +697,12 @@ impl Actor for ActionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(child, _, _) => {
-                Self::release(state, child.get_id());
+                if let Some((id, parent)) = Self::release(state, child.get_id()) {
+                    tell_parent(state, id, parent);
+                }
             }
             SupervisionEvent::ActorFailed(child, err) => {
-                if let Some(id) = Self::release(state, child.get_id()) {
+                if let Some((id, parent)) = Self::release(state, child.get_id()) {
                     error!(execution_id = %id, action = %state.action.action_ref, error = %err, "execution actor failed");
                     let reason = format!("the engine failed while scheduling: {err}");
                     if let Err(e) = state
@@ -669,6 +713,7 @@ impl Actor for ActionSupervisor {
                     {
                         error!(execution_id = %id, error = %e, "failed to record the failure");
                     }
+                    tell_parent(state, id, parent);
                 }
             }
             _ => {}
@@ -812,6 +857,7 @@ mod tests {
         let ctx = Arc::new(ActorContext {
             name: format!("test-{name}"),
             backend: fake.clone(),
+            shared: None,
         });
         let key_param = sluice_pack::ParamSpec {
             kind: sluice_pack::ParamType::String,
@@ -832,6 +878,7 @@ mod tests {
             timeout_secs: None,
             enabled: true,
             policy,
+            workflow: None,
             file: "t/actions/a.yaml".into(),
         };
         let (actor, _) = Actor::spawn(

@@ -70,6 +70,7 @@ fn kind_of(name: &str, root: &str) -> &'static str {
         Some("workers") => "worker-monitor",
         Some("action") => "action-supervisor",
         Some("execution") => "execution",
+        Some("workflow") => "workflow",
         _ => "actor",
     }
 }

@@ -8,12 +8,14 @@
 //! - [`params`] — resolve an action's parameters: defaults, types, enums, secrets.
 //! - [`criteria`] — StackStorm's rule criteria operators over a trigger payload.
 //! - [`template`] — Jinja parameter templates, shell-quoted where they build a command.
+//! - [`workflow`] — Orquesta-style workflow files: tasks, transitions, published variables.
 
 pub mod criteria;
 pub mod load;
 pub mod model;
 pub mod params;
 pub mod template;
+pub mod workflow;
 
 pub use load::{LoadError, LoadErrors, load_packs};
 pub use model::{Action, Catalog, Pack, ParamSpec, ParamType, Rule, Trigger};

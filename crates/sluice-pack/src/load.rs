@@ -145,6 +145,8 @@ struct Loader {
     /// Rules are checked after every pack's actions and triggers are known.
     rules: Vec<(PathBuf, String, RuleFile)>,
     policies: Vec<(PathBuf, PolicyFile)>,
+    /// Workflow files are checked once every action they may name is known.
+    workflows: Vec<(ActionRef, PathBuf)>,
 }
 
 impl Loader {
@@ -291,6 +293,7 @@ impl Loader {
                     timeout_secs: None,
                     enabled: true,
                     policy: Policy::default(),
+                    workflow: None,
                     file: path.to_owned(),
                 };
                 let given = serde_json::Map::from_iter([(name.clone(), default.clone())]);
@@ -316,6 +319,12 @@ impl Loader {
             );
             return;
         }
+        if file.runner_type == RunnerType::Orquesta
+            && let Some(entry) = &entry_point
+        {
+            self.workflows
+                .push((action_ref.clone(), dir.join("actions").join(entry)));
+        }
         let action = Action {
             action_ref: action_ref.clone(),
             description: file.description,
@@ -325,6 +334,7 @@ impl Loader {
             timeout_secs: file.timeout,
             enabled: file.enabled.unwrap_or(true),
             policy: file.policy,
+            workflow: None,
             file: path.to_owned(),
         };
         self.catalog.actions.insert(action_ref, action);
@@ -571,6 +581,22 @@ impl Loader {
     }
 }
 
+impl Loader {
+    fn load_workflow(&mut self, action_ref: &ActionRef, path: &Path) {
+        let Some(action) = self.catalog.actions.get(action_ref) else {
+            return;
+        };
+        match crate::workflow::parse(path, action, &self.catalog) {
+            Ok(workflow) => {
+                if let Some(action) = self.catalog.actions.get_mut(action_ref) {
+                    action.workflow = Some(Arc::new(workflow));
+                }
+            }
+            Err(errors) => self.errors.extend(errors),
+        }
+    }
+}
+
 /// `*.yaml` and `*.yml` files of a directory, sorted; none if it does not exist.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -618,6 +644,9 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     }
     for (path, pack, rule) in std::mem::take(&mut loader.rules) {
         loader.check_rule(path, pack, rule);
+    }
+    for (action_ref, path) in std::mem::take(&mut loader.workflows) {
+        loader.load_workflow(&action_ref, &path);
     }
     if loader.errors.is_empty() {
         Ok(loader.catalog)

@@ -131,6 +131,9 @@ pub struct Action {
     pub policy: Policy,
     #[serde(skip)]
     pub file: PathBuf,
+    /// The checked workflow of a `runner_type: orquesta` action.
+    #[serde(skip)]
+    pub workflow: Option<std::sync::Arc<crate::workflow::Workflow>>,
 }
 
 impl Action {

@@ -260,6 +260,7 @@ mod tests {
             timeout_secs: None,
             enabled: true,
             policy: Default::default(),
+            workflow: None,
             file: "t/actions/a.yaml".into(),
         }
     }

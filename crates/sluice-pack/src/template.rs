@@ -5,6 +5,9 @@
 //! inject commands; `| safe` is the explicit opt-out. A template that is exactly one
 //! expression keeps the expression's JSON type (`"{{ trigger.count }}"` stays a number).
 //! Undefined values are errors: a command is never run with a silently empty argument.
+//!
+//! Workflow templates use the same environments, with Orquesta's functions (`ctx()`,
+//! `item()`, `result()`, `succeeded()`, `task('name')`, ...) over a workflow scope.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -19,6 +22,7 @@ static SHELL: LazyLock<Environment<'static>> = LazyLock::new(|| environment(true
 fn environment(shell: bool) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    crate::workflow::expressions::register(&mut env);
     if shell {
         env.set_auto_escape_callback(|_| AutoEscape::Custom(Cow::Borrowed("shell")));
         env.set_formatter(|out, state, value| {
@@ -91,6 +95,11 @@ impl ParamTemplate {
     pub fn render(&self, payload: &Value) -> Result<Value, String> {
         let ctx = minijinja::context! { trigger => JinjaValue::from(Serde(payload)) };
         self.render_value(&self.source, &ctx)
+    }
+
+    /// Renders against the names of `scope` (a JSON object).
+    pub fn render_in(&self, scope: &Value) -> Result<Value, String> {
+        self.render_value(&self.source, &JinjaValue::from(Serde(scope)))
     }
 
     fn render_value(&self, value: &Value, ctx: &JinjaValue) -> Result<Value, String> {

@@ -1,6 +1,5 @@
-//! Sluice's store: events, enforcements, executions and their status history, and dead
-//! letters, in SQLite
-//! (the embedded default) or PostgreSQL.
+//! Sluice's store: events, enforcements, executions and their status history, workflow
+//! state, and dead letters, in SQLite (the embedded default) or PostgreSQL.
 //!
 //! Every query is written once with `$N` placeholders, which both backends accept, and
 //! runs through [`Store`]'s backend dispatch. Status changes are conditional updates
@@ -9,11 +8,13 @@
 
 mod model;
 mod store;
+mod workflow;
 
 pub use model::{
     DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
     Ledger, NewEvent, Transition,
 };
 pub use store::{Store, StoreError};
+pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};
 
 pub use sluice_core::ExecutionStatus;

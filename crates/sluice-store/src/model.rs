@@ -117,6 +117,8 @@ pub struct ExecutionFilter {
     pub limit: Option<u32>,
     /// Only executions with a smaller id: the next page after a page ending at `before`.
     pub before: Option<i64>,
+    /// Only the children of this execution (a workflow's tasks).
+    pub parent: Option<i64>,
 }
 
 /// Counts across the store that must add up: every trigger message is one event, every

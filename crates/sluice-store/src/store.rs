@@ -21,14 +21,14 @@ use crate::model::{
 };
 
 /// Records how long a write took, for `sluice_store_write_seconds`.
-fn timed(op: &'static str, started: std::time::Instant) {
+pub(crate) fn timed(op: &'static str, started: std::time::Instant) {
     metrics()
         .store_write_seconds
         .observe([op], started.elapsed().as_secs_f64());
 }
 
 /// Counts rows written, for `sluice_store_writes_total`.
-fn wrote(table: &'static str, kind: &'static str, rows: u64) {
+pub(crate) fn wrote(table: &'static str, kind: &'static str, rows: u64) {
     if rows > 0 {
         metrics().store_writes.add([table, kind], rows);
     }
@@ -67,7 +67,7 @@ impl StoreError {
 }
 
 #[derive(Debug, Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -75,7 +75,7 @@ enum Backend {
 /// A handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    backend: Backend,
+    pub(crate) backend: Backend,
 }
 
 /// Runs the same code against whichever pool the store has: every query here is written
@@ -83,11 +83,12 @@ pub struct Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite($pool) => $body,
-            Backend::Postgres($pool) => $body,
+            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
         }
     };
 }
+pub(crate) use on_pool;
 
 #[derive(FromRow)]
 struct ExecutionRow {
@@ -116,7 +117,7 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
     (id.len() == 32).then(|| id.to_owned())
 }
 
-fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
+pub(crate) fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
     StoreError::Corrupt {
         table,
         message: message.to_string(),
@@ -607,7 +608,7 @@ impl Store {
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions \
              WHERE (CAST($1 AS TEXT) IS NULL OR action = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-             AND id < $4 ORDER BY id DESC LIMIT $3"
+             AND id < $4 AND (CAST($5 AS BIGINT) IS NULL OR parent_id = $5) ORDER BY id DESC LIMIT $3"
         );
         let limit = i64::from(filter.limit.unwrap_or(50).clamp(1, 1000));
         let rows: Vec<ExecutionRow> = on_pool!(self, pool => {
@@ -616,6 +617,7 @@ impl Store {
                 .bind(filter.status.map(|s| s.as_str()))
                 .bind(limit)
                 .bind(filter.before.unwrap_or(i64::MAX))
+                .bind(filter.parent)
                 .fetch_all(pool)
                 .await?
         });

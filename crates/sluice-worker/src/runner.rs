@@ -99,6 +99,9 @@ async fn run_to_end(
                 }
             }
         }
+        RunnerType::Orquesta => {
+            Outcome::failed("a workflow runs in the engine; a worker cannot run it")
+        }
         RunnerType::HttpRequest => {
             http_request(params, timeout.unwrap_or(Duration::from_secs(60))).await
         }
