@@ -49,6 +49,8 @@ fn bundled_packs_load() {
         "core.http",
         "examples.diagnose",
         "examples.summarise",
+        "examples.deploy",
+        "examples.deploy_all",
     ] {
         assert!(
             catalog.action(&action.parse().unwrap()).is_some(),
@@ -302,4 +304,136 @@ fn broken_policies_name_file_and_field() {
         "{errs:#?}"
     );
     assert_eq!(errs.len(), 7, "{errs:#?}");
+}
+
+/// A workflow action `t.<name>` with its workflow file.
+fn workflow(name: &str, flow: &str) -> [(String, String); 2] {
+    [
+        (
+            format!("actions/{name}.yaml"),
+            format!(
+                "name: {name}\nrunner_type: orquesta\nentry_point: workflows/{name}.yaml\nparameters:\n  regions: {{type: array}}\n"
+            ),
+        ),
+        (format!("actions/workflows/{name}.yaml"), flow.to_owned()),
+    ]
+}
+
+fn workflow_errors(flows: &[(&str, &str)]) -> Vec<String> {
+    let files: Vec<(String, String)> = flows
+        .iter()
+        .flat_map(|(name, flow)| workflow(name, flow))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    errors(&refs)
+}
+
+#[test]
+fn the_bundled_example_workflow_loads() {
+    let catalog = load_packs(&[bundled()]).unwrap();
+    let action = catalog
+        .action(&"examples.deploy_all".parse().unwrap())
+        .unwrap();
+    let flow = action.workflow.as_ref().expect("its workflow is loaded");
+    assert_eq!(flow.start, ["each_region"]);
+    assert!(flow.tasks["each_region"].with.is_some());
+}
+
+#[test]
+fn broken_workflows_name_file_task_and_field() {
+    let errs = workflow_errors(&[
+        (
+            "unknown_task",
+            "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: [b, nowhere]\n  b:\n    action: core.noop\n",
+        ),
+        (
+            "cycle",
+            "version: 1.0\ntasks:\n  start:\n    action: core.noop\n    next: [{do: [ping]}]\n  ping:\n    action: core.noop\n    next: [{do: [pong]}]\n  pong:\n    action: core.noop\n    next: [{do: [ping]}]\n",
+        ),
+        (
+            "bad_template",
+            "version: 1.0\ntasks:\n  a:\n    action: core.echo\n    input: {message: \"{{ ctx().x \"}\n",
+        ),
+        (
+            "bad_refs",
+            "version: 1.0\ninput: [regions, colour]\ntasks:\n  a:\n    action: core.nothing\n  b:\n    action: core.echo\n    input: {message: hi, volume: 11}\n  c:\n    action: core.local\n    join: 3\n    with: {items: \"{{ ctx().regions }}\", concurrency: 0}\n",
+        ),
+        (
+            "no_start",
+            "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next: [{when: \"{{ succeeded() }}\", do: [b]}]\n  b:\n    action: core.noop\n    next: [{when: \"{{ failed() }}\", do: [a]}]\n",
+        ),
+    ]);
+    let find = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    assert!(
+        find(
+            "workflows/unknown_task.yaml: tasks.a.next[0].do: unknown task \"nowhere\" (tasks: a, b)"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        find("workflows/cycle.yaml: tasks.ping: the cycle ping -> pong has no way out"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("workflows/bad_template.yaml: tasks.a.input.message: invalid template"),
+        "{errs:#?}"
+    );
+    assert!(
+        find(
+            "workflows/bad_refs.yaml: input[1]: \"colour\" is not a parameter of action t.bad_refs"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        find("workflows/bad_refs.yaml: tasks.a.action: unknown action core.nothing"),
+        "{errs:#?}"
+    );
+    assert!(
+        find(
+            "workflows/bad_refs.yaml: tasks.b.input.volume: action core.echo has no parameter \"volume\""
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        find(
+            "workflows/bad_refs.yaml: tasks.c.input: action core.local requires parameter \"cmd\""
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        find("workflows/bad_refs.yaml: tasks.c.with.concurrency: must be at least 1"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("workflows/bad_refs.yaml: tasks.c.join: waits for 3 inbound transitions but only 0"),
+        "{errs:#?}"
+    );
+    assert!(
+        find("workflows/no_start.yaml: tasks: no task to start with"),
+        "{errs:#?}"
+    );
+    // A loop with a conditional way out is allowed: only `cycle` is reported as one.
+    assert_eq!(
+        errs.iter().filter(|e| e.contains("no way out")).count(),
+        1,
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), 10, "{errs:#?}");
+}
+
+#[test]
+fn a_missing_workflow_file_is_named() {
+    let errs = errors(&[(
+        "actions/w.yaml",
+        "name: w\nrunner_type: workflow\nentry_point: workflows/w.yaml\n",
+    )]);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("t/actions/w.yaml: entry_point: file ")
+                && e.contains("workflows/w.yaml does not exist")),
+        "{errs:#?}"
+    );
 }
