@@ -212,15 +212,4 @@ impl Store {
             children,
         }))
     }
-
-    /// The children of an execution (its workflow's task executions), oldest first.
-    pub async fn children(&self, parent: ExecutionId) -> Result<Vec<ExecutionId>, StoreError> {
-        let rows: Vec<(i64,)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id FROM executions WHERE parent_id = $1 ORDER BY id")
-                .bind(parent.0)
-                .fetch_all(pool)
-                .await?
-        });
-        Ok(rows.into_iter().map(|(id,)| ExecutionId(id)).collect())
-    }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use sluice_core::{ActionRef, ExecutionStatus};
-use sluice_store::{ExecutionFilter, Firing, NewEvent, Store, Transition};
+use sluice_store::{ExecutionFilter, Firing, NewChild, NewEvent, Store, Transition};
 
 fn action(r: &str) -> ActionRef {
     r.parse().unwrap()
@@ -355,6 +355,91 @@ async fn the_ledger_counts_and_finds_executions_not_ended_once(store: Store) {
     assert!(ledger.ended_other_than_once.is_empty());
 }
 
+async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(store: Store) {
+    use ExecutionStatus::*;
+    let workflow = store
+        .create_execution(&action("t.flow"), &Default::default(), None, None)
+        .await
+        .unwrap();
+    assert!(store.workflow(workflow).await.unwrap().is_none());
+    let child = |task: &str, item: i64, attempt: u32| NewChild {
+        task: task.into(),
+        round: 0,
+        item,
+        attempt,
+        action: action("core.noop"),
+        parameters: Default::default(),
+        traceparent: None,
+    };
+    let first = store
+        .workflow_step(
+            workflow,
+            &[],
+            &json!({"step": 1}),
+            &[child("each", 0, 1), child("each", 1, 1)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let (a, b) = (first[0].unwrap(), first[1].unwrap());
+    // The same task item attempt again: not created.
+    let again = store
+        .workflow_step(workflow, &[], &json!({"step": 2}), &[child("each", 0, 1)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, [None]);
+    for to in [Scheduling, Scheduled, Running, Succeeded] {
+        store.transition(a, &Transition::to(to)).await.unwrap();
+    }
+    let step = store
+        .workflow_step(
+            workflow,
+            &[a],
+            &json!({"step": 3}),
+            &[child("after", -1, 1)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(step[0].is_some());
+    // Acting on the same child's end twice writes nothing, the state included.
+    let twice = store
+        .workflow_step(
+            workflow,
+            &[a],
+            &json!({"step": 4}),
+            &[child("other", -1, 1)],
+        )
+        .await
+        .unwrap();
+    assert!(twice.is_none());
+    let record = store.workflow(workflow).await.unwrap().unwrap();
+    assert_eq!(record.state, json!({"step": 3}));
+    let seen: Vec<_> = record
+        .children
+        .iter()
+        .map(|c| (c.task.as_str(), c.item, c.execution_id, c.handled, c.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("each", 0, a, true, Succeeded),
+            ("each", 1, b, false, Requested),
+            ("after", -1, step[0].unwrap(), false, Requested),
+        ]
+    );
+    let listed = store
+        .list_executions(&ExecutionFilter {
+            parent: Some(workflow.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|e| e.parent_id == Some(workflow)));
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -391,4 +476,5 @@ store_suite!(
     a_retry_starts_a_new_attempt_with_its_own_history,
     dead_letters_are_kept_once_per_message_newest_first,
     the_ledger_counts_and_finds_executions_not_ended_once,
+    a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once,
 );

@@ -290,6 +290,14 @@ async fn cancelling_a_workflow_cancels_its_running_and_queued_children() {
         (kids.iter().filter(|c| c["status"] == "running").count() == 2).then_some(())
     })
     .await;
+    // The live tree shows the workflow actor under its execution's actor.
+    let (_, tree) = sluice.get("/api/v1/actors?action=t.slow").await;
+    let text = tree.to_string();
+    assert!(
+        text.contains(&format!("\"engine/workflow/{id}\""))
+            && text.contains("\"kind\":\"workflow\""),
+        "{tree}"
+    );
     let (code, answer) = sluice
         .post(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
         .await;
@@ -321,4 +329,21 @@ async fn a_task_timeout_cancels_the_attempt_and_fails_the_task() {
     assert_eq!(wf["result"]["output"]["why"], json!("timed out after 0.5s"));
     let kids = children(&sluice, wf["id"].as_i64().unwrap()).await;
     assert_eq!(kids[0]["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_workflow_deploys_every_region_and_reports() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let wf = run(&sluice, "examples.deploy_all", json!({})).await;
+    assert_eq!(wf["status"], "succeeded", "{wf}");
+    assert_eq!(
+        wf["result"]["output"],
+        json!({"done": true, "deployed": ["deployed to eu-west", "deployed to us-east", "deployed to ap-south"]})
+    );
+    let kids = children(&sluice, wf["id"].as_i64().unwrap()).await;
+    assert_eq!(of_action(&kids, "examples.deploy").len(), 3);
+    assert_eq!(
+        of_action(&kids, "core.echo")[0]["result"]["message"],
+        json!("done=True")
+    );
 }
