@@ -29,7 +29,7 @@ use sluice_pack::template::ParamTemplate;
 use sluice_pack::workflow::{Join, Workflow, expressions::SCOPE, truthy};
 use sluice_store::{NewChild, StoreError, Transition};
 use sluice_telemetry::TraceHeaders;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, warn};
 
 use crate::context::Shared;
 use crate::supervisor::{Pending, SupervisorHandle};
@@ -939,25 +939,44 @@ impl Actor for WorkflowActor {
         if state.ended {
             return Ok(());
         }
+        // Each step is a span of the workflow's trace; its log lines carry the ids.
+        let span = tracing::info_span!(
+            "workflow.step",
+            execution_id = %state.id,
+            action = %state.action.action_ref,
+            trace_id = tracing::field::Empty,
+        );
+        let trace = state.trace.clone();
+        sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
+        Self::step(&myself, message, state).instrument(span).await
+    }
+}
+
+impl WorkflowActor {
+    async fn step(
+        myself: &ActorRef<WorkflowMsg>,
+        message: WorkflowMsg,
+        state: &mut WorkflowState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
-            WorkflowMsg::Start => Self::load(&myself, state).await,
-            WorkflowMsg::ChildEnded(child) => Self::child_ended(&myself, state, child).await,
+            WorkflowMsg::Start => Self::load(myself, state).await,
+            WorkflowMsg::ChildEnded(child) => Self::child_ended(myself, state, child).await,
             WorkflowMsg::RetryDue {
                 task,
                 item,
                 attempt,
-            } => Self::retry_due(&myself, state, task, item, attempt).await,
+            } => Self::retry_due(myself, state, task, item, attempt).await,
             WorkflowMsg::TimedOut(child) => {
                 Self::timed_out(state, child).await;
                 Ok(())
             }
-            WorkflowMsg::Save => Self::save(&myself, state).await,
-            WorkflowMsg::Cancel => Self::cancel(&myself, state).await,
+            WorkflowMsg::Save => Self::save(myself, state).await,
+            WorkflowMsg::Cancel => Self::cancel(myself, state).await,
         }
     }
 }
 
-/// The action a workflow task runs, for callers outside this module.
+/// Whether an action is a workflow: the engine runs it, never a worker.
 pub(crate) fn is_workflow(action: &Action) -> bool {
     action.runner == sluice_core::RunnerType::Orquesta
 }
