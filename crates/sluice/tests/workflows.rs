@@ -21,6 +21,10 @@ const ACTIONS: &[(&str, &str)] = &[
         "name: flaky\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'n=$(cat \"$SLUICE_PARAM_FILE\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$SLUICE_PARAM_FILE\"; [ $n -ge \"$SLUICE_PARAM_PASS_AT\" ]'}\n  file: {type: string, required: true}\n  pass_at: {type: integer, default: 1}\n",
     ),
     (
+        "actions/one.yaml",
+        "name: one\nrunner_type: local-shell-cmd\npolicy: {max_concurrent: 1}\nparameters:\n  cmd: {type: string, default: 'sleep 30'}\n  n: {type: integer}\n",
+    ),
+    (
         "actions/fail.yaml",
         "name: fail\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'echo broken >&2; exit 3'}\n",
     ),
@@ -278,17 +282,24 @@ async fn cancelling_a_workflow_cancels_its_running_and_queued_children() {
     let dir = pack(&[(
         "slow",
         "",
-        "version: 1.0\ntasks:\n  wait:\n    action: t.work\n    with: {items: \"{{ range(4) | list }}\", concurrency: 2}\n    input: {name: \"{{ item() }}\", delay: 30}\n    next:\n      - do: [after]\n  after:\n    action: core.noop\n",
+        "version: 1.0\ntasks:\n  wait:\n    action: t.one\n    with: {items: \"{{ range(4) | list }}\", concurrency: 2}\n    input: {n: \"{{ item() }}\"}\n    next:\n      - do: [after]\n  after:\n    action: core.noop\n",
     )]);
     let sluice = Sluice::start(StoreKind::Sqlite, &[dir.path().to_owned()]).await;
     let (_, body) = sluice
         .post("/api/v1/executions", &json!({"action": "t.slow"}))
         .await;
     let id = body["id"].as_i64().unwrap();
-    eventually("two items running", Duration::from_secs(20), || async {
-        let kids = children(&sluice, id).await;
-        (kids.iter().filter(|c| c["status"] == "running").count() == 2).then_some(())
-    })
+    // Two items started: one runs, the other waits in t.one's queue (max_concurrent: 1).
+    eventually(
+        "one item running, one queued",
+        Duration::from_secs(20),
+        || async {
+            let kids = children(&sluice, id).await;
+            let running = kids.iter().filter(|c| c["status"] == "running").count();
+            let queued = kids.iter().filter(|c| c["status"] == "requested").count();
+            (running == 1 && queued == 1).then_some(())
+        },
+    )
     .await;
     // The live tree shows the workflow actor under its execution's actor.
     let (_, tree) = sluice.get("/api/v1/actors?action=t.slow").await;
@@ -312,7 +323,13 @@ async fn cancelling_a_workflow_cancels_its_running_and_queued_children() {
     );
     assert!(
         kids.iter().all(|c| c["status"] == "cancelled"),
-        "running children were cancelled: {kids:?}"
+        "the running child (by its worker) and the queued one (before it started) were cancelled: {kids:?}"
+    );
+    let histories: Vec<Vec<String>> = histories_of(&sluice, &kids).await;
+    assert!(histories.iter().any(|h| h.contains(&"running".to_owned())));
+    assert!(
+        histories.iter().any(|h| h == &["requested", "cancelled"]),
+        "{histories:?}"
     );
 }
 
@@ -346,4 +363,13 @@ async fn the_example_workflow_deploys_every_region_and_reports() {
         of_action(&kids, "core.echo")[0]["result"]["message"],
         json!("done=True")
     );
+}
+
+async fn histories_of(sluice: &Sluice, executions: &[Value]) -> Vec<Vec<String>> {
+    let mut histories = Vec::new();
+    for e in executions {
+        let (_, full) = sluice.get(&format!("/api/v1/executions/{}", e["id"])).await;
+        histories.push(common::statuses(&full));
+    }
+    histories
 }
