@@ -350,7 +350,16 @@ async fn a_task_timeout_cancels_the_attempt_and_fails_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_workflow_deploys_every_region_and_reports() {
-    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    the_example_workflow_on(StoreKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_workflow_runs_on_postgresql() {
+    the_example_workflow_on(StoreKind::Postgres).await;
+}
+
+async fn the_example_workflow_on(store: StoreKind) {
+    let sluice = Sluice::start(store, &[]).await;
     let wf = run(&sluice, "examples.deploy_all", json!({})).await;
     assert_eq!(wf["status"], "succeeded", "{wf}");
     assert_eq!(
