@@ -162,18 +162,23 @@ fn short_time(value: &Value) -> String {
 pub fn print_table(executions: &[Value], out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<8} {:<24} {:<10} {:<19} RULE",
+        "{:<8} {:<24} {:<10} {:<19} FROM",
         "ID", "ACTION", "STATUS", "CREATED"
     )?;
     for e in executions {
+        // What requested it: a rule, or the workflow it is a task of.
+        let from = match (e["rule"].as_str(), e["parent_id"].as_i64()) {
+            (Some(rule), _) => rule.to_owned(),
+            (None, Some(parent)) => format!("workflow {parent}"),
+            (None, None) => "-".to_owned(),
+        };
         writeln!(
             out,
-            "{:<8} {:<24} {:<10} {:<19} {}",
+            "{:<8} {:<24} {:<10} {:<19} {from}",
             e["id"].to_string(),
             e["action"].as_str().unwrap_or(""),
             e["status"].as_str().unwrap_or(""),
             short_time(&e["created_at"]),
-            e["rule"].as_str().unwrap_or("-"),
         )?;
     }
     Ok(())
@@ -185,6 +190,9 @@ pub fn print_execution(e: &Value, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "status:     {}", e["status"].as_str().unwrap_or(""))?;
     if let Some(rule) = e["rule"].as_str() {
         writeln!(out, "rule:       {rule} (event {})", e["event_id"])?;
+    }
+    if let Some(parent) = e["parent_id"].as_i64() {
+        writeln!(out, "workflow:   {parent}")?;
     }
     if let Some(worker) = e["worker"].as_str() {
         writeln!(out, "worker:     {worker}")?;
@@ -315,5 +323,24 @@ mod tests {
                 .contains("is not key=value")
         );
         assert!(parse_params(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn the_table_says_what_requested_each_execution() {
+        let rows = [
+            serde_json::json!({"id": 3, "action": "core.echo", "status": "succeeded", "created_at": "2026-01-01T00:00:00Z", "rule": null, "parent_id": 1}),
+            serde_json::json!({"id": 2, "action": "core.local", "status": "running", "created_at": "2026-01-01T00:00:00Z", "rule": "examples.log_alert", "parent_id": null}),
+            serde_json::json!({"id": 1, "action": "examples.deploy_all", "status": "running", "created_at": "2026-01-01T00:00:00Z", "rule": null, "parent_id": null}),
+        ];
+        let mut out = Vec::new();
+        print_table(&rows, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // The last column starts after ID, ACTION, STATUS and CREATED.
+        let last_words: Vec<&str> = text.lines().map(|l| l[65..].trim()).collect();
+        assert_eq!(
+            last_words,
+            ["FROM", "workflow 1", "examples.log_alert", "-"],
+            "{text}"
+        );
     }
 }
