@@ -581,7 +581,7 @@ impl WorkflowActor {
             Self::queue(myself, state, launch, id);
         }
         if state.idle() {
-            Self::finish(state).await?;
+            Self::finish(myself, state).await?;
         }
         Ok(())
     }
@@ -618,32 +618,45 @@ impl WorkflowActor {
         }
     }
 
-    /// Records the workflow's end and tells its supervisor, which stops this actor.
-    async fn finish(state: &mut WorkflowState) -> Result<(), ActorProcessingErr> {
+    /// Records the workflow's end and tells its supervisor, which stops this actor. A store
+    /// outage only delays it.
+    async fn finish(
+        myself: &ActorRef<WorkflowMsg>,
+        state: &mut WorkflowState,
+    ) -> Result<(), ActorProcessingErr> {
         let scope = state.scope(&[]);
         let mut output = Map::new();
+        let mut errors = state.saved.errors.clone();
         for (name, template) in &state.workflow.output {
             match WorkflowState::render(template, &scope) {
                 Ok(value) => {
                     output.insert(name.clone(), value);
                 }
-                Err(e) => state.saved.errors.push(format!("output.{name}: {e}")),
+                Err(e) => errors.push(format!("output.{name}: {e}")),
             }
         }
         let status = if state.saved.cancelling {
             ExecutionStatus::Cancelled
-        } else if state.saved.errors.is_empty() {
+        } else if errors.is_empty() {
             ExecutionStatus::Succeeded
         } else {
             ExecutionStatus::Failed
         };
         let mut end = Transition::to(status);
-        end.result = Some(if state.saved.errors.is_empty() {
+        end.result = Some(if errors.is_empty() {
             json!({ "output": output })
         } else {
-            json!({ "output": output, "errors": state.saved.errors })
+            json!({ "output": output, "errors": errors })
         });
-        state.shared.store.transition(state.id, &end).await?;
+        match state.shared.store.transition(state.id, &end).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                warn!(execution_id = %state.id, error = %e, "store unavailable; the workflow's end is recorded shortly");
+                myself.send_after(SAVE_RETRY, || WorkflowMsg::Save);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         info!(execution_id = %state.id, action = %state.action.action_ref, %status, "workflow finished");
         state.ended = true;
         if let Some(supervisor) =
@@ -740,7 +753,7 @@ impl WorkflowActor {
             return Self::cancel(myself, state).await;
         }
         if state.idle() {
-            Self::finish(state).await?;
+            Self::finish(myself, state).await?;
         }
         Ok(())
     }

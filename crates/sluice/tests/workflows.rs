@@ -382,3 +382,39 @@ async fn histories_of(sluice: &Sluice, executions: &[Value]) -> Vec<Vec<String>>
     }
     histories
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_mid_workflow_is_waited_out() {
+    let dir = pack(&[(
+        "steady",
+        "",
+        "version: 1.0\ntasks:\n  each:\n    action: t.work\n    with: {items: \"{{ range(6) | list }}\", concurrency: 2}\n    input: {name: \"{{ item() }}\", delay: 0.5}\n    next:\n      - do: [after]\n  after:\n    action: core.echo\n    input: {message: done}\noutput:\n  - names: \"{{ task('each').result | map(attribute='stdout') | map('trim') | list }}\"\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Postgres, &[dir.path().to_owned()]).await;
+    let (_, body) = sluice
+        .post("/api/v1/executions", &json!({"action": "t.steady"}))
+        .await;
+    let id = body["id"].as_i64().unwrap();
+    eventually("items running", Duration::from_secs(20), || async {
+        let kids = children(&sluice, id).await;
+        kids.iter().any(|c| c["status"] == "running").then_some(())
+    })
+    .await;
+    let postgres = sluice.postgres.as_ref().unwrap();
+    postgres.stop();
+    // Items finish while the store is down; their reports wait, and so does the workflow.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    postgres.start_again();
+    let wf = sluice.wait_execution(id).await;
+    assert_eq!(wf["status"], "succeeded", "{wf}");
+    assert_eq!(
+        wf["result"]["output"]["names"],
+        json!(["0", "1", "2", "3", "4", "5"])
+    );
+    let kids = children(&sluice, id).await;
+    assert_eq!(kids.len(), 7, "six items and `after`, each once: {kids:?}");
+    assert!(kids.iter().all(|c| c["status"] == "succeeded"), "{kids:?}");
+    let (_, ledger) = sluice.get("/api/v1/ledger").await;
+    assert_eq!(ledger["ended_other_than_once"], json!([]), "{ledger}");
+    assert_eq!(ledger["unfinished"], 0, "{ledger}");
+}
