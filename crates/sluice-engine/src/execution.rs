@@ -161,6 +161,31 @@ impl Actor for ExecutionActor {
 }
 
 impl ExecutionActor {
+    /// The status to act on, with `scheduled` recorded first if it is not yet. `None` when
+    /// the store was busy: `Dispatch` comes back after a pause.
+    async fn scheduled_status(
+        myself: &ActorRef<ExecutionMsg>,
+        state: &mut ExecutionState,
+    ) -> Result<Option<Option<ExecutionStatus>>, ActorProcessingErr> {
+        let recorded = if state.scheduled {
+            Ok(Some(ExecutionStatus::Scheduled))
+        } else {
+            Self::advance(state).await
+        };
+        match recorded {
+            Ok(status) => {
+                state.scheduled = status == Some(ExecutionStatus::Scheduled);
+                Ok(Some(status))
+            }
+            Err(e) if e.is_transient() => {
+                warn!(execution_id = %state.pending.id, error = %e, "store busy; dispatch retried");
+                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Records `scheduled`, then `running` (the engine runs a workflow; there is no handoff
     /// to a worker), and starts the workflow actor, which resumes from the saved state
     /// after a restart.
@@ -169,21 +194,9 @@ impl ExecutionActor {
         state: &mut ExecutionState,
     ) -> Result<(), ActorProcessingErr> {
         let id = state.pending.id;
-        let recorded = if state.scheduled {
-            Ok(Some(ExecutionStatus::Scheduled))
-        } else {
-            Self::advance(state).await
+        let Some(status) = Self::scheduled_status(myself, state).await? else {
+            return Ok(());
         };
-        let status = match recorded {
-            Ok(status) => status,
-            Err(e) if e.is_transient() => {
-                warn!(execution_id = %id, error = %e, "store busy; workflow start retried");
-                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        state.scheduled = true;
         match status {
             Some(ExecutionStatus::Scheduled) => {
                 state
@@ -221,22 +234,8 @@ impl ExecutionActor {
         state: &mut ExecutionState,
     ) -> Result<(), ActorProcessingErr> {
         let id = state.pending.id;
-        let recorded = if state.scheduled {
-            Ok(Some(ExecutionStatus::Scheduled))
-        } else {
-            Self::advance(state).await
-        };
-        let status = match recorded {
-            Ok(status) => {
-                state.scheduled = status == Some(ExecutionStatus::Scheduled);
-                status
-            }
-            Err(e) if e.is_transient() => {
-                warn!(execution_id = %id, error = %e, "store busy; dispatch retried");
-                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
+        let Some(status) = Self::scheduled_status(myself, state).await? else {
+            return Ok(());
         };
         if status != Some(ExecutionStatus::Scheduled) {
             if status.is_none_or(ExecutionStatus::is_terminal) {

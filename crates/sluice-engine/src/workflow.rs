@@ -243,17 +243,18 @@ impl WorkflowState {
                 self.saved.ctx.insert(name.clone(), value.clone());
             }
         }
-        for (name, template) in self.workflow.vars.clone() {
-            match Self::render(&template, &self.scope(&[])) {
+        let workflow = self.workflow.clone();
+        for (name, template) in &workflow.vars {
+            match Self::render(template, &self.scope(&[])) {
                 Ok(value) => {
-                    self.saved.ctx.insert(name, value);
+                    self.saved.ctx.insert(name.clone(), value);
                 }
                 Err(e) => self.saved.errors.push(format!("vars.{name}: {e}")),
             }
         }
         if self.saved.errors.is_empty() {
-            for name in self.workflow.start.clone() {
-                self.begin_task(&name);
+            for name in &workflow.start {
+                self.begin_task(name);
             }
         }
     }
@@ -309,7 +310,8 @@ impl WorkflowState {
 
     /// Starts what the task's concurrency allows, and ends the task once every item has.
     fn progress(&mut self, name: &str) {
-        let Some(task) = self.workflow.tasks.get(name).cloned() else {
+        let workflow = self.workflow.clone();
+        let Some(task) = workflow.tasks.get(name) else {
             return;
         };
         let limit = task
@@ -414,7 +416,8 @@ impl WorkflowState {
 
     /// Every item has ended: the task's status and result, then its transitions.
     fn end_task(&mut self, name: &str) {
-        let Some(task) = self.workflow.tasks.get(name).cloned() else {
+        let workflow = self.workflow.clone();
+        let Some(task) = workflow.tasks.get(name) else {
             return;
         };
         let Some(run) = self.saved.tasks.get_mut(name) else {

@@ -491,6 +491,21 @@ impl Loader {
             .insert(trigger_ref.to_string(), trigger);
     }
 
+    /// Parses an orquesta action's workflow file against the whole catalog.
+    fn load_workflow(&mut self, action_ref: &ActionRef, path: &Path) {
+        let Some(action) = self.catalog.actions.get(action_ref) else {
+            return;
+        };
+        match crate::workflow::parse(path, action, &self.catalog) {
+            Ok(workflow) => {
+                if let Some(action) = self.catalog.actions.get_mut(action_ref) {
+                    action.workflow = Some(Arc::new(workflow));
+                }
+            }
+            Err(errors) => self.errors.extend(errors),
+        }
+    }
+
     fn check_rule(&mut self, path: PathBuf, pack: String, file: RuleFile) {
         let Some(rule_ref) = self.reference(&path, &pack, file.pack.as_deref(), &file.name) else {
             return;
@@ -578,22 +593,6 @@ impl Loader {
             parameters,
             file: path,
         });
-    }
-}
-
-impl Loader {
-    fn load_workflow(&mut self, action_ref: &ActionRef, path: &Path) {
-        let Some(action) = self.catalog.actions.get(action_ref) else {
-            return;
-        };
-        match crate::workflow::parse(path, action, &self.catalog) {
-            Ok(workflow) => {
-                if let Some(action) = self.catalog.actions.get_mut(action_ref) {
-                    action.workflow = Some(Arc::new(workflow));
-                }
-            }
-            Err(errors) => self.errors.extend(errors),
-        }
     }
 }
 
