@@ -270,10 +270,7 @@ impl Local {
         }
         let _ = self.stop_serving.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
-        match Arc::try_unwrap(self.engine) {
-            Ok(engine) => engine.shutdown(Duration::from_secs(5)).await,
-            Err(_) => eprintln!("engine still referenced; stopping without drain"),
-        }
+        self.engine.shutdown(Duration::from_secs(5)).await;
         self.store.close().await;
         drop(self.nats);
     }

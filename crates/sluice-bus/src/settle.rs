@@ -17,7 +17,8 @@ use sluice_core::DeadLetter;
 use sluice_telemetry::metrics;
 use tracing::{error, warn};
 
-use crate::{Bus, BusError, Published};
+use crate::client::{Bus, Published};
+use crate::error::BusError;
 
 /// The delay before delivery `delivered + 1` after a nak: 250 ms doubling to 30 s.
 pub fn backoff(delivered: u64) -> Duration {
@@ -62,7 +63,7 @@ impl Settle {
             durable,
             label,
             max_deliver: u64::try_from(max_deliver).unwrap_or(u64::MAX),
-            keep_payload: stream != "RUN",
+            keep_payload: stream != crate::names::RUN,
             by: by.into(),
         }
     }
@@ -94,10 +95,10 @@ impl Settle {
     /// The effect is durable, and JetStream confirms it has the ack: for a worker's run
     /// message, whose redelivery would cost a claim check on another worker.
     pub async fn double_ack(&self, message: &Message) -> Result<(), BusError> {
-        message.double_ack().await.map_err(|e| BusError::Read {
-            what: format!("ack of {}", message.subject),
-            message: e.to_string(),
-        })?;
+        message
+            .double_ack()
+            .await
+            .map_err(|e| BusError::read(format!("ack of {}", message.subject), e))?;
         metrics().acks.inc([self.label]);
         Ok(())
     }

@@ -78,6 +78,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::names;
 
     #[test]
     fn definitions_parse_with_server_field_names() {
@@ -85,7 +86,13 @@ mod tests {
         let names: Vec<_> = defs.iter().map(|d| d.stream.name.as_str()).collect();
         assert_eq!(
             names,
-            ["TRIGGERS", "RUN", "CONTROL", "DEADLETTER", "STATUS"]
+            [
+                names::TRIGGERS,
+                names::RUN,
+                names::CONTROL,
+                names::DEADLETTER,
+                names::STATUS
+            ]
         );
         assert_eq!(defs[1].stream.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(defs[0].stream.duplicate_window, Duration::from_secs(120));
@@ -94,7 +101,7 @@ mod tests {
             defs[2].consumers.is_empty(),
             "cancel requests are read by subject, not consumed"
         );
-        assert_eq!(engine.durable_name.as_deref(), Some("engine"));
+        assert_eq!(engine.durable_name.as_deref(), Some(names::ENGINE_CONSUMER));
         assert_eq!(engine.ack_policy, consumer::AckPolicy::Explicit);
         assert_eq!(engine.ack_wait, Duration::from_secs(5));
     }

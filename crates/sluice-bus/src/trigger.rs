@@ -3,7 +3,7 @@
 use serde_json::Value;
 use sluice_core::MSGPACK_CONTENT_TYPE;
 
-use crate::TRIGGER_PREFIX;
+use crate::subjects::TRIGGER_PREFIX;
 
 /// A trigger message read from the TRIGGERS stream.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,14 +1,15 @@
-//! What the action supervisors and execution actors need from outside the process: a few
-//! store updates and two publishes. Behind a trait so the actors can be tested in-process
-//! against an in-memory fake with paused time; [`Live`] is the store and the bus.
+//! What the engine's actors (supervisors, executions, workflows) need from outside the
+//! process: a few store reads and updates and two publishes. Behind a trait so the actors
+//! can be tested in-process against an in-memory fake with paused time;
+//! [`Live`] is the store and the bus.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
+use serde_json::Value;
 use sluice_bus::{Bus, BusError};
 use sluice_core::{ExecutionId, ExecutionStatus, RunMessage};
-use sluice_store::{Store, StoreError, Transition};
+use sluice_store::{NewChild, Store, StoreError, Transition, WorkflowRecord};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -39,9 +40,28 @@ pub(crate) trait Backend: Send + Sync + 'static {
         status: ExecutionStatus,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// The execution's current status and result.
+    fn state(&self, id: ExecutionId) -> BoxFuture<'_, Result<Option<ExecutionState>, StoreError>>;
     /// The execution's current status.
-    fn status(&self, id: ExecutionId)
-    -> BoxFuture<'_, Result<Option<ExecutionStatus>, StoreError>>;
+    fn status(
+        &self,
+        id: ExecutionId,
+    ) -> BoxFuture<'_, Result<Option<ExecutionStatus>, StoreError>> {
+        Box::pin(async move { Ok(self.state(id).await?.map(|s| s.status)) })
+    }
+    /// A workflow's saved state and children ([`Store::workflow`]).
+    fn workflow(
+        &self,
+        id: ExecutionId,
+    ) -> BoxFuture<'_, Result<Option<WorkflowRecord>, StoreError>>;
+    /// One workflow step in one transaction ([`Store::workflow_step`]).
+    fn workflow_step<'a>(
+        &'a self,
+        id: ExecutionId,
+        handled: &'a [ExecutionId],
+        state: &'a Value,
+        children: &'a [NewChild],
+    ) -> BoxFuture<'a, Result<Option<Vec<Option<ExecutionId>>>, StoreError>>;
     /// The handoff: the run message to the workers.
     fn publish_run<'a>(&'a self, message: &'a RunMessage) -> BoxFuture<'a, Result<(), BusError>>;
     /// Asks the worker holding the execution to cancel it.
@@ -79,11 +99,30 @@ impl Backend for Live {
         Box::pin(self.store.end_before_handoff(id, status, reason))
     }
 
-    fn status(
+    fn state(&self, id: ExecutionId) -> BoxFuture<'_, Result<Option<ExecutionState>, StoreError>> {
+        Box::pin(async move {
+            Ok(self.store.get_execution(id).await?.map(|e| ExecutionState {
+                status: e.status,
+                result: e.result,
+            }))
+        })
+    }
+
+    fn workflow(
         &self,
         id: ExecutionId,
-    ) -> BoxFuture<'_, Result<Option<ExecutionStatus>, StoreError>> {
-        Box::pin(async move { Ok(self.store.get_execution(id).await?.map(|e| e.status)) })
+    ) -> BoxFuture<'_, Result<Option<WorkflowRecord>, StoreError>> {
+        Box::pin(self.store.workflow(id))
+    }
+
+    fn workflow_step<'a>(
+        &'a self,
+        id: ExecutionId,
+        handled: &'a [ExecutionId],
+        state: &'a Value,
+        children: &'a [NewChild],
+    ) -> BoxFuture<'a, Result<Option<Vec<Option<ExecutionId>>>, StoreError>> {
+        Box::pin(self.store.workflow_step(id, handled, state, children))
     }
 
     fn publish_run<'a>(&'a self, message: &'a RunMessage) -> BoxFuture<'a, Result<(), BusError>> {
@@ -95,12 +134,9 @@ impl Backend for Live {
     }
 }
 
-/// What the supervisor and execution actors share.
-pub(crate) struct ActorContext {
-    /// Prefix of every actor name of this engine, unique within the process.
-    pub(crate) name: String,
-    pub(crate) backend: Arc<dyn Backend>,
-    /// The engine's store and catalog, which workflow actors work with; `None` where the
-    /// actors run against a fake (tests of the supervisor), which runs no workflows.
-    pub(crate) shared: Option<Arc<crate::context::Shared>>,
+/// How an execution stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExecutionState {
+    pub(crate) status: ExecutionStatus,
+    pub(crate) result: Option<Value>,
 }

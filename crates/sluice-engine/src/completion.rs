@@ -7,8 +7,6 @@
 //! Reports are handled in batches: the batch's updates are applied in order in one
 //! transaction (group commit), and each report is acknowledged once that has committed.
 
-use std::sync::Arc;
-
 use async_nats::jetstream::Message;
 use sluice_bus::Settle;
 use sluice_core::{ExecutionStatus, StatusReport};
@@ -16,7 +14,8 @@ use sluice_store::Transition;
 use sluice_telemetry::metrics;
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
-use crate::{Routes, Shared};
+use crate::context::Shared;
+use crate::handles::Directory;
 
 /// One readable report, with its `report.recorded` span: a child of the worker's
 /// `execution.run` span by the message's trace context.
@@ -26,12 +25,7 @@ struct Received {
     span: Span,
 }
 
-pub(crate) async fn handle_statuses(
-    shared: &Arc<Shared>,
-    routes: &Routes,
-    settle: &Settle,
-    batch: Vec<Message>,
-) {
+pub(crate) async fn handle_statuses(shared: &Shared, settle: &Settle, batch: Vec<Message>) {
     let mut received = Vec::with_capacity(batch.len());
     for message in batch {
         let span = info_span!(
@@ -76,7 +70,7 @@ pub(crate) async fn handle_statuses(
             span,
         });
     }
-    record(shared, routes, settle, received).await;
+    record(shared, settle, received).await;
 }
 
 fn transition(report: &StatusReport) -> Transition {
@@ -93,7 +87,7 @@ fn transition(report: &StatusReport) -> Transition {
 /// Applies the batch's updates in one transaction, then tells supervisors and acknowledges.
 /// A transient failure hands every report back; a batch the store refuses is retried one
 /// report at a time, so only a report that fails alone is dead-lettered.
-async fn record(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received: Vec<Received>) {
+async fn record(shared: &Shared, settle: &Settle, received: Vec<Received>) {
     if received.is_empty() {
         return;
     }
@@ -106,7 +100,9 @@ async fn record(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received
             shared.store_health.succeeded();
             for (r, changed) in received.into_iter().zip(changed) {
                 let span = r.span.clone();
-                applied(routes, settle, r, changed).instrument(span).await;
+                applied(&shared.directory, settle, r, changed)
+                    .instrument(span)
+                    .await;
             }
         }
         Err(e) if e.is_transient() => {
@@ -130,14 +126,14 @@ async fn record(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received
         Err(e) => {
             warn!(error = %e, reports = received.len(), "the store refused a batch of reports; recording them one by one");
             for r in received {
-                Box::pin(record(shared, routes, settle, vec![r])).await;
+                Box::pin(record(shared, settle, vec![r])).await;
             }
         }
     }
 }
 
 /// After the commit: counts, tells the action's supervisor of a change, acknowledges.
-async fn applied(routes: &Routes, settle: &Settle, r: Received, changed: bool) {
+async fn applied(directory: &Directory, settle: &Settle, r: Received, changed: bool) {
     let report = &r.report;
     let id = report.execution_id;
     let terminal = report.status.is_terminal();
@@ -150,7 +146,7 @@ async fn applied(routes: &Routes, settle: &Settle, r: Received, changed: bool) {
     }
     // Only a change is news: a stale report (a superseded attempt, a redelivery) must not
     // end the child of the attempt that is running now.
-    if changed && let Some(supervisor) = routes.get(&report.action) {
+    if changed && let Some(supervisor) = directory.supervisor(&report.action) {
         if terminal {
             supervisor.finished(id);
         } else {

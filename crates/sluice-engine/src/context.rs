@@ -1,15 +1,30 @@
-//! What the engine's actors and loops share.
+//! What the engine's actors and consumer loops share.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sluice_bus::Bus;
 use sluice_pack::Catalog;
 use sluice_store::Store;
+use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
+use crate::handles::Directory;
+use crate::timing::MAX_STORE_REST;
+
+/// What the actors (supervisors, executions, workflows) work with.
+pub(crate) struct ActorContext {
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) backend: Arc<dyn Backend>,
+    /// Cancelled when the engine shuts down: supervisors admit nothing more, and queued
+    /// executions stay `requested` in the store for the next start.
+    pub(crate) intake: CancellationToken,
+}
+
+/// What the consumer loops (ingestor, completions, dead letters) work with.
 pub(crate) struct Shared {
-    /// Prefix of every actor name of this engine, unique within the process.
-    pub(crate) name: String,
+    pub(crate) directory: Arc<Directory>,
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) store: Store,
     pub(crate) bus: Bus,
@@ -50,8 +65,8 @@ impl StoreHealth {
     pub(crate) fn failed(&self) {
         let mut state = self.lock();
         state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
-        let pause = sluice_bus::settle::backoff(u64::from(state.failures_in_a_row))
-            .min(Duration::from_secs(5));
+        let pause =
+            sluice_bus::settle::backoff(u64::from(state.failures_in_a_row)).min(MAX_STORE_REST);
         state.down_until = Some(Instant::now() + pause);
     }
 

@@ -5,18 +5,22 @@
 //! one it cannot store after every allowed delivery stays in the DEADLETTER stream (kept 30
 //! days) with an error in the log.
 
-use std::sync::Arc;
-
 use async_nats::jetstream::Message;
 use chrono::Utc;
-use sluice_bus::Settle;
+use sluice_bus::{Settle, names};
 use sluice_core::DeadLetter;
 use sluice_telemetry::metrics;
 use tracing::{error, warn};
 
-use crate::Shared;
+use crate::context::Shared;
 
-pub(crate) async fn handle_dead_letter(shared: &Arc<Shared>, settle: &Settle, message: Message) {
+pub(crate) async fn handle_dead_letters(shared: &Shared, settle: &Settle, batch: Vec<Message>) {
+    for message in batch {
+        handle_dead_letter(shared, settle, message).await;
+    }
+}
+
+async fn handle_dead_letter(shared: &Shared, settle: &Settle, message: Message) {
     settle.received(&message);
     let letter = match sluice_core::decode::<DeadLetter>(&message.payload) {
         Ok(letter) => letter,
@@ -53,8 +57,8 @@ pub(crate) async fn handle_dead_letter(shared: &Arc<Shared>, settle: &Settle, me
 fn unreadable(shared: &Shared, message: &Message, error: &str) -> DeadLetter {
     let info = message.info().ok();
     DeadLetter {
-        stream: "DEADLETTER".into(),
-        consumer: "engine".into(),
+        stream: names::DEADLETTER.into(),
+        consumer: names::ENGINE_CONSUMER.into(),
         subject: message.subject.to_string(),
         stream_seq: info.as_ref().map_or(0, |i| i.stream_sequence),
         deliveries: sluice_bus::settle::deliveries(message),
@@ -63,7 +67,7 @@ fn unreadable(shared: &Shared, message: &Message, error: &str) -> DeadLetter {
         payload: Some(
             message.payload[..message.payload.len().min(DeadLetter::MAX_PAYLOAD)].to_vec(),
         ),
-        by: shared.name.clone(),
+        by: shared.directory.engine().to_owned(),
         at: Utc::now(),
     }
 }

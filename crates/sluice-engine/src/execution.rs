@@ -7,7 +7,6 @@
 //! starts the workflow actor as its child and lives as long as the workflow runs.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use sluice_core::{ExecutionStatus, RunMessage};
@@ -15,21 +14,10 @@ use sluice_pack::Action;
 use sluice_store::Transition;
 use tracing::{Instrument as _, debug, error, warn};
 
-use crate::backend::ActorContext;
-use crate::supervisor::Pending;
+use crate::context::ActorContext;
+use crate::handles::{ActorName, Pending, Phase};
+use crate::timing::STORE_RETRY;
 use crate::workflow::{WorkflowActor, WorkflowArgs};
-
-/// Where a new execution actor starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Move it to `scheduled` and publish its run message. Idempotent: on a restart the
-    /// same run message id is published again and JetStream drops the repeat.
-    Dispatch,
-    /// Its supervisor recorded `scheduled` when it admitted it: publish the run message.
-    Publish,
-    /// A worker already reported it running; wait for its completion.
-    AwaitCompletion,
-}
 
 pub(crate) enum ExecutionMsg {
     Dispatch,
@@ -51,8 +39,6 @@ pub(crate) struct ExecutionState {
     /// `scheduled` is recorded: what is left is the publish.
     scheduled: bool,
 }
-
-const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 impl ExecutionActor {
     /// Records `scheduled` (the supervisor recorded `scheduling` when it admitted the
@@ -97,9 +83,7 @@ impl Actor for ExecutionActor {
         args: ExecutionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // A workflow runs here, in the engine: its actor starts (or resumes) in any phase.
-        if matches!(args.phase, Phase::Dispatch | Phase::Publish)
-            || crate::workflow::is_workflow(&args.action)
-        {
+        if matches!(args.phase, Phase::Dispatch | Phase::Publish) || args.action.is_workflow() {
             myself.send_message(ExecutionMsg::Dispatch)?;
         }
         Ok(ExecutionState {
@@ -126,7 +110,7 @@ impl Actor for ExecutionActor {
         );
         let trace = &state.pending.trace;
         sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
-        if crate::workflow::is_workflow(&state.action) {
+        if state.action.is_workflow() {
             return Self::start_workflow(&myself, state).instrument(span).await;
         }
         Self::dispatch(&myself, state).instrument(span).await
@@ -179,7 +163,7 @@ impl ExecutionActor {
             }
             Err(e) if e.is_transient() => {
                 warn!(execution_id = %state.pending.id, error = %e, "store busy; dispatch retried");
-                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
+                myself.send_after(STORE_RETRY, || ExecutionMsg::Dispatch);
                 Ok(None)
             }
             Err(e) => Err(e.into()),
@@ -212,15 +196,12 @@ impl ExecutionActor {
                 return Ok(());
             }
         }
-        let Some(shared) = state.ctx.shared.clone() else {
-            return Err("this engine runs no workflows".into());
-        };
         let args = WorkflowArgs {
-            shared,
+            ctx: state.ctx.clone(),
             action: state.action.clone(),
             pending: state.pending.clone(),
         };
-        let name = crate::workflow::actor_name(&state.ctx.name, id);
+        let name = state.ctx.directory.name(ActorName::Workflow(id));
         Actor::spawn_linked(Some(name), WorkflowActor, args, myself.get_cell()).await?;
         Ok(())
     }
@@ -253,7 +234,7 @@ impl ExecutionActor {
             Ok(()) => debug!(execution_id = %id, "run message published"),
             Err(e) if e.is_transient() => {
                 warn!(execution_id = %id, error = %e, "run message not acknowledged; publishing again");
-                myself.send_after(RETRY_DELAY, || ExecutionMsg::Dispatch);
+                myself.send_after(STORE_RETRY, || ExecutionMsg::Dispatch);
             }
             Err(e) => {
                 let mut failed = Transition::to(ExecutionStatus::Failed);

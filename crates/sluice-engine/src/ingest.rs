@@ -9,20 +9,17 @@
 //! A store that is busy or unreachable gets the message nak'd with a growing delay; a
 //! message the store refuses outright is dead-lettered.
 
-use std::sync::Arc;
-
 use async_nats::jetstream::Message;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use sluice_bus::{Settle, decode_trigger};
 use sluice_store::{EventOutcome, Firing, NewEvent};
-use sluice_telemetry::TraceHeaders;
-use sluice_telemetry::metrics;
+use sluice_telemetry::{TRACEPARENT, TraceHeaders, metrics};
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
+use crate::context::Shared;
+use crate::handles::{Directory, Pending};
 use crate::rules;
-use crate::supervisor::Pending;
-use crate::{Routes, Shared};
 
 /// One trigger message, decoded and matched, ready to be stored.
 struct Received {
@@ -38,12 +35,7 @@ struct Received {
 
 /// Handles a batch of trigger messages: each is decoded and matched in its own span, then
 /// all are stored in one transaction (group commit) and acknowledged after the commit.
-pub(crate) async fn handle_triggers(
-    shared: &Arc<Shared>,
-    routes: &Routes,
-    settle: &Settle,
-    batch: Vec<Message>,
-) {
+pub(crate) async fn handle_triggers(shared: &Shared, settle: &Settle, batch: Vec<Message>) {
     let mut received = Vec::with_capacity(batch.len());
     for message in batch {
         let span = info_span!(
@@ -63,7 +55,7 @@ pub(crate) async fn handle_triggers(
         }
         received.push(span.in_scope(|| prepare(shared, message, span.clone())));
     }
-    store(shared, routes, settle, received).await;
+    store(shared, settle, received).await;
 }
 
 /// Decodes, validates and matches one message: what its event and executions will be.
@@ -80,12 +72,12 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
         payload: None,
         rejected: None,
         stream_seq,
-        msg_id: header("Nats-Msg-Id"),
+        msg_id: header(sluice_bus::names::MSG_ID_HEADER),
     };
     let mut planned = Vec::new();
     match decode_trigger(
         &subject,
-        header("Content-Type").as_deref(),
+        header(sluice_bus::names::CONTENT_TYPE_HEADER).as_deref(),
         &message.payload,
     ) {
         Err(reason) => event.rejected = Some(reason),
@@ -123,7 +115,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
             let matched =
                 info_span!("rule.matched", rule = %p.firing.rule, action = %p.firing.action);
             let trace = sluice_telemetry::trace_headers(&matched);
-            p.firing.traceparent = trace.get("traceparent").cloned();
+            p.firing.traceparent = trace.get(TRACEPARENT).cloned();
             (p.firing, (p.parameters, trace))
         })
         .unzip();
@@ -140,7 +132,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
 /// acknowledges each message. A transient failure hands every message back; a batch the
 /// store refuses is retried one message at a time, so only a message that fails alone is
 /// dead-lettered.
-async fn store(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received: Vec<Received>) {
+async fn store(shared: &Shared, settle: &Settle, received: Vec<Received>) {
     if received.is_empty() {
         return;
     }
@@ -153,7 +145,9 @@ async fn store(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received:
             shared.store_health.succeeded();
             for (r, outcome) in received.into_iter().zip(outcomes) {
                 let span = r.span.clone();
-                accepted(routes, settle, r, outcome).instrument(span).await;
+                accepted(&shared.directory, settle, r, outcome)
+                    .instrument(span)
+                    .await;
             }
         }
         Err(e) if e.is_transient() => {
@@ -177,14 +171,14 @@ async fn store(shared: &Arc<Shared>, routes: &Routes, settle: &Settle, received:
         Err(e) => {
             warn!(error = %e, messages = received.len(), "the store refused a batch of events; storing them one by one");
             for r in received {
-                Box::pin(store(shared, routes, settle, vec![r])).await;
+                Box::pin(store(shared, settle, vec![r])).await;
             }
         }
     }
 }
 
 /// After the commit: logs, queues the executions at their supervisors, acknowledges.
-async fn accepted(routes: &Routes, settle: &Settle, r: Received, outcome: EventOutcome) {
+async fn accepted(directory: &Directory, settle: &Settle, r: Received, outcome: EventOutcome) {
     tracing::Span::current().record("event_id", outcome.event_id.0);
     if outcome.duplicate {
         metrics().duplicates_suppressed.inc(["trigger"]);
@@ -204,7 +198,7 @@ async fn accepted(routes: &Routes, settle: &Settle, r: Received, outcome: EventO
         .filter(|(firing, _)| firing.failed.is_none())
         .map(|(_, parameters)| parameters);
     for ((id, action), (parameters, trace)) in outcome.executions.into_iter().zip(runnable) {
-        if let Some(supervisor) = routes.get(&action) {
+        if let Some(supervisor) = directory.supervisor(&action) {
             supervisor.enqueue(Pending::new(id, 1, &action, parameters, Utc::now(), trace));
         }
     }

@@ -17,7 +17,7 @@ use sluice_core::{ExecutionId, Heartbeat};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::Routes;
+use crate::handles::Directory;
 
 /// What the engine knows of one worker.
 #[derive(Debug, Clone, Serialize)]
@@ -109,7 +109,7 @@ pub(crate) async fn run(
     client: async_nats::Client,
     subscriber: async_nats::Subscriber,
     workers: Workers,
-    routes: Routes,
+    directory: Arc<Directory>,
     window: Duration,
     cancel: CancellationToken,
 ) {
@@ -144,7 +144,7 @@ pub(crate) async fn run(
                 let lost = workers.newly_lost(window);
                 if !lost.is_empty() {
                     warn!(workers = ?lost, window_secs = window.as_secs_f64(), "workers stopped sending heartbeats");
-                    for supervisor in routes.values() {
+                    for supervisor in directory.supervisors() {
                         supervisor.workers_lost(lost.clone());
                     }
                 }

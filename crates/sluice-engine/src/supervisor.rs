@@ -10,220 +10,30 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
-use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::json;
+use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_pack::Action;
 use sluice_pack::model::OnFull;
 use sluice_store::Transition;
-use sluice_telemetry::TraceHeaders;
 use tracing::{error, info, warn};
 
-use crate::backend::ActorContext;
-use crate::execution::{ExecutionActor, ExecutionArgs, ExecutionMsg, Phase};
+use crate::context::ActorContext;
+use crate::execution::{ExecutionActor, ExecutionArgs, ExecutionMsg};
 use crate::gate::{Gate, GatePolicy, Instant, KeyStats, Next, Refusal};
-
-/// An execution waiting for, or holding, a slot.
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    pub(crate) id: ExecutionId,
-    pub(crate) attempt: u32,
-    /// Parameters as they will run, secrets included.
-    pub(crate) parameters: Map<String, Value>,
-    pub(crate) enqueued_at: DateTime<Utc>,
-    /// The trace the execution belongs to: the context of the span that requested it.
-    pub(crate) trace: TraceHeaders,
-    /// `execution.queued`, open from the request until the gate admits it: the wait for a
-    /// slot, as one span.
-    pub(crate) queued: Option<tracing::Span>,
-    /// The workflow execution it is a task of, which hears when it ends.
-    pub(crate) parent: Option<ExecutionId>,
-}
-
-impl Pending {
-    pub(crate) fn new(
-        id: ExecutionId,
-        attempt: u32,
-        action: &ActionRef,
-        parameters: Map<String, Value>,
-        enqueued_at: DateTime<Utc>,
-        trace: TraceHeaders,
-    ) -> Self {
-        let queued = tracing::info_span!(
-            "execution.queued",
-            execution_id = %id,
-            action = %action,
-            attempt,
-            trace_id = tracing::field::Empty,
-        );
-        sluice_telemetry::continue_trace(&queued, |name| trace.get(name).cloned());
-        Self {
-            id,
-            attempt,
-            parameters,
-            enqueued_at,
-            trace,
-            queued: Some(queued),
-            parent: None,
-        }
-    }
-
-    pub(crate) fn with_parent(mut self, parent: ExecutionId) -> Self {
-        self.parent = Some(parent);
-        self
-    }
-
-    /// The execution's trace id, for log lines written outside its spans.
-    pub(crate) fn trace_id(&self) -> Option<String> {
-        let traceparent = self.trace.get("traceparent")?;
-        traceparent.split('-').nth(1).map(str::to_owned)
-    }
-}
-
-/// Figures one supervisor reports about itself.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SupervisorStats {
-    pub action: ActionRef,
-    pub queue_length: usize,
-    pub active_count: usize,
-    pub max_concurrent: Option<usize>,
-    pub oldest_queued_at: Option<DateTime<Utc>>,
-    pub total_enqueued: u64,
-    pub total_completed: u64,
-    /// Per concurrency key, when the action has one.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<KeyQueueStats>,
-    /// The admitted executions, one per live child (shown on the children in the tree).
-    #[serde(skip)]
-    pub admitted: Vec<AdmittedExecution>,
-}
-
-/// What a supervisor knows of one of its live execution children.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AdmittedExecution {
-    pub execution_id: ExecutionId,
-    pub attempt: u32,
-    /// `scheduled` until a worker reports it `running`.
-    pub status: ExecutionStatus,
-    pub worker: Option<String>,
-    pub requested_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct KeyQueueStats {
-    pub key: String,
-    pub queue_length: usize,
-    pub active_count: usize,
-    pub oldest_queued_at: Option<DateTime<Utc>>,
-    pub total_enqueued: u64,
-    pub total_completed: u64,
-}
-
-/// What a cancel request did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CancelOutcome {
-    /// It had not been handed to a worker: it is `cancelled` now.
-    Cancelled,
-    /// A worker holds it: the worker was asked and will report `cancelled`.
-    Requested,
-    /// This supervisor holds no such execution.
-    NotHere,
-}
-
-pub(crate) enum SupervisorMsg {
-    /// A new `requested` execution joins the back of its queue.
-    Enqueue(Pending),
-    /// An execution found past admission when the engine started: it takes a slot at once.
-    Resume {
-        pending: Pending,
-        phase: Phase,
-        worker: Option<String>,
-    },
-    /// A worker reported it running.
-    Running {
-        id: ExecutionId,
-        worker: String,
-    },
-    /// The execution reached a terminal status; its child ends and frees the slot.
-    Finished(ExecutionId),
-    Cancel(ExecutionId, RpcReplyPort<CancelOutcome>),
-    /// These workers stopped sending heartbeats.
-    WorkersLost(Vec<String>),
-    /// The rate limit window moved on.
-    Admit,
-    /// Stop admitting; queued executions stay `requested` in the store for the next start.
-    Drain,
-    Stats(RpcReplyPort<SupervisorStats>),
-}
-
-/// The public face of a supervisor; callers never build its messages.
-#[derive(Clone)]
-pub(crate) struct SupervisorHandle {
-    actor: ActorRef<SupervisorMsg>,
-}
-
-impl SupervisorHandle {
-    /// The supervisor of `action` in engine `engine`, from ractor's registry.
-    pub(crate) fn lookup(engine: &str, action: &ActionRef) -> Option<Self> {
-        ractor::registry::where_is(supervisor_name(engine, action))
-            .map(|cell| Self { actor: cell.into() })
-    }
-
-    fn send(&self, message: SupervisorMsg) {
-        if self.actor.send_message(message).is_err() {
-            error!(actor = ?self.actor.get_name(), "action supervisor is gone; its executions resume after a restart");
-        }
-    }
-
-    pub(crate) fn enqueue(&self, pending: Pending) {
-        self.send(SupervisorMsg::Enqueue(pending));
-    }
-
-    pub(crate) fn resume(&self, pending: Pending, phase: Phase, worker: Option<String>) {
-        self.send(SupervisorMsg::Resume {
-            pending,
-            phase,
-            worker,
-        });
-    }
-
-    pub(crate) fn running(&self, id: ExecutionId, worker: String) {
-        self.send(SupervisorMsg::Running { id, worker });
-    }
-
-    pub(crate) fn finished(&self, id: ExecutionId) {
-        self.send(SupervisorMsg::Finished(id));
-    }
-
-    pub(crate) fn workers_lost(&self, workers: Vec<String>) {
-        self.send(SupervisorMsg::WorkersLost(workers));
-    }
-
-    pub(crate) fn drain(&self) {
-        self.send(SupervisorMsg::Drain);
-    }
-
-    pub(crate) async fn cancel(&self, id: ExecutionId) -> CancelOutcome {
-        ractor::call!(self.actor, SupervisorMsg::Cancel, id).unwrap_or(CancelOutcome::NotHere)
-    }
-
-    pub(crate) async fn stats(&self) -> Option<SupervisorStats> {
-        ractor::call!(self.actor, SupervisorMsg::Stats).ok()
-    }
-}
+use crate::handles::{
+    ActorName, AdmittedExecution, CancelOutcome, KeyQueueStats, Pending, Phase, SupervisorHandle,
+    SupervisorMsg, SupervisorStats,
+};
+use crate::timing::STORE_RETRY;
 
 pub(crate) struct ActionSupervisor;
 
-fn supervisor_name(engine: &str, action: &ActionRef) -> String {
-    format!("{engine}/action/{action}")
-}
-
-/// A task of a workflow left its supervisor: the workflow hears of it.
+/// A task of a workflow left its supervisor: the workflow hears of it. A workflow not
+/// running here finds out when it resumes.
 fn tell_parent(state: &SupervisorState, id: ExecutionId, parent: Option<ExecutionId>) {
-    if let Some(parent) = parent {
-        crate::workflow::child_ended(&state.ctx.name, parent, id);
+    if let Some(workflow) = parent.and_then(|p| state.ctx.directory.workflow(p)) {
+        workflow.child_ended(id);
     }
 }
 
@@ -248,7 +58,6 @@ pub(crate) struct SupervisorState {
     running_on: HashMap<ExecutionId, String>,
     /// Executions to put back at the head of the queue once their child has ended.
     retry_when_stopped: HashSet<ExecutionId>,
-    draining: bool,
     timer_armed: bool,
     /// An `Admit` is in the mailbox, behind the requests that arrived with it.
     admit_queued: bool,
@@ -318,6 +127,7 @@ impl SupervisorState {
                 .map(|p| {
                     let worker = self.running_on.get(&p.id).cloned();
                     AdmittedExecution {
+                        actor: self.children.get(&p.id).map(|c| c.get_id()),
                         execution_id: p.id,
                         attempt: p.attempt,
                         status: if worker.is_some() {
@@ -330,6 +140,7 @@ impl SupervisorState {
                     }
                 })
                 .collect(),
+            actor: None,
         }
     }
 }
@@ -339,9 +150,12 @@ impl ActionSupervisor {
         args: SupervisorArgs,
         parent: ractor::ActorCell,
     ) -> Result<SupervisorHandle, ractor::SpawnErr> {
-        let name = supervisor_name(&args.ctx.name, &args.action.action_ref);
+        let name = args
+            .ctx
+            .directory
+            .name(ActorName::Supervisor(&args.action.action_ref));
         let (actor, _) = Actor::spawn_linked(Some(name), ActionSupervisor, args, parent).await?;
-        Ok(SupervisorHandle { actor })
+        Ok(SupervisorHandle::new(actor))
     }
 
     async fn start_child(
@@ -358,9 +172,12 @@ impl ActionSupervisor {
             pending,
             phase,
         };
-        let name = format!("{}/execution/{id}", state.ctx.name);
+        let name = state.ctx.directory.name(ActorName::Execution(id));
         match Actor::spawn_linked(Some(name), ExecutionActor, args, myself.get_cell()).await {
             Ok((child, _)) => {
+                if !state.action.is_workflow() {
+                    state.ctx.directory.run_started();
+                }
                 state.by_actor.insert(child.get_id(), id);
                 state.children.insert(id, child);
             }
@@ -378,12 +195,17 @@ impl ActionSupervisor {
     /// store's times show the order the gate admitted in, then `scheduled`, the status the
     /// handoff happens from. The children then only publish their run messages.
     async fn admit(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
-        while !state.draining {
+        while !state.ctx.intake.is_cancelled() {
             let now = Instant::now();
             let mut admitted = Vec::new();
             let mut wait = None;
             while admitted.len() < ADMIT_BATCH {
                 match state.gate.next(now) {
+                    Next::Admit(id, pending) if Self::parent_cancelling(state, &pending) => {
+                        // Its workflow is being cancelled: it must never start.
+                        state.gate.release(id);
+                        Self::refuse_orphan(state, id, pending.parent).await;
+                    }
                     Next::Admit(id, pending) => admitted.push((id, pending)),
                     Next::WaitUntil(at) => {
                         wait = Some(at);
@@ -432,9 +254,7 @@ impl ActionSupervisor {
                         }
                         if !state.timer_armed {
                             state.timer_armed = true;
-                            myself.send_after(std::time::Duration::from_secs(1), || {
-                                SupervisorMsg::Admit
-                            });
+                            myself.send_after(STORE_RETRY, || SupervisorMsg::Admit);
                         }
                         break;
                     }
@@ -452,6 +272,27 @@ impl ActionSupervisor {
             }
         }
         state.check_invariants();
+    }
+
+    fn parent_cancelling(state: &SupervisorState, pending: &Pending) -> bool {
+        pending
+            .parent
+            .and_then(|p| state.ctx.directory.workflow(p))
+            .is_some_and(|w| w.is_cancelling())
+    }
+
+    /// Ends a queued task of a cancelling workflow, which hears of it.
+    async fn refuse_orphan(state: &SupervisorState, id: ExecutionId, parent: Option<ExecutionId>) {
+        let reason = "its workflow was cancelled before it started";
+        if let Err(e) = state
+            .ctx
+            .backend
+            .end_before_handoff(id, ExecutionStatus::Cancelled, reason)
+            .await
+        {
+            error!(execution_id = %id, error = %e, "failed to record the cancel; it resumes after a restart");
+        }
+        tell_parent(state, id, parent);
     }
 
     async fn refuse(
@@ -507,9 +348,10 @@ impl ActionSupervisor {
         {
             return Ok(CancelOutcome::Cancelled);
         }
-        if crate::workflow::is_workflow(&state.action) {
+        if state.action.is_workflow() {
             // The engine runs a workflow: its actor cancels the tasks, then ends it.
-            return Ok(if crate::workflow::cancel(&state.ctx.name, id) {
+            let workflow = state.ctx.directory.workflow(id);
+            return Ok(if workflow.is_some_and(|w| w.cancel()) {
                 CancelOutcome::Requested
             } else {
                 CancelOutcome::NotHere
@@ -565,6 +407,9 @@ impl ActionSupervisor {
     ) -> Option<(ExecutionId, Option<ExecutionId>)> {
         let id = state.by_actor.remove(&child)?;
         state.children.remove(&id);
+        if !state.action.is_workflow() {
+            state.ctx.directory.run_ended();
+        }
         state.running_on.remove(&id);
         state.gate.release(id);
         let pending = state.admitted.remove(&id);
@@ -599,7 +444,6 @@ impl Actor for ActionSupervisor {
             admitted: HashMap::new(),
             running_on: HashMap::new(),
             retry_when_stopped: HashSet::new(),
-            draining: false,
             timer_armed: false,
             admit_queued: false,
         })
@@ -679,9 +523,10 @@ impl Actor for ActionSupervisor {
                 state.admit_queued = false;
                 Self::admit(&myself, state).await;
             }
-            SupervisorMsg::Drain => state.draining = true,
             SupervisorMsg::Stats(reply) => {
-                let _ = reply.send(state.stats());
+                let mut stats = state.stats();
+                stats.actor = Some(myself.get_id());
+                let _ = reply.send(stats);
             }
         }
         Ok(())
@@ -728,123 +573,17 @@ mod tests {
     //! The supervisor and its execution children in-process, against an in-memory store and
     //! bus that follow the same state machine, with tokio's clock paused.
 
-    use std::collections::{BTreeMap, HashMap, HashSet};
-    use std::sync::Mutex;
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use sluice_bus::BusError;
-    use sluice_core::{RunMessage, RunnerType};
+    use serde_json::{Map, Value};
+    use sluice_core::RunnerType;
     use sluice_pack::model::{Policy, RateLimit};
-    use sluice_store::StoreError;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::backend::{Backend, BoxFuture};
-
-    #[derive(Default)]
-    struct Fake {
-        statuses: Mutex<HashMap<ExecutionId, ExecutionStatus>>,
-        /// (execution, attempt) of every run message, in publish order.
-        runs: Mutex<Vec<(i64, u32)>>,
-        cancels: Mutex<Vec<i64>>,
-        refuse_publish: Mutex<HashSet<i64>>,
-    }
-
-    impl Fake {
-        fn status(&self, id: i64) -> Option<ExecutionStatus> {
-            self.statuses.lock().unwrap().get(&ExecutionId(id)).copied()
-        }
-
-        fn set(&self, id: i64, status: ExecutionStatus) {
-            self.statuses
-                .lock()
-                .unwrap()
-                .insert(ExecutionId(id), status);
-        }
-
-        fn runs(&self) -> Vec<(i64, u32)> {
-            self.runs.lock().unwrap().clone()
-        }
-
-        fn run_ids(&self) -> Vec<i64> {
-            self.runs().into_iter().map(|(id, _)| id).collect()
-        }
-    }
-
-    impl Backend for Fake {
-        fn transition<'a>(
-            &'a self,
-            id: ExecutionId,
-            transition: &'a Transition,
-        ) -> BoxFuture<'a, Result<bool, StoreError>> {
-            Box::pin(async move {
-                let mut statuses = self.statuses.lock().unwrap();
-                let allowed = statuses
-                    .get(&id)
-                    .is_some_and(|from| transition.to.sources().contains(from));
-                if allowed {
-                    statuses.insert(id, transition.to);
-                }
-                Ok(allowed)
-            })
-        }
-
-        fn end_before_handoff<'a>(
-            &'a self,
-            id: ExecutionId,
-            status: ExecutionStatus,
-            _reason: &'a str,
-        ) -> BoxFuture<'a, Result<bool, StoreError>> {
-            Box::pin(async move {
-                let mut statuses = self.statuses.lock().unwrap();
-                let engine_owned = matches!(
-                    statuses.get(&id),
-                    Some(ExecutionStatus::Requested | ExecutionStatus::Scheduling)
-                );
-                if engine_owned {
-                    statuses.insert(id, status);
-                }
-                Ok(engine_owned)
-            })
-        }
-
-        fn status(
-            &self,
-            id: ExecutionId,
-        ) -> BoxFuture<'_, Result<Option<ExecutionStatus>, StoreError>> {
-            Box::pin(async move { Ok(self.statuses.lock().unwrap().get(&id).copied()) })
-        }
-
-        fn publish_run<'a>(
-            &'a self,
-            message: &'a RunMessage,
-        ) -> BoxFuture<'a, Result<(), BusError>> {
-            Box::pin(async move {
-                if self
-                    .refuse_publish
-                    .lock()
-                    .unwrap()
-                    .contains(&message.execution_id.0)
-                {
-                    return Err(BusError::Setup {
-                        stream: "RUN".into(),
-                        message: "refused".into(),
-                    });
-                }
-                self.runs
-                    .lock()
-                    .unwrap()
-                    .push((message.execution_id.0, message.attempt));
-                Ok(())
-            })
-        }
-
-        fn publish_cancel(&self, id: ExecutionId) -> BoxFuture<'_, Result<(), BusError>> {
-            Box::pin(async move {
-                self.cancels.lock().unwrap().push(id.0);
-                Ok(())
-            })
-        }
-    }
+    use crate::handles::Directory;
+    use crate::testing::Fake;
 
     struct Harness {
         fake: Arc<Fake>,
@@ -855,9 +594,10 @@ mod tests {
     async fn start(name: &str, policy: Policy) -> Harness {
         let fake = Arc::new(Fake::default());
         let ctx = Arc::new(ActorContext {
-            name: format!("test-{name}"),
+            directory: Arc::new(Directory::new(format!("test-{name}"))),
+            catalog: Arc::default(),
             backend: fake.clone(),
-            shared: None,
+            intake: CancellationToken::new(),
         });
         let key_param = sluice_pack::ParamSpec {
             kind: sluice_pack::ParamType::String,
@@ -890,7 +630,7 @@ mod tests {
         .unwrap();
         Harness {
             fake,
-            handle: SupervisorHandle { actor },
+            handle: SupervisorHandle::new(actor),
             params: Map::new(),
         }
     }
@@ -1115,7 +855,7 @@ mod tests {
             CancelOutcome::Requested,
             "a worker holds it"
         );
-        assert_eq!(*h.fake.cancels.lock().unwrap(), [1]);
+        assert_eq!(h.fake.cancels(), [1]);
         assert_eq!(
             h.handle.cancel(ExecutionId(99)).await,
             CancelOutcome::NotHere

@@ -1,19 +1,68 @@
 //! A snapshot of the engine's live actor tree, read from ractor's supervision links.
 //!
 //! Each node is a running actor, found by walking `ActorCell::get_children` from the engine's
-//! root: nothing here keeps a parallel list. Nodes carry what their actor knows: action
+//! root: nothing here keeps a parallel list. An actor's kind comes from the type of message
+//! it takes, or, for the engine's long-lived actors, from the engine itself. Nodes carry what their actor knows: action
 //! supervisors their queue figures, execution actors their execution. Two kinds of node
 //! are views rather than actors, and say so in their kind: `key-queue` nodes under a
 //! supervisor (per-key queues live inside its gate) and `worker` / `run` nodes under the
 //! worker monitor (workers are other processes, known here by their heartbeats).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorId};
 use serde::Serialize;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 
+use crate::execution::ExecutionMsg;
+use crate::handles::{KeyQueueStats, SupervisorMsg, SupervisorStats, WorkflowMsg};
 use crate::monitor::WorkerInfo;
-use crate::supervisor::{KeyQueueStats, SupervisorStats};
+
+/// What an actor of the tree is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActorKind {
+    Engine,
+    Ingestor,
+    Completions,
+    DeadLetters,
+    WorkerMonitor,
+    Supervisor,
+    Execution,
+    Workflow,
+    Other,
+}
+
+impl ActorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Engine => "engine",
+            Self::Ingestor => "ingestor",
+            Self::Completions => "completion-listener",
+            Self::DeadLetters => "dead-letter-recorder",
+            Self::WorkerMonitor => "worker-monitor",
+            Self::Supervisor => "action-supervisor",
+            Self::Execution => "execution",
+            Self::Workflow => "workflow",
+            Self::Other => "actor",
+        }
+    }
+
+    fn of(cell: &ActorCell, fixed: &HashMap<ActorId, ActorKind>) -> Self {
+        if let Some(kind) = fixed.get(&cell.get_id()) {
+            return *kind;
+        }
+        if cell.is_message_type_of::<SupervisorMsg>() == Some(true) {
+            Self::Supervisor
+        } else if cell.is_message_type_of::<ExecutionMsg>() == Some(true) {
+            Self::Execution
+        } else if cell.is_message_type_of::<WorkflowMsg>() == Some(true) {
+            Self::Workflow
+        } else {
+            Self::Other
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorNode {
@@ -56,23 +105,6 @@ pub struct WorkerView {
     pub in_flight: usize,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub lost: bool,
-}
-
-fn kind_of(name: &str, root: &str) -> &'static str {
-    let Some(rest) = name.strip_prefix(root) else {
-        return "actor";
-    };
-    match rest.trim_start_matches('/').split('/').next() {
-        Some("") => "engine",
-        Some("ingestor") => "ingestor",
-        Some("completions") => "completion-listener",
-        Some("dead-letters") => "dead-letter-recorder",
-        Some("workers") => "worker-monitor",
-        Some("action") => "action-supervisor",
-        Some("execution") => "execution",
-        Some("workflow") => "workflow",
-        _ => "actor",
-    }
 }
 
 fn leaf(name: String, kind: &'static str, parent: &str) -> ActorNode {
@@ -138,40 +170,36 @@ fn readable(key: &str) -> String {
 pub(crate) fn snapshot(
     cell: &ActorCell,
     parent: Option<&str>,
-    root: &str,
+    fixed: &HashMap<ActorId, ActorKind>,
     stats: &[SupervisorStats],
     workers: &[WorkerInfo],
 ) -> ActorNode {
     let name = cell.get_name().unwrap_or_else(|| cell.get_id().to_string());
-    let kind = kind_of(&name, root);
-    let own_stats = (kind == "action-supervisor")
-        .then(|| {
-            stats.iter().find(|s| {
-                name.strip_prefix(root)
-                    .is_some_and(|rest| rest == format!("/action/{}", s.action))
-            })
-        })
+    let kind = ActorKind::of(cell, fixed);
+    let own_stats = (kind == ActorKind::Supervisor)
+        .then(|| stats.iter().find(|s| s.actor == Some(cell.get_id())))
         .flatten()
         .cloned();
-    let mut children: Vec<ActorNode> = cell
-        .get_children()
-        .iter()
-        .map(|child| snapshot(child, Some(&name), root, stats, workers))
-        .collect();
+    let mut children = Vec::new();
     let now = Utc::now();
-    if let Some(stats) = &own_stats {
-        for child in children.iter_mut().filter(|c| c.kind == "execution") {
-            let id = child.name.rsplit('/').next().and_then(|id| id.parse().ok());
-            if let Some(admitted) = stats.admitted.iter().find(|a| Some(a.execution_id) == id) {
-                child.execution = Some(ExecutionView {
-                    execution_id: admitted.execution_id,
-                    attempt: Some(admitted.attempt),
-                    status: Some(admitted.status),
-                    worker: admitted.worker.clone(),
-                    age_seconds: Some((now - admitted.requested_at).as_seconds_f64().max(0.0)),
-                });
-            }
+    for child in cell.get_children() {
+        let mut node = snapshot(&child, Some(&name), fixed, stats, workers);
+        let admitted = own_stats
+            .iter()
+            .flat_map(|s| &s.admitted)
+            .find(|a| a.actor == Some(child.get_id()));
+        if let Some(admitted) = admitted {
+            node.execution = Some(ExecutionView {
+                execution_id: admitted.execution_id,
+                attempt: Some(admitted.attempt),
+                status: Some(admitted.status),
+                worker: admitted.worker.clone(),
+                age_seconds: Some((now - admitted.requested_at).as_seconds_f64().max(0.0)),
+            });
         }
+        children.push(node);
+    }
+    if let Some(stats) = &own_stats {
         children.extend(stats.keys.iter().map(|k| {
             let mut node = leaf(
                 format!("{name}/key/{}", readable(&k.key)),
@@ -182,13 +210,13 @@ pub(crate) fn snapshot(
             node
         }));
     }
-    if kind == "worker-monitor" {
+    if kind == ActorKind::WorkerMonitor {
         children.extend(worker_nodes(workers, &name));
     }
     children.sort_by(|a, b| a.name.cmp(&b.name));
     ActorNode {
         name,
-        kind,
+        kind: kind.as_str(),
         parent: parent.map(str::to_owned),
         stats: own_stats,
         key: None,

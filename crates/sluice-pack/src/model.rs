@@ -155,6 +155,11 @@ impl Action {
         serde_json::to_string(&values).unwrap_or_default()
     }
 
+    /// Whether the engine runs it (a workflow) rather than a worker.
+    pub fn is_workflow(&self) -> bool {
+        self.runner == RunnerType::Orquesta
+    }
+
     pub fn secret_parameters(&self) -> Vec<String> {
         self.parameters
             .iter()

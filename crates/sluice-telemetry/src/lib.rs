@@ -27,7 +27,9 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use metrics::metrics;
-pub use propagation::{TraceHeaders, continue_trace, trace_headers, trace_id};
+pub use propagation::{
+    TRACEPARENT, TRACESTATE, TraceHeaders, continue_trace, trace_headers, trace_id,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {

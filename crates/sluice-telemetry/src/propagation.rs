@@ -8,6 +8,11 @@ use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+/// The W3C header that carries a span's trace and parent ids.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C header that carries vendor trace state.
+pub const TRACESTATE: &str = "tracestate";
+
 /// Trace context headers by name (`traceparent`, and `tracestate` when there is one).
 pub type TraceHeaders = HashMap<String, String>;
 
@@ -45,12 +50,12 @@ pub fn trace_headers(span: &tracing::Span) -> TraceHeaders {
 /// and records the resulting trace id in the span's `trace_id` field when it declares one.
 pub fn continue_trace(span: &tracing::Span, lookup: impl Fn(&str) -> Option<String>) {
     let mut headers = TraceHeaders::new();
-    for name in ["traceparent", "tracestate"] {
+    for name in [TRACEPARENT, TRACESTATE] {
         if let Some(value) = lookup(name) {
             headers.insert(name.to_owned(), value);
         }
     }
-    if headers.contains_key("traceparent") {
+    if headers.contains_key(TRACEPARENT) {
         let context = TraceContextPropagator::new().extract(&MapExtractor(&headers));
         if context.span().span_context().is_valid() {
             let _ = span.set_parent(context);

@@ -31,7 +31,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
-use sluice_bus::{Bus, Settle};
+use sluice_bus::{Bus, Settle, names};
 use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
 use sluice_telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -501,20 +501,20 @@ impl RunActor {
 impl Worker {
     pub async fn start(config: WorkerConfig) -> Result<Self, sluice_bus::BusError> {
         let capacity = config.capacity.max(1);
-        let consumer = config.bus.consumer("RUN", "workers").await?;
+        let consumer = config
+            .bus
+            .consumer(names::RUN, names::WORKERS_CONSUMER)
+            .await?;
         let cancels = config
             .bus
             .client()
             .subscribe("sluice.cancel.>")
             .await
-            .map_err(|e| sluice_bus::BusError::Read {
-                what: "cancel requests".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| sluice_bus::BusError::setup("cancel requests", e))?;
         let settle = Settle::new(
             config.bus.clone(),
-            "RUN",
-            "workers",
+            names::RUN,
+            names::WORKERS_CONSUMER,
             "run",
             config.name.clone(),
         );
@@ -529,10 +529,7 @@ impl Worker {
         let (supervisor, _) =
             Actor::spawn(Some(config.name.clone()), RunSupervisor, shared.clone())
                 .await
-                .map_err(|e| sluice_bus::BusError::Setup {
-                    stream: "RUN".into(),
-                    message: format!("failed to start worker actor: {e}"),
-                })?;
+                .map_err(|e| sluice_bus::BusError::setup("the worker's run supervisor", e))?;
         let slots = Arc::new(Semaphore::new(capacity));
         let cancel = CancellationToken::new();
         let pull = tokio::spawn(pull_loop(

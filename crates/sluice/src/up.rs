@@ -121,10 +121,7 @@ impl Api {
 }
 
 async fn stop_engine(engine: Arc<Engine>, config: &Config) {
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => engine.shutdown(config.drain_timeout).await,
-        Err(_) => tracing::warn!("engine still referenced at shutdown; stopping without drain"),
-    }
+    engine.shutdown(config.drain_timeout).await;
 }
 
 /// `sluice up`: engine, one worker and (without `--nats-url`) a nats-server child.

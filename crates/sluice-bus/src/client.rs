@@ -1,0 +1,347 @@
+//! [`Bus`]: a NATS connection and its JetStream context, with typed publishing of Sluice's
+//! messages and reads of the last message on a subject.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishErrorKind};
+use bytes::Bytes;
+use sluice_core::{
+    CodecError, DeadLetter, ExecutionId, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport,
+};
+use sluice_telemetry::metrics;
+
+use crate::error::{BusError, Source};
+use crate::names;
+use crate::streams::definitions;
+use crate::subjects::{
+    DEFAULT_QUEUE, cancel_subject, dead_letter_subject, heartbeat_subject, run_subject,
+    status_subject,
+};
+
+/// A header of a received message, as text.
+pub fn header(message: &async_nats::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+}
+
+/// Makes `span` continue the trace whose context `message` carries, if it carries one.
+pub fn continue_trace(span: &tracing::Span, message: &async_nats::Message) {
+    sluice_telemetry::continue_trace(span, |name| header(message, name));
+}
+
+/// Whether JetStream stored a publish or recognised it as a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Stored { sequence: u64 },
+    Duplicate,
+}
+
+/// The last message on an execution's status subject.
+#[derive(Debug)]
+pub struct LastStatus {
+    /// Its sequence in the STATUS stream: what a claim expects to still be last.
+    pub sequence: u64,
+    /// The report, or why it is not one (a message no worker wrote).
+    pub report: Result<StatusReport, CodecError>,
+}
+
+/// A connection to NATS and its JetStream context; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+}
+
+impl Bus {
+    /// Connects and applies the stream and consumer definitions (idempotent). An unreachable
+    /// server is an error at once, naming the URL; once connected, the client reconnects by
+    /// itself.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        let bus = Self::from_client(client);
+        bus.ensure_streams().await?;
+        Ok(bus)
+    }
+
+    /// Wraps an existing client without touching the streams.
+    pub fn from_client(client: async_nats::Client) -> Self {
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .max_ack_inflight(10_000)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Self { client, jetstream }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// Creates or updates every stream and durable consumer from `streams/`.
+    pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        for def in definitions() {
+            let name = def.stream.name.clone();
+            let what = format!("stream {name}");
+            self.jetstream
+                .create_or_update_stream(def.stream.clone())
+                .await
+                .map_err(|e| BusError::setup(&what, e))?;
+            let stream = self
+                .jetstream
+                .get_stream(&name)
+                .await
+                .map_err(|e| BusError::setup(&what, e))?;
+            for consumer in &def.consumers {
+                let durable = consumer.config.durable_name.clone().unwrap_or_default();
+                let exists = stream
+                    .get_consumer::<jetstream::consumer::pull::Config>(&durable)
+                    .await
+                    .is_ok();
+                let what = format!("consumer {name}/{durable}");
+                if exists {
+                    stream
+                        .update_consumer(consumer.config.clone())
+                        .await
+                        .map_err(|e| BusError::setup(what, e))?;
+                } else {
+                    stream
+                        .create_consumer(consumer.config.clone())
+                        .await
+                        .map_err(|e| BusError::setup(what, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The durable pull consumer `durable` of `stream`, as declared in `streams/`.
+    pub async fn consumer(&self, stream: &str, durable: &str) -> Result<PullConsumer, BusError> {
+        let what = format!("consumer {stream}/{durable}");
+        let stream = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        stream
+            .get_consumer(durable)
+            .await
+            .map_err(|e| BusError::read(what, e))
+    }
+
+    /// Publishes with a deduplication id and counts the outcome under `kind`. With
+    /// `expected_last`, JetStream stores the message only if the subject's last message
+    /// still has that sequence (0: the subject is empty); otherwise [`BusError::NotLast`].
+    async fn publish(
+        &self,
+        kind: &'static str,
+        subject: String,
+        dedup_id: &str,
+        payload: Vec<u8>,
+        expected_last: Option<u64>,
+    ) -> Result<Published, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(names::CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
+        // The publishing span's context travels with the message, so the consumer's spans
+        // join the same trace.
+        for (name, value) in sluice_telemetry::trace_headers(&tracing::Span::current()) {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let mut message = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .headers(headers)
+            .message_id(dedup_id);
+        if let Some(sequence) = expected_last {
+            message = message.expected_last_subject_sequence(sequence);
+        }
+        let failed = |source: Source, kind: PublishErrorKind| {
+            if kind == PublishErrorKind::WrongLastSequence {
+                return BusError::NotLast {
+                    subject: subject.clone(),
+                };
+            }
+            BusError::Publish {
+                subject: subject.clone(),
+                source,
+                // Only a refusal of the message itself is final. "No stream" is what a server
+                // answers while JetStream is still starting after a restart: the streams exist.
+                transient: !matches!(
+                    kind,
+                    PublishErrorKind::MaxPayloadExceeded
+                        | PublishErrorKind::WrongLastMessageId
+                        | PublishErrorKind::WrongLastSequence
+                        | PublishErrorKind::Other
+                ),
+            }
+        };
+        let ack = self
+            .jetstream
+            .send_publish(subject.clone(), message)
+            .await
+            .map_err(|e| {
+                let kind = e.kind();
+                failed(e.into(), kind)
+            })?;
+        let ack = ack.await.map_err(|e| {
+            let kind = e.kind();
+            failed(e.into(), kind)
+        })?;
+        Ok(if ack.duplicate {
+            metrics().duplicates_suppressed.inc([kind]);
+            Published::Duplicate
+        } else {
+            metrics().messages_published.inc([kind]);
+            Published::Stored {
+                sequence: ack.sequence,
+            }
+        })
+    }
+
+    /// Hands an execution to the workers: the handoff. Deduplicated per attempt.
+    pub async fn publish_run(&self, message: &RunMessage) -> Result<Published, BusError> {
+        self.publish(
+            "run",
+            run_subject(DEFAULT_QUEUE),
+            &message.dedup_id(),
+            sluice_core::encode(message)?,
+            None,
+        )
+        .await
+    }
+
+    /// Reports a status; one `running` and one completion per execution reach the stream.
+    pub async fn publish_status(&self, report: &StatusReport) -> Result<Published, BusError> {
+        let kind = if report.status.is_terminal() {
+            "completed"
+        } else {
+            "running"
+        };
+        self.publish(
+            kind,
+            status_subject(report.execution_id),
+            &report.dedup_id(),
+            sluice_core::encode(report)?,
+            None,
+        )
+        .await
+    }
+
+    /// Claims an execution attempt for one worker: publishes its `running` report only if
+    /// `expected_last` (from [`Bus::last_status`], 0 for none) is still the last message on
+    /// the execution's status subject. Of several workers holding copies of one run
+    /// message, exactly one claim succeeds; the others get `Ok(false)` and must not run it.
+    /// A repeat of this worker's own claim (same deduplication id) counts as claimed.
+    pub async fn claim(&self, report: &StatusReport, expected_last: u64) -> Result<bool, BusError> {
+        debug_assert_eq!(report.status, sluice_core::ExecutionStatus::Running);
+        let published = self
+            .publish(
+                "running",
+                status_subject(report.execution_id),
+                &report.dedup_id(),
+                sluice_core::encode(report)?,
+                Some(expected_last),
+            )
+            .await;
+        match published {
+            Ok(_) => Ok(true),
+            Err(BusError::NotLast { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks whichever worker holds the execution to cancel it; a worker that takes it later
+    /// finds the request before starting. Deduplicated per execution.
+    pub async fn publish_cancel(&self, id: ExecutionId) -> Result<Published, BusError> {
+        self.publish(
+            "cancel",
+            cancel_subject(id),
+            &format!("{id}.cancel"),
+            Vec::new(),
+            None,
+        )
+        .await
+    }
+
+    /// Records that a message was given up, and why; deduplicated per stream message.
+    pub async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<Published, BusError> {
+        self.publish(
+            "dead_letter",
+            dead_letter_subject(&letter.stream),
+            &letter.dedup_id(),
+            sluice_core::encode(letter)?,
+            None,
+        )
+        .await
+    }
+
+    /// Whether a cancel request exists for the execution.
+    pub async fn cancel_requested(&self, id: ExecutionId) -> Result<bool, BusError> {
+        Ok(self
+            .last_on_subject(names::CONTROL, &cancel_subject(id))
+            .await?
+            .is_some())
+    }
+
+    /// The sequence and payload of the last message stored on `subject` in `stream`, if any.
+    async fn last_on_subject(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<(u64, Bytes)>, BusError> {
+        let what = format!("{stream} stream");
+        let stream = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(raw) => Ok(Some((raw.sequence, raw.payload))),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(BusError::read(what, e)),
+        }
+    }
+
+    /// Publishes a heartbeat on core NATS (fire and forget: the next one follows shortly).
+    pub async fn publish_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), BusError> {
+        let subject = heartbeat_subject(&heartbeat.worker);
+        let payload = sluice_core::encode(heartbeat)?;
+        self.client
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                source: e.into(),
+                transient: true,
+            })
+    }
+
+    /// The last message stored on an execution's status subject, if any: lets a worker
+    /// that receives a run message see whether the attempt was already claimed or
+    /// completed, and claim it against that sequence.
+    pub async fn last_status(&self, id: ExecutionId) -> Result<Option<LastStatus>, BusError> {
+        Ok(self
+            .last_on_subject(names::STATUS, &status_subject(id))
+            .await?
+            .map(|(sequence, payload)| LastStatus {
+                sequence,
+                report: sluice_core::decode(&payload),
+            }))
+    }
+}

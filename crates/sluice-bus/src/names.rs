@@ -1,0 +1,23 @@
+//! The names of Sluice's streams, durable consumers and message headers, in one place.
+//! `streams/` declares the same names; this crate's tests check that the two agree.
+
+/// Trigger payloads: `sluice.trigger.>`.
+pub const TRIGGERS: &str = "TRIGGERS";
+/// Run messages to workers, a work queue: `sluice.run.<queue>`.
+pub const RUN: &str = "RUN";
+/// Cancel requests after the handoff: `sluice.cancel.<id>`.
+pub const CONTROL: &str = "CONTROL";
+/// Workers' status reports: `sluice.status.<id>`.
+pub const STATUS: &str = "STATUS";
+/// Messages given up, with the reason: `sluice.deadletter.<stream>`.
+pub const DEADLETTER: &str = "DEADLETTER";
+
+/// The engine's durable consumer on TRIGGERS, STATUS and DEADLETTER.
+pub const ENGINE_CONSUMER: &str = "engine";
+/// The workers' shared durable consumer on RUN.
+pub const WORKERS_CONSUMER: &str = "workers";
+
+/// JetStream's deduplication id header.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// How a payload is encoded (`application/msgpack` for Sluice's own messages).
+pub const CONTENT_TYPE_HEADER: &str = "Content-Type";

@@ -1,0 +1,390 @@
+//! [`Engine`]: starts the actor tree and the consumer loops, and is what the API and the
+//! CLI call (submit, cancel, figures, the actor tree, shutdown).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{Map, Value};
+use sluice_bus::{Bus, BusError, Settle, names};
+use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_pack::{Catalog, params};
+use sluice_store::Store;
+use sluice_telemetry::TRACEPARENT;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, error, info, warn};
+
+use crate::backend::Live;
+use crate::consumer::{self, LoopFn};
+use crate::context::{ActorContext, Shared};
+use crate::error::{CancelError, EngineError, SubmitError};
+use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
+use crate::monitor::{self, WorkerInfo, Workers};
+use crate::supervisor::{ActionSupervisor, SupervisorArgs};
+use crate::tree::{self, ActorKind, ActorNode};
+use crate::{completion, deadletter, ingest, recover};
+
+/// What the engine runs with.
+pub struct EngineConfig {
+    /// Prefix of the engine's actor names; unique within the process.
+    pub name: String,
+    pub catalog: Arc<Catalog>,
+    pub store: Store,
+    pub bus: Bus,
+    /// Consume the TRIGGERS stream (switch off for an API-only engine).
+    pub ingest_triggers: bool,
+    /// A worker silent this long is lost: its executions end `abandoned` (or are retried).
+    pub worker_loss_window: Duration,
+}
+
+/// A running engine. Dropping it leaves the actors running; call [`Engine::shutdown`].
+pub struct Engine {
+    shared: Arc<Shared>,
+    directory: Arc<Directory>,
+    root: ActorRef<()>,
+    /// The long-lived actors under the root, by kind, for the actor tree.
+    fixed: HashMap<ActorId, ActorKind>,
+    /// The one shutdown source. Its child `intake` stops the ingestor and every admission;
+    /// cancelling it stops the rest.
+    shutdown: CancellationToken,
+    intake: CancellationToken,
+    workers: Workers,
+}
+
+/// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
+/// never a reason to stop the engine (ractor's default would stop it).
+struct EngineRoot;
+
+impl Actor for EngineRoot {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<()>, _args: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(child, err) => {
+                error!(actor = ?child.get_name(), error = %err, "engine actor failed")
+            }
+            SupervisionEvent::ActorTerminated(child, _, reason) => {
+                info!(actor = ?child.get_name(), ?reason, "engine actor stopped")
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    pub async fn start(config: EngineConfig) -> Result<Self, EngineError> {
+        let directory = Arc::new(Directory::new(config.name.clone()));
+        let shutdown = CancellationToken::new();
+        let intake = shutdown.child_token();
+        let shared = Arc::new(Shared {
+            directory: directory.clone(),
+            catalog: config.catalog,
+            store: config.store,
+            bus: config.bus,
+            store_health: Default::default(),
+        });
+        let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
+        let actor_ctx = Arc::new(ActorContext {
+            directory: directory.clone(),
+            catalog: shared.catalog.clone(),
+            backend: Arc::new(Live {
+                store: shared.store.clone(),
+                bus: shared.bus.clone(),
+            }),
+            intake: intake.clone(),
+        });
+        let mut supervisors = HashMap::new();
+        for action in shared.catalog.actions.values() {
+            let args = SupervisorArgs {
+                ctx: actor_ctx.clone(),
+                action: action.clone(),
+            };
+            supervisors.insert(
+                action.action_ref.clone(),
+                ActionSupervisor::spawn(args, root.get_cell()).await?,
+            );
+        }
+        directory.set_supervisors(supervisors);
+        let workers = Workers::default();
+        recover::rebuild(&shared.store, &shared.catalog, &directory, &workers).await?;
+
+        let mut fixed = HashMap::from([(root.get_id(), ActorKind::Engine)]);
+        let mut spawn_loop = async |actor: ActorName<'_>, kind, token: &CancellationToken, run| {
+            let name = directory.name(actor);
+            let cell = root.get_cell();
+            let loop_actor = consumer::spawn_loop(name, cell, token.child_token(), run).await?;
+            fixed.insert(loop_actor.get_id(), kind);
+            Ok::<_, EngineError>(())
+        };
+
+        let heartbeats = shared
+            .bus
+            .client()
+            .subscribe(sluice_bus::HEARTBEAT_SUBJECTS)
+            .await
+            .map_err(|e| BusError::setup("heartbeat subscription", e))?;
+        let (d, w, window) = (
+            directory.clone(),
+            workers.clone(),
+            config.worker_loss_window,
+        );
+        let client = shared.bus.client().clone();
+        let run: LoopFn = Box::new(move |cancel| {
+            Box::pin(monitor::run(client, heartbeats, w, d, window, cancel))
+        });
+        spawn_loop(ActorName::Workers, ActorKind::WorkerMonitor, &shutdown, run).await?;
+
+        let settle = |stream, label| {
+            Settle::new(
+                shared.bus.clone(),
+                stream,
+                names::ENGINE_CONSUMER,
+                label,
+                config.name.clone(),
+            )
+        };
+
+        let consumer = shared
+            .bus
+            .consumer(names::DEADLETTER, names::ENGINE_CONSUMER)
+            .await?;
+        let (s, settler) = (shared.clone(), settle(names::DEADLETTER, "dead_letters"));
+        let run: LoopFn = Box::new(move |cancel| {
+            Box::pin(async move {
+                sluice_bus::consume_batches(consumer, cancel, |batch| {
+                    deadletter::handle_dead_letters(&s, &settler, batch)
+                })
+                .await
+            })
+        });
+        spawn_loop(
+            ActorName::DeadLetters,
+            ActorKind::DeadLetters,
+            &shutdown,
+            run,
+        )
+        .await?;
+
+        let consumer = shared
+            .bus
+            .consumer(names::STATUS, names::ENGINE_CONSUMER)
+            .await?;
+        let (s, settler) = (shared.clone(), settle(names::STATUS, "status"));
+        let run: LoopFn = Box::new(move |cancel| {
+            Box::pin(async move {
+                sluice_bus::consume_batches(consumer, cancel, |batch| {
+                    completion::handle_statuses(&s, &settler, batch)
+                })
+                .await
+            })
+        });
+        spawn_loop(
+            ActorName::Completions,
+            ActorKind::Completions,
+            &shutdown,
+            run,
+        )
+        .await?;
+
+        if config.ingest_triggers {
+            let consumer = shared
+                .bus
+                .consumer(names::TRIGGERS, names::ENGINE_CONSUMER)
+                .await?;
+            let (s, settler) = (shared.clone(), settle(names::TRIGGERS, "triggers"));
+            let run: LoopFn = Box::new(move |cancel| {
+                Box::pin(async move {
+                    sluice_bus::consume_batches(consumer, cancel, |batch| {
+                        ingest::handle_triggers(&s, &settler, batch)
+                    })
+                    .await
+                })
+            });
+            spawn_loop(ActorName::Ingestor, ActorKind::Ingestor, &intake, run).await?;
+        }
+        info!(
+            engine = config.name,
+            actions = directory.supervisor_count(),
+            store = shared.store.backend_name(),
+            "engine started"
+        );
+        Ok(Self {
+            shared,
+            directory,
+            root,
+            fixed,
+            shutdown,
+            intake,
+            workers,
+        })
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.shared.catalog
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Requests an execution directly (API, CLI): parameters are checked against the action,
+    /// the execution is stored `requested` and joins its action's queue.
+    pub async fn submit(
+        &self,
+        action: &str,
+        given: Map<String, Value>,
+    ) -> Result<ExecutionId, SubmitError> {
+        let unknown = || SubmitError::UnknownAction {
+            action: action.to_owned(),
+            known: self
+                .shared
+                .catalog
+                .actions
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let action_ref: ActionRef = action.parse().map_err(|_| unknown())?;
+        let definition = self
+            .shared
+            .catalog
+            .action(&action_ref)
+            .ok_or_else(unknown)?;
+        if !definition.enabled {
+            return Err(SubmitError::Disabled(action_ref));
+        }
+        let parameters = params::resolve(definition, given)?;
+        let requested = tracing::info_span!(
+            "execution.requested",
+            action = %action_ref,
+            execution_id = tracing::field::Empty,
+        );
+        let trace = sluice_telemetry::trace_headers(&requested);
+        let id = self
+            .shared
+            .store
+            .create_execution(
+                &action_ref,
+                &params::redact(definition, &parameters),
+                None,
+                trace.get(TRACEPARENT).map(String::as_str),
+            )
+            .instrument(requested.clone())
+            .await?;
+        requested.record("execution_id", id.0);
+        if let Some(supervisor) = self.directory.supervisor(&action_ref) {
+            supervisor.enqueue(Pending::new(
+                id,
+                1,
+                &action_ref,
+                parameters,
+                Utc::now(),
+                trace,
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Cancels an execution, following the ownership model: one not yet handed to a worker
+    /// is cancelled here; one a worker holds is cancelled by that worker, which is asked.
+    pub async fn cancel(&self, id: ExecutionId) -> Result<CancelOutcome, CancelError> {
+        let execution = self
+            .shared
+            .store
+            .get_execution(id)
+            .await?
+            .ok_or(CancelError::NotFound(id))?;
+        if execution.status.is_terminal() {
+            return Err(CancelError::Finished(id, execution.status));
+        }
+        let outcome = match self.directory.supervisor(&execution.action) {
+            Some(supervisor) => supervisor.cancel(id).await,
+            None => CancelOutcome::NotHere,
+        };
+        if outcome != CancelOutcome::NotHere {
+            return Ok(outcome);
+        }
+        // Not held by a supervisor (the engine is draining, or the action is gone): the
+        // store and the workers are asked directly.
+        let reason = "cancelled before it started";
+        if self
+            .shared
+            .store
+            .end_before_handoff(id, ExecutionStatus::Cancelled, reason)
+            .await?
+        {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        self.shared
+            .bus
+            .publish_cancel(id)
+            .await
+            .map_err(CancelError::Bus)?;
+        Ok(CancelOutcome::Requested)
+    }
+
+    /// The queue figures of one action.
+    pub async fn queue_stats(&self, action: &str) -> Option<SupervisorStats> {
+        let action: ActionRef = action.parse().ok()?;
+        self.directory.supervisor(&action)?.stats().await
+    }
+
+    /// Workers the engine has heard from, with their last heartbeat.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.workers.snapshot()
+    }
+
+    /// Queue figures of every action supervisor, by action.
+    pub async fn supervisor_stats(&self) -> Vec<SupervisorStats> {
+        let mut stats = Vec::with_capacity(self.directory.supervisor_count());
+        for supervisor in self.directory.supervisors() {
+            stats.extend(supervisor.stats().await);
+        }
+        stats.sort_by(|a, b| a.action.cmp(&b.action));
+        stats
+    }
+
+    /// The live actor tree, read from ractor's supervision links.
+    pub async fn actor_tree(&self) -> ActorNode {
+        let stats = self.supervisor_stats().await;
+        let workers = self.workers.snapshot();
+        tree::snapshot(&self.root.get_cell(), None, &self.fixed, &stats, &workers)
+    }
+
+    /// Stops taking triggers and admitting executions, lets executions already handed to
+    /// workers finish (up to `drain`), then stops every actor. Queued executions stay
+    /// `requested` in the store and run after the next start. A second call does nothing.
+    pub async fn shutdown(&self, drain: Duration) {
+        if self.intake.is_cancelled() {
+            return;
+        }
+        self.intake.cancel();
+        // A workflow ends only when its tasks do, and no new task is admitted now: the
+        // count leaves workflows out, or waiting would take the whole drain time.
+        let active = self.directory.drained(drain).await;
+        if active > 0 {
+            warn!(
+                active,
+                "drain time is up; executions in flight resume on the next start"
+            );
+        }
+        self.shutdown.cancel();
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), None).await;
+        info!(engine = self.directory.engine(), "engine stopped");
+    }
+}

@@ -1,0 +1,40 @@
+//! What the engine's public calls can fail with.
+
+use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_pack::params;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("failed to start actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] sluice_bus::BusError),
+}
+
+/// Why a request for an execution was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown action {action} (known: {known})")]
+    UnknownAction { action: String, known: String },
+    #[error("action {0} is disabled")]
+    Disabled(ActionRef),
+    #[error(transparent)]
+    InvalidParameters(#[from] params::ParamErrors),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+}
+
+/// Why a cancel request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no execution {0}")]
+    NotFound(ExecutionId),
+    #[error("execution {0} already finished: {1}")]
+    Finished(ExecutionId, ExecutionStatus),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Bus(sluice_bus::BusError),
+}

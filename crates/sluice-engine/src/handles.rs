@@ -1,0 +1,406 @@
+//! How the engine's actors address each other, and what they say.
+//!
+//! Actors are spawned downward (engine → supervisor → execution → workflow), but some news
+//! travels back up or across: a workflow queues its tasks at their actions' supervisors and
+//! tells its own supervisor it has finished; a supervisor tells a workflow that one of its
+//! tasks ended. All of that goes through the handles here, in the module every actor
+//! imports and that imports none of them, so no actor module knows another's insides.
+//!
+//! An actor is addressed one way: through the [`Directory`], by a typed key (an
+//! [`ActionRef`] or an [`ExecutionId`]). Names ([`ActorName`]) are only for people reading
+//! logs and the actor tree.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{ActorId, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_telemetry::{TRACEPARENT, TraceHeaders};
+use tokio::sync::watch;
+use tracing::error;
+
+/// An execution waiting for, or holding, a slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) id: ExecutionId,
+    pub(crate) attempt: u32,
+    /// Parameters as they will run, secrets included.
+    pub(crate) parameters: Map<String, Value>,
+    pub(crate) enqueued_at: DateTime<Utc>,
+    /// The trace the execution belongs to: the context of the span that requested it.
+    pub(crate) trace: TraceHeaders,
+    /// `execution.queued`, open from the request until the gate admits it: the wait for a
+    /// slot, as one span.
+    pub(crate) queued: Option<tracing::Span>,
+    /// The workflow execution it is a task of, which hears when it ends.
+    pub(crate) parent: Option<ExecutionId>,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        id: ExecutionId,
+        attempt: u32,
+        action: &ActionRef,
+        parameters: Map<String, Value>,
+        enqueued_at: DateTime<Utc>,
+        trace: TraceHeaders,
+    ) -> Self {
+        let queued = tracing::info_span!(
+            "execution.queued",
+            execution_id = %id,
+            action = %action,
+            attempt,
+            trace_id = tracing::field::Empty,
+        );
+        sluice_telemetry::continue_trace(&queued, |name| trace.get(name).cloned());
+        Self {
+            id,
+            attempt,
+            parameters,
+            enqueued_at,
+            trace,
+            queued: Some(queued),
+            parent: None,
+        }
+    }
+
+    pub(crate) fn with_parent(mut self, parent: ExecutionId) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// The execution's trace id, for log lines written outside its spans.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        let traceparent = self.trace.get(TRACEPARENT)?;
+        traceparent.split('-').nth(1).map(str::to_owned)
+    }
+}
+
+/// Where a new execution actor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Move it to `scheduled` and publish its run message. Idempotent: on a restart the
+    /// same run message id is published again and JetStream drops the repeat.
+    Dispatch,
+    /// Its supervisor recorded `scheduled` when it admitted it: publish the run message.
+    Publish,
+    /// A worker already reported it running; wait for its completion.
+    AwaitCompletion,
+}
+
+/// Figures one supervisor reports about itself.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SupervisorStats {
+    pub action: ActionRef,
+    pub queue_length: usize,
+    pub active_count: usize,
+    pub max_concurrent: Option<usize>,
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+    pub total_enqueued: u64,
+    pub total_completed: u64,
+    /// Per concurrency key, when the action has one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyQueueStats>,
+    /// The admitted executions, one per live child (shown on the children in the tree).
+    #[serde(skip)]
+    pub admitted: Vec<AdmittedExecution>,
+    /// The supervisor's actor.
+    #[serde(skip)]
+    pub(crate) actor: Option<ActorId>,
+}
+
+/// What a supervisor knows of one of its live execution children.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AdmittedExecution {
+    pub execution_id: ExecutionId,
+    pub attempt: u32,
+    /// `scheduled` until a worker reports it `running`.
+    pub status: ExecutionStatus,
+    pub worker: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    /// The execution's actor.
+    #[serde(skip)]
+    pub(crate) actor: Option<ActorId>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyQueueStats {
+    pub key: String,
+    pub queue_length: usize,
+    pub active_count: usize,
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+    pub total_enqueued: u64,
+    pub total_completed: u64,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It had not been handed to a worker: it is `cancelled` now.
+    Cancelled,
+    /// A worker holds it: the worker was asked and will report `cancelled`.
+    Requested,
+    /// This supervisor holds no such execution.
+    NotHere,
+}
+
+/// What an action supervisor is told. Only [`SupervisorHandle`] builds these.
+pub(crate) enum SupervisorMsg {
+    /// A new `requested` execution joins the back of its queue.
+    Enqueue(Pending),
+    /// An execution found past admission when the engine started: it takes a slot at once.
+    Resume {
+        pending: Pending,
+        phase: Phase,
+        worker: Option<String>,
+    },
+    /// A worker reported it running.
+    Running {
+        id: ExecutionId,
+        worker: String,
+    },
+    /// The execution reached a terminal status; its child ends and frees the slot.
+    Finished(ExecutionId),
+    Cancel(ExecutionId, RpcReplyPort<CancelOutcome>),
+    /// These workers stopped sending heartbeats.
+    WorkersLost(Vec<String>),
+    /// The rate limit window moved on, or a burst of requests is queued.
+    Admit,
+    Stats(RpcReplyPort<SupervisorStats>),
+}
+
+/// The public face of an action supervisor.
+#[derive(Clone)]
+pub(crate) struct SupervisorHandle {
+    actor: ActorRef<SupervisorMsg>,
+}
+
+impl SupervisorHandle {
+    pub(crate) fn new(actor: ActorRef<SupervisorMsg>) -> Self {
+        Self { actor }
+    }
+
+    fn send(&self, message: SupervisorMsg) {
+        if self.actor.send_message(message).is_err() {
+            error!(actor = ?self.actor.get_name(), "action supervisor is gone; its executions resume after a restart");
+        }
+    }
+
+    pub(crate) fn enqueue(&self, pending: Pending) {
+        self.send(SupervisorMsg::Enqueue(pending));
+    }
+
+    pub(crate) fn resume(&self, pending: Pending, phase: Phase, worker: Option<String>) {
+        self.send(SupervisorMsg::Resume {
+            pending,
+            phase,
+            worker,
+        });
+    }
+
+    pub(crate) fn running(&self, id: ExecutionId, worker: String) {
+        self.send(SupervisorMsg::Running { id, worker });
+    }
+
+    pub(crate) fn finished(&self, id: ExecutionId) {
+        self.send(SupervisorMsg::Finished(id));
+    }
+
+    pub(crate) fn workers_lost(&self, workers: Vec<String>) {
+        self.send(SupervisorMsg::WorkersLost(workers));
+    }
+
+    pub(crate) async fn cancel(&self, id: ExecutionId) -> CancelOutcome {
+        ractor::call!(self.actor, SupervisorMsg::Cancel, id).unwrap_or(CancelOutcome::NotHere)
+    }
+
+    pub(crate) async fn stats(&self) -> Option<SupervisorStats> {
+        ractor::call!(self.actor, SupervisorMsg::Stats).ok()
+    }
+}
+
+/// What a workflow actor is told. Only [`WorkflowHandle`] and the actor itself build these.
+pub(crate) enum WorkflowMsg {
+    /// Load the saved state (or take the first step) and catch up with children.
+    Start,
+    /// A child left its supervisor.
+    ChildEnded(ExecutionId),
+    /// A task item's retry delay is over.
+    RetryDue {
+        task: String,
+        item: usize,
+        attempt: u32,
+    },
+    /// A child ran past its task's `timeout`.
+    TimedOut(ExecutionId),
+    /// A step could not be saved; try again.
+    Save,
+    Cancel,
+}
+
+/// The public face of a running workflow.
+#[derive(Clone)]
+pub(crate) struct WorkflowHandle {
+    actor: ActorRef<WorkflowMsg>,
+    /// Set the moment the workflow is asked to cancel, before any of its children is: a
+    /// supervisor never admits a task of a cancelling workflow, so freeing one child's slot
+    /// cannot start another.
+    cancelling: Arc<AtomicBool>,
+}
+
+impl WorkflowHandle {
+    /// One of its children left its supervisor (ended, most likely: the workflow reads the
+    /// child's status to know).
+    pub(crate) fn child_ended(&self, child: ExecutionId) {
+        let _ = self.actor.send_message(WorkflowMsg::ChildEnded(child));
+    }
+
+    /// Asks it to cancel: nothing new is admitted from now on, its running children are
+    /// cancelled, and it ends `cancelled` once they have ended.
+    pub(crate) fn cancel(&self) -> bool {
+        self.mark_cancelling();
+        self.actor.send_message(WorkflowMsg::Cancel).is_ok()
+    }
+
+    /// From now on none of its queued tasks is admitted.
+    pub(crate) fn mark_cancelling(&self) {
+        self.cancelling.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_cancelling(&self) -> bool {
+        self.cancelling.load(Ordering::SeqCst)
+    }
+}
+
+/// Every addressable actor of one engine, by typed key.
+pub(crate) struct Directory {
+    engine: String,
+    /// Set once, when every supervisor has started.
+    supervisors: OnceLock<HashMap<ActionRef, SupervisorHandle>>,
+    workflows: Mutex<HashMap<ExecutionId, WorkflowHandle>>,
+    /// Executions admitted and not yet ended, workflows left out: what a drain waits for.
+    in_flight: watch::Sender<usize>,
+}
+
+impl Directory {
+    pub(crate) fn new(engine: impl Into<String>) -> Self {
+        Self {
+            engine: engine.into(),
+            supervisors: OnceLock::new(),
+            workflows: Mutex::default(),
+            in_flight: watch::Sender::new(0),
+        }
+    }
+
+    /// A supervisor admitted an execution that a worker runs.
+    pub(crate) fn run_started(&self) {
+        self.in_flight.send_modify(|n| *n += 1);
+    }
+
+    /// One counted by [`Directory::run_started`] has ended.
+    pub(crate) fn run_ended(&self) {
+        self.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Waits until no execution that a worker runs is in flight, for at most `limit`;
+    /// returns how many still are.
+    pub(crate) async fn drained(&self, limit: Duration) -> usize {
+        let mut in_flight = self.in_flight.subscribe();
+        let _ = tokio::time::timeout(limit, in_flight.wait_for(|n| *n == 0)).await;
+        *self.in_flight.borrow()
+    }
+
+    /// The engine's name: the prefix of its actors' names, unique within the process.
+    pub(crate) fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// The process-wide name of one of this engine's actors.
+    pub(crate) fn name(&self, actor: ActorName<'_>) -> String {
+        format!("{}{actor}", self.engine)
+    }
+
+    /// Called once, with every action's supervisor.
+    pub(crate) fn set_supervisors(&self, supervisors: HashMap<ActionRef, SupervisorHandle>) {
+        if self.supervisors.set(supervisors).is_err() {
+            error!(
+                engine = self.engine,
+                "supervisors were set twice; the first set stays"
+            );
+        }
+    }
+
+    pub(crate) fn supervisor(&self, action: &ActionRef) -> Option<&SupervisorHandle> {
+        self.supervisors.get()?.get(action)
+    }
+
+    pub(crate) fn supervisors(&self) -> impl Iterator<Item = &SupervisorHandle> {
+        self.supervisors.get().into_iter().flat_map(HashMap::values)
+    }
+
+    pub(crate) fn supervisor_count(&self) -> usize {
+        self.supervisors.get().map_or(0, HashMap::len)
+    }
+
+    fn workflows(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, WorkflowHandle>> {
+        self.workflows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A workflow actor makes itself known when it starts.
+    pub(crate) fn register_workflow(
+        &self,
+        id: ExecutionId,
+        actor: ActorRef<WorkflowMsg>,
+    ) -> WorkflowHandle {
+        let handle = WorkflowHandle {
+            actor,
+            cancelling: Arc::default(),
+        };
+        self.workflows().insert(id, handle.clone());
+        handle
+    }
+
+    pub(crate) fn unregister_workflow(&self, id: ExecutionId) {
+        self.workflows().remove(&id);
+    }
+
+    /// Workflow `id`, if it runs here now.
+    pub(crate) fn workflow(&self, id: ExecutionId) -> Option<WorkflowHandle> {
+        self.workflows().get(&id).cloned()
+    }
+}
+
+/// The name of one of an engine's actors, after the engine's own name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ActorName<'a> {
+    Ingestor,
+    Completions,
+    DeadLetters,
+    Workers,
+    Supervisor(&'a ActionRef),
+    Execution(ExecutionId),
+    Workflow(ExecutionId),
+}
+
+impl fmt::Display for ActorName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ingestor => f.write_str("/ingestor"),
+            Self::Completions => f.write_str("/completions"),
+            Self::DeadLetters => f.write_str("/dead-letters"),
+            Self::Workers => f.write_str("/workers"),
+            Self::Supervisor(action) => write!(f, "/action/{action}"),
+            Self::Execution(id) => write!(f, "/execution/{id}"),
+            Self::Workflow(id) => write!(f, "/workflow/{id}"),
+        }
+    }
+}
