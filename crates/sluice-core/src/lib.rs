@@ -19,4 +19,4 @@ pub use message::{
     encode,
 };
 pub use runner::RunnerType;
-pub use status::{ExecutionStatus, Owner};
+pub use status::{EventStatus, ExecutionStatus, Owner};

@@ -13,6 +13,7 @@ use async_nats::jetstream::Message;
 use chrono::Utc;
 use serde_json::{Map, Value};
 use sluice_bus::{Settle, decode_trigger};
+use sluice_core::EventStatus;
 use sluice_store::{EventOutcome, Firing, NewEvent};
 use sluice_telemetry::{TRACEPARENT, TraceHeaders, metrics};
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
@@ -184,10 +185,14 @@ async fn accepted(directory: &Directory, settle: &Settle, r: Received, outcome: 
         metrics().duplicates_suppressed.inc(["trigger"]);
         debug!(event_id = %outcome.event_id, "trigger message redelivered; already recorded");
     } else if let Some(reason) = &r.event.rejected {
-        metrics().trigger_events.inc(["rejected"]);
+        metrics()
+            .trigger_events
+            .inc([EventStatus::Rejected.as_str()]);
         warn!(event_id = %outcome.event_id, subject = %r.event.subject, reason, "trigger rejected");
     } else {
-        metrics().trigger_events.inc(["accepted"]);
+        metrics()
+            .trigger_events
+            .inc([EventStatus::Accepted.as_str()]);
         info!(event_id = %outcome.event_id, trigger = r.event.trigger, rules = r.firings.len(), "trigger accepted");
     }
     // The store returns the executions it created in firing order, failed ones left out.

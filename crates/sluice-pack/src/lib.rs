@@ -11,11 +11,15 @@
 //! - [`workflow`] — Orquesta-style workflow files: tasks, transitions, published variables.
 
 pub mod criteria;
+mod error;
+pub mod expressions;
 pub mod load;
 pub mod model;
 pub mod params;
 pub mod template;
 pub mod workflow;
+mod workflow_file;
 
-pub use load::{LoadError, LoadErrors, load_packs};
+pub use error::{LoadError, LoadErrors};
+pub use load::load_packs;
 pub use model::{Action, Catalog, Pack, ParamSpec, ParamType, Rule, Trigger};

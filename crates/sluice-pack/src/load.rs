@@ -5,7 +5,6 @@
 //! a pack in one pass.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,42 +14,9 @@ use serde_json::Value;
 use sluice_core::{ActionRef, RunnerType};
 
 use crate::criteria::Criterion;
+use crate::error::{LoadError, LoadErrors};
 use crate::model::{Action, Catalog, OnFull, Pack, ParamSpec, Policy, Rule, Trigger};
 use crate::template::ParamTemplate;
-
-/// One problem in one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadError {
-    pub file: PathBuf,
-    /// The field at fault (`action.ref`, `criteria.trigger.x.type`), when one is.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{}: {field}: {}", self.file.display(), self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-/// Every problem found while loading.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadErrors(pub Vec<LoadError>);
-
-impl fmt::Display for LoadErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} problem(s) in packs:", self.0.len())?;
-        for e in &self.0 {
-            writeln!(f, "  {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for LoadErrors {}
 
 #[derive(Deserialize)]
 struct PackFile {
@@ -496,7 +462,7 @@ impl Loader {
         let Some(action) = self.catalog.actions.get(action_ref) else {
             return;
         };
-        match crate::workflow::parse(path, action, &self.catalog) {
+        match crate::workflow_file::parse(path, action, &self.catalog) {
             Ok(workflow) => {
                 if let Some(action) = self.catalog.actions.get_mut(action_ref) {
                     action.workflow = Some(Arc::new(workflow));

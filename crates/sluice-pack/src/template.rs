@@ -22,7 +22,7 @@ static SHELL: LazyLock<Environment<'static>> = LazyLock::new(|| environment(true
 fn environment(shell: bool) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    crate::workflow::expressions::register(&mut env);
+    crate::expressions::register(&mut env);
     if shell {
         env.set_auto_escape_callback(|_| AutoEscape::Custom(Cow::Borrowed("shell")));
         env.set_formatter(|out, state, value| {

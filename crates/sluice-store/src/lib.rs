@@ -14,7 +14,7 @@ pub use model::{
     DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
     Ledger, NewEvent, Transition,
 };
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, StoreErrorKind};
 pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};
 
 pub use sluice_core::ExecutionStatus;

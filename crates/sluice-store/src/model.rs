@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sluice_core::{ActionRef, EventId, ExecutionId, ExecutionStatus};
+use sluice_core::{ActionRef, EventId, EventStatus, ExecutionId, ExecutionStatus};
 
 /// A trigger firing as received.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct EventOutcome {
 pub struct Event {
     pub id: EventId,
     pub trigger: String,
-    pub status: String,
+    pub status: EventStatus,
     pub reason: Option<String>,
     pub payload: Option<serde_json::Value>,
     pub subject: String,
@@ -129,7 +129,7 @@ pub struct Ledger {
     pub rejected_events: i64,
     pub enforcements: i64,
     /// Executions by status.
-    pub executions: std::collections::BTreeMap<String, i64>,
+    pub executions: std::collections::BTreeMap<ExecutionStatus, i64>,
     /// Executions not in a terminal status.
     pub unfinished: i64,
     /// Ended executions whose history does not hold exactly one terminal status (at most

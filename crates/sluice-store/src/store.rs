@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sluice_core::{ActionRef, EventId, ExecutionId, ExecutionStatus};
+use sluice_core::{ActionRef, EventId, EventStatus, ExecutionId, ExecutionStatus};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -47,23 +47,61 @@ pub enum StoreError {
     },
 }
 
+/// What kind of failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Busy, locked or unreachable: worth trying again later.
+    Unavailable,
+    /// The database refused the statement (a constraint, a type, a bug): trying again
+    /// gives the same answer.
+    Refused,
+    /// A row or the schema is not what this version expects.
+    Corrupt,
+}
+
 impl StoreError {
-    /// Worth retrying later: the database is busy or unreachable, not wrong.
-    pub fn is_transient(&self) -> bool {
+    pub fn kind(&self) -> StoreErrorKind {
         match self {
             Self::Database(
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
-            ) => true,
-            Self::Database(sqlx::Error::Database(e)) => {
-                let message = e.message();
-                message.contains("locked")
-                    || message.contains("busy")
-                    || e.code()
-                        .is_some_and(|c| c.starts_with("08") || c == "57P01")
+            ) => StoreErrorKind::Unavailable,
+            Self::Database(sqlx::Error::Database(e)) if transient_code(e.as_ref()) => {
+                StoreErrorKind::Unavailable
             }
-            _ => false,
+            Self::Database(_) => StoreErrorKind::Refused,
+            Self::Migrate(_) | Self::Corrupt { .. } => StoreErrorKind::Corrupt,
         }
     }
+
+    /// Worth retrying later: the database is busy or unreachable, not wrong.
+    pub fn is_transient(&self) -> bool {
+        self.kind() == StoreErrorKind::Unavailable
+    }
+}
+
+/// Whether a database's own error code says "busy, try again": SQLite's `SQLITE_BUSY` and
+/// `SQLITE_LOCKED` (extended codes keep the primary code in their low byte); PostgreSQL's
+/// connection exceptions (class 08), an administrator or crash shutdown, "cannot connect
+/// now", too many connections, and a serialization failure or deadlock.
+fn transient_code(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = error.code() else {
+        return false;
+    };
+    if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        const SQLITE_BUSY: i64 = 5;
+        const SQLITE_LOCKED: i64 = 6;
+        return code
+            .parse::<i64>()
+            .is_ok_and(|c| matches!(c & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
+    }
+    code.starts_with("08")
+        || matches!(
+            code.as_ref(),
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -160,17 +198,18 @@ struct EventRow {
     created_at: DateTime<Utc>,
 }
 
-impl From<EventRow> for Event {
-    fn from(row: EventRow) -> Self {
-        Event {
+impl TryFrom<EventRow> for Event {
+    type Error = StoreError;
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(Event {
             id: EventId(row.id),
             trigger: row.trigger,
-            status: row.status,
+            status: row.status.parse().map_err(|e| corrupt("events", e))?,
             reason: row.reason,
             payload: row.payload.map(|p| p.0),
             subject: row.subject,
             created_at: row.created_at,
-        }
+        })
     }
 }
 
@@ -306,7 +345,7 @@ impl Store {
             let mut outcomes = Vec::with_capacity(batch.len());
             for (event, firings) in batch {
                 let stream_seq = event.stream_seq.map(|s| s as i64);
-                let status = if event.rejected.is_some() { "rejected" } else { "accepted" };
+                let status = if event.rejected.is_some() { EventStatus::Rejected } else { EventStatus::Accepted }.as_str();
                 let inserted: Option<(i64,)> = sqlx::query_as(
                     "INSERT INTO events (trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_seq) DO NOTHING RETURNING id",
@@ -660,7 +699,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows.into_iter().map(Event::from).collect())
+        rows.into_iter().map(Event::try_from).collect()
     }
 
     /// Records a dead letter; one per stream message, so a repeat writes nothing. Returns
@@ -729,15 +768,19 @@ impl Store {
                 sqlx::query_as(AssertSqlSafe(mismatches)).fetch_all(pool).await?;
             let mut ledger = Ledger {
                 events: count("SELECT COUNT(*) FROM events").await?,
-                rejected_events: count("SELECT COUNT(*) FROM events WHERE status = 'rejected'").await?,
+                rejected_events: sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM events WHERE status = $1")
+                    .bind(EventStatus::Rejected.as_str())
+                    .fetch_one(pool)
+                    .await?
+                    .0,
                 enforcements: count("SELECT COUNT(*) FROM enforcements").await?,
                 dead_letters: count("SELECT COUNT(*) FROM dead_letters").await?,
                 ended_other_than_once: ended_other_than_once.into_iter().map(|(id,)| id).collect(),
                 ..Ledger::default()
             };
             for (status, n) in by_status {
-                let ended = status.parse::<ExecutionStatus>().is_ok_and(ExecutionStatus::is_terminal);
-                if !ended {
+                let status: ExecutionStatus = status.parse().map_err(|e| corrupt("executions", e))?;
+                if !status.is_terminal() {
                     ledger.unfinished += n;
                 }
                 ledger.executions.insert(status, n);

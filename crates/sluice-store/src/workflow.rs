@@ -10,8 +10,7 @@ use serde_json::Value;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sqlx::types::Json;
 
-use crate::store::{on_pool, timed, wrote};
-use crate::{Store, StoreError};
+use crate::store::{Store, StoreError, on_pool, timed, wrote};
 
 /// A child execution a workflow step starts.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! One store test suite, run against a real SQLite file and a real PostgreSQL cluster.
 
 use serde_json::json;
-use sluice_core::{ActionRef, ExecutionStatus};
+use sluice_core::{ActionRef, EventStatus, ExecutionStatus};
 use sluice_store::{ExecutionFilter, Firing, NewChild, NewEvent, Store, Transition};
 
 fn action(r: &str) -> ActionRef {
@@ -153,7 +153,7 @@ async fn rejected_events_are_kept_with_their_reason(store: Store) {
     store.record_event(&rejected, &[]).await.unwrap();
     let events = store.list_events(10).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].status, "rejected");
+    assert_eq!(events[0].status, EventStatus::Rejected);
     assert_eq!(
         events[0].reason.as_deref(),
         Some("payload is not JSON or MessagePack")
@@ -345,8 +345,8 @@ async fn the_ledger_counts_and_finds_executions_not_ended_once(store: Store) {
         (ledger.events, ledger.rejected_events, ledger.enforcements),
         (2, 1, 2)
     );
-    assert_eq!(ledger.executions.get("succeeded"), Some(&1));
-    assert_eq!(ledger.executions.get("requested"), Some(&1));
+    assert_eq!(ledger.executions.get(&ExecutionStatus::Succeeded), Some(&1));
+    assert_eq!(ledger.executions.get(&ExecutionStatus::Requested), Some(&1));
     assert_eq!(ledger.unfinished, 1);
     assert!(ledger.ended_other_than_once.is_empty());
     assert!(store.fail_before_handoff(b, "no").await.unwrap());

@@ -3,35 +3,18 @@
 //! OTLP trace receiver that keeps what it is sent.
 //! Nothing here is a fake; a test that needs a broker or a database gets a real one.
 
+mod net;
 mod otlp;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub use net::free_port;
+use net::wait_for_port;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
-fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listened on port {port} within {timeout:?}")
-}
 
 /// A `nats-server` with JetStream, owned by the test.
 pub struct NatsServer {

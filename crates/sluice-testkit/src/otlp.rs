@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 
-use crate::free_port;
+use crate::net::{free_port, wait_for_port};
 
 /// One span as received.
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ impl OtlpReceiver {
                 let _ = axum::serve(listener, app).await;
             }),
         ];
-        crate::wait_for_port(grpc_port, std::time::Duration::from_secs(10))
+        wait_for_port(grpc_port, std::time::Duration::from_secs(10))
             .expect("the OTLP/gRPC receiver did not start");
         Self {
             grpc_port,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Map, Value};
+use sluice_core::ExecutionStatus;
 
 pub struct Client {
     api: String,
@@ -89,10 +90,10 @@ pub async fn publish_trigger(nats_url: &str, trigger: &str, payload: &str) -> an
 }
 
 fn is_terminal(execution: &Value) -> bool {
-    matches!(
-        execution["status"].as_str(),
-        Some("succeeded" | "failed" | "timed_out" | "cancelled" | "abandoned")
-    )
+    execution["status"]
+        .as_str()
+        .and_then(|s| s.parse::<ExecutionStatus>().ok())
+        .is_some_and(ExecutionStatus::is_terminal)
 }
 
 /// `sluice run`: requests an execution; with `wait`, follows it to the end and returns
