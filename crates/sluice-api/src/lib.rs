@@ -54,7 +54,7 @@ fn prometheus_text(text: String) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            sluice_telemetry::metrics::CONTENT_TYPE,
         )],
         text,
     )
@@ -68,8 +68,7 @@ pub async fn metrics() -> impl IntoResponse {
 /// The process's counters and histograms, and gauges read from the engine at scrape time:
 /// each action's queue, active count and limit (per concurrency key too), and workers.
 async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
-    use sluice_telemetry::metrics::render_gauge;
-    let mut text = sluice_telemetry::metrics().render();
+    let mut gauges = sluice_telemetry::metrics::Gauges::default();
     let stats = engine.supervisor_stats().await;
     let now = chrono::Utc::now();
     let per_action = |value: &dyn Fn(&sluice_engine::SupervisorStats) -> Option<f64>| {
@@ -88,29 +87,25 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
             })
             .collect::<Vec<_>>()
     };
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_queue_length",
         "Executions waiting at an action's gate.",
         &["action"],
         &per_action(&|s| Some(s.queue_length as f64)),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_active_executions",
         "Executions admitted and not yet finished, by action.",
         &["action"],
         &per_action(&|s| Some(s.active_count as f64)),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_max_concurrent",
         "An action's concurrency limit (actions with one only).",
         &["action"],
         &per_action(&|s| s.max_concurrent.map(|m| m as f64)),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_oldest_queued_seconds",
         "How long the oldest queued execution of an action has waited.",
         &["action"],
@@ -119,23 +114,20 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
                 .map(|at| (now - at).as_seconds_f64().max(0.0))
         }),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_key_queue_length",
         "Executions waiting, per concurrency key.",
         &["action", "key"],
         &per_key(&|k| k.queue_length as f64),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_key_active_executions",
         "Executions admitted and not yet finished, per concurrency key.",
         &["action", "key"],
         &per_key(&|k| k.active_count as f64),
     );
     let workers = engine.workers();
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_worker_capacity",
         "Actions a worker runs at once, from its heartbeats.",
         &["worker"],
@@ -145,8 +137,7 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
             .map(|w| (vec![w.name.clone()], w.capacity as f64))
             .collect::<Vec<_>>(),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_worker_running",
         "Executions a worker is running, from its heartbeats.",
         &["worker"],
@@ -156,8 +147,7 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
             .map(|w| (vec![w.name.clone()], w.running.len() as f64))
             .collect::<Vec<_>>(),
     );
-    render_gauge(
-        &mut text,
+    gauges.add(
         "sluice_workers",
         "Workers known to the engine, live or lost.",
         &["state"],
@@ -172,7 +162,7 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
             ),
         ],
     );
-    prometheus_text(text)
+    prometheus_text(sluice_telemetry::metrics().render_with(&gauges))
 }
 
 /// Everything a handler can fail with.
