@@ -1,18 +1,39 @@
-//! The one loop every durable consumer runs (the engine's trigger ingestor, completion
-//! listener and dead-letter recorder, and the worker's run consumer): messages in batches,
-//! so each batch can be handled as one group commit, and a reconnect when the message
-//! stream ends or fails.
+//! The loops that read Sluice's durable consumers, with one way to recover from a failed
+//! pull (wait [`PULL_RETRY`], pull again, stop at once when cancelled):
+//!
+//! - [`consume_batches`]: the engine's trigger ingestor, completion listener and dead-letter
+//!   recorder. Messages come in batches, so each batch can be one group commit.
+//! - [`consume_within`]: the worker's run consumer. It pulls no more messages than it has
+//!   free slots, so nothing waits in a worker's hands while another worker is idle.
 
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{Message, consumer::PullConsumer};
 use futures::{FutureExt as _, StreamExt as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long to wait before pulling again after the server refused a pull.
 const PULL_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a pull request of [`consume_within`] waits for messages before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// After a failed pull: waits [`PULL_RETRY`]; `false` when cancelled meanwhile.
+async fn pause_after_failure(
+    cancel: &CancellationToken,
+    error: &(dyn std::fmt::Display + Sync),
+) -> bool {
+    warn!(error = %error, "cannot pull messages; retrying");
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(PULL_RETRY) => true,
+    }
+}
 
 /// The most messages handed over as one batch.
 const MAX_BATCH: usize = 256;
@@ -38,13 +59,8 @@ pub async fn consume_batches<F, Fut>(
             .await
         {
             Ok(messages) => messages,
-            Err(e) => {
-                warn!(error = %e, "cannot pull messages; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(PULL_RETRY) => continue,
-                }
-            }
+            Err(e) if pause_after_failure(&cancel, &e).await => continue,
+            Err(_) => return,
         };
         'stream: loop {
             let first = tokio::select! {
@@ -74,6 +90,59 @@ pub async fn consume_batches<F, Fut>(
             handle(batch).await;
             if ended {
                 break 'stream;
+            }
+        }
+    }
+}
+
+/// Hands the messages of a durable consumer to `deliver` one at a time, each with a permit
+/// of `slots`, until cancelled or until `deliver` returns `false`: each pull asks for as
+/// many messages as there are free slots, and waits for a slot before pulling at all.
+pub async fn consume_within<F>(
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+    mut deliver: F,
+) where
+    F: FnMut(Message, OwnedSemaphorePermit) -> bool,
+{
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) if pause_after_failure(&cancel, &e).await => continue,
+            Err(_) => return,
+        };
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = batch.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let Some(permit) = permits.pop() else { break };
+                    if !deliver(message, permit) {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "pull request ended");
+                    break;
+                }
+                None => break,
             }
         }
     }

@@ -24,7 +24,7 @@ mod subjects;
 mod trigger;
 
 pub use client::{Bus, LastStatus, Published, continue_trace, header};
-pub use consume::consume_batches;
+pub use consume::{consume_batches, consume_within};
 pub use error::{BusError, BusErrorKind};
 pub use settle::Settle;
 pub use streams::{ConsumerDef, StreamDef, definitions};

@@ -10,10 +10,11 @@
 use async_nats::jetstream::Message;
 use sluice_bus::Settle;
 use sluice_core::{ExecutionStatus, StatusReport};
-use sluice_store::Transition;
+use sluice_store::{StoreError, Transition};
 use sluice_telemetry::metrics;
-use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument as _, Span, debug, info, info_span};
 
+use crate::commit::{Batch, group_commit};
 use crate::context::Shared;
 use crate::handles::Directory;
 
@@ -84,51 +85,50 @@ fn transition(report: &StatusReport) -> Transition {
     }
 }
 
-/// Applies the batch's updates in one transaction, then tells supervisors and acknowledges.
-/// A transient failure hands every report back; a batch the store refuses is retried one
-/// report at a time, so only a report that fails alone is dead-lettered.
+/// Applies the batch's updates in one transaction, then tells supervisors and acknowledges
+/// ([`group_commit`]).
 async fn record(shared: &Shared, settle: &Settle, received: Vec<Received>) {
-    if received.is_empty() {
-        return;
+    group_commit(&Reports { shared, settle }, received).await;
+}
+
+struct Reports<'a> {
+    shared: &'a Shared,
+    settle: &'a Settle,
+}
+
+impl Batch for Reports<'_> {
+    type Item = Received;
+    type Outcome = bool;
+    const WHAT: &'static str = "report";
+
+    fn shared(&self) -> &Shared {
+        self.shared
     }
-    let batch: Vec<_> = received
-        .iter()
-        .map(|r| (r.report.execution_id, transition(&r.report)))
-        .collect();
-    match shared.store.transitions(&batch).await {
-        Ok(changed) => {
-            shared.store_health.succeeded();
-            for (r, changed) in received.into_iter().zip(changed) {
-                let span = r.span.clone();
-                applied(&shared.directory, settle, r, changed)
-                    .instrument(span)
-                    .await;
-            }
-        }
-        Err(e) if e.is_transient() => {
-            shared.store_health.failed();
-            for r in received {
-                warn!(parent: &r.span, execution_id = %r.report.execution_id, error = %e, "store unavailable; report will be redelivered");
-                settle
-                    .retry(&r.message, &e.to_string())
-                    .instrument(r.span)
-                    .await;
-            }
-        }
-        Err(e) if received.len() == 1 => {
-            let r = received.into_iter().next().expect("one report");
-            error!(parent: &r.span, execution_id = %r.report.execution_id, error = %e, "failed to record report");
-            settle
-                .dead(&r.message, format!("the store refused the report: {e}"))
-                .instrument(r.span)
-                .await;
-        }
-        Err(e) => {
-            warn!(error = %e, reports = received.len(), "the store refused a batch of reports; recording them one by one");
-            for r in received {
-                Box::pin(record(shared, settle, vec![r])).await;
-            }
-        }
+
+    fn settle(&self) -> &Settle {
+        self.settle
+    }
+
+    async fn write(&self, items: &[Received]) -> Result<Vec<bool>, StoreError> {
+        let batch: Vec<_> = items
+            .iter()
+            .map(|r| (r.report.execution_id, transition(&r.report)))
+            .collect();
+        self.shared.store.transitions(&batch).await
+    }
+
+    async fn after(&self, item: Received, changed: bool) {
+        applied(&self.shared.directory, self.settle, item, changed).await
+    }
+}
+
+impl crate::commit::Received for Received {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    fn span(&self) -> &Span {
+        &self.span
     }
 }
 

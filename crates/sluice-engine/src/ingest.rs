@@ -14,10 +14,11 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use sluice_bus::{Settle, decode_trigger};
 use sluice_core::EventStatus;
-use sluice_store::{EventOutcome, Firing, NewEvent};
+use sluice_store::{EventOutcome, Firing, NewEvent, StoreError};
 use sluice_telemetry::{TRACEPARENT, TraceHeaders, metrics};
-use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument as _, Span, debug, info, info_span, warn};
 
+use crate::commit::{Batch, group_commit};
 use crate::context::Shared;
 use crate::handles::{Directory, Pending};
 use crate::rules;
@@ -129,52 +130,50 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
     }
 }
 
-/// Stores the batch's events in one transaction, then queues the executions and
-/// acknowledges each message. A transient failure hands every message back; a batch the
-/// store refuses is retried one message at a time, so only a message that fails alone is
-/// dead-lettered.
+/// Stores the batch's events, enforcements and executions in one transaction, then queues
+/// the executions and acknowledges each message ([`group_commit`]).
 async fn store(shared: &Shared, settle: &Settle, received: Vec<Received>) {
-    if received.is_empty() {
-        return;
+    group_commit(&Triggers { shared, settle }, received).await;
+}
+
+struct Triggers<'a> {
+    shared: &'a Shared,
+    settle: &'a Settle,
+}
+
+impl Batch for Triggers<'_> {
+    type Item = Received;
+    type Outcome = EventOutcome;
+    const WHAT: &'static str = "event";
+
+    fn shared(&self) -> &Shared {
+        self.shared
     }
-    let batch: Vec<(&NewEvent, &[Firing])> = received
-        .iter()
-        .map(|r| (&r.event, r.firings.as_slice()))
-        .collect();
-    match shared.store.record_events(&batch).await {
-        Ok(outcomes) => {
-            shared.store_health.succeeded();
-            for (r, outcome) in received.into_iter().zip(outcomes) {
-                let span = r.span.clone();
-                accepted(&shared.directory, settle, r, outcome)
-                    .instrument(span)
-                    .await;
-            }
-        }
-        Err(e) if e.is_transient() => {
-            shared.store_health.failed();
-            for r in received {
-                warn!(parent: &r.span, error = %e, "store unavailable; trigger message will be redelivered");
-                settle
-                    .retry(&r.message, &e.to_string())
-                    .instrument(r.span)
-                    .await;
-            }
-        }
-        Err(e) if received.len() == 1 => {
-            let r = received.into_iter().next().expect("one message");
-            error!(parent: &r.span, error = %e, subject = %r.message.subject, "failed to record trigger");
-            settle
-                .dead(&r.message, format!("the store refused the event: {e}"))
-                .instrument(r.span)
-                .await;
-        }
-        Err(e) => {
-            warn!(error = %e, messages = received.len(), "the store refused a batch of events; storing them one by one");
-            for r in received {
-                Box::pin(store(shared, settle, vec![r])).await;
-            }
-        }
+
+    fn settle(&self) -> &Settle {
+        self.settle
+    }
+
+    async fn write(&self, items: &[Received]) -> Result<Vec<EventOutcome>, StoreError> {
+        let batch: Vec<(&NewEvent, &[Firing])> = items
+            .iter()
+            .map(|r| (&r.event, r.firings.as_slice()))
+            .collect();
+        self.shared.store.record_events(&batch).await
+    }
+
+    async fn after(&self, item: Received, outcome: EventOutcome) {
+        accepted(&self.shared.directory, self.settle, item, outcome).await
+    }
+}
+
+impl crate::commit::Received for Received {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    fn span(&self) -> &Span {
+        &self.span
     }
 }
 

@@ -23,6 +23,7 @@
 //! anything, so a restart resumes where the last run stopped.
 
 mod backend;
+mod commit;
 mod completion;
 mod consumer;
 mod context;

@@ -532,11 +532,17 @@ impl Worker {
                 .map_err(|e| sluice_bus::BusError::setup("the worker's run supervisor", e))?;
         let slots = Arc::new(Semaphore::new(capacity));
         let cancel = CancellationToken::new();
-        let pull = tokio::spawn(pull_loop(
+        // As many run messages as there are free slots, never more: a message waits in the
+        // stream, where another worker can take it, rather than in this worker's buffer.
+        let runs = supervisor.clone();
+        let pull = tokio::spawn(sluice_bus::consume_within(
             consumer,
-            supervisor.clone(),
             slots.clone(),
             cancel.clone(),
+            move |message, permit| {
+                runs.send_message(RunSupervisorMsg::Start(Box::new(message), permit))
+                    .is_ok()
+            },
         ));
         let background = vec![
             tokio::spawn(heartbeat_loop(
@@ -637,64 +643,6 @@ async fn cancel_loop(
         };
         if let Some(actor) = ractor::registry::where_is(shared.run_actor_name(id)) {
             let _ = actor.send_message(RunMsg::Cancel);
-        }
-    }
-}
-
-/// Pulls as many run messages as there are free slots, never more, so a message waits in
-/// the stream — where another worker can take it — rather than in this worker's buffer.
-async fn pull_loop(
-    consumer: jetstream::consumer::PullConsumer,
-    supervisor: ActorRef<RunSupervisorMsg>,
-    slots: Arc<Semaphore>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-        };
-        let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
-            permits.push(permit);
-        }
-        let batch = consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => {
-                warn!(error = %e, "cannot pull run messages; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return,
-                next = batch.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let Some(permit) = permits.pop() else { break };
-                    if supervisor
-                        .send_message(RunSupervisorMsg::Start(Box::new(message), permit))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    debug!(error = %e, "pull request ended");
-                    break;
-                }
-                None => break,
-            }
         }
     }
 }
