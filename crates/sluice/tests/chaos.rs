@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::books::{self, metric, series};
+use common::books::{self, events_recorded, metric, series, wait_settled};
 use common::cluster::Cluster;
 use common::{Sluice, StoreKind, test_pack};
 use serde_json::{Value, json};
@@ -120,47 +120,6 @@ async fn publish_ticks(nats_url: String, range: std::ops::Range<u64>) {
             }
             pending = failed;
         }
-    }
-}
-
-async fn ledger(http: &reqwest::Client, api: &str) -> Option<Value> {
-    http.get(format!("{api}/api/v1/ledger"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-/// Waits until the store holds `count` events and as many executions, all ended.
-async fn wait_settled(http: &reqwest::Client, api: &str, count: i64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(ledger) = ledger(http, api).await {
-            let executions: i64 = ledger["executions"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|n| n.as_i64().unwrap())
-                .sum();
-            if ledger["events"] == count && executions == count && ledger["unfinished"] == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not settled after {timeout:?}: {ledger}"
-            );
-        }
-        assert!(Instant::now() < deadline, "the API did not answer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn events_recorded(http: &reqwest::Client, api: &str) -> i64 {
-    match ledger(http, api).await {
-        Some(ledger) => ledger["events"].as_i64().unwrap(),
-        None => 0,
     }
 }
 

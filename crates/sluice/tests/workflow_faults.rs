@@ -68,12 +68,7 @@ fn expected(workflows: i64, items: i64) -> BTreeMap<String, usize> {
 }
 
 async fn children(cluster: &Cluster, id: i64) -> Vec<Value> {
-    cluster
-        .get(&format!("/api/v1/executions?parent={id}&limit=1000"))
-        .await
-        .as_array()
-        .unwrap()
-        .clone()
+    cluster.client().children(id).await
 }
 
 /// The seed race: items that finish at the same instant on three workers. Their ends

@@ -66,12 +66,7 @@ async fn run(sluice: &Sluice, action: &str, parameters: Value) -> Value {
 
 /// The children of a workflow execution, oldest first.
 async fn children(sluice: &Sluice, id: i64) -> Vec<Value> {
-    let (_, list) = sluice
-        .get(&format!("/api/v1/executions?parent={id}&limit=1000"))
-        .await;
-    let mut list = list.as_array().unwrap().clone();
-    list.reverse();
-    list
+    sluice.client().children(id).await
 }
 
 fn of_action<'a>(children: &'a [Value], action: &str) -> Vec<&'a Value> {

@@ -8,10 +8,13 @@
 //! - every action's supervisor is back to an empty queue and no active slots.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
 use sluice_core::StatusReport;
+
+use super::api::Api;
 
 pub struct Books {
     pub ledger: Value,
@@ -204,4 +207,42 @@ pub fn series(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
+}
+
+fn ledger_of(http: &reqwest::Client, api: &str) -> Api {
+    Api {
+        http: http.clone(),
+        base: api.to_owned(),
+    }
+}
+
+/// Waits until the store holds `count` events and as many executions, all ended.
+pub async fn wait_settled(http: &reqwest::Client, api: &str, count: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(ledger) = ledger_of(http, api).ledger().await {
+            let executions: i64 = ledger["executions"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|n| n.as_i64().unwrap())
+                .sum();
+            if ledger["events"] == count && executions == count && ledger["unfinished"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not settled after {timeout:?}: {ledger}"
+            );
+        }
+        assert!(Instant::now() < deadline, "the API did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn events_recorded(http: &reqwest::Client, api: &str) -> i64 {
+    match ledger_of(http, api).ledger().await {
+        Some(ledger) => ledger["events"].as_i64().unwrap(),
+        None => 0,
+    }
 }

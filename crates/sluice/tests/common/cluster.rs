@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_testkit::{NatsServer, free_port};
+
+use super::api::Api;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -149,42 +151,25 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
-    /// The engine's Prometheus text at `/metrics`.
+    /// The engine's HTTP API.
+    pub fn client(&self) -> Api {
+        Api {
+            http: self.http.clone(),
+            base: self.api(),
+        }
+    }
+
+    /// The engine's text at `/metrics`.
     pub async fn metrics(&self) -> String {
-        let url = format!("{}/metrics", self.api());
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.client().metrics().await
     }
 
     pub async fn submit(&self, action: &str, parameters: Value) -> i64 {
-        let response = self
-            .http
-            .post(format!("{}/api/v1/executions", self.api()))
-            .json(&json!({ "action": action, "parameters": parameters }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        response.json::<Value>().await.unwrap()["id"]
-            .as_i64()
-            .unwrap()
+        self.client().submit(action, parameters).await
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.api()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.client().get(path).await.1
     }
 
     pub async fn execution(&self, id: i64) -> Value {

@@ -2,12 +2,14 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod books;
 pub mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use api::Api;
 use serde_json::Value;
 use sluice::config::Config;
 use sluice_testkit::{NatsServer, Postgres, eventually, free_port};
@@ -119,38 +121,25 @@ impl Sluice {
         client.flush().await.unwrap();
     }
 
-    /// The Prometheus text at `/metrics`.
+    /// The HTTP API.
+    pub fn client(&self) -> Api {
+        Api {
+            http: self.http.clone(),
+            base: self.api.clone(),
+        }
+    }
+
+    /// The text at `/metrics`.
     pub async fn metrics(&self) -> String {
-        let url = format!("{}/metrics", self.api);
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.client().metrics().await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
+        self.client().get(path).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
+        self.client().post(path, body).await
     }
 
     pub async fn executions(&self) -> Vec<Value> {
