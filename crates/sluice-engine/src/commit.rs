@@ -12,44 +12,63 @@ use tracing::{Instrument as _, Span, error, warn};
 
 use crate::context::Shared;
 
-/// A decoded message waiting for its batch to be written.
-pub(crate) trait Received {
-    fn message(&self) -> &Message;
-    /// The message's span: its log lines and settling belong to it.
-    fn span(&self) -> &Span;
+/// The first step for every message of a batch: its span continues the publisher's trace,
+/// it is counted as received, and while the store rests it is handed back at once. Returns
+/// the message and its span when it is to be handled now.
+pub(crate) async fn receive(
+    shared: &Shared,
+    settle: &Settle,
+    message: Message,
+    span: Span,
+) -> Option<(Message, Span)> {
+    sluice_bus::continue_trace(&span, &message);
+    settle.received(&message);
+    if shared.store_health.resting() {
+        settle
+            .retry(&message, "the store is unavailable")
+            .instrument(span)
+            .await;
+        return None;
+    }
+    Some((message, span))
 }
 
-/// What a consumer writes and does after the commit.
-pub(crate) trait Batch: Sync {
-    type Item: Received + Send;
+/// A decoded message waiting for its batch to be written, and how such a batch is written.
+pub(crate) trait Received: Sized + Send {
     type Outcome: Send;
     /// Names one message in logs and dead-letter reasons ("event", "report").
     const WHAT: &'static str;
 
-    fn shared(&self) -> &Shared;
-    fn settle(&self) -> &Settle;
+    fn message(&self) -> &Message;
+    /// The message's span: its log lines and settling belong to it.
+    fn span(&self) -> &Span;
     /// Writes the items in one transaction; one outcome per item, in order.
     fn write<'a>(
-        &'a self,
-        items: &'a [Self::Item],
+        shared: &'a Shared,
+        items: &'a [Self],
     ) -> impl Future<Output = Result<Vec<Self::Outcome>, StoreError>> + Send + 'a;
     /// After the commit: acts on one item's outcome and settles its message.
-    fn after(&self, item: Self::Item, outcome: Self::Outcome) -> impl Future<Output = ()> + Send;
+    fn after(
+        shared: &Shared,
+        settle: &Settle,
+        item: Self,
+        outcome: Self::Outcome,
+    ) -> impl Future<Output = ()> + Send;
 }
 
-/// Writes `received` in one transaction, then calls [`Batch::after`] for each message in
+/// Writes `received` in one transaction, then calls [`Received::after`] for each message in
 /// order.
-pub(crate) async fn group_commit<B: Batch>(batch: &B, received: Vec<B::Item>) {
+pub(crate) async fn group_commit<R: Received>(shared: &Shared, settle: &Settle, received: Vec<R>) {
     if received.is_empty() {
         return;
     }
-    let (shared, settle, what) = (batch.shared(), batch.settle(), B::WHAT);
-    match batch.write(&received).await {
+    let what = R::WHAT;
+    match R::write(shared, &received).await {
         Ok(outcomes) => {
             shared.store_health.succeeded();
             for (r, outcome) in received.into_iter().zip(outcomes) {
                 let span = r.span().clone();
-                batch.after(r, outcome).instrument(span).await;
+                R::after(shared, settle, r, outcome).instrument(span).await;
             }
         }
         Err(e) if e.is_transient() => {
@@ -73,7 +92,7 @@ pub(crate) async fn group_commit<B: Batch>(batch: &B, received: Vec<B::Item>) {
         Err(e) => {
             warn!(error = %e, messages = received.len(), "the store refused a batch; writing each {what} on its own");
             for r in received {
-                Box::pin(group_commit(batch, vec![r])).await;
+                Box::pin(group_commit(shared, settle, vec![r])).await;
             }
         }
     }

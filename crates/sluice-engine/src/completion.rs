@@ -14,7 +14,7 @@ use sluice_store::{StoreError, Transition};
 use sluice_telemetry::metrics;
 use tracing::{Instrument as _, Span, debug, info, info_span};
 
-use crate::commit::{Batch, group_commit};
+use crate::commit::{self, group_commit};
 use crate::context::Shared;
 use crate::handles::Directory;
 
@@ -36,15 +36,9 @@ pub(crate) async fn handle_statuses(shared: &Shared, settle: &Settle, batch: Vec
             status = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        sluice_bus::continue_trace(&span, &message);
-        settle.received(&message);
-        if shared.store_health.resting() {
-            settle
-                .retry(&message, "the store is unavailable")
-                .instrument(span)
-                .await;
+        let Some((message, span)) = commit::receive(shared, settle, message, span).await else {
             continue;
-        }
+        };
         let report: StatusReport = match sluice_core::decode(&message.payload) {
             Ok(report) => report,
             Err(e) => {
@@ -71,7 +65,7 @@ pub(crate) async fn handle_statuses(shared: &Shared, settle: &Settle, batch: Vec
             span,
         });
     }
-    record(shared, settle, received).await;
+    group_commit(shared, settle, received).await;
 }
 
 fn transition(report: &StatusReport) -> Transition {
@@ -85,50 +79,30 @@ fn transition(report: &StatusReport) -> Transition {
     }
 }
 
-/// Applies the batch's updates in one transaction, then tells supervisors and acknowledges
-/// ([`group_commit`]).
-async fn record(shared: &Shared, settle: &Settle, received: Vec<Received>) {
-    group_commit(&Reports { shared, settle }, received).await;
-}
-
-struct Reports<'a> {
-    shared: &'a Shared,
-    settle: &'a Settle,
-}
-
-impl Batch for Reports<'_> {
-    type Item = Received;
+/// A batch of reports is applied in one transaction, in order; then each change is passed
+/// to its supervisor and each report acknowledged.
+impl commit::Received for Received {
     type Outcome = bool;
     const WHAT: &'static str = "report";
 
-    fn shared(&self) -> &Shared {
-        self.shared
-    }
-
-    fn settle(&self) -> &Settle {
-        self.settle
-    }
-
-    async fn write(&self, items: &[Received]) -> Result<Vec<bool>, StoreError> {
-        let batch: Vec<_> = items
-            .iter()
-            .map(|r| (r.report.execution_id, transition(&r.report)))
-            .collect();
-        self.shared.store.transitions(&batch).await
-    }
-
-    async fn after(&self, item: Received, changed: bool) {
-        applied(&self.shared.directory, self.settle, item, changed).await
-    }
-}
-
-impl crate::commit::Received for Received {
     fn message(&self) -> &Message {
         &self.message
     }
 
     fn span(&self) -> &Span {
         &self.span
+    }
+
+    async fn write(shared: &Shared, items: &[Self]) -> Result<Vec<bool>, StoreError> {
+        let batch: Vec<_> = items
+            .iter()
+            .map(|r| (r.report.execution_id, transition(&r.report)))
+            .collect();
+        shared.store.transitions(&batch).await
+    }
+
+    async fn after(shared: &Shared, settle: &Settle, item: Self, changed: bool) {
+        applied(&shared.directory, settle, item, changed).await
     }
 }
 

@@ -16,9 +16,9 @@ use sluice_bus::{Settle, decode_trigger};
 use sluice_core::EventStatus;
 use sluice_store::{EventOutcome, Firing, NewEvent, StoreError};
 use sluice_telemetry::{TRACEPARENT, TraceHeaders, metrics};
-use tracing::{Instrument as _, Span, debug, info, info_span, warn};
+use tracing::{Span, debug, info, info_span, warn};
 
-use crate::commit::{Batch, group_commit};
+use crate::commit::{self, group_commit};
 use crate::context::Shared;
 use crate::handles::{Directory, Pending};
 use crate::rules;
@@ -46,18 +46,12 @@ pub(crate) async fn handle_triggers(shared: &Shared, settle: &Settle, batch: Vec
             event_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        sluice_bus::continue_trace(&span, &message);
-        settle.received(&message);
-        if shared.store_health.resting() {
-            settle
-                .retry(&message, "the store is unavailable")
-                .instrument(span)
-                .await;
+        let Some((message, span)) = commit::receive(shared, settle, message, span).await else {
             continue;
-        }
+        };
         received.push(span.in_scope(|| prepare(shared, message, span.clone())));
     }
-    store(shared, settle, received).await;
+    group_commit(shared, settle, received).await;
 }
 
 /// Decodes, validates and matches one message: what its event and executions will be.
@@ -130,50 +124,30 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
     }
 }
 
-/// Stores the batch's events, enforcements and executions in one transaction, then queues
-/// the executions and acknowledges each message ([`group_commit`]).
-async fn store(shared: &Shared, settle: &Settle, received: Vec<Received>) {
-    group_commit(&Triggers { shared, settle }, received).await;
-}
-
-struct Triggers<'a> {
-    shared: &'a Shared,
-    settle: &'a Settle,
-}
-
-impl Batch for Triggers<'_> {
-    type Item = Received;
+/// A batch of trigger messages is stored in one transaction: its events, enforcements and
+/// executions; then each message's executions are queued and the message acknowledged.
+impl commit::Received for Received {
     type Outcome = EventOutcome;
     const WHAT: &'static str = "event";
 
-    fn shared(&self) -> &Shared {
-        self.shared
-    }
-
-    fn settle(&self) -> &Settle {
-        self.settle
-    }
-
-    async fn write(&self, items: &[Received]) -> Result<Vec<EventOutcome>, StoreError> {
-        let batch: Vec<(&NewEvent, &[Firing])> = items
-            .iter()
-            .map(|r| (&r.event, r.firings.as_slice()))
-            .collect();
-        self.shared.store.record_events(&batch).await
-    }
-
-    async fn after(&self, item: Received, outcome: EventOutcome) {
-        accepted(&self.shared.directory, self.settle, item, outcome).await
-    }
-}
-
-impl crate::commit::Received for Received {
     fn message(&self) -> &Message {
         &self.message
     }
 
     fn span(&self) -> &Span {
         &self.span
+    }
+
+    async fn write(shared: &Shared, items: &[Self]) -> Result<Vec<EventOutcome>, StoreError> {
+        let batch: Vec<(&NewEvent, &[Firing])> = items
+            .iter()
+            .map(|r| (&r.event, r.firings.as_slice()))
+            .collect();
+        shared.store.record_events(&batch).await
+    }
+
+    async fn after(shared: &Shared, settle: &Settle, item: Self, outcome: EventOutcome) {
+        accepted(&shared.directory, settle, item, outcome).await
     }
 }
 
