@@ -40,6 +40,8 @@ pub mod rules;
 mod supervisor;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod tests;
 mod timing;
 mod tree;
 mod workflow;
