@@ -27,6 +27,9 @@ pub struct Target {
     /// A running deployment's HTTP API, e.g. http://127.0.0.1:8080 (needs `--nats-url`).
     #[arg(long, requires = "nats_url")]
     pub api: Option<String>,
+    /// A token with the read scope for `--api`.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, requires = "api")]
+    pub token: Option<String>,
     /// A PostgreSQL URL; default a fresh SQLite file. `--database-url start` starts a
     /// throwaway PostgreSQL cluster for the run.
     #[arg(long, conflicts_with = "nats_url")]
@@ -76,14 +79,31 @@ pub struct Deployment {
 
 impl Deployment {
     pub async fn start(target: &Target) -> anyhow::Result<Self> {
-        let (nats_url, api, local) = match (&target.nats_url, &target.api) {
-            (Some(nats), Some(api)) => (nats.clone(), api.trim_end_matches('/').to_owned(), None),
+        let (nats_url, api, token, local) = match (&target.nats_url, &target.api) {
+            (Some(nats), Some(api)) => (
+                nats.clone(),
+                api.trim_end_matches('/').to_owned(),
+                target.token.clone().unwrap_or_default(),
+                None,
+            ),
             _ => {
                 let local = Local::start(target).await?;
-                (local.nats.url(), local.api.clone(), Some(local))
+                (
+                    local.nats.url(),
+                    local.api.clone(),
+                    local.token.clone(),
+                    Some(local),
+                )
             }
         };
-        let http = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
         let health: serde_json::Value = http
             .get(format!("{api}/healthz"))
             .send()
@@ -172,6 +192,8 @@ impl Deployment {
 struct Local {
     nats: NatsServer,
     api: String,
+    /// A read token for the scenario's own API calls.
+    token: String,
     engine: Arc<Engine>,
     server: tokio::task::JoinHandle<()>,
     stop_serving: tokio::sync::oneshot::Sender<()>,
@@ -197,6 +219,8 @@ impl Local {
             None => (None, dir.path().join("sluice.db").display().to_string()),
         };
         let store = Store::connect(&url).await?;
+        let (_, token) =
+            sluice_api::auth::issue(&store, "sluice-load", sluice_core::Scope::Read, None).await?;
         let engine = Arc::new(
             Engine::start(EngineConfig {
                 name: "engine".into(),
@@ -235,6 +259,7 @@ impl Local {
         let local = Self {
             nats,
             api,
+            token,
             engine,
             server,
             stop_serving,

@@ -1,15 +1,18 @@
-//! Sluice's HTTP API (JSON): executions, actions, events, dead letters and the live actor
-//! tree; and the process's Prometheus counters at `/metrics`.
+//! Sluice's HTTP API (JSON): executions, actions, events, dead letters, the live actor tree
+//! and API tokens; and the process's metrics at `/metrics`.
 //!
-//! [`app`] builds the router over a running [`Engine`]; [`ApiError::into_response`] is the
-//! one place errors become status codes, and internal details never reach a client.
+//! [`app`] builds the router over a running [`Engine`]. Every route but `/healthz` is behind
+//! [`auth::authorize`]; [`ApiError::into_response`] is the one place errors become status
+//! codes, and internal details never reach a client.
+
+pub mod auth;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -22,7 +25,6 @@ pub type AppState = Arc<Engine>;
 
 pub fn app(engine: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
         .route(
             "/api/v1/executions",
             get(list_executions).post(create_execution),
@@ -36,7 +38,23 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/ledger", get(ledger))
         .route("/api/v1/actors", get(actors))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/metrics", get(engine_metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            engine.clone(),
+            auth::authorize,
+        ))
+        .route("/healthz", get(healthz))
+        .with_state(engine)
+}
+
+/// `/metrics` (the engine's, gauges included) and `/healthz` without credentials, for a
+/// listener the operator names for scraping (`--metrics-http`).
+pub fn open_metrics_app(engine: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(engine_metrics))
+        .route("/healthz", get(healthz))
         .with_state(engine)
 }
 
@@ -168,6 +186,10 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
 /// Everything a handler can fail with.
 #[derive(Debug)]
 pub enum ApiError {
+    /// No credential, or one that is unknown, revoked or expired.
+    Unauthorized(String),
+    /// A valid token whose scope does not allow the request.
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     BadRequest(String),
@@ -207,6 +229,11 @@ impl From<CancelError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
+            Self::Unauthorized(m) => {
+                let body = Json(json!({ "error": m }));
+                return (StatusCode::UNAUTHORIZED, [auth::challenge()], body).into_response();
+            }
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
@@ -221,6 +248,73 @@ impl IntoResponse for ApiError {
         };
         (status, Json(json!({ "error": message }))).into_response()
     }
+}
+
+impl From<auth::IssueError> for ApiError {
+    fn from(e: auth::IssueError) -> Self {
+        match e {
+            auth::IssueError::TooLong => Self::Unprocessable(e.to_string()),
+            auth::IssueError::Store(e) => e.into(),
+            auth::IssueError::Random(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenRequest {
+    /// What the token is for, shown in listings.
+    name: Option<String>,
+    scope: String,
+    /// `30d`, `12h`, `90m`; never without it.
+    expires: Option<String>,
+}
+
+/// Creates a token; the answer holds the token itself, which is never shown again.
+async fn create_token(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<auth::Caller>,
+    body: Result<Json<NewTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let scope: sluice_core::Scope = request
+        .scope
+        .parse()
+        .map_err(|e: sluice_core::auth::UnknownScope| ApiError::Unprocessable(e.to_string()))?;
+    let expires = request
+        .expires
+        .as_deref()
+        .map(auth::parse_expiry)
+        .transpose()
+        .map_err(ApiError::Unprocessable)?;
+    let name = request.name.unwrap_or_else(|| format!("{scope} token"));
+    let (token, secret) = auth::issue(engine.store(), &name, scope, expires).await?;
+    tracing::info!(token_id = token.id, name, %scope, by = caller.name, "token created");
+    let mut body = json!(token);
+    body["token"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Every token, without its secret.
+async fn list_tokens(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(engine.store().list_tokens().await?)))
+}
+
+async fn revoke_token(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<auth::Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("token id {id:?} is not a number")))?;
+    if !engine.store().revoke_token(id).await? {
+        return Err(ApiError::NotFound(format!(
+            "no token {id}, or it was revoked already"
+        )));
+    }
+    tracing::info!(token_id = id, by = caller.name, "token revoked");
+    Ok(Json(json!({ "id": id, "revoked": true })))
 }
 
 fn parse_id(id: &str) -> Result<ExecutionId, ApiError> {

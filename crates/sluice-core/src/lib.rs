@@ -7,12 +7,15 @@
 //! - [`message`] — `RunMessage` (engine → worker) and `StatusReport` (worker → engine),
 //!   with their MessagePack encoding.
 //! - [`runner`] — the runner types an action can name.
+//! - [`auth`] — the scopes of API tokens.
 
+pub mod auth;
 pub mod id;
 pub mod message;
 pub mod runner;
 pub mod status;
 
+pub use auth::Scope;
 pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
 pub use message::{
     CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode,

@@ -8,6 +8,7 @@
 
 mod model;
 mod store;
+mod tokens;
 mod workflow;
 
 pub use model::{
@@ -15,6 +16,7 @@ pub use model::{
     Ledger, NewEvent, Transition,
 };
 pub use store::{Store, StoreError, StoreErrorKind};
+pub use tokens::{NewToken, Token};
 pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};
 
 pub use sluice_core::ExecutionStatus;

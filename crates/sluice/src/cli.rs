@@ -1,7 +1,10 @@
-//! The command-line client: `sluice run`, `sluice execution list|get`, `sluice actors`.
-//! It talks to the HTTP API only, so it works against any engine it can reach.
+//! The command-line client: `sluice run`, `sluice execution list|get|cancel`,
+//! `sluice actors`, `sluice token create|list|revoke`. It talks to the HTTP API only, so it
+//! works against any engine it can reach, with `--token` / `SLUICE_TOKEN` or the admin token
+//! `sluice up` wrote to its data directory.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -11,14 +14,49 @@ use sluice_core::ExecutionStatus;
 pub struct Client {
     api: String,
     http: reqwest::Client,
+    /// Where the token came from, for the hint when the API refuses it.
+    token_source: TokenSource,
+}
+
+enum TokenSource {
+    Given,
+    File(PathBuf),
+    /// None was given and `<data-dir>/admin.token` does not exist.
+    Missing(PathBuf),
 }
 
 impl Client {
-    pub fn new(api: &str) -> Self {
-        Self {
-            api: api.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+    /// A client of the API at `api`, with `token`, or else the one in
+    /// `<data_dir>/admin.token` if that file exists.
+    pub fn new(api: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
+        let file = data_dir.join(sluice_api::auth::ADMIN_TOKEN_FILE);
+        let (token, token_source) = match token {
+            Some(token) => (Some(token.trim().to_owned()), TokenSource::Given),
+            None => match std::fs::read_to_string(&file) {
+                Ok(text) => (Some(text.trim().to_owned()), TokenSource::File(file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (None, TokenSource::Missing(file))
+                }
+                Err(e) => {
+                    return Err(anyhow!("cannot read the token in {}: {e}", file.display()));
+                }
+            },
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the token has characters a header cannot carry")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        Ok(Self {
+            api: api.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .context("failed to build the HTTP client")?,
+            token_source,
+        })
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -35,6 +73,17 @@ impl Client {
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                let hint = match &self.token_source {
+                    TokenSource::Given => "check --token / SLUICE_TOKEN".to_owned(),
+                    TokenSource::File(file) => format!("the token came from {}", file.display()),
+                    TokenSource::Missing(file) => format!(
+                        "no token given (--token, SLUICE_TOKEN) and no {}",
+                        file.display()
+                    ),
+                };
+                bail!("{message} (HTTP 401; {hint})");
+            }
             bail!("{message} (HTTP {})", status.as_u16());
         }
         Ok(body)
@@ -49,6 +98,92 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.api)).json(body))
             .await
     }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.api)))
+            .await
+    }
+}
+
+/// What `sluice token ...` asks the API.
+pub enum TokenCall {
+    Create {
+        client: Client,
+        json: bool,
+        body: Value,
+    },
+    List {
+        client: Client,
+        json: bool,
+    },
+    Revoke {
+        client: Client,
+        id: i64,
+    },
+}
+
+/// `sluice token create|list|revoke`.
+pub async fn token(call: TokenCall, out: &mut impl Write) -> anyhow::Result<bool> {
+    match call {
+        TokenCall::Create { client, json, body } => {
+            let created = client.post("/api/v1/tokens", &body).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&created)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "token {} ({}, {} scope{}); it is shown this once:",
+                    created["id"],
+                    created["name"].as_str().unwrap_or(""),
+                    created["scope"].as_str().unwrap_or(""),
+                    created["expires_at"]
+                        .as_str()
+                        .map(|at| format!(", expires {at}"))
+                        .unwrap_or_default()
+                )?;
+                writeln!(out, "{}", created["token"].as_str().unwrap_or(""))?;
+            }
+        }
+        TokenCall::List { client, json } => {
+            let tokens = client.get("/api/v1/tokens").await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&tokens)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<5} {:<6} {:<8} {:<20} {:<20} NAME",
+                    "ID", "SCOPE", "STATE", "EXPIRES", "LAST USED"
+                )?;
+                let time = |v: &Value| {
+                    v.as_str()
+                        .map(|t| t.chars().take(19).collect::<String>())
+                        .unwrap_or_else(|| "-".into())
+                };
+                for t in tokens.as_array().map(Vec::as_slice).unwrap_or_default() {
+                    let state = if t["revoked_at"].is_string() {
+                        "revoked"
+                    } else {
+                        "live"
+                    };
+                    writeln!(
+                        out,
+                        "{:<5} {:<6} {:<8} {:<20} {:<20} {}",
+                        t["id"].as_i64().unwrap_or_default(),
+                        t["scope"].as_str().unwrap_or(""),
+                        state,
+                        time(&t["expires_at"]),
+                        time(&t["last_used_at"]),
+                        t["name"].as_str().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        TokenCall::Revoke { client, id } => {
+            client.delete(&format!("/api/v1/tokens/{id}")).await?;
+            writeln!(out, "token {id} revoked")?;
+        }
+    }
+    Ok(true)
 }
 
 /// `key=value` pairs into parameters. Values are sent as text; the engine converts them to

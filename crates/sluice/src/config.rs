@@ -25,8 +25,11 @@ pub struct Config {
     /// Where the HTTP API listens (engine only).
     pub http: SocketAddr,
     /// Where `sluice worker` serves `/metrics` and `/healthz`; off when `None`. (`sluice up`
-    /// and `sluice engine` serve `/metrics` on the API.)
+    /// and `sluice engine` serve `/metrics` on the API, to a token with the read scope.)
     pub worker_http: Option<SocketAddr>,
+    /// Where `sluice up` and `sluice engine` also serve `/metrics` and `/healthz` without
+    /// credentials, for a scraper; off when `None`.
+    pub metrics_http: Option<SocketAddr>,
     /// A running NATS server; `None` makes `sluice up` start its own.
     pub nats_url: Option<String>,
     /// Port of the nats-server that `sluice up` starts.

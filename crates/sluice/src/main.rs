@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: ExecutionCommand,
     },
+    /// Create, list and revoke API tokens (admin scope).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -106,11 +111,53 @@ enum ExecutionCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown this once).
+    Create {
+        /// read: look; run: also start and cancel; admin: also tokens.
+        #[arg(long)]
+        scope: String,
+        /// Expire after this long: 30d, 12h, 90m. Never, without it.
+        #[arg(long)]
+        expires: Option<String>,
+        /// What it is for, shown in `sluice token list`.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every token: scope, expiry, last use; never the token itself.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token; it stops working at once.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.api, self.token.as_deref(), &self.data_dir)
+    }
+}
+
 #[derive(Args)]
 struct ClientArgs {
     /// The Sluice API.
     #[arg(long, env = "SLUICE_API", default_value = "http://127.0.0.1:8080")]
     api: String,
+    /// The API token; without it, the admin token `sluice up` wrote to
+    /// <data-dir>/admin.token.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where to find admin.token when no --token is given.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    data_dir: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -130,6 +177,10 @@ struct ServerArgs {
     /// Where `sluice worker` serves /metrics and /healthz (off unless given).
     #[arg(long, env = "SLUICE_WORKER_HTTP")]
     worker_http: Option<SocketAddr>,
+    /// Also serve /metrics and /healthz here without credentials, for a scraper
+    /// (`sluice up` and `sluice engine`; the API's /metrics needs a read token).
+    #[arg(long, env = "SLUICE_METRICS_HTTP")]
+    metrics_http: Option<SocketAddr>,
     /// A running NATS server; without it `sluice up` starts nats-server itself.
     #[arg(long, env = "SLUICE_NATS_URL")]
     nats_url: Option<String>,
@@ -167,6 +218,7 @@ impl ServerArgs {
             },
             http: self.http,
             worker_http: self.worker_http,
+            metrics_http: self.metrics_http,
             nats_url: self.nats_url,
             nats_port: self.nats_port,
             database_url: self.database_url,
@@ -208,7 +260,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             client,
         } => {
             cli::run(
-                &Client::new(&client.api),
+                &client.client()?,
                 &action,
                 &params,
                 wait,
@@ -243,7 +295,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             let mut query = vec![format!("limit={limit}")];
             query.extend(action.map(|a| format!("action={a}")));
             query.extend(status.map(|s| format!("status={s}")));
-            let list = Client::new(&client.api)
+            let list = client
+                .client()?
                 .get(&format!("/api/v1/executions?{}", query.join("&")))
                 .await?;
             if client.json {
@@ -259,7 +312,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         Command::Execution {
             command: ExecutionCommand::Cancel { id, client },
         } => {
-            let answer = Client::new(&client.api)
+            let answer = client
+                .client()?
                 .post(
                     &format!("/api/v1/executions/{id}/cancel"),
                     &serde_json::json!({}),
@@ -280,7 +334,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         Command::Execution {
             command: ExecutionCommand::Get { id, client },
         } => {
-            let execution = Client::new(&client.api)
+            let execution = client
+                .client()?
                 .get(&format!("/api/v1/executions/{id}"))
                 .await?;
             if client.json {
@@ -290,12 +345,13 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Token { command } => cli::token(command_to_call(command)?, &mut out).await,
         Command::Actors { action, client } => {
             let path = match action {
                 Some(action) => format!("/api/v1/actors?action={action}"),
                 None => "/api/v1/actors".to_owned(),
             };
-            let tree = Client::new(&client.api).get(&path).await?;
+            let tree = client.client()?.get(&path).await?;
             if client.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&tree)?)?;
             } else {
@@ -304,6 +360,30 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// A token subcommand as the call the CLI makes.
+fn command_to_call(command: TokenCommand) -> anyhow::Result<cli::TokenCall> {
+    Ok(match command {
+        TokenCommand::Create {
+            scope,
+            expires,
+            name,
+            client,
+        } => cli::TokenCall::Create {
+            client: client.client()?,
+            json: client.json,
+            body: serde_json::json!({ "scope": scope, "expires": expires, "name": name }),
+        },
+        TokenCommand::List { client } => cli::TokenCall::List {
+            client: client.client()?,
+            json: client.json,
+        },
+        TokenCommand::Revoke { id, client } => cli::TokenCall::Revoke {
+            client: client.client()?,
+            id,
+        },
+    })
 }
 
 #[tokio::main]

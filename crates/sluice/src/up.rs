@@ -60,6 +60,7 @@ async fn start_engine(
 ) -> anyhow::Result<(Arc<Engine>, TcpListener)> {
     let bus = connect(config, "sluice-engine").await?;
     let store = open_store(config).await?;
+    sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
     let listener = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("failed to listen on {} (--http)", config.http))?;
@@ -124,6 +125,22 @@ async fn stop_engine(engine: Arc<Engine>, config: &Config) {
     engine.shutdown(config.drain_timeout).await;
 }
 
+/// `/metrics` without credentials on the listener the operator named for it
+/// (`--metrics-http`), if any.
+async fn serve_open_metrics(config: &Config, engine: &Arc<Engine>) -> anyhow::Result<Option<Api>> {
+    let Some(addr) = config.metrics_http else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr} (--metrics-http)"))?;
+    info!(metrics = %format!("http://{}/metrics", listener.local_addr()?), "metrics listening, without credentials");
+    Ok(Some(Api::serve_router(
+        listener,
+        sluice_api::open_metrics_app(engine.clone()),
+    )))
+}
+
 /// `sluice up`: engine, one worker and (without `--nats-url`) a nats-server child.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = load_catalog(&config)?;
@@ -134,10 +151,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (engine, listener) = start_engine(&config, catalog.clone()).await?;
     let worker = start_worker(&config, &catalog).await?;
     let api = Api::serve(listener, engine.clone());
+    let metrics = serve_open_metrics(&config, &engine).await?;
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
     shutdown.await;
     info!("shutting down: draining executions in flight");
     api.stop().await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     let store = engine.store().clone();
     // The engine drains first (it stops admitting and waits for completions), while the
     // worker keeps running what was already handed to it.
@@ -156,8 +177,12 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     let catalog = load_catalog(&config)?;
     let (engine, listener) = start_engine(&config, catalog).await?;
     let api = Api::serve(listener, engine.clone());
+    let metrics = serve_open_metrics(&config, &engine).await?;
     shutdown.await;
     api.stop().await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     let store = engine.store().clone();
     stop_engine(engine, &config).await;
     store.close().await;

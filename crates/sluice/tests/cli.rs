@@ -12,6 +12,8 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 struct Up {
     child: Child,
     api: String,
+    /// Where `sluice up` keeps its state, and its admin token.
+    data_dir: std::path::PathBuf,
 }
 
 impl Drop for Up {
@@ -46,13 +48,20 @@ fn up(data_dir: &Path, nats_port: u16, http_port: u16) -> Up {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Up { child, api }
+    Up {
+        child,
+        api,
+        data_dir: data_dir.to_owned(),
+    }
 }
 
-fn sluice(args: &[&str], api: &str) -> Output {
+/// The CLI against `up`, finding its admin token in the data directory as a newcomer's
+/// CLI does in `.sluice`.
+fn sluice(args: &[&str], up: &Up) -> Output {
     Command::new(SLUICE)
         .args(args)
-        .args(["--api", api])
+        .args(["--api", &up.api])
+        .env("SLUICE_DATA_DIR", &up.data_dir)
         .output()
         .unwrap()
 }
@@ -82,7 +91,7 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     let (nats_port, http_port) = (free_port(), free_port());
     let mut first = up(data.path(), nats_port, http_port);
 
-    let ran = sluice(&["run", "core.local", "cmd=uname -a", "--wait"], &first.api);
+    let ran = sluice(&["run", "core.local", "cmd=uname -a", "--wait"], &first);
     assert!(ran.status.success(), "{}", text(&ran));
     let out = text(&ran);
     assert!(
@@ -90,7 +99,7 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{out}"
     );
 
-    let failed = sluice(&["run", "core.local", "cmd=exit 3", "--wait"], &first.api);
+    let failed = sluice(&["run", "core.local", "cmd=exit 3", "--wait"], &first);
     assert_eq!(
         failed.status.code(),
         Some(1),
@@ -98,7 +107,7 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     );
     assert!(text(&failed).contains("exit code:  3"), "{}", text(&failed));
 
-    let unknown = sluice(&["run", "core.nope"], &first.api);
+    let unknown = sluice(&["run", "core.nope"], &first);
     assert!(!unknown.status.success());
     assert!(
         text(&unknown).contains("error: unknown action core.nope"),
@@ -122,7 +131,7 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let listing = loop {
-        let list = text(&sluice(&["execution", "list"], &first.api));
+        let list = text(&sluice(&["execution", "list"], &first));
         if list.matches("succeeded").count() == 4 {
             break list;
         }
@@ -138,7 +147,7 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{listing}"
     );
 
-    let json = sluice(&["execution", "get", "1", "--json"], &first.api);
+    let json = sluice(&["execution", "get", "1", "--json"], &first);
     let execution: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(execution["parameters"]["cmd"], "uname -a");
     assert_eq!(execution["history"].as_array().unwrap().len(), 5);
@@ -162,15 +171,9 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
 
     // A restart on the same data dir resumes: same store, same streams, same port.
     let mut second = up(data.path(), nats_port, http_port);
-    let list = text(&sluice(
-        &["execution", "list", "--limit", "100"],
-        &second.api,
-    ));
+    let list = text(&sluice(&["execution", "list", "--limit", "100"], &second));
     assert_eq!(list.lines().count(), 1 + 5, "{list}");
-    let ran = sluice(
-        &["run", "core.echo", "message=again", "--wait"],
-        &second.api,
-    );
+    let ran = sluice(&["run", "core.echo", "message=again", "--wait"], &second);
     assert!(ran.status.success(), "{}", text(&ran));
 
     // SIGTERM drains and exits cleanly, taking nats-server down with it.

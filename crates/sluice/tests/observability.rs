@@ -469,6 +469,7 @@ async fn the_actor_tree_shows_queues_executions_and_workers() {
     // `sluice actors` prints the same tree, indented.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["actors", "--api", &sluice.api])
+        .env("SLUICE_TOKEN", &sluice.token)
         .output()
         .unwrap();
     assert!(output.status.success());
@@ -500,6 +501,7 @@ async fn the_actor_tree_shows_queues_executions_and_workers() {
             "--api",
             &sluice.api,
         ])
+        .env("SLUICE_TOKEN", &sluice.token)
         .output()
         .unwrap();
     let parsed: Value = serde_json::from_slice(&json_out.stdout).unwrap();

@@ -112,6 +112,7 @@ impl Cluster {
             assert!(Instant::now() < deadline, "engine did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.http = super::client_with_token(&super::admin_token(&self.dir.path().join("data")));
     }
 
     pub fn kill_engine(&mut self) {

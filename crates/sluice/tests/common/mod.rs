@@ -32,7 +32,10 @@ pub struct Sluice {
     pub nats: NatsServer,
     pub data_dir: tempfile::TempDir,
     pub config: Config,
+    /// Sends the admin token `sluice up` wrote on its first start.
     pub http: reqwest::Client,
+    /// That token.
+    pub token: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     pub postgres: Option<Postgres>,
@@ -50,6 +53,7 @@ impl Sluice {
             packs,
             http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             worker_http: None,
+            metrics_http: None,
             nats_url: Some(nats.url()),
             nats_port: 0,
             database_url: postgres.as_ref().map(Postgres::url),
@@ -65,6 +69,7 @@ impl Sluice {
             data_dir,
             config,
             http: reqwest::Client::new(),
+            token: String::new(),
             stop: None,
             task: None,
             postgres,
@@ -95,6 +100,8 @@ impl Sluice {
             }
         })
         .await;
+        self.token = admin_token(self.data_dir.path());
+        self.http = client_with_token(&self.token);
     }
 
     /// Graceful stop, as Ctrl-C does.
@@ -188,6 +195,28 @@ impl Drop for Sluice {
             task.abort();
         }
     }
+}
+
+/// The admin token `sluice up` or `sluice engine` wrote to its data directory.
+pub fn admin_token(data_dir: &Path) -> String {
+    let file = data_dir.join("admin.token");
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("no admin token in {}: {e}", file.display()))
+        .trim()
+        .to_owned()
+}
+
+/// An HTTP client that sends `token` with every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 pub fn is_terminal(e: &Value) -> bool {

@@ -1,0 +1,283 @@
+//! Who may call the API. Every route but `/healthz` needs a token, sent as
+//! `Authorization: Bearer <token>` or, as StackStorm clients do, `St2-Api-Key: <token>`.
+//!
+//! A token is 32 random bytes, shown once when it is created; the store keeps only its
+//! SHA-256, its scope ([`Scope`]: read, run, admin), expiry, last use and revocation. What
+//! a request needs is decided in one place, [`needed_scope`]: reading needs `read`,
+//! starting and cancelling executions `run`, anything else `admin`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sluice_core::Scope;
+use sluice_store::{NewToken, Store, StoreError, Token};
+use tracing::{info, warn};
+
+use crate::{ApiError, AppState};
+
+/// What a token starts with, so one is recognisable in a file or a leaked log.
+const PREFIX: &str = "slc_";
+
+/// How stale `last_used_at` may get before a request writes it again.
+const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// The name of the file `sluice up` and `sluice engine` write their first admin token to,
+/// in the data directory, and where the CLI looks for one.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The hex SHA-256 of a token: what the store keeps.
+pub fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates a token: stored as its hash; the token itself is returned, once.
+pub async fn issue(
+    store: &Store,
+    name: &str,
+    scope: Scope,
+    expires_in: Option<Duration>,
+) -> Result<(Token, String), IssueError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| IssueError::Random(e.to_string()))?;
+    let secret = format!("{PREFIX}{}", hex::encode(bytes));
+    let now = Utc::now();
+    let expires_at = expires_in
+        .map(|d| chrono::TimeDelta::from_std(d).map(|d| now + d))
+        .transpose()
+        .map_err(|_| IssueError::TooLong)?;
+    let id = store
+        .create_token(&NewToken {
+            name: name.to_owned(),
+            scope,
+            hash: hash(&secret),
+            expires_at,
+        })
+        .await?;
+    let token = Token {
+        id,
+        name: name.to_owned(),
+        scope,
+        created_at: now,
+        expires_at,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    Ok((token, secret))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("no randomness for a token: {0}")]
+    Random(String),
+    #[error("the expiry is too far away")]
+    TooLong,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// On an engine's first start, when the store has no token at all: creates an admin token
+/// and writes it to `<data_dir>/admin.token`, readable by its owner only. Returns the
+/// file's path when it wrote one.
+pub async fn bootstrap_admin_token(
+    store: &Store,
+    data_dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    use anyhow::Context as _;
+    if store.count_tokens().await? > 0 {
+        return Ok(None);
+    }
+    let (_, secret) = issue(
+        store,
+        "first admin (created at first start)",
+        Scope::Admin,
+        None,
+    )
+    .await
+    .context("failed to create the first admin token")?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, &secret)
+        .with_context(|| format!("failed to write the admin token to {}", path.display()))?;
+    info!(path = %path.display(), "first admin token written; the CLI reads it from there");
+    Ok(Some(path))
+}
+
+/// Writes `text` to a new file that only its owner can read or write.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Parses an expiry such as `30d`, `12h` or `90m`.
+pub fn parse_expiry(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expires {text:?}: {e} (write it as 30d, 12h or 90m)"))
+}
+
+/// What a request needs: reading `read`; starting and cancelling executions `run`;
+/// everything else (tokens, and whatever is added later) `admin`.
+pub fn needed_scope(method: &Method, path: &str) -> Scope {
+    if path.starts_with("/api/v1/tokens") {
+        return Scope::Admin;
+    }
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Scope::Read;
+    }
+    let run = path == "/api/v1/executions"
+        || (path.starts_with("/api/v1/executions/") && path.ends_with("/cancel"));
+    if *method == Method::POST && run {
+        Scope::Run
+    } else {
+        Scope::Admin
+    }
+}
+
+/// The token a request carries, if any.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (kind, token) = value.split_once(' ')?;
+        return kind.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers.get("st2-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// The caller a request was authenticated as, for handlers that record who did what.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: i64,
+    pub name: String,
+    pub scope: Scope,
+}
+
+/// The middleware in front of every route but `/healthz`.
+pub async fn authorize(
+    State(engine): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let needed = needed_scope(request.method(), request.uri().path());
+    let token = match authenticate(engine.store(), request.headers(), Utc::now()).await {
+        Ok(token) => token,
+        Err(error) => return error.into_response(),
+    };
+    if !token.scope.allows(needed) {
+        return ApiError::Forbidden(format!(
+            "token {:?} has the {} scope; {} {} needs {needed}",
+            token.name,
+            token.scope,
+            request.method(),
+            request.uri().path()
+        ))
+        .into_response();
+    }
+    request.extensions_mut().insert(Caller {
+        token_id: token.id,
+        name: token.name,
+        scope: token.scope,
+    });
+    next.run(request).await
+}
+
+async fn authenticate(
+    store: &Store,
+    headers: &HeaderMap,
+    now: DateTime<Utc>,
+) -> Result<Token, ApiError> {
+    let Some(secret) = presented(headers) else {
+        return Err(ApiError::Unauthorized(
+            "no credential: send `Authorization: Bearer <token>` or `St2-Api-Key: <token>` \
+             (`sluice up` wrote an admin token to <data-dir>/admin.token)"
+                .into(),
+        ));
+    };
+    let unknown = || ApiError::Unauthorized("the token is not valid".into());
+    let token = store
+        .token_by_hash(&hash(secret))
+        .await?
+        .ok_or_else(unknown)?;
+    if token.revoked_at.is_some() {
+        return Err(ApiError::Unauthorized("the token was revoked".into()));
+    }
+    if !token.is_live(now) {
+        return Err(ApiError::Unauthorized("the token has expired".into()));
+    }
+    if token.last_used_at.is_none_or(|at| now - at > TOUCH_EVERY)
+        && let Err(e) = store.touch_token(token.id, now).await
+    {
+        warn!(token_id = token.id, error = %e, "failed to record the token's use");
+    }
+    Ok(token)
+}
+
+/// The `WWW-Authenticate` challenge sent with a 401.
+pub(crate) fn challenge() -> (header::HeaderName, HeaderValue) {
+    (
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sluice\""),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_needs_the_least_scope_that_covers_it() {
+        let cases = [
+            (Method::GET, "/api/v1/executions", Scope::Read),
+            (Method::GET, "/metrics", Scope::Read),
+            (Method::POST, "/api/v1/executions", Scope::Run),
+            (Method::POST, "/api/v1/executions/7/cancel", Scope::Run),
+            (Method::GET, "/api/v1/tokens", Scope::Admin),
+            (Method::POST, "/api/v1/tokens", Scope::Admin),
+            (Method::DELETE, "/api/v1/tokens/3", Scope::Admin),
+            (Method::DELETE, "/api/v1/executions/7", Scope::Admin),
+            (Method::PUT, "/api/v1/anything", Scope::Admin),
+        ];
+        for (method, path, scope) in cases {
+            assert_eq!(needed_scope(&method, path), scope, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_read_from_either_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented(&headers), None);
+        headers.insert("st2-api-key", HeaderValue::from_static("slc_a"));
+        assert_eq!(presented(&headers), Some("slc_a"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer slc_b"),
+        );
+        assert_eq!(presented(&headers), Some("slc_b"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        assert_eq!(presented(&headers), None, "only bearer tokens");
+    }
+
+    #[test]
+    fn expiries_read_as_operators_write_them() {
+        assert_eq!(parse_expiry("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_expiry("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert!(parse_expiry("soon").unwrap_err().contains("30d"));
+    }
+}

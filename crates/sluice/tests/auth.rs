@@ -1,0 +1,337 @@
+//! Who may call the API: no anonymous access to anything but `/healthz`, scoped tokens
+//! that expire and can be revoked, the first admin token `sluice up` writes, and the CLI's
+//! token commands. Against `sluice up` in-process with a real nats-server and SQLite.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Sluice, StoreKind, client_with_token};
+use serde_json::{Value, json};
+use sluice_testkit::free_port;
+
+/// `method path` with `client`: status and JSON body.
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_token(sluice: &Sluice, body: Value) -> (u16, Value) {
+    sluice.post("/api/v1/tokens", &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_but_healthz_answers_without_a_valid_token() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let anonymous = reqwest::Client::new();
+    let api = &sluice.api;
+
+    let response = anonymous
+        .get(format!("{api}/api/v1/executions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"sluice\""
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{body}"
+    );
+
+    let run = json!({"action": "core.local", "parameters": {"cmd": "id"}});
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/api/v1/executions",
+            Some(run.clone()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/executions/1/cancel",
+            Some(json!({})),
+        ),
+        (reqwest::Method::GET, "/api/v1/actors", None),
+        (reqwest::Method::GET, "/api/v1/tokens", None),
+        (reqwest::Method::GET, "/metrics", None),
+    ] {
+        let (status, body) = call(&anonymous, method.clone(), format!("{api}{path}"), body).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+    }
+    let forged =
+        client_with_token("slc_0000000000000000000000000000000000000000000000000000000000000000");
+    let (status, body) = call(
+        &forged,
+        reqwest::Method::POST,
+        format!("{api}/api/v1/executions"),
+        Some(run),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("the token is not valid"))
+    );
+
+    let (status, _) = call(
+        &anonymous,
+        reqwest::Method::GET,
+        format!("{api}/healthz"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Nothing ran: the only way in was refused.
+    let (_, ledger) = sluice.get("/api/v1/ledger").await;
+    assert_eq!(ledger["executions"], json!({}), "{ledger}");
+
+    // StackStorm clients send St2-Api-Key.
+    let st2 = reqwest::Client::new()
+        .get(format!("{api}/api/v1/executions"))
+        .header("St2-Api-Key", &sluice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(st2.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_does_what_its_scope_allows_until_it_is_revoked_or_expires() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let api = &sluice.api;
+    let (status, read) =
+        create_token(&sluice, json!({"scope": "read", "name": "dashboards"})).await;
+    assert_eq!(status, 201, "{read}");
+    let (_, run) = create_token(&sluice, json!({"scope": "run", "expires": "30d"})).await;
+    let reader = client_with_token(read["token"].as_str().unwrap());
+    let runner = client_with_token(run["token"].as_str().unwrap());
+    let submit = json!({"action": "core.noop"});
+
+    let (status, _) = call(
+        &reader,
+        reqwest::Method::GET,
+        format!("{api}/api/v1/executions"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call(
+        &reader,
+        reqwest::Method::POST,
+        format!("{api}/api/v1/executions"),
+        Some(submit.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("read scope")
+            && body["error"].as_str().unwrap().contains("needs run"),
+        "{body}"
+    );
+    let (status, created) = call(
+        &runner,
+        reqwest::Method::POST,
+        format!("{api}/api/v1/executions"),
+        Some(submit),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, body) = call(
+        &runner,
+        reqwest::Method::POST,
+        format!("{api}/api/v1/tokens"),
+        Some(json!({"scope": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 403, "a run token cannot make tokens: {body}");
+
+    // The list shows every token and its last use, never a secret.
+    let (_, tokens) = sluice.get("/api/v1/tokens").await;
+    let text = tokens.to_string();
+    assert!(
+        !text.contains(read["token"].as_str().unwrap()) && !text.contains("hash"),
+        "{text}"
+    );
+    let listed = |id: &Value| {
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| &t["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(listed(&read["id"])["name"], "dashboards");
+    assert!(listed(&read["id"])["last_used_at"].is_string());
+    assert!(listed(&run["id"])["expires_at"].is_string());
+
+    // Revoked: refused from the next request on.
+    let (status, _) = call(
+        &client_with_token(&sluice.token),
+        reqwest::Method::DELETE,
+        format!("{api}/api/v1/tokens/{}", read["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call(
+        &reader,
+        reqwest::Method::GET,
+        format!("{api}/api/v1/executions"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("the token was revoked"))
+    );
+
+    // Expired.
+    let (_, brief) = create_token(&sluice, json!({"scope": "read", "expires": "1s"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = call(
+        &client_with_token(brief["token"].as_str().unwrap()),
+        reqwest::Method::GET,
+        format!("{api}/api/v1/executions"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("the token has expired"))
+    );
+
+    // Bad requests say what to fix.
+    let (status, body) = create_token(&sluice, json!({"scope": "root"})).await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("read, run or admin"),
+        "{body}"
+    );
+    let (status, body) = create_token(&sluice, json!({"scope": "read", "expires": "soon"})).await;
+    assert_eq!(status, 422);
+    assert!(body["error"].as_str().unwrap().contains("30d"), "{body}");
+    let (status, _) = create_token(&sluice, json!({"scope": "read", "colour": "red"})).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_token_is_private_and_written_once() {
+    let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let file = sluice.data_dir.path().join("admin.token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "readable by its owner only");
+    let first = std::fs::read_to_string(&file).unwrap();
+    assert!(first.trim().starts_with("slc_") && first.trim().len() == 68);
+
+    // A restart on the same data directory keeps the token and makes no other.
+    sluice.shutdown().await;
+    sluice.config.metrics_http = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    sluice.boot().await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+    let (status, tokens) = sluice.get("/api/v1/tokens").await;
+    assert_eq!(status, 200);
+    assert_eq!(tokens.as_array().unwrap().len(), 1, "{tokens}");
+    assert_eq!(tokens[0]["scope"], "admin");
+
+    // The listener named for scraping serves /metrics without credentials; the API's needs one.
+    let anonymous = reqwest::Client::new();
+    let open = format!("http://{}/metrics", sluice.config.metrics_http.unwrap());
+    let scraped = anonymous.get(&open).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("# EOF"));
+    let (status, _) = call(
+        &anonymous,
+        reqwest::Method::GET,
+        format!("{}/metrics", sluice.api),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_and_revokes_tokens() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let cli = |args: &[&str], token: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--api", &sluice.api])
+            .env("SLUICE_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, out) = cli(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "read",
+            "--expires",
+            "30d",
+            "--name",
+            "ci",
+        ],
+        &sluice.token,
+    );
+    assert!(ok, "{out}");
+    let token = out.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("slc_"), "{out}");
+
+    let (ok, out) = cli(&["execution", "list"], &token);
+    assert!(ok, "the new read token works: {out}");
+    let (ok, out) = cli(&["run", "core.noop"], &token);
+    assert!(!ok && out.contains("HTTP 403"), "{out}");
+
+    let (ok, out) = cli(&["token", "list"], &sluice.token);
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.ends_with(" ci"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("read") && line.contains("live"), "{line}");
+    assert!(
+        !out.contains(&token),
+        "a listing never shows a token: {out}"
+    );
+    let id = line.split_whitespace().next().unwrap();
+
+    let (ok, out) = cli(&["token", "revoke", id], &sluice.token);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["execution", "list"], &token);
+    assert!(!ok && out.contains("the token was revoked"), "{out}");
+    let (ok, out) = cli(&["execution", "list"], "slc_nonsense");
+    assert!(
+        !ok && out.contains("HTTP 401") && out.contains("--token"),
+        "{out}"
+    );
+}
