@@ -219,6 +219,8 @@ impl Local {
             None => (None, dir.path().join("sluice.db").display().to_string()),
         };
         let store = Store::connect(&url).await?;
+        let key = dir.path().join("run-signing.key");
+        let run_signer = Arc::new(sluice_bus::RunSigner::load_or_create(&key)?);
         let (_, token) =
             sluice_api::auth::issue(&store, "sluice-load", sluice_core::Scope::Read, None).await?;
         let engine = Arc::new(
@@ -227,6 +229,7 @@ impl Local {
                 catalog,
                 store: store.clone(),
                 bus: Bus::connect(&nats.url(), "load-engine").await?,
+                run_signer,
                 ingest_triggers: true,
                 worker_loss_window: Duration::from_secs(10),
             })
@@ -249,6 +252,8 @@ impl Local {
             workers.push(
                 tokio::process::Command::new(&exe)
                     .args(["worker-process", "--nats-url", &nats.url()])
+                    .arg("--run-verify-key")
+                    .arg(key.with_extension("pub"))
                     .args(["--name", &format!("worker/load-{i}")])
                     .args(["--capacity", &target.capacity.unwrap_or(64).to_string()])
                     .stdin(Stdio::piped())
@@ -302,7 +307,12 @@ impl Local {
 }
 
 /// `sluice-load worker-process`: one worker with every pack, until its stdin closes.
-pub async fn worker_process(nats_url: &str, name: &str, capacity: usize) -> anyhow::Result<()> {
+pub async fn worker_process(
+    nats_url: &str,
+    name: &str,
+    capacity: usize,
+    run_verify_key: &Path,
+) -> anyhow::Result<()> {
     let catalog = sluice_pack::load_packs(&pack_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let worker = Worker::start(WorkerConfig {
         name: name.to_owned(),
@@ -314,6 +324,7 @@ pub async fn worker_process(nats_url: &str, name: &str, capacity: usize) -> anyh
             .collect(),
         capacity,
         heartbeat_interval: Duration::from_secs(1),
+        run_verifier: sluice_bus::RunVerifier::load(&[run_verify_key])?,
     })
     .await?;
     let mut stdin = tokio::io::stdin();

@@ -103,6 +103,9 @@ enum Scenario {
         name: String,
         #[arg(long)]
         capacity: usize,
+        /// The engine's public run signing key.
+        #[arg(long)]
+        run_verify_key: std::path::PathBuf,
     },
 }
 
@@ -140,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
             nats_url,
             name,
             capacity,
-        } => deployment::worker_process(&nats_url, &name, capacity).await,
+            run_verify_key,
+        } => deployment::worker_process(&nats_url, &name, capacity, &run_verify_key).await,
     }
 }
 

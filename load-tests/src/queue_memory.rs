@@ -63,6 +63,7 @@ pub async fn run(executions: u64, json: Option<&std::path::Path>) -> anyhow::Res
         catalog,
         store,
         bus,
+        run_signer: std::sync::Arc::new(sluice_bus::RunSigner::generate()?),
         ingest_triggers: false,
         worker_loss_window: Duration::from_secs(10),
     })

@@ -1,6 +1,7 @@
 //! [`Bus`]: a NATS connection and its JetStream context, with typed publishing of Sluice's
 //! messages and reads of the last message on a subject.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -12,6 +13,10 @@ use sluice_core::{
 use sluice_telemetry::metrics;
 
 use crate::error::{BusError, Source};
+use crate::signing::RunSigner;
+
+/// The publish kind of run messages: the one kind that is signed.
+const RUN_KIND: &str = "run";
 use crate::names;
 use crate::streams::definitions;
 use crate::subjects::{
@@ -50,10 +55,21 @@ pub struct LastStatus {
 }
 
 /// A connection to NATS and its JetStream context; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Bus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
+    /// The engine's key: run messages are published only signed with it.
+    signer: Option<Arc<RunSigner>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("client", &self.client)
+            .field("signs_runs", &self.signer.is_some())
+            .finish()
+    }
 }
 
 impl Bus {
@@ -82,7 +98,17 @@ impl Bus {
             .max_ack_inflight(10_000)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        Self { client, jetstream }
+        Self {
+            client,
+            jetstream,
+            signer: None,
+        }
+    }
+
+    /// This bus signs the run messages it publishes with `signer` (the engine's).
+    pub fn with_run_signer(mut self, signer: Arc<RunSigner>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -157,6 +183,15 @@ impl Bus {
     ) -> Result<Published, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(names::CONTENT_TYPE_HEADER, MSGPACK_CONTENT_TYPE);
+        if kind == RUN_KIND {
+            let signer = self.signer.as_ref().ok_or_else(|| {
+                BusError::setup(
+                    "a run message",
+                    "this process holds no run signing key; only the engine publishes run messages",
+                )
+            })?;
+            headers.insert(names::SIGNATURE_HEADER, signer.sign(&payload).as_str());
+        }
         // The publishing span's context travels with the message, so the consumer's spans
         // join the same trace.
         for (name, value) in sluice_telemetry::trace_headers(&tracing::Span::current()) {
@@ -215,7 +250,7 @@ impl Bus {
     /// Hands an execution to the workers: the handoff. Deduplicated per attempt.
     pub async fn publish_run(&self, message: &RunMessage) -> Result<Published, BusError> {
         self.publish(
-            "run",
+            RUN_KIND,
             run_subject(DEFAULT_QUEUE),
             &message.dedup_id(),
             sluice_core::encode(message)?,

@@ -19,6 +19,7 @@ mod consume;
 mod error;
 pub mod names;
 pub mod settle;
+pub mod signing;
 mod streams;
 mod subjects;
 mod trigger;
@@ -27,6 +28,7 @@ pub use client::{Bus, LastStatus, Published, continue_trace, header};
 pub use consume::{consume_batches, consume_within};
 pub use error::{BusError, BusErrorKind};
 pub use settle::Settle;
+pub use signing::{RunSigner, RunVerifier};
 pub use streams::{ConsumerDef, StreamDef, definitions};
 pub use subjects::{
     DEFAULT_QUEUE, HEARTBEAT_SUBJECTS, TRIGGER_PREFIX, cancel_subject, dead_letter_subject,

@@ -21,7 +21,11 @@ fn run_message(id: i64, attempt: u32) -> RunMessage {
 #[tokio::test]
 async fn streams_are_applied_idempotently_and_publishes_deduplicated() {
     let nats = NatsServer::start();
-    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let signer = std::sync::Arc::new(sluice_bus::RunSigner::generate().unwrap());
+    let bus = Bus::connect(&nats.url(), "test")
+        .await
+        .unwrap()
+        .with_run_signer(signer);
     bus.ensure_streams()
         .await
         .expect("applying the same definitions again is a no-op");

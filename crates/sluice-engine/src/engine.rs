@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value};
-use sluice_bus::{Bus, BusError, Settle, names};
+use sluice_bus::{Bus, BusError, RunSigner, Settle, names};
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::{Catalog, params};
 use sluice_store::Store;
@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub catalog: Arc<Catalog>,
     pub store: Store,
     pub bus: Bus,
+    /// The key run messages are signed with; workers run only what it signed.
+    pub run_signer: Arc<RunSigner>,
     /// Consume the TRIGGERS stream (switch off for an API-only engine).
     pub ingest_triggers: bool,
     /// A worker silent this long is lost: its executions end `abandoned` (or are retried).
@@ -94,7 +96,7 @@ impl Engine {
             directory: directory.clone(),
             catalog: config.catalog,
             store: config.store,
-            bus: config.bus,
+            bus: config.bus.with_run_signer(config.run_signer),
             store_health: Default::default(),
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;

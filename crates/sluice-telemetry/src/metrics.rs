@@ -175,6 +175,8 @@ pub struct Metrics {
     pub store_write_seconds: HistogramVec<1>,
     pub completions: Counter,
     pub stale_reports_ignored: Counter,
+    /// Run messages a worker refused because the engine did not sign them.
+    pub forged_run_messages: Counter,
     /// Trigger events recorded, by status (`accepted`, `rejected`).
     pub trigger_events: CounterVec<1>,
     /// Executions that ended, by action and terminal status.
@@ -276,6 +278,11 @@ impl Metrics {
                 r,
                 "sluice_stale_reports_ignored_total",
                 "Status reports that were repeated or stale and changed nothing.",
+            ),
+            forged_run_messages: Counter::new(
+                r,
+                "sluice_forged_run_messages_total",
+                "Run messages a worker refused: not signed by the engine's key.",
             ),
             registry,
         }

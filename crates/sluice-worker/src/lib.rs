@@ -31,7 +31,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
-use sluice_bus::{Bus, Settle, names};
+use sluice_bus::{Bus, RunVerifier, Settle, names};
 use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
 use sluice_telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -52,12 +52,15 @@ pub struct WorkerConfig {
     pub capacity: usize,
     /// How often the worker tells the engine it is alive.
     pub heartbeat_interval: Duration,
+    /// The engine keys whose signature a run message must carry to be run.
+    pub run_verifier: RunVerifier,
 }
 
 struct Shared {
     name: String,
     bus: Bus,
     settle: Settle,
+    run_verifier: RunVerifier,
     actions_dirs: BTreeMap<String, PathBuf>,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
@@ -120,6 +123,19 @@ impl Actor for RunSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let RunSupervisorMsg::Start(message, permit) = message;
         shared.settle.received(&message);
+        if let Err(reason) = shared
+            .run_verifier
+            .verify(message.headers.as_ref(), &message.payload)
+        {
+            // Not issued by the engine: never run, never redelivered, recorded.
+            warn!(subject = %message.subject, reason, "run message refused");
+            metrics().forged_run_messages.inc();
+            shared
+                .settle
+                .dead(&message, format!("run message refused: {reason}"))
+                .await;
+            return Ok(());
+        }
         let run: RunMessage = match sluice_core::decode(&message.payload) {
             Ok(run) => run,
             Err(e) => {
@@ -522,6 +538,7 @@ impl Worker {
             name: config.name.clone(),
             bus: config.bus,
             settle,
+            run_verifier: config.run_verifier,
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),

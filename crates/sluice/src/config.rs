@@ -46,6 +46,12 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// How long a worker may be silent before the engine declares it lost.
     pub worker_loss_window: Duration,
+    /// The engine's run signing key; `<data-dir>/run-signing.key` (made on first start) when
+    /// `None`.
+    pub run_signing_key: Option<PathBuf>,
+    /// Public keys a worker accepts run messages from; when empty, the public half of
+    /// [`Config::run_signing_key`] (`<data-dir>/run-signing.pub` by default).
+    pub run_verify_keys: Vec<PathBuf>,
 }
 
 impl Config {
@@ -53,6 +59,20 @@ impl Config {
         self.database_url
             .clone()
             .unwrap_or_else(|| self.data_dir.join("sluice.db").display().to_string())
+    }
+
+    pub fn run_signing_key(&self) -> PathBuf {
+        self.run_signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("run-signing.key"))
+    }
+
+    pub fn run_verify_keys(&self) -> Vec<PathBuf> {
+        if self.run_verify_keys.is_empty() {
+            vec![self.run_signing_key().with_extension("pub")]
+        } else {
+            self.run_verify_keys.clone()
+        }
     }
 
     pub fn nats_url(&self) -> String {

@@ -205,6 +205,14 @@ struct ServerArgs {
     /// Seconds a worker may be silent before its executions are declared lost.
     #[arg(long, env = "SLUICE_WORKER_LOSS_WINDOW", default_value_t = 10.0)]
     worker_loss_window: f64,
+    /// The engine's key for signing run messages [default: <data-dir>/run-signing.key,
+    /// made with its public half run-signing.pub on first start].
+    #[arg(long, env = "SLUICE_RUN_SIGNING_KEY")]
+    run_signing_key: Option<PathBuf>,
+    /// A public key (hex) whose signed run messages a worker runs; repeat for several
+    /// [default: <data-dir>/run-signing.pub].
+    #[arg(long, env = "SLUICE_RUN_VERIFY_KEY", value_delimiter = ',')]
+    run_verify_key: Vec<PathBuf>,
 }
 
 impl ServerArgs {
@@ -227,6 +235,8 @@ impl ServerArgs {
             drain_timeout: Duration::from_secs(self.drain_timeout),
             heartbeat_interval: Duration::from_secs_f64(self.heartbeat_interval.max(0.05)),
             worker_loss_window: Duration::from_secs_f64(self.worker_loss_window.max(0.1)),
+            run_signing_key: self.run_signing_key,
+            run_verify_keys: self.run_verify_key,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use sluice_bus::Bus;
+use sluice_bus::{Bus, RunSigner, RunVerifier};
 use sluice_engine::{Engine, EngineConfig};
 use sluice_pack::Catalog;
 use sluice_store::Store;
@@ -64,11 +64,19 @@ async fn start_engine(
     let listener = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("failed to listen on {} (--http)", config.http))?;
+    let key = config.run_signing_key();
+    let run_signer = RunSigner::load_or_create(&key).with_context(|| {
+        format!(
+            "failed to load the run signing key (--run-signing-key {})",
+            key.display()
+        )
+    })?;
     let engine = Engine::start(EngineConfig {
         name: "engine".into(),
         catalog,
         store,
         bus,
+        run_signer: Arc::new(run_signer),
         ingest_triggers: true,
         worker_loss_window: config.worker_loss_window,
     })
@@ -80,7 +88,16 @@ async fn start_engine(
 
 async fn start_worker(config: &Config, catalog: &Catalog) -> anyhow::Result<Worker> {
     let bus = connect(config, "sluice-worker").await?;
+    let keys = config.run_verify_keys();
+    let run_verifier = RunVerifier::load(&keys).with_context(|| {
+        format!(
+            "failed to load the engine's public key, which a worker needs to run anything \
+             (--run-verify-key; the engine writes run-signing.pub beside its key in its data dir): {}",
+            keys.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })?;
     Worker::start(WorkerConfig {
+        run_verifier,
         name: format!("worker/{}", config.worker_name()),
         bus,
         actions_dirs: actions_dirs(catalog),

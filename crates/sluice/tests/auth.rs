@@ -335,3 +335,96 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
         "{out}"
     );
 }
+
+/// A run message published by anyone but the engine: unsigned, signed by another key, or
+/// signed by the engine for other content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
+    use async_nats::jetstream::message::PublishMessage;
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let marker = sluice.data_dir.path().join("forged-ran");
+    let forged = sluice_core::RunMessage {
+        execution_id: sluice_core::ExecutionId(999),
+        attempt: 1,
+        action: "core.local".parse().unwrap(),
+        runner: sluice_core::RunnerType::LocalShellCmd,
+        entry_point: None,
+        parameters: json!({"cmd": format!("touch {}", marker.display())})
+            .as_object()
+            .unwrap()
+            .clone(),
+        secret_parameters: vec![],
+        timeout_secs: None,
+    };
+    let payload = sluice_core::encode(&forged).unwrap();
+    let engine_key =
+        sluice_bus::RunSigner::load_or_create(&sluice.data_dir.path().join("run-signing.key"))
+            .unwrap();
+    let stranger = sluice_bus::RunSigner::generate().unwrap();
+    let header = |value: String| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(sluice_bus::names::SIGNATURE_HEADER, value.as_str());
+        headers
+    };
+    let attempts = [
+        ("unsigned", async_nats::HeaderMap::new()),
+        ("another key", header(stranger.sign(&payload))),
+        ("other content", header(engine_key.sign(b"something else"))),
+    ];
+    let js = async_nats::jetstream::new(sluice.nats_client().await);
+    for (i, (_, headers)) in attempts.iter().enumerate() {
+        let message = PublishMessage::build()
+            .payload(payload.clone().into())
+            .headers(headers.clone())
+            .message_id(format!("forged-{i}"));
+        js.send_publish("sluice.run.default", message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let letters =
+        sluice_testkit::eventually("three dead letters", Duration::from_secs(20), || async {
+            let (_, list) = sluice.get("/api/v1/dead-letters").await;
+            let list = list.as_array()?.clone();
+            (list.len() == 3).then_some(list)
+        })
+        .await;
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    for want in [
+        "no Sluice-Signature header",
+        "signed by an unknown key",
+        "the signature does not match",
+    ] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("run message refused") && r.contains(want)),
+            "{want}: {reasons:?}"
+        );
+    }
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["stream"] == "RUN" && l["payload"].is_null())
+    );
+    assert!(!marker.exists(), "a forged run message ran");
+    let metrics = sluice.metrics().await;
+    assert!(
+        metrics.contains("sluice_forged_run_messages_total 3"),
+        "{metrics}"
+    );
+    // What the engine issues still runs.
+    let (status, created) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": "core.local", "parameters": {"cmd": "true"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}

@@ -385,6 +385,11 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         actions_dirs: [("t".to_owned(), pack.path().join("t/actions"))].into(),
         capacity: 4,
         heartbeat_interval: Duration::from_millis(200),
+        run_verifier: sluice_bus::RunVerifier::load(&[sluice
+            .data_dir
+            .path()
+            .join("run-signing.pub")])
+        .unwrap(),
     })
     .await
     .unwrap();
@@ -408,9 +413,20 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         timeout_secs: None,
     };
     let js = async_nats::jetstream::new(sluice.nats_client().await);
+    // Signed with the engine's own key, as the engine's copies would be.
+    let signer =
+        sluice_bus::RunSigner::load_or_create(&sluice.data_dir.path().join("run-signing.key"))
+            .unwrap();
+    let payload = sluice_core::encode(&copy).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        sluice_bus::names::SIGNATURE_HEADER,
+        signer.sign(&payload).as_str(),
+    );
     for i in 0..5 {
         let message = async_nats::jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(sluice_core::encode(&copy).unwrap()))
+            .payload(Bytes::from(payload.clone()))
+            .headers(headers.clone())
             .message_id(format!("copy-{i}"));
         js.send_publish("sluice.run.default", message)
             .await
@@ -501,9 +517,23 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
     publish("sluice.trigger.examples.alert", not_msgpack.clone()).await;
     let nearly_a_mebibyte = format!("{{\"blob\": \"{}\"}}", "x".repeat(1_000_000));
     publish("sluice.trigger.t.unknown", nearly_a_mebibyte.into_bytes()).await;
-    // Run messages, status reports and dead letters no Sluice process wrote.
+    // Run messages, status reports and dead letters no Sluice process wrote. The run
+    // messages carry the engine's signature, so it is their content that is refused (an
+    // unsigned one is refused before that: tests/auth.rs).
+    let engine_key =
+        sluice_bus::RunSigner::load_or_create(&sluice.data_dir.path().join("run-signing.key"))
+            .unwrap();
     for payload in [&not_msgpack, &json_shaped, &wrong_type] {
-        publish("sluice.run.default", payload.clone()).await;
+        let mut signed = async_nats::HeaderMap::new();
+        signed.insert(
+            sluice_bus::names::SIGNATURE_HEADER,
+            engine_key.sign(payload).as_str(),
+        );
+        js.publish_with_headers("sluice.run.default", signed, payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     for payload in [&not_msgpack, &json_shaped, &wrong_type] {
         publish("sluice.status.999", payload.clone()).await;

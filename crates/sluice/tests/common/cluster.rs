@@ -136,7 +136,9 @@ impl Cluster {
             &capacity.to_string(),
             "--heartbeat-interval",
             "0.2",
+            "--run-verify-key",
         ]);
+        command.arg(self.dir.path().join("data/run-signing.pub"));
         self.common_args(&mut command, name, env);
         self.workers
             .insert(name.to_owned(), command.spawn().unwrap());

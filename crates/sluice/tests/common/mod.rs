@@ -62,6 +62,8 @@ impl Sluice {
             drain_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(200),
             worker_loss_window: Duration::from_secs(2),
+            run_signing_key: None,
+            run_verify_keys: Vec::new(),
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
