@@ -45,6 +45,49 @@ pub enum Published {
     Duplicate,
 }
 
+/// A plain NATS client for `url`, with the user and password (or token) the URL carries:
+/// a URL's credentials are never dialled as part of the address, nor logged.
+pub async fn connect_client(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    let (credentials, address) = split_credentials(url);
+    let options = match credentials {
+        Some(Credentials::UserPassword(user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(address)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: crate::error::redact_url(url),
+            source,
+        })
+}
+
+/// What a NATS URL's user part carries: `user:password@` or `token@`.
+enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The credentials in `url`, and the URL without them (what the client dials).
+fn split_credentials(url: &str) -> (Option<Credentials>, String) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (None, url.to_owned());
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return (None, url.to_owned());
+    };
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => Credentials::UserPassword(user.to_owned(), password.to_owned()),
+        None => Credentials::Token(userinfo.to_owned()),
+    };
+    (Some(credentials), format!("{scheme}://{host}"))
+}
+
 /// The last message on an execution's status subject.
 #[derive(Debug)]
 pub struct LastStatus {
@@ -77,18 +120,15 @@ impl Bus {
     /// server is an error at once, naming the URL; once connected, the client reconnects by
     /// itself.
     pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|source| BusError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
-        let bus = Self::from_client(client);
+        let bus = Self::attach(url, name).await?;
         bus.ensure_streams().await?;
         Ok(bus)
+    }
+
+    /// Connects without touching the streams: for a worker, whose NATS user may read and
+    /// settle run messages but not set streams up (the engine does).
+    pub async fn attach(url: &str, name: &str) -> Result<Self, BusError> {
+        Ok(Self::from_client(connect_client(url, name).await?))
     }
 
     /// Wraps an existing client without touching the streams.

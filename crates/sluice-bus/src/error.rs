@@ -9,7 +9,7 @@ pub type Source = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error(
-        "cannot connect to NATS at {url}: {source} (is nats-server running? `sluice up` starts one)"
+        "cannot connect to NATS at {url}: {source} (is nats-server running, and does it take these credentials? `sluice up` starts one)"
     )]
     Connect {
         url: String,
@@ -47,6 +47,18 @@ pub enum BusErrorKind {
     Read,
     /// A message could not be encoded or decoded.
     Codec,
+}
+
+/// `url` with any password in it replaced by `***`, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}")
 }
 
 impl BusError {

@@ -205,12 +205,23 @@ pub fn parse_params(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 
 /// Publishes a trigger payload as a plain core NATS message: exactly what `nats pub` does,
 /// so the engine sees no difference. The payload must be JSON.
+/// The NATS URL `sluice up` wrote for publishing triggers to its own server, or the default
+/// server's when there is none.
+pub fn publisher_url(data_dir: &Path) -> anyhow::Result<String> {
+    let file = data_dir.join(crate::nats::PUBLISHER_URL_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(url) => Ok(url.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok("nats://127.0.0.1:4222".to_owned())
+        }
+        Err(e) => Err(anyhow!("cannot read {}: {e}", file.display())),
+    }
+}
+
 pub async fn publish_trigger(nats_url: &str, trigger: &str, payload: &str) -> anyhow::Result<()> {
     serde_json::from_str::<Value>(payload)
         .with_context(|| format!("the payload is not JSON: {payload}"))?;
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let client = sluice_bus::connect_client(nats_url, "sluice-trigger").await?;
     client
         .publish(
             sluice_bus::trigger_subject(trigger),

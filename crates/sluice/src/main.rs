@@ -60,9 +60,13 @@ enum Command {
         /// The payload, JSON.
         #[arg(default_value = "{}")]
         payload: String,
-        /// The NATS server.
-        #[arg(long, env = "SLUICE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
+        /// The NATS server, with a user that may publish triggers [default: the URL
+        /// `sluice up` wrote to <data-dir>/nats-publisher.url, else nats://127.0.0.1:4222].
+        #[arg(long, env = "SLUICE_NATS_URL", hide_env_values = true)]
+        nats_url: Option<String>,
+        /// Where to find nats-publisher.url when no --nats-url is given.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+        data_dir: PathBuf,
     },
     /// Inspect executions.
     Execution {
@@ -284,7 +288,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             trigger,
             payload,
             nats_url,
+            data_dir,
         } => {
+            let nats_url = match nats_url {
+                Some(url) => url,
+                None => cli::publisher_url(&data_dir)?,
+            };
             cli::publish_trigger(&nats_url, &trigger, &payload).await?;
             writeln!(
                 out,

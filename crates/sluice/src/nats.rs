@@ -3,6 +3,15 @@
 //! The child is tied to this process with `PR_SET_PDEATHSIG`: if `sluice up` dies, even by
 //! `kill -9`, the kernel kills the server too, so a restart on the same data directory finds
 //! the port free and the JetStream store intact.
+//!
+//! It is not open: it takes three users, whose passwords are made on the first start and
+//! kept in `<data-dir>/nats-users` (mode 0600), and refuses anonymous connections.
+//!
+//! | user | may |
+//! |---|---|
+//! | `engine` | everything |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats and run dead letters, hear cancel requests. Not publish run messages, not read triggers |
+//! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,12 +21,123 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tracing::info;
 
+/// Where `sluice up` writes the URL that may publish triggers, for `sluice trigger`.
+pub const PUBLISHER_URL_FILE: &str = "nats-publisher.url";
+
 pub const INSTALL_HINT: &str = "nats-server is not installed; install it with `sudo apt-get install -y nats-server` \
      (or start Sluice with --nats-url to use a running server)";
 
 pub struct NatsChild {
     child: Child,
     log: PathBuf,
+    port: u16,
+    users: Users,
+}
+
+/// Who connects to the server `sluice up` starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    Engine,
+    Worker,
+    Publisher,
+}
+
+impl Role {
+    const ALL: [Role; 3] = [Role::Engine, Role::Worker, Role::Publisher];
+
+    fn user(self) -> &'static str {
+        match self {
+            Self::Engine => "engine",
+            Self::Worker => "worker",
+            Self::Publisher => "publisher",
+        }
+    }
+
+    /// The user's permissions, in nats-server's configuration syntax.
+    fn permissions(self) -> &'static str {
+        match self {
+            Self::Engine => r#"{ publish: ">", subscribe: ">" }"#,
+            Self::Worker => {
+                r#"{
+        publish: { allow: [
+          "sluice.status.>", "sluice.heartbeat.>", "sluice.deadletter.run",
+          "$JS.API.STREAM.INFO.RUN", "$JS.API.STREAM.INFO.STATUS", "$JS.API.STREAM.INFO.CONTROL",
+          "$JS.API.CONSUMER.INFO.RUN.workers", "$JS.API.CONSUMER.MSG.NEXT.RUN.workers",
+          "$JS.ACK.RUN.workers.>",
+          "$JS.API.STREAM.MSG.GET.STATUS", "$JS.API.STREAM.MSG.GET.CONTROL",
+          "$JS.API.DIRECT.GET.STATUS.>", "$JS.API.DIRECT.GET.CONTROL.>"
+        ] }
+        subscribe: { allow: ["_INBOX.>", "sluice.cancel.>"] }
+      }"#
+            }
+            Self::Publisher => {
+                r#"{ publish: { allow: ["sluice.trigger.>"] }, subscribe: { allow: ["_INBOX.>"] } }"#
+            }
+        }
+    }
+}
+
+/// The users' passwords, by role.
+#[derive(Clone)]
+struct Users(Vec<(&'static str, String)>);
+
+impl Users {
+    /// The passwords in `path`, made (and written, mode 0600) on the first start.
+    fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        let known: std::collections::HashMap<String, String> = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+        };
+        let mut users = Vec::new();
+        for role in Role::ALL {
+            let password = match known.get(role.user()) {
+                Some(password) => password.clone(),
+                None => {
+                    let mut bytes = [0u8; 24];
+                    getrandom::fill(&mut bytes)
+                        .map_err(|e| anyhow::anyhow!("no randomness for a password: {e}"))?;
+                    hex::encode(bytes)
+                }
+            };
+            users.push((role.user(), password));
+        }
+        let text: String = users.iter().map(|(u, p)| format!("{u}={p}\n")).collect();
+        write_private(path, &text)?;
+        Ok(Self(users))
+    }
+
+    fn password(&self, role: Role) -> &str {
+        self.0
+            .iter()
+            .find(|(user, _)| *user == role.user())
+            .map(|(_, p)| p.as_str())
+            .unwrap_or_default()
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// A JSON string: how a path is quoted in nats-server's configuration.
+fn quoted(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap_or_default()
 }
 
 #[allow(unsafe_code)]
@@ -50,12 +170,27 @@ impl NatsChild {
         let log = data_dir.join("nats-server.log");
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("failed to create {}", log.display()))?;
+        let users = Users::load_or_create(&data_dir.join("nats-users"))?;
+        let mut conf = format!(
+            "listen: \"127.0.0.1:{port}\"\npid_file: {}\njetstream {{ store_dir: {} }}\nauthorization {{\n  users = [\n",
+            quoted(&data_dir.join("nats-server.pid")),
+            quoted(&store)
+        );
+        for role in Role::ALL {
+            conf.push_str(&format!(
+                "    {{ user: {}, password: \"{}\", permissions: {} }}\n",
+                role.user(),
+                users.password(role),
+                role.permissions()
+            ));
+        }
+        conf.push_str("  ]\n}\n");
+        let conf_path = data_dir.join("nats-server.conf");
+        write_private(&conf_path, &conf)?;
         let mut command = Command::new("nats-server");
         command
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store)
-            .arg("-P")
-            .arg(data_dir.join("nats-server.pid"))
+            .arg("-c")
+            .arg(&conf_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -65,8 +200,17 @@ impl NatsChild {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(INSTALL_HINT),
             Err(e) => return Err(e).context("failed to start nats-server"),
         };
-        let mut server = Self { child, log };
+        let mut server = Self {
+            child,
+            log,
+            port,
+            users,
+        };
         server.wait_ready(port)?;
+        write_private(
+            &data_dir.join(PUBLISHER_URL_FILE),
+            &format!("{}\n", server.url(Role::Publisher)),
+        )?;
         info!(port, pid = server.child.id(), store = %store.display(), "nats-server started");
         Ok(server)
     }
@@ -93,6 +237,16 @@ impl NatsChild {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The URL `role` connects with, its user and password in it.
+    pub fn url(&self, role: Role) -> String {
+        format!(
+            "nats://{}:{}@127.0.0.1:{}",
+            role.user(),
+            self.users.password(role),
+            self.port
+        )
     }
 
     pub fn pid(&self) -> u32 {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use sluice_bus::{Bus, RunSigner, RunVerifier};
+use sluice_bus::{Bus, RunSigner, RunVerifier, redact_url};
 use sluice_engine::{Engine, EngineConfig};
 use sluice_pack::Catalog;
 use sluice_store::Store;
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::config::Config;
-use crate::nats::NatsChild;
+use crate::nats::{NatsChild, Role};
 
 fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
     let catalog = sluice_pack::load_packs(&config.packs).map_err(|e| anyhow!("{e}"))?;
@@ -37,11 +37,11 @@ fn actions_dirs(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
-async fn connect(config: &Config, name: &str) -> anyhow::Result<Bus> {
-    let url = config.nats_url();
-    Bus::connect(&url, name)
+/// The engine's connection: it sets the streams up.
+async fn connect(url: &str, name: &str) -> anyhow::Result<Bus> {
+    Bus::connect(url, name)
         .await
-        .with_context(|| format!("failed to set up NATS at {url}"))
+        .with_context(|| format!("failed to set up NATS at {}", redact_url(url)))
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -57,8 +57,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 async fn start_engine(
     config: &Config,
     catalog: Arc<Catalog>,
+    nats_url: &str,
 ) -> anyhow::Result<(Arc<Engine>, TcpListener)> {
-    let bus = connect(config, "sluice-engine").await?;
+    let bus = connect(nats_url, "sluice-engine").await?;
     let store = open_store(config).await?;
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
     let listener = TcpListener::bind(config.http)
@@ -86,8 +87,14 @@ async fn start_engine(
     Ok((Arc::new(engine), listener))
 }
 
-async fn start_worker(config: &Config, catalog: &Catalog) -> anyhow::Result<Worker> {
-    let bus = connect(config, "sluice-worker").await?;
+async fn start_worker(
+    config: &Config,
+    catalog: &Catalog,
+    nats_url: &str,
+) -> anyhow::Result<Worker> {
+    let bus = Bus::attach(nats_url, "sluice-worker")
+        .await
+        .with_context(|| format!("failed to connect to NATS at {}", redact_url(nats_url)))?;
     let keys = config.run_verify_keys();
     let run_verifier = RunVerifier::load(&keys).with_context(|| {
         format!(
@@ -165,8 +172,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(_) => None,
         None => Some(NatsChild::start(&config.data_dir, config.nats_port)?),
     };
-    let (engine, listener) = start_engine(&config, catalog.clone()).await?;
-    let worker = start_worker(&config, &catalog).await?;
+    // Its own server takes a user per part; a given server, whatever its URL carries.
+    let (engine_url, worker_url) = match &nats {
+        Some(nats) => (nats.url(Role::Engine), nats.url(Role::Worker)),
+        None => (config.nats_url(), config.nats_url()),
+    };
+    let (engine, listener) = start_engine(&config, catalog.clone(), &engine_url).await?;
+    let worker = start_worker(&config, &catalog, &worker_url).await?;
     let api = Api::serve(listener, engine.clone());
     let metrics = serve_open_metrics(&config, &engine).await?;
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
@@ -192,7 +204,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = load_catalog(&config)?;
-    let (engine, listener) = start_engine(&config, catalog).await?;
+    let (engine, listener) = start_engine(&config, catalog, &config.nats_url()).await?;
     let api = Api::serve(listener, engine.clone());
     let metrics = serve_open_metrics(&config, &engine).await?;
     shutdown.await;
@@ -219,7 +231,7 @@ pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> a
         }
         None => None,
     };
-    let worker = start_worker(&config, &catalog).await?;
+    let worker = start_worker(&config, &catalog, &config.nats_url()).await?;
     shutdown.await;
     worker.shutdown(config.drain_timeout).await;
     if let Some(api) = api {

@@ -66,6 +66,15 @@ fn sluice(args: &[&str], up: &Up) -> Output {
         .unwrap()
 }
 
+/// A user's password on the nats-server `sluice up` started.
+fn nats_password(data_dir: &Path, user: &str) -> String {
+    std::fs::read_to_string(data_dir.join("nats-users"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{user}=")).map(str::to_owned))
+        .unwrap()
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -115,12 +124,14 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         text(&unknown)
     );
 
-    // Publish like `nats pub`: raw NATS protocol over TCP, no client library.
+    // Publish like `nats pub`: raw NATS protocol over TCP, no client library, as the
+    // publisher user `sluice up` made.
     {
         use std::io::{Read, Write};
         let mut socket = std::net::TcpStream::connect(("127.0.0.1", nats_port)).unwrap();
         let payload = r#"{"host":"db1","severity":"critical"}"#;
-        write!(socket, "CONNECT {{\"verbose\":false}}\r\nPUB sluice.trigger.examples.alert {}\r\n{payload}\r\nPING\r\n", payload.len()).unwrap();
+        let password = nats_password(data.path(), "publisher");
+        write!(socket, "CONNECT {{\"verbose\":false,\"user\":\"publisher\",\"pass\":\"{password}\"}}\r\nPUB sluice.trigger.examples.alert {}\r\n{payload}\r\nPING\r\n", payload.len()).unwrap();
         let mut buf = [0u8; 512];
         let mut seen = String::new();
         while !seen.contains("PONG") {
@@ -257,5 +268,107 @@ fn an_unreachable_nats_server_is_named() {
         text(&out).contains(&format!("cannot connect to NATS at {url}")),
         "{}",
         text(&out)
+    );
+}
+
+/// The nats-server `sluice up` starts refuses anonymous clients; a worker's user takes and
+/// settles run messages but cannot publish one or read triggers; the publisher's user
+/// publishes triggers and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
+    use futures::StreamExt as _;
+    let data = tempfile::tempdir().unwrap();
+    let (nats_port, http_port) = (free_port(), free_port());
+    let _up = up(data.path(), nats_port, http_port);
+    let url = |user: &str| {
+        format!(
+            "nats://{user}:{}@127.0.0.1:{nats_port}",
+            nats_password(data.path(), user)
+        )
+    };
+    let mode = std::fs::metadata(data.path().join("nats-users"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let anonymous = async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await;
+    assert!(anonymous.is_err(), "an anonymous client was let in");
+    let wrong = sluice_bus::connect_client(
+        &format!("nats://worker:guess@127.0.0.1:{nats_port}"),
+        "test",
+    )
+    .await;
+    assert!(wrong.is_err(), "a wrong password was let in");
+
+    let jetstream = |client: async_nats::Client| {
+        async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client)
+    };
+    let engine = jetstream(
+        sluice_bus::connect_client(&url("engine"), "test")
+            .await
+            .unwrap(),
+    );
+    let run_messages = || async {
+        engine
+            .get_stream("RUN")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    };
+    let before = run_messages().await;
+
+    let worker_client = sluice_bus::connect_client(&url("worker"), "test")
+        .await
+        .unwrap();
+    let worker = jetstream(worker_client.clone());
+    let forged = worker
+        .publish("sluice.run.default", "run me".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(forged.is_err(), "a worker published a run message");
+    assert!(
+        worker.get_stream("TRIGGERS").await.is_err(),
+        "a worker read the TRIGGERS stream"
+    );
+    let mut snoop = worker_client.subscribe("sluice.trigger.>").await.unwrap();
+    assert!(
+        worker.get_stream("RUN").await.is_ok(),
+        "a worker reads its own stream"
+    );
+
+    let publisher_client = sluice_bus::connect_client(&url("publisher"), "test")
+        .await
+        .unwrap();
+    let publisher = jetstream(publisher_client.clone());
+    let forged = publisher
+        .publish("sluice.run.default", "run me".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(forged.is_err(), "the publisher published a run message");
+    publisher_client
+        .publish(
+            "sluice.trigger.examples.alert",
+            r#"{"host":"x","severity":"info"}"#.into(),
+        )
+        .await
+        .unwrap();
+    publisher_client.flush().await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_millis(500), snoop.next()).await;
+    assert!(!matches!(heard, Ok(Some(_))), "a worker heard a trigger");
+    assert_eq!(
+        run_messages().await,
+        before,
+        "a forged run message was stored"
     );
 }
