@@ -583,7 +583,7 @@ mod tests {
 
     use super::*;
     use crate::handles::Directory;
-    use crate::testing::Fake;
+    use crate::testing::{Fake, until};
 
     struct Harness {
         fake: Arc<Fake>,
@@ -677,17 +677,6 @@ mod tests {
             }
             panic!("never happened: {what}: {:?}", self.stats().await);
         }
-    }
-
-    /// Lets the actors run until `check` holds (time is paused: sleeping costs nothing).
-    async fn until(what: &str, check: impl Fn() -> bool) {
-        for _ in 0..2000 {
-            if check() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        panic!("never happened: {what}");
     }
 
     fn limit(n: usize) -> Policy {

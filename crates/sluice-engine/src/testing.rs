@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 use sluice_bus::BusError;
@@ -206,4 +207,16 @@ impl Backend for Fake {
             Ok(())
         })
     }
+}
+
+/// Lets the actors run until `check` holds, under tokio's paused clock (sleeping costs
+/// nothing); panics naming `what` when it never does.
+pub(crate) async fn until(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::ActorContext;
 use crate::handles::{CancelOutcome, Directory, Pending, SupervisorHandle};
 use crate::supervisor::{ActionSupervisor, SupervisorArgs};
-use crate::testing::Fake;
+use crate::testing::{Fake, until};
 
 fn write(root: &Path, rel: &str, text: &str) {
     let path = root.join(rel);
@@ -93,17 +93,6 @@ impl World {
             Default::default(),
         ));
     }
-}
-
-/// Lets the actors run until `check` holds (time is paused: sleeping costs nothing).
-async fn until(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..2000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 /// The fake's first child ids, in creation order.
