@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -19,7 +19,7 @@ use sluice_core::Scope;
 use sluice_store::{NewToken, Store, StoreError, Token};
 use tracing::{info, warn};
 
-use crate::{ApiError, AppState};
+use crate::error::{ApiError, AppState};
 
 /// What a token starts with, so one is recognisable in a file or a leaked log.
 const PREFIX: &str = "slc_";
@@ -226,16 +226,20 @@ async fn authenticate(
     Ok(token)
 }
 
-/// The `WWW-Authenticate` challenge sent with a 401.
-pub(crate) fn challenge() -> (header::HeaderName, HeaderValue) {
-    (
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"sluice\""),
-    )
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::TooLong => Self::Unprocessable(e.to_string()),
+            IssueError::Store(e) => e.into(),
+            IssueError::Random(_) => Self::Internal(e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]

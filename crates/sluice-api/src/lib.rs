@@ -1,27 +1,24 @@
 //! Sluice's HTTP API (JSON): executions, actions, events, dead letters, the live actor tree
 //! and API tokens; and the process's metrics at `/metrics`.
 //!
-//! [`app`] builds the router over a running [`Engine`]. Every route but `/healthz` is behind
+//! [`app`] builds the router over a running [`sluice_engine::Engine`]. Every route but `/healthz` is behind
 //! [`auth::authorize`]; [`ApiError::into_response`] is the one place errors become status
 //! codes, and internal details never reach a client.
 
 pub mod auth;
-
-use std::sync::Arc;
+mod error;
 
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionId, ExecutionStatus};
-use sluice_engine::{CancelError, Engine, SubmitError};
-use sluice_store::{ExecutionFilter, StoreError};
-use tracing::error;
+use sluice_store::ExecutionFilter;
 
-pub type AppState = Arc<Engine>;
+pub use error::{ApiError, AppState};
 
 pub fn app(engine: AppState) -> Router {
     Router::new()
@@ -181,83 +178,6 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
         ],
     );
     prometheus_text(sluice_telemetry::metrics().render_with(&gauges))
-}
-
-/// Everything a handler can fail with.
-#[derive(Debug)]
-pub enum ApiError {
-    /// No credential, or one that is unknown, revoked or expired.
-    Unauthorized(String),
-    /// A valid token whose scope does not allow the request.
-    Forbidden(String),
-    NotFound(String),
-    Conflict(String),
-    BadRequest(String),
-    Unprocessable(String),
-    Internal(String),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
-    }
-}
-
-impl From<SubmitError> for ApiError {
-    fn from(e: SubmitError) -> Self {
-        match e {
-            SubmitError::UnknownAction { .. } => Self::NotFound(e.to_string()),
-            SubmitError::Disabled(_) | SubmitError::InvalidParameters(_) => {
-                Self::Unprocessable(e.to_string())
-            }
-            SubmitError::Store(e) => e.into(),
-        }
-    }
-}
-
-impl From<CancelError> for ApiError {
-    fn from(e: CancelError) -> Self {
-        match e {
-            CancelError::NotFound(_) => Self::NotFound(e.to_string()),
-            CancelError::Finished(..) => Self::Conflict(e.to_string()),
-            CancelError::Store(e) => e.into(),
-            CancelError::Bus(e) => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            Self::Unauthorized(m) => {
-                let body = Json(json!({ "error": m }));
-                return (StatusCode::UNAUTHORIZED, [auth::challenge()], body).into_response();
-            }
-            Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            Self::Conflict(m) => (StatusCode::CONFLICT, m),
-            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
-            Self::Internal(detail) => {
-                error!(error = detail, "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error; see the engine's log".to_owned(),
-                )
-            }
-        };
-        (status, Json(json!({ "error": message }))).into_response()
-    }
-}
-
-impl From<auth::IssueError> for ApiError {
-    fn from(e: auth::IssueError) -> Self {
-        match e {
-            auth::IssueError::TooLong => Self::Unprocessable(e.to_string()),
-            auth::IssueError::Store(e) => e.into(),
-            auth::IssueError::Random(_) => Self::Internal(e.to_string()),
-        }
-    }
 }
 
 #[derive(Deserialize)]

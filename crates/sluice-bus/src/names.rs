@@ -19,7 +19,7 @@ pub const WORKERS_CONSUMER: &str = "workers";
 
 /// JetStream's deduplication id header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-/// The engine's signature of a run message ([`crate::signing`]).
+/// The engine's signature of a run message (see the `signing` module).
 pub const SIGNATURE_HEADER: &str = "Sluice-Signature";
 /// How a payload is encoded (`application/msgpack` for Sluice's own messages).
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";

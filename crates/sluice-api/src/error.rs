@@ -1,0 +1,85 @@
+//! What the API's handlers share: the state they run on, and the one mapping from
+//! failures to status codes and JSON bodies, so internal details never reach a client.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sluice_engine::{CancelError, Engine, SubmitError};
+use sluice_store::StoreError;
+use tracing::error;
+
+pub type AppState = Arc<Engine>;
+
+/// Everything a handler can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    /// No credential, or one that is unknown, revoked or expired.
+    Unauthorized(String),
+    /// A valid token whose scope does not allow the request.
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    BadRequest(String),
+    Unprocessable(String),
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::UnknownAction { .. } => Self::NotFound(e.to_string()),
+            SubmitError::Disabled(_) | SubmitError::InvalidParameters(_) => {
+                Self::Unprocessable(e.to_string())
+            }
+            SubmitError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound(_) => Self::NotFound(e.to_string()),
+            CancelError::Finished(..) => Self::Conflict(e.to_string()),
+            CancelError::Store(e) => e.into(),
+            CancelError::Bus(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::Unauthorized(m) => {
+                let body = Json(json!({ "error": m }));
+                let challenge = (
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"sluice\""),
+                );
+                return (StatusCode::UNAUTHORIZED, [challenge], body).into_response();
+            }
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Self::Conflict(m) => (StatusCode::CONFLICT, m),
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            Self::Internal(detail) => {
+                error!(error = detail, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the engine's log".to_owned(),
+                )
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
