@@ -84,11 +84,13 @@ impl fmt::Display for ParamErrors {
 
 impl std::error::Error for ParamErrors {}
 
-fn kind_of(value: &Value) -> String {
+/// What `value` is, for an error message; a secret's text is never quoted.
+fn kind_of(value: &Value, secret: bool) -> String {
     match value {
         Value::Null => "null".into(),
         Value::Bool(_) => "a boolean".into(),
         Value::Number(_) => "a number".into(),
+        Value::String(_) if secret => "a string (not shown: the parameter is secret)".into(),
         Value::String(s) => format!("the string {s:?}"),
         Value::Array(_) => "an array".into(),
         Value::Object(_) => "an object".into(),
@@ -165,7 +167,7 @@ pub fn resolve(
                 None => continue,
             },
         };
-        let found = kind_of(&value);
+        let found = kind_of(&value, spec.secret);
         let Some(value) = coerce(spec.kind, value) else {
             errors.push(ParamError::WrongType {
                 name: name.clone(),
@@ -250,6 +252,10 @@ mod tests {
                 "token".to_owned(),
                 spec(json!({"type": "string", "secret": true})),
             ),
+            (
+                "pin".to_owned(),
+                spec(json!({"type": "integer", "secret": true})),
+            ),
         ]);
         Action {
             action_ref: "t.a".parse().unwrap(),
@@ -314,5 +320,21 @@ mod tests {
         let shown = redact(&action(), &params);
         assert_eq!(shown["token"], json!(REDACTED));
         assert_eq!(shown["host"], json!("db1"));
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_named_never_shown() {
+        let err = resolve(
+            &action(),
+            map(json!({"host": "db1", "pin": "hunter2-is-no-number"})),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("parameter \"pin\" must be integer, found a string (not shown"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!format!("{err:?}").contains("hunter2"));
     }
 }
