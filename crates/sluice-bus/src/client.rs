@@ -1,6 +1,7 @@
 //! [`Bus`]: a NATS connection and its JetStream context, with typed publishing of Sluice's
 //! messages and reads of the last message on a subject.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,17 +46,46 @@ pub enum Published {
     Duplicate,
 }
 
-/// A plain NATS client for `url`, with the user and password (or token) the URL carries:
-/// a URL's credentials are never dialled as part of the address, nor logged.
-pub async fn connect_client(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+/// How a process proves itself to NATS beyond what its URL carries.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// A file holding a user nkey seed (`SU…`).
+    pub nkey: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the server's certificate; requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate and key (PEM), for a server that verifies clients.
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// A plain NATS client for `url`, with the user and password (or token) the URL carries
+/// and `extra`'s nkey and TLS: a URL's credentials are never dialled as part of the
+/// address, nor logged.
+pub async fn connect_client(
+    url: &str,
+    name: &str,
+    extra: &NatsOptions,
+) -> Result<async_nats::Client, BusError> {
     let (credentials, address) = split_credentials(url);
-    let options = match credentials {
+    let mut options = match credentials {
         Some(Credentials::UserPassword(user, password)) => {
             async_nats::ConnectOptions::with_user_and_password(user, password)
         }
         Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token),
         None => async_nats::ConnectOptions::new(),
     };
+    if let Some(path) = &extra.nkey {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| BusError::setup(format!("the nkey seed in {}", path.display()), e))?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(ca) = &extra.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &extra.tls_cert {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
     options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
@@ -120,15 +150,24 @@ impl Bus {
     /// server is an error at once, naming the URL; once connected, the client reconnects by
     /// itself.
     pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
-        let bus = Self::attach(url, name).await?;
+        Self::connect_with(url, name, &NatsOptions::default()).await
+    }
+
+    /// [`Bus::connect`] with an nkey or TLS.
+    pub async fn connect_with(
+        url: &str,
+        name: &str,
+        options: &NatsOptions,
+    ) -> Result<Self, BusError> {
+        let bus = Self::attach(url, name, options).await?;
         bus.ensure_streams().await?;
         Ok(bus)
     }
 
     /// Connects without touching the streams: for a worker, whose NATS user may read and
     /// settle run messages but not set streams up (the engine does).
-    pub async fn attach(url: &str, name: &str) -> Result<Self, BusError> {
-        Ok(Self::from_client(connect_client(url, name).await?))
+    pub async fn attach(url: &str, name: &str, options: &NatsOptions) -> Result<Self, BusError> {
+        Ok(Self::from_client(connect_client(url, name, options).await?))
     }
 
     /// Wraps an existing client without touching the streams.

@@ -24,7 +24,7 @@ mod streams;
 mod subjects;
 mod trigger;
 
-pub use client::{Bus, LastStatus, Published, connect_client, continue_trace, header};
+pub use client::{Bus, LastStatus, NatsOptions, Published, connect_client, continue_trace, header};
 pub use consume::{consume_batches, consume_within};
 pub use error::{BusError, BusErrorKind, redact_url};
 pub use settle::Settle;

@@ -21,6 +21,8 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store_dir: tempfile::TempDir,
+    /// Configuration text added to the server's (authorization, TLS, ...).
+    config: Option<String>,
 }
 
 impl NatsServer {
@@ -34,6 +36,7 @@ impl NatsServer {
             child: None,
             port: free_port(),
             store_dir,
+            config: None,
         };
         server
             .spawn()
@@ -41,17 +44,53 @@ impl NatsServer {
         server
     }
 
+    /// Starts a server whose configuration file also holds `config` (nats-server's syntax:
+    /// `authorization { ... }`, `tls { ... }`).
+    pub fn start_with_config(config: &str) -> Self {
+        let store_dir = tempfile::Builder::new()
+            .prefix("sluice-nats-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store_dir,
+            config: Some(config.to_owned()),
+        };
+        server.spawn().expect("failed to start nats-server");
+        server
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store_dir.path())
+        let mut command = Command::new("nats-server");
+        match &self.config {
+            None => {
+                command
+                    .args([
+                        "-js",
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-sd",
+                    ])
+                    .arg(self.store_dir.path());
+            }
+            Some(extra) => {
+                let file = self.store_dir.path().join("server.conf");
+                let store =
+                    serde_json::to_string(&self.store_dir.path().join("js").display().to_string())?;
+                std::fs::write(
+                    &file,
+                    format!(
+                        "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: {store} }}\n{extra}\n",
+                        self.port
+                    ),
+                )?;
+                command.arg("-c").arg(file);
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -221,7 +221,8 @@ pub fn publisher_url(data_dir: &Path) -> anyhow::Result<String> {
 pub async fn publish_trigger(nats_url: &str, trigger: &str, payload: &str) -> anyhow::Result<()> {
     serde_json::from_str::<Value>(payload)
         .with_context(|| format!("the payload is not JSON: {payload}"))?;
-    let client = sluice_bus::connect_client(nats_url, "sluice-trigger").await?;
+    let client =
+        sluice_bus::connect_client(nats_url, "sluice-trigger", &Default::default()).await?;
     client
         .publish(
             sluice_bus::trigger_subject(trigger),

@@ -49,6 +49,8 @@ pub struct Config {
     /// The engine's run signing key; `<data-dir>/run-signing.key` (made on first start) when
     /// `None`.
     pub run_signing_key: Option<PathBuf>,
+    /// An nkey and TLS for NATS, beyond what the URL carries.
+    pub nats_options: sluice_bus::NatsOptions,
     /// Public keys a worker accepts run messages from; when empty, the public half of
     /// [`Config::run_signing_key`] (`<data-dir>/run-signing.pub` by default).
     pub run_verify_keys: Vec<PathBuf>,

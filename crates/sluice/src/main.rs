@@ -209,6 +209,18 @@ struct ServerArgs {
     /// Seconds a worker may be silent before its executions are declared lost.
     #[arg(long, env = "SLUICE_WORKER_LOSS_WINDOW", default_value_t = 10.0)]
     worker_loss_window: f64,
+    /// A file holding the NATS user nkey seed (SU...) to connect with.
+    #[arg(long, env = "SLUICE_NATS_NKEY")]
+    nats_nkey: Option<PathBuf>,
+    /// CA certificates (PEM) to verify the NATS server's TLS certificate with; TLS required.
+    #[arg(long, env = "SLUICE_NATS_TLS_CA")]
+    nats_tls_ca: Option<PathBuf>,
+    /// This process's TLS client certificate (PEM), for a server that verifies clients.
+    #[arg(long, env = "SLUICE_NATS_TLS_CERT", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --nats-tls-cert.
+    #[arg(long, env = "SLUICE_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
     /// The engine's key for signing run messages [default: <data-dir>/run-signing.key,
     /// made with its public half run-signing.pub on first start].
     #[arg(long, env = "SLUICE_RUN_SIGNING_KEY")]
@@ -240,6 +252,11 @@ impl ServerArgs {
             heartbeat_interval: Duration::from_secs_f64(self.heartbeat_interval.max(0.05)),
             worker_loss_window: Duration::from_secs_f64(self.worker_loss_window.max(0.1)),
             run_signing_key: self.run_signing_key,
+            nats_options: sluice_bus::NatsOptions {
+                nkey: self.nats_nkey,
+                tls_ca: self.nats_tls_ca,
+                tls_cert: self.nats_tls_cert.zip(self.nats_tls_key),
+            },
             run_verify_keys: self.run_verify_key,
         }
     }

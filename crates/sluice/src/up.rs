@@ -38,8 +38,8 @@ fn actions_dirs(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
 }
 
 /// The engine's connection: it sets the streams up.
-async fn connect(url: &str, name: &str) -> anyhow::Result<Bus> {
-    Bus::connect(url, name)
+async fn connect(config: &Config, url: &str, name: &str) -> anyhow::Result<Bus> {
+    Bus::connect_with(url, name, &config.nats_options)
         .await
         .with_context(|| format!("failed to set up NATS at {}", redact_url(url)))
 }
@@ -59,7 +59,7 @@ async fn start_engine(
     catalog: Arc<Catalog>,
     nats_url: &str,
 ) -> anyhow::Result<(Arc<Engine>, TcpListener)> {
-    let bus = connect(nats_url, "sluice-engine").await?;
+    let bus = connect(config, nats_url, "sluice-engine").await?;
     let store = open_store(config).await?;
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
     let listener = TcpListener::bind(config.http)
@@ -92,7 +92,7 @@ async fn start_worker(
     catalog: &Catalog,
     nats_url: &str,
 ) -> anyhow::Result<Worker> {
-    let bus = Bus::attach(nats_url, "sluice-worker")
+    let bus = Bus::attach(nats_url, "sluice-worker", &config.nats_options)
         .await
         .with_context(|| format!("failed to connect to NATS at {}", redact_url(nats_url)))?;
     let keys = config.run_verify_keys();

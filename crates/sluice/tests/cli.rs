@@ -299,6 +299,7 @@ async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
     let wrong = sluice_bus::connect_client(
         &format!("nats://worker:guess@127.0.0.1:{nats_port}"),
         "test",
+        &Default::default(),
     )
     .await;
     assert!(wrong.is_err(), "a wrong password was let in");
@@ -309,7 +310,7 @@ async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
             .build(client)
     };
     let engine = jetstream(
-        sluice_bus::connect_client(&url("engine"), "test")
+        sluice_bus::connect_client(&url("engine"), "test", &Default::default())
             .await
             .unwrap(),
     );
@@ -326,7 +327,7 @@ async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
     };
     let before = run_messages().await;
 
-    let worker_client = sluice_bus::connect_client(&url("worker"), "test")
+    let worker_client = sluice_bus::connect_client(&url("worker"), "test", &Default::default())
         .await
         .unwrap();
     let worker = jetstream(worker_client.clone());
@@ -346,9 +347,10 @@ async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
         "a worker reads its own stream"
     );
 
-    let publisher_client = sluice_bus::connect_client(&url("publisher"), "test")
-        .await
-        .unwrap();
+    let publisher_client =
+        sluice_bus::connect_client(&url("publisher"), "test", &Default::default())
+            .await
+            .unwrap();
     let publisher = jetstream(publisher_client.clone());
     let forged = publisher
         .publish("sluice.run.default", "run me".into())

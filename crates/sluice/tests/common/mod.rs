@@ -63,6 +63,7 @@ impl Sluice {
             heartbeat_interval: Duration::from_millis(200),
             worker_loss_window: Duration::from_secs(2),
             run_signing_key: None,
+            nats_options: Default::default(),
             run_verify_keys: Vec::new(),
         };
         let mut sluice = Self {
