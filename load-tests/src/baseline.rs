@@ -48,7 +48,8 @@ async fn stream_with_consumer(
 }
 
 pub async fn measure(nats_url: &str, roundtrips: u64, messages: u64) -> anyhow::Result<Baseline> {
-    let client = async_nats::connect(nats_url).await?;
+    let client =
+        sluice_bus::connect_client(nats_url, "sluice-load-baseline", &Default::default()).await?;
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(10_000)
         .backpressure_on_inflight(true)

@@ -57,7 +57,10 @@ async fn publish(
     count: u64,
     rate: Option<u64>,
 ) -> anyhow::Result<Vec<DateTime<Utc>>> {
-    let js = async_nats::jetstream::new(async_nats::connect(&deployment.nats_url).await?);
+    let client =
+        sluice_bus::connect_client(&deployment.nats_url, "sluice-load", &Default::default())
+            .await?;
+    let js = async_nats::jetstream::new(client);
     let subject = format!("sluice.trigger.load.{action}");
     let mut published = Vec::with_capacity(count as usize);
     let mut ticks = rate.map(|rate| {
