@@ -15,6 +15,7 @@ use sluice_telemetry::metrics;
 
 use crate::error::{BusError, Source};
 use crate::signing::RunSigner;
+use crate::url::{Credentials, split_credentials};
 
 /// The publish kind of run messages: the one kind that is signed.
 const RUN_KIND: &str = "run";
@@ -92,30 +93,9 @@ pub async fn connect_client(
         .connect(address)
         .await
         .map_err(|source| BusError::Connect {
-            url: crate::error::redact_url(url),
+            url: crate::url::redact_url(url),
             source,
         })
-}
-
-/// What a NATS URL's user part carries: `user:password@` or `token@`.
-enum Credentials {
-    UserPassword(String, String),
-    Token(String),
-}
-
-/// The credentials in `url`, and the URL without them (what the client dials).
-fn split_credentials(url: &str) -> (Option<Credentials>, String) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (None, url.to_owned());
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return (None, url.to_owned());
-    };
-    let credentials = match userinfo.split_once(':') {
-        Some((user, password)) => Credentials::UserPassword(user.to_owned(), password.to_owned()),
-        None => Credentials::Token(userinfo.to_owned()),
-    };
-    (Some(credentials), format!("{scheme}://{host}"))
 }
 
 /// The last message on an execution's status subject.

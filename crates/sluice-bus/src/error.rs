@@ -49,18 +49,6 @@ pub enum BusErrorKind {
     Codec,
 }
 
-/// `url` with any password in it replaced by `***`, fit for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = userinfo.split(':').next().unwrap_or_default();
-    format!("{scheme}://{user}:***@{host}")
-}
-
 impl BusError {
     pub fn kind(&self) -> BusErrorKind {
         match self {

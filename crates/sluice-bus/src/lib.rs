@@ -23,10 +23,11 @@ pub mod signing;
 mod streams;
 mod subjects;
 mod trigger;
+mod url;
 
 pub use client::{Bus, LastStatus, NatsOptions, Published, connect_client, continue_trace, header};
 pub use consume::{consume_batches, consume_within};
-pub use error::{BusError, BusErrorKind, redact_url};
+pub use error::{BusError, BusErrorKind};
 pub use settle::Settle;
 pub use signing::{RunSigner, RunVerifier};
 pub use streams::{ConsumerDef, StreamDef, definitions};
@@ -35,3 +36,4 @@ pub use subjects::{
     heartbeat_subject, run_subject, status_subject, trigger_subject,
 };
 pub use trigger::{TriggerMessage, decode_trigger};
+pub use url::redact_url;

@@ -28,25 +28,16 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory.
     pub fn start() -> Self {
-        let store_dir = tempfile::Builder::new()
-            .prefix("sluice-nats-")
-            .tempdir()
-            .expect("temp dir");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            store_dir,
-            config: None,
-        };
-        server
-            .spawn()
-            .expect("failed to start nats-server (install it: apt-get install -y nats-server)");
-        server
+        Self::launch(None)
     }
 
     /// Starts a server whose configuration file also holds `config` (nats-server's syntax:
     /// `authorization { ... }`, `tls { ... }`).
     pub fn start_with_config(config: &str) -> Self {
+        Self::launch(Some(config.to_owned()))
+    }
+
+    fn launch(config: Option<String>) -> Self {
         let store_dir = tempfile::Builder::new()
             .prefix("sluice-nats-")
             .tempdir()
@@ -55,9 +46,11 @@ impl NatsServer {
             child: None,
             port: free_port(),
             store_dir,
-            config: Some(config.to_owned()),
+            config,
         };
-        server.spawn().expect("failed to start nats-server");
+        server
+            .spawn()
+            .expect("failed to start nats-server (install it: apt-get install -y nats-server)");
         server
     }
 
