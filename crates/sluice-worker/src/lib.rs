@@ -359,13 +359,51 @@ impl RunActor {
                 cancel_checked = true;
             }
             let running = Self::report(state, ExecutionStatus::Running, serde_json::Value::Null);
-            if bus.claim(&running, expected).await? {
-                return Ok(Claim::Claimed);
+            match bus.claim(&running, expected).await {
+                Ok(true) => return Ok(Claim::Claimed),
+                Ok(false) => {}
+                Err(e) if e.is_transient() => {
+                    warn!(execution_id = %id, error = %e, "claim not confirmed; reading it back");
+                    if Self::claim_was_stored(state).await {
+                        return Ok(Claim::Claimed);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(sluice_bus::BusError::NotLast {
             subject: sluice_bus::status_subject(id),
         })
+    }
+
+    /// After a claim whose publish failed in a way that leaves its fate unknown (a lost
+    /// acknowledgement), reads the status subject until it can say whether the claim was
+    /// stored, holding on to the run message meanwhile. Only this actor can tell its own
+    /// claim from one left by an earlier, lost run of this worker, or by another worker:
+    /// handing the message back undecided would have its redelivery take the claim for
+    /// one of those and leave the execution unrun.
+    async fn claim_was_stored(state: &RunState) -> bool {
+        let (id, attempt) = (state.run.execution_id, state.run.attempt);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let _ = state.message.ack_with(AckKind::Progress).await;
+            match state.shared.bus.last_status(id).await {
+                Ok(last) => {
+                    return matches!(
+                        last.map(|l| l.report),
+                        Some(Ok(report)) if report.attempt == attempt
+                            && report.worker == state.shared.name
+                            && report.status == ExecutionStatus::Running
+                    );
+                }
+                Err(e) if !e.is_transient() => return false,
+                Err(e) => {
+                    debug!(execution_id = %id, error = %e, "claim still unconfirmed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     async fn finish(
