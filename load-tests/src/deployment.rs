@@ -230,6 +230,9 @@ impl Local {
                 store: store.clone(),
                 bus: Bus::connect(&nats.url(), "load-engine").await?,
                 run_signer,
+                keyring: Arc::new(sluice_core::secrets::Keyring::load_or_create(
+                    &dir.path().join("secrets.key"),
+                )?),
                 ingest_triggers: true,
                 worker_loss_window: Duration::from_secs(10),
             })
@@ -254,6 +257,8 @@ impl Local {
                     .args(["worker-process", "--nats-url", &nats.url()])
                     .arg("--run-verify-key")
                     .arg(key.with_extension("pub"))
+                    .arg("--secrets-key")
+                    .arg(dir.path().join("secrets.key"))
                     .args(["--name", &format!("worker/load-{i}")])
                     .args(["--capacity", &target.capacity.unwrap_or(64).to_string()])
                     .stdin(Stdio::piped())
@@ -312,6 +317,7 @@ pub async fn worker_process(
     name: &str,
     capacity: usize,
     run_verify_key: &Path,
+    secrets_key: &Path,
 ) -> anyhow::Result<()> {
     let catalog = sluice_pack::load_packs(&pack_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let worker = Worker::start(WorkerConfig {
@@ -325,6 +331,7 @@ pub async fn worker_process(
         capacity,
         heartbeat_interval: Duration::from_secs(1),
         run_verifier: sluice_bus::RunVerifier::load(&[run_verify_key])?,
+        keyring: std::sync::Arc::new(sluice_core::secrets::Keyring::load(secrets_key)?),
     })
     .await?;
     let mut stdin = tokio::io::stdin();

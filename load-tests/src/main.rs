@@ -106,6 +106,9 @@ enum Scenario {
         /// The engine's public run signing key.
         #[arg(long)]
         run_verify_key: std::path::PathBuf,
+        /// The engine's secrets key file.
+        #[arg(long)]
+        secrets_key: std::path::PathBuf,
     },
 }
 
@@ -144,7 +147,11 @@ async fn main() -> anyhow::Result<()> {
             name,
             capacity,
             run_verify_key,
-        } => deployment::worker_process(&nats_url, &name, capacity, &run_verify_key).await,
+            secrets_key,
+        } => {
+            deployment::worker_process(&nats_url, &name, capacity, &run_verify_key, &secrets_key)
+                .await
+        }
     }
 }
 

@@ -64,6 +64,7 @@ pub async fn run(executions: u64, json: Option<&std::path::Path>) -> anyhow::Res
         store,
         bus,
         run_signer: std::sync::Arc::new(sluice_bus::RunSigner::generate()?),
+        keyring: std::sync::Arc::new(sluice_core::secrets::Keyring::ephemeral()?),
         ingest_triggers: false,
         worker_loss_window: Duration::from_secs(10),
     })

@@ -40,6 +40,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::Disabled(_) | SubmitError::InvalidParameters(_) => {
                 Self::Unprocessable(e.to_string())
             }
+            SubmitError::Sealing(e) => Self::Internal(e),
             SubmitError::Store(e) => e.into(),
         }
     }

@@ -301,7 +301,7 @@ async fn list_executions(
         parent: query.parent,
     };
     let executions = engine.store().list_executions(&filter).await?;
-    Ok(Json(json!(executions)))
+    Ok(shown(&executions))
 }
 
 async fn get_execution(
@@ -314,7 +314,12 @@ async fn get_execution(
         .get_execution(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
-    Ok(Json(json!(execution)))
+    Ok(shown(&execution))
+}
+
+/// What the store holds, as callers see it: sealed secrets masked.
+fn shown(value: &impl Serialize) -> Json<Value> {
+    Json(sluice_core::secrets::masked(&json!(value)))
 }
 
 #[derive(Deserialize)]
@@ -335,7 +340,7 @@ async fn create_execution(
         .get_execution(id)
         .await?
         .ok_or_else(|| ApiError::Internal(format!("execution {id} vanished")))?;
-    Ok((StatusCode::CREATED, Json(json!(execution))))
+    Ok((StatusCode::CREATED, shown(&execution)))
 }
 
 #[derive(Serialize)]
@@ -367,12 +372,12 @@ async fn list_events(
     State(engine): State<AppState>,
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(
-        engine
+    Ok(shown(
+        &engine
             .store()
             .list_events(query.limit.unwrap_or(50))
-            .await?
-    )))
+            .await?,
+    ))
 }
 
 async fn list_dead_letters(

@@ -1,6 +1,6 @@
 //! Sluice's domain in plain data: identifiers, the execution state machine and the wire
-//! messages that travel between the engine and workers. Nothing here does I/O, so every
-//! other crate can share these types and the rules they encode.
+//! messages that travel between the engine and workers. Nothing here talks to the network or the
+//! store (the one file read is the secrets key file), so every other crate can share these types and the rules they encode.
 //!
 //! - [`id`] — newtype identifiers (`ExecutionId`, `ActionRef`, ...).
 //! - [`status`] — execution statuses, which transitions are legal and who owns each stage.
@@ -8,11 +8,13 @@
 //!   with their MessagePack encoding.
 //! - [`runner`] — the runner types an action can name.
 //! - [`auth`] — the scopes of API tokens.
+//! - [`secrets`] — sealing secret values, and the key file they are sealed with.
 
 pub mod auth;
 pub mod id;
 pub mod message;
 pub mod runner;
+pub mod secrets;
 pub mod status;
 
 pub use auth::Scope;

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sluice_bus::Bus;
+use sluice_core::secrets::Keyring;
 use sluice_pack::Catalog;
 use sluice_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,8 @@ pub(crate) struct ActorContext {
     pub(crate) directory: Arc<Directory>,
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) backend: Arc<dyn Backend>,
+    /// Seals secret parameters; opens a workflow's secret inputs.
+    pub(crate) keyring: Arc<Keyring>,
     /// Cancelled when the engine shuts down: supervisors admit nothing more, and queued
     /// executions stay `requested` in the store for the next start.
     pub(crate) intake: CancellationToken,
@@ -28,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) store: Store,
     pub(crate) bus: Bus,
+    /// Seals secret parameters before they are stored or sent.
+    pub(crate) keyring: Arc<Keyring>,
     pub(crate) store_health: StoreHealth,
 }
 

@@ -9,6 +9,7 @@ use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value};
 use sluice_bus::{Bus, BusError, RunSigner, Settle, names};
+use sluice_core::secrets::Keyring;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::{Catalog, params};
 use sluice_store::Store;
@@ -35,6 +36,8 @@ pub struct EngineConfig {
     pub bus: Bus,
     /// The key run messages are signed with; workers run only what it signed.
     pub run_signer: Arc<RunSigner>,
+    /// The keys secret values are sealed with; workers hold the same key file.
+    pub keyring: Arc<Keyring>,
     /// Consume the TRIGGERS stream (switch off for an API-only engine).
     pub ingest_triggers: bool,
     /// A worker silent this long is lost: its executions end `abandoned` (or are retried).
@@ -97,6 +100,7 @@ impl Engine {
             catalog: config.catalog,
             store: config.store,
             bus: config.bus.with_run_signer(config.run_signer),
+            keyring: config.keyring,
             store_health: Default::default(),
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
@@ -107,6 +111,7 @@ impl Engine {
                 store: shared.store.clone(),
                 bus: shared.bus.clone(),
             }),
+            keyring: shared.keyring.clone(),
             intake: intake.clone(),
         });
         let mut supervisors = HashMap::new();
@@ -271,6 +276,8 @@ impl Engine {
             return Err(SubmitError::Disabled(action_ref));
         }
         let parameters = params::resolve(definition, given)?;
+        let parameters = params::seal(&self.shared.keyring, definition, &parameters, &[])
+            .map_err(SubmitError::Sealing)?;
         let requested = tracing::info_span!(
             "execution.requested",
             action = %action_ref,
@@ -282,7 +289,7 @@ impl Engine {
             .store
             .create_execution(
                 &action_ref,
-                &params::redact(definition, &parameters),
+                &parameters,
                 None,
                 trace.get(TRACEPARENT).map(String::as_str),
             )

@@ -22,6 +22,8 @@ pub enum SubmitError {
     Disabled(ActionRef),
     #[error(transparent)]
     InvalidParameters(#[from] params::ParamErrors),
+    #[error("{0}")]
+    Sealing(String),
     #[error(transparent)]
     Store(#[from] sluice_store::StoreError),
 }

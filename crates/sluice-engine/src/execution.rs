@@ -66,7 +66,7 @@ impl ExecutionActor {
             runner: state.action.runner,
             entry_point: state.action.entry_point.clone(),
             parameters: state.pending.parameters.clone(),
-            secret_parameters: state.action.secret_parameters(),
+            secret_parameters: sluice_core::secrets::sealed_names(&state.pending.parameters),
             timeout_secs: state.action.timeout_secs,
         }
     }

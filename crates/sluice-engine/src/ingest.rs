@@ -77,7 +77,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
         &message.payload,
     ) {
         Err(reason) => event.rejected = Some(reason),
-        Ok(decoded) => {
+        Ok(mut decoded) => {
             event.trigger = decoded.trigger;
             match shared.catalog.triggers.get(&event.trigger) {
                 None => {
@@ -94,10 +94,30 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                     ));
                 }
                 Some(trigger) => {
+                    let secret = trigger.secret_properties();
                     if let Err(reason) = trigger.validate_payload(&decoded.payload) {
                         event.rejected = Some(reason);
                     } else {
-                        planned = rules::plan(&shared.catalog, &event.trigger, &decoded.payload);
+                        let secrets = decoded
+                            .payload
+                            .as_object()
+                            .map(|values| sluice_pack::params::secret_texts(&secret, values))
+                            .unwrap_or_default();
+                        planned = rules::plan(
+                            &shared.catalog,
+                            &shared.keyring,
+                            &event.trigger,
+                            &decoded.payload,
+                            &secrets,
+                        );
+                    }
+                    // The event keeps the payload with its secret properties masked.
+                    if let Some(values) = decoded.payload.as_object_mut() {
+                        for name in &secret {
+                            if let Some(value) = values.get_mut(name) {
+                                *value = Value::String(sluice_core::secrets::MASK.to_owned());
+                            }
+                        }
                     }
                 }
             }

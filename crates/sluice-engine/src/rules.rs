@@ -1,11 +1,12 @@
 //! From a trigger payload to the executions its rules request.
 
 use serde_json::{Map, Value};
+use sluice_core::secrets::Keyring;
 use sluice_pack::{Catalog, params, template::ParamTemplate};
 use sluice_store::Firing;
 
-/// One rule that fired: what is stored, and the parameters to run with (secrets in clear,
-/// held in memory only).
+/// One rule that fired: what is stored, and the parameters to run with — the same, secret
+/// ones sealed.
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub firing: Firing,
@@ -15,7 +16,16 @@ pub struct Planned {
 /// Matches the enabled rules of `trigger` against `payload` and renders each firing rule's
 /// parameters. A rule whose parameters cannot be rendered or do not fit the action still
 /// fires: its execution is recorded as failed with the reason, so the operator sees why.
-pub fn plan(catalog: &Catalog, trigger: &str, payload: &Value) -> Vec<Planned> {
+///
+/// `secrets` are the texts of the payload's secret properties: a parameter rendered from
+/// one is sealed, and no error message quotes one.
+pub fn plan(
+    catalog: &Catalog,
+    keyring: &Keyring,
+    trigger: &str,
+    payload: &Value,
+    secrets: &[String],
+) -> Vec<Planned> {
     catalog
         .rules_for(trigger)
         .filter(|rule| rule.criteria.iter().all(|c| c.matches(payload)))
@@ -23,13 +33,15 @@ pub fn plan(catalog: &Catalog, trigger: &str, payload: &Value) -> Vec<Planned> {
             let action = catalog.action(&rule.action)?;
             let rendered = render(&rule.parameters, payload);
             let resolved = rendered
-                .and_then(|given| params::resolve(action, given).map_err(|e| e.to_string()));
+                .and_then(|given| params::resolve(action, given).map_err(|e| e.to_string()))
+                .and_then(|parameters| params::seal(keyring, action, &parameters, secrets))
+                .map_err(|e| params::scrub(&e, secrets));
             Some(match resolved {
                 Ok(parameters) => Planned {
                     firing: Firing {
                         rule: rule.rule_ref.clone(),
                         action: rule.action.clone(),
-                        parameters: params::redact(action, &parameters),
+                        parameters: parameters.clone(),
                         failed: None,
                         traceparent: None,
                     },

@@ -597,6 +597,7 @@ mod tests {
             directory: Arc::new(Directory::new(format!("test-{name}"))),
             catalog: Arc::default(),
             backend: fake.clone(),
+            keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
             intake: CancellationToken::new(),
         });
         let key_param = sluice_pack::ParamSpec {

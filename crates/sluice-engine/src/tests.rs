@@ -62,6 +62,7 @@ impl World {
             directory: directory.clone(),
             catalog: catalog.clone(),
             backend: fake.clone(),
+            keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
             intake: CancellationToken::new(),
         });
         let mut supervisors = HashMap::new();

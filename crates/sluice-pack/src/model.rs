@@ -179,21 +179,42 @@ pub struct Trigger {
 }
 
 impl Trigger {
+    /// The payload properties marked `secret: true` in `payload_schema`.
+    pub fn secret_properties(&self) -> Vec<String> {
+        self.payload_schema
+            .as_ref()
+            .and_then(|schema| schema.get("properties"))
+            .and_then(serde_json::Value::as_object)
+            .map(|properties| {
+                properties
+                    .iter()
+                    .filter(|(_, spec)| spec.get("secret") == Some(&serde_json::Value::Bool(true)))
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checks a payload against the trigger's `payload_schema`; the error lists every
-    /// violation with its JSON pointer.
+    /// violation with its JSON pointer, and never quotes a secret property's value.
     pub fn validate_payload(&self, payload: &serde_json::Value) -> Result<(), String> {
         let Some(validator) = &self.validator else {
             return Ok(());
+        };
+        let secrets = match payload.as_object() {
+            Some(values) => crate::params::secret_texts(&self.secret_properties(), values),
+            None => Vec::new(),
         };
         let problems: Vec<String> = validator
             .iter_errors(payload)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                if at.is_empty() {
+                let problem = if at.is_empty() {
                     e.to_string()
                 } else {
                     format!("{at}: {e}")
-                }
+                };
+                crate::params::scrub(&problem, &secrets)
             })
             .collect();
         if problems.is_empty() {

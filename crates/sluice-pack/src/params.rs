@@ -3,11 +3,12 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
+use sluice_core::secrets::Keyring;
 
 use crate::model::{Action, ParamType};
 
 /// What replaces a secret value wherever it is shown or stored.
-pub const REDACTED: &str = "********";
+pub const REDACTED: &str = sluice_core::secrets::MASK;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamError {
@@ -202,24 +203,66 @@ pub fn resolve(
     }
 }
 
-/// The parameters as they may be shown or stored: secret values replaced.
-pub fn redact(action: &Action, parameters: &Map<String, Value>) -> Map<String, Value> {
-    redact_names(&action.secret_parameters(), parameters)
+/// The text of each secret value, to recognise it where it was copied: a string as it is,
+/// anything else as its JSON text. Empty strings are left out.
+pub fn secret_texts<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+    values: &Map<String, Value>,
+) -> Vec<String> {
+    names
+        .into_iter()
+        .filter_map(|name| values.get(name))
+        .filter(|v| !sluice_core::secrets::is_sealed(v))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
-/// Like [`redact`], from a list of secret parameter names.
-pub fn redact_names(secret: &[String], parameters: &Map<String, Value>) -> Map<String, Value> {
+/// Names of the parameters whose value holds one of `secrets`, anywhere in it: a value
+/// rendered from a secret is itself secret.
+pub fn tainted(parameters: &Map<String, Value>, secrets: &[String]) -> Vec<String> {
+    if secrets.is_empty() {
+        return Vec::new();
+    }
     parameters
         .iter()
-        .map(|(name, value)| {
-            let shown = if secret.contains(name) {
-                Value::String(REDACTED.to_owned())
-            } else {
-                value.clone()
+        .filter(|(_, value)| {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
             };
-            (name.clone(), shown)
+            secrets.iter().any(|secret| text.contains(secret.as_str()))
         })
+        .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// `text` with every occurrence of `secrets` replaced by the mask: for error messages that
+/// may quote a value rendered from a secret.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        text = text.replace(secret.as_str(), REDACTED);
+    }
+    text
+}
+
+/// The parameters as they are stored and sent: the action's secret parameters, and any
+/// parameter holding one of `secrets` (values it was rendered from), sealed.
+pub fn seal(
+    keyring: &Keyring,
+    action: &Action,
+    parameters: &Map<String, Value>,
+    secrets: &[String],
+) -> Result<Map<String, Value>, String> {
+    let mut names = action.secret_parameters();
+    names.extend(tainted(parameters, secrets));
+    keyring
+        .seal_named(&names, parameters)
+        .map_err(|e| format!("secret parameters could not be sealed: {e}"))
 }
 
 #[cfg(test)]
@@ -315,11 +358,25 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted() {
-        let params = map(json!({"host": "db1", "token": "hunter2"}));
-        let shown = redact(&action(), &params);
-        assert_eq!(shown["token"], json!(REDACTED));
-        assert_eq!(shown["host"], json!("db1"));
+    fn secrets_and_values_rendered_from_them_are_sealed() {
+        let keyring = Keyring::ephemeral().unwrap();
+        let params = map(json!({"host": "db1", "token": "hunter2", "url": "https://x/?k=s3cr3t"}));
+        let sealed = seal(&keyring, &action(), &params, &["s3cr3t".to_owned()]).unwrap();
+        assert_eq!(sealed["host"], json!("db1"));
+        assert_eq!(
+            sluice_core::secrets::sealed_names(&sealed),
+            ["token", "url"]
+        );
+        assert!(
+            !Value::Object(sealed.clone())
+                .to_string()
+                .contains("hunter2")
+        );
+        assert_eq!(keyring.unseal_all(&sealed).unwrap(), params);
+        assert_eq!(
+            scrub("found the string \"s3cr3t!\"", &["s3cr3t".to_owned()]),
+            "found the string \"********!\""
+        );
     }
 
     #[test]

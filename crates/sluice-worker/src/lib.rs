@@ -32,6 +32,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
 use sluice_bus::{Bus, RunVerifier, Settle, names};
+use sluice_core::secrets::Keyring;
 use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
 use sluice_telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -54,6 +55,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// The engine keys whose signature a run message must carry to be run.
     pub run_verifier: RunVerifier,
+    /// Opens the secret parameters a run message carries sealed.
+    pub keyring: Arc<Keyring>,
 }
 
 struct Shared {
@@ -61,6 +64,7 @@ struct Shared {
     bus: Bus,
     settle: Settle,
     run_verifier: RunVerifier,
+    keyring: Arc<Keyring>,
     actions_dirs: BTreeMap<String, PathBuf>,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
@@ -486,6 +490,17 @@ impl RunActor {
     async fn begin(myself: ActorRef<RunMsg>, state: &mut RunState) {
         let id = state.run.execution_id;
         let attempt = state.run.attempt;
+        // Secret parameters arrive sealed and are opened here, for the process alone.
+        let parameters = match state.shared.keyring.unseal_all(&state.run.parameters) {
+            Ok(parameters) => parameters,
+            Err((name, e)) => {
+                error!(execution_id = %id, parameter = %name, error = %e, "cannot open a secret parameter");
+                let result = json!({
+                    "error": format!("worker {} cannot open the secret parameter {name:?}: {e} (--secrets-key)", state.shared.name)
+                });
+                return Self::finish(&myself, state, ExecutionStatus::Failed, result).await;
+            }
+        };
         match Self::claim(state).await {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Settled(reason)) => {
@@ -503,7 +518,8 @@ impl RunActor {
         }
         state.shared.running().insert(id);
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
-        let run = state.run.clone();
+        let mut run = state.run.clone();
+        run.parameters = parameters;
         let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();
         let me = myself.clone();
         let cancel = state.cancel.clone();
@@ -577,6 +593,7 @@ impl Worker {
             bus: config.bus,
             settle,
             run_verifier: config.run_verifier,
+            keyring: config.keyring,
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),

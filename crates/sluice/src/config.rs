@@ -54,6 +54,9 @@ pub struct Config {
     /// Public keys a worker accepts run messages from; when empty, the public half of
     /// [`Config::run_signing_key`] (`<data-dir>/run-signing.pub` by default).
     pub run_verify_keys: Vec<PathBuf>,
+    /// The secrets key file; `<data-dir>/secrets.key` (made by the engine on first start)
+    /// when `None`.
+    pub secrets_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -75,6 +78,12 @@ impl Config {
         } else {
             self.run_verify_keys.clone()
         }
+    }
+
+    pub fn secrets_key(&self) -> PathBuf {
+        self.secrets_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets.key"))
     }
 
     pub fn nats_url(&self) -> String {

@@ -229,6 +229,11 @@ struct ServerArgs {
     /// [default: <data-dir>/run-signing.pub].
     #[arg(long, env = "SLUICE_RUN_VERIFY_KEY", value_delimiter = ',')]
     run_verify_key: Vec<PathBuf>,
+    /// The secrets key file: secret values are sealed with its newest key and opened with
+    /// any of its keys. The engine makes it on first start; workers need a copy
+    /// [default: <data-dir>/secrets.key].
+    #[arg(long, env = "SLUICE_SECRETS_KEY")]
+    secrets_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -258,6 +263,7 @@ impl ServerArgs {
                 tls_cert: self.nats_tls_cert.zip(self.nats_tls_key),
             },
             run_verify_keys: self.run_verify_key,
+            secrets_key: self.secrets_key,
         }
     }
 }

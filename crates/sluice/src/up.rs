@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use sluice_bus::{Bus, RunSigner, RunVerifier, redact_url};
+use sluice_core::secrets::Keyring;
 use sluice_engine::{Engine, EngineConfig};
 use sluice_pack::Catalog;
 use sluice_store::Store;
@@ -72,12 +73,20 @@ async fn start_engine(
             key.display()
         )
     })?;
+    let secrets_key = config.secrets_key();
+    let keyring = Keyring::load_or_create(&secrets_key).with_context(|| {
+        format!(
+            "failed to load the secrets key file (--secrets-key {})",
+            secrets_key.display()
+        )
+    })?;
     let engine = Engine::start(EngineConfig {
         name: "engine".into(),
         catalog,
         store,
         bus,
         run_signer: Arc::new(run_signer),
+        keyring: Arc::new(keyring),
         ingest_triggers: true,
         worker_loss_window: config.worker_loss_window,
     })
@@ -103,8 +112,17 @@ async fn start_worker(
             keys.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join(", ")
         )
     })?;
+    let secrets_key = config.secrets_key();
+    let keyring = Keyring::load(&secrets_key).with_context(|| {
+        format!(
+            "failed to load the secrets key file, which a worker needs to open secret parameters \
+             (--secrets-key; a copy of the engine's <data-dir>/secrets.key): {}",
+            secrets_key.display()
+        )
+    })?;
     Worker::start(WorkerConfig {
         run_verifier,
+        keyring: Arc::new(keyring),
         name: format!("worker/{}", config.worker_name()),
         bus,
         actions_dirs: actions_dirs(catalog),

@@ -390,6 +390,10 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
             .path()
             .join("run-signing.pub")])
         .unwrap(),
+        keyring: std::sync::Arc::new(
+            sluice_core::secrets::Keyring::load(&sluice.data_dir.path().join("secrets.key"))
+                .unwrap(),
+        ),
     })
     .await
     .unwrap();

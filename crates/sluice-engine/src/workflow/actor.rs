@@ -54,6 +54,7 @@ impl Actor for WorkflowActor {
             workflow,
             args.ctx.catalog.clone(),
             &args.action,
+            args.ctx.keyring.clone(),
             args.pending.parameters,
             args.pending.trace.get(TRACEPARENT).cloned(),
         );
@@ -166,7 +167,10 @@ impl WorkflowActor {
             Err(e) => return Err(e.into()),
         };
         let Some(record) = record else {
-            state.machine.begin();
+            match state.machine.secrets_lost().map(str::to_owned) {
+                Some(reason) => state.machine.fail(reason),
+                None => state.machine.begin(),
+            }
             return Self::save(myself, state).await;
         };
         let resumed =
@@ -185,10 +189,10 @@ impl WorkflowActor {
         for id in resumed.ended {
             let _ = myself.send_message(WorkflowMsg::ChildEnded(id));
         }
-        if state.machine.lost_secrets() && !state.machine.is_cancelling() {
-            state.machine.fail(
-                "its secret parameters are held in memory only and were lost when the engine stopped",
-            );
+        if let Some(reason) = state.machine.secrets_lost().map(str::to_owned)
+            && !state.machine.is_cancelling()
+        {
+            state.machine.fail(reason);
             return Self::cancel(myself, state).await;
         }
         if state.machine.idle() {

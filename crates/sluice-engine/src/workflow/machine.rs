@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sluice_core::secrets::{self, Keyring};
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::expressions::SCOPE;
 use sluice_pack::template::ParamTemplate;
@@ -116,7 +117,7 @@ struct Saved {
 pub(crate) struct Launch {
     pub(crate) child: NewChild,
     pub(crate) item: usize,
-    /// Parameters as they run, secrets included (the store gets them redacted).
+    /// Parameters as they are stored and run: secret ones sealed.
     pub(crate) parameters: Map<String, Value>,
 }
 
@@ -167,10 +168,16 @@ const MAX_STEPS: usize = 10_000;
 pub(crate) struct Machine {
     workflow: Arc<Workflow>,
     catalog: Arc<Catalog>,
-    /// The workflow action's secret parameters: redacted in the saved context.
+    /// The workflow's secret inputs: sealed in the saved context.
     secret_inputs: Vec<String>,
-    /// The workflow execution's parameters, secrets included.
+    /// The workflow execution's parameters, secrets opened: held in memory only.
     parameters: Map<String, Value>,
+    /// The text of each secret input: a child parameter or context value holding one is
+    /// sealed too.
+    secrets: Vec<String>,
+    /// Why the secret inputs could not be opened, if they could not.
+    secrets_lost: Option<String>,
+    keyring: Arc<Keyring>,
     traceparent: Option<String>,
     saved: Saved,
     running: HashMap<ExecutionId, Running>,
@@ -184,14 +191,42 @@ impl Machine {
         workflow: Arc<Workflow>,
         catalog: Arc<Catalog>,
         action: &Action,
+        keyring: Arc<Keyring>,
         parameters: Map<String, Value>,
         traceparent: Option<String>,
     ) -> Self {
+        let mut secret_inputs = action.secret_parameters();
+        for name in secrets::sealed_names(&parameters) {
+            if !secret_inputs.contains(&name) {
+                secret_inputs.push(name);
+            }
+        }
+        let redacted = secret_inputs
+            .iter()
+            .any(|name| parameters.get(name).is_some_and(|v| v == params::REDACTED));
+        let (parameters, mut secrets_lost) = match keyring.unseal_all(&parameters) {
+            Ok(open) => (open, None),
+            Err((name, e)) => (
+                parameters,
+                Some(format!(
+                    "its secret parameter {name:?} cannot be opened: {e}"
+                )),
+            ),
+        };
+        if redacted && secrets_lost.is_none() {
+            secrets_lost = Some(
+                "its secret parameters were held in memory only and were lost when the engine stopped"
+                    .to_owned(),
+            );
+        }
         Self {
             workflow,
             catalog,
-            secret_inputs: action.secret_parameters(),
+            secrets: params::secret_texts(&secret_inputs, &parameters),
+            secret_inputs,
             parameters,
+            secrets_lost,
+            keyring,
             traceparent,
             saved: Saved::default(),
             running: HashMap::new(),
@@ -234,6 +269,14 @@ impl Machine {
     ) -> Result<Resumed, serde_json::Error> {
         self.reset();
         self.saved = serde_json::from_value(record.state.clone())?;
+        match self.keyring.unseal_all(&self.saved.ctx) {
+            Ok(ctx) => self.saved.ctx = ctx,
+            Err((name, e)) => {
+                self.secrets_lost.get_or_insert_with(|| {
+                    format!("its saved context value {name:?} cannot be opened: {e}")
+                });
+            }
+        }
         let mut resumed = Resumed::default();
         for child in &record.children {
             let Some(run) = self.saved.tasks.get(&child.task) else {
@@ -448,14 +491,10 @@ impl Machine {
         self.saved.cancelling
     }
 
-    /// Whether a secret parameter of the workflow was lost (redacted in the store, held in
-    /// memory only) when the engine stopped.
-    pub(crate) fn lost_secrets(&self) -> bool {
-        self.secret_inputs.iter().any(|name| {
-            self.parameters
-                .get(name)
-                .is_some_and(|v| v == params::REDACTED)
-        })
+    /// Why the workflow cannot go on with its secret inputs, if it cannot: one sealed with
+    /// a key this engine no longer has, or a row from before secrets were sealed.
+    pub(crate) fn secrets_lost(&self) -> Option<&str> {
+        self.secrets_lost.as_deref()
     }
 
     /// Records a failure no task caused; the workflow fails with it.
@@ -514,6 +553,15 @@ impl Machine {
                 Err(e) => errors.push(format!("output.{name}: {e}")),
             }
         }
+        // An output rendered from a secret input is stored sealed, and shown masked.
+        let tainted = params::tainted(&output, &self.secrets);
+        if let Ok(sealed) = self.keyring.seal_named(&tainted, &output) {
+            output = sealed;
+        }
+        let errors: Vec<String> = errors
+            .iter()
+            .map(|e| params::scrub(e, &self.secrets))
+            .collect();
         let status = if self.saved.cancelling {
             ExecutionStatus::Cancelled
         } else if errors.is_empty() {
@@ -529,14 +577,22 @@ impl Machine {
         (status, result)
     }
 
-    /// The state as the store keeps it: secret inputs redacted.
+    /// The state as the store keeps it: secret inputs, and context values rendered from
+    /// them, sealed.
     pub(crate) fn saved_json(&self) -> Value {
         let mut saved = self.saved.clone();
-        for name in &self.secret_inputs {
-            if let Some(value) = saved.ctx.get_mut(name) {
-                *value = json!(params::REDACTED);
-            }
-        }
+        let mut names = self.secret_inputs.clone();
+        names.extend(params::tainted(&saved.ctx, &self.secrets));
+        saved.ctx = self
+            .keyring
+            .seal_named(&names, &saved.ctx)
+            .unwrap_or_else(|_| {
+                let mut ctx = saved.ctx.clone();
+                for name in &names {
+                    ctx.insert(name.clone(), json!(params::REDACTED));
+                }
+                ctx
+            });
         serde_json::to_value(&saved).unwrap_or(Value::Null)
     }
 
@@ -678,9 +734,11 @@ impl Machine {
         let action = task.action.as_ref().and_then(|r| self.catalog.action(r));
         let prepared = match (rendered, action) {
             (Ok(input), Some(action)) => params::resolve(action, input)
+                .map_err(|e| e.to_string())
+                .and_then(|p| params::seal(&self.keyring, action, &p, &self.secrets))
                 .map(|p| (action, p))
-                .map_err(|e| e.to_string()),
-            (Err(e), _) => Err(e),
+                .map_err(|e| params::scrub(&e, &self.secrets)),
+            (Err(e), _) => Err(params::scrub(&e, &self.secrets)),
             (_, None) => Err("its action is no longer loaded".to_owned()),
         };
         let (round, attempt, with_items) =
@@ -702,7 +760,7 @@ impl Machine {
                         item: if with_items { item as i64 } else { -1 },
                         attempt,
                         action: action.action_ref.clone(),
-                        parameters: params::redact(action, &parameters),
+                        parameters: parameters.clone(),
                         traceparent: self.traceparent.clone(),
                     },
                     item,

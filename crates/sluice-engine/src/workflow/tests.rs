@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Map, Value, json};
+use sluice_core::secrets::Keyring;
 use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_pack::Catalog;
 use sluice_store::{WorkflowChild, WorkflowRecord};
@@ -30,6 +31,11 @@ fn catalog(yaml: &str) -> Arc<Catalog> {
     );
     write(
         dir.path(),
+        "t/actions/echo.yaml",
+        "name: echo\nrunner_type: noop\nparameters:\n  text: {type: string}\n",
+    );
+    write(
+        dir.path(),
         "t/actions/wf.yaml",
         "name: wf\nrunner_type: orquesta\nentry_point: workflows/wf.yaml\nparameters:\n  token: {type: string, secret: true}\n",
     );
@@ -40,6 +46,9 @@ fn catalog(yaml: &str) -> Arc<Catalog> {
 /// A workflow under test: the machine and the children the test has "created".
 struct Run {
     machine: Machine,
+    keyring: Arc<Keyring>,
+    /// The last launch, as debug text.
+    last_launch: Option<String>,
     next_id: i64,
     /// Every child created, in order: (id, task, item, attempt).
     created: Vec<(ExecutionId, String, usize, u32)>,
@@ -52,8 +61,20 @@ impl Run {
         let action = catalog.action(&"t.wf".parse().unwrap()).unwrap().clone();
         let workflow = action.workflow.clone().unwrap();
         let parameters: Map<String, Value> = parameters.as_object().cloned().unwrap_or_default();
+        // As the engine hands them over: secret ones sealed.
+        let keyring = Arc::new(Keyring::ephemeral().unwrap());
+        let parameters = sluice_pack::params::seal(&keyring, &action, &parameters, &[]).unwrap();
         let mut run = Self {
-            machine: Machine::new(workflow, catalog, &action, parameters, None),
+            machine: Machine::new(
+                workflow,
+                catalog,
+                &action,
+                keyring.clone(),
+                parameters,
+                None,
+            ),
+            keyring,
+            last_launch: None,
             next_id: 100,
             created: Vec::new(),
             timers: Vec::new(),
@@ -73,6 +94,7 @@ impl Run {
     }
 
     fn create(&mut self, launch: &Launch) {
+        self.last_launch = Some(format!("{:?} {:?}", launch.child, launch.parameters));
         self.next_id += 1;
         let id = ExecutionId(self.next_id);
         self.timers.extend(self.machine.started(launch, id));
@@ -280,7 +302,7 @@ fn a_timed_out_child_is_cancelled_and_its_failure_says_so() {
 }
 
 #[test]
-fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_redacted() {
+fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_sealed() {
     let mut run = Run::start(FAN_OUT, json!({"token": "hunter2"}));
     run.succeed("each", 0);
     let saved = run.machine.saved_json();
@@ -308,15 +330,62 @@ fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_redacted() {
     };
     let catalog = catalog(FAN_OUT);
     let action = catalog.action(&"t.wf".parse().unwrap()).unwrap().clone();
+    let stored = run
+        .keyring
+        .seal_named(
+            &["token".to_owned()],
+            &Map::from_iter([("token".to_owned(), json!("hunter2"))]),
+        )
+        .unwrap();
     let mut resumed = Machine::new(
         action.workflow.clone().unwrap(),
-        catalog,
+        catalog.clone(),
         &action,
-        Map::from_iter([("token".to_owned(), json!(sluice_pack::params::REDACTED))]),
+        run.keyring.clone(),
+        stored.clone(),
         None,
     );
     let found = resumed.resume(&record, Utc::now()).unwrap();
     assert_eq!(found.ended, [run.id_of("each", 1, 1)]);
     assert_eq!(resumed.running_count(), 3);
-    assert!(resumed.lost_secrets(), "the secret was held in memory only");
+    assert_eq!(resumed.secrets_lost(), None, "the secret survives, sealed");
+
+    // An engine without the key that sealed it cannot go on, and says why.
+    let mut foreign = Machine::new(
+        action.workflow.clone().unwrap(),
+        catalog,
+        &action,
+        Arc::new(Keyring::ephemeral().unwrap()),
+        stored,
+        None,
+    );
+    foreign.resume(&record, Utc::now()).unwrap();
+    let reason = foreign.secrets_lost().expect("not opened");
+    assert!(
+        reason.contains("token") && reason.contains("not in this process"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_value_rendered_from_a_secret_input_is_sealed_in_the_child_state_and_output() {
+    let yaml = "version: 1.0\ninput: [token]\nvars:\n  - header: \"Bearer {{ ctx().token }}\"\ntasks:\n  call:\n    action: t.echo\n    input: {text: \"{{ ctx().header }}\"}\noutput:\n  - used: \"{{ ctx().header }}\"\n  - plain: \"x\"\n";
+    let mut run = Run::start(yaml, json!({"token": "hunter2-distinctive"}));
+    let step_children: Vec<_> = run.created.clone();
+    assert_eq!(step_children.len(), 1);
+    let saved = run.machine.saved_json().to_string();
+    assert!(!saved.contains("hunter2"), "{saved}");
+    let launch_text = run.last_launch.as_ref().unwrap();
+    assert!(!launch_text.contains("hunter2"), "{launch_text}");
+    run.succeed("call", 0);
+    let (status, result) = run.machine.outcome();
+    assert_eq!(status, ExecutionStatus::Succeeded);
+    assert!(!result.to_string().contains("hunter2"), "{result}");
+    assert_eq!(result["output"]["plain"], json!("x"));
+    assert_eq!(
+        run.keyring
+            .unseal(result["output"]["used"].as_str().unwrap())
+            .unwrap(),
+        json!("Bearer hunter2-distinctive")
+    );
 }

@@ -139,6 +139,9 @@ impl Cluster {
             "--run-verify-key",
         ]);
         command.arg(self.dir.path().join("data/run-signing.pub"));
+        command
+            .arg("--secrets-key")
+            .arg(self.dir.path().join("data/secrets.key"));
         self.common_args(&mut command, name, env);
         self.workers
             .insert(name.to_owned(), command.spawn().unwrap());

@@ -65,6 +65,7 @@ impl Sluice {
             run_signing_key: None,
             nats_options: Default::default(),
             run_verify_keys: Vec::new(),
+            secrets_key: None,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
