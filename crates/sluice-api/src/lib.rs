@@ -1,5 +1,5 @@
-//! Sluice's HTTP API (JSON): executions, actions, events, dead letters, the live actor tree
-//! and API tokens; and the process's metrics at `/metrics`.
+//! Sluice's HTTP API (JSON): executions, actions, events, dead letters, the live actor tree,
+//! API tokens, the datastore and the secrets key; and the process's metrics at `/metrics`.
 //!
 //! [`app`] builds the router over a running [`sluice_engine::Engine`]. Every route but `/healthz` is behind
 //! [`auth::authorize`]; [`ApiError::into_response`] is the one place errors become status
@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod error;
+mod keys;
 
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -38,6 +39,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/metrics", get(engine_metrics))
+        .merge(keys::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             engine.clone(),
             auth::authorize,

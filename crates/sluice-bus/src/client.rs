@@ -429,6 +429,20 @@ impl Bus {
     /// The last message stored on an execution's status subject, if any: lets a worker
     /// that receives a run message see whether the attempt was already claimed or
     /// completed, and claim it against that sequence.
+    /// Removes message `seq` from `stream`, overwriting its bytes on disk.
+    pub async fn erase(&self, stream: &str, seq: u64) -> Result<(), BusError> {
+        let stream = self
+            .jetstream
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| BusError::read(format!("stream {stream}"), e))?;
+        stream
+            .delete_message(seq)
+            .await
+            .map_err(|e| BusError::read(format!("message {seq}"), e))?;
+        Ok(())
+    }
+
     pub async fn last_status(&self, id: ExecutionId) -> Result<Option<LastStatus>, BusError> {
         Ok(self
             .last_on_subject(names::STATUS, &status_subject(id))

@@ -8,6 +8,8 @@
 //! | CONTROL  | `sluice.cancel.<id>`     | cancel requests after the handoff         |
 //! | STATUS   | `sluice.status.<id>`     | [`StatusReport`]s from workers            |
 //!
+//! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]).
+//!
 //! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
 //! matter only while fresh, so they are not stored.
 //!
@@ -16,6 +18,7 @@
 
 mod client;
 mod consume;
+pub mod datastore;
 mod error;
 pub mod names;
 pub mod settle;

@@ -12,6 +12,9 @@ pub const STATUS: &str = "STATUS";
 /// Messages given up, with the reason: `sluice.deadletter.<stream>`.
 pub const DEADLETTER: &str = "DEADLETTER";
 
+/// The datastore's key-value bucket (its stream is `KV_sluice-datastore`).
+pub const DATASTORE_BUCKET: &str = "sluice-datastore";
+
 /// The engine's durable consumer on TRIGGERS, STATUS and DEADLETTER.
 pub const ENGINE_CONSUMER: &str = "engine";
 /// The workers' shared durable consumer on RUN.

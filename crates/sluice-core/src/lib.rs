@@ -8,9 +8,11 @@
 //!   with their MessagePack encoding.
 //! - [`runner`] — the runner types an action can name.
 //! - [`auth`] — the scopes of API tokens.
+//! - [`datastore`] — the datastore's key names and entries.
 //! - [`secrets`] — sealing secret values, and the key file they are sealed with.
 
 pub mod auth;
+pub mod datastore;
 pub mod id;
 pub mod message;
 pub mod runner;

@@ -184,6 +184,17 @@ impl Keyring {
         Ok(id)
     }
 
+    /// Adds a new key to this keyring's file and takes it up: it seals from now on.
+    /// Returns its id.
+    pub fn rotate(&self) -> Result<String, SecretsError> {
+        let path = self.path.as_ref().ok_or(SecretsError::NoKey {
+            path: "(memory)".into(),
+        })?;
+        let id = Self::add_key(path)?;
+        self.reload()?;
+        Ok(id)
+    }
+
     /// Reads the key file again (after [`Keyring::add_key`], here or in another process).
     pub fn reload(&self) -> Result<(), SecretsError> {
         if let Some(path) = &self.path {

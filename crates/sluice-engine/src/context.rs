@@ -6,6 +6,7 @@ use std::time::Instant;
 use sluice_bus::Bus;
 use sluice_core::secrets::Keyring;
 use sluice_pack::Catalog;
+use sluice_pack::datastore::Kv;
 use sluice_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,8 @@ pub(crate) struct ActorContext {
     pub(crate) backend: Arc<dyn Backend>,
     /// Seals secret parameters; opens a workflow's secret inputs.
     pub(crate) keyring: Arc<Keyring>,
+    /// `st2kv` for workflow templates.
+    pub(crate) kv: Kv,
     /// Cancelled when the engine shuts down: supervisors admit nothing more, and queued
     /// executions stay `requested` in the store for the next start.
     pub(crate) intake: CancellationToken,
@@ -33,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) bus: Bus,
     /// Seals secret parameters before they are stored or sent.
     pub(crate) keyring: Arc<Keyring>,
+    /// `st2kv` for rule templates.
+    pub(crate) kv: Kv,
     pub(crate) store_health: StoreHealth,
 }
 

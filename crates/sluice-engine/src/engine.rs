@@ -8,11 +8,13 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value};
+use sluice_bus::datastore::Datastore;
 use sluice_bus::{Bus, BusError, RunSigner, Settle, names};
 use sluice_core::secrets::Keyring;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params};
-use sluice_store::Store;
+use sluice_store::{Resealed, Store};
 use sluice_telemetry::TRACEPARENT;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
@@ -20,6 +22,7 @@ use tracing::{Instrument as _, error, info, warn};
 use crate::backend::Live;
 use crate::consumer::{self, LoopFn};
 use crate::context::{ActorContext, Shared};
+use crate::datastore::{self, KeyCache, Keys};
 use crate::error::{CancelError, EngineError, SubmitError};
 use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
 use crate::monitor::{self, WorkerInfo, Workers};
@@ -56,6 +59,7 @@ pub struct Engine {
     shutdown: CancellationToken,
     intake: CancellationToken,
     workers: Workers,
+    keys: Keys,
 }
 
 /// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
@@ -95,12 +99,19 @@ impl Engine {
         let directory = Arc::new(Directory::new(config.name.clone()));
         let shutdown = CancellationToken::new();
         let intake = shutdown.child_token();
+        let keys = Keys {
+            store: Datastore::create(&config.bus).await?,
+            keyring: config.keyring.clone(),
+        };
+        let key_cache = Arc::new(KeyCache::new(config.keyring.clone()));
+        let kv = Kv::new(key_cache.clone(), None);
         let shared = Arc::new(Shared {
             directory: directory.clone(),
             catalog: config.catalog,
             store: config.store,
             bus: config.bus.with_run_signer(config.run_signer),
             keyring: config.keyring,
+            kv: kv.clone(),
             store_health: Default::default(),
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
@@ -112,6 +123,7 @@ impl Engine {
                 bus: shared.bus.clone(),
             }),
             keyring: shared.keyring.clone(),
+            kv,
             intake: intake.clone(),
         });
         let mut supervisors = HashMap::new();
@@ -154,6 +166,10 @@ impl Engine {
             Box::pin(monitor::run(client, heartbeats, w, d, window, cancel))
         });
         spawn_loop(ActorName::Workers, ActorKind::WorkerMonitor, &shutdown, run).await?;
+
+        let (store, cache) = (keys.store.clone(), key_cache);
+        let run: LoopFn = Box::new(move |cancel| Box::pin(datastore::run(store, cache, cancel)));
+        spawn_loop(ActorName::Datastore, ActorKind::Datastore, &shutdown, run).await?;
 
         let settle = |stream, label| {
             Settle::new(
@@ -237,6 +253,7 @@ impl Engine {
             shutdown,
             intake,
             workers,
+            keys,
         })
     }
 
@@ -275,8 +292,11 @@ impl Engine {
         if !definition.enabled {
             return Err(SubmitError::Disabled(action_ref));
         }
+        let kv = self.shared.kv.for_pack(action_ref.pack());
+        let (given, opened) = opened_during(|| params::render_defaults(definition, given, &kv));
+        let given = given.map_err(SubmitError::Default)?;
         let parameters = params::resolve(definition, given)?;
-        let parameters = params::seal(&self.shared.keyring, definition, &parameters, &[])
+        let parameters = params::seal(&self.shared.keyring, definition, &parameters, &opened)
             .map_err(SubmitError::Sealing)?;
         let requested = tracing::info_span!(
             "execution.requested",
@@ -307,6 +327,37 @@ impl Engine {
             ));
         }
         Ok(id)
+    }
+
+    /// The datastore, for the API.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Adds a new secrets key, which seals from now on, and seals every stored secret
+    /// again with it. The older keys stay in the key file: run messages already sent may
+    /// still need them.
+    pub async fn rotate_secrets_key(&self) -> Result<(String, Resealed), EngineError> {
+        let keyring = &self.shared.keyring;
+        let id = keyring
+            .rotate()
+            .map_err(|e| EngineError::Secrets(e.to_string()))?;
+        let resealed = self
+            .shared
+            .store
+            .reseal(&|value| keyring.reseal_all(value).map_err(|e| e.to_string()))
+            .await?;
+        let datastore = self
+            .keys
+            .reseal()
+            .await
+            .map_err(|e| EngineError::Secrets(e.to_string()))?;
+        let resealed = Resealed {
+            datastore,
+            ..resealed
+        };
+        info!(key_id = %id, ?resealed, "secrets key rotated");
+        Ok((id, resealed))
     }
 
     /// Cancels an execution, following the ownership model: one not yet handed to a worker

@@ -11,6 +11,8 @@ pub enum EngineError {
     Store(#[from] sluice_store::StoreError),
     #[error(transparent)]
     Bus(#[from] sluice_bus::BusError),
+    #[error("secrets key: {0}")]
+    Secrets(String),
 }
 
 /// Why a request for an execution was refused.
@@ -24,6 +26,8 @@ pub enum SubmitError {
     InvalidParameters(#[from] params::ParamErrors),
     #[error("{0}")]
     Sealing(String),
+    #[error("{0}")]
+    Default(String),
     #[error(transparent)]
     Store(#[from] sluice_store::StoreError),
 }

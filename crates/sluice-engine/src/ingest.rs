@@ -31,8 +31,11 @@ struct Received {
     span: Span,
     event: NewEvent,
     firings: Vec<Firing>,
-    /// Per firing: the parameters as they will run (secrets included) and its trace.
+    /// Per firing: the parameters as they will run (secret ones sealed) and its trace.
     parameters: Vec<(Map<String, Value>, TraceHeaders)>,
+    /// The payload may hold secret properties: once recorded, the message is erased from
+    /// TRIGGERS, where it would otherwise stay in clear until the stream's age limit.
+    erase: bool,
 }
 
 /// Handles a batch of trigger messages: each is decoded and matched in its own span, then
@@ -71,6 +74,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
         msg_id: header(sluice_bus::names::MSG_ID_HEADER),
     };
     let mut planned = Vec::new();
+    let mut erase = false;
     match decode_trigger(
         &subject,
         header(sluice_bus::names::CONTENT_TYPE_HEADER).as_deref(),
@@ -95,6 +99,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                 }
                 Some(trigger) => {
                     let secret = trigger.secret_properties();
+                    erase = !secret.is_empty();
                     if let Err(reason) = trigger.validate_payload(&decoded.payload) {
                         event.rejected = Some(reason);
                     } else {
@@ -106,6 +111,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                         planned = rules::plan(
                             &shared.catalog,
                             &shared.keyring,
+                            &shared.kv,
                             &event.trigger,
                             &decoded.payload,
                             &secrets,
@@ -141,6 +147,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
         event,
         firings,
         parameters,
+        erase,
     }
 }
 
@@ -167,7 +174,16 @@ impl commit::Received for Received {
     }
 
     async fn after(shared: &Shared, settle: &Settle, item: Self, outcome: EventOutcome) {
-        accepted(&shared.directory, settle, item, outcome).await
+        let erase = item
+            .erase
+            .then(|| item.message.info().map(|i| i.stream_sequence).ok())
+            .flatten();
+        accepted(&shared.directory, settle, item, outcome).await;
+        if let Some(seq) = erase
+            && let Err(e) = shared.bus.erase(sluice_bus::names::TRIGGERS, seq).await
+        {
+            warn!(stream_seq = seq, error = %e, "trigger message with secrets not erased");
+        }
     }
 }
 

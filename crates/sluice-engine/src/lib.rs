@@ -7,6 +7,7 @@
 //!  ├─ completions          STATUS consumer: worker reports -> store -> supervisor (completion.rs)
 //!  ├─ dead-letters         DEADLETTER consumer: given-up messages -> store     (deadletter.rs)
 //!  ├─ workers              heartbeats: finds lost workers                      (monitor.rs)
+//!  ├─ datastore            follows the datastore bucket, deletes expired keys  (datastore.rs)
 //!  └─ action/<ref> ×N      admission gate and active set of one action         (supervisor.rs, gate.rs)
 //!       └─ execution/<id>  one per admitted execution until it completes       (execution.rs)
 //!            └─ workflow/<id>  a workflow execution's tasks, in order          (workflow/)
@@ -27,6 +28,7 @@ mod commit;
 mod completion;
 mod consumer;
 mod context;
+pub mod datastore;
 mod deadletter;
 mod engine;
 mod error;

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 use sluice_core::secrets::Keyring;
+use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params, template::ParamTemplate};
 use sluice_store::Firing;
 
@@ -19,9 +20,13 @@ pub struct Planned {
 ///
 /// `secrets` are the texts of the payload's secret properties: a parameter rendered from
 /// one is sealed, and no error message quotes one.
+///
+/// Templates see the datastore as `st2kv` (`st2kv.pack` being the rule's pack); a value
+/// `decrypt_kv` opened counts as a secret too.
 pub fn plan(
     catalog: &Catalog,
     keyring: &Keyring,
+    kv: &Kv,
     trigger: &str,
     payload: &Value,
     secrets: &[String],
@@ -31,11 +36,18 @@ pub fn plan(
         .filter(|rule| rule.criteria.iter().all(|c| c.matches(payload)))
         .filter_map(|rule| {
             let action = catalog.action(&rule.action)?;
-            let rendered = render(&rule.parameters, payload);
+            let pack = rule.rule_ref.split('.').next().unwrap_or_default();
+            let kv = kv.for_pack(pack);
+            let (rendered, opened) = opened_during(|| {
+                render(&rule.parameters, payload, &kv)
+                    .and_then(|given| params::render_defaults(action, given, &kv))
+            });
+            let mut secrets = secrets.to_vec();
+            secrets.extend(opened);
             let resolved = rendered
                 .and_then(|given| params::resolve(action, given).map_err(|e| e.to_string()))
-                .and_then(|parameters| params::seal(keyring, action, &parameters, secrets))
-                .map_err(|e| params::scrub(&e, secrets));
+                .and_then(|parameters| params::seal(keyring, action, &parameters, &secrets))
+                .map_err(|e| params::scrub(&e, &secrets));
             Some(match resolved {
                 Ok(parameters) => Planned {
                     firing: Firing {
@@ -65,6 +77,7 @@ pub fn plan(
 fn render(
     templates: &std::collections::BTreeMap<String, ParamTemplate>,
     payload: &Value,
+    kv: &Kv,
 ) -> Result<Map<String, Value>, String> {
     templates
         .iter()
@@ -72,7 +85,7 @@ fn render(
             Ok((
                 name.clone(),
                 template
-                    .render(payload)
+                    .render(payload, Some(kv))
                     .map_err(|e| format!("parameter {name}: {e}"))?,
             ))
         })

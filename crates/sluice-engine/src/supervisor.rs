@@ -598,6 +598,7 @@ mod tests {
             catalog: Arc::default(),
             backend: fake.clone(),
             keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
+            kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
         });
         let key_param = sluice_pack::ParamSpec {

@@ -4,7 +4,7 @@
 //! cancel request is kept for the test to read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -219,4 +219,10 @@ pub(crate) async fn until(what: &str, check: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("never happened: {what}");
+}
+
+/// `st2kv` over an empty datastore.
+pub(crate) fn empty_datastore() -> sluice_pack::datastore::Kv {
+    let keyring = Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap());
+    sluice_pack::datastore::Kv::new(Arc::new(crate::datastore::KeyCache::new(keyring)), None)
 }

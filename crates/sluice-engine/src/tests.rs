@@ -63,6 +63,7 @@ impl World {
             catalog: catalog.clone(),
             backend: fake.clone(),
             keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
+            kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
         });
         let mut supervisors = HashMap::new();

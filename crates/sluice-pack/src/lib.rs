@@ -8,9 +8,11 @@
 //! - [`params`] — resolve an action's parameters: defaults, types, enums, secrets.
 //! - [`criteria`] — StackStorm's rule criteria operators over a trigger payload.
 //! - [`template`] — Jinja parameter templates, shell-quoted where they build a command.
+//! - [`datastore`] — `st2kv` and `decrypt_kv` in templates.
 //! - [`workflow`] — Orquesta-style workflow files: tasks, transitions, published variables.
 
 pub mod criteria;
+pub mod datastore;
 mod error;
 pub mod expressions;
 pub mod load;

@@ -5,6 +5,9 @@ use std::fmt;
 use serde_json::{Map, Value};
 use sluice_core::secrets::Keyring;
 
+use crate::datastore::Kv;
+use crate::template::ParamTemplate;
+
 use crate::model::{Action, ParamType};
 
 /// What replaces a secret value wherever it is shown or stored.
@@ -203,8 +206,33 @@ pub fn resolve(
     }
 }
 
-/// The text of each secret value, to recognise it where it was copied: a string as it is,
-/// anything else as its JSON text. Empty strings are left out.
+/// `given` with the defaults that are templates (`default: "{{ st2kv.system.region }}"`)
+/// rendered, for the parameters not given. A default that is no template is left to
+/// [`resolve`].
+pub fn render_defaults(
+    action: &Action,
+    mut given: Map<String, Value>,
+    kv: &Kv,
+) -> Result<Map<String, Value>, String> {
+    for (name, spec) in &action.parameters {
+        let Some(default @ Value::String(text)) = &spec.default else {
+            continue;
+        };
+        if !text.contains("{{") || given.get(name).is_some_and(|v| !v.is_null()) {
+            continue;
+        }
+        let shell = action.runner == sluice_core::RunnerType::LocalShellCmd && name == "cmd";
+        let value = ParamTemplate::compile(default.clone(), shell)
+            .and_then(|t| t.render(&Value::Null, Some(kv)))
+            .map_err(|e| format!("default of parameter {name:?}: {e}"))?;
+        given.insert(name.clone(), value);
+    }
+    Ok(given)
+}
+
+/// The text of each secret value, to recognise it where it was copied: a string as it is;
+/// anything else as its JSON text and each string and number inside it. Empty strings are
+/// left out.
 pub fn secret_texts<'a>(
     names: impl IntoIterator<Item = &'a String>,
     values: &Map<String, Value>,
@@ -213,12 +241,27 @@ pub fn secret_texts<'a>(
         .into_iter()
         .filter_map(|name| values.get(name))
         .filter(|v| !sluice_core::secrets::is_sealed(v))
-        .map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+        .flat_map(|v| {
+            let mut texts = Vec::new();
+            if !v.is_string() {
+                texts.push(v.to_string());
+            }
+            leaves(v, &mut texts);
+            texts
         })
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// The text of every string and number in `value`, at any depth.
+fn leaves(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
+        Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
+        Value::Bool(_) | Value::Null => {}
+    }
 }
 
 /// Names of the parameters whose value holds one of `secrets`, anywhere in it: a value

@@ -16,6 +16,8 @@ use minijinja::value::{Serde, Value as JinjaValue};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde_json::Value;
 
+use crate::datastore::Kv;
+
 static PLAIN: LazyLock<Environment<'static>> = LazyLock::new(|| environment(false));
 static SHELL: LazyLock<Environment<'static>> = LazyLock::new(|| environment(true));
 
@@ -23,6 +25,7 @@ fn environment(shell: bool) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     crate::expressions::register(&mut env);
+    env.add_filter("decrypt_kv", crate::datastore::decrypt_kv);
     if shell {
         env.set_auto_escape_callback(|_| AutoEscape::Custom(Cow::Borrowed("shell")));
         env.set_formatter(|out, state, value| {
@@ -91,15 +94,26 @@ impl ParamTemplate {
         Ok(Self { source, shell })
     }
 
-    /// Renders against `{"trigger": payload}`.
-    pub fn render(&self, payload: &Value) -> Result<Value, String> {
-        let ctx = minijinja::context! { trigger => JinjaValue::from(Serde(payload)) };
+    /// Renders against `{"trigger": payload}`, and `st2kv` when a datastore is given.
+    pub fn render(&self, payload: &Value, kv: Option<&Kv>) -> Result<Value, String> {
+        let ctx = minijinja::context! {
+            trigger => JinjaValue::from(Serde(payload)),
+            st2kv => kv.map(Kv::value),
+        };
         self.render_value(&self.source, &ctx)
     }
 
-    /// Renders against the names of `scope` (a JSON object).
-    pub fn render_in(&self, scope: &Value) -> Result<Value, String> {
-        self.render_value(&self.source, &JinjaValue::from(Serde(scope)))
+    /// Renders against the names of `scope` (a JSON object), and `st2kv` when a datastore
+    /// is given.
+    pub fn render_in(&self, scope: &Value, kv: Option<&Kv>) -> Result<Value, String> {
+        let ctx = match kv {
+            Some(kv) => minijinja::context! {
+                st2kv => kv.value(),
+                ..JinjaValue::from(Serde(scope))
+            },
+            None => JinjaValue::from(Serde(scope)),
+        };
+        self.render_value(&self.source, &ctx)
     }
 
     fn render_value(&self, value: &Value, ctx: &JinjaValue) -> Result<Value, String> {
@@ -146,7 +160,7 @@ mod tests {
     use super::*;
 
     fn render(source: Value, shell: bool, payload: Value) -> Result<Value, String> {
-        ParamTemplate::compile(source, shell)?.render(&payload)
+        ParamTemplate::compile(source, shell)?.render(&payload, None)
     }
 
     #[test]

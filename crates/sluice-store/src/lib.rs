@@ -1,5 +1,5 @@
 //! Sluice's store: events, enforcements, executions and their status history, workflow
-//! state, and dead letters, in SQLite (the embedded default) or PostgreSQL.
+//! state, dead letters and API tokens, in SQLite (the embedded default) or PostgreSQL.
 //!
 //! Every query is written once with `$N` placeholders, which both backends accept, and
 //! runs through [`Store`]'s backend dispatch. Status changes are conditional updates
@@ -7,6 +7,7 @@
 //! status is not a write.
 
 mod model;
+mod reseal;
 mod store;
 mod tokens;
 mod workflow;
@@ -15,6 +16,7 @@ pub use model::{
     DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
     Ledger, NewEvent, Transition,
 };
+pub use reseal::Resealed;
 pub use store::{Store, StoreError, StoreErrorKind};
 pub use tokens::{NewToken, Token};
 pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};

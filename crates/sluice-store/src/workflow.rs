@@ -22,7 +22,7 @@ pub struct NewChild {
     pub item: i64,
     pub attempt: u32,
     pub action: ActionRef,
-    /// Secrets already redacted.
+    /// Secret values already sealed.
     pub parameters: serde_json::Map<String, Value>,
     pub traceparent: Option<String>,
 }

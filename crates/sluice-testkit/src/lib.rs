@@ -241,6 +241,28 @@ impl Postgres {
             .expect("failed to start PostgreSQL again");
     }
 
+    /// Everything the `postgres` database holds, as `pg_dump` writes it.
+    pub fn dump(&self) -> Vec<u8> {
+        let output = pg_command("pg_dump")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "postgres",
+            ])
+            .output()
+            .expect("failed to run pg_dump");
+        assert!(
+            output.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
     /// A URL for the `postgres` database of this cluster.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

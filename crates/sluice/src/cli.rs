@@ -99,6 +99,11 @@ impl Client {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(format!("{}{path}", self.api)).json(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(format!("{}{path}", self.api)))
             .await
@@ -182,6 +187,102 @@ pub async fn token(call: TokenCall, out: &mut impl Write) -> anyhow::Result<bool
             client.delete(&format!("/api/v1/tokens/{id}")).await?;
             writeln!(out, "token {id} revoked")?;
         }
+    }
+    Ok(true)
+}
+
+/// What `sluice key ...` asks the API.
+pub enum KeyCall {
+    Set { key: String, body: Value },
+    Get { key: String, decrypt: bool },
+    List { prefix: Option<String> },
+    Delete { key: String },
+    Rotate,
+}
+
+/// The datastore key `name`: `system.<name>`, or `pack.<pack>.<name>` with a pack.
+pub fn key_path(name: &str, pack: Option<&str>) -> String {
+    match pack {
+        Some(pack) => format!("pack.{pack}.{name}"),
+        None => format!("system.{name}"),
+    }
+}
+
+/// `sluice key set|get|list|delete|rotate`.
+pub async fn key(
+    client: &Client,
+    call: KeyCall,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let answer = match &call {
+        KeyCall::Set { key, body } => client.put(&format!("/api/v1/keys/{key}"), body).await?,
+        KeyCall::Get { key, decrypt } => {
+            client
+                .get(&format!("/api/v1/keys/{key}?decrypt={decrypt}"))
+                .await?
+        }
+        KeyCall::List { prefix } => {
+            let query = prefix
+                .as_deref()
+                .map(|p| format!("?prefix={p}"))
+                .unwrap_or_default();
+            client.get(&format!("/api/v1/keys{query}")).await?
+        }
+        KeyCall::Delete { key } => client.delete(&format!("/api/v1/keys/{key}")).await?,
+        KeyCall::Rotate => {
+            client
+                .post("/api/v1/secrets/rotate", &Value::Object(Map::new()))
+                .await?
+        }
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+        return Ok(true);
+    }
+    let shown = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match call {
+        KeyCall::Set { .. } => writeln!(
+            out,
+            "{} set (revision {}{})",
+            shown(&answer["key"]),
+            answer["revision"],
+            answer["expires_at"]
+                .as_str()
+                .map(|at| format!(", expires {at}"))
+                .unwrap_or_default()
+        )?,
+        KeyCall::Get { .. } => writeln!(out, "{}", shown(&answer["value"]))?,
+        KeyCall::List { .. } => {
+            writeln!(
+                out,
+                "{:<40} {:<8} {:<20} VALUE",
+                "KEY", "REVISION", "EXPIRES"
+            )?;
+            for k in answer.as_array().map(Vec::as_slice).unwrap_or_default() {
+                writeln!(
+                    out,
+                    "{:<40} {:<8} {:<20} {}",
+                    shown(&k["key"]),
+                    k["revision"],
+                    k["expires_at"]
+                        .as_str()
+                        .map(|t| t.chars().take(19).collect::<String>())
+                        .unwrap_or_else(|| "-".into()),
+                    shown(&k["value"])
+                )?;
+            }
+        }
+        KeyCall::Delete { key } => writeln!(out, "{key} deleted")?,
+        KeyCall::Rotate => writeln!(
+            out,
+            "new secrets key {}; sealed again: {}",
+            shown(&answer["key_id"]),
+            answer["resealed"]
+        )?,
     }
     Ok(true)
 }

@@ -78,6 +78,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The datastore (st2kv): keys and secrets for templates and actions; and the
+    /// secrets key's rotation.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -110,6 +116,70 @@ enum ExecutionCommand {
     /// One execution: parameters, status history and result.
     Get {
         id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct KeyRef {
+    /// The key's name.
+    name: String,
+    /// A pack's key instead of a system one.
+    #[arg(long)]
+    pack: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Set a key (admin scope): sluice key set api_host db1.example.com
+    Set {
+        #[command(flatten)]
+        key: KeyRef,
+        /// The value, text; JSON with --json-value.
+        value: String,
+        /// Read VALUE as JSON.
+        #[arg(long)]
+        json_value: bool,
+        /// Keep it sealed; shown as ******** and opened only with `| decrypt_kv`.
+        #[arg(long)]
+        secret: bool,
+        /// Remove it after this long: 30s, 1h, 7d.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Set it only if it is at this revision (0: only if it does not exist).
+        #[arg(long)]
+        revision: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a key's value (a secret masked unless --decrypt, which needs admin).
+    Get {
+        #[command(flatten)]
+        key: KeyRef,
+        #[arg(long)]
+        decrypt: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every key, secret values masked.
+    List {
+        /// Only keys starting with this (e.g. system.aws_).
+        #[arg(long)]
+        prefix: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a key (admin scope).
+    Delete {
+        #[command(flatten)]
+        key: KeyRef,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a new secrets key, which seals from now on, and seal every stored secret again
+    /// with it (admin scope). Workers pick the new key up from their key file.
+    Rotate {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -388,6 +458,48 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Token { command } => cli::token(command_to_call(command)?, &mut out).await,
+        Command::Key { command } => {
+            let (call, client) = match command {
+                KeyCommand::Set {
+                    key,
+                    value,
+                    json_value,
+                    secret,
+                    ttl,
+                    revision,
+                    client,
+                } => {
+                    let value = if json_value {
+                        serde_json::from_str(&value)
+                            .map_err(|e| anyhow::anyhow!("VALUE is not JSON: {e}"))?
+                    } else {
+                        serde_json::Value::String(value)
+                    };
+                    let call = cli::KeyCall::Set {
+                        key: cli::key_path(&key.name, key.pack.as_deref()),
+                        body: serde_json::json!({
+                            "value": value, "secret": secret, "ttl": ttl, "revision": revision
+                        }),
+                    };
+                    (call, client)
+                }
+                KeyCommand::Get {
+                    key,
+                    decrypt,
+                    client,
+                } => {
+                    let key = cli::key_path(&key.name, key.pack.as_deref());
+                    (cli::KeyCall::Get { key, decrypt }, client)
+                }
+                KeyCommand::List { prefix, client } => (cli::KeyCall::List { prefix }, client),
+                KeyCommand::Delete { key, client } => {
+                    let key = cli::key_path(&key.name, key.pack.as_deref());
+                    (cli::KeyCall::Delete { key }, client)
+                }
+                KeyCommand::Rotate { client } => (cli::KeyCall::Rotate, client),
+            };
+            cli::key(&client.client()?, call, client.json, &mut out).await
+        }
         Command::Actors { action, client } => {
             let path = match action {
                 Some(action) => format!("/api/v1/actors?action={action}"),

@@ -10,7 +10,7 @@
 //! | user | may |
 //! |---|---|
 //! | `engine` | everything |
-//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats and run dead letters, hear cancel requests. Not publish run messages, not read triggers |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats and run dead letters, hear cancel requests, read the datastore. Not publish run messages, not read triggers, not write the datastore |
 //! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
@@ -65,7 +65,9 @@ impl Role {
           "$JS.API.CONSUMER.INFO.RUN.workers", "$JS.API.CONSUMER.MSG.NEXT.RUN.workers",
           "$JS.ACK.RUN.workers.>",
           "$JS.API.STREAM.MSG.GET.STATUS", "$JS.API.STREAM.MSG.GET.CONTROL",
-          "$JS.API.DIRECT.GET.STATUS.>", "$JS.API.DIRECT.GET.CONTROL.>"
+          "$JS.API.DIRECT.GET.STATUS.>", "$JS.API.DIRECT.GET.CONTROL.>",
+          "$JS.API.STREAM.INFO.KV_sluice-datastore", "$JS.API.STREAM.MSG.GET.KV_sluice-datastore",
+          "$JS.API.DIRECT.GET.KV_sluice-datastore.>"
         ] }
         subscribe: { allow: ["_INBOX.>", "sluice.cancel.>"] }
       }"#

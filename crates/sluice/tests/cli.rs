@@ -272,7 +272,8 @@ fn an_unreachable_nats_server_is_named() {
 }
 
 /// The nats-server `sluice up` starts refuses anonymous clients; a worker's user takes and
-/// settles run messages but cannot publish one or read triggers; the publisher's user
+/// settles run messages and reads the datastore, but cannot publish a run message, read
+/// triggers or write the datastore; the publisher's user
 /// publishes triggers and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
@@ -340,6 +341,27 @@ async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
     assert!(
         worker.get_stream("TRIGGERS").await.is_err(),
         "a worker read the TRIGGERS stream"
+    );
+    // The datastore: the engine writes it; a worker reads it and cannot write it.
+    engine
+        .get_key_value("sluice-datastore")
+        .await
+        .unwrap()
+        .put("system.probe", r#"{"value":1}"#.into())
+        .await
+        .unwrap();
+    let datastore = worker.get_key_value("sluice-datastore").await.unwrap();
+    assert_eq!(
+        datastore.get("system.probe").await.unwrap().as_deref(),
+        Some(&br#"{"value":1}"#[..]),
+        "a worker reads the datastore"
+    );
+    assert!(
+        datastore
+            .put("system.probe", "forged".into())
+            .await
+            .is_err(),
+        "a worker wrote the datastore"
     );
     let mut snoop = worker_client.subscribe("sluice.trigger.>").await.unwrap();
     assert!(

@@ -55,6 +55,7 @@ impl Actor for WorkflowActor {
             args.ctx.catalog.clone(),
             &args.action,
             args.ctx.keyring.clone(),
+            &args.ctx.kv,
             args.pending.parameters,
             args.pending.trace.get(TRACEPARENT).cloned(),
         );

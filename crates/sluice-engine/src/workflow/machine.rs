@@ -6,7 +6,7 @@
 //! their supervisors and arms timers; everything it decides, it asks this machine.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_core::secrets::{self, Keyring};
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::expressions::SCOPE;
 use sluice_pack::template::ParamTemplate;
 use sluice_pack::workflow::{Join, Workflow, truthy};
@@ -175,9 +176,13 @@ pub(crate) struct Machine {
     /// The text of each secret input: a child parameter or context value holding one is
     /// sealed too.
     secrets: Vec<String>,
+    /// Texts of datastore secrets `decrypt_kv` opened while rendering: secret as well.
+    opened: Mutex<Vec<String>>,
     /// Why the secret inputs could not be opened, if they could not.
     secrets_lost: Option<String>,
     keyring: Arc<Keyring>,
+    /// `st2kv`, seen from the workflow's pack.
+    kv: Kv,
     traceparent: Option<String>,
     saved: Saved,
     running: HashMap<ExecutionId, Running>,
@@ -192,6 +197,7 @@ impl Machine {
         catalog: Arc<Catalog>,
         action: &Action,
         keyring: Arc<Keyring>,
+        kv: &Kv,
         parameters: Map<String, Value>,
         traceparent: Option<String>,
     ) -> Self {
@@ -227,6 +233,8 @@ impl Machine {
             parameters,
             secrets_lost,
             keyring,
+            kv: kv.for_pack(action.action_ref.pack()),
+            opened: Mutex::new(Vec::new()),
             traceparent,
             saved: Saved::default(),
             running: HashMap::new(),
@@ -245,7 +253,7 @@ impl Machine {
         }
         let workflow = self.workflow.clone();
         for (name, template) in &workflow.vars {
-            match render(template, &self.scope(&[])) {
+            match self.render(template, &self.scope(&[])) {
                 Ok(value) => {
                     self.saved.ctx.insert(name.clone(), value);
                 }
@@ -546,7 +554,7 @@ impl Machine {
         let mut output = Map::new();
         let mut errors = self.saved.errors.clone();
         for (name, template) in &self.workflow.output {
-            match render(template, &scope) {
+            match self.render(template, &scope) {
                 Ok(value) => {
                     output.insert(name.clone(), value);
                 }
@@ -554,13 +562,13 @@ impl Machine {
             }
         }
         // An output rendered from a secret input is stored sealed, and shown masked.
-        let tainted = params::tainted(&output, &self.secrets);
+        let tainted = params::tainted(&output, &self.secrets());
         if let Ok(sealed) = self.keyring.seal_named(&tainted, &output) {
             output = sealed;
         }
         let errors: Vec<String> = errors
             .iter()
-            .map(|e| params::scrub(e, &self.secrets))
+            .map(|e| params::scrub(e, &self.secrets()))
             .collect();
         let status = if self.saved.cancelling {
             ExecutionStatus::Cancelled
@@ -582,7 +590,7 @@ impl Machine {
     pub(crate) fn saved_json(&self) -> Value {
         let mut saved = self.saved.clone();
         let mut names = self.secret_inputs.clone();
-        names.extend(params::tainted(&saved.ctx, &self.secrets));
+        names.extend(params::tainted(&saved.ctx, &self.secrets()));
         saved.ctx = self
             .keyring
             .seal_named(&names, &saved.ctx)
@@ -643,7 +651,7 @@ impl Machine {
             result: Value::Null,
         };
         if let Some(with) = &task.with {
-            match render(&with.items, &self.scope(&[])) {
+            match self.render(&with.items, &self.scope(&[])) {
                 Ok(Value::Array(items)) => {
                     run.slots = items.iter().map(|_| Slot::new()).collect();
                     run.items = Some(items);
@@ -726,19 +734,20 @@ impl Machine {
             .input
             .iter()
             .map(|(key, template)| {
-                render(template, &scope)
+                self.render(template, &scope)
                     .map(|v| (key.clone(), v))
                     .map_err(|e| format!("input.{key}: {e}"))
             })
             .collect();
         let action = task.action.as_ref().and_then(|r| self.catalog.action(r));
         let prepared = match (rendered, action) {
-            (Ok(input), Some(action)) => params::resolve(action, input)
-                .map_err(|e| e.to_string())
-                .and_then(|p| params::seal(&self.keyring, action, &p, &self.secrets))
+            (Ok(input), Some(action)) => self
+                .defaults(action, input)
+                .and_then(|input| params::resolve(action, input).map_err(|e| e.to_string()))
+                .and_then(|p| params::seal(&self.keyring, action, &p, &self.secrets()))
                 .map(|p| (action, p))
-                .map_err(|e| params::scrub(&e, &self.secrets)),
-            (Err(e), _) => Err(params::scrub(&e, &self.secrets)),
+                .map_err(|e| params::scrub(&e, &self.secrets())),
+            (Err(e), _) => Err(params::scrub(&e, &self.secrets())),
             (_, None) => Err("its action is no longer loaded".to_owned()),
         };
         let (round, attempt, with_items) =
@@ -807,7 +816,7 @@ impl Machine {
             ]);
             let when = match &transition.when {
                 None => true,
-                Some(when) => match render(when, &scope) {
+                Some(when) => match self.render(when, &scope) {
                     Ok(value) => truthy(&value),
                     Err(e) => {
                         self.saved
@@ -826,7 +835,7 @@ impl Machine {
                     ("result", result.clone()),
                     ("status", json!(status.as_str())),
                 ]);
-                match render(template, &scope) {
+                match self.render(template, &scope) {
                     Ok(value) => {
                         self.saved.ctx.insert(key.clone(), value);
                     }
@@ -882,8 +891,44 @@ impl Machine {
     }
 }
 
-fn render(template: &ParamTemplate, scope: &Value) -> Result<Value, String> {
-    template.render_in(scope)
+impl Machine {
+    /// Renders with `st2kv`; what `decrypt_kv` opened is remembered as secret.
+    fn render(&self, template: &ParamTemplate, scope: &Value) -> Result<Value, String> {
+        let (rendered, opened) = opened_during(|| template.render_in(scope, Some(&self.kv)));
+        if !opened.is_empty() {
+            self.opened
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(opened);
+        }
+        rendered
+    }
+
+    /// A child's input with its action's templated defaults rendered (seen from the
+    /// child action's pack).
+    fn defaults(
+        &self,
+        action: &Action,
+        input: Map<String, Value>,
+    ) -> Result<Map<String, Value>, String> {
+        let kv = self.kv.for_pack(action.action_ref.pack());
+        let (rendered, opened) = opened_during(|| params::render_defaults(action, input, &kv));
+        self.opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(opened);
+        rendered
+    }
+
+    /// The texts of every secret this workflow holds: its secret inputs and what
+    /// `decrypt_kv` opened.
+    fn secrets(&self) -> Vec<String> {
+        let opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.secrets.iter().chain(opened.iter()).cloned().collect()
+    }
 }
 
 fn summary(result: &Value) -> String {

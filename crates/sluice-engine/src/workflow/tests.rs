@@ -70,6 +70,7 @@ impl Run {
                 catalog,
                 &action,
                 keyring.clone(),
+                &crate::testing::empty_datastore(),
                 parameters,
                 None,
             ),
@@ -342,6 +343,7 @@ fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_sealed() {
         catalog.clone(),
         &action,
         run.keyring.clone(),
+        &crate::testing::empty_datastore(),
         stored.clone(),
         None,
     );
@@ -356,6 +358,7 @@ fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_sealed() {
         catalog,
         &action,
         Arc::new(Keyring::ephemeral().unwrap()),
+        &crate::testing::empty_datastore(),
         stored,
         None,
     );

@@ -42,6 +42,17 @@ impl Api {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     /// Requests an execution; its id.
     pub async fn submit(&self, action: &str, parameters: Value) -> i64 {
         let (code, body) = self

@@ -1,0 +1,316 @@
+//! The datastore as the engine serves it: writes and reads for the API (secret values
+//! sealed on the way in, masked on the way out), a live copy of every key for templates,
+//! and the removal of expired keys.
+//!
+//! The copy follows the bucket with a watch, so a key set through any engine's API, or
+//! straight into the bucket, is seen by the next template that renders.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+pub use sluice_bus::datastore::WriteError;
+use sluice_bus::datastore::{Change, Datastore, Stored};
+use sluice_core::datastore::{KeyEntry, KeyName};
+use sluice_core::secrets::{self, Keyring};
+use sluice_pack::datastore::KeyLookup;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How often expired keys are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The engine's copy of the datastore.
+pub(crate) struct KeyCache {
+    entries: RwLock<HashMap<KeyName, Stored>>,
+    keyring: Arc<Keyring>,
+}
+
+impl KeyCache {
+    pub(crate) fn new(keyring: Arc<Keyring>) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            keyring,
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<KeyName, Stored>> {
+        self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<KeyName, Stored>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expired(&self, now: DateTime<Utc>) -> Vec<Stored> {
+        self.read()
+            .values()
+            .filter(|s| !s.entry.is_live(now))
+            .cloned()
+            .collect()
+    }
+}
+
+impl KeyLookup for KeyCache {
+    fn value(&self, key: &KeyName) -> Option<Value> {
+        self.read()
+            .get(key)
+            .filter(|s| s.entry.is_live(Utc::now()))
+            .map(|s| s.entry.value.clone())
+    }
+
+    fn open(&self, sealed: &str) -> Result<Value, String> {
+        self.keyring.unseal(sealed).map_err(|e| e.to_string())
+    }
+}
+
+/// Follows the bucket and deletes expired keys, until `cancel`.
+pub(crate) async fn run(store: Datastore, cache: Arc<KeyCache>, cancel: CancellationToken) {
+    tokio::join!(
+        follow(store.clone(), cache.clone(), cancel.clone()),
+        sweep(store, cache, cancel)
+    );
+}
+
+/// Keeps `cache` equal to the bucket until `cancel`; a broken watch is set up again.
+async fn follow(store: Datastore, cache: Arc<KeyCache>, cancel: CancellationToken) {
+    loop {
+        let mut changes = match store.watch().await {
+            Ok(changes) => changes,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the datastore; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        cache.write().clear();
+        loop {
+            let change = tokio::select! {
+                _ = cancel.cancelled() => return,
+                change = changes.next() => change,
+            };
+            match change {
+                Some(Ok(Change::Put(stored))) => {
+                    cache.write().insert(stored.key.clone(), stored);
+                }
+                Some(Ok(Change::Deleted(key))) => {
+                    cache.write().remove(&key);
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "datastore watch failed; watching again");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Deletes keys whose time is up (only at the revision that expired, so a key set again
+/// meanwhile stays).
+async fn sweep(store: Datastore, cache: Arc<KeyCache>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for stored in cache.expired(Utc::now()) {
+            match store.delete(&stored.key, Some(stored.revision)).await {
+                Ok(()) => debug!(key = %stored.key, "expired datastore key deleted"),
+                Err(WriteError::Conflict { .. }) => {}
+                Err(e) => warn!(key = %stored.key, error = %e, "expired key not deleted yet"),
+            }
+        }
+    }
+}
+
+/// A key as the API shows it: a secret value masked.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyView {
+    pub key: String,
+    pub scope: String,
+    pub name: String,
+    pub value: Value,
+    pub secret: bool,
+    pub revision: u64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+impl KeyView {
+    fn of(stored: &Stored, value: Value) -> Self {
+        Self {
+            key: stored.key.to_string(),
+            scope: match &stored.key.scope {
+                sluice_core::datastore::KeyScope::System => "system".into(),
+                sluice_core::datastore::KeyScope::Pack(_) => "pack".into(),
+            },
+            name: stored.key.name.clone(),
+            value,
+            secret: stored.entry.secret,
+            revision: stored.revision,
+            expires_at: stored.entry.expires_at,
+            updated_at: stored.entry.updated_at,
+            updated_by: stored.entry.updated_by.clone(),
+        }
+    }
+
+    fn masked(stored: &Stored) -> Self {
+        Self::of(stored, secrets::masked(&stored.entry.value))
+    }
+}
+
+/// Why a datastore request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no key {0}")]
+    NotFound(KeyName),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{0}")]
+    Secrets(String),
+    #[error(transparent)]
+    Bus(#[from] sluice_bus::BusError),
+}
+
+/// A value to write.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub value: Value,
+    pub secret: bool,
+    pub ttl: Option<Duration>,
+    /// Write only if the key is at this revision (0: only if it does not exist).
+    pub revision: Option<u64>,
+}
+
+/// The datastore operations the API offers.
+#[derive(Clone)]
+pub struct Keys {
+    pub(crate) store: Datastore,
+    pub(crate) keyring: Arc<Keyring>,
+}
+
+impl Keys {
+    /// Sets `key`; a secret value is sealed before it leaves the engine.
+    pub async fn set(&self, key: &KeyName, new: NewKey, by: &str) -> Result<KeyView, KeyError> {
+        let value = if new.secret {
+            Value::String(
+                self.keyring
+                    .seal(&new.value)
+                    .map_err(|e| KeyError::Secrets(e.to_string()))?,
+            )
+        } else {
+            new.value
+        };
+        let now = Utc::now();
+        let entry = KeyEntry {
+            value,
+            secret: new.secret,
+            expires_at: new
+                .ttl
+                .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
+                .map(|ttl| now + ttl),
+            updated_at: now,
+            updated_by: by.to_owned(),
+        };
+        let revision = self.store.put(key, &entry, new.revision).await?;
+        info!(key = %key, secret = entry.secret, by, revision, "datastore key set");
+        Ok(KeyView::masked(&Stored {
+            key: key.clone(),
+            entry,
+            revision,
+        }))
+    }
+
+    async fn live(&self, key: &KeyName) -> Result<Stored, KeyError> {
+        self.store
+            .get(key)
+            .await?
+            .filter(|s| s.entry.is_live(Utc::now()))
+            .ok_or_else(|| KeyError::NotFound(key.clone()))
+    }
+
+    /// A key, its secret value masked.
+    pub async fn get(&self, key: &KeyName) -> Result<KeyView, KeyError> {
+        Ok(KeyView::masked(&self.live(key).await?))
+    }
+
+    /// A key with its secret value in clear; recorded in the log (who, which key — never
+    /// the value).
+    pub async fn open(&self, key: &KeyName, by: &str) -> Result<KeyView, KeyError> {
+        let stored = self.live(key).await?;
+        let value = if stored.entry.secret {
+            info!(key = %key, by, "datastore secret read in clear");
+            match &stored.entry.value {
+                Value::String(sealed) => self
+                    .keyring
+                    .unseal(sealed)
+                    .map_err(|e| KeyError::Secrets(format!("{key}: {e}")))?,
+                other => other.clone(),
+            }
+        } else {
+            stored.entry.value.clone()
+        };
+        Ok(KeyView::of(&stored, value))
+    }
+
+    /// Every live key, secret values masked; those whose full name starts with `prefix`.
+    pub async fn list(&self, prefix: Option<&str>) -> Result<Vec<KeyView>, KeyError> {
+        let now = Utc::now();
+        Ok(self
+            .store
+            .list()
+            .await?
+            .iter()
+            .filter(|s| s.entry.is_live(now))
+            .filter(|s| prefix.is_none_or(|p| s.key.to_string().starts_with(p)))
+            .map(KeyView::masked)
+            .collect())
+    }
+
+    pub async fn delete(
+        &self,
+        key: &KeyName,
+        revision: Option<u64>,
+        by: &str,
+    ) -> Result<(), KeyError> {
+        self.live(key).await?;
+        self.store.delete(key, revision).await?;
+        info!(key = %key, by, "datastore key deleted");
+        Ok(())
+    }
+
+    /// Seals every secret entry again with the newest key; how many it rewrote.
+    pub(crate) async fn reseal(&self) -> Result<u64, KeyError> {
+        let mut count = 0;
+        for mut stored in self.store.list().await? {
+            if !stored.entry.secret {
+                continue;
+            }
+            let changed = self
+                .keyring
+                .reseal_all(&mut stored.entry.value)
+                .map_err(|e| KeyError::Secrets(format!("{}: {e}", stored.key)))?;
+            if changed {
+                match self
+                    .store
+                    .put(&stored.key, &stored.entry, Some(stored.revision))
+                    .await
+                {
+                    // Written meanwhile, sealed with the newest key by that write.
+                    Ok(_) | Err(WriteError::Conflict { .. }) => count += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(count)
+    }
+}
