@@ -187,6 +187,33 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     let ran = sluice(&["run", "core.echo", "message=again", "--wait"], &second);
     assert!(ran.status.success(), "{}", text(&ran));
 
+    // The datastore from the CLI: set, read masked and in clear, list, rotate, delete.
+    let set = sluice(&["key", "set", "api_token", "tok-9f2e", "--secret"], &second);
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(text(&set).starts_with("system.api_token set (revision "), "{}", text(&set));
+    let set = sluice(&["key", "set", "limits", r#"{"n": 3}"#, "--json-value", "--pack", "examples", "--ttl", "1h"], &second);
+    assert!(text(&set).contains("pack.examples.limits set"), "{}", text(&set));
+    assert_eq!(text(&sluice(&["key", "get", "api_token"], &second)), "********\n");
+    assert_eq!(
+        text(&sluice(&["key", "get", "api_token", "--decrypt"], &second)),
+        "tok-9f2e\n"
+    );
+    let list = text(&sluice(&["key", "list"], &second));
+    assert!(list.starts_with("KEY"), "{list}");
+    assert!(list.contains("pack.examples.limits") && list.contains(r#"{"n":3}"#), "{list}");
+    assert!(!list.contains("tok-9f2e"), "{list}");
+    let rotated = text(&sluice(&["key", "rotate"], &second));
+    assert!(rotated.starts_with("new secrets key "), "{rotated}");
+    assert_eq!(
+        text(&sluice(&["key", "get", "api_token", "--decrypt"], &second)),
+        "tok-9f2e\n"
+    );
+    let deleted = sluice(&["key", "delete", "api_token"], &second);
+    assert_eq!(text(&deleted), "system.api_token deleted\n");
+    let missing = sluice(&["key", "get", "api_token"], &second);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("no key system.api_token (HTTP 404)"), "{}", text(&missing));
+
     // SIGTERM drains and exits cleanly, taking nats-server down with it.
     let nats_pid = std::fs::read_to_string(data.path().join("nats-server.pid"))
         .unwrap()
