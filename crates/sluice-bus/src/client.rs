@@ -52,6 +52,8 @@ pub enum Published {
 pub struct NatsOptions {
     /// A file holding a user nkey seed (`SU…`).
     pub nkey: Option<PathBuf>,
+    /// A `.creds` file (a user JWT and its nkey seed), for servers in operator mode.
+    pub creds: Option<PathBuf>,
     /// CA certificates (PEM) to trust for the server's certificate; requires TLS.
     pub tls_ca: Option<PathBuf>,
     /// This client's certificate and key (PEM), for a server that verifies clients.
@@ -78,6 +80,11 @@ pub async fn connect_client(
         let seed = std::fs::read_to_string(path)
             .map_err(|e| BusError::setup(format!("the nkey seed in {}", path.display()), e))?;
         options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(path) = &extra.creds {
+        options = options.credentials_file(path).await.map_err(|e| {
+            BusError::setup(format!("the NATS credentials in {}", path.display()), e)
+        })?;
     }
     if let Some(ca) = &extra.tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);

@@ -372,6 +372,69 @@ pub fn sealed_names(parameters: &Map<String, Value>) -> Vec<String> {
         .collect()
 }
 
+/// The text of each secret value, to recognise it where it was copied: a string as it is;
+/// anything else as its JSON text and each string and number inside it. Empty strings are
+/// left out.
+pub fn secret_texts<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+    values: &Map<String, Value>,
+) -> Vec<String> {
+    names
+        .into_iter()
+        .filter_map(|name| values.get(name))
+        .filter(|v| !is_sealed(v))
+        .flat_map(|v| {
+            let mut texts = Vec::new();
+            if !v.is_string() {
+                texts.push(v.to_string());
+            }
+            leaves(v, &mut texts);
+            texts
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The text of every string and number in `value`, at any depth.
+fn leaves(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
+        Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// Names of the parameters whose value holds one of `secrets`, anywhere in it: a value
+/// rendered from a secret is itself secret.
+pub fn tainted(parameters: &Map<String, Value>, secrets: &[String]) -> Vec<String> {
+    if secrets.is_empty() {
+        return Vec::new();
+    }
+    parameters
+        .iter()
+        .filter(|(_, value)| {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            secrets.iter().any(|secret| text.contains(secret.as_str()))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// `text` with every occurrence of `secrets` replaced by the mask: for error messages that
+/// may quote a value rendered from a secret.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        text = text.replace(secret.as_str(), MASK);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,7 +106,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                         let secrets = decoded
                             .payload
                             .as_object()
-                            .map(|values| sluice_pack::params::secret_texts(&secret, values))
+                            .map(|values| sluice_core::secrets::secret_texts(&secret, values))
                             .unwrap_or_default();
                         planned = rules::plan(
                             &shared.catalog,

@@ -47,7 +47,7 @@ pub fn plan(
             let resolved = rendered
                 .and_then(|given| params::resolve(action, given).map_err(|e| e.to_string()))
                 .and_then(|parameters| params::seal(keyring, action, &parameters, &secrets))
-                .map_err(|e| params::scrub(&e, &secrets));
+                .map_err(|e| sluice_core::secrets::scrub(&e, &secrets));
             Some(match resolved {
                 Ok(parameters) => Planned {
                     firing: Firing {

@@ -202,7 +202,7 @@ impl Trigger {
             return Ok(());
         };
         let secrets = match payload.as_object() {
-            Some(values) => crate::params::secret_texts(&self.secret_properties(), values),
+            Some(values) => sluice_core::secrets::secret_texts(&self.secret_properties(), values),
             None => Vec::new(),
         };
         let problems: Vec<String> = validator
@@ -214,7 +214,7 @@ impl Trigger {
                 } else {
                     format!("{at}: {e}")
                 };
-                crate::params::scrub(&problem, &secrets)
+                sluice_core::secrets::scrub(&problem, &secrets)
             })
             .collect();
         if problems.is_empty() {

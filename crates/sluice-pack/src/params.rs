@@ -3,7 +3,7 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
-use sluice_core::secrets::Keyring;
+use sluice_core::secrets::{self, Keyring};
 
 use crate::datastore::Kv;
 use crate::template::ParamTemplate;
@@ -230,69 +230,6 @@ pub fn render_defaults(
     Ok(given)
 }
 
-/// The text of each secret value, to recognise it where it was copied: a string as it is;
-/// anything else as its JSON text and each string and number inside it. Empty strings are
-/// left out.
-pub fn secret_texts<'a>(
-    names: impl IntoIterator<Item = &'a String>,
-    values: &Map<String, Value>,
-) -> Vec<String> {
-    names
-        .into_iter()
-        .filter_map(|name| values.get(name))
-        .filter(|v| !sluice_core::secrets::is_sealed(v))
-        .flat_map(|v| {
-            let mut texts = Vec::new();
-            if !v.is_string() {
-                texts.push(v.to_string());
-            }
-            leaves(v, &mut texts);
-            texts
-        })
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-/// The text of every string and number in `value`, at any depth.
-fn leaves(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::String(s) => out.push(s.clone()),
-        Value::Number(n) => out.push(n.to_string()),
-        Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
-        Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
-        Value::Bool(_) | Value::Null => {}
-    }
-}
-
-/// Names of the parameters whose value holds one of `secrets`, anywhere in it: a value
-/// rendered from a secret is itself secret.
-pub fn tainted(parameters: &Map<String, Value>, secrets: &[String]) -> Vec<String> {
-    if secrets.is_empty() {
-        return Vec::new();
-    }
-    parameters
-        .iter()
-        .filter(|(_, value)| {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            secrets.iter().any(|secret| text.contains(secret.as_str()))
-        })
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
-/// `text` with every occurrence of `secrets` replaced by the mask: for error messages that
-/// may quote a value rendered from a secret.
-pub fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets {
-        text = text.replace(secret.as_str(), REDACTED);
-    }
-    text
-}
-
 /// The parameters as they are stored and sent: the action's secret parameters, and any
 /// parameter holding one of `secrets` (values it was rendered from), sealed.
 pub fn seal(
@@ -302,7 +239,7 @@ pub fn seal(
     secrets: &[String],
 ) -> Result<Map<String, Value>, String> {
     let mut names = action.secret_parameters();
-    names.extend(tainted(parameters, secrets));
+    names.extend(secrets::tainted(parameters, secrets));
     keyring
         .seal_named(&names, parameters)
         .map_err(|e| format!("secret parameters could not be sealed: {e}"))
@@ -417,7 +354,7 @@ mod tests {
         );
         assert_eq!(keyring.unseal_all(&sealed).unwrap(), params);
         assert_eq!(
-            scrub("found the string \"s3cr3t!\"", &["s3cr3t".to_owned()]),
+            secrets::scrub("found the string \"s3cr3t!\"", &["s3cr3t".to_owned()]),
             "found the string \"********!\""
         );
     }

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-pub use net::free_port;
-use net::wait_for_port;
+pub use net::{free_port, wait_for_port};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 /// A `nats-server` with JetStream, owned by the test.
@@ -83,13 +82,18 @@ impl NatsServer {
                 command.arg("-c").arg(file);
             }
         }
+        let log = std::fs::File::create(self.store_dir.path().join("server.log"))?;
         let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("failed to run nats-server")?;
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))
+        wait_for_port(self.port, Duration::from_secs(10)).with_context(|| {
+            let log = std::fs::read_to_string(self.store_dir.path().join("server.log"))
+                .unwrap_or_default();
+            format!("nats-server said: {}", log.trim())
+        })
     }
 
     pub fn url(&self) -> String {

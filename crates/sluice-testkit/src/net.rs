@@ -13,7 +13,7 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {

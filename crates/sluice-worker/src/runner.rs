@@ -234,6 +234,13 @@ async fn run_process(
     timeout: Option<Duration>,
     cancel: &CancellationToken,
 ) -> Outcome {
+    // The worker's own configuration (its NATS URL with credentials, its key files) is not
+    // the action's business: every inherited SLUICE_* variable is left out.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SLUICE_") {
+            command.env_remove(name);
+        }
+    }
     command
         .envs(param_env(&message.parameters))
         .env("SLUICE_EXECUTION_ID", message.execution_id.to_string())

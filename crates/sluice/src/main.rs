@@ -282,6 +282,10 @@ struct ServerArgs {
     /// A file holding the NATS user nkey seed (SU...) to connect with.
     #[arg(long, env = "SLUICE_NATS_NKEY")]
     nats_nkey: Option<PathBuf>,
+    /// A NATS credentials file (.creds: user JWT and nkey seed), for a server in operator
+    /// mode.
+    #[arg(long, env = "SLUICE_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
     /// CA certificates (PEM) to verify the NATS server's TLS certificate with; TLS required.
     #[arg(long, env = "SLUICE_NATS_TLS_CA")]
     nats_tls_ca: Option<PathBuf>,
@@ -329,6 +333,7 @@ impl ServerArgs {
             run_signing_key: self.run_signing_key,
             nats_options: sluice_bus::NatsOptions {
                 nkey: self.nats_nkey,
+                creds: self.nats_creds,
                 tls_ca: self.nats_tls_ca,
                 tls_cert: self.nats_tls_cert.zip(self.nats_tls_key),
             },

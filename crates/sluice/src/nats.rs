@@ -53,8 +53,9 @@ impl Role {
         }
     }
 
-    /// The user's permissions, in nats-server's configuration syntax.
-    fn permissions(self) -> &'static str {
+    /// The user's permissions, in nats-server's configuration syntax; `deploy/nats/` gives
+    /// its users the same.
+    pub fn permissions(self) -> &'static str {
         match self {
             Self::Engine => r#"{ publish: ">", subscribe: ">" }"#,
             Self::Worker => {

@@ -188,19 +188,49 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     assert!(ran.status.success(), "{}", text(&ran));
 
     // The datastore from the CLI: set, read masked and in clear, list, rotate, delete.
-    let set = sluice(&["key", "set", "api_token", "tok-9f2e", "--secret"], &second);
+    let set = sluice(
+        &["key", "set", "api_token", "tok-9f2e", "--secret"],
+        &second,
+    );
     assert!(set.status.success(), "{}", text(&set));
-    assert!(text(&set).starts_with("system.api_token set (revision "), "{}", text(&set));
-    let set = sluice(&["key", "set", "limits", r#"{"n": 3}"#, "--json-value", "--pack", "examples", "--ttl", "1h"], &second);
-    assert!(text(&set).contains("pack.examples.limits set"), "{}", text(&set));
-    assert_eq!(text(&sluice(&["key", "get", "api_token"], &second)), "********\n");
+    assert!(
+        text(&set).starts_with("system.api_token set (revision "),
+        "{}",
+        text(&set)
+    );
+    let set = sluice(
+        &[
+            "key",
+            "set",
+            "limits",
+            r#"{"n": 3}"#,
+            "--json-value",
+            "--pack",
+            "examples",
+            "--ttl",
+            "1h",
+        ],
+        &second,
+    );
+    assert!(
+        text(&set).contains("pack.examples.limits set"),
+        "{}",
+        text(&set)
+    );
+    assert_eq!(
+        text(&sluice(&["key", "get", "api_token"], &second)),
+        "********\n"
+    );
     assert_eq!(
         text(&sluice(&["key", "get", "api_token", "--decrypt"], &second)),
         "tok-9f2e\n"
     );
     let list = text(&sluice(&["key", "list"], &second));
     assert!(list.starts_with("KEY"), "{list}");
-    assert!(list.contains("pack.examples.limits") && list.contains(r#"{"n":3}"#), "{list}");
+    assert!(
+        list.contains("pack.examples.limits") && list.contains(r#"{"n":3}"#),
+        "{list}"
+    );
     assert!(!list.contains("tok-9f2e"), "{list}");
     let rotated = text(&sluice(&["key", "rotate"], &second));
     assert!(rotated.starts_with("new secrets key "), "{rotated}");
@@ -212,7 +242,11 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     assert_eq!(text(&deleted), "system.api_token deleted\n");
     let missing = sluice(&["key", "get", "api_token"], &second);
     assert!(!missing.status.success());
-    assert!(text(&missing).contains("no key system.api_token (HTTP 404)"), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("no key system.api_token (HTTP 404)"),
+        "{}",
+        text(&missing)
+    );
 
     // SIGTERM drains and exits cleanly, taking nats-server down with it.
     let nats_pid = std::fs::read_to_string(data.path().join("nats-server.pid"))
@@ -298,13 +332,10 @@ fn an_unreachable_nats_server_is_named() {
     );
 }
 
-/// The nats-server `sluice up` starts refuses anonymous clients; a worker's user takes and
-/// settles run messages and reads the datastore, but cannot publish a run message, read
-/// triggers or write the datastore; the publisher's user
-/// publishes triggers and nothing else.
+/// The nats-server `sluice up` starts refuses anonymous clients, and limits each user as
+/// [`each_user_is_limited`] checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
-    use futures::StreamExt as _;
     let data = tempfile::tempdir().unwrap();
     let (nats_port, http_port) = (free_port(), free_port());
     let _up = up(data.path(), nats_port, http_port);
@@ -321,7 +352,59 @@ async fn sluice_up_s_nats_server_refuses_strangers_and_limits_each_user() {
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
     );
+    each_user_is_limited(nats_port, &url).await;
+}
 
+/// deploy/nats/nats-server.conf gives its users what `sluice up` gives its own server's,
+/// and a nats-server running it limits them the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_nats_config_limits_each_user_the_same_way() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/nats-server.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    for role in [
+        sluice::nats::Role::Engine,
+        sluice::nats::Role::Worker,
+        sluice::nats::Role::Publisher,
+    ] {
+        assert!(
+            squeeze(&text).contains(&squeeze(role.permissions())),
+            "{role:?}'s permissions differ from sluice up's"
+        );
+    }
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new("nats-server")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .env("SLUICE_NATS_ENGINE_PASSWORD", "engine-pw")
+        .env("SLUICE_NATS_WORKER_PASSWORD", "worker-pw")
+        .env("SLUICE_NATS_PUBLISHER_PASSWORD", "publisher-pw")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sluice_testkit::wait_for_port(port, Duration::from_secs(10)).unwrap();
+    let url = |user: &str| format!("nats://{user}:{user}-pw@127.0.0.1:{port}");
+    // What the engine sets up on its first start.
+    let bus = sluice_bus::Bus::connect(&url("engine"), "engine")
+        .await
+        .unwrap();
+    sluice_bus::datastore::Datastore::create(&bus)
+        .await
+        .unwrap();
+    each_user_is_limited(port, &url).await;
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Anonymous clients and wrong passwords are refused; a worker's user takes and settles
+/// run messages and reads the datastore, but cannot publish a run message, read triggers or
+/// write the datastore; the publisher's user publishes triggers and nothing else.
+async fn each_user_is_limited(nats_port: u16, url: &dyn Fn(&str) -> String) {
+    use futures::StreamExt as _;
     let anonymous = async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await;
     assert!(anonymous.is_err(), "an anonymous client was let in");
     let wrong = sluice_bus::connect_client(

@@ -35,19 +35,37 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
     let put = |name: &str, body: Value| call(&admin, reqwest::Method::PUT, key(name), Some(body));
 
     // Compare-and-set: 0 means "only if absent"; a stale revision is a conflict.
-    let (status, first) = put("system.region", json!({"value": "eu-west-1", "revision": 0})).await;
+    let (status, first) = put(
+        "system.region",
+        json!({"value": "eu-west-1", "revision": 0}),
+    )
+    .await;
     assert_eq!(status, 200, "{first}");
     let r1 = first["revision"].as_u64().unwrap();
     let (status, again) = put("system.region", json!({"value": "x", "revision": 0})).await;
     assert_eq!(status, 409, "{again}");
-    assert!(again["error"].as_str().unwrap().contains("exists"), "{again}");
-    let (status, second) = put("system.region", json!({"value": "eu-north-1", "revision": r1})).await;
+    assert!(
+        again["error"].as_str().unwrap().contains("exists"),
+        "{again}"
+    );
+    let (status, second) = put(
+        "system.region",
+        json!({"value": "eu-north-1", "revision": r1}),
+    )
+    .await;
     assert_eq!(status, 200, "{second}");
     let r2 = second["revision"].as_u64().unwrap();
-    let (status, stale) = put("system.region", json!({"value": "us-east-1", "revision": r1})).await;
+    let (status, stale) = put(
+        "system.region",
+        json!({"value": "us-east-1", "revision": r1}),
+    )
+    .await;
     assert_eq!(status, 409, "{stale}");
     assert!(
-        stale["error"].as_str().unwrap().contains(&format!("revision {r2}")),
+        stale["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("revision {r2}")),
         "{stale}"
     );
 
@@ -57,7 +75,11 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
         json!({"value": "hunter2-kv", "secret": true}),
     )
     .await;
-    assert_eq!((status, &secret["value"]), (200, &json!("********")), "{secret}");
+    assert_eq!(
+        (status, &secret["value"]),
+        (200, &json!("********")),
+        "{secret}"
+    );
     let (_, created) = call(
         &admin,
         reqwest::Method::POST,
@@ -105,12 +127,19 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
         None,
     )
     .await;
-    assert_eq!((status, &open["value"]), (200, &json!("hunter2-kv")), "{open}");
+    assert_eq!(
+        (status, &open["value"]),
+        (200, &json!("hunter2-kv")),
+        "{open}"
+    );
 
     // Bad input is named.
     let (status, bad) = put("region", json!({"value": 1})).await;
     assert_eq!(status, 400, "{bad}");
-    assert!(bad["error"].as_str().unwrap().contains("system.<name>"), "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("system.<name>"),
+        "{bad}"
+    );
     let (status, bad) = put("system.a", json!({"value": 1, "ttl": "soon"})).await;
     assert_eq!(status, 422, "{bad}");
     assert!(bad["error"].as_str().unwrap().contains("\"soon\""), "{bad}");
@@ -121,9 +150,7 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _) = call(&admin, reqwest::Method::GET, key("system.session"), None).await;
-        let bucket = sluice
-            .nats_client()
-            .await;
+        let bucket = sluice.nats_client().await;
         let gone_from_bucket = async_nats::jetstream::new(bucket)
             .get_key_value("sluice-datastore")
             .await
@@ -176,11 +203,19 @@ async fn defaults_read_the_datastore_and_rotation_seals_everything_again() {
             Some(body),
         )
     };
-    assert_eq!(put("system.db_host", json!({"value": "db1.internal"})).await.0, 200);
     assert_eq!(
-        put("system.db_password", json!({"value": "kv-s3cret", "secret": true}))
+        put("system.db_host", json!({"value": "db1.internal"}))
             .await
             .0,
+        200
+    );
+    assert_eq!(
+        put(
+            "system.db_password",
+            json!({"value": "kv-s3cret", "secret": true})
+        )
+        .await
+        .0,
         200
     );
     let (status, created) = sluice
@@ -191,11 +226,19 @@ async fn defaults_read_the_datastore_and_rotation_seals_everything_again() {
     assert_eq!(created["parameters"]["password"], "********");
     let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
-    assert_eq!(done["result"]["stdout"].as_str().unwrap().trim(), "db1.internal");
+    assert_eq!(
+        done["result"]["stdout"].as_str().unwrap().trim(),
+        "db1.internal"
+    );
 
     // Rotation: a new key seals; what was stored under the old one is sealed again.
     let store = sluice_store::Store::connect(
-        &sluice.data_dir.path().join("sluice.db").display().to_string(),
+        &sluice
+            .data_dir
+            .path()
+            .join("sluice.db")
+            .display()
+            .to_string(),
     )
     .await
     .unwrap();
@@ -215,7 +258,13 @@ async fn defaults_read_the_datastore_and_rotation_seals_everything_again() {
     assert_eq!(status, 200, "{rotated}");
     let new = rotated["key_id"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
-    assert!(rotated["resealed"]["execution_parameters"].as_u64().unwrap() >= 1, "{rotated}");
+    assert!(
+        rotated["resealed"]["execution_parameters"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{rotated}"
+    );
     assert_eq!(rotated["resealed"]["datastore"], 1, "{rotated}");
     assert_eq!(stored_key(store.clone(), id).await, new);
     let bucket = async_nats::jetstream::new(sluice.nats_client().await)
@@ -224,9 +273,15 @@ async fn defaults_read_the_datastore_and_rotation_seals_everything_again() {
         .unwrap();
     let entry: Value =
         serde_json::from_slice(&bucket.get("system.db_password").await.unwrap().unwrap()).unwrap();
-    assert_eq!(key_id_of(entry["value"].as_str().unwrap()), Some(new.as_str()));
+    assert_eq!(
+        key_id_of(entry["value"].as_str().unwrap()),
+        Some(new.as_str())
+    );
     let keys = std::fs::read_to_string(sluice.data_dir.path().join("secrets.key")).unwrap();
-    assert!(keys.contains(&old) && keys.contains(&new), "old keys still open");
+    assert!(
+        keys.contains(&old) && keys.contains(&new),
+        "old keys still open"
+    );
 
     // Everything still opens: the worker learns the new key from the file.
     let (_, again) = sluice
@@ -234,6 +289,9 @@ async fn defaults_read_the_datastore_and_rotation_seals_everything_again() {
         .await;
     let again = sluice.wait_execution(again["id"].as_i64().unwrap()).await;
     assert_eq!(again["status"], "succeeded", "{again:#}");
-    assert_eq!(stored_key(store.clone(), again["id"].as_i64().unwrap()).await, new);
+    assert_eq!(
+        stored_key(store.clone(), again["id"].as_i64().unwrap()).await,
+        new
+    );
     store.close().await;
 }

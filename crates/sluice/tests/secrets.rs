@@ -70,6 +70,10 @@ fn pack(dir: &Path) -> Vec<(&'static str, String)> {
         ),
         ("triggers/kv_event.yaml", "name: kv_event\n".to_owned()),
         (
+            "actions/env.yaml",
+            "name: env\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: env}\n".to_owned(),
+        ),
+        (
             "rules/on_login.yaml",
             "name: on_login\ntrigger:\n  type: t.login_event\naction:\n  ref: t.login\n  parameters:\n    password: \"{{ trigger.password }}\"\n    note: \"user {{ trigger.user }} said {{ trigger.password }}\"\n".to_owned(),
         ),
@@ -216,6 +220,17 @@ async fn secrets_never_rest_travel_or_show_in_clear(postgres: Option<&Postgres>,
     let mut expected = vec![TRIGGER, RUN, FLOW, DATASTORE, HOLD, QUEUED];
     expected.sort_unstable();
     assert_eq!(got, expected, "what the actions received");
+
+    // An action sees its own SLUICE_* variables, none of the worker's configuration.
+    let env = cluster.submit("t.env", json!({})).await;
+    wait_for(&cluster, "env ran", |l| count(l, "t.env", "succeeded") == 1).await;
+    let env = cluster.execution(env).await;
+    let env = env["result"]["stdout"].as_str().unwrap();
+    assert!(env.contains("SLUICE_EXECUTION_ID="), "{env}");
+    assert!(
+        !env.contains("SLUICE_LOG_FORMAT"),
+        "the worker's configuration leaked: {env}"
+    );
 
     // Shown masked wherever the API shows them.
     for id in [hold, queued, run] {

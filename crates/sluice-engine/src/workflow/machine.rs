@@ -228,7 +228,7 @@ impl Machine {
         Self {
             workflow,
             catalog,
-            secrets: params::secret_texts(&secret_inputs, &parameters),
+            secrets: secrets::secret_texts(&secret_inputs, &parameters),
             secret_inputs,
             parameters,
             secrets_lost,
@@ -562,13 +562,13 @@ impl Machine {
             }
         }
         // An output rendered from a secret input is stored sealed, and shown masked.
-        let tainted = params::tainted(&output, &self.secrets());
+        let tainted = secrets::tainted(&output, &self.secrets());
         if let Ok(sealed) = self.keyring.seal_named(&tainted, &output) {
             output = sealed;
         }
         let errors: Vec<String> = errors
             .iter()
-            .map(|e| params::scrub(e, &self.secrets()))
+            .map(|e| secrets::scrub(e, &self.secrets()))
             .collect();
         let status = if self.saved.cancelling {
             ExecutionStatus::Cancelled
@@ -590,7 +590,7 @@ impl Machine {
     pub(crate) fn saved_json(&self) -> Value {
         let mut saved = self.saved.clone();
         let mut names = self.secret_inputs.clone();
-        names.extend(params::tainted(&saved.ctx, &self.secrets()));
+        names.extend(secrets::tainted(&saved.ctx, &self.secrets()));
         saved.ctx = self
             .keyring
             .seal_named(&names, &saved.ctx)
@@ -746,8 +746,8 @@ impl Machine {
                 .and_then(|input| params::resolve(action, input).map_err(|e| e.to_string()))
                 .and_then(|p| params::seal(&self.keyring, action, &p, &self.secrets()))
                 .map(|p| (action, p))
-                .map_err(|e| params::scrub(&e, &self.secrets())),
-            (Err(e), _) => Err(params::scrub(&e, &self.secrets())),
+                .map_err(|e| secrets::scrub(&e, &self.secrets())),
+            (Err(e), _) => Err(secrets::scrub(&e, &self.secrets())),
             (_, None) => Err("its action is no longer loaded".to_owned()),
         };
         let (round, attempt, with_items) =
