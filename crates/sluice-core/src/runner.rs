@@ -67,3 +67,40 @@ impl fmt::Display for RunnerType {
         f.write_str(self.as_str())
     }
 }
+
+/// The file an action's `entry_point` names, relative to the pack's `actions/` directory,
+/// which must lie inside the pack (the directory holding `actions/`) once `..` and
+/// symbolic links are resolved. The error says why it does not qualify.
+pub fn confined_entry_point(
+    actions_dir: &std::path::Path,
+    entry: &str,
+) -> Result<std::path::PathBuf, String> {
+    let pack_dir = actions_dir.parent().unwrap_or(actions_dir);
+    if std::path::Path::new(entry).is_absolute() {
+        return Err(format!(
+            "{entry} is an absolute path; an entry point is relative to the pack's actions/ directory"
+        ));
+    }
+    let joined = actions_dir.join(entry);
+    let resolved = joined.canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("file {} does not exist", joined.display()),
+        _ => format!("file {} cannot be opened: {e}", joined.display()),
+    })?;
+    let pack = pack_dir.canonicalize().map_err(|e| {
+        format!(
+            "pack directory {} cannot be opened: {e}",
+            pack_dir.display()
+        )
+    })?;
+    if !resolved.starts_with(&pack) {
+        return Err(format!(
+            "{entry} resolves to {}, outside the pack {}",
+            resolved.display(),
+            pack.display()
+        ));
+    }
+    if !resolved.is_file() {
+        return Err(format!("{} is not a file", resolved.display()));
+    }
+    Ok(resolved)
+}

@@ -607,6 +607,7 @@ mod tests {
             default: None,
             allowed: None,
             secret: false,
+            shell: false,
             description: None,
             immutable: false,
             position: None,

@@ -7,7 +7,8 @@
 //!
 //! - [`params`] — resolve an action's parameters: defaults, types, enums, secrets.
 //! - [`criteria`] — StackStorm's rule criteria operators over a trigger payload.
-//! - [`template`] — Jinja parameter templates, shell-quoted where they build a command.
+//! - [`template`] — Jinja parameter templates.
+//! - [`shell`] — making values inserted into text a shell reads inert.
 //! - [`datastore`] — `st2kv` and `decrypt_kv` in templates.
 //! - [`workflow`] — Orquesta-style workflow files: tasks, transitions, published variables.
 
@@ -18,6 +19,7 @@ pub mod expressions;
 pub mod load;
 pub mod model;
 pub mod params;
+pub mod shell;
 pub mod template;
 pub mod workflow;
 mod workflow_file;

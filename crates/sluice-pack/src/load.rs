@@ -231,6 +231,7 @@ impl Loader {
             return;
         };
         let entry_point = file.entry_point.filter(|e| !e.is_empty());
+        let mut entry_file = None;
         match (&entry_point, file.runner_type.needs_entry_point()) {
             (None, true) => {
                 self.error(
@@ -239,12 +240,11 @@ impl Loader {
                     format!("runner {} needs an entry_point file", file.runner_type),
                 );
             }
-            (Some(entry), true) if !dir.join("actions").join(entry).is_file() => {
-                let message = format!(
-                    "file {} does not exist",
-                    dir.join("actions").join(entry).display()
-                );
-                self.error(path, Some("entry_point"), message);
+            (Some(entry), true) => {
+                match sluice_core::runner::confined_entry_point(&dir.join("actions"), entry) {
+                    Ok(file) => entry_file = Some(file),
+                    Err(message) => self.error(path, Some("entry_point"), message),
+                }
             }
             _ => {}
         }
@@ -286,10 +286,9 @@ impl Loader {
             return;
         }
         if file.runner_type == RunnerType::Orquesta
-            && let Some(entry) = &entry_point
+            && let Some(entry) = entry_file
         {
-            self.workflows
-                .push((action_ref.clone(), dir.join("actions").join(entry)));
+            self.workflows.push((action_ref.clone(), entry));
         }
         let action = Action {
             action_ref: action_ref.clone(),
@@ -532,7 +531,7 @@ impl Loader {
                     );
                     continue;
                 }
-                let shell = action.runner == RunnerType::LocalShellCmd && name == "cmd";
+                let shell = action.shell_reads(&name);
                 match ParamTemplate::compile(value, shell) {
                     Ok(t) => {
                         parameters.insert(name, t);

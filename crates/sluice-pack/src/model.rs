@@ -58,6 +58,10 @@ pub struct ParamSpec {
     pub secret: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A shell reads the parameter's text (a script, a command line): values templates
+    /// insert into it are quoted for where they sit. `cmd` of `local-shell-cmd` always is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shell: bool,
     /// StackStorm's flag for a parameter the caller may not override.
     #[serde(default)]
     pub immutable: bool,
@@ -158,6 +162,13 @@ impl Action {
     /// Whether the engine runs it (a workflow) rather than a worker.
     pub fn is_workflow(&self) -> bool {
         self.runner == RunnerType::Orquesta
+    }
+
+    /// Whether a shell reads parameter `name`'s text: `cmd` of a `local-shell-cmd` action,
+    /// or a parameter marked `shell: true`. Values templates insert into it are made inert.
+    pub fn shell_reads(&self, name: &str) -> bool {
+        (self.runner == RunnerType::LocalShellCmd && name == "cmd")
+            || self.parameters.get(name).is_some_and(|spec| spec.shell)
     }
 
     pub fn secret_parameters(&self) -> Vec<String> {

@@ -221,7 +221,7 @@ pub fn render_defaults(
         if !text.contains("{{") || given.get(name).is_some_and(|v| !v.is_null()) {
             continue;
         }
-        let shell = action.runner == sluice_core::RunnerType::LocalShellCmd && name == "cmd";
+        let shell = action.shell_reads(name);
         let value = ParamTemplate::compile(default.clone(), shell)
             .and_then(|t| t.render(&Value::Null, Some(kv)))
             .map_err(|e| format!("default of parameter {name:?}: {e}"))?;

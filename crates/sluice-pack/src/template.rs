@@ -1,67 +1,66 @@
 //! Jinja parameter templates over a trigger payload (`{{ trigger.host }}`).
 //!
-//! Where a template builds a shell command — the `cmd` parameter of a `local-shell-cmd`
-//! action — every inserted value is shell-quoted by auto-escaping, so a payload cannot
-//! inject commands; `| safe` is the explicit opt-out. A template that is exactly one
+//! Where a template builds text a shell reads — the `cmd` parameter of a `local-shell-cmd`
+//! action, or a parameter marked `shell: true` — every inserted value is quoted for the
+//! place it sits in ([`crate::shell`]), so a payload cannot inject commands, and no filter
+//! can opt out. A template that is exactly one
 //! expression keeps the expression's JSON type (`"{{ trigger.count }}"` stays a number).
 //! Undefined values are errors: a command is never run with a silently empty argument.
 //!
 //! Workflow templates use the same environments, with Orquesta's functions (`ctx()`,
 //! `item()`, `result()`, `succeeded()`, `task('name')`, ...) over a workflow scope.
 
-use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use minijinja::value::{Serde, Value as JinjaValue};
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::datastore::Kv;
 
-static PLAIN: LazyLock<Environment<'static>> = LazyLock::new(|| environment(false));
-static SHELL: LazyLock<Environment<'static>> = LazyLock::new(|| environment(true));
+static PLAIN: LazyLock<Environment<'static>> = LazyLock::new(environment);
 
-fn environment(shell: bool) -> Environment<'static> {
+fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     crate::expressions::register(&mut env);
     env.add_filter("decrypt_kv", crate::datastore::decrypt_kv);
-    if shell {
-        env.set_auto_escape_callback(|_| AutoEscape::Custom(Cow::Borrowed("shell")));
-        env.set_formatter(|out, state, value| {
-            if value.is_safe()
-                || !matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "shell")
-            {
-                return minijinja::escape_formatter(out, state, value);
+    // What a shell template's insertions are rewritten to call ([`crate::shell`]). They
+    // quote whatever they get, safe-marked or not.
+    let quoting = |quote: fn(&str) -> String| {
+        move |value: JinjaValue| {
+            if value.is_undefined() {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::UndefinedError,
+                    "undefined value",
+                ));
             }
             let text = if value.is_none() {
                 String::new()
             } else {
                 value.to_string()
             };
-            out.write_str(&shell_quote(&text))
-                .map_err(minijinja::Error::from)
-        });
-    }
+            Ok(JinjaValue::from_safe_string(quote(&text)))
+        }
+    };
+    env.add_function(
+        "__shell_word",
+        quoting(|t| crate::shell::quote_word(t).into_owned()),
+    );
+    env.add_function("__shell_in_single", quoting(crate::shell::quote_in_single));
+    env.add_function("__shell_in_double", quoting(crate::shell::quote_in_double));
     env
-}
-
-/// Quotes a string for a POSIX shell; plain words are left as they are.
-pub fn shell_quote(text: &str) -> Cow<'_, str> {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "_-+=:,./@%".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(format!("'{}'", text.replace('\'', r"'\''")))
-    }
 }
 
 /// A parameter value from a rule: JSON whose strings may be templates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamTemplate {
     pub source: Value,
-    /// Values inserted into it are shell-quoted.
+    /// A shell reads it: values inserted into it are made inert ([`crate::shell`]).
     pub shell: bool,
+    /// What renders: `source`, or for a shell template, `source` with every insertion
+    /// quoted for where it sits.
+    text: Value,
 }
 
 fn is_template(s: &str) -> bool {
@@ -77,21 +76,39 @@ fn sole_expression(s: &str) -> Option<&str> {
 impl ParamTemplate {
     /// Checks every template in the value compiles; the error names the problem.
     pub fn compile(source: Value, shell: bool) -> Result<Self, String> {
-        fn check(value: &Value, shell: bool) -> Result<(), String> {
+        fn prepare(value: &Value, shell: bool) -> Result<Value, String> {
             match value {
                 Value::String(s) if is_template(s) => {
-                    let env = if shell { &*SHELL } else { &*PLAIN };
-                    env.template_from_str(s)
-                        .map(drop)
-                        .map_err(|e| format!("invalid template {s:?}: {e}"))
+                    let text = if shell {
+                        crate::shell::rewrite(s)
+                            .map_err(|e| format!("invalid template {s:?}: {e}"))?
+                    } else {
+                        s.clone()
+                    };
+                    PLAIN
+                        .template_from_str(&text)
+                        .map_err(|e| format!("invalid template {s:?}: {e}"))?;
+                    Ok(Value::String(text))
                 }
-                Value::Array(items) => items.iter().try_for_each(|v| check(v, shell)),
-                Value::Object(map) => map.values().try_for_each(|v| check(v, shell)),
-                _ => Ok(()),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|v| prepare(v, shell))
+                    .collect::<Result<_, _>>()
+                    .map(Value::Array),
+                Value::Object(map) => map
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), prepare(v, shell)?)))
+                    .collect::<Result<_, String>>()
+                    .map(Value::Object),
+                other => Ok(other.clone()),
             }
         }
-        check(&source, shell)?;
-        Ok(Self { source, shell })
+        let text = prepare(&source, shell)?;
+        Ok(Self {
+            source,
+            shell,
+            text,
+        })
     }
 
     /// Renders against `{"trigger": payload}`, and `st2kv` when a datastore is given.
@@ -100,7 +117,7 @@ impl ParamTemplate {
             trigger => JinjaValue::from(Serde(payload)),
             st2kv => kv.map(Kv::value),
         };
-        self.render_value(&self.source, &ctx)
+        self.render_value(&self.text, &ctx)
     }
 
     /// Renders against the names of `scope` (a JSON object), and `st2kv` when a datastore
@@ -113,7 +130,7 @@ impl ParamTemplate {
             },
             None => JinjaValue::from(Serde(scope)),
         };
-        self.render_value(&self.source, &ctx)
+        self.render_value(&self.text, &ctx)
     }
 
     fn render_value(&self, value: &Value, ctx: &JinjaValue) -> Result<Value, String> {
@@ -133,8 +150,8 @@ impl ParamTemplate {
                     }
                     return serde_json::to_value(&out).map_err(|e| format!("{s:?}: {e}"));
                 }
-                let env = if self.shell { &*SHELL } else { &*PLAIN };
-                env.render_str(s, ctx.clone())
+                PLAIN
+                    .render_str(s, ctx.clone())
                     .map(Value::String)
                     .map_err(|e| format!("{s:?}: {e}"))
             }
@@ -193,14 +210,19 @@ mod tests {
     }
 
     #[test]
-    fn safe_opts_out_of_shell_quoting() {
-        let out = render(
-            json!("{{ trigger.cmd | safe }}"),
-            true,
-            json!({"cmd": "ls -l"}),
-        )
-        .unwrap();
-        assert_eq!(out, json!("ls -l"));
+    fn no_filter_bypasses_shell_quoting() {
+        for source in [
+            "{{ trigger.cmd | safe }}",
+            "{{ trigger.cmd | tojson }}",
+            "{{ trigger.cmd | tojson | safe }}",
+        ] {
+            let out = render(json!(source), true, json!({"cmd": "$(id)"})).unwrap();
+            let out = out.as_str().unwrap();
+            assert!(
+                out.starts_with('\'') && out.ends_with('\''),
+                "{source}: {out}"
+            );
+        }
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_core::{ActionRef, RunnerType};
+use sluice_core::ActionRef;
 
 use crate::error::LoadError;
 use crate::model::{Action, Catalog};
 use crate::template::ParamTemplate;
-use crate::workflow::{Join, Retry, Task, Transition, WithItems, Workflow};
+use crate::workflow::{Join, Limits, Retry, Task, Transition, WithItems, Workflow};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,9 @@ struct WorkflowFile {
     tasks: BTreeMap<String, TaskFile>,
     #[serde(default)]
     output: Option<Value>,
+    /// Sluice's bounds on a runaway workflow (not in Orquesta's format).
+    #[serde(default)]
+    limits: Limits,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +144,7 @@ pub fn parse(file: &Path, action: &Action, catalog: &Catalog) -> Result<Workflow
     };
     let text = std::fs::read_to_string(file).map_err(|e| whole(format!("cannot read: {e}")))?;
     let raw: WorkflowFile = serde_yaml_ng::from_str(&text).map_err(|e| whole(e.to_string()))?;
+    let doc_limits = raw.limits;
     let mut check = Check {
         file,
         errors: Vec::new(),
@@ -208,8 +212,7 @@ pub fn parse(file: &Path, action: &Action, catalog: &Catalog) -> Result<Workflow
                 );
                 continue;
             }
-            let shell =
-                target.is_some_and(|t| t.runner == RunnerType::LocalShellCmd) && key == "cmd";
+            let shell = target.is_some_and(|t| t.shell_reads(key));
             if let Some(t) = check.template(&field, source.clone(), shell) {
                 task_input.push((key.clone(), t));
             }
@@ -365,6 +368,7 @@ pub fn parse(file: &Path, action: &Action, catalog: &Catalog) -> Result<Workflow
         output,
         start,
         inbound,
+        limits: doc_limits,
     })
 }
 

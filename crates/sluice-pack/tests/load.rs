@@ -437,3 +437,54 @@ fn a_missing_workflow_file_is_named() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn an_entry_point_outside_its_pack_is_refused_by_file_and_field() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("evil.sh"), "touch pwned\n").unwrap();
+    let (dir, roots) = with_pack(&[
+        (
+            "actions/up.yaml",
+            "name: up\nrunner_type: local-shell-script\nentry_point: ../../../../../../../../etc/passwd\n",
+        ),
+        (
+            "actions/abs.yaml",
+            "name: abs\nrunner_type: python-script\nentry_point: /etc/passwd\n",
+        ),
+        (
+            "actions/link.yaml",
+            "name: link\nrunner_type: local-shell-script\nentry_point: link.sh\n",
+        ),
+        (
+            "actions/flow.yaml",
+            "name: flow\nrunner_type: orquesta\nentry_point: ../../flow.yaml\n",
+        ),
+    ]);
+    std::os::unix::fs::symlink(
+        outside.path().join("evil.sh"),
+        dir.path().join("t/actions/link.sh"),
+    )
+    .unwrap();
+    write(dir.path(), "flow.yaml", "version: 1.0\ntasks: {}\n");
+    let errs: Vec<String> = load_packs(&roots)
+        .expect_err("pack should not load")
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for (file, why) in [
+        ("t/actions/up.yaml: entry_point: ", "outside the pack"),
+        ("t/actions/abs.yaml: entry_point: ", "is an absolute path"),
+        ("t/actions/link.yaml: entry_point: ", "outside the pack"),
+        ("t/actions/flow.yaml: entry_point: ", "outside the pack"),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(file) && e.contains(why)),
+            "{file} {why}: {errs:#?}"
+        );
+    }
+    assert!(
+        !errs.iter().any(|e| e.contains("root:")),
+        "a file outside the pack was read: {errs:#?}"
+    );
+}

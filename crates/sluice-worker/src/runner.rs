@@ -152,14 +152,9 @@ fn entry_point(message: &RunMessage, actions_dir: Option<&Path>) -> Result<PathB
             message.action.pack()
         )
     })?;
-    let path = dir.join(entry);
-    if !path.is_file() {
-        return Err(format!(
-            "entry point {} does not exist on this worker",
-            path.display()
-        ));
-    }
-    Ok(path)
+    // Checked again here: the files on this worker are not the ones the engine loaded.
+    sluice_core::runner::confined_entry_point(dir, entry)
+        .map_err(|e| format!("entry point of {}: {e} on this worker", message.action))
 }
 
 fn is_executable(path: &Path) -> bool {

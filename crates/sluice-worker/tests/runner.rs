@@ -293,3 +293,24 @@ async fn cancelling_kills_the_process_group() {
     .await;
     assert_eq!(out.status, ExecutionStatus::Cancelled);
 }
+
+#[tokio::test]
+async fn an_entry_point_outside_the_pack_is_not_run_on_the_worker() {
+    let root = tempfile::tempdir().unwrap();
+    let actions = root.path().join("pack/actions");
+    std::fs::create_dir_all(&actions).unwrap();
+    std::fs::write(root.path().join("evil.sh"), "touch pwned\n").unwrap();
+    std::os::unix::fs::symlink(root.path().join("evil.sh"), actions.join("link.sh")).unwrap();
+    for entry in ["../../evil.sh", "link.sh", "/etc/passwd"] {
+        let mut msg = message(RunnerType::LocalShellScript, json!({}), Some(20));
+        msg.entry_point = Some(entry.into());
+        let out = run(&msg, Some(&actions)).await;
+        assert_eq!(out.status, ExecutionStatus::Failed, "{entry}: {out:?}");
+        let error = out.result["error"].as_str().unwrap();
+        assert!(
+            error.contains("outside the pack") || error.contains("absolute path"),
+            "{entry}: {error}"
+        );
+    }
+    assert!(!root.path().join("pwned").exists() && !actions.join("pwned").exists());
+}

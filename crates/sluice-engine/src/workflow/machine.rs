@@ -111,6 +111,9 @@ struct Saved {
     /// Failures no transition handled; the workflow fails with them.
     errors: Vec<String>,
     cancelling: bool,
+    /// Task executions started so far, for `limits.executions`.
+    #[serde(default)]
+    launched: u64,
 }
 
 /// A child to create and queue.
@@ -643,6 +646,14 @@ impl Machine {
             return;
         }
         let round = previous.map_or(0, |run| run.round + 1);
+        let limit = self.workflow.limits.rounds;
+        if round >= limit {
+            self.saved.errors.push(format!(
+                "task {name} would run a {}th time; a task may run {limit} times in one workflow (limits.rounds)",
+                u64::from(round) + 1
+            ));
+            return;
+        }
         let mut run = TaskRun {
             round,
             status: TaskStatus::Running,
@@ -760,8 +771,20 @@ impl Machine {
         else {
             return;
         };
+        let limit = self.workflow.limits.executions;
+        let prepared = match prepared {
+            Ok(_) if self.saved.launched >= limit => {
+                let error = format!(
+                    "the workflow has started {limit} task executions, as many as it may (limits.executions)"
+                );
+                self.saved.errors.push(error.clone());
+                Err(error)
+            }
+            other => other,
+        };
         match prepared {
             Ok((action, parameters)) => {
+                self.saved.launched += 1;
                 self.step.launches.push(Launch {
                     child: NewChild {
                         task: name.to_owned(),

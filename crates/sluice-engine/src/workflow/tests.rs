@@ -392,3 +392,49 @@ fn a_value_rendered_from_a_secret_input_is_sealed_in_the_child_state_and_output(
         json!("Bearer hunter2-distinctive")
     );
 }
+
+#[test]
+fn a_loop_that_never_stops_is_failed_at_its_rounds_limit() {
+    let yaml = "version: 1.0\nlimits: {rounds: 5}\ntasks:\n  first:\n    next: [{do: [again]}]\n  again:\n    action: t.work\n    input: {n: 1}\n    next:\n      - when: \"{{ succeeded() }}\"\n        do: [again]\n";
+    let mut run = Run::start(yaml, json!({}));
+    for _ in 0..10 {
+        let Some((id, ..)) = run.created.last().cloned() else {
+            break;
+        };
+        if run.machine.idle() {
+            break;
+        }
+        run.end(id, ExecutionStatus::Succeeded, json!({}));
+    }
+    assert_eq!(run.count("again"), 5, "it ran exactly its 5 rounds");
+    assert!(run.machine.idle());
+    let (status, result) = run.machine.outcome();
+    assert_eq!(status, ExecutionStatus::Failed);
+    assert!(
+        result["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("limits.rounds"),
+        "{result}"
+    );
+}
+
+#[test]
+fn a_workflow_stops_starting_tasks_at_its_executions_limit() {
+    let yaml = "version: 1.0\nlimits: {executions: 4}\ntasks:\n  each:\n    action: t.work\n    with: {items: \"{{ range(10) | list }}\"}\n    input: {n: \"{{ item() }}\"}\n";
+    let mut run = Run::start(yaml, json!({}));
+    assert_eq!(run.count("each"), 4);
+    for item in 0..4 {
+        run.succeed("each", item);
+    }
+    assert!(run.machine.idle());
+    let (status, result) = run.machine.outcome();
+    assert_eq!(status, ExecutionStatus::Failed);
+    assert!(
+        result["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("limits.executions"),
+        "{result}"
+    );
+}

@@ -46,6 +46,26 @@ pub struct Workflow {
     pub start: Vec<String>,
     /// The tasks with a transition to each task (what `join: all` waits for).
     pub inbound: BTreeMap<String, BTreeSet<String>>,
+    pub limits: Limits,
+}
+
+/// How far a workflow may go before it is failed as a runaway: `limits:` in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Task executions (children) it may start in all.
+    pub executions: u64,
+    /// Times one task may run (a loop's rounds).
+    pub rounds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            executions: 100_000,
+            rounds: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
