@@ -84,3 +84,33 @@ impl IntoResponse for ApiError {
         (status, Json(json!({ "error": message }))).into_response()
     }
 }
+
+/// A JSON request body, decoded within [`sluice_core::bounded`]'s limits (depth, size,
+/// 64-bit integers, no duplicate keys), then read as `T`. Any problem is a `400` saying
+/// what is wrong.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::BadRequest(
+                "send the body as JSON, with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let value = sluice_core::bounded::from_json(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not acceptable JSON: {e}")))?;
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| ApiError::BadRequest(format!("the body does not fit: {e}")))
+    }
+}

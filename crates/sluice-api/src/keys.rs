@@ -15,7 +15,7 @@ use sluice_core::datastore::KeyName;
 use sluice_engine::datastore::{KeyError, NewKey, WriteError};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, AppState};
+use crate::error::{ApiError, AppState, Body};
 
 pub(crate) fn routes() -> Router<AppState> {
     use axum::routing::{get, post};
@@ -98,10 +98,9 @@ async fn write(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
-    body: Result<Json<WriteRequest>, axum::extract::rejection::JsonRejection>,
+    Body(request): Body<WriteRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let key = key_name(&key)?;
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let ttl = request
         .ttl
         .as_deref()

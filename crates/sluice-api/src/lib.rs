@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_store::ExecutionFilter;
 
-pub use error::{ApiError, AppState};
+pub use error::{ApiError, AppState, Body};
 
 pub fn app(engine: AppState) -> Router {
     Router::new()
@@ -196,9 +196,8 @@ struct NewTokenRequest {
 async fn create_token(
     State(engine): State<AppState>,
     Extension(caller): Extension<auth::Caller>,
-    body: Result<Json<NewTokenRequest>, axum::extract::rejection::JsonRejection>,
+    Body(request): Body<NewTokenRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let scope: sluice_core::Scope = request
         .scope
         .parse()
@@ -333,9 +332,8 @@ struct CreateExecution {
 
 async fn create_execution(
     State(engine): State<AppState>,
-    body: Result<Json<CreateExecution>, axum::extract::rejection::JsonRejection>,
+    Body(request): Body<CreateExecution>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = engine.submit(&request.action, request.parameters).await?;
     let execution = engine
         .store()

@@ -31,7 +31,7 @@ pub fn decode_trigger(
     } else if payload.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
-        serde_json::from_slice(payload).map_err(|e| {
+        sluice_core::bounded::from_json(payload).map_err(|e| {
             format!("payload is not valid JSON ({e}); send JSON, or MessagePack with the header Content-Type: {MSGPACK_CONTENT_TYPE}")
         })?
     };
@@ -44,8 +44,8 @@ pub fn decode_trigger(
     Ok(TriggerMessage { trigger, payload })
 }
 
-fn rmp_serde_decode(bytes: &[u8]) -> Result<Value, sluice_core::CodecError> {
-    sluice_core::decode(bytes)
+fn rmp_serde_decode(bytes: &[u8]) -> Result<Value, String> {
+    sluice_core::bounded::from_msgpack(bytes)
 }
 
 fn kind(value: &Value) -> &'static str {

@@ -15,6 +15,7 @@ fn run_message(id: i64, attempt: u32) -> RunMessage {
         parameters: Default::default(),
         secret_parameters: vec![],
         timeout_secs: None,
+        limits: Default::default(),
     }
 }
 

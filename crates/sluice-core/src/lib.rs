@@ -8,10 +8,12 @@
 //!   with their MessagePack encoding.
 //! - [`runner`] — the runner types an action can name.
 //! - [`auth`] — the scopes of API tokens.
+//! - [`bounded`] — the one decoder, with limits, for values from outside.
 //! - [`datastore`] — the datastore's key names and entries.
 //! - [`secrets`] — sealing secret values, and the key file they are sealed with.
 
 pub mod auth;
+pub mod bounded;
 pub mod datastore;
 pub mod id;
 pub mod message;
@@ -22,8 +24,8 @@ pub mod status;
 pub use auth::Scope;
 pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
 pub use message::{
-    CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, RunMessage, StatusReport, decode,
-    encode,
+    CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, ProcessLimits, RunMessage,
+    StatusReport, decode, encode,
 };
 pub use runner::RunnerType;
 pub use status::{EventStatus, ExecutionStatus, Owner};

@@ -30,6 +30,31 @@ pub struct RunMessage {
     #[serde(default)]
     pub secret_parameters: Vec<String>,
     pub timeout_secs: Option<u64>,
+    /// Limits on the action's processes.
+    #[serde(default, skip_serializing_if = "ProcessLimits::is_none")]
+    pub limits: ProcessLimits,
+}
+
+/// Per-process limits an action asks for (`limits:` in its file), applied by the worker
+/// with `setrlimit` to the process it starts, and inherited by its children.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessLimits {
+    /// Address space, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// CPU time, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// Open file descriptors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+}
+
+impl ProcessLimits {
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl RunMessage {
@@ -217,6 +242,7 @@ mod tests {
             parameters,
             secret_parameters: vec![],
             timeout_secs: Some(60),
+            limits: Default::default(),
         };
         let back: RunMessage = decode(&encode(&msg).unwrap()).unwrap();
         assert_eq!(back, msg);

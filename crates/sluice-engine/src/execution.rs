@@ -68,6 +68,7 @@ impl ExecutionActor {
             parameters: state.pending.parameters.clone(),
             secret_parameters: sluice_core::secrets::sealed_names(&state.pending.parameters),
             timeout_secs: state.action.timeout_secs,
+            limits: state.action.limits,
         }
     }
 }

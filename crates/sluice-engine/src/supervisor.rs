@@ -619,6 +619,7 @@ mod tests {
             entry_point: None,
             parameters: BTreeMap::from([("key".to_owned(), key_param)]),
             timeout_secs: None,
+            limits: Default::default(),
             enabled: true,
             policy,
             workflow: None,

@@ -40,6 +40,8 @@ struct ActionFile {
     timeout: Option<u64>,
     #[serde(default)]
     policy: Policy,
+    #[serde(default)]
+    limits: sluice_core::ProcessLimits,
 }
 
 /// StackStorm's policy file: `action.concurrency` and `action.concurrency.attr`.
@@ -257,6 +259,7 @@ impl Loader {
                     entry_point: None,
                     parameters: BTreeMap::from([(name.clone(), spec.clone())]),
                     timeout_secs: None,
+                    limits: Default::default(),
                     enabled: true,
                     policy: Policy::default(),
                     workflow: None,
@@ -297,6 +300,7 @@ impl Loader {
             entry_point,
             parameters: file.parameters,
             timeout_secs: file.timeout,
+            limits: file.limits,
             enabled: file.enabled.unwrap_or(true),
             policy: file.policy,
             workflow: None,

@@ -131,6 +131,9 @@ pub struct Action {
     pub entry_point: Option<String>,
     pub parameters: BTreeMap<String, ParamSpec>,
     pub timeout_secs: Option<u64>,
+    /// Limits on the action's processes (`limits: {memory_mb, cpu_seconds, open_files}`).
+    #[serde(default, skip_serializing_if = "sluice_core::ProcessLimits::is_none")]
+    pub limits: sluice_core::ProcessLimits,
     pub enabled: bool,
     pub policy: Policy,
     #[serde(skip)]

@@ -109,9 +109,11 @@ fn coerce(kind: ParamType, value: Value) -> Option<Value> {
         (ParamType::String, v @ (Value::Number(_) | Value::Bool(_))) => {
             Some(Value::String(v.to_string()))
         }
+        // A whole float within i64 (`3.0`) is that integer; anything else is no integer:
+        // never saturated or rounded.
         (ParamType::Integer, Value::Number(n)) => n.as_i64().map(Value::from).or_else(|| {
             n.as_f64()
-                .filter(|f| f.fract() == 0.0)
+                .filter(|f| f.fract() == 0.0 && *f >= -(2f64.powi(63)) && *f < 2f64.powi(63))
                 .map(|f| Value::from(f as i64))
         }),
         (ParamType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
@@ -132,10 +134,12 @@ fn coerce(kind: ParamType, value: Value) -> Option<Value> {
             Some(v)
         }
         (ParamType::Object | ParamType::Array, Value::String(s)) => {
-            serde_json::from_str::<Value>(&s).ok().filter(|v| {
-                (kind == ParamType::Object) == v.is_object()
-                    && (kind == ParamType::Array) == v.is_array()
-            })
+            sluice_core::bounded::from_json(s.as_bytes())
+                .ok()
+                .filter(|v| {
+                    (kind == ParamType::Object) == v.is_object()
+                        && (kind == ParamType::Array) == v.is_array()
+                })
         }
         _ => None,
     }
@@ -287,6 +291,7 @@ mod tests {
             entry_point: None,
             parameters,
             timeout_secs: None,
+            limits: Default::default(),
             enabled: true,
             policy: Default::default(),
             workflow: None,
@@ -311,6 +316,23 @@ mod tests {
         );
         let out = resolve(&action(), map(json!({"host": "db1"}))).unwrap();
         assert_eq!(out["count"], json!(1));
+    }
+
+    #[test]
+    fn integers_out_of_range_are_refused_never_saturated() {
+        for count in [
+            json!(1e19),
+            json!(-1e19),
+            json!(2.5),
+            json!("99999999999999999999"),
+        ] {
+            let err = resolve(&action(), map(json!({"host": "h", "count": count.clone()})))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("\"count\" must be integer"), "{count}: {err}");
+        }
+        let out = resolve(&action(), map(json!({"host": "h", "count": 3.0}))).unwrap();
+        assert_eq!(out["count"], json!(3));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub run_verifier: RunVerifier,
     /// Opens the secret parameters a run message carries sealed.
     pub keyring: Arc<Keyring>,
+    /// Bytes of stdout and of stderr a result keeps ([`runner::OUTPUT_CAP`] by default).
+    pub output_cap: usize,
 }
 
 struct Shared {
@@ -65,6 +67,7 @@ struct Shared {
     settle: Settle,
     run_verifier: RunVerifier,
     keyring: Arc<Keyring>,
+    output_cap: usize,
     actions_dirs: BTreeMap<String, PathBuf>,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
@@ -523,12 +526,14 @@ impl RunActor {
         let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();
         let me = myself.clone();
         let cancel = state.cancel.clone();
+        let output_cap = state.shared.output_cap;
         let process =
             tracing::info_span!("process", runner = %run.runner, status = tracing::field::Empty);
         state.task = Some(tokio::spawn(
             async move {
                 let started = Instant::now();
-                let outcome = runner::run(&run, actions_dir.as_deref(), &cancel).await;
+                let outcome =
+                    runner::run_with(&run, actions_dir.as_deref(), &cancel, output_cap).await;
                 metrics()
                     .run_seconds
                     .observe([run.action.as_str()], started.elapsed().as_secs_f64());
@@ -594,6 +599,7 @@ impl Worker {
             settle,
             run_verifier: config.run_verifier,
             keyring: config.keyring,
+            output_cap: config.output_cap,
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),

@@ -14,8 +14,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-/// How much of stdout and of stderr a result keeps.
-pub const OUTPUT_CAP: usize = 1024 * 1024;
+/// How much of stdout and of stderr a result keeps unless the worker is told otherwise.
+pub const OUTPUT_CAP: usize = 256 * 1024;
+
+/// The most a worker may keep of each stream: both, JSON-escaped, and the rest of the report
+/// must fit in one STATUS message (1 MiB).
+pub const MAX_OUTPUT_CAP: usize = 384 * 1024;
 
 /// How an execution ended on the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +59,20 @@ pub async fn run(
     actions_dir: Option<&Path>,
     cancel: &CancellationToken,
 ) -> Outcome {
+    run_with(message, actions_dir, cancel, OUTPUT_CAP).await
+}
+
+/// [`run`], keeping up to `output_cap` bytes (at most [`MAX_OUTPUT_CAP`]) of stdout and of
+/// stderr.
+pub async fn run_with(
+    message: &RunMessage,
+    actions_dir: Option<&Path>,
+    cancel: &CancellationToken,
+    output_cap: usize,
+) -> Outcome {
+    let cap = output_cap.clamp(1, MAX_OUTPUT_CAP);
     tokio::select! {
-        outcome = run_to_end(message, actions_dir, cancel) => outcome,
+        outcome = run_to_end(message, actions_dir, cancel, cap) => outcome,
         // Process runners watch `cancel` themselves, to kill their process group first.
         _ = cancel.cancelled(), if !is_process(message.runner) => cancelled(),
     }
@@ -73,6 +89,7 @@ async fn run_to_end(
     message: &RunMessage,
     actions_dir: Option<&Path>,
     cancel: &CancellationToken,
+    cap: usize,
 ) -> Outcome {
     let timeout = message.timeout_secs.map(Duration::from_secs);
     let params = &message.parameters;
@@ -114,7 +131,7 @@ async fn run_to_end(
             if let Some(cwd) = params.get("cwd").and_then(Value::as_str) {
                 command.current_dir(cwd);
             }
-            run_process(command, message, timeout, cancel).await
+            run_process(command, message, timeout, cancel, cap).await
         }
         RunnerType::LocalShellScript | RunnerType::PythonScript => {
             let script = match entry_point(message, actions_dir) {
@@ -136,7 +153,7 @@ async fn run_to_end(
             if let Some(dir) = script.parent() {
                 command.current_dir(dir);
             }
-            run_process(command, message, timeout, cancel).await
+            run_process(command, message, timeout, cancel, cap).await
         }
     }
 }
@@ -195,9 +212,9 @@ fn timed_out(limit: Duration, mut result: Value) -> Outcome {
     }
 }
 
-/// Reads up to [`OUTPUT_CAP`] bytes and drains the rest, so the process never blocks on a
-/// full pipe. Returns the text and whether it was cut.
-async fn read_capped(mut reader: impl AsyncRead + Unpin) -> (String, bool) {
+/// Reads up to `cap` bytes and drains the rest, so the process never blocks on a full pipe.
+/// Returns the text and whether it was cut.
+async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (String, bool) {
     let mut kept = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let mut truncated = false;
@@ -205,7 +222,7 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin) -> (String, bool) {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                let room = cap.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
                 truncated |= n > room;
             }
@@ -223,12 +240,105 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// Kills every process the execution started: its process group, then any process that
+/// left the group (`setsid`, a double fork) but still carries the execution's tag in its
+/// environment, found in `/proc`. Repeated while it finds some, as they may be forking.
+fn kill_tree(pid: Option<u32>, tag: &str) {
+    if let Some(pid) = pid {
+        kill_group(pid);
+    }
+    let needle = format!("{RUN_TAG}={tag}");
+    for _ in 0..10 {
+        let found = tagged_processes(&needle);
+        if found.is_empty() {
+            return;
+        }
+        for pid in found {
+            kill_one(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose environment holds `needle` (`NAME=value`).
+fn tagged_processes(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[allow(unsafe_code)]
+fn kill_one(pid: u32) {
+    // SAFETY: kill(2) on a process id; it touches no memory of ours.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// Sets the action's limits on the process before it runs its program; its children
+/// inherit them.
+#[allow(unsafe_code)]
+fn apply_limits(command: &mut Command, limits: sluice_core::ProcessLimits) {
+    if limits.is_none() {
+        return;
+    }
+    let wanted: Vec<(libc::__rlimit_resource_t, u64)> = [
+        (
+            libc::RLIMIT_AS,
+            limits.memory_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+        ),
+        (libc::RLIMIT_CPU, limits.cpu_seconds),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+    ]
+    .into_iter()
+    .filter_map(|(resource, value)| Some((resource, value?)))
+    .collect();
+    // SAFETY: runs in the child between fork and exec; setrlimit(2) is async-signal-safe
+    // and the closure allocates nothing (the list was built before the fork).
+    unsafe {
+        command.pre_exec(move || {
+            for (resource, value) in &wanted {
+                let limit = libc::rlimit {
+                    rlim_cur: *value,
+                    rlim_max: *value,
+                };
+                if libc::setrlimit(*resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The environment variable that marks every process of one execution attempt on this
+/// worker, so [`kill_tree`] finds those that left the process group.
+const RUN_TAG: &str = "SLUICE_RUN_TAG";
+
 async fn run_process(
     mut command: Command,
     message: &RunMessage,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
+    cap: usize,
 ) -> Outcome {
+    let tag = format!(
+        "{}-{}-{}-{}",
+        std::process::id(),
+        message.execution_id,
+        message.attempt,
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
     // The worker's own configuration (its NATS URL with credentials, its key files) is not
     // the action's business: every inherited SLUICE_* variable is left out.
     for (name, _) in std::env::vars_os() {
@@ -241,11 +351,13 @@ async fn run_process(
         .env("SLUICE_EXECUTION_ID", message.execution_id.to_string())
         .env("SLUICE_ACTION", message.action.as_str())
         .env("SLUICE_ATTEMPT", message.attempt.to_string())
+        .env(RUN_TAG, &tag)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    apply_limits(&mut command, message.limits);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return Outcome::failed(format!("failed to start process: {e}")),
@@ -264,8 +376,12 @@ async fn run_process(
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let work = async {
-        let ((), (out, out_cut), (err, err_cut), status) =
-            tokio::join!(feed, read_capped(stdout), read_capped(stderr), child.wait());
+        let ((), (out, out_cut), (err, err_cut), status) = tokio::join!(
+            feed,
+            read_capped(stdout, cap),
+            read_capped(stderr, cap),
+            child.wait()
+        );
         (out, out_cut, err, err_cut, status)
     };
     let limit = timeout.unwrap_or(Duration::MAX);
@@ -274,9 +390,8 @@ async fn run_process(
         _ = cancel.cancelled() => None,
     };
     let Some((stdout, stdout_cut, stderr, stderr_cut, status)) = finished else {
-        if let Some(pid) = pid {
-            kill_group(pid);
-        }
+        let tag = tag.clone();
+        let _ = tokio::task::spawn_blocking(move || kill_tree(pid, &tag)).await;
         let _ = child.wait().await;
         if cancel.is_cancelled() {
             return cancelled();

@@ -40,6 +40,7 @@ fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunM
         parameters: params.as_object().cloned().unwrap_or_else(Map::new),
         secret_parameters: vec![],
         timeout_secs,
+        limits: Default::default(),
     }
 }
 
@@ -313,4 +314,66 @@ async fn an_entry_point_outside_the_pack_is_not_run_on_the_worker() {
         );
     }
     assert!(!root.path().join("pwned").exists() && !actions.join("pwned").exists());
+}
+
+#[tokio::test]
+async fn a_timeout_kills_processes_that_left_the_group_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("escaped");
+    // A background process in a session of its own, out of the action's process group,
+    // and a double fork.
+    let cmd = format!(
+        "setsid sh -c 'sleep 300 & echo $! >> {0}; wait' & (sh -c 'sleep 300 & echo $! >> {0}' &); sleep 30",
+        pid_file.display()
+    );
+    let out = run(
+        &message(RunnerType::LocalShellCmd, json!({ "cmd": cmd }), Some(1)),
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::TimedOut, "{out:?}");
+    let pids: Vec<String> = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for pid in pids {
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} outlived the timeout"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_action_s_limits_bound_its_processes() {
+    let mut msg = message(
+        RunnerType::LocalShellCmd,
+        json!({ "cmd": "echo $(ulimit -n) $(ulimit -t) $(ulimit -v); python3 -c 'bytearray(512 * 1024 * 1024)'" }),
+        Some(20),
+    );
+    msg.limits = sluice_core::ProcessLimits {
+        memory_mb: Some(256),
+        cpu_seconds: Some(5),
+        open_files: Some(64),
+    };
+    let out = run(&msg, None).await;
+    assert_eq!(out.status, ExecutionStatus::Failed, "{out:?}");
+    assert_eq!(out.result["stdout"], json!("64 5 262144\n"), "{out:?}");
+    assert!(
+        out.result["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("MemoryError"),
+        "{out:?}"
+    );
 }

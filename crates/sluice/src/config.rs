@@ -57,6 +57,8 @@ pub struct Config {
     /// The secrets key file; `<data-dir>/secrets.key` (made by the engine on first start)
     /// when `None`.
     pub secrets_key: Option<PathBuf>,
+    /// Bytes of an action's stdout and of its stderr a result keeps.
+    pub output_cap: usize,
 }
 
 impl Config {

@@ -308,6 +308,11 @@ struct ServerArgs {
     /// [default: <data-dir>/secrets.key].
     #[arg(long, env = "SLUICE_SECRETS_KEY")]
     secrets_key: Option<PathBuf>,
+    /// KiB of an action's stdout and of its stderr a result keeps; the rest is dropped and
+    /// the result marked `truncated` (at most 384, so a report always fits a NATS message).
+    #[arg(long, env = "SLUICE_OUTPUT_CAP", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=384))]
+    output_cap: u32,
 }
 
 impl ServerArgs {
@@ -339,6 +344,7 @@ impl ServerArgs {
             },
             run_verify_keys: self.run_verify_key,
             secrets_key: self.secrets_key,
+            output_cap: self.output_cap as usize * 1024,
         }
     }
 }

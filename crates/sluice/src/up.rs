@@ -123,6 +123,7 @@ async fn start_worker(
     Worker::start(WorkerConfig {
         run_verifier,
         keyring: Arc::new(keyring),
+        output_cap: config.output_cap,
         name: format!("worker/{}", config.worker_name()),
         bus,
         actions_dirs: actions_dirs(catalog),

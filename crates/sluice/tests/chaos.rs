@@ -390,6 +390,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
             .path()
             .join("run-signing.pub")])
         .unwrap(),
+        output_cap: sluice_worker::runner::OUTPUT_CAP,
         keyring: std::sync::Arc::new(
             sluice_core::secrets::Keyring::load(&sluice.data_dir.path().join("secrets.key"))
                 .unwrap(),
@@ -415,6 +416,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         parameters: json!({"n": 7}).as_object().unwrap().clone(),
         secret_parameters: vec![],
         timeout_secs: None,
+        limits: Default::default(),
     };
     let js = async_nats::jetstream::new(sluice.nats_client().await);
     // Signed with the engine's own key, as the engine's copies would be.

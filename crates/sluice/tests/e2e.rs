@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Sluice, StoreKind, statuses, test_pack};
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_testkit::eventually;
 
 async fn a_published_alert_runs_every_matching_rule_once(store: StoreKind) {
@@ -539,4 +539,102 @@ async fn each_execution_is_one_run_message_one_running_report_and_one_completion
         (40, 40),
         "one running report and one completion each"
     );
+}
+
+#[tokio::test]
+async fn megabytes_of_output_keep_the_real_status_cut_to_the_cap_and_marked() {
+    let pack = test_pack(&[(
+        "actions/loud.yaml",
+        "name: loud\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'head -c 2000000 /dev/zero | tr \"\\\\0\" x; head -c 2000000 /dev/zero | tr \"\\\\0\" y >&2'}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let (status, created) = sluice
+        .post("/api/v1/executions", &json!({"action": "t.loud"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["result"]["error"]);
+    let cap = sluice_worker::runner::OUTPUT_CAP;
+    assert_eq!(done["result"]["stdout"].as_str().unwrap().len(), cap);
+    assert_eq!(done["result"]["stderr"].as_str().unwrap().len(), cap);
+    assert_eq!(done["result"]["truncated"], json!(["stdout", "stderr"]));
+}
+
+#[tokio::test]
+async fn values_past_the_decoders_limits_are_refused_with_a_reason_and_nothing_breaks() {
+    let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let mut deep = json!({"host": "db1", "severity": "info"});
+    let mut nested = json!(1);
+    for _ in 0..200 {
+        nested = json!([nested]);
+    }
+    deep["extra"] = nested;
+    let client = sluice.nats_client().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/msgpack");
+    client
+        .publish_with_headers(
+            "sluice.trigger.examples.alert",
+            headers,
+            rmp_serde::to_vec(&deep).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host": "db1", "severity": "info", "host": "db2"}"#,
+        )
+        .await;
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host": "db1", "severity": "info", "n": 123456789012345678901234567890}"#,
+        )
+        .await;
+    let events = eventually("three rejected events", Duration::from_secs(20), || async {
+        let (_, events) = sluice.get("/api/v1/events").await;
+        let rejected: Vec<String> = events
+            .as_array()?
+            .iter()
+            .filter(|e| e["status"] == "rejected")
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
+        (rejected.len() == 3).then_some(rejected)
+    })
+    .await;
+    for expected in [
+        "nested more than 64 levels deep",
+        "duplicate key \"host\"",
+        "integer 123456789012345678901234567890 does not fit in 64 bits",
+    ] {
+        assert!(
+            events.iter().any(|r| r.contains(expected)),
+            "{expected}: {events:#?}"
+        );
+    }
+    // The same limits on the API's bodies, with a 400 that says what is wrong.
+    let response = sluice
+        .http
+        .post(format!("{}/api/v1/executions", sluice.api))
+        .header("Content-Type", "application/json")
+        .body(r#"{"action": "core.noop", "action": "core.local"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key \"action\""),
+        "{body}"
+    );
+    // And the engine starts again over what it recorded.
+    sluice.shutdown().await;
+    sluice.boot().await;
+    let (status, _) = sluice.get("/api/v1/events").await;
+    assert_eq!(status, 200);
 }

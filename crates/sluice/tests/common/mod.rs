@@ -66,6 +66,7 @@ impl Sluice {
             nats_options: Default::default(),
             run_verify_keys: Vec::new(),
             secrets_key: None,
+            output_cap: sluice_worker::runner::OUTPUT_CAP,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
