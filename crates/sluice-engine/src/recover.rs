@@ -57,6 +57,16 @@ async fn resume_one(
         }
         return Ok(());
     };
+    if let Some(problem) = &execution.unreadable
+        && matches!(
+            execution.status,
+            ExecutionStatus::Requested | ExecutionStatus::Scheduling
+        )
+    {
+        let reason = format!("its stored {problem}; request it again");
+        store.fail_before_handoff(id, &reason).await?;
+        return Ok(());
+    }
     let parameters = execution
         .parameters
         .as_object()

@@ -67,6 +67,9 @@ pub struct Execution {
     pub status: ExecutionStatus,
     pub parameters: serde_json::Value,
     pub result: Option<serde_json::Value>,
+    /// Why a stored value of this row could not be read (it reads as `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     pub rule: Option<String>,
     pub event_id: Option<EventId>,
     pub parent_id: Option<ExecutionId>,

@@ -133,8 +133,8 @@ struct ExecutionRow {
     id: i64,
     action: String,
     status: String,
-    parameters: Json<serde_json::Value>,
-    result: Option<Json<serde_json::Value>>,
+    parameters: String,
+    result: Option<String>,
     rule: Option<String>,
     event_id: Option<i64>,
     parent_id: Option<i64>,
@@ -147,12 +147,30 @@ struct ExecutionRow {
     traceparent: Option<String>,
 }
 
-const EXECUTION_COLUMNS: &str = "id, action, status, parameters, result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at, traceparent";
+const EXECUTION_COLUMNS: &str = "id, action, status, CAST(parameters AS TEXT) AS parameters, CAST(result AS TEXT) AS result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at, traceparent";
 
 /// The trace id inside a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 fn trace_id_of(traceparent: &str) -> Option<String> {
     let id = traceparent.split('-').nth(1)?;
     (id.len() == 32).then(|| id.to_owned())
+}
+
+/// A stored JSON value, read within the same limits as anything from outside. A value that
+/// cannot be read costs its own row, never a listing: it reads as `null`, and the reason is
+/// logged and returned for the row.
+fn stored_json(
+    table: &str,
+    id: i64,
+    column: &str,
+    text: &str,
+    problems: &mut Vec<String>,
+) -> serde_json::Value {
+    sluice_core::bounded::from_json(text.as_bytes()).unwrap_or_else(|e| {
+        let problem = format!("{column} cannot be read: {e}");
+        tracing::warn!(table, id, column, error = %e, "stored value cannot be read");
+        problems.push(problem);
+        serde_json::Value::Null
+    })
 }
 
 pub(crate) fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
@@ -165,12 +183,25 @@ pub(crate) fn corrupt(table: &'static str, message: impl ToString) -> StoreError
 impl TryFrom<ExecutionRow> for Execution {
     type Error = StoreError;
     fn try_from(row: ExecutionRow) -> Result<Self, StoreError> {
+        let mut problems = Vec::new();
+        let parameters = stored_json(
+            "executions",
+            row.id,
+            "parameters",
+            &row.parameters,
+            &mut problems,
+        );
+        let result = row
+            .result
+            .as_deref()
+            .map(|r| stored_json("executions", row.id, "result", r, &mut problems));
         Ok(Execution {
             id: ExecutionId(row.id),
             action: row.action.parse().map_err(|e| corrupt("executions", e))?,
             status: row.status.parse().map_err(|e| corrupt("executions", e))?,
-            parameters: row.parameters.0,
-            result: row.result.map(|r| r.0),
+            parameters,
+            result,
+            unreadable: (!problems.is_empty()).then(|| problems.join("; ")),
             rule: row.rule,
             event_id: row.event_id.map(EventId),
             parent_id: row.parent_id.map(ExecutionId),
@@ -193,7 +224,7 @@ struct EventRow {
     trigger: String,
     status: String,
     reason: Option<String>,
-    payload: Option<Json<serde_json::Value>>,
+    payload: Option<String>,
     subject: String,
     created_at: DateTime<Utc>,
 }
@@ -206,7 +237,10 @@ impl TryFrom<EventRow> for Event {
             trigger: row.trigger,
             status: row.status.parse().map_err(|e| corrupt("events", e))?,
             reason: row.reason,
-            payload: row.payload.map(|p| p.0),
+            payload: row
+                .payload
+                .as_deref()
+                .map(|p| stored_json("events", row.id, "payload", p, &mut Vec::new())),
             subject: row.subject,
             created_at: row.created_at,
         })
@@ -694,7 +728,7 @@ impl Store {
     /// Events, newest first.
     pub async fn list_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
         let rows: Vec<EventRow> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, trigger, status, reason, payload, subject, created_at FROM events ORDER BY id DESC LIMIT $1")
+            sqlx::query_as("SELECT id, trigger, status, reason, CAST(payload AS TEXT) AS payload, subject, created_at FROM events ORDER BY id DESC LIMIT $1")
                 .bind(i64::from(limit.clamp(1, 1000)))
                 .fetch_all(pool)
                 .await?

@@ -440,6 +440,41 @@ async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(st
     assert!(listed.iter().all(|e| e.parent_id == Some(workflow)));
 }
 
+async fn a_stored_value_that_cannot_be_read_costs_its_row_not_the_listing(store: Store) {
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let params = |v: serde_json::Value| json!({ "x": v }).as_object().unwrap().clone();
+    let good = store
+        .create_execution(&action("core.noop"), &params(json!(1)), None, None)
+        .await
+        .unwrap();
+    let bad = store
+        .create_execution(&action("core.noop"), &params(deep), None, None)
+        .await
+        .unwrap();
+    let listed = store
+        .list_executions(&ExecutionFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    let row = |id| listed.iter().find(|e| e.id == id).unwrap();
+    assert_eq!(row(good).parameters, json!({"x": 1}));
+    assert_eq!(row(good).unreadable, None);
+    assert_eq!(row(bad).parameters, serde_json::Value::Null);
+    assert!(
+        row(bad)
+            .unreadable
+            .as_deref()
+            .unwrap()
+            .contains("parameters cannot be read: nested more than 64"),
+        "{:?}",
+        row(bad).unreadable
+    );
+    assert_eq!(store.unfinished_executions().await.unwrap().len(), 2);
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -477,4 +512,5 @@ store_suite!(
     dead_letters_are_kept_once_per_message_newest_first,
     the_ledger_counts_and_finds_executions_not_ended_once,
     a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once,
+    a_stored_value_that_cannot_be_read_costs_its_row_not_the_listing,
 );
