@@ -407,7 +407,7 @@ async fn run_process(
         "stdout": stdout,
         "stderr": stderr,
     });
-    if let Ok(parsed) = serde_json::from_str::<Value>(stdout.trim())
+    if let Ok(parsed) = sluice_core::bounded::from_json(stdout.trim().as_bytes())
         .map_err(drop)
         .and_then(|v| {
             if stdout.trim().is_empty() {

@@ -413,3 +413,32 @@ async fn a_store_outage_mid_workflow_is_waited_out() {
     assert_eq!(ledger["ended_other_than_once"], json!([]), "{ledger}");
     assert_eq!(ledger["unfinished"], 0, "{ledger}");
 }
+
+#[tokio::test]
+async fn a_runaway_loop_is_failed_at_its_limit_with_the_reason() {
+    let flow = r#"version: 1.0
+limits: {rounds: 5}
+tasks:
+  first:
+    next: [{do: [again]}]
+  again:
+    action: t.work
+    input: {name: "round"}
+    next:
+      - when: "{{ succeeded() }}"
+        do: [again]
+"#;
+    let pack = pack(&[("forever", "  {}\n", flow)]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let done = run(&sluice, "t.forever", json!({})).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert!(
+        done["result"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("limits.rounds"),
+        "{done:#}"
+    );
+    let id = done["id"].as_i64().unwrap();
+    assert_eq!(children(&sluice, id).await.len(), 5);
+}
