@@ -195,7 +195,7 @@ pub async fn authorize(
     next.run(request).await
 }
 
-async fn authenticate(
+pub(crate) async fn authenticate(
     store: &Store,
     headers: &HeaderMap,
     now: DateTime<Utc>,

@@ -8,6 +8,7 @@
 pub mod auth;
 mod error;
 mod keys;
+mod webhooks;
 
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -45,6 +46,8 @@ pub fn app(engine: AppState) -> Router {
             auth::authorize,
         ))
         .route("/healthz", get(healthz))
+        // Authenticated as each webhook says, not by the middleware above.
+        .merge(webhooks::routes())
         .with_state(engine)
 }
 

@@ -313,6 +313,42 @@ impl Bus {
         })
     }
 
+    /// Publishes a trigger payload (JSON) to TRIGGERS, as `nats pub` would but waiting for
+    /// JetStream to store it; `msg_id` deduplicates repeats (a webhook's delivery id).
+    /// Returns the stream sequence and whether it was a duplicate of one already stored.
+    pub async fn publish_trigger(
+        &self,
+        trigger: &str,
+        payload: Vec<u8>,
+        msg_id: Option<&str>,
+    ) -> Result<(u64, bool), BusError> {
+        let subject = crate::trigger_subject(trigger);
+        let mut headers = HeaderMap::new();
+        headers.insert(names::CONTENT_TYPE_HEADER, "application/json");
+        for (name, value) in sluice_telemetry::trace_headers(&tracing::Span::current()) {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let mut message = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .headers(headers);
+        if let Some(id) = msg_id {
+            message = message.message_id(id);
+        }
+        let failed = |source: Source| BusError::Publish {
+            subject: subject.clone(),
+            source,
+            transient: true,
+        };
+        let ack = self
+            .jetstream
+            .send_publish(subject.clone(), message)
+            .await
+            .map_err(|e| failed(e.into()))?
+            .await
+            .map_err(|e| failed(e.into()))?;
+        Ok((ack.sequence, ack.duplicate))
+    }
+
     /// Hands an execution to the workers: the handoff. Deduplicated per attempt.
     pub async fn publish_run(&self, message: &RunMessage) -> Result<Published, BusError> {
         self.publish(

@@ -23,7 +23,9 @@ pub fn decode_trigger(
 ) -> Result<TriggerMessage, String> {
     let trigger = subject
         .strip_prefix(TRIGGER_PREFIX)
-        .filter(|t| t.split('.').count() == 2 && t.split('.').all(|p| !p.is_empty()))
+        // `<pack>.<name>`, the name possibly dotted as StackStorm's built-in triggers are
+        // (`core.st2.webhook`).
+        .filter(|t| t.split('.').count() >= 2 && t.split('.').all(|p| !p.is_empty()))
         .ok_or_else(|| format!("subject {subject:?} is not {TRIGGER_PREFIX}<pack>.<name>"))?
         .to_owned();
     let payload = if content_type.is_some_and(|c| c.eq_ignore_ascii_case(MSGPACK_CONTENT_TYPE)) {

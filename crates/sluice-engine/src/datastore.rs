@@ -262,6 +262,27 @@ impl Keys {
         Ok(KeyView::of(&stored, value))
     }
 
+    /// A live key's value in clear, for the engine's own use (a webhook's shared secret):
+    /// not logged as a person's read.
+    pub async fn value_for_engine(&self, key: &KeyName) -> Result<Option<Value>, KeyError> {
+        let Some(stored) = self
+            .store
+            .get(key)
+            .await?
+            .filter(|s| s.entry.is_live(Utc::now()))
+        else {
+            return Ok(None);
+        };
+        match &stored.entry.value {
+            Value::String(sealed) if stored.entry.secret => self
+                .keyring
+                .unseal(sealed)
+                .map(Some)
+                .map_err(|e| KeyError::Secrets(format!("{key}: {e}"))),
+            other => Ok(Some(other.clone())),
+        }
+    }
+
     /// Every live key, secret values masked; those whose full name starts with `prefix`.
     pub async fn list(&self, prefix: Option<&str>) -> Result<Vec<KeyView>, KeyError> {
         let now = Utc::now();

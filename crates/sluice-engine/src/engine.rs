@@ -329,6 +329,20 @@ impl Engine {
         Ok(id)
     }
 
+    /// Publishes a trigger payload to TRIGGERS (for webhooks); see
+    /// [`Bus::publish_trigger`].
+    pub async fn publish_trigger(
+        &self,
+        trigger: &str,
+        payload: Vec<u8>,
+        msg_id: Option<&str>,
+    ) -> Result<(u64, bool), BusError> {
+        self.shared
+            .bus
+            .publish_trigger(trigger, payload, msg_id)
+            .await
+    }
+
     /// The datastore, for the API.
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -33,6 +33,12 @@ pub fn plan(
 ) -> Vec<Planned> {
     catalog
         .rules_for(trigger)
+        .filter(|rule| {
+            // A webhook rule hears only its own URL.
+            rule.webhook.as_ref().is_none_or(|hook| {
+                payload.get("url").and_then(Value::as_str) == Some(hook.url.as_str())
+            })
+        })
         .filter(|rule| rule.criteria.iter().all(|c| c.matches(payload)))
         .filter_map(|rule| {
             let action = catalog.action(&rule.action)?;

@@ -88,6 +88,8 @@ struct RuleFile {
 struct RuleTrigger {
     #[serde(rename = "type")]
     trigger_type: String,
+    #[serde(default)]
+    parameters: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +482,27 @@ impl Loader {
             return;
         };
         let trigger = file.trigger.trigger_type;
+        let mut webhook = None;
+        if trigger == crate::webhook::TRIGGER {
+            let parameters = file.trigger.parameters.clone().unwrap_or(Value::Null);
+            match crate::webhook::Webhook::from_parameters(&parameters) {
+                Ok(hook) => match self.catalog.webhooks.get(&hook.url) {
+                    Some(known) if known.auth != hook.auth => self.error(
+                        &path,
+                        Some("trigger.parameters.auth"),
+                        format!(
+                            "webhook {} is authenticated differently by another rule",
+                            hook.url
+                        ),
+                    ),
+                    _ => {
+                        self.catalog.webhooks.insert(hook.url.clone(), hook.clone());
+                        webhook = Some(hook);
+                    }
+                },
+                Err((field, message)) => self.error(&path, Some(&field), message),
+            }
+        }
         if !self.catalog.triggers.contains_key(&trigger) {
             let known = self
                 .catalog
@@ -560,6 +583,7 @@ impl Loader {
             criteria,
             action: action.action_ref,
             parameters,
+            webhook,
             file: path,
         });
     }
@@ -586,6 +610,17 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// or a directory of packs.
 pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     let mut loader = Loader::default();
+    // Built in, as in StackStorm: fired by `POST /api/v1/webhooks/<url>`.
+    loader.catalog.triggers.insert(
+        crate::webhook::TRIGGER.to_owned(),
+        Trigger {
+            trigger_ref: crate::webhook::TRIGGER.to_owned(),
+            description: Some("A POST to /api/v1/webhooks/<url>: {url, headers, body}".into()),
+            payload_schema: None,
+            validator: None,
+            file: PathBuf::from("(built in)"),
+        },
+    );
     for root in roots {
         if root.join("pack.yaml").is_file() {
             loader.load_pack(root);

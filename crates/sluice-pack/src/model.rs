@@ -252,6 +252,8 @@ pub struct Rule {
     pub criteria: Vec<Criterion>,
     pub action: ActionRef,
     pub parameters: BTreeMap<String, ParamTemplate>,
+    /// The webhook a `core.st2.webhook` rule listens on.
+    pub webhook: Option<crate::webhook::Webhook>,
     pub file: PathBuf,
 }
 
@@ -262,6 +264,8 @@ pub struct Catalog {
     pub actions: BTreeMap<ActionRef, Action>,
     pub triggers: BTreeMap<String, Trigger>,
     pub rules: Vec<Rule>,
+    /// Webhook URLs rules listen on, by URL.
+    pub webhooks: BTreeMap<String, crate::webhook::Webhook>,
 }
 
 impl Catalog {

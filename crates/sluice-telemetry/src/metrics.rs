@@ -179,6 +179,9 @@ pub struct Metrics {
     pub forged_run_messages: Counter,
     /// Trigger events recorded, by status (`accepted`, `rejected`).
     pub trigger_events: CounterVec<1>,
+    /// Webhook calls refused before they became events, by reason (`unauthorized`,
+    /// `forbidden`).
+    pub webhook_refusals: CounterVec<1>,
     /// Executions that ended, by action and terminal status.
     pub executions_ended: CounterVec<2>,
     /// From request to admission, by action.
@@ -250,6 +253,12 @@ impl Metrics {
                 "sluice_trigger_events_total",
                 "Trigger events recorded, by status.",
                 ["status"],
+            ),
+            webhook_refusals: CounterVec::new(
+                r,
+                "sluice_webhook_refusals_total",
+                "Webhook calls refused for their credentials or signature, by reason.",
+                ["reason"],
             ),
             executions_ended: CounterVec::new(
                 r,
