@@ -33,6 +33,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/actions", get(list_actions))
         .route("/api/v1/actions/{action}/queue-stats", get(queue_stats))
         .route("/api/v1/workers", get(workers))
+        .route("/api/v1/timers", get(timers))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/ledger", get(ledger))
@@ -273,6 +274,10 @@ async fn queue_stats(
 
 async fn workers(State(engine): State<AppState>) -> Json<Value> {
     Json(json!(engine.workers()))
+}
+
+async fn timers(State(engine): State<AppState>) -> Json<Value> {
+    Json(json!(engine.timers()))
 }
 
 async fn healthz(State(engine): State<AppState>) -> Json<Value> {

@@ -8,7 +8,8 @@
 //! | CONTROL  | `sluice.cancel.<id>`     | cancel requests after the handoff         |
 //! | STATUS   | `sluice.status.<id>`     | [`StatusReport`]s from workers            |
 //!
-//! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]).
+//! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]); timers keep their
+//! last tick in another, `sluice-timers` ([`timers`]).
 //!
 //! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
 //! matter only while fresh, so they are not stored.
@@ -25,6 +26,7 @@ pub mod settle;
 pub mod signing;
 mod streams;
 mod subjects;
+pub mod timers;
 mod trigger;
 mod url;
 

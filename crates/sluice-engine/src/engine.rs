@@ -9,6 +9,7 @@ use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value};
 use sluice_bus::datastore::Datastore;
+use sluice_bus::timers::TimerState;
 use sluice_bus::{Bus, BusError, RunSigner, Settle, names};
 use sluice_core::secrets::Keyring;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
@@ -27,6 +28,7 @@ use crate::error::{CancelError, EngineError, SubmitError};
 use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
 use crate::monitor::{self, WorkerInfo, Workers};
 use crate::supervisor::{ActionSupervisor, SupervisorArgs};
+use crate::timers::{self, TimerView, Timers};
 use crate::tree::{self, ActorKind, ActorNode};
 use crate::{completion, deadletter, ingest, recover};
 
@@ -60,6 +62,7 @@ pub struct Engine {
     intake: CancellationToken,
     workers: Workers,
     keys: Keys,
+    timers: Timers,
 }
 
 /// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
@@ -171,6 +174,17 @@ impl Engine {
         let run: LoopFn = Box::new(move |cancel| Box::pin(datastore::run(store, cache, cancel)));
         spawn_loop(ActorName::Datastore, ActorKind::Datastore, &shutdown, run).await?;
 
+        let timers = Timers::default();
+        if config.ingest_triggers {
+            let (s, t, state) = (
+                shared.clone(),
+                timers.clone(),
+                TimerState::create(&shared.bus).await?,
+            );
+            let run: LoopFn = Box::new(move |cancel| Box::pin(timers::run(s, state, t, cancel)));
+            spawn_loop(ActorName::Timers, ActorKind::Timers, &intake, run).await?;
+        }
+
         let settle = |stream, label| {
             Settle::new(
                 shared.bus.clone(),
@@ -254,6 +268,7 @@ impl Engine {
             intake,
             workers,
             keys,
+            timers,
         })
     }
 
@@ -341,6 +356,11 @@ impl Engine {
             .bus
             .publish_trigger(trigger, payload, msg_id)
             .await
+    }
+
+    /// Every timer rule with its next and last tick.
+    pub fn timers(&self) -> Vec<TimerView> {
+        self.timers.list()
     }
 
     /// The datastore, for the API.

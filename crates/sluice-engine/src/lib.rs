@@ -8,6 +8,7 @@
 //!  ├─ dead-letters         DEADLETTER consumer: given-up messages -> store     (deadletter.rs)
 //!  ├─ workers              heartbeats: finds lost workers                      (monitor.rs)
 //!  ├─ datastore            follows the datastore bucket, deletes expired keys  (datastore.rs)
+//!  ├─ timers               fires timer rules' ticks, each nominal tick once     (timers.rs)
 //!  └─ action/<ref> ×N      admission gate and active set of one action         (supervisor.rs, gate.rs)
 //!       └─ execution/<id>  one per admitted execution until it completes       (execution.rs)
 //!            └─ workflow/<id>  a workflow execution's tasks, in order          (workflow/)
@@ -44,6 +45,7 @@ mod supervisor;
 mod testing;
 #[cfg(test)]
 mod tests;
+mod timers;
 mod timing;
 mod tree;
 mod workflow;
@@ -52,4 +54,5 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{CancelError, EngineError, SubmitError};
 pub use handles::{AdmittedExecution, CancelOutcome, KeyQueueStats, SupervisorStats};
 pub use monitor::WorkerInfo;
+pub use timers::TimerView;
 pub use tree::{ActorNode, ExecutionView, WorkerView};

@@ -10,6 +10,7 @@
 //! - [`template`] — Jinja parameter templates.
 //! - [`shell`] — making values inserted into text a shell reads inert.
 //! - [`datastore`] — `st2kv` and `decrypt_kv` in templates.
+//! - [`timer`] — StackStorm's interval, cron and date timers: schedules and nominal ticks.
 //! - [`webhook`] — `core.st2.webhook`: webhook URLs and how their callers are authenticated.
 //! - [`workflow`] — Orquesta-style workflow files: tasks, transitions, published variables.
 
@@ -22,6 +23,7 @@ pub mod model;
 pub mod params;
 pub mod shell;
 pub mod template;
+pub mod timer;
 pub mod webhook;
 pub mod workflow;
 mod workflow_file;

@@ -503,6 +503,14 @@ impl Loader {
                 Err((field, message)) => self.error(&path, Some(&field), message),
             }
         }
+        let mut timer = None;
+        if crate::timer::TRIGGERS.iter().any(|(t, _)| *t == trigger) {
+            let parameters = file.trigger.parameters.clone().unwrap_or(Value::Null);
+            match crate::timer::Timer::from_parameters(&trigger, &parameters) {
+                Ok(t) => timer = Some(t),
+                Err((field, message)) => self.error(&path, Some(&field), message),
+            }
+        }
         if !self.catalog.triggers.contains_key(&trigger) {
             let known = self
                 .catalog
@@ -584,6 +592,7 @@ impl Loader {
             action: action.action_ref,
             parameters,
             webhook,
+            timer,
             file: path,
         });
     }
@@ -610,6 +619,19 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// or a directory of packs.
 pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     let mut loader = Loader::default();
+    // Built in, as in StackStorm: the timers, fired by the engine on their schedules.
+    for (trigger, description) in crate::timer::TRIGGERS {
+        loader.catalog.triggers.insert(
+            trigger.to_owned(),
+            Trigger {
+                trigger_ref: trigger.to_owned(),
+                description: Some(description.to_owned()),
+                payload_schema: None,
+                validator: None,
+                file: PathBuf::from("(built in)"),
+            },
+        );
+    }
     // Built in, as in StackStorm: fired by `POST /api/v1/webhooks/<url>`.
     loader.catalog.triggers.insert(
         crate::webhook::TRIGGER.to_owned(),

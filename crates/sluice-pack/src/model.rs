@@ -254,6 +254,8 @@ pub struct Rule {
     pub parameters: BTreeMap<String, ParamTemplate>,
     /// The webhook a `core.st2.webhook` rule listens on.
     pub webhook: Option<crate::webhook::Webhook>,
+    /// The schedule of a timer rule (`core.st2.IntervalTimer`, `CronTimer`, `DateTimer`).
+    pub timer: Option<crate::timer::Timer>,
     pub file: PathBuf,
 }
 

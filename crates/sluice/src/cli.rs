@@ -191,6 +191,33 @@ pub async fn token(call: TokenCall, out: &mut impl Write) -> anyhow::Result<bool
     Ok(true)
 }
 
+/// `sluice timer list` as a table.
+pub fn print_timers(timers: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    let time = |v: &Value| {
+        v.as_str()
+            .map(|t| t.chars().take(19).collect::<String>())
+            .unwrap_or_else(|| "-".into())
+    };
+    writeln!(
+        out,
+        "{:<32} {:<24} {:<20} {:<20} {:<8} SCHEDULE",
+        "RULE", "TRIGGER", "NEXT", "LAST", "CATCHUP"
+    )?;
+    for t in timers.as_array().map(Vec::as_slice).unwrap_or_default() {
+        writeln!(
+            out,
+            "{:<32} {:<24} {:<20} {:<20} {:<8} {}",
+            t["rule"].as_str().unwrap_or(""),
+            t["trigger"].as_str().unwrap_or(""),
+            time(&t["next_fire"]),
+            time(&t["last_fire"]),
+            t["catchup"].as_str().unwrap_or(""),
+            t["schedule"]
+        )?;
+    }
+    Ok(())
+}
+
 /// What `sluice key ...` asks the API.
 pub enum KeyCall {
     Set { key: String, body: Value },

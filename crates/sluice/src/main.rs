@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Timer rules: each one's schedule, next and last tick.
+    Timer {
+        #[command(subcommand)]
+        command: TimerCommand,
+    },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -116,6 +121,15 @@ enum ExecutionCommand {
     /// One execution: parameters, status history and result.
     Get {
         id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TimerCommand {
+    /// Every timer rule: trigger, next tick, last tick, missed-tick policy.
+    List {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -469,6 +483,17 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Token { command } => cli::token(command_to_call(command)?, &mut out).await,
+        Command::Timer {
+            command: TimerCommand::List { client },
+        } => {
+            let timers = client.client()?.get("/api/v1/timers").await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&timers)?)?;
+            } else {
+                cli::print_timers(&timers, &mut out)?;
+            }
+            Ok(true)
+        }
         Command::Key { command } => {
             let (call, client) = match command {
                 KeyCommand::Set {

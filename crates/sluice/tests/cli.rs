@@ -187,6 +187,16 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     let ran = sluice(&["run", "core.echo", "message=again", "--wait"], &second);
     assert!(ran.status.success(), "{}", text(&ran));
 
+    let timers = text(&sluice(&["timer", "list"], &second));
+    assert!(
+        timers.starts_with("RULE") && timers.contains("examples.new_year"),
+        "{timers}"
+    );
+    assert!(
+        timers.contains("core.st2.CronTimer") && timers.contains("latest"),
+        "{timers}"
+    );
+
     // The datastore from the CLI: set, read masked and in clear, list, rotate, delete.
     let set = sluice(
         &["key", "set", "api_token", "tok-9f2e", "--secret"],

@@ -1,0 +1,115 @@
+//! Timers with real processes: an interval timer fires each nominal tick once, through a
+//! `kill -9` of the engine and its restart, with one catch-up tick under `catchup: latest`
+//! and none under `none`; a date timer in the future fires once, one in the past (never
+//! fired) once on start, and neither again after a restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::cluster::Cluster;
+
+fn rule(name: &str, trigger: &str, parameters: &str, log: &Path) -> (String, String) {
+    (
+        format!("rules/{name}.yaml"),
+        format!(
+            "name: {name}\ntrigger:\n  type: {trigger}\n  parameters: {parameters}\naction:\n  ref: t.tick\n  parameters:\n    nominal: \"{{{{ trigger.nominal_time }}}}\"\n    catchup: \"{{{{ trigger.catchup }}}}\"\n    file: {}\n",
+            log.display()
+        ),
+    )
+}
+
+/// (nominal time, whether it was a catch-up) per line of a tick log.
+fn ticks(log: &Path) -> Vec<(String, bool)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (nominal, catchup) = l.split_once(' ').unwrap();
+            (nominal.to_owned(), catchup == "true")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nominal_tick_fires_once_through_a_kill_and_missed_ticks_follow_the_policy() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = |name: &str| logs.path().join(format!("{name}.log"));
+    let soon = (Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let past = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let files = [
+        ("pack.yaml".to_owned(), "ref: t\n".to_owned()),
+        (
+            "actions/tick.yaml".to_owned(),
+            "name: tick\nrunner_type: local-shell-cmd\nparameters:\n  nominal: {type: string}\n  catchup: {type: string}\n  file: {type: string}\n  cmd: {type: string, default: 'printf \"%s %s\\n\" \"$SLUICE_PARAM_NOMINAL\" \"$SLUICE_PARAM_CATCHUP\" >> \"$SLUICE_PARAM_FILE\"'}\n".to_owned(),
+        ),
+        rule("latest", "core.st2.IntervalTimer", "{unit: seconds, delta: 1}", &log("latest")),
+        rule("skip", "core.st2.IntervalTimer", "{unit: seconds, delta: 1, catchup: none}", &log("skip")),
+        rule("soon", "core.st2.DateTimer", &format!("{{date: '{soon}'}}"), &log("soon")),
+        rule("past", "core.st2.DateTimer", &format!("{{date: '{past}'}}"), &log("past")),
+    ];
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let mut cluster = Cluster::new(&files);
+    cluster.start_engine().await;
+    cluster.start_worker("w1", 8);
+
+    let timers = cluster.get("/api/v1/timers").await;
+    let listed: Vec<&str> = timers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["rule"].as_str().unwrap())
+        .filter(|r| r.starts_with("t."))
+        .collect();
+    assert_eq!(
+        listed,
+        ["t.latest", "t.past", "t.skip", "t.soon"],
+        "{timers:#}"
+    );
+    let latest = timers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["rule"] == "t.latest")
+        .unwrap();
+    assert!(latest["next_fire"].is_string(), "{timers:#}");
+    assert_eq!(latest["catchup"], "latest");
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    cluster.kill_engine();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_engine().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    for (name, expected_catchups) in [("latest", 1), ("skip", 0)] {
+        let fired = ticks(&log(name));
+        let unique: BTreeSet<&String> = fired.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            unique.len(),
+            fired.len(),
+            "{name}: a nominal tick fired twice: {fired:#?}"
+        );
+        assert!(fired.len() >= 4, "{name}: too few ticks: {fired:#?}");
+        let catchups = fired.iter().filter(|(_, c)| *c).count();
+        assert_eq!(catchups, expected_catchups, "{name}: {fired:#?}");
+    }
+    let soon_fired = ticks(&log("soon"));
+    assert_eq!(soon_fired.len(), 1, "{soon_fired:#?}");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&soon_fired[0].0).unwrap(),
+        chrono::DateTime::parse_from_rfc3339(&soon).unwrap()
+    );
+    let past_fired = ticks(&log("past"));
+    assert_eq!(
+        past_fired.len(),
+        1,
+        "fired once on the first start only: {past_fired:#?}"
+    );
+    assert!(past_fired[0].1, "as a catch-up");
+}
