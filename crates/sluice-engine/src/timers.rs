@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_bus::timers::TimerState;
-use sluice_pack::timer::{Catchup, MAX_CATCHUP, Schedule, Timer};
+use sluice_pack::timer::{Catchup, MAX_CATCHUP, Overlap, Schedule, Timer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -52,6 +52,41 @@ struct Running {
     rule: String,
     timer: Timer,
     next: Option<DateTime<Utc>>,
+    /// A tick held back by `overlap: queue_one` until the rule's executions end.
+    pending: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+}
+
+impl Running {
+    /// When the next tick is to fire: its nominal time plus the timer's jitter for it.
+    fn due(&self) -> Option<DateTime<Utc>> {
+        self.next
+            .map(|n| n + jitter_for(&self.rule, n, self.timer.jitter))
+    }
+}
+
+/// A spread in `[0, jitter)` that depends only on the rule and the tick, so a tick's
+/// firing time is the same whoever computes it.
+fn jitter_for(rule: &str, nominal: DateTime<Utc>, jitter: Duration) -> chrono::Duration {
+    use std::hash::{Hash, Hasher};
+    let millis = jitter.as_millis() as u64;
+    if millis == 0 {
+        return chrono::Duration::zero();
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (rule, nominal.timestamp_millis()).hash(&mut hasher);
+    chrono::Duration::milliseconds((hasher.finish() % millis) as i64)
+}
+
+/// Whether executions the rule requested on earlier ticks still run.
+async fn still_running(shared: &Shared, rule: &str) -> bool {
+    match shared.store.unfinished_for_rule(rule).await {
+        Ok(n) => n > 0,
+        Err(e) => {
+            warn!(rule, error = %e, "cannot count the rule's unfinished executions; firing");
+            false
+        }
+    }
 }
 
 /// The nominal ticks after `last` and up to `now` that `timer` missed, oldest first, within
@@ -182,6 +217,8 @@ pub(crate) async fn run(
             rule: rule.rule_ref.clone(),
             timer,
             next,
+            pending: None,
+            last: last_fire,
         });
     }
     if running.is_empty() {
@@ -189,26 +226,52 @@ pub(crate) async fn run(
     }
     info!(timers = running.len(), "timers running");
     loop {
-        let Some(due) = running.iter().filter_map(|r| r.next).min() else {
+        let Some(due) = running.iter().filter_map(Running::due).min() else {
             cancel.cancelled().await;
             return;
         };
-        let wait = (due - Utc::now()).to_std().unwrap_or_default();
+        let mut wait = (due - Utc::now()).to_std().unwrap_or_default();
+        if running.iter().any(|r| r.pending.is_some()) {
+            wait = wait.min(Duration::from_millis(250));
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
         let now = Utc::now();
         for r in running.iter_mut() {
-            let Some(nominal) = r.next.filter(|n| *n <= now) else {
+            if let Some(pending) = r.pending
+                && !still_running(&shared, &r.rule).await
+                && fire(&shared, &state, &r.rule, &r.timer, pending, false).await
+            {
+                r.pending = None;
+                r.last = r.last.max(Some(pending));
+            }
+            let Some(nominal) = r.next.filter(|_| r.due().is_some_and(|d| d <= now)) else {
                 continue;
             };
-            if fire(&shared, &state, &r.rule, &r.timer, nominal, false).await {
+            let busy = r.timer.overlap != Overlap::Allow && still_running(&shared, &r.rule).await;
+            let fired = if busy && (r.timer.overlap == Overlap::Skip || r.pending.is_some()) {
+                info!(rule = %r.rule, nominal = %nominal, "timer tick dropped: the rule's executions from an earlier tick still run (overlap)");
+                if let Err(e) = state.record(&r.rule, nominal).await {
+                    warn!(rule = %r.rule, error = %e, "dropped timer tick not recorded");
+                }
+                r.last = r.last.max(Some(nominal));
+                true
+            } else if busy {
+                r.pending = Some(nominal);
+                true
+            } else if fire(&shared, &state, &r.rule, &r.timer, nominal, false).await {
+                r.last = r.last.max(Some(nominal));
+                true
+            } else {
+                false
+            };
+            if fired {
                 r.next = r.timer.next_after(nominal);
-                timers.lock().insert(
-                    r.rule.clone(),
-                    view(&r.rule, &r.timer, r.next, Some(nominal)),
-                );
+                timers
+                    .lock()
+                    .insert(r.rule.clone(), view(&r.rule, &r.timer, r.next, r.last));
             } else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -69,6 +69,17 @@ pub enum Schedule {
     Date(DateTime<Utc>),
 }
 
+/// Whether a tick fires while executions from the rule's earlier ticks still run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// It fires (the action's own queue and `max_concurrent` still apply).
+    Allow,
+    /// It is dropped.
+    Skip,
+    /// It waits until they end; while one waits, later ones are dropped.
+    QueueOne,
+}
+
 /// One timer: a rule's schedule and what to do with missed ticks.
 #[derive(Debug, Clone)]
 pub struct Timer {
@@ -80,6 +91,10 @@ pub struct Timer {
     pub catchup: Catchup,
     /// Missed ticks older than this are never caught up.
     pub catchup_window: Duration,
+    pub overlap: Overlap,
+    /// Each tick fires up to this long after its nominal time, at random, so many timers
+    /// on one schedule do not all fire at once.
+    pub jitter: Duration,
 }
 
 impl Timer {
@@ -109,6 +124,33 @@ impl Timer {
                     format!("{other:?} is not none, latest or all"),
                 ));
             }
+        };
+        let overlap = match parameters
+            .remove("overlap")
+            .as_ref()
+            .and_then(Value::as_str)
+        {
+            None | Some("allow") => Overlap::Allow,
+            Some("skip") => Overlap::Skip,
+            Some("queue_one") => Overlap::QueueOne,
+            Some(other) => {
+                return Err((
+                    field("overlap"),
+                    format!("{other:?} is not allow, skip or queue_one"),
+                ));
+            }
+        };
+        let jitter = match parameters.remove("jitter") {
+            None => Duration::ZERO,
+            Some(v) => v
+                .as_str()
+                .and_then(|s| humantime::parse_duration(s).ok())
+                .ok_or_else(|| {
+                    (
+                        field("jitter"),
+                        format!("{v} is not a duration such as 500ms or 5s"),
+                    )
+                })?,
         };
         let catchup_window = match parameters.remove("catchup_window") {
             None => Duration::from_secs(3600),
@@ -218,6 +260,8 @@ impl Timer {
             parameters: Value::Object(parameters),
             catchup,
             catchup_window,
+            overlap,
+            jitter,
         })
     }
 

@@ -725,6 +725,23 @@ impl Store {
         rows.into_iter().map(Execution::try_from).collect()
     }
 
+    /// How many executions a rule requested that have not finished: what a timer's
+    /// `overlap` policy looks at.
+    pub async fn unfinished_for_rule(&self, rule: &str) -> Result<i64, StoreError> {
+        let unfinished = ExecutionStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT COUNT(*) FROM executions WHERE rule = $1 AND status IN ({})",
+            status_list(&unfinished)
+        );
+        let (n,): (i64,) = on_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql)).bind(rule).fetch_one(pool).await?
+        });
+        Ok(n)
+    }
+
     /// Events, newest first.
     pub async fn list_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
         let rows: Vec<EventRow> = on_pool!(self, pool => {

@@ -1,7 +1,8 @@
 //! Timers with real processes: an interval timer fires each nominal tick once, through a
 //! `kill -9` of the engine and its restart, with one catch-up tick under `catchup: latest`
 //! and none under `none`; a date timer in the future fires once, one in the past (never
-//! fired) once on start, and neither again after a restart.
+//! fired) once on start, and neither again after a restart; `overlap` keeps ticks from
+//! running at once, and jitter spreads them without moving their nominal time.
 
 mod common;
 
@@ -112,4 +113,95 @@ async fn each_nominal_tick_fires_once_through_a_kill_and_missed_ticks_follow_the
         "fired once on the first start only: {past_fired:#?}"
     );
     assert!(past_fired[0].1, "as a catch-up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_skip_and_queue_one_never_run_two_ticks_at_once_and_jitter_keeps_the_nominal_time()
+{
+    let logs = tempfile::tempdir().unwrap();
+    let slow_log = logs.path().join("slow.log");
+    let jitter_log = logs.path().join("jitter.log");
+    let queue_log = logs.path().join("queue.log");
+    let slow = |name: &str, log: &Path| {
+        (
+            format!("actions/{name}.yaml"),
+            format!(
+                "name: {name}\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {{type: string, default: 'echo start $(date +%s.%N) >> {0}; sleep 2.5; echo end $(date +%s.%N) >> {0}'}}\n",
+                log.display()
+            ),
+        )
+    };
+    let files = [
+        slow("queued", &queue_log),
+        (
+            "rules/queue.yaml".to_owned(),
+            "name: queue\ntrigger:\n  type: core.st2.IntervalTimer\n  parameters: {unit: seconds, delta: 1, overlap: queue_one}\naction:\n  ref: t.queued\n".to_owned(),
+        ),
+        ("pack.yaml".to_owned(), "ref: t\n".to_owned()),
+        slow("slow", &slow_log),
+        (
+            "rules/skip.yaml".to_owned(),
+            "name: skip\ntrigger:\n  type: core.st2.IntervalTimer\n  parameters: {unit: seconds, delta: 1, overlap: skip}\naction:\n  ref: t.slow\n".to_owned(),
+        ),
+        (
+            "actions/note.yaml".to_owned(),
+            "name: note\nrunner_type: local-shell-cmd\nparameters:\n  nominal: {type: string}\n  executed: {type: string}\n  file: {type: string}\n  cmd: {type: string, default: 'echo \"$SLUICE_PARAM_NOMINAL $SLUICE_PARAM_EXECUTED\" >> \"$SLUICE_PARAM_FILE\"'}\n".to_owned(),
+        ),
+        (
+            "rules/spread.yaml".to_owned(),
+            format!(
+                "name: spread\ntrigger:\n  type: core.st2.IntervalTimer\n  parameters: {{unit: seconds, delta: 1, jitter: 700ms}}\naction:\n  ref: t.note\n  parameters:\n    nominal: \"{{{{ trigger.nominal_time }}}}\"\n    executed: \"{{{{ trigger.executed_at }}}}\"\n    file: {}\n",
+                jitter_log.display()
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let mut cluster = Cluster::new(&files);
+    cluster.start_engine().await;
+    cluster.start_worker("w1", 8);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    // Each run starts after the one before ended; queue_one starts the held tick at once.
+    for (log, back_to_back) in [(&slow_log, false), (&queue_log, true)] {
+        let lines = std::fs::read_to_string(log).unwrap();
+        let events: Vec<(&str, f64)> = lines
+            .lines()
+            .map(|l| {
+                let (kind, at) = l.split_once(' ').unwrap();
+                (kind, at.parse().unwrap())
+            })
+            .collect();
+        let starts = events.iter().filter(|(k, _)| *k == "start").count();
+        assert!((2..=3).contains(&starts), "{lines}");
+        let mut open = 0;
+        for (kind, _) in &events {
+            open += if *kind == "start" { 1 } else { -1 };
+            assert!(open <= 1, "two ticks ran at once:\n{lines}");
+        }
+        if back_to_back {
+            for pair in events.windows(2) {
+                if let [("end", ended), ("start", started)] = pair {
+                    assert!(started - ended < 1.0, "the held tick waited:\n{lines}");
+                }
+            }
+        }
+    }
+
+    // Jittered ticks: on whole seconds, fired within the jitter after them.
+    let lines = std::fs::read_to_string(&jitter_log).unwrap();
+    assert!(lines.lines().count() >= 5, "{lines}");
+    for line in lines.lines() {
+        let (nominal, executed) = line.split_once(' ').unwrap();
+        let nominal = chrono::DateTime::parse_from_rfc3339(nominal).unwrap();
+        let executed = chrono::DateTime::parse_from_rfc3339(executed).unwrap();
+        assert_eq!(nominal.timestamp_subsec_millis(), 0, "{line}");
+        let late = executed - nominal;
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::milliseconds(1500),
+            "{line}"
+        );
+    }
 }
