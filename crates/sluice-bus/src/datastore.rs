@@ -54,29 +54,51 @@ fn decode(key: &str, value: &[u8]) -> Result<KeyEntry, BusError> {
     serde_json::from_slice(value).map_err(|e| read_error(key, e))
 }
 
+/// A key-value bucket keeping one value per key, created if missing. Its stream is declared
+/// directly, as a key-value bucket's is, so servers from 2.9 on take it (async-nats'
+/// `create_key_value` sends settings 2.9 does not answer in a shape the client reads).
+pub(crate) async fn create_bucket(
+    bus: &Bus,
+    bucket: &str,
+    description: &str,
+    max_value_size: i32,
+) -> Result<kv::Store, BusError> {
+    let js = bus.jetstream();
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    let what = || format!("the {bucket} bucket");
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: max_value_size,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::setup(what(), e))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| BusError::setup(what(), e))
+}
+
 impl Datastore {
     /// Creates the bucket if it is missing (the engine's connection). The bucket's stream
     /// is declared directly, as a key-value bucket's is, so servers from 2.9 on take it.
     pub async fn create(bus: &Bus) -> Result<Self, BusError> {
-        let js = bus.jetstream();
-        if let Ok(kv) = js.get_key_value(DATASTORE_BUCKET).await {
-            return Ok(Self { kv });
-        }
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{DATASTORE_BUCKET}"),
-            description: Some("Sluice's datastore (st2kv): keys and sealed secrets".into()),
-            subjects: vec![format!("$KV.{DATASTORE_BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_message_size: 1024 * 1024,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::setup("the datastore bucket", e))?;
-        Self::open(bus).await
+        let kv = create_bucket(
+            bus,
+            DATASTORE_BUCKET,
+            "Sluice's datastore (st2kv): keys and sealed secrets",
+            1024 * 1024,
+        )
+        .await?;
+        Ok(Self { kv })
     }
 
     /// Opens the bucket the engine made.

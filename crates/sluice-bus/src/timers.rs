@@ -2,7 +2,7 @@
 //! `sluice-timers`, one key per timer rule. With each tick's deduplication id
 //! (`timer:<rule>:<nominal time>`), it makes every nominal tick fire once across restarts.
 
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 
 use crate::Bus;
@@ -23,30 +23,15 @@ fn key(rule: &str) -> String {
 }
 
 impl TimerState {
-    /// Creates the bucket if it is missing (its stream declared directly, as for the
-    /// datastore, so servers from 2.9 on take it).
+    /// Creates the bucket if it is missing.
     pub async fn create(bus: &Bus) -> Result<Self, BusError> {
-        let js = bus.jetstream();
-        if let Ok(kv) = js.get_key_value(BUCKET).await {
-            return Ok(Self { kv });
-        }
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{BUCKET}"),
-            description: Some("Sluice's timers: the last nominal tick each fired".into()),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::setup("the timers bucket", e))?;
-        let kv = js
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|e| BusError::setup("the timers bucket", e))?;
+        let kv = crate::datastore::create_bucket(
+            bus,
+            BUCKET,
+            "Sluice's timers: the last nominal tick each fired",
+            1024,
+        )
+        .await?;
         Ok(Self { kv })
     }
 

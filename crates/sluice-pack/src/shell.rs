@@ -188,24 +188,11 @@ pub fn rewrite(source: &str) -> Result<String, String> {
                     stack.pop();
                 }
                 '`' => stack.push(State::Refused("backticks", Some("`".into()))),
-                '$' if next == Some('(') => {
-                    i += 1;
-                    out.push('(');
-                    if chars.get(i) == Some(&'(') {
-                        i += 1;
-                        out.push('(');
-                        stack.push(State::Refused("$(( ))", Some("))".into())));
-                    } else {
-                        stack.push(State::Unquoted {
-                            subshell: true,
-                            depth: 0,
-                        });
-                    }
-                }
-                '$' if next == Some('{') => {
-                    i += 1;
-                    out.push('{');
-                    stack.push(State::Refused("${ }", Some("}".into())));
+                '$' if matches!(next, Some('(' | '{')) => {
+                    let (state, taken) = expansion(&chars[i..]);
+                    out.extend(&chars[i..i + taken]);
+                    i += taken;
+                    stack.push(state);
                 }
                 _ => {}
             },
@@ -241,24 +228,11 @@ pub fn rewrite(source: &str) -> Result<String, String> {
                 {
                     stack.push(State::Refused("a comment", None));
                 }
-                '$' if next == Some('(') => {
-                    i += 1;
-                    out.push('(');
-                    if chars.get(i) == Some(&'(') {
-                        i += 1;
-                        out.push('(');
-                        stack.push(State::Refused("$(( ))", Some("))".into())));
-                    } else {
-                        stack.push(State::Unquoted {
-                            subshell: true,
-                            depth: 0,
-                        });
-                    }
-                }
-                '$' if next == Some('{') => {
-                    i += 1;
-                    out.push('{');
-                    stack.push(State::Refused("${ }", Some("}".into())));
+                '$' if matches!(next, Some('(' | '{')) => {
+                    let (state, taken) = expansion(&chars[i..]);
+                    out.extend(&chars[i..i + taken]);
+                    i += taken;
+                    stack.push(state);
                 }
                 '(' => {
                     if let Some(State::Unquoted { depth, .. }) = stack.last_mut() {
@@ -301,6 +275,22 @@ pub fn rewrite(source: &str) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// What `$(`, `$((` or `${` opens, read from the characters after the `$`, and how many
+/// of them it takes.
+fn expansion(after_dollar: &[char]) -> (State, usize) {
+    match after_dollar {
+        ['(', '(', ..] => (State::Refused("$(( ))", Some("))".into())), 2),
+        ['(', ..] => (
+            State::Unquoted {
+                subshell: true,
+                depth: 0,
+            },
+            1,
+        ),
+        _ => (State::Refused("${ }", Some("}".into())), 1),
+    }
 }
 
 fn refusal(place: &str, expr: &str) -> String {
