@@ -222,6 +222,8 @@ pub(crate) async fn run(
         });
     }
     if running.is_empty() {
+        // Nothing to fire; stays in the actor tree until shutdown like the other loops.
+        cancel.cancelled().await;
         return;
     }
     info!(timers = running.len(), "timers running");
