@@ -230,16 +230,9 @@ async fn receive(
         let msg_id = delivery_id(&headers).map(|id| format!("st2:{trigger}:{id}"));
         (trigger, payload, msg_id)
     } else {
-        let live = engine
-            .catalog()
-            .rules
-            .iter()
-            .any(|r| r.enabled && r.webhook.as_ref().is_some_and(|h| h.url == url));
         let hook = engine
             .catalog()
-            .webhooks
-            .get(&url)
-            .filter(|_| live)
+            .webhook(&url)
             .ok_or_else(|| ApiError::NotFound(format!("no webhook {url}")))?;
         check(&engine, &hook.auth, &headers, &body).await?;
         let msg_id = delivery_id(&headers).map(|id| format!("webhook:{url}:{id}"));

@@ -1,6 +1,6 @@
 //! The datastore's JetStream key-value bucket, `sluice-datastore`: one entry per key,
 //! its revision the bucket's, so a write can be made conditional on the revision read.
-//! The engine creates the bucket; anyone with read access to it (workers) can open it.
+//! The engine creates the bucket; anyone with read access to it (workers) can read it.
 
 use async_nats::jetstream::{kv, stream};
 use futures::StreamExt;
@@ -98,16 +98,6 @@ impl Datastore {
             1024 * 1024,
         )
         .await?;
-        Ok(Self { kv })
-    }
-
-    /// Opens the bucket the engine made.
-    pub async fn open(bus: &Bus) -> Result<Self, BusError> {
-        let kv = bus
-            .jetstream()
-            .get_key_value(DATASTORE_BUCKET)
-            .await
-            .map_err(|e| BusError::setup("the datastore bucket", e))?;
         Ok(Self { kv })
     }
 

@@ -106,7 +106,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                         let secrets = decoded
                             .payload
                             .as_object()
-                            .map(|values| sluice_core::secrets::secret_texts(&secret, values))
+                            .map(|values| sluice_core::secrets::secret_texts(secret, values))
                             .unwrap_or_default();
                         planned = rules::plan(
                             &shared.catalog,
@@ -119,7 +119,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                     }
                     // The event keeps the payload with its secret properties masked.
                     if let Some(values) = decoded.payload.as_object_mut() {
-                        for name in &secret {
+                        for name in secret {
                             if let Some(value) = values.get_mut(name) {
                                 *value = Value::String(sluice_core::secrets::MASK.to_owned());
                             }

@@ -453,6 +453,7 @@ impl Loader {
         let trigger = Trigger {
             trigger_ref: trigger_ref.to_string(),
             description: file.description,
+            secret_properties: crate::model::secret_properties_of(file.payload_schema.as_ref()),
             payload_schema: file.payload_schema,
             validator,
             file: path.to_owned(),
@@ -486,20 +487,25 @@ impl Loader {
         if trigger == crate::webhook::TRIGGER {
             let parameters = file.trigger.parameters.clone().unwrap_or(Value::Null);
             match crate::webhook::Webhook::from_parameters(&parameters) {
-                Ok(hook) => match self.catalog.webhooks.get(&hook.url) {
-                    Some(known) if known.auth != hook.auth => self.error(
-                        &path,
-                        Some("trigger.parameters.auth"),
-                        format!(
-                            "webhook {} is authenticated differently by another rule",
-                            hook.url
-                        ),
-                    ),
-                    _ => {
-                        self.catalog.webhooks.insert(hook.url.clone(), hook.clone());
+                Ok(hook) => {
+                    let differs = self.catalog.rules.iter().any(|rule| {
+                        rule.webhook
+                            .as_ref()
+                            .is_some_and(|known| known.url == hook.url && known.auth != hook.auth)
+                    });
+                    if differs {
+                        self.error(
+                            &path,
+                            Some("trigger.parameters.auth"),
+                            format!(
+                                "webhook {} is authenticated differently by another rule",
+                                hook.url
+                            ),
+                        );
+                    } else {
                         webhook = Some(hook);
                     }
-                },
+                }
                 Err((field, message)) => self.error(&path, Some(&field), message),
             }
         }
@@ -619,8 +625,13 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// or a directory of packs.
 pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     let mut loader = Loader::default();
-    // Built in, as in StackStorm: the timers, fired by the engine on their schedules.
-    for (trigger, description) in crate::timer::TRIGGERS {
+    // Built in, as in StackStorm: the timers, fired by the engine on their schedules, and
+    // the webhook trigger, fired by `POST /api/v1/webhooks/<url>`.
+    let webhook = (
+        crate::webhook::TRIGGER,
+        "A POST to /api/v1/webhooks/<url>: {url, headers, body}",
+    );
+    for (trigger, description) in crate::timer::TRIGGERS.into_iter().chain([webhook]) {
         loader.catalog.triggers.insert(
             trigger.to_owned(),
             Trigger {
@@ -628,21 +639,11 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
                 description: Some(description.to_owned()),
                 payload_schema: None,
                 validator: None,
+                secret_properties: Vec::new(),
                 file: PathBuf::from("(built in)"),
             },
         );
     }
-    // Built in, as in StackStorm: fired by `POST /api/v1/webhooks/<url>`.
-    loader.catalog.triggers.insert(
-        crate::webhook::TRIGGER.to_owned(),
-        Trigger {
-            trigger_ref: crate::webhook::TRIGGER.to_owned(),
-            description: Some("A POST to /api/v1/webhooks/<url>: {url, headers, body}".into()),
-            payload_schema: None,
-            validator: None,
-            file: PathBuf::from("(built in)"),
-        },
-    );
     for root in roots {
         if root.join("pack.yaml").is_file() {
             loader.load_pack(root);

@@ -189,24 +189,30 @@ pub struct Trigger {
     pub description: Option<String>,
     pub payload_schema: Option<serde_json::Value>,
     pub(crate) validator: Option<std::sync::Arc<jsonschema::Validator>>,
+    /// The payload properties marked `secret: true` in `payload_schema`, read once at load.
+    pub(crate) secret_properties: Vec<String>,
     pub file: PathBuf,
+}
+
+/// The properties a payload schema marks `secret: true`.
+pub(crate) fn secret_properties_of(schema: Option<&serde_json::Value>) -> Vec<String> {
+    schema
+        .and_then(|schema| schema.get("properties"))
+        .and_then(serde_json::Value::as_object)
+        .map(|properties| {
+            properties
+                .iter()
+                .filter(|(_, spec)| spec.get("secret") == Some(&serde_json::Value::Bool(true)))
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Trigger {
     /// The payload properties marked `secret: true` in `payload_schema`.
-    pub fn secret_properties(&self) -> Vec<String> {
-        self.payload_schema
-            .as_ref()
-            .and_then(|schema| schema.get("properties"))
-            .and_then(serde_json::Value::as_object)
-            .map(|properties| {
-                properties
-                    .iter()
-                    .filter(|(_, spec)| spec.get("secret") == Some(&serde_json::Value::Bool(true)))
-                    .map(|(name, _)| name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+    pub fn secret_properties(&self) -> &[String] {
+        &self.secret_properties
     }
 
     /// Checks a payload against the trigger's `payload_schema`; the error lists every
@@ -216,7 +222,7 @@ impl Trigger {
             return Ok(());
         };
         let secrets = match payload.as_object() {
-            Some(values) => sluice_core::secrets::secret_texts(&self.secret_properties(), values),
+            Some(values) => sluice_core::secrets::secret_texts(&self.secret_properties, values),
             None => Vec::new(),
         };
         let problems: Vec<String> = validator
@@ -266,8 +272,6 @@ pub struct Catalog {
     pub actions: BTreeMap<ActionRef, Action>,
     pub triggers: BTreeMap<String, Trigger>,
     pub rules: Vec<Rule>,
-    /// Webhook URLs rules listen on, by URL.
-    pub webhooks: BTreeMap<String, crate::webhook::Webhook>,
 }
 
 impl Catalog {
@@ -280,6 +284,14 @@ impl Catalog {
         self.rules
             .iter()
             .filter(move |rule| rule.enabled && rule.trigger == trigger)
+    }
+
+    /// The webhook an enabled rule listens on at `url`.
+    pub fn webhook(&self, url: &str) -> Option<&crate::webhook::Webhook> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.enabled)
+            .find_map(|rule| rule.webhook.as_ref().filter(|hook| hook.url == url))
     }
 
     /// The directory an action's `entry_point` is relative to.
