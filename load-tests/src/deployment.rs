@@ -27,7 +27,7 @@ pub struct Target {
     /// A running deployment's HTTP API, e.g. http://127.0.0.1:8080 (needs `--nats-url`).
     #[arg(long, requires = "nats_url")]
     pub api: Option<String>,
-    /// A token with the read scope for `--api`.
+    /// A token for `--api`: the read scope, or run for `webhooks`.
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, requires = "api")]
     pub token: Option<String>,
     /// A PostgreSQL URL; default a fresh SQLite file. `--database-url start` starts a
@@ -79,6 +79,11 @@ pub struct Deployment {
 
 impl Deployment {
     pub async fn start(target: &Target) -> anyhow::Result<Self> {
+        Self::start_with(target, &[]).await
+    }
+
+    /// Like [`Deployment::start`]; a deployment it starts also loads the packs in `packs`.
+    pub async fn start_with(target: &Target, packs: &[PathBuf]) -> anyhow::Result<Self> {
         let (nats_url, api, token, local) = match (&target.nats_url, &target.api) {
             (Some(nats), Some(api)) => (
                 nats.clone(),
@@ -87,7 +92,7 @@ impl Deployment {
                 None,
             ),
             _ => {
-                let local = Local::start(target).await?;
+                let local = Local::start(target, packs).await?;
                 (
                     local.nats.url(),
                     local.api.clone(),
@@ -122,6 +127,16 @@ impl Deployment {
         };
         deployment.floor = deployment.newest_execution().await?;
         Ok(deployment)
+    }
+
+    /// The API's base URL.
+    pub fn api(&self) -> &str {
+        &self.api
+    }
+
+    /// An HTTP client that sends the deployment's token.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -192,7 +207,7 @@ impl Deployment {
 struct Local {
     nats: NatsServer,
     api: String,
-    /// A read token for the scenario's own API calls.
+    /// A run token for the scenario's own API calls and webhook deliveries.
     token: String,
     engine: Arc<Engine>,
     server: tokio::task::JoinHandle<()>,
@@ -204,10 +219,11 @@ struct Local {
 }
 
 impl Local {
-    async fn start(target: &Target) -> anyhow::Result<Self> {
+    async fn start(target: &Target, packs: &[PathBuf]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let catalog =
-            Arc::new(sluice_pack::load_packs(&pack_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let mut dirs = pack_dirs();
+        dirs.extend_from_slice(packs);
+        let catalog = Arc::new(sluice_pack::load_packs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?);
         let nats = NatsServer::start();
         let (postgres, url) = match target.database_url.as_deref() {
             Some("start") => {
@@ -222,7 +238,7 @@ impl Local {
         let key = dir.path().join("run-signing.key");
         let run_signer = Arc::new(sluice_bus::RunSigner::load_or_create(&key)?);
         let (_, token) =
-            sluice_api::auth::issue(&store, "sluice-load", sluice_core::Scope::Read, None).await?;
+            sluice_api::auth::issue(&store, "sluice-load", sluice_core::Scope::Run, None).await?;
         let engine = Arc::new(
             Engine::start(EngineConfig {
                 name: "engine".into(),

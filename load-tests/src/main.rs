@@ -9,6 +9,8 @@
 //! cargo run -p sluice-load --release -- scale [--executions N] [--worker-counts 1,2,4]
 //! cargo run -p sluice-load --release -- gate [--operations N]
 //! cargo run -p sluice-load --release -- queue-memory [--executions N]
+//! cargo run -p sluice-load --release -- timers [--timers N] [--duration S]
+//! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
 //! ```
 //!
 //! The trigger scenarios take `--database-url URL|start`, `--workers N`, `--capacity N`,
@@ -21,7 +23,9 @@ mod deployment;
 mod gate;
 mod queue_memory;
 mod report;
+mod timers;
 mod triggers;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -94,6 +98,20 @@ enum Scenario {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// N interval timers of one second each: every tick fired once, lateness against a
+    /// bare publishing loop, and CPU per 1,000 ticks.
+    Timers {
+        #[command(flatten)]
+        options: timers::Options,
+    },
+    /// Webhook deliveries to a rule running a `noop` action: requests/s from concurrent
+    /// clients, then POST -> completion at a fixed rate against the JetStream round trip.
+    Webhooks {
+        #[command(flatten)]
+        load: webhooks::Load,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
     /// A worker process of a deployment a scenario started (not run by hand).
     #[command(hide = true)]
     WorkerProcess {
@@ -142,6 +160,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::QueueMemory { executions, json } => {
             queue_memory::run(executions, json.as_deref()).await
         }
+        Scenario::Timers { options } => timers::run(options).await,
+        Scenario::Webhooks { load, options } => webhooks::run(load, options).await,
         Scenario::WorkerProcess {
             nats_url,
             name,

@@ -36,7 +36,10 @@ pub struct Options {
 /// Unacknowledged publishes a pipelined publisher keeps in flight.
 const IN_FLIGHT: usize = 2_000;
 
-async fn baseline(deployment: &Deployment, options: &Options) -> anyhow::Result<Baseline> {
+pub(crate) async fn baseline(
+    deployment: &Deployment,
+    options: &Options,
+) -> anyhow::Result<Baseline> {
     baseline::measure(
         &deployment.nats_url,
         options.baseline_roundtrips,
@@ -120,7 +123,10 @@ async fn run(
 
 /// Trigger → completion for each tick, and executions per second from the first publish
 /// to the last completion.
-fn measure(published: &[DateTime<Utc>], runs: &[Run]) -> anyhow::Result<(Percentiles, f64)> {
+pub(crate) fn measure(
+    published: &[DateTime<Utc>],
+    runs: &[Run],
+) -> anyhow::Result<(Percentiles, f64)> {
     let mut histogram = report::histogram();
     let first = published.first().copied().unwrap_or_else(Utc::now);
     let mut last = first;

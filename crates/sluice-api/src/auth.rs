@@ -254,6 +254,12 @@ mod tests {
             (Method::DELETE, "/api/v1/tokens/3", Scope::Admin),
             (Method::DELETE, "/api/v1/executions/7", Scope::Admin),
             (Method::PUT, "/api/v1/anything", Scope::Admin),
+            (Method::GET, "/api/v1/rules", Scope::Read),
+            (
+                Method::POST,
+                "/api/v1/rules/examples.log_alert/disable",
+                Scope::Admin,
+            ),
         ];
         for (method, path, scope) in cases {
             assert_eq!(needed_scope(&method, path), scope, "{method} {path}");

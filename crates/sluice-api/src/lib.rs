@@ -1,5 +1,5 @@
 //! Sluice's HTTP API (JSON): executions, actions, events, dead letters, the live actor tree,
-//! API tokens, the datastore and the secrets key; and the process's metrics at `/metrics`.
+//! rules (switched on and off at run time), API tokens, the datastore and the secrets key; and the process's metrics at `/metrics`.
 //!
 //! [`app`] builds the router over a running [`sluice_engine::Engine`]. Every route but `/healthz` is behind
 //! [`auth::authorize`]; [`ApiError::into_response`] is the one place errors become status
@@ -8,6 +8,7 @@
 pub mod auth;
 mod error;
 mod keys;
+mod rules;
 mod webhooks;
 
 use axum::extract::{Extension, Path, Query, State};
@@ -42,6 +43,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/metrics", get(engine_metrics))
         .merge(keys::routes())
+        .merge(rules::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             engine.clone(),
             auth::authorize,
@@ -359,8 +361,8 @@ struct ActionView<'a> {
 }
 
 async fn list_actions(State(engine): State<AppState>) -> Json<Value> {
-    let actions: Vec<ActionView<'_>> = engine
-        .catalog()
+    let catalog = engine.catalog();
+    let actions: Vec<ActionView<'_>> = catalog
         .actions
         .values()
         .map(|action| ActionView {

@@ -230,8 +230,8 @@ async fn receive(
         let msg_id = delivery_id(&headers).map(|id| format!("st2:{trigger}:{id}"));
         (trigger, payload, msg_id)
     } else {
-        let hook = engine
-            .catalog()
+        let catalog = engine.catalog();
+        let hook = catalog
             .webhook(&url)
             .ok_or_else(|| ApiError::NotFound(format!("no webhook {url}")))?;
         check(&engine, &hook.auth, &headers, &body).await?;

@@ -8,6 +8,7 @@ use sluice_core::secrets::Keyring;
 use sluice_pack::Catalog;
 use sluice_pack::datastore::Kv;
 use sluice_store::Store;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
@@ -28,10 +29,41 @@ pub(crate) struct ActorContext {
     pub(crate) intake: CancellationToken,
 }
 
+/// The catalog in force. Switching a rule replaces it whole, so whoever reads it holds one
+/// consistent version for as long as it needs; the timer loop watches it for switches.
+pub(crate) struct LiveCatalog(watch::Sender<Arc<Catalog>>);
+
+impl LiveCatalog {
+    pub(crate) fn new(catalog: Arc<Catalog>) -> Self {
+        Self(watch::Sender::new(catalog))
+    }
+
+    pub(crate) fn current(&self) -> Arc<Catalog> {
+        self.0.borrow().clone()
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.0.subscribe()
+    }
+
+    /// Puts in force a copy of the catalog that `change` made; `change` returns whether it
+    /// changed anything, and nothing is replaced if it did not.
+    pub(crate) fn change(&self, change: impl FnOnce(&mut Catalog) -> bool) -> bool {
+        self.0.send_if_modified(|current| {
+            let mut next = Catalog::clone(current);
+            let changed = change(&mut next);
+            if changed {
+                *current = Arc::new(next);
+            }
+            changed
+        })
+    }
+}
+
 /// What the consumer loops (ingestor, completions, dead letters) work with.
 pub(crate) struct Shared {
     pub(crate) directory: Arc<Directory>,
-    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) catalog: LiveCatalog,
     pub(crate) store: Store,
     pub(crate) bus: Bus,
     /// Seals secret parameters before they are stored or sent.

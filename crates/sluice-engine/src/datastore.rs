@@ -21,6 +21,8 @@ use sluice_pack::datastore::KeyLookup;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::timing::STORE_RETRY;
+
 /// How often expired keys are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -85,7 +87,7 @@ async fn follow(store: Datastore, cache: Arc<KeyCache>, cancel: CancellationToke
                 warn!(error = %e, "cannot watch the datastore; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(STORE_RETRY) => continue,
                 }
             }
         };

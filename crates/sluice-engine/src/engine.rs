@@ -15,16 +15,16 @@ use sluice_core::secrets::Keyring;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params};
-use sluice_store::{Resealed, Store};
+use sluice_store::{Resealed, RuleSwitch, Store};
 use sluice_telemetry::TRACEPARENT;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
 
 use crate::backend::Live;
 use crate::consumer::{self, LoopFn};
-use crate::context::{ActorContext, Shared};
+use crate::context::{ActorContext, LiveCatalog, Shared};
 use crate::datastore::{self, KeyCache, Keys};
-use crate::error::{CancelError, EngineError, SubmitError};
+use crate::error::{CancelError, EngineError, RuleError, SubmitError};
 use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
 use crate::monitor::{self, WorkerInfo, Workers};
 use crate::supervisor::{ActionSupervisor, SupervisorArgs};
@@ -106,11 +106,12 @@ impl Engine {
             store: Datastore::create(&config.bus).await?,
             keyring: config.keyring.clone(),
         };
+        let catalog = with_switches(config.catalog, &config.store).await?;
         let key_cache = Arc::new(KeyCache::new(config.keyring.clone()));
         let kv = Kv::new(key_cache.clone(), None);
         let shared = Arc::new(Shared {
             directory: directory.clone(),
-            catalog: config.catalog,
+            catalog: LiveCatalog::new(catalog.clone()),
             store: config.store,
             bus: config.bus.with_run_signer(config.run_signer),
             keyring: config.keyring,
@@ -120,7 +121,7 @@ impl Engine {
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
         let actor_ctx = Arc::new(ActorContext {
             directory: directory.clone(),
-            catalog: shared.catalog.clone(),
+            catalog: catalog.clone(),
             backend: Arc::new(Live {
                 store: shared.store.clone(),
                 bus: shared.bus.clone(),
@@ -130,7 +131,7 @@ impl Engine {
             intake: intake.clone(),
         });
         let mut supervisors = HashMap::new();
-        for action in shared.catalog.actions.values() {
+        for action in catalog.actions.values() {
             let args = SupervisorArgs {
                 ctx: actor_ctx.clone(),
                 action: action.clone(),
@@ -142,7 +143,7 @@ impl Engine {
         }
         directory.set_supervisors(supervisors);
         let workers = Workers::default();
-        recover::rebuild(&shared.store, &shared.catalog, &directory, &workers).await?;
+        recover::rebuild(&shared.store, &catalog, &directory, &workers).await?;
 
         let mut fixed = HashMap::from([(root.get_id(), ActorKind::Engine)]);
         let mut spawn_loop = async |actor: ActorName<'_>, kind, token: &CancellationToken, run| {
@@ -272,8 +273,40 @@ impl Engine {
         })
     }
 
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.shared.catalog
+    /// The catalog in force, with the rules' switches applied.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.shared.catalog.current()
+    }
+
+    /// Switches a rule on or off, for now and across restarts: a disabled rule matches no
+    /// event and its timer, if it has one, fires no tick until it is enabled again.
+    pub async fn switch_rule(
+        &self,
+        rule: &str,
+        enabled: bool,
+        by: &str,
+    ) -> Result<RuleSwitch, RuleError> {
+        if self.shared.catalog.current().rule(rule).is_none() {
+            return Err(RuleError::Unknown(rule.to_owned()));
+        }
+        let switch = RuleSwitch {
+            rule: rule.to_owned(),
+            enabled,
+            changed_at: Utc::now(),
+            changed_by: by.to_owned(),
+        };
+        self.shared.store.switch_rule(&switch).await?;
+        self.shared.catalog.change(|catalog| {
+            catalog.rule(rule).is_some_and(|r| r.enabled != enabled)
+                && catalog.set_rule_enabled(rule, enabled)
+        });
+        info!(rule, enabled, by, "rule switched");
+        Ok(switch)
+    }
+
+    /// The rules switched through the API.
+    pub async fn rule_switches(&self) -> Result<Vec<RuleSwitch>, sluice_store::StoreError> {
+        self.shared.store.rule_switches().await
     }
 
     pub fn store(&self) -> &Store {
@@ -287,11 +320,10 @@ impl Engine {
         action: &str,
         given: Map<String, Value>,
     ) -> Result<ExecutionId, SubmitError> {
+        let catalog = self.shared.catalog.current();
         let unknown = || SubmitError::UnknownAction {
             action: action.to_owned(),
-            known: self
-                .shared
-                .catalog
+            known: catalog
                 .actions
                 .keys()
                 .map(ToString::to_string)
@@ -299,11 +331,7 @@ impl Engine {
                 .join(", "),
         };
         let action_ref: ActionRef = action.parse().map_err(|_| unknown())?;
-        let definition = self
-            .shared
-            .catalog
-            .action(&action_ref)
-            .ok_or_else(unknown)?;
+        let definition = catalog.action(&action_ref).ok_or_else(unknown)?;
         if !definition.enabled {
             return Err(SubmitError::Disabled(action_ref));
         }
@@ -481,4 +509,19 @@ impl Engine {
         let _ = self.root.stop_and_wait(Some("shutdown".into()), None).await;
         info!(engine = self.directory.engine(), "engine stopped");
     }
+}
+
+/// The loaded catalog with the switches the API recorded applied.
+async fn with_switches(loaded: Arc<Catalog>, store: &Store) -> Result<Arc<Catalog>, EngineError> {
+    let switches = store.rule_switches().await?;
+    if switches.is_empty() {
+        return Ok(loaded);
+    }
+    let mut catalog = Catalog::clone(&loaded);
+    for switch in switches {
+        if !catalog.set_rule_enabled(&switch.rule, switch.enabled) {
+            warn!(rule = %switch.rule, "a switch recorded for a rule that no pack has any more; ignored");
+        }
+    }
+    Ok(Arc::new(catalog))
 }

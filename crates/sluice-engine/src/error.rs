@@ -44,3 +44,12 @@ pub enum CancelError {
     #[error(transparent)]
     Bus(sluice_bus::BusError),
 }
+
+/// Why a rule could not be switched on or off.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("unknown rule {0:?}")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+}

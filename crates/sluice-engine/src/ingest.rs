@@ -59,6 +59,7 @@ pub(crate) async fn handle_triggers(shared: &Shared, settle: &Settle, batch: Vec
 
 /// Decodes, validates and matches one message: what its event and executions will be.
 fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
+    let catalog = shared.catalog.current();
     let stream_seq = message.info().ok().map(|i| i.stream_sequence);
     let header = |name: &str| sluice_bus::header(&message, name);
     let subject = message.subject.to_string();
@@ -83,10 +84,9 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
         Err(reason) => event.rejected = Some(reason),
         Ok(mut decoded) => {
             event.trigger = decoded.trigger;
-            match shared.catalog.triggers.get(&event.trigger) {
+            match catalog.triggers.get(&event.trigger) {
                 None => {
-                    let known = shared
-                        .catalog
+                    let known = catalog
                         .triggers
                         .keys()
                         .cloned()
@@ -109,7 +109,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                             .map(|values| sluice_core::secrets::secret_texts(secret, values))
                             .unwrap_or_default();
                         planned = rules::plan(
-                            &shared.catalog,
+                            &catalog,
                             &shared.keyring,
                             &shared.kv,
                             &event.trigger,

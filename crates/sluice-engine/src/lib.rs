@@ -51,7 +51,7 @@ mod tree;
 mod workflow;
 
 pub use engine::{Engine, EngineConfig};
-pub use error::{CancelError, EngineError, SubmitError};
+pub use error::{CancelError, EngineError, RuleError, SubmitError};
 pub use handles::{AdmittedExecution, CancelOutcome, KeyQueueStats, SupervisorStats};
 pub use monitor::WorkerInfo;
 pub use timers::TimerView;

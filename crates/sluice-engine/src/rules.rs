@@ -32,14 +32,7 @@ pub fn plan(
     secrets: &[String],
 ) -> Vec<Planned> {
     catalog
-        .rules_for(trigger)
-        .filter(|rule| {
-            // A webhook rule hears only its own URL, a timer rule only its own ticks.
-            rule.webhook.as_ref().is_none_or(|hook| {
-                payload.get("url").and_then(Value::as_str) == Some(hook.url.as_str())
-            }) && (rule.timer.is_none()
-                || payload.get("timer").and_then(Value::as_str) == Some(rule.rule_ref.as_str()))
-        })
+        .rules_hearing(trigger, payload)
         .filter(|rule| rule.criteria.iter().all(|c| c.matches(payload)))
         .filter_map(|rule| {
             let action = catalog.action(&rule.action)?;

@@ -7,11 +7,12 @@
 //! the timer's `catchup` policy, within its `catchup_window`; a date timer that never fired
 //! and whose date passed fires once on start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_bus::timers::TimerState;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::context::Shared;
+use crate::timing::STORE_RETRY;
 
 /// A timer as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +30,8 @@ pub struct TimerView {
     pub trigger: String,
     pub schedule: Value,
     pub catchup: &'static str,
+    /// Whether its rule is enabled; a disabled rule's timer is paused and has no next fire.
+    pub enabled: bool,
     pub next_fire: Option<DateTime<Utc>>,
     pub last_fire: Option<DateTime<Utc>>,
 }
@@ -48,21 +52,100 @@ impl Timers {
     }
 }
 
+/// How many ticks are in flight at once: each a publish and a key-value write, pipelined
+/// so that thousands of timers due in the same instant fire within milliseconds of it.
+const FIRE_AT_ONCE: usize = 4096;
+
+/// How many timers read their last tick at once when the loop starts.
+const READ_AT_ONCE: usize = 256;
+
+/// How long the loop sleeps when no timer is due (all paused, or all dates past): it
+/// wakes sooner for a rule switch or shutdown.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// How long a tick that could not be published waits before it is tried again.
+const FIRE_RETRY: Duration = Duration::from_millis(200);
+
 struct Running {
     rule: String,
     timer: Timer,
     next: Option<DateTime<Utc>>,
+    /// When `next` is to fire: its nominal time plus the timer's jitter for it.
+    due: Option<DateTime<Utc>>,
     /// A tick held back by `overlap: queue_one` until the rule's executions end.
     pending: Option<DateTime<Utc>>,
     last: Option<DateTime<Utc>>,
+    /// Its rule is disabled: no tick fires, none is held.
+    paused: bool,
 }
 
 impl Running {
-    /// When the next tick is to fire: its nominal time plus the timer's jitter for it.
-    fn due(&self) -> Option<DateTime<Utc>> {
-        self.next
-            .map(|n| n + jitter_for(&self.rule, n, self.timer.jitter))
+    fn new(rule: String, timer: Timer, last: Option<DateTime<Utc>>) -> Self {
+        Self {
+            rule,
+            timer,
+            next: None,
+            due: None,
+            pending: None,
+            last,
+            paused: false,
+        }
     }
+
+    fn set_next(&mut self, next: Option<DateTime<Utc>>) {
+        self.next = next;
+        self.due = next.map(|n| n + jitter_for(&self.rule, n, self.timer.jitter));
+    }
+
+    /// Whether the loop has something to do for this timer at `now`.
+    fn wants_turn(&self, now: DateTime<Utc>) -> bool {
+        self.pending.is_some() || self.due.is_some_and(|d| d <= now)
+    }
+
+    /// Pauses or resumes the timer as its rule was switched; whether anything changed. A
+    /// resumed timer goes on with the first tick after `now`: what it missed while paused
+    /// does not fire.
+    fn switch(&mut self, enabled: bool, now: DateTime<Utc>) -> bool {
+        if enabled != self.paused {
+            return false;
+        }
+        self.paused = !enabled;
+        self.pending = None;
+        let next = if enabled {
+            self.timer.next_after(self.last.map_or(now, |l| l.max(now)))
+        } else {
+            None
+        };
+        self.set_next(next);
+        let state = if enabled { "resumed" } else { "paused" };
+        info!(rule = %self.rule, next = ?self.next, "timer {state}");
+        true
+    }
+
+    fn view(&self) -> TimerView {
+        TimerView {
+            rule: self.rule.clone(),
+            trigger: self.timer.kind.to_owned(),
+            schedule: self.timer.parameters.clone(),
+            catchup: match self.timer.catchup {
+                Catchup::None => "none",
+                Catchup::Latest => "latest",
+                Catchup::All => "all",
+            },
+            enabled: !self.paused,
+            next_fire: self.next,
+            last_fire: self.last,
+        }
+    }
+}
+
+/// What a timer's turn changed.
+struct Turn {
+    next: Option<DateTime<Utc>>,
+    pending: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    /// A tick could not be published and is to be tried again.
+    failed: bool,
 }
 
 /// A spread in `[0, jitter)` that depends only on the rule and the tick, so a tick's
@@ -142,85 +225,131 @@ async fn fire(
     true
 }
 
-fn view(
-    rule: &str,
-    timer: &Timer,
-    next: Option<DateTime<Utc>>,
-    last: Option<DateTime<Utc>>,
-) -> TimerView {
-    TimerView {
-        rule: rule.to_owned(),
-        trigger: timer.kind.to_owned(),
-        schedule: timer.parameters.clone(),
-        catchup: match timer.catchup {
-            Catchup::None => "none",
-            Catchup::Latest => "latest",
-            Catchup::All => "all",
-        },
-        next_fire: next,
-        last_fire: last,
+/// A timer's turn when the loop wakes at `now`: a held tick fires once the rule's
+/// executions have ended, and a due tick fires, is held or is dropped by its overlap policy.
+async fn turn(shared: &Shared, state: &TimerState, r: &Running, now: DateTime<Utc>) -> Turn {
+    let mut t = Turn {
+        next: r.next,
+        pending: r.pending,
+        last: r.last,
+        failed: false,
+    };
+    if let Some(pending) = t.pending
+        && !still_running(shared, &r.rule).await
+        && fire(shared, state, &r.rule, &r.timer, pending, false).await
+    {
+        t.pending = None;
+        t.last = t.last.max(Some(pending));
     }
+    let Some(nominal) = r.next.filter(|_| r.due.is_some_and(|d| d <= now)) else {
+        return t;
+    };
+    let busy = r.timer.overlap != Overlap::Allow && still_running(shared, &r.rule).await;
+    if busy && (r.timer.overlap == Overlap::Skip || t.pending.is_some()) {
+        info!(rule = %r.rule, nominal = %nominal, "timer tick dropped: the rule's executions from an earlier tick still run (overlap)");
+        if let Err(e) = state.record(&r.rule, nominal).await {
+            warn!(rule = %r.rule, error = %e, "dropped timer tick not recorded");
+        }
+        t.last = t.last.max(Some(nominal));
+    } else if busy {
+        t.pending = Some(nominal);
+    } else if fire(shared, state, &r.rule, &r.timer, nominal, false).await {
+        t.last = t.last.max(Some(nominal));
+    } else {
+        t.failed = true;
+        return t;
+    }
+    t.next = r.timer.next_after(nominal);
+    t
 }
 
-/// Runs every enabled timer rule's schedule until `cancel`.
+/// Reads a timer's last tick, fires the ticks its catch-up policy asks for, and returns it
+/// ready to run (paused if its rule is disabled); `None` if `cancel` came first.
+async fn start(
+    shared: &Shared,
+    state: &TimerState,
+    rule: &str,
+    timer: Timer,
+    enabled: bool,
+    cancel: &CancellationToken,
+) -> Option<Running> {
+    let last = loop {
+        match state.last(rule).await {
+            Ok(last) => break last,
+            Err(e) => {
+                warn!(rule, error = %e, "cannot read the timer's last tick; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(STORE_RETRY) => {}
+                }
+            }
+        }
+    };
+    if !enabled {
+        let mut paused = Running::new(rule.to_owned(), timer, last);
+        paused.paused = true;
+        return Some(paused);
+    }
+    let now = Utc::now();
+    let catchups = match (last, &timer.schedule) {
+        // A date that passed while nobody listened fires once, unless it already did.
+        (None, Schedule::Date(at)) if *at <= now => vec![*at],
+        (None, _) => Vec::new(),
+        (Some(last), _) => {
+            let missed = missed(&timer, last, now);
+            match timer.catchup {
+                Catchup::None => Vec::new(),
+                Catchup::Latest => missed.last().copied().into_iter().collect(),
+                Catchup::All => missed,
+            }
+        }
+    };
+    let mut last_fire = last;
+    for nominal in catchups {
+        info!(rule, nominal = %nominal, "firing a missed timer tick");
+        if fire(shared, state, rule, &timer, nominal, true).await {
+            last_fire = Some(nominal);
+        }
+    }
+    let from = last_fire.map_or(now, |l| l.max(now));
+    let next = timer.next_after(from);
+    let mut running = Running::new(rule.to_owned(), timer, last_fire);
+    running.set_next(next);
+    Some(running)
+}
+
+/// Runs every timer rule's schedule until `cancel`, pausing the timers of disabled rules.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     state: TimerState,
     timers: Timers,
     cancel: CancellationToken,
 ) {
-    let mut running = Vec::new();
-    for rule in shared.catalog.rules.iter().filter(|r| r.enabled) {
-        let Some(timer) = rule.timer.clone() else {
-            continue;
-        };
-        let last = loop {
-            match state.last(&rule.rule_ref).await {
-                Ok(last) => break last,
-                Err(e) => {
-                    warn!(rule = %rule.rule_ref, error = %e, "cannot read the timer's last tick; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        };
-        let now = Utc::now();
-        let catchups = match (last, &timer.schedule) {
-            // A date that passed while nobody listened fires once, unless it already did.
-            (None, Schedule::Date(at)) if *at <= now => vec![*at],
-            (None, _) => Vec::new(),
-            (Some(last), _) => {
-                let missed = missed(&timer, last, now);
-                match timer.catchup {
-                    Catchup::None => Vec::new(),
-                    Catchup::Latest => missed.last().copied().into_iter().collect(),
-                    Catchup::All => missed,
-                }
-            }
-        };
-        let mut last_fire = last;
-        for nominal in catchups {
-            info!(rule = %rule.rule_ref, nominal = %nominal, "firing a missed timer tick");
-            if fire(&shared, &state, &rule.rule_ref, &timer, nominal, true).await {
-                last_fire = Some(nominal);
-            }
-        }
-        let from = last_fire.map_or(now, |l| l.max(now));
-        let next = timer.next_after(from);
-        timers.lock().insert(
-            rule.rule_ref.clone(),
-            view(&rule.rule_ref, &timer, next, last_fire),
-        );
-        running.push(Running {
-            rule: rule.rule_ref.clone(),
-            timer,
-            next,
-            pending: None,
-            last: last_fire,
-        });
-    }
+    let mut catalog = shared.catalog.watch();
+    let rules: Vec<(String, Timer, bool)> = catalog
+        .borrow_and_update()
+        .rules()
+        .iter()
+        .filter_map(|r| Some((r.rule_ref.clone(), r.timer.clone()?, r.enabled)))
+        .collect();
+    // Futures gathered first: a closure inside the stream would borrow in a way the
+    // loop's `Send` bound cannot name.
+    let starting: Vec<_> = rules
+        .iter()
+        .map(|(rule, timer, enabled)| {
+            start(&shared, &state, rule, timer.clone(), *enabled, &cancel)
+        })
+        .collect();
+    let started: Vec<Option<Running>> = futures::stream::iter(starting)
+        .buffered(READ_AT_ONCE)
+        .collect()
+        .await;
+    let Some(mut running) = started.into_iter().collect::<Option<Vec<Running>>>() else {
+        return;
+    };
+    timers
+        .lock()
+        .extend(running.iter().map(|r| (r.rule.clone(), r.view())));
     if running.is_empty() {
         // Nothing to fire; stays in the actor tree until shutdown like the other loops.
         cancel.cancelled().await;
@@ -228,55 +357,72 @@ pub(crate) async fn run(
     }
     info!(timers = running.len(), "timers running");
     loop {
-        let Some(due) = running.iter().filter_map(Running::due).min() else {
-            cancel.cancelled().await;
-            return;
-        };
-        let mut wait = (due - Utc::now()).to_std().unwrap_or_default();
+        let mut wait = running
+            .iter()
+            .filter_map(|r| r.due)
+            .min()
+            .map_or(IDLE, |due| (due - Utc::now()).to_std().unwrap_or_default());
         if running.iter().any(|r| r.pending.is_some()) {
             wait = wait.min(Duration::from_millis(250));
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
+            switched = catalog.changed() => {
+                if switched.is_err() {
+                    cancel.cancelled().await;
+                    return;
+                }
+                let enabled: HashSet<String> = catalog
+                    .borrow_and_update()
+                    .rules()
+                    .iter()
+                    .filter(|r| r.enabled && r.timer.is_some())
+                    .map(|r| r.rule_ref.clone())
+                    .collect();
+                let now = Utc::now();
+                let mut views = timers.lock();
+                for r in &mut running {
+                    if r.switch(enabled.contains(&r.rule), now) {
+                        views.insert(r.rule.clone(), r.view());
+                    }
+                }
+                continue;
+            }
             _ = tokio::time::sleep(wait) => {}
         }
         let now = Utc::now();
-        for r in running.iter_mut() {
-            if let Some(pending) = r.pending
-                && !still_running(&shared, &r.rule).await
-                && fire(&shared, &state, &r.rule, &r.timer, pending, false).await
-            {
-                r.pending = None;
-                r.last = r.last.max(Some(pending));
-            }
-            let Some(nominal) = r.next.filter(|_| r.due().is_some_and(|d| d <= now)) else {
-                continue;
-            };
-            let busy = r.timer.overlap != Overlap::Allow && still_running(&shared, &r.rule).await;
-            let fired = if busy && (r.timer.overlap == Overlap::Skip || r.pending.is_some()) {
-                info!(rule = %r.rule, nominal = %nominal, "timer tick dropped: the rule's executions from an earlier tick still run (overlap)");
-                if let Err(e) = state.record(&r.rule, nominal).await {
-                    warn!(rule = %r.rule, error = %e, "dropped timer tick not recorded");
+        let turning: Vec<_> = running
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.wants_turn(now))
+            .map(|(i, r)| {
+                let (shared, state) = (&shared, &state);
+                async move { (i, turn(shared, state, r, now).await) }
+            })
+            .collect();
+        let turns: Vec<(usize, Turn)> = futures::stream::iter(turning)
+            .buffer_unordered(FIRE_AT_ONCE)
+            .collect()
+            .await;
+        let mut failed = false;
+        {
+            let mut views = timers.lock();
+            for (i, t) in turns {
+                let r = &mut running[i];
+                failed |= t.failed;
+                r.pending = t.pending;
+                if t.next != r.next || t.last != r.last {
+                    r.set_next(t.next);
+                    r.last = t.last;
+                    if let Some(view) = views.get_mut(&r.rule) {
+                        view.next_fire = r.next;
+                        view.last_fire = r.last;
+                    }
                 }
-                r.last = r.last.max(Some(nominal));
-                true
-            } else if busy {
-                r.pending = Some(nominal);
-                true
-            } else if fire(&shared, &state, &r.rule, &r.timer, nominal, false).await {
-                r.last = r.last.max(Some(nominal));
-                true
-            } else {
-                false
-            };
-            if fired {
-                r.next = r.timer.next_after(nominal);
-                timers
-                    .lock()
-                    .insert(r.rule.clone(), view(&r.rule, &r.timer, r.next, r.last));
-            } else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+        if failed {
+            tokio::time::sleep(FIRE_RETRY).await;
         }
     }
 }

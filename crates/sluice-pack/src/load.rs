@@ -675,6 +675,7 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
         loader.load_workflow(&action_ref, &path);
     }
     if loader.errors.is_empty() {
+        loader.catalog.index_rules();
         Ok(loader.catalog)
     } else {
         Err(LoadErrors(loader.errors))

@@ -1,6 +1,6 @@
 //! The loaded, validated form of pack files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -271,7 +271,19 @@ pub struct Catalog {
     pub packs: BTreeMap<String, Pack>,
     pub actions: BTreeMap<ActionRef, Action>,
     pub triggers: BTreeMap<String, Trigger>,
-    pub rules: Vec<Rule>,
+    /// In load order; read through [`Catalog::rules`] so the index stays true.
+    pub(crate) rules: Vec<Rule>,
+    index: RuleIndex,
+}
+
+/// Where the enabled rules are, so an event is matched against the rules that can hear it
+/// and not against every rule: ten thousand timer rules cost one lookup per tick.
+#[derive(Debug, Clone, Default)]
+struct RuleIndex {
+    /// Positions in `rules` of the enabled rules on each trigger, in load order.
+    by_trigger: HashMap<String, Vec<usize>>,
+    /// Position of each enabled timer rule.
+    timers: HashMap<String, usize>,
 }
 
 impl Catalog {
@@ -279,11 +291,79 @@ impl Catalog {
         self.actions.get(action_ref)
     }
 
+    /// Every rule, enabled or not, in load order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rule called `rule_ref`, enabled or not.
+    pub fn rule(&self, rule_ref: &str) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.rule_ref == rule_ref)
+    }
+
+    /// Switches a rule on or off; `false` if there is no such rule.
+    pub fn set_rule_enabled(&mut self, rule_ref: &str, enabled: bool) -> bool {
+        let Some(rule) = self.rules.iter_mut().find(|rule| rule.rule_ref == rule_ref) else {
+            return false;
+        };
+        rule.enabled = enabled;
+        self.index_rules();
+        true
+    }
+
+    /// Indexes the rules; called once they are all loaded, and when one is switched.
+    pub(crate) fn index_rules(&mut self) {
+        let mut index = RuleIndex::default();
+        for (i, rule) in self.rules.iter().enumerate().filter(|(_, r)| r.enabled) {
+            index
+                .by_trigger
+                .entry(rule.trigger.clone())
+                .or_default()
+                .push(i);
+            if rule.timer.is_some() {
+                index.timers.insert(rule.rule_ref.clone(), i);
+            }
+        }
+        self.index = index;
+    }
+
     /// The enabled rules listening to a trigger, in load order.
-    pub fn rules_for<'a>(&'a self, trigger: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules
-            .iter()
-            .filter(move |rule| rule.enabled && rule.trigger == trigger)
+    pub fn rules_for<'a>(&'a self, trigger: &str) -> impl Iterator<Item = &'a Rule> + 'a {
+        let at = self
+            .index
+            .by_trigger
+            .get(trigger)
+            .map_or(&[][..], Vec::as_slice);
+        at.iter().map(|&i| &self.rules[i])
+    }
+
+    /// The enabled rules that hear an event of `trigger` carrying `payload`, in load order:
+    /// a timer rule hears only its own ticks (`payload.timer`), a webhook rule only its own
+    /// URL (`payload.url`), any other rule every event of its trigger.
+    pub fn rules_hearing<'a>(
+        &'a self,
+        trigger: &'a str,
+        payload: &'a serde_json::Value,
+    ) -> impl Iterator<Item = &'a Rule> + 'a {
+        let field = |name: &str| payload.get(name).and_then(serde_json::Value::as_str);
+        let at: &[usize] = match field("timer").and_then(|rule| self.index.timers.get(rule)) {
+            Some(i) if crate::timer::TRIGGERS.iter().any(|(t, _)| *t == trigger) => {
+                std::slice::from_ref(i)
+            }
+            _ => self
+                .index
+                .by_trigger
+                .get(trigger)
+                .map_or(&[], Vec::as_slice),
+        };
+        at.iter().map(|&i| &self.rules[i]).filter(move |rule| {
+            rule.trigger == trigger
+                && rule
+                    .webhook
+                    .as_ref()
+                    .is_none_or(|hook| field("url") == Some(hook.url.as_str()))
+                && (rule.timer.is_none() || field("timer") == Some(rule.rule_ref.as_str()))
+        })
     }
 
     /// The webhook an enabled rule listens on at `url`.

@@ -8,6 +8,7 @@
 
 mod model;
 mod reseal;
+mod rules;
 mod store;
 mod tokens;
 mod workflow;
@@ -17,6 +18,7 @@ pub use model::{
     Ledger, NewEvent, Transition,
 };
 pub use reseal::Resealed;
+pub use rules::RuleSwitch;
 pub use store::{Store, StoreError, StoreErrorKind};
 pub use tokens::{NewToken, Token};
 pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};

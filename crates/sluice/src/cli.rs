@@ -209,10 +209,64 @@ pub fn print_timers(timers: &Value, out: &mut impl Write) -> anyhow::Result<()> 
             "{:<32} {:<24} {:<20} {:<20} {:<8} {}",
             t["rule"].as_str().unwrap_or(""),
             t["trigger"].as_str().unwrap_or(""),
-            time(&t["next_fire"]),
+            if t["enabled"] == false {
+                "paused".into()
+            } else {
+                time(&t["next_fire"])
+            },
             time(&t["last_fire"]),
             t["catchup"].as_str().unwrap_or(""),
             t["schedule"]
+        )?;
+    }
+    Ok(())
+}
+
+/// A rule's reference as typed, checked to be `pack.name` before it goes into a URL.
+pub fn rule_ref(text: &str) -> anyhow::Result<&str> {
+    let well_formed = text.split_once('.').is_some_and(|(pack, name)| {
+        !pack.is_empty()
+            && !name.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    });
+    anyhow::ensure!(
+        well_formed,
+        "rule {text:?}: write it as pack.name (letters, digits, _ and -)"
+    );
+    Ok(text)
+}
+
+/// `sluice rule list` as a table.
+pub fn print_rules(rules: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<36} {:<8} {:<28} {:<28} SWITCHED",
+        "RULE", "ENABLED", "TRIGGER", "ACTION"
+    )?;
+    for r in rules.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let switched = match &r["switched"] {
+            Value::Object(s) => format!(
+                "{} by {} at {}",
+                if s["enabled"] == true { "on" } else { "off" },
+                s["changed_by"].as_str().unwrap_or(""),
+                s["changed_at"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(19)
+                    .collect::<String>()
+            ),
+            _ => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<36} {:<8} {:<28} {:<28} {switched}",
+            r["ref"].as_str().unwrap_or(""),
+            if r["enabled"] == true { "yes" } else { "no" },
+            r["trigger"]["type"].as_str().unwrap_or(""),
+            r["action"]["ref"].as_str().unwrap_or(""),
         )?;
     }
     Ok(())

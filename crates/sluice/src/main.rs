@@ -89,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         command: TimerCommand,
     },
+    /// Rules: list and show them; enable or disable one at run time (admin scope).
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -130,6 +135,35 @@ enum ExecutionCommand {
 enum TimerCommand {
     /// Every timer rule: trigger, next tick, last tick, missed-tick policy.
     List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuleCommand {
+    /// Every rule: enabled or not, trigger, action, and who switched it.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One rule in full: trigger, criteria, action, file, switch.
+    Get {
+        /// pack.name
+        rule: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Enable a rule now and across restarts; a timer rule's timer resumes.
+    Enable {
+        rule: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disable a rule now and across restarts: it matches no event, and a timer rule's
+    /// timer is paused.
+    Disable {
+        rule: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -491,6 +525,34 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&timers)?)?;
             } else {
                 cli::print_timers(&timers, &mut out)?;
+            }
+            Ok(true)
+        }
+        Command::Rule { command } => {
+            let (rules, json) = match command {
+                RuleCommand::List { client } => {
+                    (client.client()?.get("/api/v1/rules").await?, client.json)
+                }
+                RuleCommand::Get { rule, client } => {
+                    let rule = cli::rule_ref(&rule)?;
+                    let path = format!("/api/v1/rules/{rule}");
+                    (client.client()?.get(&path).await?, true)
+                }
+                RuleCommand::Enable { rule, client } => {
+                    let path = format!("/api/v1/rules/{}/enable", cli::rule_ref(&rule)?);
+                    let body = serde_json::json!({});
+                    (client.client()?.post(&path, &body).await?, client.json)
+                }
+                RuleCommand::Disable { rule, client } => {
+                    let path = format!("/api/v1/rules/{}/disable", cli::rule_ref(&rule)?);
+                    let body = serde_json::json!({});
+                    (client.client()?.post(&path, &body).await?, client.json)
+                }
+            };
+            if json || !rules.is_array() {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rules)?)?;
+            } else {
+                cli::print_rules(&rules, &mut out)?;
             }
             Ok(true)
         }

@@ -24,7 +24,7 @@ fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
     info!(
         packs = catalog.packs.len(),
         actions = catalog.actions.len(),
-        rules = catalog.rules.len(),
+        rules = catalog.rules().len(),
         "packs loaded"
     );
     Ok(Arc::new(catalog))

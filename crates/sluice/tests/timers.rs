@@ -205,3 +205,96 @@ async fn overlap_skip_and_queue_one_never_run_two_ticks_at_once_and_jitter_keeps
         );
     }
 }
+
+/// Disabling a timer rule through the API pauses its timer, across a restart too, and
+/// enabling it resumes the timer from the next tick: what it missed meanwhile never fires,
+/// even under `catchup: all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_resumes_it() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("every.log");
+    let files = [
+        ("pack.yaml".to_owned(), "ref: t\n".to_owned()),
+        (
+            "actions/tick.yaml".to_owned(),
+            "name: tick\nrunner_type: local-shell-cmd\nparameters:\n  nominal: {type: string}\n  catchup: {type: string}\n  file: {type: string}\n  cmd: {type: string, default: 'printf \"%s %s\\n\" \"$SLUICE_PARAM_NOMINAL\" \"$SLUICE_PARAM_CATCHUP\" >> \"$SLUICE_PARAM_FILE\"'}\n".to_owned(),
+        ),
+        rule("every", "core.st2.IntervalTimer", "{unit: seconds, delta: 1, catchup: all}", &log),
+    ];
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let mut cluster = Cluster::new(&files);
+    cluster.start_engine().await;
+    cluster.start_worker("w1", 8);
+    let api = cluster.client();
+    let timer = |timers: serde_json::Value| {
+        timers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["rule"] == "t.every")
+            .cloned()
+            .unwrap()
+    };
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, body) = api
+        .post("/api/v1/rules/t.every/disable", &serde_json::json!({}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["enabled"], false, "{body}");
+    assert_eq!(body["switched"]["enabled"], false, "{body}");
+    assert_eq!(body["trigger"]["type"], "core.st2.IntervalTimer", "{body}");
+    let paused = timer(cluster.get("/api/v1/timers").await);
+    assert_eq!(paused["enabled"], false, "{paused}");
+    assert!(paused["next_fire"].is_null(), "{paused}");
+    // A tick already on its way when the switch came may still land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = ticks(&log).len();
+    assert!(before >= 2, "ticks before the pause: {before}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ticks(&log).len(), before, "a paused timer fired");
+    cluster.kill_engine();
+    cluster.start_engine().await;
+    let (_, rule) = api.get("/api/v1/rules/t.every").await;
+    assert_eq!(
+        rule["enabled"], false,
+        "the switch outlives a restart: {rule}"
+    );
+    assert_eq!(timer(cluster.get("/api/v1/timers").await)["enabled"], false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ticks(&log).len(),
+        before,
+        "a paused timer fired after a restart"
+    );
+
+    let (code, body) = api
+        .post("/api/v1/rules/t.every/enable", &serde_json::json!({}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let resumed = timer(cluster.get("/api/v1/timers").await);
+    assert_eq!(resumed["enabled"], true, "{resumed}");
+    assert!(resumed["next_fire"].is_string(), "{resumed}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let fired = ticks(&log);
+    assert!(fired.len() >= before + 2, "resumed ticks: {fired:#?}");
+    assert!(
+        fired.iter().all(|(_, catchup)| !catchup),
+        "ticks missed while paused fired: {fired:#?}"
+    );
+    let unique: BTreeSet<&String> = fired.iter().map(|(n, _)| n).collect();
+    assert_eq!(unique.len(), fired.len(), "{fired:#?}");
+
+    let (code, body) = api
+        .post("/api/v1/rules/t.nothing/disable", &serde_json::json!({}))
+        .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("t.nothing"),
+        "{body}"
+    );
+}

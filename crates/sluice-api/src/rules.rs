@@ -1,0 +1,124 @@
+//! Rules: `/api/v1/rules` lists them with where each comes from; `/enable` and `/disable`
+//! switch one at run time, for good (a switch outlives restarts until switched again).
+//!
+//! Reading needs the read scope; switching needs admin.
+
+use axum::extract::{Extension, Path, State};
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+use sluice_engine::RuleError;
+use sluice_pack::Rule;
+use sluice_store::RuleSwitch;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, AppState};
+
+pub(crate) fn routes() -> Router<AppState> {
+    use axum::routing::{get, post};
+    Router::new()
+        .route("/api/v1/rules", get(list))
+        .route("/api/v1/rules/{rule}", get(show))
+        .route("/api/v1/rules/{rule}/enable", post(enable))
+        .route("/api/v1/rules/{rule}/disable", post(disable))
+}
+
+impl From<RuleError> for ApiError {
+    fn from(e: RuleError) -> Self {
+        match e {
+            RuleError::Unknown(_) => Self::NotFound(e.to_string()),
+            RuleError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A rule as the API shows it: what it listens to, what it checks, what it runs, its file,
+/// and the switch that set its state through the API, if one did.
+fn view(rule: &Rule, switch: Option<&RuleSwitch>) -> Value {
+    let trigger_parameters = match (&rule.timer, &rule.webhook) {
+        (Some(timer), _) => timer.parameters.clone(),
+        (None, Some(hook)) => json!({ "url": hook.url }),
+        (None, None) => json!({}),
+    };
+    let criteria: Map<String, Value> = rule
+        .criteria
+        .iter()
+        .map(|c| {
+            (
+                c.key.clone(),
+                json!({ "type": c.operator, "pattern": c.pattern }),
+            )
+        })
+        .collect();
+    let parameters: Map<String, Value> = rule
+        .parameters
+        .iter()
+        .map(|(name, template)| (name.clone(), template.source.clone()))
+        .collect();
+    json!({
+        "ref": rule.rule_ref,
+        "pack": rule.rule_ref.split('.').next().unwrap_or_default(),
+        "description": rule.description,
+        "enabled": rule.enabled,
+        "trigger": { "type": rule.trigger, "parameters": trigger_parameters },
+        "criteria": criteria,
+        "action": { "ref": rule.action.to_string(), "parameters": parameters },
+        "file": rule.file.display().to_string(),
+        "switched": switch,
+    })
+}
+
+async fn list(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let switches = engine.rule_switches().await?;
+    let catalog = engine.catalog();
+    let rules: Vec<Value> = catalog
+        .rules()
+        .iter()
+        .map(|rule| view(rule, switches.iter().find(|s| s.rule == rule.rule_ref)))
+        .collect();
+    Ok(Json(Value::Array(rules)))
+}
+
+async fn show(
+    State(engine): State<AppState>,
+    Path(rule): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = engine.catalog();
+    let found = catalog
+        .rule(&rule)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown rule {rule:?}")))?;
+    let switches = engine.rule_switches().await?;
+    Ok(Json(view(
+        found,
+        switches.iter().find(|s| s.rule == found.rule_ref),
+    )))
+}
+
+async fn switch(
+    engine: AppState,
+    caller: Caller,
+    rule: String,
+    enabled: bool,
+) -> Result<Json<Value>, ApiError> {
+    let switch = engine.switch_rule(&rule, enabled, &caller.name).await?;
+    let catalog = engine.catalog();
+    let found = catalog
+        .rule(&rule)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown rule {rule:?}")))?;
+    Ok(Json(view(found, Some(&switch))))
+}
+
+async fn enable(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rule): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    switch(engine, caller, rule, true).await
+}
+
+async fn disable(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rule): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    switch(engine, caller, rule, false).await
+}
