@@ -322,6 +322,18 @@ impl Bus {
         payload: Vec<u8>,
         msg_id: Option<&str>,
     ) -> Result<(u64, bool), BusError> {
+        self.send_trigger(trigger, payload, msg_id).await?.await
+    }
+
+    /// Sends a trigger payload like [`Bus::publish_trigger`] without waiting for JetStream:
+    /// the returned future waits. Many sent in a row are pipelined.
+    pub async fn send_trigger(
+        &self,
+        trigger: &str,
+        payload: Vec<u8>,
+        msg_id: Option<&str>,
+    ) -> Result<impl Future<Output = Result<(u64, bool), BusError>> + Send + 'static, BusError>
+    {
         let subject = crate::trigger_subject(trigger);
         let mut headers = HeaderMap::new();
         headers.insert(names::CONTENT_TYPE_HEADER, "application/json");
@@ -334,8 +346,8 @@ impl Bus {
         if let Some(id) = msg_id {
             message = message.message_id(id);
         }
-        let failed = |source: Source| BusError::Publish {
-            subject: subject.clone(),
+        let failed = move |subject: String, source: Source| BusError::Publish {
+            subject,
             source,
             transient: true,
         };
@@ -343,10 +355,11 @@ impl Bus {
             .jetstream
             .send_publish(subject.clone(), message)
             .await
-            .map_err(|e| failed(e.into()))?
-            .await
-            .map_err(|e| failed(e.into()))?;
-        Ok((ack.sequence, ack.duplicate))
+            .map_err(|e| failed(subject.clone(), e.into()))?;
+        Ok(async move {
+            let ack = ack.await.map_err(|e| failed(subject, e.into()))?;
+            Ok((ack.sequence, ack.duplicate))
+        })
     }
 
     /// Hands an execution to the workers: the handoff. Deduplicated per attempt.

@@ -52,9 +52,9 @@ impl Timers {
     }
 }
 
-/// How many ticks are in flight at once: each a publish and a key-value write, pipelined
-/// so that thousands of timers due in the same instant fire within milliseconds of it.
-const FIRE_AT_ONCE: usize = 4096;
+/// How many key-value writes recording ticks (or timers' turns under an overlap policy)
+/// are in flight at once.
+const RECORD_AT_ONCE: usize = 4096;
 
 /// How many timers read their last tick at once when the loop starts.
 const READ_AT_ONCE: usize = 256;
@@ -148,6 +148,18 @@ struct Turn {
     failed: bool,
 }
 
+impl Turn {
+    /// Nothing changed, and the tick is to be tried again.
+    fn failed(r: &Running) -> Self {
+        Self {
+            next: r.next,
+            pending: r.pending,
+            last: r.last,
+            failed: true,
+        }
+    }
+}
+
 /// A spread in `[0, jitter)` that depends only on the rule and the tick, so a tick's
 /// firing time is the same whoever computes it.
 fn jitter_for(rule: &str, nominal: DateTime<Utc>, jitter: Duration) -> chrono::Duration {
@@ -191,15 +203,14 @@ fn missed(timer: &Timer, last: DateTime<Utc>, now: DateTime<Utc>) -> Vec<DateTim
     ticks
 }
 
-/// Fires one tick: publish (deduplicated by its nominal time), then record it.
-async fn fire(
-    shared: &Shared,
-    state: &TimerState,
+/// A tick's payload (StackStorm's `executed_at` and `schedule`, and Sluice's nominal time)
+/// and its deduplication id.
+fn tick_message(
     rule: &str,
     timer: &Timer,
     nominal: DateTime<Utc>,
     catchup: bool,
-) -> bool {
+) -> (Vec<u8>, String) {
     let payload = json!({
         "executed_at": Utc::now().to_rfc3339(),
         "schedule": timer.parameters,
@@ -208,26 +219,83 @@ async fn fire(
         "catchup": catchup,
     });
     let id = format!("timer:{rule}:{}", nominal.to_rfc3339());
-    let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+    (serde_json::to_vec(&payload).unwrap_or_default(), id)
+}
+
+/// Fires one tick: publishes it, deduplicated by its nominal time. The caller records it
+/// as the timer's last tick once it is out.
+async fn fire(
+    shared: &Shared,
+    rule: &str,
+    timer: &Timer,
+    nominal: DateTime<Utc>,
+    catchup: bool,
+) -> bool {
+    let (payload, id) = tick_message(rule, timer, nominal, catchup);
     if let Err(e) = shared
         .bus
-        .publish_trigger(timer.kind, bytes, Some(&id))
+        .publish_trigger(timer.kind, payload, Some(&id))
         .await
     {
         warn!(rule, nominal = %nominal, error = %e, "timer tick not published; trying again");
         return false;
     }
+    true
+}
+
+/// The due ticks of timers that fire whatever still runs (`overlap: allow`): all sent in
+/// a row, then their acknowledgements awaited, so thousands are out within milliseconds of
+/// their time.
+async fn fire_all(shared: &Shared, running: &[Running], due: &[usize]) -> Vec<(usize, Turn)> {
+    let mut turns = Vec::with_capacity(due.len());
+    let mut sent = Vec::with_capacity(due.len());
+    for &i in due {
+        let r = &running[i];
+        let Some(nominal) = r.next else { continue };
+        let (payload, id) = tick_message(&r.rule, &r.timer, nominal, false);
+        match shared
+            .bus
+            .send_trigger(r.timer.kind, payload, Some(&id))
+            .await
+        {
+            Ok(ack) => sent.push(async move { (i, nominal, ack.await) }),
+            Err(e) => {
+                warn!(rule = %r.rule, nominal = %nominal, error = %e, "timer tick not published; trying again");
+                turns.push((i, Turn::failed(r)));
+            }
+        }
+    }
+    for (i, nominal, acked) in futures::future::join_all(sent).await {
+        let r = &running[i];
+        let turn = match acked {
+            Ok(_) => Turn {
+                next: r.timer.next_after(nominal),
+                pending: None,
+                last: r.last.max(Some(nominal)),
+                failed: false,
+            },
+            Err(e) => {
+                warn!(rule = %r.rule, nominal = %nominal, error = %e, "timer tick not published; trying again");
+                Turn::failed(r)
+            }
+        };
+        turns.push((i, turn));
+    }
+    turns
+}
+
+/// Records `nominal` as the last tick `rule` fired (or dropped by its overlap policy).
+async fn record(state: &TimerState, rule: &str, nominal: DateTime<Utc>) {
     if let Err(e) = state.record(rule, nominal).await {
         // The tick is out; a restart before the next one publishes it again, and
         // JetStream drops the copy.
         warn!(rule, nominal = %nominal, error = %e, "timer tick not recorded");
     }
-    true
 }
 
 /// A timer's turn when the loop wakes at `now`: a held tick fires once the rule's
 /// executions have ended, and a due tick fires, is held or is dropped by its overlap policy.
-async fn turn(shared: &Shared, state: &TimerState, r: &Running, now: DateTime<Utc>) -> Turn {
+async fn turn(shared: &Shared, r: &Running, now: DateTime<Utc>) -> Turn {
     let mut t = Turn {
         next: r.next,
         pending: r.pending,
@@ -236,7 +304,7 @@ async fn turn(shared: &Shared, state: &TimerState, r: &Running, now: DateTime<Ut
     };
     if let Some(pending) = t.pending
         && !still_running(shared, &r.rule).await
-        && fire(shared, state, &r.rule, &r.timer, pending, false).await
+        && fire(shared, &r.rule, &r.timer, pending, false).await
     {
         t.pending = None;
         t.last = t.last.max(Some(pending));
@@ -247,13 +315,10 @@ async fn turn(shared: &Shared, state: &TimerState, r: &Running, now: DateTime<Ut
     let busy = r.timer.overlap != Overlap::Allow && still_running(shared, &r.rule).await;
     if busy && (r.timer.overlap == Overlap::Skip || t.pending.is_some()) {
         info!(rule = %r.rule, nominal = %nominal, "timer tick dropped: the rule's executions from an earlier tick still run (overlap)");
-        if let Err(e) = state.record(&r.rule, nominal).await {
-            warn!(rule = %r.rule, error = %e, "dropped timer tick not recorded");
-        }
         t.last = t.last.max(Some(nominal));
     } else if busy {
         t.pending = Some(nominal);
-    } else if fire(shared, state, &r.rule, &r.timer, nominal, false).await {
+    } else if fire(shared, &r.rule, &r.timer, nominal, false).await {
         t.last = t.last.max(Some(nominal));
     } else {
         t.failed = true;
@@ -307,7 +372,8 @@ async fn start(
     let mut last_fire = last;
     for nominal in catchups {
         info!(rule, nominal = %nominal, "firing a missed timer tick");
-        if fire(shared, state, rule, &timer, nominal, true).await {
+        if fire(shared, rule, &timer, nominal, true).await {
+            record(state, rule, nominal).await;
             last_fire = Some(nominal);
         }
     }
@@ -391,20 +457,30 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         let now = Utc::now();
-        let turning: Vec<_> = running
+        let (plain, policed): (Vec<usize>, Vec<usize>) = running
             .iter()
             .enumerate()
             .filter(|(_, r)| r.wants_turn(now))
-            .map(|(i, r)| {
-                let (shared, state) = (&shared, &state);
-                async move { (i, turn(shared, state, r, now).await) }
+            .map(|(i, _)| i)
+            .partition(|&i| running[i].timer.overlap == Overlap::Allow);
+        let mut turns = fire_all(&shared, &running, &plain).await;
+        // Timers with an overlap policy first ask the store whether their rule's
+        // executions still run.
+        let turning: Vec<_> = policed
+            .into_iter()
+            .map(|i| {
+                let (shared, r) = (&shared, &running[i]);
+                async move { (i, turn(shared, r, now).await) }
             })
             .collect();
-        let turns: Vec<(usize, Turn)> = futures::stream::iter(turning)
-            .buffer_unordered(FIRE_AT_ONCE)
-            .collect()
-            .await;
+        turns.extend(
+            futures::stream::iter(turning)
+                .buffer_unordered(RECORD_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await,
+        );
         let mut failed = false;
+        let mut fired = Vec::new();
         {
             let mut views = timers.lock();
             for (i, t) in turns {
@@ -412,8 +488,11 @@ pub(crate) async fn run(
                 failed |= t.failed;
                 r.pending = t.pending;
                 if t.next != r.next || t.last != r.last {
+                    if let Some(last) = t.last.filter(|l| r.last < Some(*l)) {
+                        fired.push(i);
+                        r.last = Some(last);
+                    }
                     r.set_next(t.next);
-                    r.last = t.last;
                     if let Some(view) = views.get_mut(&r.rule) {
                         view.next_fire = r.next;
                         view.last_fire = r.last;
@@ -421,6 +500,19 @@ pub(crate) async fn run(
                 }
             }
         }
+        // Recorded once every tick of this round is out, so that recording never holds
+        // back a tick.
+        let recording: Vec<_> = fired
+            .iter()
+            .filter_map(|&i| {
+                let r = &running[i];
+                Some(record(&state, &r.rule, r.last?))
+            })
+            .collect();
+        futures::stream::iter(recording)
+            .buffer_unordered(RECORD_AT_ONCE)
+            .collect::<()>()
+            .await;
         if failed {
             tokio::time::sleep(FIRE_RETRY).await;
         }
