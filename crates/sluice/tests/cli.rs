@@ -197,6 +197,31 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{timers}"
     );
 
+    // Switching a rule from the CLI, as the README's tour does: the timer pauses.
+    let rules = text(&sluice(&["rule", "list"], &second));
+    let row = |rules: &str| {
+        rules
+            .lines()
+            .find(|l| l.starts_with("examples.new_year "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(row(&rules).contains(" yes "), "{rules}");
+    let disabled = sluice(&["rule", "disable", "examples.new_year"], &second);
+    assert!(disabled.status.success(), "{}", text(&disabled));
+    let rules = text(&sluice(&["rule", "list"], &second));
+    assert!(row(&rules).contains(" no "), "{rules}");
+    assert!(row(&rules).contains("off by "), "{rules}");
+    let timers = text(&sluice(&["timer", "list"], &second));
+    assert!(timers.contains("paused"), "{timers}");
+    let enabled = sluice(&["rule", "enable", "examples.new_year"], &second);
+    assert!(enabled.status.success(), "{}", text(&enabled));
+    let timers = text(&sluice(&["timer", "list"], &second));
+    assert!(!timers.contains("paused"), "{timers}");
+    let refused = sluice(&["rule", "disable", "../tokens"], &second);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("pack.name"), "{}", text(&refused));
+
     // The datastore from the CLI: set, read masked and in clear, list, rotate, delete.
     let set = sluice(
         &["key", "set", "api_token", "tok-9f2e", "--secret"],

@@ -638,3 +638,67 @@ async fn values_past_the_decoders_limits_are_refused_with_a_reason_and_nothing_b
     let (status, _) = sluice.get("/api/v1/events").await;
     assert_eq!(status, 200);
 }
+
+/// A rule disabled through the API matches no event until it is enabled again; the switch
+/// is kept in the store (both kinds) and shown with the rule.
+async fn a_disabled_rule_matches_nothing_until_enabled(store: StoreKind) {
+    let sluice = Sluice::start(store, &[]).await;
+    let (code, rule) = sluice
+        .post("/api/v1/rules/examples.log_alert/disable", &json!({}))
+        .await;
+    assert_eq!(code, 200, "{rule}");
+    assert_eq!(rule["enabled"], false, "{rule}");
+    let file = rule["file"].as_str().unwrap();
+    assert!(file.ends_with("rules/log_alert.yaml"), "{rule}");
+
+    // Only log_alert matches an info alert: with it disabled the event starts nothing.
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host":"web1","severity":"info"}"#,
+        )
+        .await;
+    eventually("the event", Duration::from_secs(10), || async {
+        let (_, events) = sluice.get("/api/v1/events").await;
+        (events.as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sluice.executions().await.is_empty());
+
+    let (_, rules) = sluice.get("/api/v1/rules").await;
+    let listed = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ref"] == "examples.log_alert")
+        .unwrap();
+    assert_eq!(listed["enabled"], false, "{listed}");
+    assert_eq!(listed["switched"]["enabled"], false, "{listed}");
+    assert!(listed["switched"]["changed_by"].is_string(), "{listed}");
+    assert_eq!(listed["trigger"]["type"], "examples.alert", "{listed}");
+
+    let (code, rule) = sluice
+        .post("/api/v1/rules/examples.log_alert/enable", &json!({}))
+        .await;
+    assert_eq!(code, 200, "{rule}");
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host":"web2","severity":"info"}"#,
+        )
+        .await;
+    let executions = sluice.wait_finished(1).await;
+    assert_eq!(executions[0]["rule"], "examples.log_alert");
+    assert_eq!(executions[0]["result"]["stdout"], "alert: web2 is info\n");
+}
+
+#[tokio::test]
+async fn a_disabled_rule_matches_nothing_until_enabled_on_sqlite() {
+    a_disabled_rule_matches_nothing_until_enabled(StoreKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_disabled_rule_matches_nothing_until_enabled_on_postgres() {
+    a_disabled_rule_matches_nothing_until_enabled(StoreKind::Postgres).await;
+}
