@@ -23,6 +23,18 @@ fn rule(name: &str, trigger: &str, parameters: &str, log: &Path) -> (String, Str
     )
 }
 
+/// A cluster with one worker running pack `t`: `extra` (rules and actions), and the action
+/// `t.tick`, which appends each tick's nominal time and catch-up flag to a log.
+async fn ticking(extra: &[(String, String)]) -> Cluster {
+    let tick = "name: tick\nrunner_type: local-shell-cmd\nparameters:\n  nominal: {type: string}\n  catchup: {type: string}\n  file: {type: string}\n  cmd: {type: string, default: 'printf \"%s %s\\n\" \"$SLUICE_PARAM_NOMINAL\" \"$SLUICE_PARAM_CATCHUP\" >> \"$SLUICE_PARAM_FILE\"'}\n";
+    let mut files = vec![("pack.yaml", "ref: t\n"), ("actions/tick.yaml", tick)];
+    files.extend(extra.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+    let mut cluster = Cluster::new(&files);
+    cluster.start_engine().await;
+    cluster.start_worker("w1", 8);
+    cluster
+}
+
 /// (nominal time, whether it was a catch-up) per line of a tick log.
 fn ticks(log: &Path) -> Vec<(String, bool)> {
     std::fs::read_to_string(log)
@@ -41,24 +53,33 @@ async fn each_nominal_tick_fires_once_through_a_kill_and_missed_ticks_follow_the
     let log = |name: &str| logs.path().join(format!("{name}.log"));
     let soon = (Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let past = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let files = [
-        ("pack.yaml".to_owned(), "ref: t\n".to_owned()),
-        (
-            "actions/tick.yaml".to_owned(),
-            "name: tick\nrunner_type: local-shell-cmd\nparameters:\n  nominal: {type: string}\n  catchup: {type: string}\n  file: {type: string}\n  cmd: {type: string, default: 'printf \"%s %s\\n\" \"$SLUICE_PARAM_NOMINAL\" \"$SLUICE_PARAM_CATCHUP\" >> \"$SLUICE_PARAM_FILE\"'}\n".to_owned(),
+    let rules = [
+        rule(
+            "latest",
+            "core.st2.IntervalTimer",
+            "{unit: seconds, delta: 1}",
+            &log("latest"),
         ),
-        rule("latest", "core.st2.IntervalTimer", "{unit: seconds, delta: 1}", &log("latest")),
-        rule("skip", "core.st2.IntervalTimer", "{unit: seconds, delta: 1, catchup: none}", &log("skip")),
-        rule("soon", "core.st2.DateTimer", &format!("{{date: '{soon}'}}"), &log("soon")),
-        rule("past", "core.st2.DateTimer", &format!("{{date: '{past}'}}"), &log("past")),
+        rule(
+            "skip",
+            "core.st2.IntervalTimer",
+            "{unit: seconds, delta: 1, catchup: none}",
+            &log("skip"),
+        ),
+        rule(
+            "soon",
+            "core.st2.DateTimer",
+            &format!("{{date: '{soon}'}}"),
+            &log("soon"),
+        ),
+        rule(
+            "past",
+            "core.st2.DateTimer",
+            &format!("{{date: '{past}'}}"),
+            &log("past"),
+        ),
     ];
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let mut cluster = Cluster::new(&files);
-    cluster.start_engine().await;
-    cluster.start_worker("w1", 8);
+    let mut cluster = ticking(&rules).await;
 
     let timers = cluster.get("/api/v1/timers").await;
     let listed: Vec<&str> = timers
@@ -137,7 +158,6 @@ async fn overlap_skip_and_queue_one_never_run_two_ticks_at_once_and_jitter_keeps
             "rules/queue.yaml".to_owned(),
             "name: queue\ntrigger:\n  type: core.st2.IntervalTimer\n  parameters: {unit: seconds, delta: 1, overlap: queue_one}\naction:\n  ref: t.queued\n".to_owned(),
         ),
-        ("pack.yaml".to_owned(), "ref: t\n".to_owned()),
         slow("slow", &slow_log),
         (
             "rules/skip.yaml".to_owned(),
@@ -155,13 +175,7 @@ async fn overlap_skip_and_queue_one_never_run_two_ticks_at_once_and_jitter_keeps
             ),
         ),
     ];
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let mut cluster = Cluster::new(&files);
-    cluster.start_engine().await;
-    cluster.start_worker("w1", 8);
+    let _cluster = ticking(&files).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
 
     // Each run starts after the one before ended; queue_one starts the held tick at once.
@@ -213,21 +227,13 @@ async fn overlap_skip_and_queue_one_never_run_two_ticks_at_once_and_jitter_keeps
 async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_resumes_it() {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("every.log");
-    let files = [
-        ("pack.yaml".to_owned(), "ref: t\n".to_owned()),
-        (
-            "actions/tick.yaml".to_owned(),
-            "name: tick\nrunner_type: local-shell-cmd\nparameters:\n  nominal: {type: string}\n  catchup: {type: string}\n  file: {type: string}\n  cmd: {type: string, default: 'printf \"%s %s\\n\" \"$SLUICE_PARAM_NOMINAL\" \"$SLUICE_PARAM_CATCHUP\" >> \"$SLUICE_PARAM_FILE\"'}\n".to_owned(),
-        ),
-        rule("every", "core.st2.IntervalTimer", "{unit: seconds, delta: 1, catchup: all}", &log),
-    ];
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let mut cluster = Cluster::new(&files);
-    cluster.start_engine().await;
-    cluster.start_worker("w1", 8);
+    let rules = [rule(
+        "every",
+        "core.st2.IntervalTimer",
+        "{unit: seconds, delta: 1, catchup: all}",
+        &log,
+    )];
+    let mut cluster = ticking(&rules).await;
     let api = cluster.client();
     let timer = |timers: serde_json::Value| {
         timers
