@@ -130,13 +130,16 @@ pub fn parse_expiry(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expires {text:?}: {e} (write it as 30d, 12h or 90m)"))
 }
 
-/// What a request needs: reading `read`; starting and cancelling executions `run`;
+/// What a request needs: reading (and testing a rule) `read`; starting and cancelling
+/// executions `run`;
 /// everything else (tokens, and whatever is added later) `admin`.
 pub fn needed_scope(method: &Method, path: &str) -> Scope {
     if path.starts_with("/api/v1/tokens") {
         return Scope::Admin;
     }
-    if matches!(*method, Method::GET | Method::HEAD) {
+    // Testing a rule fires nothing: it reads.
+    let test = path.starts_with("/api/v1/rules/") && path.ends_with("/test");
+    if matches!(*method, Method::GET | Method::HEAD) || (*method == Method::POST && test) {
         return Scope::Read;
     }
     let run = path == "/api/v1/executions"

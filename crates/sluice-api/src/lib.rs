@@ -36,6 +36,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/timers", get(timers))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/{id}", get(get_event))
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/ledger", get(ledger))
         .route("/api/v1/actors", get(actors))
@@ -388,6 +389,45 @@ async fn list_events(
             .list_events(query.limit.unwrap_or(50))
             .await?,
     ))
+}
+
+/// One event, its enforcements, and how every rule on its trigger judges its payload now:
+/// matched or not, and if not the first check that failed with the value it saw.
+async fn get_event(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = sluice_core::EventId(
+        id.parse()
+            .map_err(|_| ApiError::BadRequest(format!("event id {id:?} is not a number")))?,
+    );
+    let event = engine
+        .store()
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
+    let enforcements = engine.store().enforcements_of(id).await?;
+    let rules: Vec<Value> = match &event.payload {
+        // A rejected event never reached the rules.
+        None => Vec::new(),
+        Some(payload) => engine
+            .explain(&event.trigger, payload)
+            .into_iter()
+            .map(|verdict| {
+                let execution = enforcements
+                    .iter()
+                    .find(|e| e.rule == verdict.rule)
+                    .map(|e| e.execution_id);
+                let mut shown = json!(verdict);
+                shown["execution"] = json!(execution);
+                shown
+            })
+            .collect(),
+    };
+    let mut body = json!(event);
+    body["enforcements"] = json!(enforcements);
+    body["rules"] = json!(rules);
+    Ok(Json(sluice_core::secrets::masked(&body)))
 }
 
 async fn list_dead_letters(

@@ -1,7 +1,11 @@
 //! Rules: `/api/v1/rules` lists them with where each comes from; `/enable` and `/disable`
 //! switch one at run time, for good (a switch outlives restarts until switched again).
 //!
-//! Reading needs the read scope; switching needs admin.
+//! `POST /api/v1/rules/{ref}/test {"payload": …}` tells whether the rule would match that
+//! payload, and if not the first check that failed; if so the parameters it would run with.
+//! It fires nothing.
+//!
+//! Reading and testing need the read scope; switching needs admin.
 
 use axum::extract::{Extension, Path, State};
 use axum::{Json, Router};
@@ -11,7 +15,7 @@ use sluice_pack::Rule;
 use sluice_store::RuleSwitch;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, AppState};
+use crate::error::{ApiError, AppState, Body};
 
 pub(crate) fn routes() -> Router<AppState> {
     use axum::routing::{get, post};
@@ -20,6 +24,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/rules/{rule}", get(show))
         .route("/api/v1/rules/{rule}/enable", post(enable))
         .route("/api/v1/rules/{rule}/disable", post(disable))
+        .route("/api/v1/rules/{rule}/test", post(test))
 }
 
 impl From<RuleError> for ApiError {
@@ -121,4 +126,24 @@ async fn disable(
     Path(rule): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     switch(engine, caller, rule, false).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestRequest {
+    /// The trigger payload to judge.
+    #[serde(default)]
+    payload: Value,
+}
+
+async fn test(
+    State(engine): State<AppState>,
+    Path(rule): Path<String>,
+    Body(request): Body<TestRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let payload = match request.payload {
+        Value::Null => json!({}),
+        payload => payload,
+    };
+    Ok(Json(json!(engine.test_rule(&rule, &payload)?)))
 }

@@ -30,7 +30,7 @@ use crate::monitor::{self, WorkerInfo, Workers};
 use crate::supervisor::{ActionSupervisor, SupervisorArgs};
 use crate::timers::{self, TimerView, Timers};
 use crate::tree::{self, ActorKind, ActorNode};
-use crate::{completion, deadletter, ingest, recover};
+use crate::{completion, deadletter, ingest, recover, rules};
 
 /// What the engine runs with.
 pub struct EngineConfig {
@@ -302,6 +302,26 @@ impl Engine {
         });
         info!(rule, enabled, by, "rule switched");
         Ok(switch)
+    }
+
+    /// How every rule on `trigger`, enabled or not, judges `payload` now.
+    pub fn explain(&self, trigger: &str, payload: &Value) -> Vec<rules::Verdict> {
+        rules::explain(&self.shared.catalog.current(), trigger, payload)
+    }
+
+    /// Tests a rule against a payload without firing anything.
+    pub fn test_rule(&self, rule: &str, payload: &Value) -> Result<rules::RuleTest, RuleError> {
+        let catalog = self.shared.catalog.current();
+        let found = catalog
+            .rule(rule)
+            .ok_or_else(|| RuleError::Unknown(rule.to_owned()))?;
+        Ok(rules::test(
+            &catalog,
+            &self.shared.keyring,
+            &self.shared.kv,
+            found,
+            payload,
+        ))
     }
 
     /// The rules switched through the API.

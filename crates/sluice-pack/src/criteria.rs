@@ -193,6 +193,11 @@ impl Criterion {
         })
     }
 
+    /// The value this criterion looks at in `root`, if there is one.
+    pub fn seen<'a>(&self, root: &'a Value) -> Option<&'a Value> {
+        lookup(root, &self.path)
+    }
+
     /// Whether the value at this criterion's path in `root` satisfies it.
     pub fn matches(&self, root: &Value) -> bool {
         let value = lookup(root, &self.path);

@@ -30,4 +30,4 @@ mod workflow_file;
 
 pub use error::{LoadError, LoadErrors};
 pub use load::load_packs;
-pub use model::{Action, Catalog, Pack, ParamSpec, ParamType, Rule, Trigger};
+pub use model::{Action, Catalog, Mismatch, Pack, ParamSpec, ParamType, Rule, Trigger};

@@ -265,6 +265,55 @@ pub struct Rule {
     pub file: PathBuf,
 }
 
+/// Why a rule did not match a payload: the first check that failed, what it compared and
+/// what it saw.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mismatch {
+    /// The criterion's key (`trigger.severity`), or the field a timer or webhook rule reads
+    /// to tell its own events (`trigger.timer`, `trigger.url`).
+    pub key: String,
+    /// The operator, as in criteria (`equals`, `regex`, …).
+    #[serde(rename = "type")]
+    pub operator: String,
+    pub pattern: serde_json::Value,
+    /// The payload's value at `key`; `None` when it has none.
+    pub seen: Option<serde_json::Value>,
+}
+
+impl Rule {
+    /// Whether this rule matches `payload` (enabled or not), and if not, why. A timer rule
+    /// hears only its own ticks and a webhook rule only its own URL, before its criteria.
+    pub fn judge(&self, payload: &serde_json::Value) -> Result<(), Mismatch> {
+        let own = |field: &str, expected: &str| {
+            let seen = payload.get(field);
+            match seen.and_then(serde_json::Value::as_str) {
+                Some(value) if value == expected => Ok(()),
+                _ => Err(Mismatch {
+                    key: format!("trigger.{field}"),
+                    operator: "equals".into(),
+                    pattern: expected.into(),
+                    seen: seen.cloned(),
+                }),
+            }
+        };
+        if self.timer.is_some() {
+            own("timer", &self.rule_ref)?;
+        }
+        if let Some(hook) = &self.webhook {
+            own("url", &hook.url)?;
+        }
+        match self.criteria.iter().find(|c| !c.matches(payload)) {
+            None => Ok(()),
+            Some(failed) => Err(Mismatch {
+                key: failed.key.clone(),
+                operator: failed.operator.clone(),
+                pattern: failed.pattern.clone(),
+                seen: failed.seen(payload).cloned(),
+            }),
+        }
+    }
+}
+
 /// Everything loaded from a set of pack directories.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -289,6 +338,13 @@ struct RuleIndex {
 impl Catalog {
     pub fn action(&self, action_ref: &ActionRef) -> Option<&Action> {
         self.actions.get(action_ref)
+    }
+
+    /// The rules on `trigger`, enabled or not, in load order.
+    pub fn rules_on<'a>(&'a self, trigger: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules
+            .iter()
+            .filter(move |rule| rule.trigger == trigger)
     }
 
     /// Every rule, enabled or not, in load order.

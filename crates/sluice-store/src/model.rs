@@ -53,6 +53,16 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
+/// A rule that fired on an event, and the execution it requested.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Enforcement {
+    pub id: i64,
+    pub rule: String,
+    pub event_id: EventId,
+    pub execution_id: ExecutionId,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HistoryEntry {
     pub attempt: u32,

@@ -16,8 +16,8 @@ use sluice_core::DeadLetter;
 use sluice_telemetry::metrics;
 
 use crate::model::{
-    DeadLetterRecord, Event, EventOutcome, Execution, ExecutionFilter, Firing, HistoryEntry,
-    Ledger, NewEvent, Transition,
+    DeadLetterRecord, Enforcement, Event, EventOutcome, Execution, ExecutionFilter, Firing,
+    HistoryEntry, Ledger, NewEvent, Transition,
 };
 
 /// Records how long a write took, for `sluice_store_write_seconds`.
@@ -838,6 +838,38 @@ impl Store {
             }
             Ok(ledger)
         })
+    }
+
+    /// One event.
+    pub async fn get_event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
+        let row: Option<EventRow> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, trigger, status, reason, CAST(payload AS TEXT) AS payload, subject, created_at FROM events WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(Event::try_from).transpose()
+    }
+
+    /// The enforcements of an event: each rule that fired on it, with the execution it
+    /// requested.
+    pub async fn enforcements_of(&self, event: EventId) -> Result<Vec<Enforcement>, StoreError> {
+        let rows: Vec<(i64, String, i64, DateTime<Utc>)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, rule, execution_id, created_at FROM enforcements WHERE event_id = $1 ORDER BY id")
+                .bind(event.0)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, rule, execution, created_at)| Enforcement {
+                id,
+                rule,
+                event_id: event,
+                execution_id: ExecutionId(execution),
+                created_at,
+            })
+            .collect())
     }
 
     /// How many enforcements exist for an event (one per rule that fired).

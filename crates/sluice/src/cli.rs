@@ -272,6 +272,106 @@ pub fn print_rules(rules: &Value, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A criterion that failed, as a line: `trigger.severity equals "critical", saw "info"`.
+fn mismatch_line(m: &Value) -> String {
+    let seen = match &m["seen"] {
+        Value::Null => "nothing there".to_owned(),
+        seen => format!("saw {seen}"),
+    };
+    format!(
+        "{} {} {}, {seen}",
+        m["key"].as_str().unwrap_or(""),
+        m["type"].as_str().unwrap_or(""),
+        m["pattern"]
+    )
+}
+
+/// `sluice event list` as a table.
+pub fn print_events(events: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<8} {:<28} {:<10} {:<20} PAYLOAD",
+        "ID", "TRIGGER", "STATUS", "CREATED"
+    )?;
+    for e in events.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let payload = match &e["payload"] {
+            Value::Null => e["reason"].as_str().unwrap_or("").to_owned(),
+            payload => payload.to_string(),
+        };
+        writeln!(
+            out,
+            "{:<8} {:<28} {:<10} {:<20} {}",
+            e["id"],
+            e["trigger"].as_str().unwrap_or(""),
+            e["status"].as_str().unwrap_or(""),
+            e["created_at"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(19)
+                .collect::<String>(),
+            payload.chars().take(80).collect::<String>()
+        )?;
+    }
+    Ok(())
+}
+
+/// `sluice event show`: the event, then each rule on its trigger and how it judged it.
+pub fn print_event(e: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(out, "id:       {}", e["id"])?;
+    writeln!(out, "trigger:  {}", e["trigger"].as_str().unwrap_or(""))?;
+    writeln!(out, "status:   {}", e["status"].as_str().unwrap_or(""))?;
+    if let Some(reason) = e["reason"].as_str() {
+        writeln!(out, "reason:   {reason}")?;
+    }
+    writeln!(out, "payload:  {}", e["payload"])?;
+    writeln!(out, "rules:")?;
+    for r in e["rules"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let rule = r["rule"].as_str().unwrap_or("");
+        let disabled = if r["enabled"] == false {
+            " (disabled)"
+        } else {
+            ""
+        };
+        match (&r["execution"], &r["mismatch"]) {
+            (Value::Number(id), _) => writeln!(out, "  fired    {rule} -> execution {id}")?,
+            (_, Value::Object(_)) => writeln!(
+                out,
+                "  missed   {rule}{disabled}: {}",
+                mismatch_line(&r["mismatch"])
+            )?,
+            _ => writeln!(out, "  matched  {rule}{disabled}, fired nothing")?,
+        }
+    }
+    Ok(())
+}
+
+/// `sluice rule test`: matched or the criterion that failed, and what it would run.
+pub fn print_rule_test(t: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    let rule = t["rule"].as_str().unwrap_or("");
+    if let Some(error) = t["payload_error"].as_str() {
+        writeln!(out, "payload:  {error} (an event with it is rejected)")?;
+    }
+    if t["matched"] == true {
+        writeln!(out, "{rule} matches")?;
+        writeln!(out, "action:     {}", t["action"].as_str().unwrap_or(""))?;
+        match t["error"].as_str() {
+            Some(error) => writeln!(out, "error:      {error}")?,
+            None => writeln!(out, "parameters: {}", t["parameters"])?,
+        }
+    } else {
+        writeln!(
+            out,
+            "{rule} does not match: {}",
+            mismatch_line(&t["mismatch"])
+        )?;
+    }
+    if t["enabled"] == false {
+        writeln!(out, "(the rule is disabled: it fires nothing now)")?;
+    }
+    Ok(())
+}
+
 /// What `sluice key ...` asks the API.
 pub enum KeyCall {
     Set { key: String, body: Value },

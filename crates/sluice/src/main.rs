@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         command: RuleCommand,
     },
+    /// Trigger events: list them; show one with how each rule on its trigger judged it.
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -154,6 +159,14 @@ enum RuleCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Whether a rule would match a payload, and what it would run; fires nothing.
+    Test {
+        rule: String,
+        /// The trigger payload, JSON.
+        payload: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Enable a rule now and across restarts; a timer rule's timer resumes.
     Enable {
         rule: String,
@@ -164,6 +177,24 @@ enum RuleCommand {
     /// timer is paused.
     Disable {
         rule: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Recent events, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One event: payload, and for each rule on its trigger whether it matched, and if not
+    /// the first criterion that failed with the value it saw.
+    Show {
+        id: i64,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -538,6 +569,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                     let path = format!("/api/v1/rules/{rule}");
                     (client.client()?.get(&path).await?, true)
                 }
+                RuleCommand::Test {
+                    rule,
+                    payload,
+                    client,
+                } => {
+                    let payload: serde_json::Value = serde_json::from_str(&payload)
+                        .map_err(|e| anyhow::anyhow!("the payload is not JSON: {e}"))?;
+                    let path = format!("/api/v1/rules/{}/test", cli::rule_ref(&rule)?);
+                    let body = serde_json::json!({ "payload": payload });
+                    let test = client.client()?.post(&path, &body).await?;
+                    if client.json {
+                        writeln!(out, "{}", serde_json::to_string_pretty(&test)?)?;
+                    } else {
+                        cli::print_rule_test(&test, &mut out)?;
+                    }
+                    return Ok(test["matched"] == true);
+                }
                 RuleCommand::Enable { rule, client } => {
                     let path = format!("/api/v1/rules/{}/enable", cli::rule_ref(&rule)?);
                     let body = serde_json::json!({});
@@ -597,6 +645,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 KeyCommand::Rotate { client } => (cli::KeyCall::Rotate, client),
             };
             cli::key(&client.client()?, call, client.json, &mut out).await
+        }
+        Command::Event { command } => {
+            let (path, client, show) = match command {
+                EventCommand::List { limit, client } => {
+                    (format!("/api/v1/events?limit={limit}"), client, false)
+                }
+                EventCommand::Show { id, client } => (format!("/api/v1/events/{id}"), client, true),
+            };
+            let events = client.client()?.get(&path).await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&events)?)?;
+            } else if show {
+                cli::print_event(&events, &mut out)?;
+            } else {
+                cli::print_events(&events, &mut out)?;
+            }
+            Ok(true)
         }
         Command::Actors { action, client } => {
             let path = match action {

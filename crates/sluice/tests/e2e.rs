@@ -702,3 +702,88 @@ async fn a_disabled_rule_matches_nothing_until_enabled_on_sqlite() {
 async fn a_disabled_rule_matches_nothing_until_enabled_on_postgres() {
     a_disabled_rule_matches_nothing_until_enabled(StoreKind::Postgres).await;
 }
+
+/// An event shows, for every rule on its trigger, whether it matched and if not the first
+/// criterion that failed with the value it saw; the rule tester says the same of any payload
+/// and fires nothing.
+#[tokio::test]
+async fn events_explain_each_rule_and_the_rule_tester_fires_nothing() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    sluice
+        .publish(
+            "sluice.trigger.examples.alert",
+            br#"{"host":"web1","severity":"info"}"#,
+        )
+        .await;
+    let executions = sluice.wait_finished(1).await;
+    let (_, events) = sluice.get("/api/v1/events").await;
+    let id = events[0]["id"].as_i64().unwrap();
+
+    let (code, event) = sluice.get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(code, 200, "{event}");
+    let verdict = |rule: &str| {
+        event["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == rule)
+            .cloned()
+            .unwrap_or_else(|| panic!("no verdict for {rule}: {event:#}"))
+    };
+    let fired = verdict("examples.log_alert");
+    assert_eq!(fired["matched"], true, "{fired}");
+    assert_eq!(fired["execution"], executions[0]["id"], "{fired}");
+    assert_eq!(
+        verdict("examples.diagnose_critical")["mismatch"],
+        json!({"key": "trigger.severity", "type": "equals", "pattern": "critical", "seen": "info"})
+    );
+    assert_eq!(
+        verdict("examples.summarise_warnings")["mismatch"],
+        json!({"key": "trigger.host", "type": "matchwildcard", "pattern": "db*", "seen": "web1"})
+    );
+    assert_eq!(
+        event["enforcements"].as_array().unwrap().len(),
+        1,
+        "{event}"
+    );
+
+    let test = |payload: Value| {
+        let sluice = &sluice;
+        async move {
+            sluice
+                .post(
+                    "/api/v1/rules/examples.diagnose_critical/test",
+                    &json!({ "payload": payload }),
+                )
+                .await
+        }
+    };
+    let (code, matched) = test(json!({"host": "db1", "severity": "critical"})).await;
+    assert_eq!(code, 200, "{matched}");
+    assert_eq!(matched["matched"], true, "{matched}");
+    assert_eq!(matched["action"], "examples.diagnose", "{matched}");
+    assert_eq!(matched["parameters"]["host"], "db1", "{matched}");
+    let (_, missed) = test(json!({"host": "db1", "severity": "warning"})).await;
+    assert_eq!(missed["matched"], false, "{missed}");
+    assert_eq!(missed["mismatch"]["seen"], "warning", "{missed}");
+    let (_, invalid) = test(json!({"severity": "critical"})).await;
+    assert!(
+        invalid["payload_error"].as_str().unwrap().contains("host"),
+        "{invalid}"
+    );
+    let (code, unknown) = sluice
+        .post("/api/v1/rules/examples.nope/test", &json!({"payload": {}}))
+        .await;
+    assert_eq!(code, 404, "{unknown}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, events) = sluice.get("/api/v1/events").await;
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        1,
+        "the tester fired: {events:#}"
+    );
+    assert_eq!(sluice.executions().await.len(), 1);
+    let (code, none) = sluice.get("/api/v1/events/999").await;
+    assert_eq!(code, 404, "{none}");
+}
