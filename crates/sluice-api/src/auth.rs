@@ -130,8 +130,8 @@ pub fn parse_expiry(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expires {text:?}: {e} (write it as 30d, 12h or 90m)"))
 }
 
-/// What a request needs: reading (and testing a rule) `read`; starting and cancelling
-/// executions `run`;
+/// What a request needs: reading (and testing a rule) `read`; starting, re-running and
+/// cancelling executions `run`;
 /// everything else (tokens, and whatever is added later) `admin`.
 pub fn needed_scope(method: &Method, path: &str) -> Scope {
     if path.starts_with("/api/v1/tokens") {
@@ -143,7 +143,8 @@ pub fn needed_scope(method: &Method, path: &str) -> Scope {
         return Scope::Read;
     }
     let run = path == "/api/v1/executions"
-        || (path.starts_with("/api/v1/executions/") && path.ends_with("/cancel"));
+        || (path.starts_with("/api/v1/executions/")
+            && (path.ends_with("/cancel") || path.ends_with("/re-run")));
     if *method == Method::POST && run {
         Scope::Run
     } else {
@@ -252,6 +253,7 @@ mod tests {
             (Method::GET, "/metrics", Scope::Read),
             (Method::POST, "/api/v1/executions", Scope::Run),
             (Method::POST, "/api/v1/executions/7/cancel", Scope::Run),
+            (Method::POST, "/api/v1/executions/7/re-run", Scope::Run),
             (Method::GET, "/api/v1/tokens", Scope::Admin),
             (Method::POST, "/api/v1/tokens", Scope::Admin),
             (Method::DELETE, "/api/v1/tokens/3", Scope::Admin),

@@ -36,10 +36,13 @@ impl From<StoreError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::UnknownAction { .. } => Self::NotFound(e.to_string()),
+            SubmitError::UnknownAction { .. } | SubmitError::NoExecution(_) => {
+                Self::NotFound(e.to_string())
+            }
             SubmitError::Disabled(_)
             | SubmitError::InvalidParameters(_)
-            | SubmitError::Default(_) => Self::Unprocessable(e.to_string()),
+            | SubmitError::Default(_)
+            | SubmitError::Unreadable(..) => Self::Unprocessable(e.to_string()),
             SubmitError::Sealing(e) => Self::Internal(e),
             SubmitError::Store(e) => e.into(),
         }

@@ -31,6 +31,7 @@ pub fn app(engine: AppState) -> Router {
         )
         .route("/api/v1/executions/{id}", get(get_execution))
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
+        .route("/api/v1/executions/{id}/re-run", post(rerun_execution))
         .route("/api/v1/actions", get(list_actions))
         .route("/api/v1/actions/{action}/queue-stats", get(queue_stats))
         .route("/api/v1/workers", get(workers))
@@ -262,6 +263,28 @@ async fn cancel_execution(
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "cancel": outcome, "status": status })),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rerun {
+    /// Parameters that replace the original's; the others stay as they were.
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+async fn rerun_execution(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Body(request): Body<Rerun>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = engine.rerun(parse_id(&id)?, request.parameters).await?;
+    let execution = engine
+        .store()
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("execution {id} vanished")))?;
+    Ok((StatusCode::CREATED, shown(&execution)))
 }
 
 async fn queue_stats(

@@ -340,6 +340,50 @@ impl Engine {
         action: &str,
         given: Map<String, Value>,
     ) -> Result<ExecutionId, SubmitError> {
+        self.request(action, given, &[], None).await
+    }
+
+    /// Runs an execution again: a new execution of the same action with the same
+    /// parameters, `overrides` replacing some, that names the one it re-runs. Values that
+    /// were secret stay sealed.
+    pub async fn rerun(
+        &self,
+        of: ExecutionId,
+        overrides: Map<String, Value>,
+    ) -> Result<ExecutionId, SubmitError> {
+        let original = self
+            .shared
+            .store
+            .get_execution(of)
+            .await?
+            .ok_or(SubmitError::NoExecution(of))?;
+        if let Some(why) = original.unreadable {
+            return Err(SubmitError::Unreadable(of, why));
+        }
+        let stored = original.parameters.as_object().cloned().unwrap_or_default();
+        let mut given = self
+            .shared
+            .keyring
+            .unseal_all(&stored)
+            .map_err(|(name, e)| {
+                SubmitError::Sealing(format!("parameter {name} of execution {of}: {e}"))
+            })?;
+        let secret = sluice_core::secrets::sealed_names(&stored);
+        let secrets = sluice_core::secrets::secret_texts(&secret, &given);
+        given.extend(overrides);
+        self.request(original.action.as_str(), given, &secrets, Some(of))
+            .await
+    }
+
+    /// Stores a requested execution and queues it; `secrets` are texts whose parameters
+    /// are sealed wherever they hold them.
+    async fn request(
+        &self,
+        action: &str,
+        given: Map<String, Value>,
+        secrets: &[String],
+        rerun_of: Option<ExecutionId>,
+    ) -> Result<ExecutionId, SubmitError> {
         let catalog = self.shared.catalog.current();
         let unknown = || SubmitError::UnknownAction {
             action: action.to_owned(),
@@ -356,9 +400,10 @@ impl Engine {
             return Err(SubmitError::Disabled(action_ref));
         }
         let kv = self.shared.kv.for_pack(action_ref.pack());
-        let (given, opened) = opened_during(|| params::render_defaults(definition, given, &kv));
+        let (given, mut opened) = opened_during(|| params::render_defaults(definition, given, &kv));
         let given = given.map_err(SubmitError::Default)?;
         let parameters = params::resolve(definition, given)?;
+        opened.extend_from_slice(secrets);
         let parameters = params::seal(&self.shared.keyring, definition, &parameters, &opened)
             .map_err(SubmitError::Sealing)?;
         let requested = tracing::info_span!(
@@ -367,17 +412,22 @@ impl Engine {
             execution_id = tracing::field::Empty,
         );
         let trace = sluice_telemetry::trace_headers(&requested);
-        let id = self
-            .shared
-            .store
-            .create_execution(
-                &action_ref,
-                &parameters,
-                None,
-                trace.get(TRACEPARENT).map(String::as_str),
-            )
-            .instrument(requested.clone())
-            .await?;
+        let traceparent = trace.get(TRACEPARENT).map(String::as_str);
+        let store = &self.shared.store;
+        let id = match rerun_of {
+            None => {
+                store
+                    .create_execution(&action_ref, &parameters, None, traceparent)
+                    .instrument(requested.clone())
+                    .await?
+            }
+            Some(of) => {
+                store
+                    .create_rerun(&action_ref, &parameters, of, traceparent)
+                    .instrument(requested.clone())
+                    .await?
+            }
+        };
         requested.record("execution_id", id.0);
         if let Some(supervisor) = self.directory.supervisor(&action_ref) {
             supervisor.enqueue(Pending::new(

@@ -28,6 +28,10 @@ pub enum SubmitError {
     Sealing(String),
     #[error("{0}")]
     Default(String),
+    #[error("no execution {0} to run again")]
+    NoExecution(ExecutionId),
+    #[error("execution {0} cannot be run again: its parameters cannot be read ({1})")]
+    Unreadable(ExecutionId, String),
     #[error(transparent)]
     Store(#[from] sluice_store::StoreError),
 }

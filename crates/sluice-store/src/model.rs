@@ -94,6 +94,9 @@ pub struct Execution {
     /// The W3C `traceparent` of the span that requested it.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// The execution this one runs again, for a re-run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<ExecutionId>,
     /// Filled by [`crate::Store::get_execution`] only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

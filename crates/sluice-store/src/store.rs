@@ -145,9 +145,10 @@ struct ExecutionRow {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     traceparent: Option<String>,
+    rerun_of: Option<i64>,
 }
 
-const EXECUTION_COLUMNS: &str = "id, action, status, CAST(parameters AS TEXT) AS parameters, CAST(result AS TEXT) AS result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at, traceparent";
+const EXECUTION_COLUMNS: &str = "id, action, status, CAST(parameters AS TEXT) AS parameters, CAST(result AS TEXT) AS result, rule, event_id, parent_id, attempt, worker, created_at, updated_at, started_at, finished_at, traceparent, rerun_of";
 
 /// The trace id inside a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 fn trace_id_of(traceparent: &str) -> Option<String> {
@@ -213,6 +214,7 @@ impl TryFrom<ExecutionRow> for Execution {
             finished_at: row.finished_at,
             trace_id: row.traceparent.as_deref().and_then(trace_id_of),
             traceparent: row.traceparent,
+            rerun_of: row.rerun_of.map(ExecutionId),
             history: Vec::new(),
         })
     }
@@ -473,19 +475,44 @@ impl Store {
         parent_id: Option<ExecutionId>,
         traceparent: Option<&str>,
     ) -> Result<ExecutionId, StoreError> {
+        self.insert_execution(action, parameters, parent_id, None, traceparent)
+            .await
+    }
+
+    /// Stores a `requested` execution that runs `of` again.
+    pub async fn create_rerun(
+        &self,
+        action: &ActionRef,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+        of: ExecutionId,
+        traceparent: Option<&str>,
+    ) -> Result<ExecutionId, StoreError> {
+        self.insert_execution(action, parameters, None, Some(of), traceparent)
+            .await
+    }
+
+    async fn insert_execution(
+        &self,
+        action: &ActionRef,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+        parent_id: Option<ExecutionId>,
+        rerun_of: Option<ExecutionId>,
+        traceparent: Option<&str>,
+    ) -> Result<ExecutionId, StoreError> {
         let now = Utc::now();
         let started = std::time::Instant::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at, traceparent) \
-                 VALUES ($1, 'requested', $2, $3, 1, $4, $4, $5) RETURNING id",
+                "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at, traceparent, rerun_of) \
+                 VALUES ($1, 'requested', $2, $3, 1, $4, $4, $5, $6) RETURNING id",
             )
             .bind(action.as_str())
             .bind(Json(parameters))
             .bind(parent_id.map(|p| p.0))
             .bind(now)
             .bind(traceparent)
+            .bind(rerun_of.map(|r| r.0))
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, 'requested', $2)")

@@ -527,32 +527,66 @@ fn is_terminal(execution: &Value) -> bool {
 
 /// `sluice run`: requests an execution; with `wait`, follows it to the end and returns
 /// whether it succeeded.
+/// How `sluice run` and `sluice execution re-run` wait for what they requested.
+pub struct Waiting {
+    pub wait: bool,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+/// `sluice run`: requests an execution of `action`.
 pub async fn run(
     client: &Client,
     action: &str,
     params: &[String],
-    wait: bool,
-    timeout: Duration,
-    json: bool,
+    waiting: Waiting,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
     let parameters = parse_params(params)?;
+    let body = serde_json::json!({ "action": action, "parameters": parameters });
+    let created = client.post("/api/v1/executions", &body).await?;
+    follow(client, &created, action, waiting, out).await
+}
+
+/// `sluice execution re-run`: runs execution `of` again, `params` overriding some of its
+/// parameters.
+pub async fn rerun(
+    client: &Client,
+    of: i64,
+    params: &[String],
+    waiting: Waiting,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let body = serde_json::json!({ "parameters": parse_params(params)? });
     let created = client
-        .post(
-            "/api/v1/executions",
-            &serde_json::json!({ "action": action, "parameters": parameters }),
-        )
+        .post(&format!("/api/v1/executions/{of}/re-run"), &body)
         .await?;
+    follow(client, &created, &format!("a re-run of {of}"), waiting, out).await
+}
+
+/// Prints what was requested, or with `--wait` waits for it to end and prints it; whether
+/// it succeeded (or was requested, without `--wait`).
+async fn follow(
+    client: &Client,
+    created: &Value,
+    what: &str,
+    Waiting {
+        wait,
+        timeout,
+        json,
+    }: Waiting,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
     let id = created["id"]
         .as_i64()
         .ok_or_else(|| anyhow!("the API returned no execution id"))?;
     if !wait {
         if json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&created)?)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(created)?)?;
         } else {
             writeln!(
                 out,
-                "execution {id} requested ({action}); follow it with: sluice execution get {id}"
+                "execution {id} requested ({what}); follow it with: sluice execution get {id}"
             )?;
         }
         return Ok(true);
@@ -623,6 +657,9 @@ pub fn print_execution(e: &Value, out: &mut impl Write) -> std::io::Result<()> {
     }
     if let Some(parent) = e["parent_id"].as_i64() {
         writeln!(out, "workflow:   {parent}")?;
+    }
+    if let Some(of) = e["rerun_of"].as_i64() {
+        writeln!(out, "re-run of:  {of}")?;
     }
     if let Some(worker) = e["worker"].as_str() {
         writeln!(out, "worker:     {worker}")?;

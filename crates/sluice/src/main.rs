@@ -128,6 +128,22 @@ enum ExecutionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run an execution again with the same parameters, key=value overriding some; the
+    /// new execution names the one it re-runs.
+    #[command(name = "re-run")]
+    Rerun {
+        id: i64,
+        /// Parameters to change, as key=value.
+        params: Vec<String>,
+        /// Wait for the new execution to finish; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// One execution: parameters, status history and result.
     Get {
         id: i64,
@@ -456,16 +472,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             timeout,
             client,
         } => {
-            cli::run(
-                &client.client()?,
-                &action,
-                &params,
+            let waiting = cli::Waiting {
                 wait,
-                Duration::from_secs(timeout),
-                client.json,
-                &mut out,
-            )
-            .await
+                timeout: Duration::from_secs(timeout),
+                json: client.json,
+            };
+            cli::run(&client.client()?, &action, &params, waiting, &mut out).await
         }
         Command::Trigger {
             trigger,
@@ -546,6 +558,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 cli::print_execution(&execution, &mut out)?;
             }
             Ok(true)
+        }
+        Command::Execution {
+            command:
+                ExecutionCommand::Rerun {
+                    id,
+                    params,
+                    wait,
+                    timeout,
+                    client,
+                },
+        } => {
+            let waiting = cli::Waiting {
+                wait,
+                timeout: Duration::from_secs(timeout),
+                json: client.json,
+            };
+            cli::rerun(&client.client()?, id, &params, waiting, &mut out).await
         }
         Command::Token { command } => cli::token(command_to_call(command)?, &mut out).await,
         Command::Timer {

@@ -787,3 +787,49 @@ async fn events_explain_each_rule_and_the_rule_tester_fires_nothing() {
     let (code, none) = sluice.get("/api/v1/events/999").await;
     assert_eq!(code, 404, "{none}");
 }
+
+/// A failed execution re-run with a parameter changed: a new execution that names the one
+/// it re-runs; unknown executions and bad parameters are refused with what to fix.
+#[tokio::test]
+async fn a_failed_execution_is_re_run_with_a_parameter_changed() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let first = sluice
+        .client()
+        .submit("core.local", json!({"cmd": "echo first; exit 3"}))
+        .await;
+    let failed = sluice.wait_execution(first).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let id = failed["id"].as_i64().unwrap();
+
+    let (code, rerun) = sluice
+        .post(
+            &format!("/api/v1/executions/{id}/re-run"),
+            &json!({"parameters": {"cmd": "echo again"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{rerun}");
+    assert_eq!(rerun["rerun_of"], id, "{rerun}");
+    let again = sluice.wait_execution(rerun["id"].as_i64().unwrap()).await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["result"]["stdout"], "again\n", "{again}");
+    assert_eq!(again["action"], "core.local");
+
+    // The same parameters when none are given.
+    let (_, same) = sluice
+        .post(&format!("/api/v1/executions/{id}/re-run"), &json!({}))
+        .await;
+    assert_eq!(same["parameters"]["cmd"], "echo first; exit 3", "{same}");
+
+    let (code, missing) = sluice
+        .post("/api/v1/executions/99999/re-run", &json!({}))
+        .await;
+    assert_eq!(code, 404, "{missing}");
+    let (code, bad) = sluice
+        .post(
+            &format!("/api/v1/executions/{id}/re-run"),
+            &json!({"parameters": {"nope": 1}}),
+        )
+        .await;
+    assert_eq!(code, 422, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("nope"), "{bad}");
+}

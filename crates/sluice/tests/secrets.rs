@@ -221,6 +221,24 @@ async fn secrets_never_rest_travel_or_show_in_clear(postgres: Option<&Postgres>,
     expected.sort_unstable();
     assert_eq!(got, expected, "what the actions received");
 
+    // A re-run carries the secret again: sealed on its way, in clear to the action only.
+    let (status, rerun) = api
+        .post(&format!("/api/v1/executions/{run}/re-run"), &json!({}))
+        .await;
+    assert_eq!(status, 201, "{rerun}");
+    assert_eq!(rerun["rerun_of"], run, "{rerun}");
+    assert_eq!(rerun["parameters"]["password"], "********", "{rerun}");
+    wait_for(&cluster, "the re-run succeeded", |l| {
+        count(l, "t.login", "succeeded") == 5
+    })
+    .await;
+    let received = std::fs::read_to_string(outside.path().join("received.txt")).unwrap();
+    assert_eq!(
+        received.lines().filter(|l| *l == RUN).count(),
+        2,
+        "{received}"
+    );
+
     // An action sees its own SLUICE_* variables, none of the worker's configuration.
     let env = cluster.submit("t.env", json!({})).await;
     wait_for(&cluster, "env ran", |l| count(l, "t.env", "succeeded") == 1).await;
