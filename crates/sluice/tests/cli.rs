@@ -218,6 +218,27 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     assert!(enabled.status.success(), "{}", text(&enabled));
     let timers = text(&sluice(&["timer", "list"], &second));
     assert!(!timers.contains("paused"), "{timers}");
+    let tested = sluice(
+        &[
+            "rule",
+            "test",
+            "examples.diagnose_critical",
+            r#"{"host":"db1","severity":"warning"}"#,
+        ],
+        &second,
+    );
+    assert_eq!(tested.status.code(), Some(1), "{}", text(&tested));
+    assert!(
+        text(&tested)
+            .contains(r#"does not match: trigger.severity equals "critical", saw "warning""#),
+        "{}",
+        text(&tested)
+    );
+    let rerun = sluice(&["execution", "re-run", "1", "--wait"], &second);
+    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert!(text(&rerun).contains("re-run of:  1"), "{}", text(&rerun));
+    let events = text(&sluice(&["event", "list"], &second));
+    assert!(events.starts_with("ID"), "{events}");
     let refused = sluice(&["rule", "disable", "../tokens"], &second);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("pack.name"), "{}", text(&refused));
