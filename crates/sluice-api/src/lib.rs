@@ -1,4 +1,4 @@
-//! Sluice's HTTP API (JSON): executions, actions, events, dead letters, the live actor tree,
+//! Sluice's HTTP API (JSON): executions, packs, actions, triggers, events, dead letters, the live actor tree,
 //! rules (switched on and off at run time), API tokens, the datastore and the secrets key; and the process's metrics at `/metrics`.
 //!
 //! [`app`] builds the router over a running [`sluice_engine::Engine`]. Every route but `/healthz` is behind
@@ -6,6 +6,7 @@
 //! codes, and internal details never reach a client.
 
 pub mod auth;
+mod catalog;
 mod error;
 mod keys;
 mod rules;
@@ -46,6 +47,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/metrics", get(engine_metrics))
         .merge(keys::routes())
         .merge(rules::routes())
+        .merge(catalog::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             engine.clone(),
             auth::authorize,

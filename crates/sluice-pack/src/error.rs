@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// One problem in one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LoadError {
     pub file: PathBuf,
     /// The field at fault (`action.ref`, `criteria.trigger.x.type`), when one is.

@@ -29,5 +29,5 @@ pub mod workflow;
 mod workflow_file;
 
 pub use error::{LoadError, LoadErrors};
-pub use load::load_packs;
-pub use model::{Action, Catalog, Mismatch, Pack, ParamSpec, ParamType, Rule, Trigger};
+pub use load::{load_packs, load_packs_reporting};
+pub use model::{Action, BrokenPack, Catalog, Mismatch, Pack, ParamSpec, ParamType, Rule, Trigger};

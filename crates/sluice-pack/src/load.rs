@@ -4,7 +4,7 @@
 //! and all errors come back together, each naming its file and field, so an operator fixes
 //! a pack in one pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use sluice_core::{ActionRef, RunnerType};
 
 use crate::criteria::Criterion;
 use crate::error::{LoadError, LoadErrors};
-use crate::model::{Action, Catalog, OnFull, Pack, ParamSpec, Policy, Rule, Trigger};
+use crate::model::{Action, BrokenPack, Catalog, OnFull, Pack, ParamSpec, Policy, Rule, Trigger};
 use crate::template::ParamTemplate;
 
 #[derive(Deserialize)]
@@ -622,9 +622,72 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Loads every pack found in `roots`. A root is either a pack itself (it has `pack.yaml`)
-/// or a directory of packs.
+/// or a directory of packs. Any problem in any pack fails the whole load, with every problem
+/// found; [`load_packs_reporting`] leaves broken packs out instead.
 pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
+    let (catalog, errors) = load(roots, &HashSet::new());
+    if errors.is_empty() {
+        Ok(catalog)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
+/// Loads every pack found in `roots`, leaving out whole each pack with a problem and
+/// reporting it with every problem found in it; the others load. A pack that needs one left
+/// out (a rule naming its action) is left out in turn, with its own problems. The catalog
+/// lists what was left out in [`Catalog::broken`].
+pub fn load_packs_reporting(roots: &[PathBuf]) -> Catalog {
+    let mut left_out: HashSet<PathBuf> = HashSet::new();
+    let mut broken = Vec::new();
+    loop {
+        let (mut catalog, errors) = load(roots, &left_out);
+        if errors.is_empty() {
+            catalog.broken = broken;
+            return catalog;
+        }
+        let mut by_pack: BTreeMap<PathBuf, Vec<LoadError>> = BTreeMap::new();
+        for error in errors {
+            by_pack
+                .entry(pack_dir_of(&error.file))
+                .or_default()
+                .push(error);
+        }
+        let mut progressed = false;
+        for (dir, errors) in by_pack {
+            progressed |= left_out.insert(dir.clone());
+            let name = std::fs::read_to_string(dir.join("pack.yaml"))
+                .ok()
+                .and_then(|text| serde_yaml_ng::from_str::<PackFile>(&text).ok())
+                .and_then(|file| file.pack_ref.or(file.name))
+                .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| dir.display().to_string());
+            broken.push(BrokenPack { name, dir, errors });
+        }
+        if !progressed {
+            // Problems outside any pack that leaving packs out cannot cure.
+            catalog.broken = broken;
+            return catalog;
+        }
+    }
+}
+
+/// The pack directory a file belongs to: its nearest ancestor with a `pack.yaml`
+/// (canonical), or the file itself when none has one (a packs directory that cannot be read).
+fn pack_dir_of(file: &Path) -> PathBuf {
+    file.ancestors()
+        .find(|dir| dir.join("pack.yaml").is_file())
+        .unwrap_or(file)
+        .canonicalize()
+        .unwrap_or_else(|_| file.to_owned())
+}
+
+/// Loads the packs in `roots` but those whose directories are in `left_out`; the catalog
+/// and every problem found.
+fn load(roots: &[PathBuf], left_out: &HashSet<PathBuf>) -> (Catalog, Vec<LoadError>) {
     let mut loader = Loader::default();
+    let skip =
+        |dir: &Path| left_out.contains(&dir.canonicalize().unwrap_or_else(|_| dir.to_owned()));
     // Built in, as in StackStorm: the timers, fired by the engine on their schedules, and
     // the webhook trigger, fired by `POST /api/v1/webhooks/<url>`.
     let webhook = (
@@ -646,7 +709,12 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     }
     for root in roots {
         if root.join("pack.yaml").is_file() {
-            loader.load_pack(root);
+            if !skip(root) {
+                loader.load_pack(root);
+            }
+            continue;
+        }
+        if skip(root) {
             continue;
         }
         let entries = match std::fs::read_dir(root) {
@@ -661,7 +729,7 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
             .filter(|p| p.join("pack.yaml").is_file())
             .collect();
         dirs.sort();
-        for dir in dirs {
+        for dir in dirs.into_iter().filter(|dir| !skip(dir)) {
             loader.load_pack(&dir);
         }
     }
@@ -674,10 +742,6 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     for (action_ref, path) in std::mem::take(&mut loader.workflows) {
         loader.load_workflow(&action_ref, &path);
     }
-    if loader.errors.is_empty() {
-        loader.catalog.index_rules();
-        Ok(loader.catalog)
-    } else {
-        Err(LoadErrors(loader.errors))
-    }
+    loader.catalog.index_rules();
+    (loader.catalog, loader.errors)
 }

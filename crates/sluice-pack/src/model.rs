@@ -323,6 +323,16 @@ pub struct Catalog {
     /// In load order; read through [`Catalog::rules`] so the index stays true.
     pub(crate) rules: Vec<Rule>,
     index: RuleIndex,
+    /// Packs left out because of problems in them ([`crate::load::load_packs_reporting`]).
+    pub broken: Vec<BrokenPack>,
+}
+
+/// A pack left out of the catalog, with every problem found in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokenPack {
+    pub name: String,
+    pub dir: PathBuf,
+    pub errors: Vec<crate::error::LoadError>,
 }
 
 /// Where the enabled rules are, so an event is matched against the rules that can hear it

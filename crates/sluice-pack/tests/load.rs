@@ -488,3 +488,85 @@ fn an_entry_point_outside_its_pack_is_refused_by_file_and_field() {
         "a file outside the pack was read: {errs:#?}"
     );
 }
+
+/// One broken pack is left out whole and reported with every problem; a pack that needs it
+/// is left out in turn; the others load.
+#[test]
+fn a_broken_pack_is_left_out_and_reported_and_the_others_load() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad/pack.yaml", "ref: bad\nversion: 1.0.0\n");
+    write(
+        dir.path(),
+        "bad/actions/fine.yaml",
+        "name: fine\nrunner_type: noop\n",
+    );
+    write(
+        dir.path(),
+        "bad/rules/r.yaml",
+        "name: r\ntrigger: {type: examples.alert}\naction: {ref: core.nope}\n",
+    );
+    write(
+        dir.path(),
+        "bad/actions/worse.yaml",
+        "name: worse\nrunner_type: telepathy\n",
+    );
+    write(dir.path(), "needs/pack.yaml", "ref: needs\n");
+    write(
+        dir.path(),
+        "needs/rules/uses.yaml",
+        "name: uses\ntrigger: {type: examples.alert}\naction: {ref: bad.fine}\n",
+    );
+    write(dir.path(), "good/pack.yaml", "ref: good\n");
+    write(
+        dir.path(),
+        "good/actions/works.yaml",
+        "name: works\nrunner_type: noop\n",
+    );
+    let roots = [bundled(), dir.path().to_owned()];
+    assert!(
+        load_packs(&roots).is_err(),
+        "the strict load refuses it all"
+    );
+
+    let catalog = sluice_pack::load_packs_reporting(&roots);
+    assert!(catalog.action(&"good.works".parse().unwrap()).is_some());
+    assert!(catalog.action(&"core.local".parse().unwrap()).is_some());
+    assert!(catalog.action(&"bad.fine".parse().unwrap()).is_none());
+    assert!(!catalog.packs.contains_key("bad") && !catalog.packs.contains_key("needs"));
+    let broken: Vec<(&str, Vec<String>)> = catalog
+        .broken
+        .iter()
+        .map(|b| {
+            (
+                b.name.as_str(),
+                b.errors.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(broken.len(), 2, "{broken:#?}");
+    let (name, problems) = &broken[0];
+    assert_eq!(*name, "bad");
+    assert_eq!(
+        problems.len(),
+        2,
+        "every problem of the pack: {problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("bad/rules/r.yaml: action.ref: unknown action core.nope")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("bad/actions/worse.yaml")),
+        "{problems:#?}"
+    );
+    let (name, problems) = &broken[1];
+    assert_eq!(*name, "needs");
+    assert!(
+        problems[0].contains("needs/rules/uses.yaml: action.ref: unknown action bad.fine"),
+        "{problems:#?}"
+    );
+}

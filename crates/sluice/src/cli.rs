@@ -222,6 +222,54 @@ pub fn print_timers(timers: &Value, out: &mut impl Write) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A pack's name as typed, checked before it goes into a URL.
+pub fn name_segment(text: &str) -> anyhow::Result<&str> {
+    anyhow::ensure!(
+        !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')),
+        "{text:?} is not a pack name (letters, digits, _ and -)"
+    );
+    Ok(text)
+}
+
+/// `sluice pack list` as a table; each pack left out is followed by its problems.
+pub fn print_packs(packs: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:<10} {:<9} {:>7} {:>8} {:>5}  DESCRIPTION",
+        "PACK", "VERSION", "STATE", "ACTIONS", "TRIGGERS", "RULES"
+    )?;
+    let count = |v: &Value| v.as_array().map_or(0, Vec::len);
+    for p in packs.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let loaded = p["loaded"] == true;
+        writeln!(
+            out,
+            "{:<20} {:<10} {:<9} {:>7} {:>8} {:>5}  {}",
+            p["name"].as_str().unwrap_or(""),
+            p["version"].as_str().unwrap_or("-"),
+            if loaded { "loaded" } else { "left out" },
+            count(&p["actions"]),
+            count(&p["triggers"]),
+            count(&p["rules"]),
+            p["description"].as_str().unwrap_or("")
+        )?;
+        for e in p["errors"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let place = match e["field"].as_str() {
+                Some(field) => format!("{}: {field}", e["file"].as_str().unwrap_or("")),
+                None => e["file"].as_str().unwrap_or("").to_owned(),
+            };
+            writeln!(out, "    {place}: {}", e["message"].as_str().unwrap_or(""))?;
+        }
+    }
+    Ok(())
+}
+
 /// A rule's reference as typed, checked to be `pack.name` before it goes into a URL.
 pub fn rule_ref(text: &str) -> anyhow::Result<&str> {
     let well_formed = text.split_once('.').is_some_and(|(pack, name)| {

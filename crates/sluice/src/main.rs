@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         command: RuleCommand,
     },
+    /// Packs: what each holds, and the packs left out with every problem in them.
+    Pack {
+        #[command(subcommand)]
+        command: PackCommand,
+    },
     /// Trigger events: list them; show one with how each rule on its trigger judged it.
     Event {
         #[command(subcommand)]
@@ -193,6 +198,21 @@ enum RuleCommand {
     /// timer is paused.
     Disable {
         rule: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackCommand {
+    /// Every pack: version, actions, rules; a pack left out with its problems.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One pack in full.
+    Show {
+        name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -674,6 +694,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 KeyCommand::Rotate { client } => (cli::KeyCall::Rotate, client),
             };
             cli::key(&client.client()?, call, client.json, &mut out).await
+        }
+        Command::Pack { command } => {
+            let (packs, client) = match command {
+                PackCommand::List { client } => {
+                    (client.client()?.get("/api/v1/packs").await?, client)
+                }
+                PackCommand::Show { name, client } => {
+                    let path = format!("/api/v1/packs/{}", cli::name_segment(&name)?);
+                    (client.client()?.get(&path).await?, client)
+                }
+            };
+            if client.json || !packs.is_array() {
+                writeln!(out, "{}", serde_json::to_string_pretty(&packs)?)?;
+            } else {
+                cli::print_packs(&packs, &mut out)?;
+            }
+            Ok(true)
         }
         Command::Event { command } => {
             let (path, client, show) = match command {

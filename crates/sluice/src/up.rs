@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use sluice_bus::{Bus, RunSigner, RunVerifier, redact_url};
 use sluice_core::secrets::Keyring;
 use sluice_engine::{Engine, EngineConfig};
@@ -14,20 +14,28 @@ use sluice_pack::Catalog;
 use sluice_store::Store;
 use sluice_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::config::Config;
 use crate::nats::{NatsChild, Role};
 
-fn load_catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
-    let catalog = sluice_pack::load_packs(&config.packs).map_err(|e| anyhow!("{e}"))?;
+/// Loads the packs; one with a problem is left out and reported (every problem, with its
+/// file and field), and the others load.
+fn load_catalog(config: &Config) -> Arc<Catalog> {
+    let catalog = sluice_pack::load_packs_reporting(&config.packs);
+    for pack in &catalog.broken {
+        for problem in &pack.errors {
+            error!(pack = %pack.name, problem = %problem, "pack left out: {problem}");
+        }
+    }
     info!(
         packs = catalog.packs.len(),
         actions = catalog.actions.len(),
         rules = catalog.rules().len(),
+        left_out = catalog.broken.len(),
         "packs loaded"
     );
-    Ok(Arc::new(catalog))
+    Arc::new(catalog)
 }
 
 fn actions_dirs(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
@@ -186,7 +194,7 @@ async fn serve_open_metrics(config: &Config, engine: &Arc<Engine>) -> anyhow::Re
 
 /// `sluice up`: engine, one worker and (without `--nats-url`) a nats-server child.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let catalog = load_catalog(&config)?;
+    let catalog = load_catalog(&config);
     let nats = match config.nats_url {
         Some(_) => None,
         None => Some(NatsChild::start(&config.data_dir, config.nats_port)?),
@@ -222,7 +230,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let catalog = load_catalog(&config)?;
+    let catalog = load_catalog(&config);
     let (engine, listener) = start_engine(&config, catalog, &config.nats_url()).await?;
     let api = Api::serve(listener, engine.clone());
     let metrics = serve_open_metrics(&config, &engine).await?;
@@ -239,7 +247,7 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
 
 /// `sluice worker`: runs actions; needs NATS and the packs, no database.
 pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let catalog = load_catalog(&config)?;
+    let catalog = load_catalog(&config);
     let api = match config.worker_http {
         Some(addr) => {
             let listener = TcpListener::bind(addr)

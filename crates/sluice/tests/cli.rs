@@ -343,7 +343,7 @@ fn a_missing_nats_server_names_the_install_command() {
 }
 
 #[test]
-fn a_broken_pack_stops_start_up_with_file_and_field() {
+fn a_broken_pack_is_left_out_with_file_and_field_and_the_others_load() {
     let packs = tempfile::tempdir().unwrap();
     let pack = packs.path().join("bad");
     std::fs::create_dir_all(pack.join("rules")).unwrap();
@@ -354,21 +354,51 @@ fn a_broken_pack_stops_start_up_with_file_and_field() {
     )
     .unwrap();
     let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
-    let out = Command::new(SLUICE)
-        .args(["up", "--nats-port", &free_port().to_string(), "--data-dir"])
+    let http_port = free_port();
+    let child = Command::new(SLUICE)
+        .args(["up", "--nats-port", &free_port().to_string()])
+        .args(["--http", &format!("127.0.0.1:{http_port}"), "--data-dir"])
         .arg(packs.path().join("data"))
         .arg("--packs")
         .arg(&bundled)
         .arg("--packs")
         .arg(packs.path())
-        .output()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(Instant::now() < deadline, "sluice up did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let up = Up {
+        child,
+        api: format!("http://127.0.0.1:{http_port}"),
+        data_dir: packs.path().join("data"),
+    };
+
+    let listed = sluice(&["pack", "list"], &up);
+    let listed = text(&listed);
+    let bad = listed
+        .lines()
+        .position(|l| l.starts_with("bad "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[bad].contains("left out"), "{listed}");
     assert!(
-        text(&out).contains("bad/rules/r.yaml: action.ref: unknown action core.nope"),
-        "{}",
-        text(&out)
+        lines[bad + 1].contains("bad/rules/r.yaml: action.ref: unknown action core.nope"),
+        "{listed}"
     );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("examples ") && l.contains("loaded")),
+        "{listed}"
+    );
+    let ran = sluice(&["run", "core.echo", "message=still here", "--wait"], &up);
+    assert!(ran.status.success(), "the other packs run: {}", text(&ran));
 }
 
 #[test]

@@ -786,6 +786,52 @@ async fn events_explain_each_rule_and_the_rule_tester_fires_nothing() {
     assert_eq!(sluice.executions().await.len(), 1);
     let (code, none) = sluice.get("/api/v1/events/999").await;
     assert_eq!(code, 404, "{none}");
+
+    // What is loaded, by trigger, action and pack.
+    let (_, trigger) = sluice.get("/api/v1/triggers/examples.alert").await;
+    assert_eq!(
+        trigger["subject"], "sluice.trigger.examples.alert",
+        "{trigger}"
+    );
+    assert!(
+        trigger["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("examples.log_alert"))
+    );
+    let (_, action) = sluice.get("/api/v1/actions/core.local").await;
+    assert_eq!(action["runner"], "local-shell-cmd", "{action}");
+    assert!(
+        action["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("examples.log_alert"))
+    );
+    let (_, pack) = sluice.get("/api/v1/packs/examples").await;
+    assert_eq!(pack["loaded"], true, "{pack}");
+    assert!(
+        pack["rules"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("examples.log_alert"))
+    );
+    let (_, triggers) = sluice.get("/api/v1/triggers").await;
+    assert!(
+        triggers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["ref"] == "core.st2.IntervalTimer"),
+        "{triggers}"
+    );
+    for missing in [
+        "/api/v1/triggers/x.y",
+        "/api/v1/actions/x.y",
+        "/api/v1/packs/nope",
+    ] {
+        let (code, body) = sluice.get(missing).await;
+        assert_eq!(code, 404, "{missing}: {body}");
+    }
 }
 
 /// A failed execution re-run with a parameter changed: a new execution that names the one
