@@ -319,6 +319,30 @@ struct ListQuery {
     limit: Option<u32>,
     before: Option<i64>,
     parent: Option<i64>,
+    rule: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// An instant in a query: RFC 3339 (`2026-11-30T07:00:00Z`), or a duration back from now
+/// (`90m`, `1h`, `7d`).
+fn instant(
+    name: &str,
+    text: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(at.with_timezone(&chrono::Utc)));
+    }
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|ago| chrono::Duration::from_std(ago).ok())
+        .map(|ago| Some(chrono::Utc::now() - ago))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name}={text:?}: write an RFC 3339 time (2026-11-30T07:00:00Z) or a duration back from now (90m, 1h, 7d)"
+            ))
+        })
 }
 
 async fn list_executions(
@@ -336,6 +360,9 @@ async fn list_executions(
         limit: query.limit,
         before: query.before,
         parent: query.parent,
+        rule: query.rule,
+        since: instant("since", query.since.as_deref())?,
+        until: instant("until", query.until.as_deref())?,
     };
     let executions = engine.store().list_executions(&filter).await?;
     Ok(shown(&executions))
@@ -404,16 +431,59 @@ struct LimitQuery {
     limit: Option<u32>,
 }
 
+/// Events, newest first: `trigger`, `status` (accepted or rejected), `since`, `until`,
+/// `before` (the next page), `limit`, and at most one `payload.<path>=<value>`.
 async fn list_events(
     State(engine): State<AppState>,
-    Query(query): Query<LimitQuery>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(shown(
-        &engine
-            .store()
-            .list_events(query.limit.unwrap_or(50))
-            .await?,
-    ))
+    let number = |name: &str| {
+        query
+            .get(name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::BadRequest(format!("{name}={v:?} is not a number")))
+            })
+            .transpose()
+    };
+    let mut payload = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "trigger" | "status" | "since" | "until" | "before" | "limit" => {}
+            _ => {
+                let path = key.strip_prefix("payload.").ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown filter {key:?} (known: trigger, status, since, until, before, limit, payload.<path>)"
+                    ))
+                })?;
+                let well_formed = path.split('.').all(|segment| {
+                    !segment.is_empty()
+                        && segment
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+                });
+                if !well_formed || payload.is_some() {
+                    return Err(ApiError::BadRequest(format!(
+                        "{key}: one payload filter, a dotted path of letters, digits, _ and -"
+                    )));
+                }
+                payload = Some((path.to_owned(), value.clone()));
+            }
+        }
+    }
+    let filter =
+        sluice_store::EventFilter {
+            trigger: query.get("trigger").cloned(),
+            status: query.get("status").map(|s| s.parse()).transpose().map_err(
+                |e: sluice_core::status::UnknownStatus| ApiError::BadRequest(e.to_string()),
+            )?,
+            limit: number("limit")?.map(|n| n.clamp(1, 1000) as u32),
+            before: number("before")?,
+            since: instant("since", query.get("since").map(String::as_str))?,
+            until: instant("until", query.get("until").map(String::as_str))?,
+            payload,
+        };
+    Ok(shown(&engine.store().find_events(&filter).await?))
 }
 
 /// One event, its enforcements, and how every rule on its trigger judges its payload now:

@@ -14,8 +14,8 @@ mod tokens;
 mod workflow;
 
 pub use model::{
-    DeadLetterRecord, Enforcement, Event, EventOutcome, Execution, ExecutionFilter, Firing,
-    HistoryEntry, Ledger, NewEvent, Transition,
+    DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
+    Firing, HistoryEntry, Ledger, NewEvent, Transition,
 };
 pub use reseal::Resealed;
 pub use rules::RuleSwitch;

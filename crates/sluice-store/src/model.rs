@@ -135,6 +135,30 @@ pub struct ExecutionFilter {
     pub before: Option<i64>,
     /// Only the children of this execution (a workflow's tasks).
     pub parent: Option<i64>,
+    /// Only those this rule requested.
+    pub rule: Option<String>,
+    /// Only those created at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Only those created before this instant.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Which events to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub trigger: Option<String>,
+    pub status: Option<sluice_core::EventStatus>,
+    /// At most this many (default 50, at most 1000).
+    pub limit: Option<u32>,
+    /// Only events with a smaller id: the next page after a page ending at `before`.
+    pub before: Option<i64>,
+    /// Only those created at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Only those created before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Only those whose payload has this value at this dotted path (`host`, `labels.team`),
+    /// compared as text: a string as it is, a number as written.
+    pub payload: Option<(String, String)>,
 }
 
 /// Counts across the store that must add up: every trigger message is one event, every

@@ -16,8 +16,8 @@ use sluice_core::DeadLetter;
 use sluice_telemetry::metrics;
 
 use crate::model::{
-    DeadLetterRecord, Enforcement, Event, EventOutcome, Execution, ExecutionFilter, Firing,
-    HistoryEntry, Ledger, NewEvent, Transition,
+    DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
+    Firing, HistoryEntry, Ledger, NewEvent, Transition,
 };
 
 /// Records how long a write took, for `sluice_store_write_seconds`.
@@ -708,7 +708,9 @@ impl Store {
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions \
              WHERE (CAST($1 AS TEXT) IS NULL OR action = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
-             AND id < $4 AND (CAST($5 AS BIGINT) IS NULL OR parent_id = $5) ORDER BY id DESC LIMIT $3"
+             AND id < $4 AND (CAST($5 AS BIGINT) IS NULL OR parent_id = $5) \
+             AND (CAST($6 AS TEXT) IS NULL OR rule = $6) AND ($7 IS NULL OR created_at >= $7) \
+             AND ($8 IS NULL OR created_at < $8) ORDER BY id DESC LIMIT $3"
         );
         let limit = i64::from(filter.limit.unwrap_or(50).clamp(1, 1000));
         let rows: Vec<ExecutionRow> = on_pool!(self, pool => {
@@ -718,6 +720,9 @@ impl Store {
                 .bind(limit)
                 .bind(filter.before.unwrap_or(i64::MAX))
                 .bind(filter.parent)
+                .bind(&filter.rule)
+                .bind(filter.since)
+                .bind(filter.until)
                 .fetch_all(pool)
                 .await?
         });
@@ -771,9 +776,37 @@ impl Store {
 
     /// Events, newest first.
     pub async fn list_events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.find_events(&EventFilter {
+            limit: Some(limit),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Events matching `filter`, newest first.
+    pub async fn find_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        // The payload path is bound, never written into the statement.
+        let at_path = match self.backend {
+            Backend::Sqlite(_) => "CAST(json_extract(payload, '$.' || $7) AS TEXT)",
+            Backend::Postgres(_) => "payload #>> string_to_array($7, '.')",
+        };
+        let sql = format!(
+            "SELECT id, trigger, status, reason, CAST(payload AS TEXT) AS payload, subject, created_at FROM events \
+             WHERE id < $2 AND (CAST($3 AS TEXT) IS NULL OR trigger = $3) AND (CAST($4 AS TEXT) IS NULL OR status = $4) \
+             AND ($5 IS NULL OR created_at >= $5) AND ($6 IS NULL OR created_at < $6) \
+             AND (CAST($7 AS TEXT) IS NULL OR {at_path} = $8) ORDER BY id DESC LIMIT $1"
+        );
+        let (path, value) = filter.payload.clone().unzip();
         let rows: Vec<EventRow> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, trigger, status, reason, CAST(payload AS TEXT) AS payload, subject, created_at FROM events ORDER BY id DESC LIMIT $1")
-                .bind(i64::from(limit.clamp(1, 1000)))
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(i64::from(filter.limit.unwrap_or(50).clamp(1, 1000)))
+                .bind(filter.before.unwrap_or(i64::MAX))
+                .bind(&filter.trigger)
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(filter.since)
+                .bind(filter.until)
+                .bind(&path)
+                .bind(&value)
                 .fetch_all(pool)
                 .await?
         });

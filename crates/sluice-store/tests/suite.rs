@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use sluice_core::{ActionRef, EventStatus, ExecutionStatus};
-use sluice_store::{ExecutionFilter, Firing, NewChild, NewEvent, Store, Transition};
+use sluice_store::{EventFilter, ExecutionFilter, Firing, NewChild, NewEvent, Store, Transition};
 
 fn action(r: &str) -> ActionRef {
     r.parse().unwrap()
@@ -475,6 +475,121 @@ async fn a_stored_value_that_cannot_be_read_costs_its_row_not_the_listing(store:
     assert_eq!(store.unfinished_executions().await.unwrap().len(), 2);
 }
 
+/// Events by trigger, status, time and a payload value; executions by rule and time.
+async fn events_and_executions_filter_by_trigger_status_time_payload_and_rule(store: Store) {
+    let at = |host: &str, n: u64| {
+        let mut e = event(Some(n));
+        e.payload = Some(json!({"host": host, "labels": {"team": "db"}, "n": n}));
+        e
+    };
+    store
+        .record_event(&at("db1", 1), &[firing("examples.a", "core.noop")])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store
+        .record_event(&at("web1", 2), &[firing("examples.b", "core.noop")])
+        .await
+        .unwrap();
+    let mut rejected = event(Some(3));
+    rejected.trigger = "examples.other".into();
+    rejected.payload = None;
+    rejected.rejected = Some("not JSON".into());
+    store.record_event(&rejected, &[]).await.unwrap();
+
+    let find = |filter: EventFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .find_events(&filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.payload.as_ref().map_or(-1, |p| p["n"].as_i64().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let payload = |path: &str, value: &str| EventFilter {
+        payload: Some((path.into(), value.into())),
+        ..Default::default()
+    };
+    assert_eq!(find(payload("host", "web1")).await, [2]);
+    assert_eq!(find(payload("labels.team", "db")).await, [2, 1]);
+    assert_eq!(find(payload("n", "1")).await, [1], "a number as written");
+    assert!(find(payload("host", "nope")).await.is_empty());
+    assert_eq!(
+        find(EventFilter {
+            trigger: Some("examples.other".into()),
+            ..Default::default()
+        })
+        .await,
+        [-1]
+    );
+    assert_eq!(
+        find(EventFilter {
+            status: Some(EventStatus::Accepted),
+            ..Default::default()
+        })
+        .await,
+        [2, 1]
+    );
+    assert_eq!(
+        find(EventFilter {
+            until: Some(between),
+            ..Default::default()
+        })
+        .await,
+        [1]
+    );
+    assert_eq!(
+        find(EventFilter {
+            since: Some(between),
+            ..Default::default()
+        })
+        .await,
+        [-1, 2]
+    );
+
+    let rules = |filter: ExecutionFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_executions(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.rule.unwrap_or_default())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        rules(ExecutionFilter {
+            rule: Some("examples.b".into()),
+            ..Default::default()
+        })
+        .await,
+        ["examples.b"]
+    );
+    assert_eq!(
+        rules(ExecutionFilter {
+            since: Some(between),
+            ..Default::default()
+        })
+        .await,
+        ["examples.b"]
+    );
+    assert_eq!(
+        rules(ExecutionFilter {
+            until: Some(between),
+            ..Default::default()
+        })
+        .await,
+        ["examples.a"]
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -513,4 +628,5 @@ store_suite!(
     the_ledger_counts_and_finds_executions_not_ended_once,
     a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once,
     a_stored_value_that_cannot_be_read_costs_its_row_not_the_listing,
+    events_and_executions_filter_by_trigger_status_time_payload_and_rule,
 );

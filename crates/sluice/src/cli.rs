@@ -222,6 +222,32 @@ pub fn print_timers(timers: &Value, out: &mut impl Write) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `text` percent-encoded for a query string: everything but letters, digits and `-._~`.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One `name=value` of a query string, both encoded.
+pub fn query_pair(name: &str, value: &str) -> String {
+    format!("{}={}", encode(name), encode(value))
+}
+
+/// A query string of the pairs that have a value.
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
+    pairs
+        .iter()
+        .filter_map(|(name, value)| Some(query_pair(name, value.as_deref()?)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// A pack's name as typed, checked before it goes into a URL.
 pub fn name_segment(text: &str) -> anyhow::Result<&str> {
     anyhow::ensure!(

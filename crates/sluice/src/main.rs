@@ -122,6 +122,12 @@ enum ExecutionCommand {
         action: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// Only those this rule requested.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only those created since: an RFC 3339 time, or a duration back from now (1h).
+        #[arg(long)]
+        since: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
         #[command(flatten)]
@@ -224,6 +230,17 @@ enum EventCommand {
     List {
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        #[arg(long)]
+        trigger: Option<String>,
+        /// accepted or rejected.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only those since: an RFC 3339 time, or a duration back from now (1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those whose payload has this value: path=value (host=db1, labels.team=ops).
+        #[arg(long)]
+        payload: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -522,16 +539,22 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 ExecutionCommand::List {
                     action,
                     status,
+                    rule,
+                    since,
                     limit,
                     client,
                 },
         } => {
-            let mut query = vec![format!("limit={limit}")];
-            query.extend(action.map(|a| format!("action={a}")));
-            query.extend(status.map(|s| format!("status={s}")));
+            let query = cli::query(&[
+                ("limit", Some(limit.to_string())),
+                ("action", action),
+                ("status", status),
+                ("rule", rule),
+                ("since", since),
+            ]);
             let list = client
                 .client()?
-                .get(&format!("/api/v1/executions?{}", query.join("&")))
+                .get(&format!("/api/v1/executions?{query}"))
                 .await?;
             if client.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
@@ -714,8 +737,28 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Event { command } => {
             let (path, client, show) = match command {
-                EventCommand::List { limit, client } => {
-                    (format!("/api/v1/events?limit={limit}"), client, false)
+                EventCommand::List {
+                    limit,
+                    trigger,
+                    status,
+                    since,
+                    payload,
+                    client,
+                } => {
+                    let mut query = cli::query(&[
+                        ("limit", Some(limit.to_string())),
+                        ("trigger", trigger),
+                        ("status", status),
+                        ("since", since),
+                    ]);
+                    if let Some(payload) = payload {
+                        let (path, value) = payload
+                            .split_once('=')
+                            .ok_or_else(|| anyhow::anyhow!("--payload: write it as path=value"))?;
+                        query.push('&');
+                        query.push_str(&cli::query_pair(&format!("payload.{path}"), value));
+                    }
+                    (format!("/api/v1/events?{query}"), client, false)
                 }
                 EventCommand::Show { id, client } => (format!("/api/v1/events/{id}"), client, true),
             };
@@ -731,7 +774,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Actors { action, client } => {
             let path = match action {
-                Some(action) => format!("/api/v1/actors?action={action}"),
+                Some(action) => format!("/api/v1/actors?{}", cli::query_pair("action", &action)),
                 None => "/api/v1/actors".to_owned(),
             };
             let tree = client.client()?.get(&path).await?;

@@ -239,6 +239,17 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     assert!(text(&rerun).contains("re-run of:  1"), "{}", text(&rerun));
     let events = text(&sluice(&["event", "list"], &second));
     assert!(events.starts_with("ID"), "{events}");
+    let filtered = sluice(
+        &["event", "list", "--since", "1h", "--payload", "host=db&x=1"],
+        &second,
+    );
+    assert!(filtered.status.success(), "{}", text(&filtered));
+    assert_eq!(text(&filtered).lines().count(), 1, "{}", text(&filtered));
+    let mine = text(&sluice(
+        &["execution", "list", "--rule", "no such rule", "--since", "1h"],
+        &second,
+    ));
+    assert_eq!(mine.lines().count(), 1, "only the header: {mine}");
     let refused = sluice(&["rule", "disable", "../tokens"], &second);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("pack.name"), "{}", text(&refused));

@@ -787,6 +787,41 @@ async fn events_explain_each_rule_and_the_rule_tester_fires_nothing() {
     let (code, none) = sluice.get("/api/v1/events/999").await;
     assert_eq!(code, 404, "{none}");
 
+    // Filters: by a payload value, time, rule; a bad filter says what to write instead.
+    let count = |path: &'static str| {
+        let sluice = &sluice;
+        async move {
+            let (code, list) = sluice.get(path).await;
+            assert_eq!(code, 200, "{path}: {list}");
+            list.as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("/api/v1/events?payload.host=web1").await, 1);
+    assert_eq!(count("/api/v1/events?payload.host=db9").await, 0);
+    assert_eq!(
+        count("/api/v1/events?trigger=examples.alert&status=accepted&since=1h").await,
+        1
+    );
+    assert_eq!(count("/api/v1/events?until=1h").await, 0);
+    assert_eq!(
+        count("/api/v1/executions?rule=examples.log_alert&since=10m").await,
+        1
+    );
+    assert_eq!(
+        count("/api/v1/executions?rule=examples.diagnose_critical").await,
+        0
+    );
+    for bad in [
+        "/api/v1/events?since=yesterday",
+        "/api/v1/events?payload.a'b=1",
+        "/api/v1/events?colour=red",
+        "/api/v1/executions?until=soon",
+    ] {
+        let (code, body) = sluice.get(bad).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+
     // What is loaded, by trigger, action and pack.
     let (_, trigger) = sluice.get("/api/v1/triggers/examples.alert").await;
     assert_eq!(
