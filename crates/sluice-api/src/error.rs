@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -62,14 +61,14 @@ impl From<CancelError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match self {
+        let (status, detail) = match self {
             Self::Unauthorized(m) => {
-                let body = Json(json!({ "error": m }));
-                let challenge = (
+                let mut response = problem(StatusCode::UNAUTHORIZED, &m);
+                response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"sluice\""),
                 );
-                return (StatusCode::UNAUTHORIZED, [challenge], body).into_response();
+                return response;
             }
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
@@ -84,8 +83,25 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        problem(status, &detail)
     }
+}
+
+/// An error as RFC 9457 problem details (`application/problem+json`): `type`, `title` (the
+/// status's phrase), `status`, and `detail`, which says what is wrong and where.
+pub fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A JSON request body, decoded within [`sluice_core::bounded`]'s limits (depth, size,

@@ -55,7 +55,23 @@ pub fn app(engine: AppState) -> Router {
         .route("/healthz", get(healthz))
         // Authenticated as each webhook says, not by the middleware above.
         .merge(webhooks::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .with_state(engine)
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route {} (the API is under /api/v1; see docs/api.md)",
+        uri.path()
+    ))
+}
+
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    error::problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{} does not take {method}", uri.path()),
+    )
 }
 
 /// `/metrics` (the engine's, gauges included) and `/healthz` without credentials, for a

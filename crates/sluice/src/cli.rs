@@ -70,7 +70,7 @@ impl Client {
             .context("the API answered with something that is not JSON")?;
         if !status.is_success() {
             let message = body
-                .get("error")
+                .get("detail")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
             if status == reqwest::StatusCode::UNAUTHORIZED {

@@ -50,7 +50,7 @@ async fn nothing_but_healthz_answers_without_a_valid_token() {
     );
     let body: Value = response.json().await.unwrap();
     assert!(
-        body["error"]
+        body["detail"]
             .as_str()
             .unwrap()
             .contains("Authorization: Bearer"),
@@ -75,7 +75,7 @@ async fn nothing_but_healthz_answers_without_a_valid_token() {
     ] {
         let (status, body) = call(&anonymous, method.clone(), format!("{api}{path}"), body).await;
         assert_eq!(status, 401, "{method} {path}: {body}");
-        assert!(body["error"].is_string(), "{method} {path}: {body}");
+        assert!(body["detail"].is_string(), "{method} {path}: {body}");
     }
     let forged =
         client_with_token("slc_0000000000000000000000000000000000000000000000000000000000000000");
@@ -87,7 +87,7 @@ async fn nothing_but_healthz_answers_without_a_valid_token() {
     )
     .await;
     assert_eq!(
-        (status, body["error"].as_str()),
+        (status, body["detail"].as_str()),
         (401, Some("the token is not valid"))
     );
 
@@ -142,8 +142,8 @@ async fn a_token_does_what_its_scope_allows_until_it_is_revoked_or_expires() {
     .await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("read scope")
-            && body["error"].as_str().unwrap().contains("needs run"),
+        body["detail"].as_str().unwrap().contains("read scope")
+            && body["detail"].as_str().unwrap().contains("needs run"),
         "{body}"
     );
     let (status, created) = call(
@@ -200,7 +200,7 @@ async fn a_token_does_what_its_scope_allows_until_it_is_revoked_or_expires() {
     )
     .await;
     assert_eq!(
-        (status, body["error"].as_str()),
+        (status, body["detail"].as_str()),
         (401, Some("the token was revoked"))
     );
 
@@ -215,7 +215,7 @@ async fn a_token_does_what_its_scope_allows_until_it_is_revoked_or_expires() {
     )
     .await;
     assert_eq!(
-        (status, body["error"].as_str()),
+        (status, body["detail"].as_str()),
         (401, Some("the token has expired"))
     );
 
@@ -223,7 +223,7 @@ async fn a_token_does_what_its_scope_allows_until_it_is_revoked_or_expires() {
     let (status, body) = create_token(&sluice, json!({"scope": "root"})).await;
     assert_eq!(status, 422);
     assert!(
-        body["error"]
+        body["detail"]
             .as_str()
             .unwrap()
             .contains("read, run or admin"),
@@ -231,7 +231,7 @@ async fn a_token_does_what_its_scope_allows_until_it_is_revoked_or_expires() {
     );
     let (status, body) = create_token(&sluice, json!({"scope": "read", "expires": "soon"})).await;
     assert_eq!(status, 422);
-    assert!(body["error"].as_str().unwrap().contains("30d"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("30d"), "{body}");
     let (status, _) = create_token(&sluice, json!({"scope": "read", "colour": "red"})).await;
     assert_eq!(status, 400);
 }

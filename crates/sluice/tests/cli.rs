@@ -246,7 +246,14 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     assert!(filtered.status.success(), "{}", text(&filtered));
     assert_eq!(text(&filtered).lines().count(), 1, "{}", text(&filtered));
     let mine = text(&sluice(
-        &["execution", "list", "--rule", "no such rule", "--since", "1h"],
+        &[
+            "execution",
+            "list",
+            "--rule",
+            "no such rule",
+            "--since",
+            "1h",
+        ],
         &second,
     ));
     assert_eq!(mine.lines().count(), 1, "only the header: {mine}");

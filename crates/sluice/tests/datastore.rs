@@ -45,7 +45,7 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
     let (status, again) = put("system.region", json!({"value": "x", "revision": 0})).await;
     assert_eq!(status, 409, "{again}");
     assert!(
-        again["error"].as_str().unwrap().contains("exists"),
+        again["detail"].as_str().unwrap().contains("exists"),
         "{again}"
     );
     let (status, second) = put(
@@ -62,7 +62,7 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
     .await;
     assert_eq!(status, 409, "{stale}");
     assert!(
-        stale["error"]
+        stale["detail"]
             .as_str()
             .unwrap()
             .contains(&format!("revision {r2}")),
@@ -137,12 +137,15 @@ async fn keys_are_scoped_versioned_expiring_and_masked() {
     let (status, bad) = put("region", json!({"value": 1})).await;
     assert_eq!(status, 400, "{bad}");
     assert!(
-        bad["error"].as_str().unwrap().contains("system.<name>"),
+        bad["detail"].as_str().unwrap().contains("system.<name>"),
         "{bad}"
     );
     let (status, bad) = put("system.a", json!({"value": 1, "ttl": "soon"})).await;
     assert_eq!(status, 422, "{bad}");
-    assert!(bad["error"].as_str().unwrap().contains("\"soon\""), "{bad}");
+    assert!(
+        bad["detail"].as_str().unwrap().contains("\"soon\""),
+        "{bad}"
+    );
 
     // A TTL: gone for readers at once when due, and removed from the bucket.
     let (status, _) = put("system.session", json!({"value": "s", "ttl": "1s"})).await;

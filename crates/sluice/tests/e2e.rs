@@ -251,7 +251,7 @@ async fn api_errors_name_what_is_wrong() {
         .await;
     assert_eq!(status, 404);
     assert!(
-        body["error"]
+        body["detail"]
             .as_str()
             .unwrap()
             .starts_with("unknown action core.nope (known: core.echo"),
@@ -265,19 +265,56 @@ async fn api_errors_name_what_is_wrong() {
         .await;
     assert_eq!(status, 422);
     assert_eq!(
-        body["error"],
+        body["detail"],
         "invalid parameters for core.sleep: parameter \"seconds\" must be number, found the string \"soon\""
     );
     let (status, body) = sluice
         .post("/api/v1/executions", &json!({"parameters": {}}))
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("action"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("action"),
+        "{body}"
+    );
     assert_eq!(sluice.get("/api/v1/executions/999").await.0, 404);
     assert_eq!(sluice.get("/api/v1/executions/abc").await.0, 400);
     let (status, body) = sluice.get("/api/v1/executions?status=done").await;
     assert_eq!(status, 400);
-    assert_eq!(body["error"], "unknown execution status \"done\"");
+    assert_eq!(
+        body,
+        json!({
+            "type": "about:blank",
+            "title": "Bad Request",
+            "status": 400,
+            "detail": "unknown execution status \"done\"",
+        }),
+        "RFC 9457 problem details"
+    );
+    let response = sluice
+        .http
+        .get(format!("{}/api/v1/nowhere", sluice.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("/api/v1/nowhere"),
+        "{body}"
+    );
+    let response = sluice
+        .http
+        .delete(format!("{}/api/v1/executions", sluice.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], 405, "{body}");
     let (_, actions) = sluice.get("/api/v1/actions").await;
     let http = actions
         .as_array()
@@ -460,7 +497,7 @@ async fn cancel_follows_ownership_queued_by_the_engine_running_by_the_worker() {
         .await;
     assert_eq!(status, 409, "{answer}");
     assert!(
-        answer["error"]
+        answer["detail"]
             .as_str()
             .unwrap()
             .contains("already finished: cancelled"),
@@ -626,7 +663,7 @@ async fn values_past_the_decoders_limits_are_refused_with_a_reason_and_nothing_b
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert!(
-        body["error"]
+        body["detail"]
             .as_str()
             .unwrap()
             .contains("duplicate key \"action\""),
@@ -819,7 +856,7 @@ async fn events_explain_each_rule_and_the_rule_tester_fires_nothing() {
     ] {
         let (code, body) = sluice.get(bad).await;
         assert_eq!(code, 400, "{bad}: {body}");
-        assert!(body["error"].is_string(), "{bad}: {body}");
+        assert!(body["detail"].is_string(), "{bad}: {body}");
     }
 
     // What is loaded, by trigger, action and pack.
@@ -912,5 +949,5 @@ async fn a_failed_execution_is_re_run_with_a_parameter_changed() {
         )
         .await;
     assert_eq!(code, 422, "{bad}");
-    assert!(bad["error"].as_str().unwrap().contains("nope"), "{bad}");
+    assert!(bad["detail"].as_str().unwrap().contains("nope"), "{bad}");
 }

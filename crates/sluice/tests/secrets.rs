@@ -203,7 +203,7 @@ async fn secrets_never_rest_travel_or_show_in_clear(postgres: Option<&Postgres>,
         .await;
     assert_eq!(status, 422, "{refused}");
     assert!(
-        refused["error"].as_str().unwrap().contains("\"pin\""),
+        refused["detail"].as_str().unwrap().contains("\"pin\""),
         "{refused}"
     );
 

@@ -300,7 +300,7 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
         .await;
     assert_eq!(code, 404, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("t.nothing"),
+        body["detail"].as_str().unwrap().contains("t.nothing"),
         "{body}"
     );
 }

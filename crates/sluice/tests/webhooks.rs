@@ -266,7 +266,7 @@ async fn webhooks_authenticate_deduplicate_and_fire_their_rules() {
     let (status, bad) = post(&sluice, &anonymous, "open", &[], "{not json").await;
     assert_eq!(status, 400, "{bad}");
     assert!(
-        bad["error"]
+        bad["detail"]
             .as_str()
             .unwrap()
             .contains("not acceptable JSON"),
