@@ -5,7 +5,12 @@
 //! payload, and if not the first check that failed; if so the parameters it would run with.
 //! It fires nothing.
 //!
-//! Reading and testing need the read scope; switching needs admin.
+//! `POST /api/v1/rules` defines a rule (the fields of a rule file, with `pack`), `PUT
+//! /api/v1/rules/{ref}` defines or replaces one, `DELETE` deletes one: checked as a pack's
+//! rule file is, kept in the store, in force at once. Rules from packs' files are changed in
+//! their files.
+//!
+//! Reading and testing need the read scope; switching and defining need admin.
 
 use axum::extract::{Extension, Path, State};
 use axum::{Json, Router};
@@ -20,8 +25,11 @@ use crate::error::{ApiError, AppState, Body};
 pub(crate) fn routes() -> Router<AppState> {
     use axum::routing::{get, post};
     Router::new()
-        .route("/api/v1/rules", get(list))
-        .route("/api/v1/rules/{rule}", get(show))
+        .route("/api/v1/rules", get(list).post(create))
+        .route(
+            "/api/v1/rules/{rule}",
+            get(show).put(replace).delete(remove),
+        )
         .route("/api/v1/rules/{rule}/enable", post(enable))
         .route("/api/v1/rules/{rule}/disable", post(disable))
         .route("/api/v1/rules/{rule}/test", post(test))
@@ -31,6 +39,18 @@ impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
         match e {
             RuleError::Unknown(_) => Self::NotFound(e.to_string()),
+            RuleError::FromPack(..) => Self::Conflict(e.to_string()),
+            RuleError::Invalid(problems) => Self::Unprocessable(
+                problems
+                    .0
+                    .iter()
+                    .map(|p| match &p.field {
+                        Some(field) => format!("{field}: {}", p.message),
+                        None => p.message.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             RuleError::Store(e) => e.into(),
         }
     }
@@ -67,7 +87,8 @@ fn view(rule: &Rule, switch: Option<&RuleSwitch>) -> Value {
         "trigger": { "type": rule.trigger, "parameters": trigger_parameters },
         "criteria": criteria,
         "action": { "ref": rule.action.to_string(), "parameters": parameters },
-        "file": rule.file.display().to_string(),
+        "origin": rule.origin,
+        "file": (rule.origin == sluice_pack::Origin::Pack).then(|| rule.file.display().to_string()),
         "switched": switch,
     })
 }
@@ -146,4 +167,63 @@ async fn test(
         payload => payload,
     };
     Ok(Json(json!(engine.test_rule(&rule, &payload)?)))
+}
+
+/// Defines a rule; `409` if one of that name exists.
+async fn create(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(definition): Body<Value>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let named = format!(
+        "{}.{}",
+        definition["pack"].as_str().unwrap_or_default(),
+        definition["name"].as_str().unwrap_or_default()
+    );
+    if engine.catalog().rule(&named).is_some() {
+        return Err(ApiError::Conflict(format!(
+            "rule {named} exists; PUT /api/v1/rules/{named} replaces it"
+        )));
+    }
+    let rule = engine.put_rule(definition, &caller.name).await?;
+    let Json(shown) = show(State(engine), Path(rule)).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(shown)))
+}
+
+/// Defines or replaces the rule `{ref}`; the body's `pack` and `name` must make `{ref}`.
+async fn replace(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rule): Path<String>,
+    Body(mut definition): Body<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let (pack, name) = rule
+        .split_once('.')
+        .ok_or_else(|| ApiError::BadRequest(format!("rule {rule:?}: write it as pack.name")))?;
+    if let Some(fields) = definition.as_object_mut() {
+        for (field, value) in [("pack", pack), ("name", name)] {
+            match fields.get(field).and_then(Value::as_str) {
+                None => {
+                    fields.insert(field.into(), json!(value));
+                }
+                Some(given) if given == value => {}
+                Some(given) => {
+                    return Err(ApiError::Unprocessable(format!(
+                        "{field}: {given:?} does not match the rule {rule} in the path"
+                    )));
+                }
+            }
+        }
+    }
+    let rule = engine.put_rule(definition, &caller.name).await?;
+    show(State(engine), Path(rule)).await
+}
+
+async fn remove(
+    State(engine): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rule): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    engine.delete_rule(&rule, &caller.name).await?;
+    Ok(Json(json!({ "ref": rule, "deleted": true })))
 }

@@ -15,7 +15,7 @@ use sluice_core::secrets::Keyring;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params};
-use sluice_store::{Resealed, RuleSwitch, Store};
+use sluice_store::{ApiRule, Resealed, RuleSwitch, Store};
 use sluice_telemetry::TRACEPARENT;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
@@ -324,6 +324,58 @@ impl Engine {
         ))
     }
 
+    /// Defines a rule through the API (the fields of a rule file, with `pack`), or replaces
+    /// the API rule of that name: checked as a pack's rule file is, kept in the store, in
+    /// force at once. Returns its reference.
+    pub async fn put_rule(&self, definition: Value, by: &str) -> Result<String, RuleError> {
+        let current = self.shared.catalog.current();
+        let (_, rule) =
+            sluice_pack::with_api_rule(&current, definition.clone()).map_err(RuleError::Invalid)?;
+        self.shared
+            .store
+            .put_api_rule(&ApiRule {
+                rule: rule.clone(),
+                definition: definition.clone(),
+                changed_at: Utc::now(),
+                changed_by: by.to_owned(),
+            })
+            .await?;
+        self.shared.catalog.change(|catalog| {
+            match sluice_pack::with_api_rule(catalog, definition) {
+                Ok((next, _)) => {
+                    *catalog = next;
+                    true
+                }
+                Err(e) => {
+                    warn!(rule, error = %e, "a rule checked a moment ago no longer fits the catalog");
+                    false
+                }
+            }
+        });
+        info!(rule, by, "rule defined through the API");
+        Ok(rule)
+    }
+
+    /// Deletes a rule defined through the API.
+    pub async fn delete_rule(&self, rule: &str, by: &str) -> Result<(), RuleError> {
+        let current = self.shared.catalog.current();
+        let found = current
+            .rule(rule)
+            .ok_or_else(|| RuleError::Unknown(rule.to_owned()))?;
+        if found.origin == sluice_pack::Origin::Pack {
+            return Err(RuleError::FromPack(
+                rule.to_owned(),
+                found.file.display().to_string(),
+            ));
+        }
+        self.shared.store.delete_api_rule(rule).await?;
+        self.shared
+            .catalog
+            .change(|catalog| catalog.remove_api_rule(rule));
+        info!(rule, by, "rule deleted through the API");
+        Ok(())
+    }
+
     /// The rules switched through the API.
     pub async fn rule_switches(&self) -> Result<Vec<RuleSwitch>, sluice_store::StoreError> {
         self.shared.store.rule_switches().await
@@ -581,13 +633,24 @@ impl Engine {
     }
 }
 
-/// The loaded catalog with the switches the API recorded applied.
+/// The loaded catalog with the rules defined through the API added and the switches the API
+/// recorded applied. A stored rule that no longer fits (its action is gone) is left out and
+/// logged with its problems.
 async fn with_switches(loaded: Arc<Catalog>, store: &Store) -> Result<Arc<Catalog>, EngineError> {
     let switches = store.rule_switches().await?;
-    if switches.is_empty() {
+    let defined = store.api_rules().await?;
+    if switches.is_empty() && defined.is_empty() {
         return Ok(loaded);
     }
     let mut catalog = Catalog::clone(&loaded);
+    for rule in defined {
+        match sluice_pack::with_api_rule(&catalog, rule.definition) {
+            Ok((next, _)) => catalog = next,
+            Err(e) => {
+                error!(rule = %rule.rule, problems = %e, "a rule defined through the API no longer loads; left out");
+            }
+        }
+    }
     for switch in switches {
         if !catalog.set_rule_enabled(&switch.rule, switch.enabled) {
             warn!(rule = %switch.rule, "a switch recorded for a rule that no pack has any more; ignored");

@@ -49,11 +49,16 @@ pub enum CancelError {
     Bus(sluice_bus::BusError),
 }
 
-/// Why a rule could not be switched on or off.
+/// Why a rule could not be switched, defined or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
     #[error("unknown rule {0:?}")]
     Unknown(String),
+    /// The definition has problems, each with its field.
+    #[error("{0}")]
+    Invalid(sluice_pack::LoadErrors),
+    #[error("rule {0} is defined by a pack's file ({1}); change it there")]
+    FromPack(String, String),
     #[error(transparent)]
     Store(#[from] sluice_store::StoreError),
 }

@@ -7,7 +7,7 @@
 //! the timer's `catchup` policy, within its `catchup_window`; a date timer that never fired
 //! and whose date passed fires once on start.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_bus::timers::TimerState;
+use sluice_pack::Catalog;
 use sluice_pack::timer::{Catchup, MAX_CATCHUP, Overlap, Schedule, Timer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -328,14 +329,16 @@ async fn turn(shared: &Shared, r: &Running, now: DateTime<Utc>) -> Turn {
     t
 }
 
-/// Reads a timer's last tick, fires the ticks its catch-up policy asks for, and returns it
-/// ready to run (paused if its rule is disabled); `None` if `cancel` came first.
+/// Reads a timer's last tick, fires the ticks its catch-up policy asks for (when the engine
+/// starts, not for a timer defined or changed while it runs), and returns it ready to run
+/// (paused if its rule is disabled); `None` if `cancel` came first.
 async fn start(
     shared: &Shared,
     state: &TimerState,
     rule: &str,
     timer: Timer,
     enabled: bool,
+    catch_up: bool,
     cancel: &CancellationToken,
 ) -> Option<Running> {
     let last = loop {
@@ -357,6 +360,7 @@ async fn start(
     }
     let now = Utc::now();
     let catchups = match (last, &timer.schedule) {
+        _ if !catch_up => Vec::new(),
         // A date that passed while nobody listened fires once, unless it already did.
         (None, Schedule::Date(at)) if *at <= now => vec![*at],
         (None, _) => Vec::new(),
@@ -384,6 +388,53 @@ async fn start(
     Some(running)
 }
 
+/// Brings the running timers in line with `catalog` after a change: a switched rule's timer
+/// pauses or resumes, a deleted rule's timer stops, a new or rescheduled one starts from
+/// the next tick.
+async fn follow(
+    shared: &Shared,
+    state: &TimerState,
+    timers: &Timers,
+    running: &mut Vec<Running>,
+    catalog: &Catalog,
+    cancel: &CancellationToken,
+) {
+    let wanted: HashMap<&str, (&Timer, bool)> = catalog
+        .rules()
+        .iter()
+        .filter_map(|r| Some((r.rule_ref.as_str(), (r.timer.as_ref()?, r.enabled))))
+        .collect();
+    let now = Utc::now();
+    running.retain(|r| {
+        let kept = wanted.get(r.rule.as_str()).is_some_and(|(timer, _)| {
+            timer.kind == r.timer.kind && timer.parameters == r.timer.parameters
+        });
+        if !kept {
+            info!(rule = %r.rule, "timer stopped: its rule was deleted or changed");
+            timers.lock().remove(&r.rule);
+        }
+        kept
+    });
+    for r in running.iter_mut() {
+        let enabled = wanted.get(r.rule.as_str()).is_some_and(|(_, e)| *e);
+        if r.switch(enabled, now) {
+            timers.lock().insert(r.rule.clone(), r.view());
+        }
+    }
+    for (rule, (timer, enabled)) in wanted {
+        if running.iter().any(|r| r.rule == rule) {
+            continue;
+        }
+        let Some(started) = start(shared, state, rule, timer.clone(), enabled, false, cancel).await
+        else {
+            return;
+        };
+        info!(rule, next = ?started.next, "timer started");
+        timers.lock().insert(started.rule.clone(), started.view());
+        running.push(started);
+    }
+}
+
 /// Runs every timer rule's schedule until `cancel`, pausing the timers of disabled rules.
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -403,7 +454,15 @@ pub(crate) async fn run(
     let starting: Vec<_> = rules
         .iter()
         .map(|(rule, timer, enabled)| {
-            start(&shared, &state, rule, timer.clone(), *enabled, &cancel)
+            start(
+                &shared,
+                &state,
+                rule,
+                timer.clone(),
+                *enabled,
+                true,
+                &cancel,
+            )
         })
         .collect();
     let started: Vec<Option<Running>> = futures::stream::iter(starting)
@@ -416,11 +475,6 @@ pub(crate) async fn run(
     timers
         .lock()
         .extend(running.iter().map(|r| (r.rule.clone(), r.view())));
-    if running.is_empty() {
-        // Nothing to fire; stays in the actor tree until shutdown like the other loops.
-        cancel.cancelled().await;
-        return;
-    }
     info!(timers = running.len(), "timers running");
     loop {
         let mut wait = running
@@ -433,25 +487,13 @@ pub(crate) async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            switched = catalog.changed() => {
-                if switched.is_err() {
+            changed = catalog.changed() => {
+                if changed.is_err() {
                     cancel.cancelled().await;
                     return;
                 }
-                let enabled: HashSet<String> = catalog
-                    .borrow_and_update()
-                    .rules()
-                    .iter()
-                    .filter(|r| r.enabled && r.timer.is_some())
-                    .map(|r| r.rule_ref.clone())
-                    .collect();
-                let now = Utc::now();
-                let mut views = timers.lock();
-                for r in &mut running {
-                    if r.switch(enabled.contains(&r.rule), now) {
-                        views.insert(r.rule.clone(), r.view());
-                    }
-                }
+                let current = catalog.borrow_and_update().clone();
+                follow(&shared, &state, &timers, &mut running, &current, &cancel).await;
                 continue;
             }
             _ = tokio::time::sleep(wait) => {}

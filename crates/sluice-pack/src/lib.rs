@@ -29,5 +29,7 @@ pub mod workflow;
 mod workflow_file;
 
 pub use error::{LoadError, LoadErrors};
-pub use load::{load_packs, load_packs_reporting};
-pub use model::{Action, BrokenPack, Catalog, Mismatch, Pack, ParamSpec, ParamType, Rule, Trigger};
+pub use load::{load_packs, load_packs_reporting, with_api_rule};
+pub use model::{
+    Action, BrokenPack, Catalog, Mismatch, Origin, Pack, ParamSpec, ParamType, Rule, Trigger,
+};

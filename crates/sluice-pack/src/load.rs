@@ -15,7 +15,9 @@ use sluice_core::{ActionRef, RunnerType};
 
 use crate::criteria::Criterion;
 use crate::error::{LoadError, LoadErrors};
-use crate::model::{Action, BrokenPack, Catalog, OnFull, Pack, ParamSpec, Policy, Rule, Trigger};
+use crate::model::{
+    Action, BrokenPack, Catalog, OnFull, Origin, Pack, ParamSpec, Policy, Rule, Trigger,
+};
 use crate::template::ParamTemplate;
 
 #[derive(Deserialize)]
@@ -600,6 +602,7 @@ impl Loader {
             webhook,
             timer,
             file: path,
+            origin: Origin::Pack,
         });
     }
 }
@@ -670,6 +673,67 @@ pub fn load_packs_reporting(roots: &[PathBuf]) -> Catalog {
             return catalog;
         }
     }
+}
+
+/// Where the problems of a rule given through the API are placed.
+const API_ORIGIN: &str = "(api)";
+
+/// `catalog` with a rule given through the API (the fields of a rule file, `pack` naming
+/// its pack), checked as a rule file is: every problem found, each naming its field. It
+/// replaces the API rule of the same name; a rule from a pack's file cannot be replaced.
+pub fn with_api_rule(
+    catalog: &Catalog,
+    definition: Value,
+) -> Result<(Catalog, String), LoadErrors> {
+    let origin = PathBuf::from(API_ORIGIN);
+    let problem = |field: Option<&str>, message: String| {
+        LoadErrors(vec![LoadError {
+            file: origin.clone(),
+            field: field.map(str::to_owned),
+            message,
+        }])
+    };
+    let file: RuleFile =
+        serde_json::from_value(definition).map_err(|e| problem(None, e.to_string()))?;
+    let pack = file.pack.clone().ok_or_else(|| {
+        problem(
+            Some("pack"),
+            "a rule given through the API names its pack".into(),
+        )
+    })?;
+    if !catalog.packs.contains_key(&pack) {
+        let known = catalog.packs.keys().cloned().collect::<Vec<_>>().join(", ");
+        return Err(problem(
+            Some("pack"),
+            format!("unknown pack {pack:?} (known: {known})"),
+        ));
+    }
+    let rule_ref = format!("{pack}.{}", file.name);
+    let mut loader = Loader {
+        catalog: catalog.clone(),
+        ..Default::default()
+    };
+    if let Some(existing) = catalog.rule(&rule_ref) {
+        if existing.origin == Origin::Pack {
+            return Err(problem(
+                Some("name"),
+                format!(
+                    "rule {rule_ref} is defined by {}; change it there",
+                    existing.file.display()
+                ),
+            ));
+        }
+        loader.catalog.remove_api_rule(&rule_ref);
+    }
+    loader.check_rule(origin, pack, file);
+    if !loader.errors.is_empty() {
+        return Err(LoadErrors(loader.errors));
+    }
+    if let Some(rule) = loader.catalog.rules.last_mut() {
+        rule.origin = Origin::Api;
+    }
+    loader.catalog.index_rules();
+    Ok((loader.catalog, rule_ref))
 }
 
 /// The pack directory a file belongs to: its nearest ancestor with a `pack.yaml`

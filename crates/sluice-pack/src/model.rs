@@ -263,6 +263,18 @@ pub struct Rule {
     /// The schedule of a timer rule (`core.st2.IntervalTimer`, `CronTimer`, `DateTimer`).
     pub timer: Option<crate::timer::Timer>,
     pub file: PathBuf,
+    /// Where it was defined: a pack's file, or the API.
+    pub origin: Origin,
+}
+
+/// Where a rule was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A file in a pack's `rules/`.
+    Pack,
+    /// `POST /api/v1/rules`, kept in the store.
+    Api,
 }
 
 /// Why a rule did not match a payload: the first check that failed, what it compared and
@@ -365,6 +377,18 @@ impl Catalog {
     /// The rule called `rule_ref`, enabled or not.
     pub fn rule(&self, rule_ref: &str) -> Option<&Rule> {
         self.rules.iter().find(|rule| rule.rule_ref == rule_ref)
+    }
+
+    /// Takes out a rule defined through the API; `false` if there is none by that name.
+    pub fn remove_api_rule(&mut self, rule_ref: &str) -> bool {
+        let before = self.rules.len();
+        self.rules
+            .retain(|rule| !(rule.rule_ref == rule_ref && rule.origin == Origin::Api));
+        let removed = self.rules.len() != before;
+        if removed {
+            self.index_rules();
+        }
+        removed
     }
 
     /// Switches a rule on or off; `false` if there is no such rule.

@@ -18,7 +18,7 @@ pub use model::{
     Firing, HistoryEntry, Ledger, NewEvent, Transition,
 };
 pub use reseal::Resealed;
-pub use rules::RuleSwitch;
+pub use rules::{ApiRule, RuleSwitch};
 pub use store::{Store, StoreError, StoreErrorKind};
 pub use tokens::{NewToken, Token};
 pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};

@@ -186,6 +186,22 @@ enum RuleCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Define a rule from a file written as a pack's rule file is, with `pack:` naming its
+    /// pack; `--replace` replaces the API rule of that name.
+    Create {
+        /// The rule, YAML or JSON.
+        file: PathBuf,
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a rule defined through the API.
+    Delete {
+        rule: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Whether a rule would match a payload, and what it would run; fires nothing.
     Test {
         rule: String,
@@ -657,6 +673,35 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                         cli::print_rule_test(&test, &mut out)?;
                     }
                     return Ok(test["matched"] == true);
+                }
+                RuleCommand::Create {
+                    file,
+                    replace,
+                    client,
+                } => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                    let definition: serde_json::Value =
+                        serde_yaml_ng::from_str(&text).map_err(|e| {
+                            anyhow::anyhow!("{} is not YAML or JSON: {e}", file.display())
+                        })?;
+                    let api = client.client()?;
+                    let created = if replace {
+                        let rule = format!(
+                            "{}.{}",
+                            definition["pack"].as_str().unwrap_or_default(),
+                            definition["name"].as_str().unwrap_or_default()
+                        );
+                        let path = format!("/api/v1/rules/{}", cli::rule_ref(&rule)?);
+                        api.put(&path, &definition).await?
+                    } else {
+                        api.post("/api/v1/rules", &definition).await?
+                    };
+                    (created, true)
+                }
+                RuleCommand::Delete { rule, client } => {
+                    let path = format!("/api/v1/rules/{}", cli::rule_ref(&rule)?);
+                    (client.client()?.delete(&path).await?, true)
                 }
                 RuleCommand::Enable { rule, client } => {
                     let path = format!("/api/v1/rules/{}/enable", cli::rule_ref(&rule)?);

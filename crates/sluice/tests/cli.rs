@@ -257,6 +257,30 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         &second,
     ));
     assert_eq!(mine.lines().count(), 1, "only the header: {mine}");
+    let file = data.path().join("echo_db9.yaml");
+    std::fs::write(
+        &file,
+        "pack: examples\nname: echo_db9\ntrigger: {type: examples.alert}\ncriteria:\n  trigger.host: {type: equals, pattern: db9}\naction: {ref: core.echo, parameters: {message: seen}}\n",
+    )
+    .unwrap();
+    let created = sluice(&["rule", "create", file.to_str().unwrap()], &second);
+    assert!(created.status.success(), "{}", text(&created));
+    assert!(
+        text(&created).contains("\"origin\": \"api\""),
+        "{}",
+        text(&created)
+    );
+    let rules = text(&sluice(&["rule", "list"], &second));
+    assert!(rules.contains("examples.echo_db9"), "{rules}");
+    let deleted = sluice(&["rule", "delete", "examples.echo_db9"], &second);
+    assert!(deleted.status.success(), "{}", text(&deleted));
+    let from_file = sluice(&["rule", "delete", "examples.log_alert"], &second);
+    assert!(!from_file.status.success());
+    assert!(
+        text(&from_file).contains("change it there (HTTP 409)"),
+        "{}",
+        text(&from_file)
+    );
     let refused = sluice(&["rule", "disable", "../tokens"], &second);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("pack.name"), "{}", text(&refused));

@@ -951,3 +951,91 @@ async fn a_failed_execution_is_re_run_with_a_parameter_changed() {
     assert_eq!(code, 422, "{bad}");
     assert!(bad["detail"].as_str().unwrap().contains("nope"), "{bad}");
 }
+
+/// Rules defined through the API: checked as rule files are, in force at once, replaced,
+/// deleted, and kept across a restart; rules from packs' files are changed in their files.
+#[tokio::test]
+async fn rules_defined_through_the_api_fire_change_survive_a_restart_and_go() {
+    let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let rule = |message: &str| {
+        json!({
+            "pack": "examples",
+            "name": "echo_web9",
+            "description": "defined through the API",
+            "trigger": {"type": "examples.alert"},
+            "criteria": {"trigger.host": {"type": "equals", "pattern": "web9"}},
+            "action": {"ref": "core.echo", "parameters": {"message": message}},
+        })
+    };
+    let (code, created) = sluice
+        .post("/api/v1/rules", &rule("first {{ trigger.host }}"))
+        .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["ref"], "examples.echo_web9", "{created}");
+    assert_eq!(created["origin"], "api", "{created}");
+    let (code, again) = sluice.post("/api/v1/rules", &rule("x")).await;
+    assert_eq!(code, 409, "{again}");
+
+    let alert = br#"{"host":"web9","severity":"info"}"#;
+    sluice.publish("sluice.trigger.examples.alert", alert).await;
+    let done = sluice.wait_finished(2).await;
+    let echoed = |done: &[Value]| {
+        done.iter()
+            .filter(|e| e["rule"] == "examples.echo_web9")
+            .map(|e| e["result"]["message"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(echoed(&done), ["first web9"]);
+
+    let (code, replaced) = sluice
+        .client()
+        .put(
+            "/api/v1/rules/examples.echo_web9",
+            &rule("second {{ trigger.host }}"),
+        )
+        .await;
+    assert_eq!(code, 200, "{replaced}");
+    sluice.shutdown().await;
+    sluice.boot().await;
+    let (_, kept) = sluice.get("/api/v1/rules/examples.echo_web9").await;
+    assert_eq!(kept["origin"], "api", "kept across a restart: {kept}");
+    sluice.publish("sluice.trigger.examples.alert", alert).await;
+    let done = sluice.wait_finished(4).await;
+    assert_eq!(echoed(&done), ["first web9", "second web9"]);
+
+    // Checked as a rule file is, every problem with its field.
+    let mut broken = rule("x");
+    broken["action"]["ref"] = json!("core.nope");
+    broken["trigger"]["type"] = json!("examples.nothing");
+    let (code, refused) = sluice
+        .client()
+        .put("/api/v1/rules/examples.echo_web9", &broken)
+        .await;
+    assert_eq!(code, 422, "{refused}");
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("action.ref: unknown action core.nope"),
+        "{detail}"
+    );
+    assert!(detail.contains("trigger.type: unknown trigger"), "{detail}");
+    let (code, file_rule) = sluice
+        .client()
+        .delete("/api/v1/rules/examples.log_alert")
+        .await;
+    assert_eq!(code, 409, "{file_rule}");
+    let mut clash = rule("x");
+    clash["name"] = json!("log_alert");
+    let (code, clash) = sluice.post("/api/v1/rules", &clash).await;
+    assert!(code == 409 || code == 422, "{code} {clash}");
+
+    let (code, deleted) = sluice
+        .client()
+        .delete("/api/v1/rules/examples.echo_web9")
+        .await;
+    assert_eq!(code, 200, "{deleted}");
+    sluice.publish("sluice.trigger.examples.alert", alert).await;
+    let done = sluice.wait_finished(5).await;
+    assert_eq!(echoed(&done).len(), 2, "a deleted rule fires nothing");
+    let (code, _) = sluice.get("/api/v1/rules/examples.echo_web9").await;
+    assert_eq!(code, 404);
+}

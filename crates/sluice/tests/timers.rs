@@ -35,6 +35,17 @@ async fn ticking(extra: &[(String, String)]) -> Cluster {
     cluster
 }
 
+/// The timer of `rule` in `GET /api/v1/timers`.
+fn timer_named(timers: serde_json::Value, rule: &str) -> serde_json::Value {
+    timers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["rule"] == rule)
+        .cloned()
+        .unwrap_or_else(|| panic!("no timer {rule}: {timers}"))
+}
+
 /// (nominal time, whether it was a catch-up) per line of a tick log.
 fn ticks(log: &Path) -> Vec<(String, bool)> {
     std::fs::read_to_string(log)
@@ -235,15 +246,7 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
     )];
     let mut cluster = ticking(&rules).await;
     let api = cluster.client();
-    let timer = |timers: serde_json::Value| {
-        timers
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["rule"] == "t.every")
-            .cloned()
-            .unwrap()
-    };
+    let timer = |timers: serde_json::Value| timer_named(timers, "t.every");
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (code, body) = api
@@ -294,6 +297,40 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
     );
     let unique: BTreeSet<&String> = fired.iter().map(|(n, _)| n).collect();
     assert_eq!(unique.len(), fired.len(), "{fired:#?}");
+
+    // A timer rule defined through the API starts at once and stops when deleted.
+    let api_log = logs.path().join("api.log");
+    let definition = serde_json::json!({
+        "pack": "t",
+        "name": "from_api",
+        "trigger": {"type": "core.st2.IntervalTimer", "parameters": {"unit": "seconds", "delta": 1}},
+        "action": {"ref": "t.tick", "parameters": {
+            "nominal": "{{ trigger.nominal_time }}",
+            "catchup": "{{ trigger.catchup }}",
+            "file": api_log.display().to_string(),
+        }},
+    });
+    let (code, created) = api.post("/api/v1/rules", &definition).await;
+    assert_eq!(code, 201, "{created}");
+    let listed = timer_named(cluster.get("/api/v1/timers").await, "t.from_api");
+    assert!(listed["next_fire"].is_string(), "{listed}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, _) = api.delete("/api/v1/rules/t.from_api").await;
+    assert_eq!(code, 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let fired = ticks(&api_log).len();
+    assert!(fired >= 2, "ticks of the API's timer: {fired}");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ticks(&api_log).len(), fired, "a deleted rule's timer fired");
+    let timers = cluster.get("/api/v1/timers").await;
+    assert!(
+        !timers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["rule"] == "t.from_api"),
+        "{timers}"
+    );
 
     let (code, body) = api
         .post("/api/v1/rules/t.nothing/disable", &serde_json::json!({}))

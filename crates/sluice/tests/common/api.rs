@@ -53,6 +53,16 @@ impl Api {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     /// Requests an execution; its id.
     pub async fn submit(&self, action: &str, parameters: Value) -> i64 {
         let (code, body) = self

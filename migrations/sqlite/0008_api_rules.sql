@@ -1,0 +1,9 @@
+-- Rules defined through the API: each one's definition, in the fields of a rule file.
+
+CREATE TABLE api_rules (
+    rule       TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    changed_at TEXT NOT NULL,
+    -- the name of the API token that created or last changed it
+    changed_by TEXT NOT NULL
+);
