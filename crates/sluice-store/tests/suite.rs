@@ -2,7 +2,10 @@
 
 use serde_json::json;
 use sluice_core::{ActionRef, EventStatus, ExecutionStatus};
-use sluice_store::{EventFilter, ExecutionFilter, Firing, NewChild, NewEvent, Store, Transition};
+use sluice_store::{
+    ApiRule, EventFilter, ExecutionFilter, Firing, NewChild, NewEvent, RuleSwitch, Store,
+    Transition,
+};
 
 fn action(r: &str) -> ActionRef {
     r.parse().unwrap()
@@ -590,6 +593,41 @@ async fn events_and_executions_filter_by_trigger_status_time_payload_and_rule(st
     );
 }
 
+/// Rules the API defined and switched are kept; defining one again replaces it and its
+/// switch; deleting it deletes both.
+async fn api_rules_and_switches_are_kept_replaced_and_deleted(store: Store) {
+    let at = chrono::Utc::now();
+    let rule = |message: &str| ApiRule {
+        rule: "examples.r".into(),
+        definition: json!({"pack": "examples", "name": "r", "action": {"ref": "core.echo", "parameters": {"message": message}}}),
+        changed_at: at,
+        changed_by: "admin".into(),
+    };
+    store.put_api_rule(&rule("one")).await.unwrap();
+    let switch = RuleSwitch {
+        rule: "examples.r".into(),
+        enabled: false,
+        changed_at: at,
+        changed_by: "admin".into(),
+    };
+    store.switch_rule(&switch).await.unwrap();
+    store.switch_rule(&switch).await.unwrap();
+    assert_eq!(store.rule_switches().await.unwrap().len(), 1);
+    store.put_api_rule(&rule("two")).await.unwrap();
+    let kept = store.api_rules().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].definition["action"]["parameters"]["message"], "two");
+    assert!(
+        store.rule_switches().await.unwrap().is_empty(),
+        "a new definition replaces the switch"
+    );
+    store.switch_rule(&switch).await.unwrap();
+    assert!(store.delete_api_rule("examples.r").await.unwrap());
+    assert!(!store.delete_api_rule("examples.r").await.unwrap());
+    assert!(store.api_rules().await.unwrap().is_empty());
+    assert!(store.rule_switches().await.unwrap().is_empty());
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -629,4 +667,5 @@ store_suite!(
     a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once,
     a_stored_value_that_cannot_be_read_costs_its_row_not_the_listing,
     events_and_executions_filter_by_trigger_status_time_payload_and_rule,
+    api_rules_and_switches_are_kept_replaced_and_deleted,
 );
