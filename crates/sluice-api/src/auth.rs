@@ -254,6 +254,7 @@ mod tests {
             (Method::POST, "/api/v1/executions", Scope::Run),
             (Method::POST, "/api/v1/executions/7/cancel", Scope::Run),
             (Method::POST, "/api/v1/executions/7/re-run", Scope::Run),
+            (Method::POST, "/api/v1/executions/cancel", Scope::Run),
             (Method::GET, "/api/v1/tokens", Scope::Admin),
             (Method::POST, "/api/v1/tokens", Scope::Admin),
             (Method::DELETE, "/api/v1/tokens/3", Scope::Admin),

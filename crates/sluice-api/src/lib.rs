@@ -31,6 +31,7 @@ pub fn app(engine: AppState) -> Router {
             get(list_executions).post(create_execution),
         )
         .route("/api/v1/executions/{id}", get(get_execution))
+        .route("/api/v1/executions/cancel", post(cancel_executions))
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
         .route("/api/v1/executions/{id}/re-run", post(rerun_execution))
         .route("/api/v1/actions", get(list_actions))
@@ -283,6 +284,84 @@ async fn cancel_execution(
     ))
 }
 
+/// Which executions a bulk cancel takes: at least one of these.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelFilter {
+    action: Option<String>,
+    rule: Option<String>,
+    status: Option<String>,
+    parent: Option<i64>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// Cancels every unfinished execution matching the filter, oldest first; what became of
+/// each.
+async fn cancel_executions(
+    State(engine): State<AppState>,
+    Body(filter): Body<CancelFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let CancelFilter {
+        action,
+        rule,
+        status,
+        parent,
+        since,
+        until,
+    } = filter;
+    if action.is_none() && rule.is_none() && status.is_none() && parent.is_none() && since.is_none()
+    {
+        return Err(ApiError::BadRequest(
+            "name what to cancel: action, rule, status, parent or since (and until)".into(),
+        ));
+    }
+    let status = status
+        .map(|s| s.parse::<ExecutionStatus>())
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut filter = ExecutionFilter {
+        action,
+        status,
+        limit: Some(1000),
+        before: None,
+        parent,
+        rule,
+        since: instant("since", since.as_deref())?,
+        until: instant("until", until.as_deref())?,
+    };
+    let mut matching = Vec::new();
+    loop {
+        let page = engine.store().list_executions(&filter).await?;
+        let last = page.last().map(|e| e.id.0);
+        matching.extend(
+            page.into_iter()
+                .filter(|e| !e.status.is_terminal())
+                .map(|e| e.id),
+        );
+        match last {
+            Some(last) => filter.before = Some(last),
+            None => break,
+        }
+    }
+    matching.reverse();
+    let mut outcomes = Vec::with_capacity(matching.len());
+    for id in matching {
+        let outcome = match engine.cancel(id).await {
+            Ok(outcome) => json!({ "id": id, "cancel": outcome }),
+            // It ended meanwhile.
+            Err(sluice_engine::CancelError::Finished(_, status)) => {
+                json!({ "id": id, "finished": status })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        outcomes.push(outcome);
+    }
+    Ok(Json(
+        json!({ "matched": outcomes.len(), "executions": outcomes }),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Rerun {
@@ -297,6 +376,14 @@ async fn rerun_execution(
     Body(request): Body<Rerun>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = engine.rerun(parse_id(&id)?, request.parameters).await?;
+    created(&engine, id).await
+}
+
+/// `201` with an execution just requested.
+async fn created(
+    engine: &AppState,
+    id: ExecutionId,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let execution = engine
         .store()
         .get_execution(id)
@@ -414,12 +501,7 @@ async fn create_execution(
     Body(request): Body<CreateExecution>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = engine.submit(&request.action, request.parameters).await?;
-    let execution = engine
-        .store()
-        .get_execution(id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(format!("execution {id} vanished")))?;
-    Ok((StatusCode::CREATED, shown(&execution)))
+    created(&engine, id).await
 }
 
 #[derive(Serialize)]

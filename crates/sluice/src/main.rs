@@ -44,12 +44,8 @@ enum Command {
         action: String,
         /// Parameters as key=value.
         params: Vec<String>,
-        /// Wait for the execution to finish; exit 0 only if it succeeded.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits, in seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -114,6 +110,27 @@ enum Command {
     },
 }
 
+/// How a command that requests an execution waits for it.
+#[derive(Args)]
+struct WaitArgs {
+    /// Wait for the execution to finish; exit 0 only if it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+impl WaitArgs {
+    fn waiting(&self, json: bool) -> cli::Waiting {
+        cli::Waiting {
+            wait: self.wait,
+            timeout: Duration::from_secs(self.timeout),
+            json,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum ExecutionCommand {
     /// Recent executions, newest first.
@@ -139,6 +156,20 @@ enum ExecutionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cancel every unfinished execution of an action, a rule, a status or a workflow.
+    CancelAll {
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// The workflow execution whose tasks to cancel.
+        #[arg(long)]
+        parent: Option<i64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Run an execution again with the same parameters, key=value overriding some; the
     /// new execution names the one it re-runs.
     #[command(name = "re-run")]
@@ -146,12 +177,8 @@ enum ExecutionCommand {
         id: i64,
         /// Parameters to change, as key=value.
         params: Vec<String>,
-        /// Wait for the new execution to finish; exit 0 only if it succeeded.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits, in seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -522,14 +549,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             action,
             params,
             wait,
-            timeout,
             client,
         } => {
-            let waiting = cli::Waiting {
-                wait,
-                timeout: Duration::from_secs(timeout),
-                json: client.json,
-            };
+            let waiting = wait.waiting(client.json);
             cli::run(&client.client()?, &action, &params, waiting, &mut out).await
         }
         Command::Trigger {
@@ -583,6 +605,34 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Execution {
+            command:
+                ExecutionCommand::CancelAll {
+                    action,
+                    rule,
+                    status,
+                    parent,
+                    client,
+                },
+        } => {
+            let filter = serde_json::json!({
+                "action": action, "rule": rule, "status": status, "parent": parent,
+            });
+            let answer = client
+                .client()?
+                .post("/api/v1/executions/cancel", &filter)
+                .await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} execution(s) cancelled or asked to cancel",
+                    answer["matched"]
+                )?;
+            }
+            Ok(true)
+        }
+        Command::Execution {
             command: ExecutionCommand::Cancel { id, client },
         } => {
             let answer = client
@@ -624,15 +674,10 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                     id,
                     params,
                     wait,
-                    timeout,
                     client,
                 },
         } => {
-            let waiting = cli::Waiting {
-                wait,
-                timeout: Duration::from_secs(timeout),
-                json: client.json,
-            };
+            let waiting = wait.waiting(client.json);
             cli::rerun(&client.client()?, id, &params, waiting, &mut out).await
         }
         Command::Token { command } => cli::token(command_to_call(command)?, &mut out).await,

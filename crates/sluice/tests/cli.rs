@@ -281,6 +281,23 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{}",
         text(&from_file)
     );
+    let nothing = sluice(&["execution", "cancel-all"], &second);
+    assert!(!nothing.status.success());
+    assert!(
+        text(&nothing).contains("name what to cancel"),
+        "{}",
+        text(&nothing)
+    );
+    let none = sluice(
+        &["execution", "cancel-all", "--action", "core.sleep"],
+        &second,
+    );
+    assert_eq!(
+        text(&none),
+        "0 execution(s) cancelled or asked to cancel\n",
+        "{}",
+        text(&none)
+    );
     let refused = sluice(&["rule", "disable", "../tokens"], &second);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("pack.name"), "{}", text(&refused));

@@ -1039,3 +1039,42 @@ async fn rules_defined_through_the_api_fire_change_survive_a_restart_and_go() {
     let (code, _) = sluice.get("/api/v1/rules/examples.echo_web9").await;
     assert_eq!(code, 404);
 }
+
+/// A bulk cancel takes every unfinished execution the filter names, queued and running,
+/// and leaves the rest; without a filter it is refused.
+#[tokio::test]
+async fn a_bulk_cancel_takes_every_unfinished_execution_it_names() {
+    let pack = test_pack(&[(
+        "actions/slow.yaml",
+        "name: slow\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'sleep 30'}\npolicy: {max_concurrent: 1}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let api = sluice.client();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(api.submit("t.slow", json!({})).await);
+    }
+    let other = api.submit("core.echo", json!({"message": "stays"})).await;
+    eventually(
+        "the first slow one running",
+        Duration::from_secs(20),
+        || async {
+            let (_, e) = sluice.get(&format!("/api/v1/executions/{}", slow[0])).await;
+            (e["status"] == "running").then_some(())
+        },
+    )
+    .await;
+
+    let (code, refused) = sluice.post("/api/v1/executions/cancel", &json!({})).await;
+    assert_eq!(code, 400, "{refused}");
+    let (code, cancelled) = sluice
+        .post("/api/v1/executions/cancel", &json!({"action": "t.slow"}))
+        .await;
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["matched"], 4, "{cancelled}");
+    for id in &slow {
+        let done = sluice.wait_execution(*id).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+    }
+    assert_eq!(sluice.wait_execution(other).await["status"], "succeeded");
+}
