@@ -260,6 +260,77 @@ pub fn name_segment(text: &str) -> anyhow::Result<&str> {
     Ok(text)
 }
 
+/// `sluice trigger list` as a table.
+pub fn print_triggers(triggers: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(out, "{:<28} {:<40} RULES", "TRIGGER", "SUBJECT")?;
+    for t in triggers.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let rules: Vec<&str> = t["rules"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        writeln!(
+            out,
+            "{:<28} {:<40} {}",
+            t["ref"].as_str().unwrap_or(""),
+            t["subject"].as_str().unwrap_or(""),
+            if rules.is_empty() {
+                "-".to_owned()
+            } else {
+                rules.join(", ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// `sluice action list` as a table.
+pub fn print_actions(actions: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<32} {:<20} {:>6}  DESCRIPTION",
+        "ACTION", "RUNNER", "LIMIT"
+    )?;
+    for a in actions.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let limit = match &a["policy"]["max_concurrent"] {
+            Value::Number(n) => n.to_string(),
+            _ => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<32} {:<20} {:>6}  {}",
+            a["ref"].as_str().unwrap_or(""),
+            a["runner"].as_str().unwrap_or(""),
+            limit,
+            a["description"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+/// `sluice workers` as a table.
+pub fn print_workers(workers: &Value, out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<28} {:>8} {:>8} {:<20} STATE",
+        "WORKER", "CAPACITY", "RUNNING", "LAST HEARTBEAT"
+    )?;
+    for w in workers.as_array().map(Vec::as_slice).unwrap_or_default() {
+        writeln!(
+            out,
+            "{:<28} {:>8} {:>8} {:<20} {}",
+            w["name"].as_str().unwrap_or(""),
+            w["capacity"],
+            w["running"].as_array().map_or(0, Vec::len),
+            short_time(&w["last_heartbeat_at"]),
+            if w["lost"] == true { "lost" } else { "live" }
+        )?;
+    }
+    Ok(())
+}
+
 /// `sluice pack list` as a table; each pack left out is followed by its problems.
 pub fn print_packs(packs: &Value, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(

@@ -49,10 +49,15 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Publish a trigger event, as `nats pub sluice.trigger.<ref> PAYLOAD` would.
+    /// Publish a trigger event, as `nats pub sluice.trigger.<ref> PAYLOAD` would; or
+    /// `sluice trigger list` / `show REF`.
+    #[command(args_conflicts_with_subcommands = true)]
     Trigger {
+        #[command(subcommand)]
+        command: Option<TriggerCommand>,
         /// The trigger, as pack.name.
-        trigger: String,
+        #[arg(required = true)]
+        trigger: Option<String>,
         /// The payload, JSON.
         #[arg(default_value = "{}")]
         payload: String,
@@ -90,6 +95,16 @@ enum Command {
         #[command(subcommand)]
         command: RuleCommand,
     },
+    /// Actions: list them, or show one with its parameters and policy.
+    Action {
+        #[command(subcommand)]
+        command: ActionCommand,
+    },
+    /// The live workers: capacity, what each runs, last heartbeat.
+    Workers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Packs: what each holds, and the packs left out with every problem in them.
     Pack {
         #[command(subcommand)]
@@ -100,6 +115,8 @@ enum Command {
         #[command(subcommand)]
         command: EventCommand,
     },
+    /// Print a shell's completion script: sluice completions bash > /etc/bash_completion.d/sluice
+    Completions { shell: clap_complete::Shell },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -247,6 +264,36 @@ enum RuleCommand {
     /// timer is paused.
     Disable {
         rule: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggerCommand {
+    /// Every trigger: the NATS subject that fires it and the rules on it.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One trigger: payload schema, subject, rules.
+    Show {
+        trigger: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActionCommand {
+    /// Every action: runner, concurrency limit, description.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One action: parameters, policy, the rules that run it.
+    Show {
+        action: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -555,11 +602,66 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             cli::run(&client.client()?, &action, &params, waiting, &mut out).await
         }
         Command::Trigger {
+            command: Some(command),
+            ..
+        } => {
+            let (found, client) = match command {
+                TriggerCommand::List { client } => {
+                    (client.client()?.get("/api/v1/triggers").await?, client)
+                }
+                TriggerCommand::Show { trigger, client } => {
+                    let path = format!("/api/v1/triggers/{}", cli::rule_ref(&trigger)?);
+                    (client.client()?.get(&path).await?, client)
+                }
+            };
+            if client.json || !found.is_array() {
+                writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
+            } else {
+                cli::print_triggers(&found, &mut out)?;
+            }
+            Ok(true)
+        }
+        Command::Action { command } => {
+            let (found, client) = match command {
+                ActionCommand::List { client } => {
+                    (client.client()?.get("/api/v1/actions").await?, client)
+                }
+                ActionCommand::Show { action, client } => {
+                    let path = format!("/api/v1/actions/{}", cli::rule_ref(&action)?);
+                    (client.client()?.get(&path).await?, client)
+                }
+            };
+            if client.json || !found.is_array() {
+                writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
+            } else {
+                cli::print_actions(&found, &mut out)?;
+            }
+            Ok(true)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "sluice", &mut script);
+            out.write_all(&script)?;
+            Ok(true)
+        }
+        Command::Workers { client } => {
+            let workers = client.client()?.get("/api/v1/workers").await?;
+            if client.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&workers)?)?;
+            } else {
+                cli::print_workers(&workers, &mut out)?;
+            }
+            Ok(true)
+        }
+        Command::Trigger {
+            command: None,
             trigger,
             payload,
             nats_url,
             data_dir,
         } => {
+            let trigger = trigger.unwrap_or_default();
             let nats_url = match nats_url {
                 Some(url) => url,
                 None => cli::publisher_url(&data_dir)?,

@@ -281,6 +281,29 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{}",
         text(&from_file)
     );
+    let triggers = text(&sluice(&["trigger", "list"], &second));
+    assert!(
+        triggers.lines().any(|l| l.starts_with("examples.alert ")
+            && l.contains("sluice.trigger.examples.alert")
+            && l.contains("examples.log_alert")),
+        "{triggers}"
+    );
+    let shown = text(&sluice(&["trigger", "show", "examples.alert"], &second));
+    assert!(shown.contains("\"payload_schema\""), "{shown}");
+    let actions = text(&sluice(&["action", "list"], &second));
+    assert!(
+        actions
+            .lines()
+            .any(|l| l.starts_with("core.local ") && l.contains("local-shell-cmd")),
+        "{actions}"
+    );
+    let action = text(&sluice(&["action", "show", "core.local"], &second));
+    assert!(action.contains("\"rules\""), "{action}");
+    let workers = text(&sluice(&["workers"], &second));
+    assert!(
+        workers.lines().nth(1).is_some_and(|l| l.ends_with("live")),
+        "{workers}"
+    );
     let nothing = sluice(&["execution", "cancel-all"], &second);
     assert!(!nothing.status.success());
     assert!(
@@ -375,6 +398,21 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     let status = second.child.wait().unwrap();
     assert!(status.success(), "sluice up exited with {status}");
     assert!(process_is_dead(&nats_pid));
+}
+
+#[test]
+fn shell_completions_know_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(SLUICE)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for command in ["execution", "re-run", "cancel-all", "rule", "event", "pack"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
 }
 
 #[test]
