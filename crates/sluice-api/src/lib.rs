@@ -40,6 +40,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/timers", get(timers))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/{id}", get(get_event))
+        .route("/api/v1/enforcements", get(list_enforcements))
         .route("/api/v1/dead-letters", get(list_dead_letters))
         .route("/api/v1/ledger", get(ledger))
         .route("/api/v1/actors", get(actors))
@@ -621,6 +622,31 @@ async fn get_event(
     body["enforcements"] = json!(enforcements);
     body["rules"] = json!(rules);
     Ok(Json(sluice_core::secrets::masked(&body)))
+}
+
+#[derive(Deserialize)]
+struct EnforcementQuery {
+    rule: Option<String>,
+    event: Option<i64>,
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+/// Which rule fired on which event and the execution it requested, newest first.
+async fn list_enforcements(
+    State(engine): State<AppState>,
+    Query(query): Query<EnforcementQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let found = engine
+        .store()
+        .list_enforcements(
+            query.rule.as_deref(),
+            query.event.map(sluice_core::EventId),
+            query.limit.unwrap_or(50),
+            query.before,
+        )
+        .await?;
+    Ok(Json(json!(found)))
 }
 
 async fn list_dead_letters(

@@ -932,6 +932,39 @@ impl Store {
             .collect())
     }
 
+    /// Enforcements, newest first: of one rule, or one event, or all; `before` pages on.
+    pub async fn list_enforcements(
+        &self,
+        rule: Option<&str>,
+        event: Option<EventId>,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<Enforcement>, StoreError> {
+        let rows: Vec<(i64, String, i64, i64, DateTime<Utc>)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, rule, event_id, execution_id, created_at FROM enforcements \
+                 WHERE id < $1 AND (CAST($2 AS TEXT) IS NULL OR rule = $2) AND (CAST($3 AS BIGINT) IS NULL OR event_id = $3) \
+                 ORDER BY id DESC LIMIT $4",
+            )
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(rule)
+            .bind(event.map(|e| e.0))
+            .bind(i64::from(limit.clamp(1, 1000)))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, rule, event, execution, created_at)| Enforcement {
+                id,
+                rule,
+                event_id: EventId(event),
+                execution_id: ExecutionId(execution),
+                created_at,
+            })
+            .collect())
+    }
+
     /// How many enforcements exist for an event (one per rule that fired).
     pub async fn count_enforcements(&self, event_id: EventId) -> Result<i64, StoreError> {
         let (n,): (i64,) = on_pool!(self, pool => {

@@ -824,6 +824,19 @@ async fn events_explain_each_rule_and_the_rule_tester_fires_nothing() {
     let (code, none) = sluice.get("/api/v1/events/999").await;
     assert_eq!(code, 404, "{none}");
 
+    let (_, enforcements) = sluice
+        .get("/api/v1/enforcements?rule=examples.log_alert")
+        .await;
+    assert_eq!(enforcements[0]["event_id"], id, "{enforcements}");
+    assert_eq!(
+        enforcements[0]["execution_id"], executions[0]["id"],
+        "{enforcements}"
+    );
+    let (_, none) = sluice
+        .get("/api/v1/enforcements?rule=examples.diagnose_critical")
+        .await;
+    assert_eq!(none, json!([]));
+
     // Filters: by a payload value, time, rule; a bad filter says what to write instead.
     let count = |path: &'static str| {
         let sluice = &sluice;
