@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_engine::{CancelError, Engine, SubmitError};
 use sluice_store::StoreError;
 use tracing::error;
@@ -23,6 +23,12 @@ pub enum ApiError {
     Conflict(String),
     BadRequest(String),
     Unprocessable(String),
+    /// A request that parses but has problems, each at a field (`parameters.seconds`,
+    /// `action.ref`): `422` listing them all.
+    Invalid {
+        detail: String,
+        errors: Vec<(String, String)>,
+    },
     Internal(String),
 }
 
@@ -38,10 +44,17 @@ impl From<SubmitError> for ApiError {
             SubmitError::UnknownAction { .. } | SubmitError::NoExecution(_) => {
                 Self::NotFound(e.to_string())
             }
-            SubmitError::Disabled(_)
-            | SubmitError::InvalidParameters(_)
-            | SubmitError::Default(_)
-            | SubmitError::Unreadable(..) => Self::Unprocessable(e.to_string()),
+            SubmitError::InvalidParameters(ref errors) => Self::Invalid {
+                detail: e.to_string(),
+                errors: errors
+                    .errors
+                    .iter()
+                    .map(|p| (format!("parameters.{}", p.name()), p.to_string()))
+                    .collect(),
+            },
+            SubmitError::Disabled(_) | SubmitError::Default(_) | SubmitError::Unreadable(..) => {
+                Self::Unprocessable(e.to_string())
+            }
             SubmitError::Sealing(e) => Self::Internal(e),
             SubmitError::Store(e) => e.into(),
         }
@@ -75,6 +88,15 @@ impl IntoResponse for ApiError {
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            Self::Invalid { detail, errors } => {
+                let errors: Vec<Value> = errors
+                    .into_iter()
+                    .map(|(field, message)| json!({ "field": field, "message": message }))
+                    .collect();
+                let mut body = problem_body(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+                body["errors"] = json!(errors);
+                return problem_response(StatusCode::UNPROCESSABLE_ENTITY, &body);
+            }
             Self::Internal(detail) => {
                 error!(error = detail, "request failed");
                 (
@@ -90,12 +112,19 @@ impl IntoResponse for ApiError {
 /// An error as RFC 9457 problem details (`application/problem+json`): `type`, `title` (the
 /// status's phrase), `status`, and `detail`, which says what is wrong and where.
 pub fn problem(status: StatusCode, detail: &str) -> Response {
-    let body = json!({
+    problem_response(status, &problem_body(status, detail))
+}
+
+fn problem_body(status: StatusCode, detail: &str) -> Value {
+    json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
-    });
+    })
+}
+
+fn problem_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],

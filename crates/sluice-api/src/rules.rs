@@ -40,17 +40,22 @@ impl From<RuleError> for ApiError {
         match e {
             RuleError::Unknown(_) => Self::NotFound(e.to_string()),
             RuleError::FromPack(..) => Self::Conflict(e.to_string()),
-            RuleError::Invalid(problems) => Self::Unprocessable(
-                problems
+            RuleError::Invalid(problems) => {
+                let errors: Vec<(String, String)> = problems
                     .0
                     .iter()
-                    .map(|p| match &p.field {
-                        Some(field) => format!("{field}: {}", p.message),
-                        None => p.message.clone(),
+                    .map(|p| (p.field.clone().unwrap_or_default(), p.message.clone()))
+                    .collect();
+                let detail = errors
+                    .iter()
+                    .map(|(field, message)| match field.as_str() {
+                        "" => message.clone(),
+                        field => format!("{field}: {message}"),
                     })
                     .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+                    .join("; ");
+                Self::Invalid { detail, errors }
+            }
             RuleError::Store(e) => e.into(),
         }
     }

@@ -34,6 +34,18 @@ pub enum ParamError {
     },
 }
 
+impl ParamError {
+    /// The parameter at fault.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Unknown { name, .. }
+            | Self::Missing { name }
+            | Self::WrongType { name, .. }
+            | Self::NotAllowed { name, .. } => name,
+        }
+    }
+}
+
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

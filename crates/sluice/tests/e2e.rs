@@ -268,6 +268,11 @@ async fn api_errors_name_what_is_wrong() {
         body["detail"],
         "invalid parameters for core.sleep: parameter \"seconds\" must be number, found the string \"soon\""
     );
+    assert_eq!(
+        body["errors"],
+        json!([{"field": "parameters.seconds", "message": "parameter \"seconds\" must be number, found the string \"soon\""}]),
+        "each problem at its field"
+    );
     let (status, body) = sluice
         .post("/api/v1/executions", &json!({"parameters": {}}))
         .await;
@@ -1031,6 +1036,16 @@ async fn rules_defined_through_the_api_fire_change_survive_a_restart_and_go() {
         "{detail}"
     );
     assert!(detail.contains("trigger.type: unknown trigger"), "{detail}");
+    let fields: Vec<&str> = refused["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"action.ref") && fields.contains(&"trigger.type"),
+        "{refused}"
+    );
     let (code, file_rule) = sluice
         .client()
         .delete("/api/v1/rules/examples.log_alert")
