@@ -158,9 +158,11 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
     }
 }
 
-/// Logs only (no spans recorded): for commands that talk to a running Sluice.
+/// Logs only (no spans recorded): for commands that talk to a running Sluice. Warnings and
+/// errors only unless `RUST_LOG` says otherwise, so a command's output is not mixed with the
+/// clients' connection notes.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

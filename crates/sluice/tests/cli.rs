@@ -281,6 +281,23 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{}",
         text(&from_file)
     );
+    // A command's output is its own: no connection notes mixed in.
+    let published = Command::new(SLUICE)
+        .args([
+            "trigger",
+            "examples.alert",
+            r#"{"host":"web3","severity":"info"}"#,
+        ])
+        .env("SLUICE_DATA_DIR", &second.data_dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&published),
+        "published to sluice.trigger.examples.alert\n",
+        "{}",
+        text(&published)
+    );
     let triggers = text(&sluice(&["trigger", "list"], &second));
     assert!(
         triggers.lines().any(|l| l.starts_with("examples.alert ")
