@@ -322,7 +322,7 @@ pub fn print_workers(workers: &Value, out: &mut impl Write) -> anyhow::Result<()
             out,
             "{:<28} {:>8} {:>8} {:<20} {}",
             w["name"].as_str().unwrap_or(""),
-            w["capacity"],
+            w["capacity"].to_string(),
             w["running"].as_array().map_or(0, Vec::len),
             short_time(&w["last_heartbeat_at"]),
             if w["lost"] == true { "lost" } else { "live" }
@@ -446,15 +446,10 @@ pub fn print_events(events: &Value, out: &mut impl Write) -> anyhow::Result<()> 
         writeln!(
             out,
             "{:<8} {:<28} {:<10} {:<20} {}",
-            e["id"],
+            e["id"].to_string(),
             e["trigger"].as_str().unwrap_or(""),
             e["status"].as_str().unwrap_or(""),
-            e["created_at"]
-                .as_str()
-                .unwrap_or("")
-                .chars()
-                .take(19)
-                .collect::<String>(),
+            short_time(&e["created_at"]),
             payload.chars().take(80).collect::<String>()
         )?;
     }

@@ -861,10 +861,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                     (client.client()?.post(&path, &body).await?, client.json)
                 }
             };
-            if json || !rules.is_array() {
-                writeln!(out, "{}", serde_json::to_string_pretty(&rules)?)?;
-            } else {
+            if rules.is_array() && !json {
                 cli::print_rules(&rules, &mut out)?;
+            } else if let (false, Some(enabled)) = (json, rules["enabled"].as_bool()) {
+                // A switch: what it did, in words.
+                let rule = rules["ref"].as_str().unwrap_or_default();
+                let state = if enabled { "enabled" } else { "disabled" };
+                let is_timer = rules["trigger"]["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("core.st2.") && t.ends_with("Timer"));
+                let timer = match (is_timer, enabled) {
+                    (false, _) => "",
+                    (true, true) => "; its timer runs",
+                    (true, false) => "; its timer is paused",
+                };
+                writeln!(out, "{rule} {state}{timer}")?;
+            } else {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rules)?)?;
             }
             Ok(true)
         }
