@@ -770,11 +770,16 @@ pub fn print_table(executions: &[Value], out: &mut impl Write) -> std::io::Resul
         "ID", "ACTION", "STATUS", "CREATED"
     )?;
     for e in executions {
-        // What requested it: a rule, or the workflow it is a task of.
-        let from = match (e["rule"].as_str(), e["parent_id"].as_i64()) {
-            (Some(rule), _) => rule.to_owned(),
-            (None, Some(parent)) => format!("workflow {parent}"),
-            (None, None) => "-".to_owned(),
+        // What requested it: a rule, the workflow it is a task of, or a re-run.
+        let from = match (
+            e["rule"].as_str(),
+            e["parent_id"].as_i64(),
+            e["rerun_of"].as_i64(),
+        ) {
+            (Some(rule), _, _) => rule.to_owned(),
+            (None, Some(parent), _) => format!("workflow {parent}"),
+            (None, None, Some(of)) => format!("re-run of {of}"),
+            (None, None, None) => "-".to_owned(),
         };
         writeln!(
             out,

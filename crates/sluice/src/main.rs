@@ -844,11 +844,31 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                     } else {
                         api.post("/api/v1/rules", &definition).await?
                     };
-                    (created, true)
+                    if client.json {
+                        writeln!(out, "{}", serde_json::to_string_pretty(&created)?)?;
+                    } else {
+                        let rule = created["ref"].as_str().unwrap_or_default();
+                        let state = if created["enabled"] == true {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        };
+                        writeln!(
+                            out,
+                            "{rule} defined ({state}); `sluice rule get {rule}` shows it"
+                        )?;
+                    }
+                    return Ok(true);
                 }
                 RuleCommand::Delete { rule, client } => {
                     let path = format!("/api/v1/rules/{}", cli::rule_ref(&rule)?);
-                    (client.client()?.delete(&path).await?, true)
+                    let deleted = client.client()?.delete(&path).await?;
+                    if client.json {
+                        writeln!(out, "{}", serde_json::to_string_pretty(&deleted)?)?;
+                    } else {
+                        writeln!(out, "{rule} deleted")?;
+                    }
+                    return Ok(true);
                 }
                 RuleCommand::Enable { rule, client } => {
                     let path = format!("/api/v1/rules/{}/enable", cli::rule_ref(&rule)?);

@@ -265,11 +265,12 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     .unwrap();
     let created = sluice(&["rule", "create", file.to_str().unwrap()], &second);
     assert!(created.status.success(), "{}", text(&created));
-    assert!(
-        text(&created).contains("\"origin\": \"api\""),
-        "{}",
-        text(&created)
+    assert_eq!(
+        text(&created),
+        "examples.echo_db9 defined (enabled); `sluice rule get examples.echo_db9` shows it\n"
     );
+    let shown = text(&sluice(&["rule", "get", "examples.echo_db9"], &second));
+    assert!(shown.contains("\"origin\": \"api\""), "{shown}");
     let rules = text(&sluice(&["rule", "list"], &second));
     assert!(rules.contains("examples.echo_db9"), "{rules}");
     let deleted = sluice(&["rule", "delete", "examples.echo_db9"], &second);
