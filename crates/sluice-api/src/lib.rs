@@ -34,6 +34,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/executions/cancel", post(cancel_executions))
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
         .route("/api/v1/executions/{id}/re-run", post(rerun_execution))
+        .route("/api/v1/executions/{id}/output", get(execution_output))
         .route("/api/v1/actions", get(list_actions))
         .route("/api/v1/actions/{action}/queue-stats", get(queue_stats))
         .route("/api/v1/workers", get(workers))
@@ -283,6 +284,114 @@ async fn cancel_execution(
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "cancel": outcome, "status": status })),
     ))
+}
+
+#[derive(Deserialize)]
+struct OutputQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The output an execution's result kept: `(stdout, stderr)`.
+fn kept_output(execution: &sluice_store::Execution) -> (String, String) {
+    let text = |name: &str| {
+        execution
+            .result
+            .as_ref()
+            .and_then(|r| r.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (text("stdout"), text("stderr"))
+}
+
+/// An execution's output. Without `follow`, what its result kept, as JSON. With
+/// `follow=true`, Server-Sent Events: each piece from the first, then as the worker reads
+/// it (`event: stdout` or `stderr`, the text as a JSON string), then `event: end` with the
+/// final status; for an execution that already ended, what its result kept, then `end`.
+async fn execution_output(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<OutputQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+
+    let id = parse_id(&id)?;
+    let found = |execution: Option<sluice_store::Execution>| {
+        execution.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))
+    };
+    if !query.follow {
+        let execution = found(engine.store().get_execution(id).await?)?;
+        let (stdout, stderr) = kept_output(&execution);
+        return Ok(Json(json!({
+            "id": id, "status": execution.status, "stdout": stdout, "stderr": stderr,
+        }))
+        .into_response());
+    }
+    // Listening first, then reading the status: no piece falls between the two.
+    let mut pieces = engine
+        .follow_output(id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .boxed();
+    let now = found(engine.store().get_execution(id).await?)?;
+    let piece = |stream: &str, text: &str| {
+        Event::default()
+            .event(stream)
+            .data(serde_json::to_string(text).unwrap_or_default())
+    };
+    let end = |status: ExecutionStatus| Event::default().event("end").data(status.as_str());
+    let (events, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        if now.status.is_terminal() {
+            // It ended before anyone listened: what the result kept.
+            let (stdout, stderr) = kept_output(&now);
+            for (stream, text) in [("stdout", stdout), ("stderr", stderr)] {
+                if !text.is_empty() {
+                    let _ = events.send(piece(stream, &text)).await;
+                }
+            }
+            let _ = events.send(end(now.status)).await;
+            return;
+        }
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                chunk = pieces.next() => {
+                    let Some(chunk) = chunk else { return };
+                    if events.send(piece(&chunk.stream, &chunk.text)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = check.tick() => {
+                    let Ok(Some(execution)) = engine.store().get_execution(id).await else {
+                        continue;
+                    };
+                    if !execution.status.is_terminal() {
+                        continue;
+                    }
+                    // The worker sends every piece before the result that ends it; what is
+                    // still on its way arrives within moments.
+                    let settle = std::time::Duration::from_millis(300);
+                    while let Ok(Some(chunk)) = tokio::time::timeout(settle, pieces.next()).await {
+                        let _ = events.send(piece(&chunk.stream, &chunk.text)).await;
+                    }
+                    let _ = events.send(end(execution.status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Which executions a bulk cancel takes: at least one of these.

@@ -22,8 +22,8 @@ const RUN_KIND: &str = "run";
 use crate::names;
 use crate::streams::definitions;
 use crate::subjects::{
-    DEFAULT_QUEUE, cancel_subject, dead_letter_subject, heartbeat_subject, run_subject,
-    status_subject,
+    DEFAULT_QUEUE, cancel_subject, dead_letter_subject, heartbeat_subject, output_subject,
+    run_subject, status_subject,
 };
 
 /// A header of a received message, as text.
@@ -480,6 +480,55 @@ impl Bus {
                 source: e.into(),
                 transient: true,
             })
+    }
+
+    /// Publishes a piece of an execution's output to OUTPUT without waiting for JetStream
+    /// (the result keeps the output too, whoever followed it).
+    pub async fn publish_output(
+        &self,
+        id: ExecutionId,
+        chunk: &sluice_core::OutputChunk,
+    ) -> Result<(), BusError> {
+        let subject = output_subject(id);
+        let payload = sluice_core::encode(chunk)?;
+        self.client
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                source: e.into(),
+                transient: true,
+            })
+    }
+
+    /// An execution's output from its first piece on, then each as the worker running it
+    /// reads it: an ordered consumer of OUTPUT filtered to the execution's subject.
+    pub async fn follow_output(
+        &self,
+        id: ExecutionId,
+    ) -> Result<impl futures::Stream<Item = sluice_core::OutputChunk> + use<>, BusError> {
+        let subject = output_subject(id);
+        let stream = self
+            .jetstream
+            .get_stream_no_info(names::OUTPUT)
+            .await
+            .map_err(|e| BusError::read(format!("stream {}", names::OUTPUT), e))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::read(format!("output of {id}"), e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| BusError::read(subject, e))?;
+        Ok(futures::StreamExt::filter_map(
+            messages,
+            |message| async move { sluice_core::decode(&message.ok()?.payload).ok() },
+        ))
     }
 
     /// The last message stored on an execution's status subject, if any: lets a worker

@@ -7,6 +7,8 @@ pub const TRIGGERS: &str = "TRIGGERS";
 pub const RUN: &str = "RUN";
 /// Cancel requests after the handoff: `sluice.cancel.<id>`.
 pub const CONTROL: &str = "CONTROL";
+/// Executions' output, as workers read it.
+pub const OUTPUT: &str = "OUTPUT";
 /// Workers' status reports: `sluice.status.<id>`.
 pub const STATUS: &str = "STATUS";
 /// Messages given up, with the reason: `sluice.deadletter.<stream>`.

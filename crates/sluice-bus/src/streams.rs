@@ -38,6 +38,11 @@ const FILES: &[(&str, &str, &[File])] = &[
         &[],
     ),
     (
+        "OUTPUT/stream.json",
+        include_str!("../../../streams/OUTPUT/stream.json"),
+        &[],
+    ),
+    (
         "DEADLETTER/stream.json",
         include_str!("../../../streams/DEADLETTER/stream.json"),
         &[(
@@ -90,6 +95,7 @@ mod tests {
                 names::TRIGGERS,
                 names::RUN,
                 names::CONTROL,
+                names::OUTPUT,
                 names::DEADLETTER,
                 names::STATUS
             ]

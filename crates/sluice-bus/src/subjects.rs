@@ -28,6 +28,12 @@ pub fn cancel_subject(id: ExecutionId) -> String {
     format!("sluice.cancel.{id}")
 }
 
+/// Where a running execution's output goes as the worker reads it: core NATS, not a
+/// stream; whoever follows it live hears it, and the result keeps it all.
+pub fn output_subject(id: ExecutionId) -> String {
+    format!("sluice.output.{id}")
+}
+
 /// Every worker's heartbeats.
 pub const HEARTBEAT_SUBJECTS: &str = "sluice.heartbeat.>";
 

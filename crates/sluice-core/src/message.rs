@@ -108,6 +108,17 @@ pub struct Heartbeat {
     pub at: DateTime<Utc>,
 }
 
+/// Worker → whoever follows an execution live, on core NATS: a piece of its output, in the
+/// order read. The result keeps the output too (within the output cap), whoever listened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub attempt: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// What was read, as text (invalid UTF-8 replaced).
+    pub text: String,
+}
+
 /// Whoever terminates a message that can never succeed → the engine's dead-letter
 /// recorder: what the message was, where it came from and why it was given up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

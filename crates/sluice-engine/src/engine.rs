@@ -376,6 +376,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Hears an execution's output from now on, as the worker running it reads it.
+    pub async fn follow_output(
+        &self,
+        id: ExecutionId,
+    ) -> Result<impl futures::Stream<Item = sluice_core::OutputChunk> + use<>, BusError> {
+        self.shared.bus.follow_output(id).await
+    }
+
     /// The rules switched through the API.
     pub async fn rule_switches(&self) -> Result<Vec<RuleSwitch>, sluice_store::StoreError> {
         self.shared.store.rule_switches().await

@@ -527,13 +527,35 @@ impl RunActor {
         let me = myself.clone();
         let cancel = state.cancel.clone();
         let output_cap = state.shared.output_cap;
+        let bus = state.shared.bus.clone();
         let process =
             tracing::info_span!("process", runner = %run.runner, status = tracing::field::Empty);
         state.task = Some(tokio::spawn(
             async move {
                 let started = Instant::now();
-                let outcome =
-                    runner::run_with(&run, actions_dir.as_deref(), &cancel, output_cap).await;
+                // The output, as it is read, to whoever follows the execution live.
+                let (sink, mut pieces): (runner::OutputSink, _) =
+                    tokio::sync::mpsc::unbounded_channel();
+                let follow = tokio::spawn(async move {
+                    while let Some((stream, bytes)) = pieces.recv().await {
+                        let chunk = sluice_core::OutputChunk {
+                            attempt,
+                            stream: String::from(stream),
+                            text: String::from_utf8_lossy(&bytes).into_owned(),
+                        };
+                        let _ = bus.publish_output(id, &chunk).await;
+                    }
+                });
+                let outcome = runner::run_following(
+                    &run,
+                    actions_dir.as_deref(),
+                    &cancel,
+                    output_cap,
+                    Some(sink),
+                )
+                .await;
+                // Every piece is out before the result that ends the execution.
+                let _ = follow.await;
                 metrics()
                     .run_seconds
                     .observe([run.action.as_str()], started.elapsed().as_secs_f64());

@@ -70,9 +70,27 @@ pub async fn run_with(
     cancel: &CancellationToken,
     output_cap: usize,
 ) -> Outcome {
-    let cap = output_cap.clamp(1, MAX_OUTPUT_CAP);
+    run_following(message, actions_dir, cancel, output_cap, None).await
+}
+
+/// Where a process's output goes as it is read, besides the result: `("stdout" | "stderr",
+/// bytes)`, in the order read, up to the output cap.
+pub type OutputSink = tokio::sync::mpsc::UnboundedSender<(&'static str, Vec<u8>)>;
+
+/// [`run_with`], also handing each piece of a process's output to `sink` as it is read.
+pub async fn run_following(
+    message: &RunMessage,
+    actions_dir: Option<&Path>,
+    cancel: &CancellationToken,
+    output_cap: usize,
+    sink: Option<OutputSink>,
+) -> Outcome {
+    let output = Output {
+        cap: output_cap.clamp(1, MAX_OUTPUT_CAP),
+        sink,
+    };
     tokio::select! {
-        outcome = run_to_end(message, actions_dir, cancel, cap) => outcome,
+        outcome = run_to_end(message, actions_dir, cancel, &output) => outcome,
         // Process runners watch `cancel` themselves, to kill their process group first.
         _ = cancel.cancelled(), if !is_process(message.runner) => cancelled(),
     }
@@ -89,7 +107,7 @@ async fn run_to_end(
     message: &RunMessage,
     actions_dir: Option<&Path>,
     cancel: &CancellationToken,
-    cap: usize,
+    output: &Output,
 ) -> Outcome {
     let timeout = message.timeout_secs.map(Duration::from_secs);
     let params = &message.parameters;
@@ -131,7 +149,7 @@ async fn run_to_end(
             if let Some(cwd) = params.get("cwd").and_then(Value::as_str) {
                 command.current_dir(cwd);
             }
-            run_process(command, message, timeout, cancel, cap).await
+            run_process(command, message, timeout, cancel, output).await
         }
         RunnerType::LocalShellScript | RunnerType::PythonScript => {
             let script = match entry_point(message, actions_dir) {
@@ -153,7 +171,7 @@ async fn run_to_end(
             if let Some(dir) = script.parent() {
                 command.current_dir(dir);
             }
-            run_process(command, message, timeout, cancel, cap).await
+            run_process(command, message, timeout, cancel, output).await
         }
     }
 }
@@ -212,9 +230,20 @@ fn timed_out(limit: Duration, mut result: Value) -> Outcome {
     }
 }
 
-/// Reads up to `cap` bytes and drains the rest, so the process never blocks on a full pipe.
-/// Returns the text and whether it was cut.
-async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (String, bool) {
+/// How much of a process's output a result keeps, and who hears it as it is read.
+struct Output {
+    cap: usize,
+    sink: Option<OutputSink>,
+}
+
+/// Reads up to `cap` bytes of `stream` and drains the rest, so the process never blocks on
+/// a full pipe; what is kept also goes to the sink as it is read. Returns the text and
+/// whether it was cut.
+async fn read_capped(
+    mut reader: impl AsyncRead + Unpin,
+    stream: &'static str,
+    output: &Output,
+) -> (String, bool) {
     let mut kept = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let mut truncated = false;
@@ -222,8 +251,12 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (String,
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                let room = output.cap.saturating_sub(kept.len());
+                let keep = &buf[..n.min(room)];
+                if let Some(sink) = output.sink.as_ref().filter(|_| !keep.is_empty()) {
+                    let _ = sink.send((stream, keep.to_vec()));
+                }
+                kept.extend_from_slice(keep);
                 truncated |= n > room;
             }
         }
@@ -330,7 +363,7 @@ async fn run_process(
     message: &RunMessage,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
-    cap: usize,
+    output: &Output,
 ) -> Outcome {
     let tag = format!(
         "{}-{}-{}-{}",
@@ -378,8 +411,8 @@ async fn run_process(
     let work = async {
         let ((), (out, out_cut), (err, err_cut), status) = tokio::join!(
             feed,
-            read_capped(stdout, cap),
-            read_capped(stderr, cap),
+            read_capped(stdout, "stdout", output),
+            read_capped(stderr, "stderr", output),
             child.wait()
         );
         (out, out_cut, err, err_cut, status)

@@ -59,6 +59,54 @@ impl Client {
         })
     }
 
+    /// Follows an execution's output until it ends: stdout to `out`, stderr to this
+    /// process's stderr, as the worker reads them. Whether it succeeded.
+    pub async fn tail(&self, id: i64, out: &mut impl Write) -> anyhow::Result<bool> {
+        let url = format!("{}/api/v1/executions/{id}/output?follow=true", self.api);
+        let mut response = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the Sluice API at {}: {e}", self.api))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or_default();
+            let detail = body["detail"].as_str().unwrap_or("no reason given");
+            bail!("{detail} (HTTP {})", status.as_u16());
+        }
+        // Server-Sent Events: `event:` and `data:` lines, a blank line ends each event.
+        let (mut pending, mut event, mut data) = (Vec::new(), String::new(), String::new());
+        while let Some(bytes) = response.chunk().await? {
+            pending.extend_from_slice(&bytes);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                } else if line.is_empty() && !event.is_empty() {
+                    let text: String = serde_json::from_str(&data).unwrap_or_default();
+                    match event.as_str() {
+                        "stdout" => {
+                            out.write_all(text.as_bytes())?;
+                            out.flush()?;
+                        }
+                        "stderr" => eprint!("{text}"),
+                        "end" => return Ok(data == "succeeded"),
+                        _ => {}
+                    }
+                    event.clear();
+                    data.clear();
+                }
+            }
+        }
+        bail!("the API closed the stream before execution {id} ended")
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request.send().await.map_err(|e| {
             anyhow!("cannot reach the Sluice API at {}: {e}\nis `sluice up` running? (point at another with --api)", self.api)

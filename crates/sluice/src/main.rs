@@ -173,6 +173,13 @@ enum ExecutionCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow an execution's output as its worker reads it, until it ends; exit 0 only if
+    /// it succeeded. For one that ended, what its result kept.
+    Tail {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Cancel every unfinished execution of an action, a rule, a status or a workflow.
     CancelAll {
         #[arg(long)]
@@ -734,6 +741,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Execution {
+            command: ExecutionCommand::Tail { id, client },
+        } => client.client()?.tail(id, &mut out).await,
         Command::Execution {
             command: ExecutionCommand::Cancel { id, client },
         } => {

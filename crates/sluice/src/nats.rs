@@ -10,7 +10,7 @@
 //! | user | may |
 //! |---|---|
 //! | `engine` | everything |
-//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats and run dead letters, hear cancel requests, read the datastore. Not publish run messages, not read triggers, not write the datastore |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore. Not publish run messages, not read triggers, not write the datastore |
 //! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
@@ -61,7 +61,7 @@ impl Role {
             Self::Worker => {
                 r#"{
         publish: { allow: [
-          "sluice.status.>", "sluice.heartbeat.>", "sluice.deadletter.run",
+          "sluice.status.>", "sluice.heartbeat.>", "sluice.output.>", "sluice.deadletter.run",
           "$JS.API.STREAM.INFO.RUN", "$JS.API.STREAM.INFO.STATUS", "$JS.API.STREAM.INFO.CONTROL",
           "$JS.API.CONSUMER.INFO.RUN.workers", "$JS.API.CONSUMER.MSG.NEXT.RUN.workers",
           "$JS.ACK.RUN.workers.>",

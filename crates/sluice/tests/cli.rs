@@ -322,6 +322,21 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         workers.lines().nth(1).is_some_and(|l| l.ends_with("live")),
         "{workers}"
     );
+    // Live output through `sluice up`'s NATS users: the worker may publish it.
+    let started = sluice(
+        &[
+            "run",
+            "core.local",
+            "cmd=echo first; sleep 1; echo second",
+            "--json",
+        ],
+        &second,
+    );
+    let started: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
+    let id = started["id"].to_string();
+    let tailed = sluice(&["execution", "tail", &id], &second);
+    assert!(tailed.status.success(), "{}", text(&tailed));
+    assert_eq!(String::from_utf8_lossy(&tailed.stdout), "first\nsecond\n");
     let nothing = sluice(&["execution", "cancel-all"], &second);
     assert!(!nothing.status.success());
     assert!(

@@ -1106,3 +1106,96 @@ async fn a_bulk_cancel_takes_every_unfinished_execution_it_names() {
     }
     assert_eq!(sluice.wait_execution(other).await["status"], "succeeded");
 }
+
+/// Reads Server-Sent Events until `end`: (event, data) in order.
+async fn sse_events(mut response: reqwest::Response, mut each: impl FnMut(&str, &str)) {
+    let mut pending = Vec::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        pending.extend_from_slice(&bytes);
+        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=at).collect();
+            let line = String::from_utf8(line).unwrap();
+            let line = line.trim_end();
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data = v.trim_start().to_owned();
+            } else if line.is_empty() && !event.is_empty() {
+                each(&event, &data);
+                if event == "end" {
+                    return;
+                }
+                event.clear();
+                data.clear();
+            }
+        }
+    }
+    panic!("the stream closed before `end`");
+}
+
+/// A running execution's output arrives in pieces before it ends; afterwards the same
+/// request gives what the result kept.
+#[tokio::test]
+async fn live_output_arrives_in_pieces_before_the_execution_ends() {
+    let pack = test_pack(&[(
+        "actions/chatty.yaml",
+        "name: chatty\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'for i in 1 2 3; do echo tick $i; sleep 0.7; done; echo done >&2'}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let id = sluice.client().submit("t.chatty", json!({})).await;
+    let url = format!("{}/api/v1/executions/{id}/output?follow=true", sluice.api);
+    let response = sluice.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let mut first_seen = None;
+    let mut ended = String::new();
+    sse_events(response, |event, data| {
+        let text: String = serde_json::from_str(data).unwrap_or_default();
+        match event {
+            "stdout" => {
+                if first_seen.is_none() {
+                    first_seen = Some(std::time::Instant::now());
+                }
+                stdout.push_str(&text);
+            }
+            "stderr" => stderr.push_str(&text),
+            "end" => ended = data.to_owned(),
+            other => panic!("unexpected event {other}"),
+        }
+    })
+    .await;
+    let ended_at = std::time::Instant::now();
+    assert_eq!(stdout, "tick 1\ntick 2\ntick 3\n");
+    assert_eq!(stderr, "done\n");
+    assert_eq!(ended, "succeeded");
+    let early = ended_at - first_seen.unwrap();
+    assert!(
+        early >= Duration::from_millis(1000),
+        "the first piece came only {early:?} before the end: not live"
+    );
+
+    // Afterwards: what the result kept, as SSE and as JSON.
+    let response = sluice.http.get(&url).send().await.unwrap();
+    let mut replay = Vec::new();
+    sse_events(response, |event, data| {
+        replay.push((event.to_owned(), data.to_owned()))
+    })
+    .await;
+    assert_eq!(
+        replay[0],
+        (
+            "stdout".to_owned(),
+            json!("tick 1\ntick 2\ntick 3\n").to_string()
+        )
+    );
+    assert_eq!(replay.last().unwrap().1, "succeeded");
+    let (_, kept) = sluice.get(&format!("/api/v1/executions/{id}/output")).await;
+    assert_eq!(kept["stdout"], "tick 1\ntick 2\ntick 3\n", "{kept}");
+    let (code, _) = sluice
+        .get("/api/v1/executions/99999/output?follow=true")
+        .await;
+    assert_eq!(code, 404);
+}
