@@ -335,7 +335,7 @@ pub struct Catalog {
     /// In load order; read through [`Catalog::rules`] so the index stays true.
     pub(crate) rules: Vec<Rule>,
     index: RuleIndex,
-    /// Packs left out because of problems in them ([`crate::load::load_packs_reporting`]).
+    /// Packs left out because of problems in them (`load_packs_reporting`).
     pub broken: Vec<BrokenPack>,
 }
 

@@ -611,40 +611,36 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         Command::Trigger {
             command: Some(command),
             ..
-        } => {
-            let (found, client) = match command {
-                TriggerCommand::List { client } => {
-                    (client.client()?.get("/api/v1/triggers").await?, client)
-                }
-                TriggerCommand::Show { trigger, client } => {
-                    let path = format!("/api/v1/triggers/{}", cli::rule_ref(&trigger)?);
-                    (client.client()?.get(&path).await?, client)
-                }
-            };
-            if client.json || !found.is_array() {
-                writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
-            } else {
-                cli::print_triggers(&found, &mut out)?;
+        } => match command {
+            TriggerCommand::List { client } => {
+                list_or_show(
+                    &client,
+                    "/api/v1/triggers".into(),
+                    &mut out,
+                    cli::print_triggers,
+                )
+                .await
             }
-            Ok(true)
-        }
-        Command::Action { command } => {
-            let (found, client) = match command {
-                ActionCommand::List { client } => {
-                    (client.client()?.get("/api/v1/actions").await?, client)
-                }
-                ActionCommand::Show { action, client } => {
-                    let path = format!("/api/v1/actions/{}", cli::rule_ref(&action)?);
-                    (client.client()?.get(&path).await?, client)
-                }
-            };
-            if client.json || !found.is_array() {
-                writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
-            } else {
-                cli::print_actions(&found, &mut out)?;
+            TriggerCommand::Show { trigger, client } => {
+                let path = format!("/api/v1/triggers/{}", cli::rule_ref(&trigger)?);
+                list_or_show(&client, path, &mut out, cli::print_triggers).await
             }
-            Ok(true)
-        }
+        },
+        Command::Action { command } => match command {
+            ActionCommand::List { client } => {
+                list_or_show(
+                    &client,
+                    "/api/v1/actions".into(),
+                    &mut out,
+                    cli::print_actions,
+                )
+                .await
+            }
+            ActionCommand::Show { action, client } => {
+                let path = format!("/api/v1/actions/{}", cli::rule_ref(&action)?);
+                list_or_show(&client, path, &mut out, cli::print_actions).await
+            }
+        },
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -953,23 +949,15 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             };
             cli::key(&client.client()?, call, client.json, &mut out).await
         }
-        Command::Pack { command } => {
-            let (packs, client) = match command {
-                PackCommand::List { client } => {
-                    (client.client()?.get("/api/v1/packs").await?, client)
-                }
-                PackCommand::Show { name, client } => {
-                    let path = format!("/api/v1/packs/{}", cli::name_segment(&name)?);
-                    (client.client()?.get(&path).await?, client)
-                }
-            };
-            if client.json || !packs.is_array() {
-                writeln!(out, "{}", serde_json::to_string_pretty(&packs)?)?;
-            } else {
-                cli::print_packs(&packs, &mut out)?;
+        Command::Pack { command } => match command {
+            PackCommand::List { client } => {
+                list_or_show(&client, "/api/v1/packs".into(), &mut out, cli::print_packs).await
             }
-            Ok(true)
-        }
+            PackCommand::Show { name, client } => {
+                let path = format!("/api/v1/packs/{}", cli::name_segment(&name)?);
+                list_or_show(&client, path, &mut out, cli::print_packs).await
+            }
+        },
         Command::Event { command } => {
             let (path, client, show) = match command {
                 EventCommand::List {
@@ -1045,6 +1033,22 @@ fn command_to_call(command: TokenCommand) -> anyhow::Result<cli::TokenCall> {
             id,
         },
     })
+}
+
+/// `list` and `show` of one kind: a table for a list, JSON for one item or with `--json`.
+async fn list_or_show<W: Write>(
+    client: &ClientArgs,
+    path: String,
+    out: &mut W,
+    table: impl FnOnce(&serde_json::Value, &mut W) -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
+    let found = client.client()?.get(&path).await?;
+    if client.json || !found.is_array() {
+        writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
+    } else {
+        table(&found, out)?;
+    }
+    Ok(true)
 }
 
 #[tokio::main]
