@@ -470,8 +470,17 @@ impl Bus {
 
     /// Publishes a heartbeat on core NATS (fire and forget: the next one follows shortly).
     pub async fn publish_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), BusError> {
-        let subject = heartbeat_subject(&heartbeat.worker);
-        let payload = sluice_core::encode(heartbeat)?;
+        self.publish_core(heartbeat_subject(&heartbeat.worker), heartbeat)
+            .await
+    }
+
+    /// Publishes `message` on `subject` without waiting for anyone to store it.
+    async fn publish_core(
+        &self,
+        subject: String,
+        message: &impl serde::Serialize,
+    ) -> Result<(), BusError> {
+        let payload = sluice_core::encode(message)?;
         self.client
             .publish(subject.clone(), payload.into())
             .await
@@ -489,16 +498,7 @@ impl Bus {
         id: ExecutionId,
         chunk: &sluice_core::OutputChunk,
     ) -> Result<(), BusError> {
-        let subject = output_subject(id);
-        let payload = sluice_core::encode(chunk)?;
-        self.client
-            .publish(subject.clone(), payload.into())
-            .await
-            .map_err(|e| BusError::Publish {
-                subject,
-                source: e.into(),
-                transient: true,
-            })
+        self.publish_core(output_subject(id), chunk).await
     }
 
     /// An execution's output from its first piece on, then each as the worker running it
