@@ -359,6 +359,8 @@ async fn execution_output(
         let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             tokio::select! {
+                // The client went away: stop following (and drop the consumer).
+                () = events.closed() => return,
                 chunk = pieces.next() => {
                     let Some(chunk) = chunk else { return };
                     if events.send(piece(&chunk.stream, &chunk.text)).await.is_err() {

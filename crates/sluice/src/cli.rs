@@ -804,6 +804,50 @@ async fn follow(
     Ok(execution["status"] == "succeeded")
 }
 
+/// `sluice execution get --watch`: each status as it is reached, with the time since the
+/// execution was requested, then the execution once it ended. Whether it succeeded.
+pub async fn watch(
+    client: &Client,
+    id: i64,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let mut shown = 0;
+    loop {
+        let execution = client.get(&format!("/api/v1/executions/{id}")).await?;
+        let history = execution["history"].as_array().cloned().unwrap_or_default();
+        let at = |entry: &Value| {
+            entry["at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        };
+        let requested = history.first().and_then(at);
+        for entry in history.iter().skip(shown) {
+            let since = at(entry)
+                .zip(requested)
+                .map(|(at, start)| (at - start).as_seconds_f64())
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{:<10} +{since:.3}s",
+                entry["status"].as_str().unwrap_or("")
+            )?;
+            out.flush()?;
+        }
+        shown = shown.max(history.len());
+        if is_terminal(&execution) {
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&execution)?)?;
+            } else {
+                writeln!(out)?;
+                print_execution(&execution, out)?;
+            }
+            return Ok(execution["status"] == "succeeded");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn short_time(value: &Value) -> String {
     value
         .as_str()

@@ -209,6 +209,10 @@ enum ExecutionCommand {
     /// One execution: parameters, status history and result.
     Get {
         id: i64,
+        /// Print each status as it is reached, with the time since it was requested, until
+        /// it ends; exit 0 only if it succeeded.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -763,8 +767,11 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Execution {
-            command: ExecutionCommand::Get { id, client },
+            command: ExecutionCommand::Get { id, watch, client },
         } => {
+            if watch {
+                return cli::watch(&client.client()?, id, client.json, &mut out).await;
+            }
             let execution = client
                 .client()?
                 .get(&format!("/api/v1/executions/{id}"))

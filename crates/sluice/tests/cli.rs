@@ -334,6 +334,26 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     );
     let started: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
     let id = started["id"].to_string();
+    let watched = sluice(&["execution", "get", &id, "--watch"], &second);
+    assert!(watched.status.success(), "{}", text(&watched));
+    let watched = text(&watched);
+    let statuses: Vec<&str> = watched
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "requested",
+            "scheduling",
+            "scheduled",
+            "running",
+            "succeeded"
+        ],
+        "{watched}"
+    );
+    assert!(watched.contains("status:     succeeded"), "{watched}");
     let tailed = sluice(&["execution", "tail", &id], &second);
     assert!(tailed.status.success(), "{}", text(&tailed));
     assert_eq!(String::from_utf8_lossy(&tailed.stdout), "first\nsecond\n");
