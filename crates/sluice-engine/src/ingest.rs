@@ -14,6 +14,7 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use sluice_bus::{Settle, decode_trigger};
 use sluice_core::EventStatus;
+use sluice_pack::Catalog;
 use sluice_store::{EventOutcome, Firing, NewEvent, StoreError};
 use sluice_telemetry::{TRACEPARENT, TraceHeaders, metrics};
 use tracing::{Span, debug, info, info_span, warn};
@@ -42,6 +43,8 @@ struct Received {
 /// all are stored in one transaction (group commit) and acknowledged after the commit.
 pub(crate) async fn handle_triggers(shared: &Shared, settle: &Settle, batch: Vec<Message>) {
     let mut received = Vec::with_capacity(batch.len());
+    // One version of the catalog for the whole batch.
+    let catalog = shared.catalog.current();
     for message in batch {
         let span = info_span!(
             "trigger.received",
@@ -52,14 +55,13 @@ pub(crate) async fn handle_triggers(shared: &Shared, settle: &Settle, batch: Vec
         let Some((message, span)) = commit::receive(shared, settle, message, span).await else {
             continue;
         };
-        received.push(span.in_scope(|| prepare(shared, message, span.clone())));
+        received.push(span.in_scope(|| prepare(shared, &catalog, message, span.clone())));
     }
     group_commit(shared, settle, received).await;
 }
 
 /// Decodes, validates and matches one message: what its event and executions will be.
-fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
-    let catalog = shared.catalog.current();
+fn prepare(shared: &Shared, catalog: &Catalog, message: Message, span: Span) -> Received {
     let stream_seq = message.info().ok().map(|i| i.stream_sequence);
     let header = |name: &str| sluice_bus::header(&message, name);
     let subject = message.subject.to_string();
@@ -109,7 +111,7 @@ fn prepare(shared: &Shared, message: Message, span: Span) -> Received {
                             .map(|values| sluice_core::secrets::secret_texts(secret, values))
                             .unwrap_or_default();
                         planned = rules::plan(
-                            &catalog,
+                            catalog,
                             &shared.keyring,
                             &shared.kv,
                             &event.trigger,
