@@ -390,7 +390,7 @@ async fn start(
 
 /// Brings the running timers in line with `catalog` after a change: a switched rule's timer
 /// pauses or resumes, a deleted rule's timer stops, a new or rescheduled one starts from
-/// the next tick.
+/// the next tick, and one whose policies changed keeps its schedule under the new ones.
 async fn follow(
     shared: &Shared,
     state: &TimerState,
@@ -416,10 +416,14 @@ async fn follow(
         kept
     });
     for r in running.iter_mut() {
-        let enabled = wanted.get(r.rule.as_str()).is_some_and(|(_, e)| *e);
-        if r.switch(enabled, now) {
-            timers.lock().insert(r.rule.clone(), r.view());
-        }
+        let Some((timer, enabled)) = wanted.get(r.rule.as_str()) else {
+            continue;
+        };
+        // Same schedule; its policies (catch-up, overlap, jitter) as the rule now says.
+        r.timer = (*timer).clone();
+        r.set_next(r.next);
+        r.switch(*enabled, now);
+        timers.lock().insert(r.rule.clone(), r.view());
     }
     for (rule, (timer, enabled)) in wanted {
         if running.iter().any(|r| r.rule == rule) {
