@@ -56,6 +56,17 @@ struct Run {
 }
 
 impl Run {
+    /// The workflow is idle and failed, its first error naming `what`.
+    fn ended_failed_on(&self, what: &str) {
+        assert!(self.machine.idle());
+        let (status, result) = self.machine.outcome();
+        assert_eq!(status, ExecutionStatus::Failed);
+        assert!(
+            result["errors"][0].as_str().unwrap().contains(what),
+            "{result}"
+        );
+    }
+
     fn start(yaml: &str, parameters: Value) -> Self {
         let catalog = catalog(yaml);
         let action = catalog.action(&"t.wf".parse().unwrap()).unwrap().clone();
@@ -407,16 +418,7 @@ fn a_loop_that_never_stops_is_failed_at_its_rounds_limit() {
         run.end(id, ExecutionStatus::Succeeded, json!({}));
     }
     assert_eq!(run.count("again"), 5, "it ran exactly its 5 rounds");
-    assert!(run.machine.idle());
-    let (status, result) = run.machine.outcome();
-    assert_eq!(status, ExecutionStatus::Failed);
-    assert!(
-        result["errors"][0]
-            .as_str()
-            .unwrap()
-            .contains("limits.rounds"),
-        "{result}"
-    );
+    run.ended_failed_on("limits.rounds");
 }
 
 #[test]
@@ -427,14 +429,5 @@ fn a_workflow_stops_starting_tasks_at_its_executions_limit() {
     for item in 0..4 {
         run.succeed("each", item);
     }
-    assert!(run.machine.idle());
-    let (status, result) = run.machine.outcome();
-    assert_eq!(status, ExecutionStatus::Failed);
-    assert!(
-        result["errors"][0]
-            .as_str()
-            .unwrap()
-            .contains("limits.executions"),
-        "{result}"
-    );
+    run.ended_failed_on("limits.executions");
 }
