@@ -193,7 +193,13 @@ impl Bus {
             self.jetstream
                 .create_or_update_stream(def.stream.clone())
                 .await
-                .map_err(|e| BusError::setup(&what, e))?;
+                .map_err(|e| {
+                    if storage_refused(&e) {
+                        BusError::setup(storage_hint(&name, def.stream.max_bytes), e)
+                    } else {
+                        BusError::setup(&what, e)
+                    }
+                })?;
             let stream = self
                 .jetstream
                 .get_stream(&name)
@@ -557,4 +563,23 @@ impl Bus {
                 report: sluice_core::decode(&payload),
             }))
     }
+}
+
+/// Whether JetStream refused a stream because it cannot reserve the stream's `max_bytes`.
+fn storage_refused(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+    )
+}
+
+/// What to do when nats-server cannot reserve a stream's storage.
+fn storage_hint(stream: &str, max_bytes: i64) -> String {
+    format!(
+        "stream {stream}: nats-server cannot reserve its max_bytes ({max_bytes} bytes); JetStream \
+         reserves every stream's max_bytes from its max_file_store, by default 75% of the disk \
+         free under its store_dir when it started: free disk space there, or set \
+         `jetstream {{ max_file_store: ... }}` in nats-server's configuration"
+    )
 }

@@ -55,6 +55,22 @@ async fn streams_are_applied_idempotently_and_publishes_deduplicated() {
 }
 
 #[tokio::test]
+async fn a_server_short_of_storage_is_named_with_what_to_change() {
+    // TRIGGERS reserves 1 GiB; a server that may reserve only 100 MB refuses it.
+    let nats = NatsServer::start_with_file_store("100MB");
+    let Err(error) = Bus::connect(&nats.url(), "test").await else {
+        panic!("the streams cannot be reserved");
+    };
+    let error = error.to_string();
+    assert!(error.contains("stream TRIGGERS"), "{error}");
+    assert!(error.contains("max_file_store"), "{error}");
+    assert!(
+        error.contains("insufficient storage"),
+        "the server's own words stay: {error}"
+    );
+}
+
+#[tokio::test]
 async fn the_last_status_of_an_execution_can_be_read_back() {
     let nats = NatsServer::start();
     let bus = Bus::connect(&nats.url(), "test").await.unwrap();

@@ -15,6 +15,11 @@ use anyhow::{Context, bail};
 pub use net::{free_port, wait_for_port};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
+/// The JetStream file storage a test server may reserve for its streams.
+const TEST_FILE_STORE: &str = "64GB";
+/// The JetStream memory storage a test server may reserve.
+const TEST_MEMORY_STORE: &str = "1GB";
+
 /// A `nats-server` with JetStream, owned by the test.
 pub struct NatsServer {
     child: Option<Child>,
@@ -22,21 +27,29 @@ pub struct NatsServer {
     store_dir: tempfile::TempDir,
     /// Configuration text added to the server's (authorization, TLS, ...).
     config: Option<String>,
+    /// The JetStream file storage its streams may reserve (nats-server's size syntax).
+    file_store: &'static str,
 }
 
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(None, TEST_FILE_STORE)
+    }
+
+    /// Starts a server whose JetStream may reserve only `limit` of file storage
+    /// (`"100MB"`), as a server on a nearly full disk would.
+    pub fn start_with_file_store(limit: &'static str) -> Self {
+        Self::launch(None, limit)
     }
 
     /// Starts a server whose configuration file also holds `config` (nats-server's syntax:
     /// `authorization { ... }`, `tls { ... }`).
     pub fn start_with_config(config: &str) -> Self {
-        Self::launch(Some(config.to_owned()))
+        Self::launch(Some(config.to_owned()), TEST_FILE_STORE)
     }
 
-    fn launch(config: Option<String>) -> Self {
+    fn launch(config: Option<String>, file_store: &'static str) -> Self {
         let store_dir = tempfile::Builder::new()
             .prefix("sluice-nats-")
             .tempdir()
@@ -46,6 +59,7 @@ impl NatsServer {
             port: free_port(),
             store_dir,
             config,
+            file_store,
         };
         server
             .spawn()
@@ -54,34 +68,22 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        // JetStream reserves each stream's `max_bytes` from its storage budget, which is 75%
+        // of the free disk unless configured. A fixed budget keeps the tests independent of
+        // how full the machine's disk is; they write megabytes, never the gigabytes reserved.
+        let file = self.store_dir.path().join("server.conf");
+        let store = serde_json::to_string(&self.store_dir.path().join("js").display().to_string())?;
+        std::fs::write(
+            &file,
+            format!(
+                "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: {store}, max_file_store: {}, max_memory_store: {TEST_MEMORY_STORE} }}\n{}\n",
+                self.port,
+                self.file_store,
+                self.config.as_deref().unwrap_or_default()
+            ),
+        )?;
         let mut command = Command::new("nats-server");
-        match &self.config {
-            None => {
-                command
-                    .args([
-                        "-js",
-                        "-a",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-sd",
-                    ])
-                    .arg(self.store_dir.path());
-            }
-            Some(extra) => {
-                let file = self.store_dir.path().join("server.conf");
-                let store =
-                    serde_json::to_string(&self.store_dir.path().join("js").display().to_string())?;
-                std::fs::write(
-                    &file,
-                    format!(
-                        "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: {store} }}\n{extra}\n",
-                        self.port
-                    ),
-                )?;
-                command.arg("-c").arg(file);
-            }
-        }
+        command.arg("-c").arg(file);
         let log = std::fs::File::create(self.store_dir.path().join("server.log"))?;
         let child = command
             .stdout(Stdio::null())
