@@ -150,6 +150,18 @@ impl Deployment {
         Ok(response.json().await?)
     }
 
+    /// The engine's counters, as `GET /metrics` serves them.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.api);
+        let response = self.http.get(&url).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        Ok(response.text().await?)
+    }
+
     async fn newest_execution(&self) -> anyhow::Result<i64> {
         let newest: Vec<Run> = self.get("/api/v1/executions?limit=1").await?;
         Ok(newest.first().map_or(0, |run| run.id))

@@ -19,6 +19,7 @@
 #![allow(clippy::print_stdout)]
 
 mod baseline;
+mod cost;
 mod deployment;
 mod gate;
 mod queue_memory;

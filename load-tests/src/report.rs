@@ -57,6 +57,11 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
     pub commit: String,
+    /// What each execution cost in store and JetStream work; its totals are flat keys.
+    #[serde(skip)]
+    pub cost: Option<crate::cost::Cost>,
+    #[serde(flatten)]
+    cost_totals: BTreeMap<String, f64>,
     /// What only this scenario measures, as further flat keys.
     #[serde(flatten)]
     pub figures: BTreeMap<String, f64>,
@@ -85,8 +90,20 @@ impl Summary {
             throughput_ratio: ratio(executions_per_s, baseline.msgs_per_s),
             rss_mb: None,
             commit: commit(),
+            cost: None,
+            cost_totals: BTreeMap::new(),
             figures: BTreeMap::new(),
         }
+    }
+
+    /// Adds what each execution cost; its totals become flat keys too.
+    pub fn cost(&mut self, cost: crate::cost::Cost) {
+        self.cost_totals = cost
+            .figures()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        self.cost = Some(cost);
     }
 
     /// Adds a figure only this scenario measures.
@@ -122,6 +139,9 @@ impl Summary {
         );
         for (key, value) in &self.figures {
             println!("  {key:<26} {value:>9.2}");
+        }
+        if let Some(cost) = &self.cost {
+            cost.print();
         }
         if let Some(path) = json {
             write_json(path, self)?;

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::baseline::{self, Baseline};
+use crate::cost::{Cost, Reading};
 use crate::deployment::{Deployment, Run, Target};
 use crate::report::{self, Percentiles, Summary};
 
@@ -97,16 +98,26 @@ async fn publish(
     Ok(published)
 }
 
-/// Publishes, waits for every execution to end, and reads them back.
+/// What one run of a scenario's triggers gave.
+struct Outcome {
+    /// When each tick was published.
+    published: Vec<DateTime<Utc>>,
+    runs: Vec<Run>,
+    cost: Cost,
+}
+
+/// Publishes, waits for every execution to end, and reads them back with what they cost.
 async fn run(
     deployment: &Deployment,
     action: &str,
     count: u64,
     rate: Option<u64>,
-) -> anyhow::Result<(Vec<DateTime<Utc>>, Vec<Run>)> {
+) -> anyhow::Result<Outcome> {
+    let before = Reading::take(deployment).await?;
     let published = publish(deployment, action, count, rate).await?;
     let timeout = Duration::from_secs(120 + count / 100);
     deployment.wait_settled(count, timeout).await?;
+    let cost = Cost::between(&before, &Reading::take(deployment).await?, count);
     let runs = deployment.runs(&format!("load.{action}")).await?;
     anyhow::ensure!(
         runs.len() as u64 == count,
@@ -118,7 +129,11 @@ async fn run(
         failed == 0,
         "{failed} executions of load.{action} did not succeed"
     );
-    Ok((published, runs))
+    Ok(Outcome {
+        published,
+        runs,
+        cost,
+    })
 }
 
 /// Trigger → completion for each tick, and executions per second from the first publish
@@ -152,9 +167,9 @@ pub(crate) fn measure(
 pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
     let baseline = baseline(&deployment, &options).await?;
-    let (published, runs) = run(&deployment, "noop", executions, None).await?;
-    let (latency, per_s) = measure(&published, &runs)?;
-    let summary = Summary::new(
+    let outcome = run(&deployment, "noop", executions, None).await?;
+    let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
+    let mut summary = Summary::new(
         "throughput",
         &deployment.store,
         executions,
@@ -162,6 +177,7 @@ pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()>
         latency,
         &baseline,
     );
+    summary.cost(outcome.cost);
     deployment.stop().await;
     summary.emit(options.json.as_deref())
 }
@@ -177,13 +193,13 @@ pub async fn latency(
     let deployment = Deployment::start(&options.target).await?;
     let baseline = baseline(&deployment, &options).await?;
     let executions = rate * duration;
-    let (published, runs) = run(&deployment, action, executions, Some(rate)).await?;
-    let (latency, per_s) = measure(&published, &runs)?;
+    let outcome = run(&deployment, action, executions, Some(rate)).await?;
+    let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
     let scenario = match action {
         "noop" => "latency",
         other => other,
     };
-    let summary = Summary::new(
+    let mut summary = Summary::new(
         &format!("{scenario} ({rate}/s for {duration}s)"),
         &deployment.store,
         executions,
@@ -191,6 +207,7 @@ pub async fn latency(
         latency,
         &baseline,
     );
+    summary.cost(outcome.cost);
     deployment.stop().await;
     summary.emit(options.json.as_deref())
 }
@@ -201,7 +218,11 @@ pub async fn latency(
 pub async fn fifo(executions: u64, options: Options) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
     let baseline = baseline(&deployment, &options).await?;
-    let (published, mut runs) = run(&deployment, "serial", executions, None).await?;
+    let Outcome {
+        published,
+        mut runs,
+        cost,
+    } = run(&deployment, "serial", executions, None).await?;
     let (latency, per_s) = measure(&published, &runs)?;
     runs.sort_by_key(|run| (run.started_at, run.id));
     let order = runs
@@ -224,6 +245,7 @@ pub async fn fifo(executions: u64, options: Options) -> anyhow::Result<()> {
         latency,
         &baseline,
     );
+    summary.cost(cost);
     summary.figure("admitted_out_of_order", out_of_order as f64);
     summary.figure("ran_overlapping", overlapping as f64);
     deployment.stop().await;
@@ -253,20 +275,22 @@ pub async fn scale(
         options.target.workers = workers;
         let deployment = Deployment::start(&options.target).await?;
         let baseline = baseline(&deployment, &options).await?;
-        let (published, runs) = run(&deployment, "sleep", executions, None).await?;
-        let (latency, per_s) = measure(&published, &runs)?;
+        let outcome = run(&deployment, "sleep", executions, None).await?;
+        let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
         let store = deployment.store.clone();
         deployment.stop().await;
         println!("  {workers} worker(s): {per_s:.0} executions/s");
         figures.push((workers, per_s));
-        last = Some(Summary::new(
+        let mut summary = Summary::new(
             "scale (20 ms action)",
             &store,
             executions,
             per_s,
             latency,
             &baseline,
-        ));
+        );
+        summary.cost(outcome.cost);
+        last = Some(summary);
     }
     let mut summary = last.ok_or_else(|| anyhow::anyhow!("no worker counts given"))?;
     let (one, one_per_s) = figures[0];

@@ -1,0 +1,259 @@
+//! What one execution costs, counted rather than timed: store transactions and rows written
+//! (the engine's own counters, read from its `/metrics`), and JetStream messages stored in
+//! each stream and delivered to each durable consumer (read from the server). Two readings,
+//! one just before a scenario publishes and one once every execution has ended; their
+//! difference divided by the executions is the budget each one spent.
+//!
+//! Core NATS messages (heartbeats, live output pieces) are not JetStream messages and are
+//! not counted; nor are the baseline's streams.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::deployment::Deployment;
+
+/// Streams the baseline creates on the same server; not Sluice's.
+const BASELINE_PREFIX: &str = "BENCH_";
+
+/// Running totals at one moment, by what they count.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// Store transactions by operation (`sluice_store_write_seconds_count`).
+    transactions: BTreeMap<String, f64>,
+    /// Rows written by table (`sluice_store_writes_total`).
+    rows: BTreeMap<String, f64>,
+    /// Messages ever stored, by stream (its last sequence).
+    stored: BTreeMap<String, u64>,
+    /// Messages ever delivered, by `stream/durable` (the consumer sequence).
+    delivered: BTreeMap<String, u64>,
+}
+
+impl Reading {
+    pub async fn take(deployment: &Deployment) -> anyhow::Result<Self> {
+        let mut reading = Self::default();
+        let text = deployment.metrics_text().await?;
+        for (name, labels, value) in samples(&text) {
+            match name {
+                "sluice_store_write_seconds_count" => {
+                    *reading
+                        .transactions
+                        .entry(label(labels, "op").to_owned())
+                        .or_default() += value;
+                }
+                "sluice_store_writes_total" => {
+                    *reading
+                        .rows
+                        .entry(label(labels, "table").to_owned())
+                        .or_default() += value;
+                }
+                _ => {}
+            }
+        }
+        let client =
+            sluice_bus::connect_client(&deployment.nats_url, "sluice-load", &Default::default())
+                .await?;
+        let js = async_nats::jetstream::new(client);
+        let mut streams = js.streams();
+        while let Some(info) = streams.next().await {
+            let info = info.map_err(|e| anyhow::anyhow!("listing JetStream streams: {e}"))?;
+            let name = info.config.name.clone();
+            if name.starts_with(BASELINE_PREFIX) {
+                continue;
+            }
+            reading
+                .stored
+                .insert(name.clone(), info.state.last_sequence);
+            let stream = js
+                .get_stream(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+            let mut consumers = stream.consumers();
+            while let Some(consumer) = consumers.next().await {
+                let consumer =
+                    consumer.map_err(|e| anyhow::anyhow!("listing consumers of {name}: {e}"))?;
+                if let Some(durable) = &consumer.config.durable_name {
+                    reading.delivered.insert(
+                        format!("{name}/{durable}"),
+                        consumer.delivered.consumer_sequence,
+                    );
+                }
+            }
+        }
+        Ok(reading)
+    }
+}
+
+/// `(name, labels, value)` of each sample in Prometheus / OpenMetrics text.
+fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name, labels, value))
+        })
+}
+
+/// The value of label `key` in `a="x",b="y"`, or `""`.
+fn label<'a>(labels: &'a str, key: &str) -> &'a str {
+    labels
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map_or("", |(_, v)| v.trim_matches('"'))
+}
+
+/// One part of the budget: its total per execution and what it is made of.
+#[derive(Debug, Default, Serialize)]
+pub struct Part {
+    pub total: f64,
+    pub by: BTreeMap<String, f64>,
+}
+
+impl Part {
+    fn between<T: Copy + Into<f64>>(
+        before: &BTreeMap<String, T>,
+        after: &BTreeMap<String, T>,
+        executions: f64,
+    ) -> Self {
+        let mut part = Self::default();
+        for (key, &value) in after {
+            let was = before.get(key).map_or(0.0, |&v| v.into());
+            let spent = (value.into() - was) / executions;
+            if spent > 0.0 {
+                part.total += spent;
+                part.by.insert(key.clone(), spent);
+            }
+        }
+        part
+    }
+
+    fn line(&self) -> String {
+        let by = self
+            .by
+            .iter()
+            .map(|(key, value)| format!("{key} {value:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("{:>7.3}   ({by})", self.total)
+    }
+}
+
+/// What each execution cost between two readings.
+#[derive(Debug, Serialize)]
+pub struct Cost {
+    pub store_transactions: Part,
+    pub store_rows: Part,
+    pub jetstream_stored: Part,
+    pub jetstream_delivered: Part,
+}
+
+impl Cost {
+    pub fn between(before: &Reading, after: &Reading, executions: u64) -> Self {
+        let n = executions.max(1) as f64;
+        let counts = |m: &BTreeMap<String, u64>| -> BTreeMap<String, f64> {
+            m.iter().map(|(k, &v)| (k.clone(), v as f64)).collect()
+        };
+        Self {
+            store_transactions: Part::between(&before.transactions, &after.transactions, n),
+            store_rows: Part::between(&before.rows, &after.rows, n),
+            jetstream_stored: Part::between(&counts(&before.stored), &counts(&after.stored), n),
+            jetstream_delivered: Part::between(
+                &counts(&before.delivered),
+                &counts(&after.delivered),
+                n,
+            ),
+        }
+    }
+
+    /// The four totals, as flat keys for the JSON summary.
+    pub fn figures(&self) -> [(&'static str, f64); 4] {
+        [
+            (
+                "store_transactions_per_execution",
+                self.store_transactions.total,
+            ),
+            ("store_rows_per_execution", self.store_rows.total),
+            (
+                "jetstream_messages_stored_per_execution",
+                self.jetstream_stored.total,
+            ),
+            (
+                "jetstream_deliveries_per_execution",
+                self.jetstream_delivered.total,
+            ),
+        ]
+    }
+
+    pub fn print(&self) {
+        println!("  cost per execution");
+        println!(
+            "    store transactions      {}",
+            self.store_transactions.line()
+        );
+        println!("    store rows written      {}", self.store_rows.line());
+        println!(
+            "    JetStream msgs stored   {}",
+            self.jetstream_stored.line()
+        );
+        println!(
+            "    JetStream deliveries    {}",
+            self.jetstream_delivered.line()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_and_labels_are_read_from_openmetrics_text() {
+        let text = "# HELP sluice_store_writes Rows written.\n\
+                    # TYPE sluice_store_writes counter\n\
+                    sluice_store_writes_total{table=\"executions\",kind=\"insert\"} 12\n\
+                    sluice_store_write_seconds_count{op=\"transition\"} 3\n\
+                    sluice_up 1\n\
+                    # EOF\n";
+        let read: Vec<_> = samples(text).collect();
+        assert_eq!(
+            read,
+            [
+                (
+                    "sluice_store_writes_total",
+                    "table=\"executions\",kind=\"insert\"",
+                    12.0
+                ),
+                ("sluice_store_write_seconds_count", "op=\"transition\"", 3.0),
+                ("sluice_up", "", 1.0),
+            ]
+        );
+        assert_eq!(label(read[0].1, "kind"), "insert");
+        assert_eq!(label(read[0].1, "table"), "executions");
+        assert_eq!(label(read[0].1, "missing"), "");
+    }
+
+    #[test]
+    fn the_cost_is_the_difference_per_execution() {
+        let mut before = Reading::default();
+        before.transactions.insert("transition".into(), 10.0);
+        before.stored.insert("RUN".into(), 100);
+        let mut after = Reading::default();
+        after.transactions.insert("transition".into(), 30.0);
+        after.transactions.insert("record_event".into(), 5.0);
+        after.stored.insert("RUN".into(), 110);
+        after.stored.insert("TRIGGERS".into(), 10);
+        let cost = Cost::between(&before, &after, 10);
+        assert_eq!(cost.store_transactions.total, 2.5);
+        assert_eq!(cost.store_transactions.by["transition"], 2.0);
+        assert_eq!(cost.jetstream_stored.total, 2.0);
+        assert_eq!(cost.jetstream_stored.by["TRIGGERS"], 1.0);
+        assert_eq!(cost.store_rows.total, 0.0);
+    }
+}
