@@ -139,7 +139,8 @@ impl Deployment {
         &self.http
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    /// `GET path` on the API, failing on any status but a success.
+    async fn fetch(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.api);
         let response = self.http.get(&url).send().await?;
         anyhow::ensure!(
@@ -147,19 +148,16 @@ impl Deployment {
             "GET {url}: {}",
             response.status()
         );
-        Ok(response.json().await?)
+        Ok(response)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Ok(self.fetch(path).await?.json().await?)
     }
 
     /// The engine's counters, as `GET /metrics` serves them.
     pub async fn metrics_text(&self) -> anyhow::Result<String> {
-        let url = format!("{}/metrics", self.api);
-        let response = self.http.get(&url).send().await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "GET {url}: {}",
-            response.status()
-        );
-        Ok(response.text().await?)
+        Ok(self.fetch("/metrics").await?.text().await?)
     }
 
     async fn newest_execution(&self) -> anyhow::Result<i64> {
