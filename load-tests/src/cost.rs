@@ -25,9 +25,9 @@ pub struct Reading {
     /// Rows written by table (`sluice_store_writes_total`).
     rows: BTreeMap<String, f64>,
     /// Messages ever stored, by stream (its last sequence).
-    stored: BTreeMap<String, u64>,
+    stored: BTreeMap<String, f64>,
     /// Messages ever delivered, by `stream/durable` (the consumer sequence).
-    delivered: BTreeMap<String, u64>,
+    delivered: BTreeMap<String, f64>,
 }
 
 impl Reading {
@@ -64,7 +64,7 @@ impl Reading {
             }
             reading
                 .stored
-                .insert(name.clone(), info.state.last_sequence);
+                .insert(name.clone(), info.state.last_sequence as f64);
             let stream = js
                 .get_stream(&name)
                 .await
@@ -76,7 +76,7 @@ impl Reading {
                 if let Some(durable) = &consumer.config.durable_name {
                     reading.delivered.insert(
                         format!("{name}/{durable}"),
-                        consumer.delivered.consumer_sequence,
+                        consumer.delivered.consumer_sequence as f64,
                     );
                 }
             }
@@ -117,15 +117,15 @@ pub struct Part {
 }
 
 impl Part {
-    fn between<T: Copy + Into<f64>>(
-        before: &BTreeMap<String, T>,
-        after: &BTreeMap<String, T>,
+    fn between(
+        before: &BTreeMap<String, f64>,
+        after: &BTreeMap<String, f64>,
         executions: f64,
     ) -> Self {
         let mut part = Self::default();
         for (key, &value) in after {
-            let was = before.get(key).map_or(0.0, |&v| v.into());
-            let spent = (value.into() - was) / executions;
+            let was = before.get(key).copied().unwrap_or_default();
+            let spent = (value - was) / executions;
             if spent > 0.0 {
                 part.total += spent;
                 part.by.insert(key.clone(), spent);
@@ -157,18 +157,11 @@ pub struct Cost {
 impl Cost {
     pub fn between(before: &Reading, after: &Reading, executions: u64) -> Self {
         let n = executions.max(1) as f64;
-        let counts = |m: &BTreeMap<String, u64>| -> BTreeMap<String, f64> {
-            m.iter().map(|(k, &v)| (k.clone(), v as f64)).collect()
-        };
         Self {
             store_transactions: Part::between(&before.transactions, &after.transactions, n),
             store_rows: Part::between(&before.rows, &after.rows, n),
-            jetstream_stored: Part::between(&counts(&before.stored), &counts(&after.stored), n),
-            jetstream_delivered: Part::between(
-                &counts(&before.delivered),
-                &counts(&after.delivered),
-                n,
-            ),
+            jetstream_stored: Part::between(&before.stored, &after.stored, n),
+            jetstream_delivered: Part::between(&before.delivered, &after.delivered, n),
         }
     }
 
@@ -243,12 +236,12 @@ mod tests {
     fn the_cost_is_the_difference_per_execution() {
         let mut before = Reading::default();
         before.transactions.insert("transition".into(), 10.0);
-        before.stored.insert("RUN".into(), 100);
+        before.stored.insert("RUN".into(), 100.0);
         let mut after = Reading::default();
         after.transactions.insert("transition".into(), 30.0);
         after.transactions.insert("record_event".into(), 5.0);
-        after.stored.insert("RUN".into(), 110);
-        after.stored.insert("TRIGGERS".into(), 10);
+        after.stored.insert("RUN".into(), 110.0);
+        after.stored.insert("TRIGGERS".into(), 10.0);
         let cost = Cost::between(&before, &after, 10);
         assert_eq!(cost.store_transactions.total, 2.5);
         assert_eq!(cost.store_transactions.by["transition"], 2.0);
