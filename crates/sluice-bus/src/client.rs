@@ -121,6 +121,9 @@ pub struct Bus {
     jetstream: jetstream::Context,
     /// The engine's key: run messages are published only signed with it.
     signer: Option<Arc<RunSigner>>,
+    /// How many copies of each stream and bucket a clustered server keeps, when set up
+    /// through this bus (`streams/` says 1).
+    stream_replicas: usize,
 }
 
 impl std::fmt::Debug for Bus {
@@ -168,7 +171,20 @@ impl Bus {
             client,
             jetstream,
             signer: None,
+            stream_replicas: 1,
         }
+    }
+
+    /// Streams and buckets this bus sets up keep `replicas` copies, on as many servers of a
+    /// NATS cluster (at most 5; a single server takes only 1).
+    pub fn with_stream_replicas(mut self, replicas: usize) -> Self {
+        self.stream_replicas = replicas.max(1);
+        self
+    }
+
+    /// The copies a stream set up through this bus keeps.
+    pub fn stream_replicas(&self) -> usize {
+        self.stream_replicas
     }
 
     /// This bus signs the run messages it publishes with `signer` (the engine's).
@@ -187,7 +203,8 @@ impl Bus {
 
     /// Creates or updates every stream and durable consumer from `streams/`.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
-        for def in definitions() {
+        for mut def in definitions() {
+            def.stream.num_replicas = self.stream_replicas;
             let name = def.stream.name.clone();
             let what = format!("stream {name}");
             self.jetstream

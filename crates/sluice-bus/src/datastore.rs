@@ -78,6 +78,7 @@ pub(crate) async fn create_bucket(
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
+        num_replicas: bus.stream_replicas(),
         ..Default::default()
     })
     .await

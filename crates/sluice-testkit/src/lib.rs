@@ -131,6 +131,35 @@ impl Drop for NatsServer {
     }
 }
 
+/// Three `nats-server`s joined in one JetStream cluster, each on its own ports and store.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three servers routed to each other; JetStream elects its leader shortly
+    /// after, so the first stream set up on it may have to wait for that.
+    pub fn start() -> Self {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = (0..3)
+            .map(|i| {
+                let others = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                NatsServer::start_with_config(&format!(
+                    "server_name: n{i}\ncluster {{\n  name: sluice-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{others}]\n}}\n",
+                    routes[i]
+                ))
+            })
+            .collect();
+        Self { nodes }
+    }
+}
+
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn running_as_root() -> bool {

@@ -59,6 +59,8 @@ pub struct Config {
     pub secrets_key: Option<PathBuf>,
     /// Bytes of an action's stdout and of its stderr a result keeps.
     pub output_cap: usize,
+    /// Copies of each stream and bucket the engine sets up keep, for a NATS cluster.
+    pub stream_replicas: usize,
 }
 
 impl Config {

@@ -546,6 +546,11 @@ struct ServerArgs {
     #[arg(long, env = "SLUICE_OUTPUT_CAP", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=384))]
     output_cap: u32,
+    /// Copies of each stream and key-value bucket the engine sets up keep: 3 (or 5) on a
+    /// NATS cluster, so losing a server loses nothing; 1 on a single server.
+    #[arg(long, env = "SLUICE_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    stream_replicas: u8,
 }
 
 impl ServerArgs {
@@ -578,6 +583,7 @@ impl ServerArgs {
             run_verify_keys: self.run_verify_key,
             secrets_key: self.secrets_key,
             output_cap: self.output_cap as usize * 1024,
+            stream_replicas: usize::from(self.stream_replicas),
         }
     }
 }

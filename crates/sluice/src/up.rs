@@ -48,9 +48,14 @@ fn actions_dirs(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
 
 /// The engine's connection: it sets the streams up.
 async fn connect(config: &Config, url: &str, name: &str) -> anyhow::Result<Bus> {
-    Bus::connect_with(url, name, &config.nats_options)
+    let bus = Bus::attach(url, name, &config.nats_options)
         .await
-        .with_context(|| format!("failed to set up NATS at {}", redact_url(url)))
+        .with_context(|| format!("failed to connect to NATS at {}", redact_url(url)))?
+        .with_stream_replicas(config.stream_replicas);
+    bus.ensure_streams()
+        .await
+        .with_context(|| format!("failed to set up NATS at {}", redact_url(url)))?;
+    Ok(bus)
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {

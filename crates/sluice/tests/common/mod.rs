@@ -67,6 +67,7 @@ impl Sluice {
             run_verify_keys: Vec::new(),
             secrets_key: None,
             output_cap: sluice_worker::runner::OUTPUT_CAP,
+            stream_replicas: 1,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
