@@ -1,27 +1,15 @@
 //! The bus against a real three-server NATS cluster: streams and buckets kept in three
 //! copies, and what is published survives the loss of a server.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::run_message;
 use sluice_bus::datastore::Datastore;
 use sluice_bus::{Bus, Published, RunSigner, definitions, names};
-use sluice_core::{ExecutionId, RunMessage, RunnerType};
 use sluice_testkit::{NatsCluster, eventually};
-
-fn run_message(id: i64) -> RunMessage {
-    RunMessage {
-        execution_id: ExecutionId(id),
-        attempt: 1,
-        action: "core.noop".parse().unwrap(),
-        runner: RunnerType::Noop,
-        entry_point: None,
-        parameters: Default::default(),
-        secret_parameters: vec![],
-        timeout_secs: None,
-        limits: Default::default(),
-    }
-}
 
 #[tokio::test]
 async fn streams_kept_in_three_copies_lose_nothing_when_a_server_dies() {
@@ -69,7 +57,7 @@ async fn streams_kept_in_three_copies_lose_nothing_when_a_server_dies() {
     }
 
     assert!(matches!(
-        bus.publish_run(&run_message(1)).await.unwrap(),
+        bus.publish_run(&run_message(1, 1)).await.unwrap(),
         Published::Stored { .. }
     ));
     // The test talks to the first server; the third dies, leader of RUN or not.
@@ -81,7 +69,7 @@ async fn streams_kept_in_three_copies_lose_nothing_when_a_server_dies() {
             let bus = bus.clone();
             async move {
                 matches!(
-                    bus.publish_run(&run_message(2)).await.ok()?,
+                    bus.publish_run(&run_message(2, 1)).await.ok()?,
                     Published::Stored { .. }
                 )
                 .then_some(())

@@ -1,23 +1,12 @@
 //! The bus against a real nats-server.
 
-use chrono::Utc;
-use sluice_bus::{Bus, Published};
-use sluice_core::{ExecutionId, ExecutionStatus, RunMessage, RunnerType, StatusReport};
-use sluice_testkit::NatsServer;
+mod common;
 
-fn run_message(id: i64, attempt: u32) -> RunMessage {
-    RunMessage {
-        execution_id: ExecutionId(id),
-        attempt,
-        action: "core.noop".parse().unwrap(),
-        runner: RunnerType::Noop,
-        entry_point: None,
-        parameters: Default::default(),
-        secret_parameters: vec![],
-        timeout_secs: None,
-        limits: Default::default(),
-    }
-}
+use chrono::Utc;
+use common::run_message;
+use sluice_bus::{Bus, Published};
+use sluice_core::{ExecutionId, ExecutionStatus, StatusReport};
+use sluice_testkit::NatsServer;
 
 #[tokio::test]
 async fn streams_are_applied_idempotently_and_publishes_deduplicated() {
