@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::deployment::Deployment;
 
@@ -110,7 +110,7 @@ fn label<'a>(labels: &'a str, key: &str) -> &'a str {
 }
 
 /// One part of the budget: its total per execution and what it is made of.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Part {
     pub total: f64,
     pub by: BTreeMap<String, f64>,
@@ -145,8 +145,8 @@ impl Part {
     }
 }
 
-/// What each execution cost between two readings.
-#[derive(Debug, Serialize)]
+/// What each execution cost between two readings; as JSON, its four totals as flat keys.
+#[derive(Debug)]
 pub struct Cost {
     pub store_transactions: Part,
     pub store_rows: Part,
@@ -165,7 +165,7 @@ impl Cost {
         }
     }
 
-    /// The four totals, as flat keys for the JSON summary.
+    /// The four totals, under their JSON keys.
     pub fn figures(&self) -> [(&'static str, f64); 4] {
         [
             (
@@ -199,6 +199,17 @@ impl Cost {
             "    JetStream deliveries    {}",
             self.jetstream_delivered.line()
         );
+    }
+}
+
+impl Serialize for Cost {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let figures = self.figures();
+        let mut map = serializer.serialize_map(Some(figures.len()))?;
+        for (key, value) in figures {
+            map.serialize_entry(key, &value)?;
+        }
+        map.end()
     }
 }
 

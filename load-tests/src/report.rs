@@ -58,10 +58,8 @@ pub struct Summary {
     pub rss_mb: Option<f64>,
     pub commit: String,
     /// What each execution cost in store and JetStream work; its totals are flat keys.
-    #[serde(skip)]
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub cost: Option<crate::cost::Cost>,
-    #[serde(flatten)]
-    cost_totals: BTreeMap<String, f64>,
     /// What only this scenario measures, as further flat keys.
     #[serde(flatten)]
     pub figures: BTreeMap<String, f64>,
@@ -91,18 +89,12 @@ impl Summary {
             rss_mb: None,
             commit: commit(),
             cost: None,
-            cost_totals: BTreeMap::new(),
             figures: BTreeMap::new(),
         }
     }
 
-    /// Adds what each execution cost; its totals become flat keys too.
+    /// Adds what each execution cost.
     pub fn cost(&mut self, cost: crate::cost::Cost) {
-        self.cost_totals = cost
-            .figures()
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value))
-            .collect();
         self.cost = Some(cost);
     }
 
