@@ -253,6 +253,7 @@ impl Local {
             Engine::start(EngineConfig {
                 name: "engine".into(),
                 catalog,
+                packs: Default::default(),
                 store: store.clone(),
                 bus: Bus::connect(&nats.url(), "load-engine").await?,
                 run_signer,
@@ -354,6 +355,7 @@ pub async fn worker_process(
             .iter()
             .map(|(pack, loaded)| (pack.clone(), loaded.dir.join("actions")))
             .collect(),
+        pack_cache: std::env::temp_dir().join(format!("sluice-load-packs-{}", std::process::id())),
         capacity,
         heartbeat_interval: Duration::from_secs(1),
         run_verifier: sluice_bus::RunVerifier::load(&[run_verify_key])?,

@@ -61,6 +61,7 @@ pub async fn run(executions: u64, json: Option<&std::path::Path>) -> anyhow::Res
     let engine = Engine::start(EngineConfig {
         name: "engine".into(),
         catalog,
+        packs: Default::default(),
         store,
         bus,
         run_signer: std::sync::Arc::new(sluice_bus::RunSigner::generate()?),

@@ -1,18 +1,31 @@
 //! What is loaded: `/api/v1/packs` (with the packs left out and why), `/api/v1/actions/{ref}`
-//! and `/api/v1/triggers`. All read scope.
+//! and `/api/v1/triggers`, all read scope; and installing, reloading and removing packs
+//! (admin scope).
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{StatusCode, header};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_engine::PackSource;
 use sluice_pack::{Catalog, Pack, Trigger};
 
-use crate::error::{ApiError, AppState};
+use crate::error::{ApiError, AppState, Body};
+
+/// The largest `.tar.gz` a pack can be uploaded as.
+const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 
 pub(crate) fn routes() -> Router<AppState> {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     Router::new()
-        .route("/api/v1/packs", get(list_packs))
-        .route("/api/v1/packs/{pack}", get(show_pack))
+        .route(
+            "/api/v1/packs",
+            get(list_packs)
+                .post(install_pack)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/api/v1/packs/{pack}", get(show_pack).delete(remove_pack))
+        .route("/api/v1/packs/{pack}/reload", post(reload_pack))
         .route("/api/v1/actions/{action}", get(show_action))
         .route("/api/v1/triggers", get(list_triggers))
         .route("/api/v1/triggers/{trigger}", get(show_trigger))
@@ -39,6 +52,7 @@ fn pack_view(catalog: &Catalog, pack: &Pack) -> Value {
         "version": pack.version,
         "description": pack.description,
         "dir": pack.dir.display().to_string(),
+        "digest": pack.digest,
         "loaded": true,
         "actions": actions,
         "triggers": triggers,
@@ -138,4 +152,82 @@ async fn show_trigger(
         .get(&trigger)
         .ok_or_else(|| ApiError::NotFound(format!("unknown trigger {trigger:?}")))?;
     Ok(Json(trigger_view(&catalog, found)))
+}
+
+/// Where a pack is installed from, as JSON.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallFrom {
+    /// A directory on the engine's host.
+    path: Option<std::path::PathBuf>,
+    /// A git repository URL.
+    git: Option<String>,
+    /// With `git`: the branch or tag.
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+}
+
+/// `POST /api/v1/packs`: a `.tar.gz` body (`Content-Type: application/gzip`), or JSON naming
+/// a directory (`{"path"}`) or a git repository (`{"git", "ref"}`). `201` with the pack.
+async fn install_pack(
+    State(engine): State<AppState>,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let source = if [
+        "application/gzip",
+        "application/x-gzip",
+        "application/octet-stream",
+    ]
+    .iter()
+    .any(|t| content_type.starts_with(t))
+    {
+        let bytes = axum::body::Bytes::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        PackSource::Archive(bytes.to_vec())
+    } else {
+        let Body(from) = Body::<InstallFrom>::from_request(request, &()).await?;
+        match (from.path, from.git) {
+            (Some(path), None) if from.reference.is_none() => PackSource::Dir(path),
+            (None, Some(url)) => PackSource::Git {
+                url,
+                reference: from.reference,
+            },
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "name one source: {\"path\": DIR}, {\"git\": URL, \"ref\": BRANCH} \
+                     or a .tar.gz body with Content-Type: application/gzip"
+                        .into(),
+                ));
+            }
+        }
+    };
+    let name = engine.install_pack(source).await?;
+    let Json(pack) = show_pack(State(engine), Path(name)).await?;
+    Ok((StatusCode::CREATED, Json(pack)))
+}
+
+/// `POST /api/v1/packs/{pack}/reload`: the pack read again from its directory and put in
+/// force (with every other pack); the pack as it is now.
+async fn reload_pack(
+    State(engine): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    engine.reload_packs(Some(&name)).await?;
+    show_pack(State(engine), Path(name)).await
+}
+
+/// `DELETE /api/v1/packs/{pack}`: an installed pack removed.
+async fn remove_pack(
+    State(engine): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    engine.remove_pack(&name).await?;
+    Ok(Json(json!({ "removed": name })))
 }

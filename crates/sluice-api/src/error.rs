@@ -29,7 +29,40 @@ pub enum ApiError {
         detail: String,
         errors: Vec<(String, String)>,
     },
+    /// Packs that would not load: `422` with every problem, each with its file and field.
+    BrokenPacks {
+        detail: String,
+        errors: Vec<Value>,
+    },
     Internal(String),
+}
+
+impl From<sluice_engine::PackError> for ApiError {
+    fn from(e: sluice_engine::PackError) -> Self {
+        use sluice_engine::PackError;
+        match e {
+            PackError::NotFound(m) => Self::NotFound(m),
+            PackError::Conflict(m) => Self::Conflict(m),
+            PackError::Source(m) => Self::Unprocessable(m),
+            PackError::Internal(m) => Self::Internal(m),
+            PackError::Broken(ref broken) => Self::BrokenPacks {
+                detail: e.to_string(),
+                errors: broken
+                    .iter()
+                    .flat_map(|b| {
+                        b.errors.iter().map(|error| {
+                            json!({
+                                "pack": b.name,
+                                "file": error.file.display().to_string(),
+                                "field": error.field,
+                                "message": error.message,
+                            })
+                        })
+                    })
+                    .collect(),
+            },
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -93,6 +126,11 @@ impl IntoResponse for ApiError {
                     .into_iter()
                     .map(|(field, message)| json!({ "field": field, "message": message }))
                     .collect();
+                let mut body = problem_body(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+                body["errors"] = json!(errors);
+                return problem_response(StatusCode::UNPROCESSABLE_ENTITY, &body);
+            }
+            Self::BrokenPacks { detail, errors } => {
                 let mut body = problem_body(StatusCode::UNPROCESSABLE_ENTITY, &detail);
                 body["errors"] = json!(errors);
                 return problem_response(StatusCode::UNPROCESSABLE_ENTITY, &body);

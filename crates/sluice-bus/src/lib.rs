@@ -9,7 +9,8 @@
 //! | STATUS   | `sluice.status.<id>`     | [`StatusReport`]s from workers            |
 //!
 //! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]); timers keep their
-//! last tick in another, `sluice-timers` ([`timers`]).
+//! last tick in another, `sluice-timers` ([`timers`]). Pack versions are an object store,
+//! `sluice-packs` ([`packs`]).
 //!
 //! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
 //! matter only while fresh, so they are not stored.
@@ -22,6 +23,7 @@ mod consume;
 pub mod datastore;
 mod error;
 pub mod names;
+pub mod packs;
 pub mod settle;
 pub mod signing;
 mod streams;

@@ -17,6 +17,9 @@ pub const DEADLETTER: &str = "DEADLETTER";
 /// The datastore's key-value bucket (its stream is `KV_sluice-datastore`).
 pub const DATASTORE_BUCKET: &str = "sluice-datastore";
 
+/// The packs object store (its stream is `OBJ_sluice-packs`): pack versions by digest.
+pub const PACKS_BUCKET: &str = "sluice-packs";
+
 /// The engine's durable consumer on TRIGGERS, STATUS and DEADLETTER.
 pub const ENGINE_CONSUMER: &str = "engine";
 /// The workers' shared durable consumer on RUN.

@@ -22,6 +22,10 @@ pub struct RunMessage {
     pub attempt: u32,
     pub action: ActionRef,
     pub runner: RunnerType,
+    /// The version of the action's pack to run: the digest of its bundle in the packs
+    /// object store, which a worker without the pack on disk fetches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_digest: Option<String>,
     /// The file the runner executes, relative to the pack's `actions/` directory.
     pub entry_point: Option<String>,
     /// Parameters after defaults and templates, secrets included: the process needs them.
@@ -249,6 +253,7 @@ mod tests {
             attempt: 1,
             action: "core.local".parse().unwrap(),
             runner: RunnerType::LocalShellCmd,
+            pack_digest: None,
             entry_point: None,
             parameters,
             secret_parameters: vec![],

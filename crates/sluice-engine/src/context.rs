@@ -18,7 +18,8 @@ use crate::timing::MAX_STORE_REST;
 /// What the actors (supervisors, executions, workflows) work with.
 pub(crate) struct ActorContext {
     pub(crate) directory: Arc<Directory>,
-    pub(crate) catalog: Arc<Catalog>,
+    /// The catalog in force; a workflow keeps the one it started with.
+    pub(crate) catalog: watch::Receiver<Arc<Catalog>>,
     pub(crate) backend: Arc<dyn Backend>,
     /// Seals secret parameters; opens a workflow's secret inputs.
     pub(crate) keyring: Arc<Keyring>,
@@ -44,6 +45,11 @@ impl LiveCatalog {
 
     pub(crate) fn watch(&self) -> watch::Receiver<Arc<Catalog>> {
         self.0.subscribe()
+    }
+
+    /// Puts `catalog` in force.
+    pub(crate) fn replace(&self, catalog: Arc<Catalog>) {
+        self.0.send_replace(catalog);
     }
 
     /// Puts in force a copy of the catalog that `change` made; `change` returns whether it

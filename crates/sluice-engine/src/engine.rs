@@ -27,6 +27,7 @@ use crate::datastore::{self, KeyCache, Keys};
 use crate::error::{CancelError, EngineError, RuleError, SubmitError};
 use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
 use crate::monitor::{self, WorkerInfo, Workers};
+use crate::packs::{self as pack_changes, PackError, PackSource, PackSources};
 use crate::supervisor::{ActionSupervisor, SupervisorArgs};
 use crate::timers::{self, TimerView, Timers};
 use crate::tree::{self, ActorKind, ActorNode};
@@ -37,6 +38,8 @@ pub struct EngineConfig {
     /// Prefix of the engine's actor names; unique within the process.
     pub name: String,
     pub catalog: Arc<Catalog>,
+    /// Where the catalog's packs were loaded from, for reloading and installing packs.
+    pub packs: PackSources,
     pub store: Store,
     pub bus: Bus,
     /// The key run messages are signed with; workers run only what it signed.
@@ -63,6 +66,12 @@ pub struct Engine {
     workers: Workers,
     keys: Keys,
     timers: Timers,
+    /// What new supervisors are started with.
+    actor_ctx: Arc<ActorContext>,
+    packs: PackSources,
+    pack_store: sluice_bus::packs::PackStore,
+    /// One pack change at a time.
+    pack_lock: pack_changes::Lock,
 }
 
 /// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
@@ -106,7 +115,12 @@ impl Engine {
             store: Datastore::create(&config.bus).await?,
             keyring: config.keyring.clone(),
         };
-        let catalog = with_switches(config.catalog, &config.store).await?;
+        let pack_store = sluice_bus::packs::PackStore::create(&config.bus).await?;
+        let mut loaded = Catalog::clone(&config.catalog);
+        pack_changes::publish(&pack_store, &mut loaded)
+            .await
+            .map_err(|e| EngineError::Packs(e.to_string()))?;
+        let catalog = with_switches(Arc::new(loaded), &config.store).await?;
         let key_cache = Arc::new(KeyCache::new(config.keyring.clone()));
         let kv = Kv::new(key_cache.clone(), None);
         let shared = Arc::new(Shared {
@@ -121,7 +135,7 @@ impl Engine {
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
         let actor_ctx = Arc::new(ActorContext {
             directory: directory.clone(),
-            catalog: catalog.clone(),
+            catalog: shared.catalog.watch(),
             backend: Arc::new(Live {
                 store: shared.store.clone(),
                 bus: shared.bus.clone(),
@@ -141,7 +155,7 @@ impl Engine {
                 ActionSupervisor::spawn(args, root.get_cell()).await?,
             );
         }
-        directory.set_supervisors(supervisors);
+        directory.add_supervisors(supervisors);
         let workers = Workers::default();
         recover::rebuild(&shared.store, &catalog, &directory, &workers).await?;
 
@@ -270,12 +284,190 @@ impl Engine {
             workers,
             keys,
             timers,
+            actor_ctx,
+            packs: config.packs,
+            pack_store,
+            pack_lock: Default::default(),
         })
     }
 
     /// The catalog in force, with the rules' switches applied.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.shared.catalog.current()
+    }
+
+    /// Loads every pack again and puts the result in force (see [`crate::packs`]); with
+    /// `only`, that pack must be known, and its problems are returned if it does not load.
+    pub async fn reload_packs(&self, only: Option<&str>) -> Result<(), PackError> {
+        let _change = self.pack_lock.lock().await;
+        let current = self.catalog();
+        if let Some(name) = only
+            && !current.packs.contains_key(name)
+            && !current.broken.iter().any(|b| b.name == name)
+        {
+            return Err(PackError::NotFound(format!("no pack {name:?}")));
+        }
+        let loaded = pack_changes::load(self.packs.all_roots()).await?;
+        if let Some(name) = only
+            && let Some(broken) = loaded.broken.iter().find(|b| b.name == name)
+        {
+            return Err(PackError::Broken(vec![broken.clone()]));
+        }
+        self.put_in_force(loaded).await
+    }
+
+    /// Installs a pack (replacing an installed one of the same name) and puts it in force;
+    /// its name.
+    pub async fn install_pack(&self, source: PackSource) -> Result<String, PackError> {
+        let installed = self.installed_dir()?;
+        let _change = self.pack_lock.lock().await;
+        let staged = pack_changes::stage(&installed, source).await?;
+        let result = self.install_staged(&installed, &staged).await;
+        if staged.scratch.exists() {
+            pack_changes::discard(&staged.scratch);
+        }
+        result.map(|()| staged.name.clone())
+    }
+
+    async fn install_staged(
+        &self,
+        installed: &std::path::Path,
+        staged: &pack_changes::Staged,
+    ) -> Result<(), PackError> {
+        let name = &staged.name;
+        let target = installed.join(name);
+        let current = self.catalog();
+        if let Some(pack) = current.packs.get(name)
+            && !pack_changes::is_installed(installed, &pack.dir)
+        {
+            return Err(PackError::Conflict(format!(
+                "pack {name} is loaded from {}, a --packs directory; change it there",
+                pack.dir.display()
+            )));
+        }
+        // Loaded as it will be, beside every other pack, before anything moves.
+        let roots = pack_changes::roots_with(&self.packs, installed, name, Some(&staged.dir))?;
+        let trial = pack_changes::load(roots).await?;
+        let staged_dir = staged
+            .dir
+            .canonicalize()
+            .unwrap_or_else(|_| staged.dir.clone());
+        if let Some(broken) = trial
+            .broken
+            .iter()
+            .find(|b| b.dir == staged_dir || &b.name == name)
+        {
+            return Err(PackError::Broken(vec![pack_changes::as_installed(
+                broken.clone(),
+                &staged_dir,
+                &target,
+            )]));
+        }
+        let aside = pack_changes::swap_in(installed, &staged.dir, &target)?;
+        let loaded = pack_changes::load(self.packs.all_roots()).await?;
+        match self.put_in_force(loaded).await {
+            Ok(()) => {
+                if let Some(aside) = aside {
+                    pack_changes::discard(&aside);
+                }
+                info!(pack = %name, dir = %target.display(), "pack installed");
+                Ok(())
+            }
+            Err(e) => {
+                // Back as it was: the new files out, the old ones in.
+                pack_changes::discard(&target);
+                if let Some(aside) = aside {
+                    let _ = std::fs::rename(&aside, &target);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes an installed pack: its actions take no new requests; those already queued
+    /// or running finish on the version they have.
+    pub async fn remove_pack(&self, name: &str) -> Result<(), PackError> {
+        let installed = self.installed_dir()?;
+        let _change = self.pack_lock.lock().await;
+        let current = self.catalog();
+        let dir = match current.packs.get(name) {
+            Some(pack) => pack.dir.clone(),
+            None => match current.broken.iter().find(|b| b.name == name) {
+                Some(broken) => broken.dir.clone(),
+                None => return Err(PackError::NotFound(format!("no pack {name:?}"))),
+            },
+        };
+        if !pack_changes::is_installed(&installed, &dir) {
+            return Err(PackError::Conflict(format!(
+                "pack {name} is loaded from {}, a --packs directory, not installed through the API; remove it there",
+                dir.display()
+            )));
+        }
+        let aside = installed.join(format!(".removed-{name}"));
+        if aside.exists() {
+            pack_changes::discard(&aside);
+        }
+        std::fs::rename(&dir, &aside)
+            .map_err(|e| PackError::Internal(format!("moving {} aside: {e}", dir.display())))?;
+        let loaded = pack_changes::load(self.packs.all_roots()).await?;
+        match self.put_in_force(loaded).await {
+            Ok(()) => {
+                pack_changes::discard(&aside);
+                info!(pack = %name, "pack removed");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::rename(&aside, &dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn installed_dir(&self) -> Result<std::path::PathBuf, PackError> {
+        self.packs.installed.clone().ok_or_else(|| {
+            PackError::Conflict("this engine has no directory for installed packs".into())
+        })
+    }
+
+    /// Publishes `loaded`'s packs, gives every supervisor its action's definition, starts
+    /// those of new actions and replaces the catalog; refused whole if a pack in force is
+    /// left out of `loaded`.
+    async fn put_in_force(&self, mut loaded: Catalog) -> Result<(), PackError> {
+        let current = self.catalog();
+        let broken = pack_changes::newly_broken(&current, &loaded);
+        if !broken.is_empty() {
+            return Err(PackError::Broken(broken));
+        }
+        pack_changes::publish(&self.pack_store, &mut loaded).await?;
+        let catalog = with_switches(Arc::new(loaded), &self.shared.store)
+            .await
+            .map_err(|e| PackError::Internal(e.to_string()))?;
+        let mut started = HashMap::new();
+        for action in catalog.actions.values() {
+            match self.directory.supervisor(&action.action_ref) {
+                Some(supervisor) => supervisor.define(action.clone()),
+                None => {
+                    let args = SupervisorArgs {
+                        ctx: self.actor_ctx.clone(),
+                        action: action.clone(),
+                    };
+                    let supervisor = ActionSupervisor::spawn(args, self.root.get_cell())
+                        .await
+                        .map_err(|e| PackError::Internal(format!("starting a supervisor: {e}")))?;
+                    started.insert(action.action_ref.clone(), supervisor);
+                }
+            }
+        }
+        self.directory.add_supervisors(started);
+        info!(
+            packs = catalog.packs.len(),
+            actions = catalog.actions.len(),
+            rules = catalog.rules().len(),
+            left_out = catalog.broken.len(),
+            "packs in force"
+        );
+        self.shared.catalog.replace(catalog);
+        Ok(())
     }
 
     /// Switches a rule on or off, for now and across restarts: a disabled rule matches no

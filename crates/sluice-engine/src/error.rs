@@ -13,6 +13,8 @@ pub enum EngineError {
     Bus(#[from] sluice_bus::BusError),
     #[error("secrets key: {0}")]
     Secrets(String),
+    #[error("packs: {0}")]
+    Packs(String),
 }
 
 /// Why a request for an execution was refused.

@@ -64,6 +64,7 @@ impl ExecutionActor {
             attempt: state.pending.attempt,
             action: state.action.action_ref.clone(),
             runner: state.action.runner,
+            pack_digest: state.action.pack_digest.clone(),
             entry_point: state.action.entry_point.clone(),
             parameters: state.pending.parameters.clone(),
             secret_parameters: sluice_core::secrets::sealed_names(&state.pending.parameters),

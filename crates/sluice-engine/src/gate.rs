@@ -127,6 +127,11 @@ impl<T> Gate<T> {
         }
     }
 
+    /// A new policy, in force from the next admission; queues and slots stay as they are.
+    pub fn set_policy(&mut self, policy: GatePolicy) {
+        self.policy = policy;
+    }
+
     pub fn policy(&self) -> &GatePolicy {
         &self.policy
     }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -173,6 +173,9 @@ pub(crate) enum SupervisorMsg {
     WorkersLost(Vec<String>),
     /// The rate limit window moved on, or a burst of requests is queued.
     Admit,
+    /// The action's definition from a pack installed or reloaded: executions admitted from
+    /// now on run it; those admitted already keep the one they were admitted with.
+    Define(Box<sluice_pack::Action>),
     Stats(RpcReplyPort<SupervisorStats>),
 }
 
@@ -211,6 +214,10 @@ impl SupervisorHandle {
 
     pub(crate) fn finished(&self, id: ExecutionId) {
         self.send(SupervisorMsg::Finished(id));
+    }
+
+    pub(crate) fn define(&self, action: sluice_pack::Action) {
+        self.send(SupervisorMsg::Define(Box::new(action)));
     }
 
     pub(crate) fn workers_lost(&self, workers: Vec<String>) {
@@ -282,8 +289,8 @@ impl WorkflowHandle {
 /// Every addressable actor of one engine, by typed key.
 pub(crate) struct Directory {
     engine: String,
-    /// Set once, when every supervisor has started.
-    supervisors: OnceLock<HashMap<ActionRef, SupervisorHandle>>,
+    /// Every action's supervisor; a pack installed or reloaded adds those of its new actions.
+    supervisors: RwLock<HashMap<ActionRef, SupervisorHandle>>,
     workflows: Mutex<HashMap<ExecutionId, WorkflowHandle>>,
     /// Executions admitted and not yet ended, workflows left out: what a drain waits for.
     in_flight: watch::Sender<usize>,
@@ -293,7 +300,7 @@ impl Directory {
     pub(crate) fn new(engine: impl Into<String>) -> Self {
         Self {
             engine: engine.into(),
-            supervisors: OnceLock::new(),
+            supervisors: RwLock::default(),
             workflows: Mutex::default(),
             in_flight: watch::Sender::new(0),
         }
@@ -327,26 +334,35 @@ impl Directory {
         format!("{}{actor}", self.engine)
     }
 
-    /// Called once, with every action's supervisor.
-    pub(crate) fn set_supervisors(&self, supervisors: HashMap<ActionRef, SupervisorHandle>) {
-        if self.supervisors.set(supervisors).is_err() {
-            error!(
-                engine = self.engine,
-                "supervisors were set twice; the first set stays"
-            );
+    fn supervisor_map(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<ActionRef, SupervisorHandle>> {
+        self.supervisors
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds the supervisors of actions that had none.
+    pub(crate) fn add_supervisors(&self, supervisors: HashMap<ActionRef, SupervisorHandle>) {
+        let mut map = self
+            .supervisors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (action, supervisor) in supervisors {
+            map.entry(action).or_insert(supervisor);
         }
     }
 
-    pub(crate) fn supervisor(&self, action: &ActionRef) -> Option<&SupervisorHandle> {
-        self.supervisors.get()?.get(action)
+    pub(crate) fn supervisor(&self, action: &ActionRef) -> Option<SupervisorHandle> {
+        self.supervisor_map().get(action).cloned()
     }
 
-    pub(crate) fn supervisors(&self) -> impl Iterator<Item = &SupervisorHandle> {
-        self.supervisors.get().into_iter().flat_map(HashMap::values)
+    pub(crate) fn supervisors(&self) -> Vec<SupervisorHandle> {
+        self.supervisor_map().values().cloned().collect()
     }
 
     pub(crate) fn supervisor_count(&self) -> usize {
-        self.supervisors.get().map_or(0, HashMap::len)
+        self.supervisor_map().len()
     }
 
     fn workflows(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, WorkflowHandle>> {

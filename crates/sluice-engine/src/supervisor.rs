@@ -523,6 +523,11 @@ impl Actor for ActionSupervisor {
                 state.admit_queued = false;
                 Self::admit(&myself, state).await;
             }
+            SupervisorMsg::Define(action) => {
+                state.gate.set_policy(gate_policy(&action));
+                state.action = Arc::new(*action);
+                Self::admit(&myself, state).await;
+            }
             SupervisorMsg::Stats(reply) => {
                 let mut stats = state.stats();
                 stats.actor = Some(myself.get_id());
@@ -595,7 +600,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let ctx = Arc::new(ActorContext {
             directory: Arc::new(Directory::new(format!("test-{name}"))),
-            catalog: Arc::default(),
+            catalog: tokio::sync::watch::channel(Arc::default()).1,
             backend: fake.clone(),
             keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
             kv: crate::testing::empty_datastore(),
@@ -623,6 +628,7 @@ mod tests {
             enabled: true,
             policy,
             workflow: None,
+            pack_digest: None,
             file: "t/actions/a.yaml".into(),
         };
         let (actor, _) = Actor::spawn(

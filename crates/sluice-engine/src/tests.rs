@@ -60,7 +60,7 @@ impl World {
         let directory = Arc::new(Directory::new(format!("test-{name}")));
         let ctx = Arc::new(ActorContext {
             directory: directory.clone(),
-            catalog: catalog.clone(),
+            catalog: tokio::sync::watch::channel(catalog.clone()).1,
             backend: fake.clone(),
             keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
             kv: crate::testing::empty_datastore(),
@@ -75,11 +75,11 @@ impl World {
             let (actor, _) = Actor::spawn(None, ActionSupervisor, args).await.unwrap();
             supervisors.insert(action.action_ref.clone(), SupervisorHandle::new(actor));
         }
-        directory.set_supervisors(supervisors);
+        directory.add_supervisors(supervisors);
         Self { fake, directory }
     }
 
-    fn supervisor(&self, action: &str) -> &SupervisorHandle {
+    fn supervisor(&self, action: &str) -> SupervisorHandle {
         self.directory.supervisor(&action.parse().unwrap()).unwrap()
     }
 

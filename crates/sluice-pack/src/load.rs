@@ -183,6 +183,7 @@ impl Loader {
             version,
             description: file.description,
             dir: dir.to_owned(),
+            digest: None,
         };
         self.catalog.packs.insert(name.clone(), pack);
         for path in yaml_files(&dir.join("actions")) {
@@ -267,6 +268,7 @@ impl Loader {
                     enabled: true,
                     policy: Policy::default(),
                     workflow: None,
+                    pack_digest: None,
                     file: path.to_owned(),
                 };
                 let given = serde_json::Map::from_iter([(name.clone(), default.clone())]);
@@ -308,6 +310,7 @@ impl Loader {
             enabled: file.enabled.unwrap_or(true),
             policy: file.policy,
             workflow: None,
+            pack_digest: None,
             file: path.to_owned(),
         };
         self.catalog.actions.insert(action_ref, action);
@@ -625,7 +628,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Loads every pack found in `roots`. A root is either a pack itself (it has `pack.yaml`)
-/// or a directory of packs. Any problem in any pack fails the whole load, with every problem
+/// or a directory of packs (its subdirectories with a `pack.yaml`, hidden ones left out). Any problem in any pack fails the whole load, with every problem
 /// found; [`load_packs_reporting`] leaves broken packs out instead.
 pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
     let (catalog, errors) = load(roots, &HashSet::new());
@@ -673,6 +676,29 @@ pub fn load_packs_reporting(roots: &[PathBuf]) -> Catalog {
             return catalog;
         }
     }
+}
+
+/// The name of the pack in `dir` as the loader reads it: `ref` in its `pack.yaml`, else
+/// `name`, else the directory's name; an error names the file and field at fault.
+pub fn pack_name(dir: &Path) -> Result<String, LoadError> {
+    let manifest = dir.join("pack.yaml");
+    let problem = |field: Option<&str>, message: String| LoadError {
+        file: manifest.clone(),
+        field: field.map(str::to_owned),
+        message,
+    };
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| problem(None, format!("cannot read the pack's manifest: {e}")))?;
+    let file: PackFile =
+        serde_yaml_ng::from_str(&text).map_err(|e| problem(None, e.to_string()))?;
+    let dir_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = file.pack_ref.or(file.name).unwrap_or(dir_name);
+    ActionRef::new(&name, "x")
+        .map_err(|e| problem(Some("ref"), format!("pack name {name:?} is not valid: {e}")))?;
+    Ok(name)
 }
 
 /// Where the problems of a rule given through the API are placed.
@@ -790,7 +816,13 @@ fn load(roots: &[PathBuf], left_out: &HashSet<PathBuf>) -> (Catalog, Vec<LoadErr
         };
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("pack.yaml").is_file())
+            // Hidden directories are not packs (a pack change sets one aside there).
+            .filter(|p| {
+                p.join("pack.yaml").is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         dirs.sort();
         for dir in dirs.into_iter().filter(|dir| !skip(dir)) {

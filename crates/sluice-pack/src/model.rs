@@ -15,6 +15,9 @@ pub struct Pack {
     pub version: Option<String>,
     pub description: Option<String>,
     pub dir: PathBuf,
+    /// The digest of its bundle in the packs object store, once the engine published it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +144,9 @@ pub struct Action {
     /// The checked workflow of a `runner_type: orquesta` action.
     #[serde(skip)]
     pub workflow: Option<std::sync::Arc<crate::workflow::Workflow>>,
+    /// Its pack's [`Pack::digest`]: the version a worker fetches to run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pack_digest: Option<String>,
 }
 
 impl Action {
@@ -462,6 +468,18 @@ impl Catalog {
             .iter()
             .filter(|rule| rule.enabled)
             .find_map(|rule| rule.webhook.as_ref().filter(|hook| hook.url == url))
+    }
+
+    /// Records the digest of a pack's published bundle, on the pack and on its actions.
+    pub fn set_pack_digest(&mut self, pack: &str, digest: &str) {
+        if let Some(found) = self.packs.get_mut(pack) {
+            found.digest = Some(digest.to_owned());
+        }
+        for action in self.actions.values_mut() {
+            if action.action_ref.pack() == pack {
+                action.pack_digest = Some(digest.to_owned());
+            }
+        }
     }
 
     /// The directory an action's `entry_point` is relative to.

@@ -307,6 +307,7 @@ mod tests {
             enabled: true,
             policy: Default::default(),
             workflow: None,
+            pack_digest: None,
             file: "t/actions/a.yaml".into(),
         }
     }

@@ -19,6 +19,7 @@
 //! `sluice.cancel.<id>`: a running execution has its process group killed and ends
 //! `cancelled`; one not started yet finds the request before it starts.
 
+mod packs;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -47,8 +48,11 @@ pub struct WorkerConfig {
     /// This worker's name in reports and actor names; unique among workers.
     pub name: String,
     pub bus: Bus,
-    /// `actions/` directory of every pack installed on this worker, by pack name.
+    /// `actions/` directory of packs on this worker's disk, by pack name (`--packs`): used
+    /// instead of the version a run message names. Any other pack is fetched.
     pub actions_dirs: BTreeMap<String, PathBuf>,
+    /// Where pack versions fetched from the packs object store are kept.
+    pub pack_cache: PathBuf,
     /// How many actions run at once.
     pub capacity: usize,
     /// How often the worker tells the engine it is alive.
@@ -69,6 +73,7 @@ struct Shared {
     keyring: Arc<Keyring>,
     output_cap: usize,
     actions_dirs: BTreeMap<String, PathBuf>,
+    packs: packs::PackCache,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
     /// The run message each run actor holds, by execution: its stream sequence.
@@ -313,6 +318,27 @@ impl RunActor {
         myself.stop(None);
     }
 
+    /// The `actions/` directory the action's entry point is in: the pack on this worker's
+    /// disk if it has it (`--packs`), else the version the run message names, fetched.
+    async fn actions_dir(state: &RunState) -> Result<Option<PathBuf>, packs::FetchError> {
+        let run = &state.run;
+        if run.entry_point.is_none() {
+            return Ok(None);
+        }
+        if let Some(dir) = state.shared.actions_dirs.get(run.action.pack()) {
+            return Ok(Some(dir.clone()));
+        }
+        match &run.pack_digest {
+            Some(digest) => state
+                .shared
+                .packs
+                .actions_dir(run.action.pack(), digest)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Decides whether this worker runs the attempt, and claims it if so. A run message can
     /// arrive more than once — redelivered after `ack_wait`, or published again by an engine
     /// restarted after the deduplication window — and possibly to two workers at once; the
@@ -504,6 +530,15 @@ impl RunActor {
                 return Self::finish(&myself, state, ExecutionStatus::Failed, result).await;
             }
         };
+        let actions_dir = match Self::actions_dir(state).await {
+            Ok(dir) => dir,
+            Err(packs::FetchError::Bus(e)) => return Self::retry_later(&myself, state, &e).await,
+            Err(packs::FetchError::Unusable(reason)) => {
+                error!(execution_id = %id, reason, "the action's pack cannot be had");
+                let result = json!({ "error": format!("worker {}: {reason}", state.shared.name) });
+                return Self::finish(&myself, state, ExecutionStatus::Failed, result).await;
+            }
+        };
         match Self::claim(state).await {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Settled(reason)) => {
@@ -523,7 +558,6 @@ impl RunActor {
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
         let mut run = state.run.clone();
         run.parameters = parameters;
-        let actions_dir = state.shared.actions_dirs.get(run.action.pack()).cloned();
         let me = myself.clone();
         let cancel = state.cancel.clone();
         let output_cap = state.shared.output_cap;
@@ -617,6 +651,7 @@ impl Worker {
         );
         let shared = Arc::new(Shared {
             name: config.name.clone(),
+            packs: packs::PackCache::new(config.bus.clone(), config.pack_cache),
             bus: config.bus,
             settle,
             run_verifier: config.run_verifier,

@@ -36,6 +36,7 @@ fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunM
         attempt: 1,
         action: "t.a".parse().unwrap(),
         runner,
+        pack_digest: None,
         entry_point: None,
         parameters: params.as_object().cloned().unwrap_or_else(Map::new),
         secret_parameters: vec![],

@@ -152,6 +152,21 @@ impl Client {
             .await
     }
 
+    /// A POST of raw bytes (a `.tar.gz` pack).
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send(request).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(format!("{}{path}", self.api)))
             .await
@@ -413,6 +428,44 @@ pub fn print_packs(packs: &Value, out: &mut impl Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `sluice pack install SOURCE` sends: a git URL as `{"git"}`; a local directory, or
+/// a `.tar.gz`, uploaded as an archive (so the engine may be on another host); with
+/// `on_engine`, a directory path on the engine's host as `{"path"}`.
+pub async fn install_pack(
+    client: &Client,
+    source: &str,
+    reference: Option<String>,
+    on_engine: bool,
+) -> anyhow::Result<Value> {
+    let is_url = source.contains("://") || (source.contains('@') && source.contains(':'));
+    if is_url {
+        let body = serde_json::json!({ "git": source, "ref": reference });
+        return client.post("/api/v1/packs", &body).await;
+    }
+    if reference.is_some() {
+        bail!("--ref goes with a git URL");
+    }
+    if on_engine {
+        return client
+            .post("/api/v1/packs", &serde_json::json!({ "path": source }))
+            .await;
+    }
+    let path = Path::new(source);
+    let bytes = if path.is_dir() {
+        if !path.join("pack.yaml").is_file() {
+            bail!("{source} is not a pack: it has no pack.yaml");
+        }
+        sluice_pack::bundle::Bundle::of_dir(path)
+            .with_context(|| format!("cannot archive {source}"))?
+            .bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {source}"))?
+    };
+    client
+        .post_bytes("/api/v1/packs", "application/gzip", bytes)
+        .await
 }
 
 /// A rule's reference as typed, checked to be `pack.name` before it goes into a URL.

@@ -22,6 +22,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Directories of packs (or single packs).
     pub packs: Vec<PathBuf>,
+    /// Packs `sluice worker` runs from its own disk (its `--packs`) instead of fetching the
+    /// versions run messages name from the packs object store.
+    pub worker_packs: Vec<PathBuf>,
     /// Where the HTTP API listens (engine only).
     pub http: SocketAddr,
     /// Where `sluice worker` serves `/metrics` and `/healthz`; off when `None`. (`sluice up`
@@ -64,6 +67,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the engine's packs come from: `--packs`, then the packs installed through the
+    /// API in `<data-dir>/packs`.
+    pub fn pack_sources(&self) -> sluice_engine::PackSources {
+        sluice_engine::PackSources {
+            roots: self.packs.clone(),
+            installed: Some(self.data_dir.join("packs")),
+        }
+    }
+
+    /// Where a worker keeps the pack versions it fetched.
+    pub fn pack_cache(&self) -> PathBuf {
+        self.data_dir.join("pack-cache")
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

@@ -323,6 +323,34 @@ enum PackCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Install a pack (admin scope), replacing an installed one of the same name: a local
+    /// directory or .tar.gz (uploaded), or a git URL.
+    Install {
+        /// A pack directory, a .tar.gz of one, or a git URL (https://, ssh://, file://,
+        /// user@host:path).
+        source: String,
+        /// With a git URL: the branch or tag.
+        #[arg(long = "ref")]
+        reference: Option<String>,
+        /// SOURCE is a directory on the engine's host, not this one.
+        #[arg(long)]
+        on_engine: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a pack's files again and put them in force (admin scope); nothing changes if
+    /// they do not load.
+    Reload {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a pack installed through the API (admin scope).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -557,6 +585,7 @@ impl ServerArgs {
     fn into_config(self) -> Config {
         Config {
             data_dir: self.data_dir,
+            worker_packs: self.packs.clone(),
             packs: if self.packs.is_empty() {
                 vec![bundled_packs()]
             } else {
@@ -970,6 +999,31 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 let path = format!("/api/v1/packs/{}", cli::name_segment(&name)?);
                 list_or_show(&client, path, &mut out, cli::print_packs).await
             }
+            PackCommand::Install {
+                source,
+                reference,
+                on_engine,
+                client,
+            } => {
+                let pack =
+                    cli::install_pack(&client.client()?, &source, reference, on_engine).await?;
+                print_pack_change(&pack, client.json, "installed", &mut out)
+            }
+            PackCommand::Reload { name, client } => {
+                let path = format!("/api/v1/packs/{}/reload", cli::name_segment(&name)?);
+                let pack = client.client()?.post(&path, &serde_json::json!({})).await?;
+                print_pack_change(&pack, client.json, "reloaded", &mut out)
+            }
+            PackCommand::Remove { name, client } => {
+                let path = format!("/api/v1/packs/{}", cli::name_segment(&name)?);
+                let removed = client.client()?.delete(&path).await?;
+                if client.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&removed)?)?;
+                } else {
+                    writeln!(out, "pack {name} removed")?;
+                }
+                Ok(true)
+            }
         },
         Command::Event { command } => {
             let (path, client, show) = match command {
@@ -1049,6 +1103,31 @@ fn command_to_call(command: TokenCommand) -> anyhow::Result<cli::TokenCall> {
 }
 
 /// `list` and `show` of one kind: a table for a list, JSON for one item or with `--json`.
+/// A pack just installed or reloaded: its name, version and digest, or the JSON.
+fn print_pack_change(
+    pack: &serde_json::Value,
+    json: bool,
+    what: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(pack)?)?;
+    } else {
+        let count = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+        writeln!(
+            out,
+            "pack {} {} {what}: {} actions, {} triggers, {} rules ({})",
+            pack["name"].as_str().unwrap_or(""),
+            pack["version"].as_str().unwrap_or("-"),
+            count(&pack["actions"]),
+            count(&pack["triggers"]),
+            count(&pack["rules"]),
+            pack["digest"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(true)
+}
+
 async fn list_or_show<W: Write>(
     client: &ClientArgs,
     path: String,

@@ -10,7 +10,7 @@
 //! | user | may |
 //! |---|---|
 //! | `engine` | everything |
-//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore. Not publish run messages, not read triggers, not write the datastore |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store. Not publish run messages, not read triggers, not write the datastore |
 //! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
@@ -68,7 +68,10 @@ impl Role {
           "$JS.API.STREAM.MSG.GET.STATUS", "$JS.API.STREAM.MSG.GET.CONTROL",
           "$JS.API.DIRECT.GET.STATUS.>", "$JS.API.DIRECT.GET.CONTROL.>",
           "$JS.API.STREAM.INFO.KV_sluice-datastore", "$JS.API.STREAM.MSG.GET.KV_sluice-datastore",
-          "$JS.API.DIRECT.GET.KV_sluice-datastore.>"
+          "$JS.API.DIRECT.GET.KV_sluice-datastore.>",
+          "$JS.API.STREAM.INFO.OBJ_sluice-packs", "$JS.API.STREAM.MSG.GET.OBJ_sluice-packs",
+          "$JS.API.DIRECT.GET.OBJ_sluice-packs.>", "$JS.API.CONSUMER.CREATE.OBJ_sluice-packs",
+          "$JS.FC.OBJ_sluice-packs.>"
         ] }
         subscribe: { allow: ["_INBOX.>", "sluice.cancel.>"] }
       }"#

@@ -21,8 +21,8 @@ use crate::nats::{NatsChild, Role};
 
 /// Loads the packs; one with a problem is left out and reported (every problem, with its
 /// file and field), and the others load.
-fn load_catalog(config: &Config) -> Arc<Catalog> {
-    let catalog = sluice_pack::load_packs_reporting(&config.packs);
+fn load_catalog(roots: &[PathBuf]) -> Arc<Catalog> {
+    let catalog = sluice_pack::load_packs_reporting(roots);
     for pack in &catalog.broken {
         for problem in &pack.errors {
             error!(pack = %pack.name, problem = %problem, "pack left out: {problem}");
@@ -70,9 +70,18 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// Starts the engine and its HTTP API; returns when the API is listening.
 async fn start_engine(
     config: &Config,
-    catalog: Arc<Catalog>,
     nats_url: &str,
 ) -> anyhow::Result<(Arc<Engine>, TcpListener)> {
+    let packs = config.pack_sources();
+    if let Some(installed) = &packs.installed {
+        std::fs::create_dir_all(installed).with_context(|| {
+            format!(
+                "failed to create the installed packs directory {}",
+                installed.display()
+            )
+        })?;
+    }
+    let catalog = load_catalog(&packs.all_roots());
     let bus = connect(config, nats_url, "sluice-engine").await?;
     let store = open_store(config).await?;
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
@@ -96,6 +105,7 @@ async fn start_engine(
     let engine = Engine::start(EngineConfig {
         name: "engine".into(),
         catalog,
+        packs,
         store,
         bus,
         run_signer: Arc::new(run_signer),
@@ -109,9 +119,10 @@ async fn start_engine(
     Ok((Arc::new(engine), listener))
 }
 
+/// A worker; `packs` are the pack directories it runs from its own disk.
 async fn start_worker(
     config: &Config,
-    catalog: &Catalog,
+    packs: &[PathBuf],
     nats_url: &str,
 ) -> anyhow::Result<Worker> {
     let bus = Bus::attach(nats_url, "sluice-worker", &config.nats_options)
@@ -139,7 +150,12 @@ async fn start_worker(
         output_cap: config.output_cap,
         name: format!("worker/{}", config.worker_name()),
         bus,
-        actions_dirs: actions_dirs(catalog),
+        actions_dirs: if packs.is_empty() {
+            BTreeMap::new()
+        } else {
+            actions_dirs(&load_catalog(packs))
+        },
+        pack_cache: config.pack_cache(),
         capacity: config.capacity,
         heartbeat_interval: config.heartbeat_interval,
     })
@@ -199,7 +215,6 @@ async fn serve_open_metrics(config: &Config, engine: &Arc<Engine>) -> anyhow::Re
 
 /// `sluice up`: engine, one worker and (without `--nats-url`) a nats-server child.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let catalog = load_catalog(&config);
     let nats = match config.nats_url {
         Some(_) => None,
         None => Some(NatsChild::start(&config.data_dir, config.nats_port)?),
@@ -209,8 +224,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(nats) => (nats.url(Role::Engine), nats.url(Role::Worker)),
         None => (config.nats_url(), config.nats_url()),
     };
-    let (engine, listener) = start_engine(&config, catalog.clone(), &engine_url).await?;
-    let worker = start_worker(&config, &catalog, &worker_url).await?;
+    let (engine, listener) = start_engine(&config, &engine_url).await?;
+    // Its worker runs the pack versions the engine published, as any other worker does.
+    let worker = start_worker(&config, &[], &worker_url).await?;
     let api = Api::serve(listener, engine.clone());
     let metrics = serve_open_metrics(&config, &engine).await?;
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
@@ -235,8 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let catalog = load_catalog(&config);
-    let (engine, listener) = start_engine(&config, catalog, &config.nats_url()).await?;
+    let (engine, listener) = start_engine(&config, &config.nats_url()).await?;
     let api = Api::serve(listener, engine.clone());
     let metrics = serve_open_metrics(&config, &engine).await?;
     shutdown.await;
@@ -250,9 +265,9 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     Ok(())
 }
 
-/// `sluice worker`: runs actions; needs NATS and the packs, no database.
+/// `sluice worker`: runs actions; needs NATS, no database, and packs only those given with
+/// `--packs` (the others it fetches).
 pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let catalog = load_catalog(&config);
     let api = match config.worker_http {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -263,7 +278,7 @@ pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> a
         }
         None => None,
     };
-    let worker = start_worker(&config, &catalog, &config.nats_url()).await?;
+    let worker = start_worker(&config, &config.worker_packs, &config.nats_url()).await?;
     shutdown.await;
     worker.shutdown(config.drain_timeout).await;
     if let Some(api) = api {

@@ -348,6 +348,7 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
         attempt: 1,
         action: "core.local".parse().unwrap(),
         runner: sluice_core::RunnerType::LocalShellCmd,
+        pack_digest: None,
         entry_point: None,
         parameters: json!({"cmd": format!("touch {}", marker.display())})
             .as_object()

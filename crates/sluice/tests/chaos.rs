@@ -47,6 +47,21 @@ const PACK: &[(&str, &str)] = &[
     ),
 ];
 
+/// [`PACK`] for an engine in this process. Its worker runs the pack version it fetched, from
+/// its own cache, so the scripts log to the pack's source directory by its absolute path.
+fn logging_pack() -> tempfile::TempDir {
+    let pack = test_pack(&PACK[1..]);
+    let dir = pack.path().join("t");
+    for script in ["actions/record.sh", "actions/slow.sh"] {
+        let path = dir.join(script);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("$(dirname \"$0\")/..", &dir.display().to_string());
+        std::fs::write(&path, text).unwrap();
+    }
+    pack
+}
+
 /// `runs.log`: how many times each execution ran, and each tick number's runs.
 struct Runs {
     per_execution: BTreeMap<i64, usize>,
@@ -288,7 +303,7 @@ async fn nats_server_restarted_under_load_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_is_waited_out_and_every_execution_completes_once() {
-    let pack = test_pack(&PACK[1..]);
+    let pack = logging_pack();
     let sluice = Sluice::start(StoreKind::Postgres, &[pack.path().to_owned()]).await;
     let log = pack.path().join("t/runs.log");
     publish_ticks(sluice.nats.url(), 0..20).await;
@@ -333,7 +348,7 @@ async fn a_store_outage_is_waited_out_and_every_execution_completes_once() {
 
 #[tokio::test]
 async fn one_nats_msg_id_is_one_event_and_no_id_is_one_event_per_publish() {
-    let pack = test_pack(&PACK[1..]);
+    let pack = logging_pack();
     let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
     let js = async_nats::jetstream::new(sluice.nats_client().await);
     for _ in 0..2 {
@@ -375,7 +390,7 @@ async fn one_nats_msg_id_is_one_event_and_no_id_is_one_event_per_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
-    let pack = test_pack(&PACK[1..]);
+    let pack = logging_pack();
     let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
     let second = sluice_worker::Worker::start(sluice_worker::WorkerConfig {
         name: "worker/second".into(),
@@ -391,6 +406,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
             .join("run-signing.pub")])
         .unwrap(),
         output_cap: sluice_worker::runner::OUTPUT_CAP,
+        pack_cache: sluice.data_dir.path().join("second-pack-cache"),
         keyring: std::sync::Arc::new(
             sluice_core::secrets::Keyring::load(&sluice.data_dir.path().join("secrets.key"))
                 .unwrap(),
@@ -405,6 +421,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         )
         .await;
     let id = created["id"].as_i64().unwrap();
+    let (_, action) = sluice.get("/api/v1/actions/t.record").await;
     // What an engine restarted after the deduplication window, or a redelivery racing a
     // slow worker, would leave in RUN: more copies of the same attempt.
     let copy = sluice_core::RunMessage {
@@ -412,6 +429,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         attempt: 1,
         action: "t.record".parse().unwrap(),
         runner: sluice_core::RunnerType::LocalShellScript,
+        pack_digest: action["pack_digest"].as_str().map(str::to_owned),
         entry_point: Some("record.sh".into()),
         parameters: json!({"n": 7}).as_object().unwrap().clone(),
         secret_parameters: vec![],

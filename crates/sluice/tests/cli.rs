@@ -282,6 +282,35 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
         "{}",
         text(&from_file)
     );
+    // A pack from this host's disk, uploaded, run by the worker from the version it fetched,
+    // then removed.
+    let pack = data.path().join("greet-src");
+    std::fs::create_dir_all(pack.join("actions")).unwrap();
+    std::fs::write(pack.join("pack.yaml"), "ref: greet\nversion: 0.1.0\n").unwrap();
+    std::fs::write(
+        pack.join("actions/hello.yaml"),
+        "name: hello\nrunner_type: local-shell-script\nentry_point: hello.sh\n",
+    )
+    .unwrap();
+    std::fs::write(pack.join("actions/hello.sh"), "echo hello from greet\n").unwrap();
+    let installed = text(&sluice(
+        &["pack", "install", pack.to_str().unwrap()],
+        &second,
+    ));
+    assert!(
+        installed
+            .starts_with("pack greet 0.1.0 installed: 1 actions, 0 triggers, 0 rules (sha256:"),
+        "{installed}"
+    );
+    let ran = text(&sluice(&["run", "greet.hello", "--wait"], &second));
+    assert!(ran.contains("hello from greet"), "{ran}");
+    let reloaded = text(&sluice(&["pack", "reload", "greet"], &second));
+    assert!(reloaded.contains("reloaded"), "{reloaded}");
+    let removed = sluice(&["pack", "remove", "greet"], &second);
+    assert_eq!(text(&removed), "pack greet removed\n");
+    let gone = sluice(&["pack", "show", "greet"], &second);
+    assert!(!gone.status.success());
+    assert!(text(&gone).contains("(HTTP 404)"), "{}", text(&gone));
     // A command's output is its own: no connection notes mixed in.
     let published = Command::new(SLUICE)
         .args([

@@ -9,6 +9,7 @@ pub fn run_message(id: i64, attempt: u32) -> RunMessage {
         attempt,
         action: "core.noop".parse().unwrap(),
         runner: RunnerType::Noop,
+        pack_digest: None,
         entry_point: None,
         parameters: Default::default(),
         secret_parameters: vec![],

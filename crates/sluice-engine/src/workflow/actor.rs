@@ -52,7 +52,7 @@ impl Actor for WorkflowActor {
         let id = args.pending.id;
         let machine = Machine::new(
             workflow,
-            args.ctx.catalog.clone(),
+            args.ctx.catalog.borrow().clone(),
             &args.action,
             args.ctx.keyring.clone(),
             &args.ctx.kv,

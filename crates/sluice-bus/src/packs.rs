@@ -1,0 +1,163 @@
+//! The packs object store, `sluice-packs`: every version of every pack the engine has put
+//! in force, as its bundle (see `sluice_pack::bundle`), under `<pack>/<digest>`. The engine
+//! publishes; workers fetch the version a run message names, so they need no pack on disk.
+//!
+//! A version stays until [`KEPT_VERSIONS`] newer ones of the same pack are published, so an
+//! execution admitted before a few reloads still finds the files it was admitted with.
+
+use async_nats::jetstream::{object_store, stream};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt as _;
+
+use crate::Bus;
+use crate::error::BusError;
+use crate::names::PACKS_BUCKET;
+
+/// Versions of each pack kept in the bucket, the one in force included.
+pub const KEPT_VERSIONS: usize = 10;
+
+/// When a version was published (RFC 3339), in its object's metadata.
+const PUBLISHED: &str = "published";
+
+/// The packs bucket.
+#[derive(Clone)]
+pub struct PackStore {
+    store: object_store::ObjectStore,
+}
+
+fn object_name(pack: &str, digest: &str) -> String {
+    format!("{pack}/{digest}")
+}
+
+impl PackStore {
+    /// The bucket, created if missing (the engine). Its stream is declared directly, as an
+    /// object store's is, so servers from 2.9 on take it.
+    pub async fn create(bus: &Bus) -> Result<Self, BusError> {
+        let js = bus.jetstream();
+        if let Ok(store) = js.get_object_store(PACKS_BUCKET).await {
+            return Ok(Self { store });
+        }
+        let what = || format!("the {PACKS_BUCKET} object store");
+        js.get_or_create_stream(stream::Config {
+            name: format!("OBJ_{PACKS_BUCKET}"),
+            description: Some("Sluice: pack versions, as bundles by digest".into()),
+            subjects: vec![
+                format!("$O.{PACKS_BUCKET}.C.>"),
+                format!("$O.{PACKS_BUCKET}.M.>"),
+            ],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: bus.stream_replicas(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::setup(what(), e))?;
+        let store = js
+            .get_object_store(PACKS_BUCKET)
+            .await
+            .map_err(|e| BusError::setup(what(), e))?;
+        Ok(Self { store })
+    }
+
+    /// The bucket the engine made (a worker).
+    pub async fn open(bus: &Bus) -> Result<Self, BusError> {
+        let store = bus
+            .jetstream()
+            .get_object_store(PACKS_BUCKET)
+            .await
+            .map_err(|e| {
+                BusError::setup(
+                    format!("the {PACKS_BUCKET} object store (the engine creates it)"),
+                    e,
+                )
+            })?;
+        Ok(Self { store })
+    }
+
+    /// Stores a version unless it is there already; `true` if it was stored now. Older
+    /// versions of the pack past [`KEPT_VERSIONS`] are deleted.
+    pub async fn publish(&self, pack: &str, digest: &str, bytes: &[u8]) -> Result<bool, BusError> {
+        let name = object_name(pack, digest);
+        if self.store.info(&name).await.is_ok_and(|info| !info.deleted) {
+            return Ok(false);
+        }
+        let meta = object_store::ObjectMetadata {
+            name: name.clone(),
+            description: Some(format!("pack {pack}")),
+            metadata: [(PUBLISHED.to_owned(), chrono::Utc::now().to_rfc3339())].into(),
+            ..Default::default()
+        };
+        let mut data = bytes;
+        self.store
+            .put(meta, &mut data)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject: format!("{PACKS_BUCKET}/{name}"),
+                source: e.into(),
+                transient: true,
+            })?;
+        self.prune(pack, digest).await?;
+        Ok(true)
+    }
+
+    /// The bundle of one version; `None` if the bucket does not hold it.
+    pub async fn fetch(&self, pack: &str, digest: &str) -> Result<Option<Vec<u8>>, BusError> {
+        let name = object_name(pack, digest);
+        let what = || format!("{PACKS_BUCKET}/{name}");
+        let mut object = match self.store.get(&name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BusError::read(what(), e)),
+        };
+        let mut bytes = Vec::with_capacity(object.info().size);
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| BusError::read(what(), e))?;
+        Ok(Some(bytes))
+    }
+
+    /// The digests of a pack's versions held, oldest first.
+    pub async fn versions(&self, pack: &str) -> Result<Vec<String>, BusError> {
+        let what = || format!("the {PACKS_BUCKET} object store's list");
+        let prefix = format!("{pack}/");
+        let mut list = self
+            .store
+            .list()
+            .await
+            .map_err(|e| BusError::read(what(), e))?;
+        let mut found = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| BusError::read(what(), e))?;
+            if info.deleted {
+                continue;
+            }
+            if let Some(digest) = info.name.strip_prefix(&prefix) {
+                let published = info.metadata.get(PUBLISHED).cloned().unwrap_or_default();
+                found.push((published, digest.to_owned()));
+            }
+        }
+        found.sort();
+        Ok(found.into_iter().map(|(_, digest)| digest).collect())
+    }
+
+    /// Deletes the pack's versions older than the newest [`KEPT_VERSIONS`], never `current`.
+    async fn prune(&self, pack: &str, current: &str) -> Result<(), BusError> {
+        let versions = self.versions(pack).await?;
+        let excess = versions.len().saturating_sub(KEPT_VERSIONS);
+        for digest in versions.iter().take(excess).filter(|d| *d != current) {
+            let name = object_name(pack, digest);
+            self.store
+                .delete(&name)
+                .await
+                .map_err(|e| BusError::Publish {
+                    subject: format!("{PACKS_BUCKET}/{name}"),
+                    source: e.into(),
+                    transient: true,
+                })?;
+        }
+        Ok(())
+    }
+}
