@@ -582,7 +582,9 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn into_config(self) -> Config {
+    fn into_config(mut self) -> Config {
+        // An empty entry (`SLUICE_PACKS=""`) names no directory.
+        self.packs.retain(|dir| !dir.as_os_str().is_empty());
         Config {
             data_dir: self.data_dir,
             worker_packs: self.packs.clone(),
