@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Sluice's whole test suite: formatting, lints, and every test against a real
-# nats-server and a real PostgreSQL. Installs what a fresh Debian machine lacks first.
+# Runs Sluice's whole test suite: formatting, lints, every test against a real nats-server
+# and a real PostgreSQL, and the API against its OpenAPI document. Installs what a fresh
+# Debian machine lacks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v git >/dev/null || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -25,5 +28,7 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --doc --locked
+# The API against its OpenAPI document (schemathesis, from PyPI).
+./scripts/api-contract.sh
 # Last, so its summary closes the run.
 cargo nextest run --workspace --locked --no-fail-fast

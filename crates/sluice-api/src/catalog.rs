@@ -62,6 +62,12 @@ fn pack_view(catalog: &Catalog, pack: &Pack) -> Value {
 }
 
 /// Every pack: those loaded, and those left out with every problem (file, field, message).
+#[utoipa::path(
+    get,
+    path = "/api/v1/packs",
+    tag = "packs",
+    responses((status = 200, description = "Every pack, and those left out with every problem", body = Vec<Value>))
+)]
 async fn list_packs(State(engine): State<AppState>) -> Json<Value> {
     let catalog = engine.catalog();
     let mut packs: Vec<Value> = catalog
@@ -80,6 +86,13 @@ async fn list_packs(State(engine): State<AppState>) -> Json<Value> {
     Json(Value::Array(packs))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/packs/{pack}",
+    tag = "packs",
+    params(("pack" = String, Path, description = "The pack")),
+    responses((status = 200, description = "The pack", body = Value))
+)]
 async fn show_pack(
     State(engine): State<AppState>,
     Path(name): Path<String>,
@@ -92,6 +105,13 @@ async fn show_pack(
         .ok_or_else(|| ApiError::NotFound(format!("no pack {name:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/actions/{action}",
+    tag = "catalog",
+    params(("action" = String, Path, description = "The action, pack.name")),
+    responses((status = 200, description = "The action and the rules that run it", body = Value))
+)]
 async fn show_action(
     State(engine): State<AppState>,
     Path(action): Path<String>,
@@ -131,6 +151,12 @@ fn trigger_view(catalog: &Catalog, trigger: &Trigger) -> Value {
 
 /// Every trigger, built in or from a pack, with the NATS subject that fires it and the
 /// rules on it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/triggers",
+    tag = "catalog",
+    responses((status = 200, description = "Every trigger, its subject and rules", body = Vec<Value>))
+)]
 async fn list_triggers(State(engine): State<AppState>) -> Json<Value> {
     let catalog = engine.catalog();
     Json(Value::Array(
@@ -142,6 +168,13 @@ async fn list_triggers(State(engine): State<AppState>) -> Json<Value> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/triggers/{trigger}",
+    tag = "catalog",
+    params(("trigger" = String, Path, description = "The trigger, pack.name")),
+    responses((status = 200, description = "The trigger", body = Value))
+)]
 async fn show_trigger(
     State(engine): State<AppState>,
     Path(trigger): Path<String>,
@@ -155,10 +188,11 @@ async fn show_trigger(
 }
 
 /// Where a pack is installed from, as JSON.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InstallFrom {
     /// A directory on the engine's host.
+    #[schema(value_type = Option<String>)]
     path: Option<std::path::PathBuf>,
     /// A git repository URL.
     git: Option<String>,
@@ -169,6 +203,16 @@ struct InstallFrom {
 
 /// `POST /api/v1/packs`: a `.tar.gz` body (`Content-Type: application/gzip`), or JSON naming
 /// a directory (`{"path"}`) or a git repository (`{"git", "ref"}`). `201` with the pack.
+#[utoipa::path(
+    post,
+    path = "/api/v1/packs",
+    tag = "packs",
+    request_body(content(
+        (InstallFrom = "application/json"),
+        (Vec<u8> = "application/gzip")
+    )),
+    responses((status = 201, description = "The pack, installed and in force", body = Value))
+)]
 async fn install_pack(
     State(engine): State<AppState>,
     request: Request,
@@ -215,6 +259,13 @@ async fn install_pack(
 
 /// `POST /api/v1/packs/{pack}/reload`: the pack read again from its directory and put in
 /// force (with every other pack); the pack as it is now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/packs/{pack}/reload",
+    tag = "packs",
+    params(("pack" = String, Path, description = "The pack")),
+    responses((status = 200, description = "The pack, read again and in force", body = Value))
+)]
 async fn reload_pack(
     State(engine): State<AppState>,
     Path(name): Path<String>,
@@ -224,6 +275,13 @@ async fn reload_pack(
 }
 
 /// `DELETE /api/v1/packs/{pack}`: an installed pack removed.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/packs/{pack}",
+    tag = "packs",
+    params(("pack" = String, Path, description = "The pack")),
+    responses((status = 200, description = "Removed", body = Value))
+)]
 async fn remove_pack(
     State(engine): State<AppState>,
     Path(name): Path<String>,

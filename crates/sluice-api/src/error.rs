@@ -153,12 +153,29 @@ pub fn problem(status: StatusCode, detail: &str) -> Response {
     problem_response(status, &problem_body(status, detail))
 }
 
+/// RFC 9457 problem details: every error the API answers with.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The status's phrase.
+    title: String,
+    status: u16,
+    /// What is wrong, and where: the parameter, field, file or filter at fault.
+    detail: String,
+    /// Each problem of a request with several, with its field (and file, for packs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<Value>>,
+}
+
 fn problem_body(status: StatusCode, detail: &str) -> Value {
-    json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
+    json!(Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        errors: None,
     })
 }
 
@@ -198,5 +215,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         serde_json::from_value(value)
             .map(Body)
             .map_err(|e| ApiError::BadRequest(format!("the body does not fit: {e}")))
+    }
+}
+
+/// A query string read as `T`; one that does not fit is a `400` problem naming the
+/// parameter, in the API's one error shape.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Query<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|e| {
+                ApiError::BadRequest(format!("the query string does not fit: {}", e.body_text()))
+            })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use sluice_core::datastore::KeyName;
 use sluice_engine::datastore::{KeyError, NewKey, WriteError};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, AppState, Body};
+use crate::error::{ApiError, AppState, Body, Query};
 
 pub(crate) fn routes() -> Router<AppState> {
     use axum::routing::{get, post};
@@ -43,11 +43,19 @@ fn key_name(key: &str) -> Result<KeyName, ApiError> {
         .map_err(|e: sluice_core::datastore::KeyNameError| ApiError::BadRequest(e.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     prefix: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = "datastore",
+    params(ListQuery),
+    responses((status = 200, description = "Keys; secret values masked", body = Vec<Value>))
+)]
 async fn list(
     State(engine): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -57,12 +65,20 @@ async fn list(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReadQuery {
     #[serde(default)]
     decrypt: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys/{key}",
+    tag = "datastore",
+    params(("key" = String, Path, description = "The key"), ReadQuery),
+    responses((status = 200, description = "The key", body = Value))
+)]
 async fn read(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -82,7 +98,7 @@ async fn read(
     Ok(Json(json!(engine.keys().open(&key, &caller.name).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WriteRequest {
     value: Value,
@@ -94,6 +110,14 @@ struct WriteRequest {
     revision: Option<u64>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/keys/{key}",
+    tag = "datastore",
+    params(("key" = String, Path, description = "The key")),
+    request_body = WriteRequest,
+    responses((status = 200, description = "The key as written", body = Value))
+)]
 async fn write(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -126,11 +150,19 @@ async fn write(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
     revision: Option<u64>,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{key}",
+    tag = "datastore",
+    params(("key" = String, Path, description = "The key"), DeleteQuery),
+    responses((status = 200, description = "Deleted", body = Value))
+)]
 async fn remove(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -145,6 +177,12 @@ async fn remove(
     Ok(Json(json!({ "key": key.to_string(), "deleted": true })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/secrets/rotate",
+    tag = "datastore",
+    responses((status = 200, description = "The new key, and how many values were sealed again", body = Value))
+)]
 async fn rotate(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -9,10 +9,11 @@ pub mod auth;
 mod catalog;
 mod error;
 mod keys;
+mod openapi;
 mod rules;
 mod webhooks;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
@@ -22,6 +23,7 @@ use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_store::ExecutionFilter;
 
+use error::Query;
 pub use error::{ApiError, AppState, Body};
 
 pub fn app(engine: AppState) -> Router {
@@ -48,6 +50,7 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/metrics", get(engine_metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .merge(keys::routes())
         .merge(rules::routes())
         .merge(catalog::routes())
@@ -113,6 +116,12 @@ pub async fn metrics() -> impl IntoResponse {
 
 /// The process's counters and histograms, and gauges read from the engine at scrape time:
 /// each action's queue, active count and limit (per concurrency key too), and workers.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "engine",
+    responses((status = 200, description = "Prometheus / OpenMetrics text", content_type = "application/openmetrics-text", body = String))
+)]
 async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
     let mut gauges = sluice_telemetry::metrics::Gauges::default();
     let stats = engine.supervisor_stats().await;
@@ -211,7 +220,7 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
     prometheus_text(sluice_telemetry::metrics().render_with(&gauges))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTokenRequest {
     /// What the token is for, shown in listings.
@@ -222,6 +231,13 @@ struct NewTokenRequest {
 }
 
 /// Creates a token; the answer holds the token itself, which is never shown again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    request_body = NewTokenRequest,
+    responses((status = 201, description = "The token, with its secret shown this once", body = Value))
+)]
 async fn create_token(
     State(engine): State<AppState>,
     Extension(caller): Extension<auth::Caller>,
@@ -246,10 +262,23 @@ async fn create_token(
 }
 
 /// Every token, without its secret.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "Every token, without its secret", body = Vec<sluice_store::Token>))
+)]
 async fn list_tokens(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(engine.store().list_tokens().await?)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(("id" = i64, Path, description = "The token's id")),
+    responses((status = 200, description = "Revoked", body = Value))
+)]
 async fn revoke_token(
     State(engine): State<AppState>,
     Extension(caller): Extension<auth::Caller>,
@@ -272,6 +301,13 @@ fn parse_id(id: &str) -> Result<ExecutionId, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("execution id {id:?} is not a number")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/executions/{id}/cancel",
+    tag = "executions",
+    params(("id" = i64, Path, description = "The execution's id")),
+    responses((status = 202, description = "Cancelling: queued ones at once, running ones by their worker", body = Value))
+)]
 async fn cancel_execution(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -286,10 +322,67 @@ async fn cancel_execution(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OutputQuery {
     #[serde(default)]
     follow: bool,
+}
+
+/// What an execution's result kept of its output.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Output {
+    id: ExecutionId,
+    status: ExecutionStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// One Server-Sent Event of an execution's output followed live.
+#[derive(utoipa::ToSchema)]
+struct OutputEvent {
+    event: OutputEventKind,
+    /// `stdout` and `stderr`: the text, as a JSON string; `end`: the final status.
+    data: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+enum OutputEventKind {
+    Stdout,
+    Stderr,
+    End,
+}
+
+impl OutputEvent {
+    fn piece(stream: &str, text: &str) -> Self {
+        Self {
+            event: if stream == "stderr" {
+                OutputEventKind::Stderr
+            } else {
+                OutputEventKind::Stdout
+            },
+            data: serde_json::to_string(text).unwrap_or_default(),
+        }
+    }
+
+    fn end(status: ExecutionStatus) -> Self {
+        Self {
+            event: OutputEventKind::End,
+            data: status.as_str().to_owned(),
+        }
+    }
+
+    fn into_sse(self) -> axum::response::sse::Event {
+        let name = match self.event {
+            OutputEventKind::Stdout => "stdout",
+            OutputEventKind::Stderr => "stderr",
+            OutputEventKind::End => "end",
+        };
+        axum::response::sse::Event::default()
+            .event(name)
+            .data(self.data)
+    }
 }
 
 /// The output an execution's result kept: `(stdout, stderr)`.
@@ -310,6 +403,13 @@ fn kept_output(execution: &sluice_store::Execution) -> (String, String) {
 /// `follow=true`, Server-Sent Events: each piece from the first, then as the worker reads
 /// it (`event: stdout` or `stderr`, the text as a JSON string), then `event: end` with the
 /// final status; for an execution that already ended, what its result kept, then `end`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}/output",
+    tag = "executions",
+    params(("id" = i64, Path, description = "The execution's id"), OutputQuery),
+    responses((status = 200, description = "What its result kept; with follow=true, Server-Sent Events (stdout, stderr, end)", content((Output = "application/json"), (OutputEvent = "text/event-stream"))))
+)]
 async fn execution_output(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -325,9 +425,12 @@ async fn execution_output(
     if !query.follow {
         let execution = found(engine.store().get_execution(id).await?)?;
         let (stdout, stderr) = kept_output(&execution);
-        return Ok(Json(json!({
-            "id": id, "status": execution.status, "stdout": stdout, "stderr": stderr,
-        }))
+        return Ok(Json(Output {
+            id,
+            status: execution.status,
+            stdout,
+            stderr,
+        })
         .into_response());
     }
     // Listening first, then reading the status: no piece falls between the two.
@@ -337,12 +440,8 @@ async fn execution_output(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .boxed();
     let now = found(engine.store().get_execution(id).await?)?;
-    let piece = |stream: &str, text: &str| {
-        Event::default()
-            .event(stream)
-            .data(serde_json::to_string(text).unwrap_or_default())
-    };
-    let end = |status: ExecutionStatus| Event::default().event("end").data(status.as_str());
+    let piece = |stream: &str, text: &str| OutputEvent::piece(stream, text).into_sse();
+    let end = |status: ExecutionStatus| OutputEvent::end(status).into_sse();
     let (events, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         if now.status.is_terminal() {
@@ -397,7 +496,7 @@ async fn execution_output(
 }
 
 /// Which executions a bulk cancel takes: at least one of these.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelFilter {
     action: Option<String>,
@@ -410,6 +509,13 @@ struct CancelFilter {
 
 /// Cancels every unfinished execution matching the filter, oldest first; what became of
 /// each.
+#[utoipa::path(
+    post,
+    path = "/api/v1/executions/cancel",
+    tag = "executions",
+    request_body = CancelFilter,
+    responses((status = 200, description = "How many matched, and what became of each", body = Value))
+)]
 async fn cancel_executions(
     State(engine): State<AppState>,
     Body(filter): Body<CancelFilter>,
@@ -474,7 +580,7 @@ async fn cancel_executions(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rerun {
     /// Parameters that replace the original's; the others stay as they were.
@@ -482,6 +588,14 @@ struct Rerun {
     parameters: Map<String, Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/executions/{id}/re-run",
+    tag = "executions",
+    params(("id" = i64, Path, description = "The execution's id")),
+    request_body = Rerun,
+    responses((status = 201, description = "The new execution, naming the one it re-runs", body = sluice_store::Execution))
+)]
 async fn rerun_execution(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -504,6 +618,13 @@ async fn created(
     Ok((StatusCode::CREATED, shown(&execution)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/actions/{action}/queue-stats",
+    tag = "engine",
+    params(("action" = String, Path, description = "The action, pack.name")),
+    responses((status = 200, description = "Queue length, active count and limit, per key, oldest wait", body = Value))
+)]
 async fn queue_stats(
     State(engine): State<AppState>,
     Path(action): Path<String>,
@@ -515,19 +636,39 @@ async fn queue_stats(
     Ok(Json(json!(stats)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/workers",
+    tag = "engine",
+    responses((status = 200, description = "Workers: capacity, what they run, last heartbeat", body = Vec<Value>))
+)]
 async fn workers(State(engine): State<AppState>) -> Json<Value> {
     Json(json!(engine.workers()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/timers",
+    tag = "rules",
+    responses((status = 200, description = "Timer rules: schedule, next and last tick", body = Vec<Value>))
+)]
 async fn timers(State(engine): State<AppState>) -> Json<Value> {
     Json(json!(engine.timers()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "engine",
+    responses((status = 200, description = "The engine is up", body = Value)),
+    security(())
+)]
 async fn healthz(State(engine): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "store": engine.store().backend_name() }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     action: Option<String>,
     status: Option<String>,
@@ -560,6 +701,13 @@ fn instant(
         })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions",
+    tag = "executions",
+    params(ListQuery),
+    responses((status = 200, description = "Executions, newest first", body = Vec<sluice_store::Execution>))
+)]
 async fn list_executions(
     State(engine): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -583,6 +731,13 @@ async fn list_executions(
     Ok(shown(&executions))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}",
+    tag = "executions",
+    params(("id" = i64, Path, description = "The execution's id")),
+    responses((status = 200, description = "The execution with its status history", body = sluice_store::Execution))
+)]
 async fn get_execution(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -601,13 +756,20 @@ fn shown(value: &impl Serialize) -> Json<Value> {
     Json(sluice_core::secrets::masked(&json!(value)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateExecution {
     action: String,
     #[serde(default)]
     parameters: Map<String, Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/executions",
+    tag = "executions",
+    request_body = CreateExecution,
+    responses((status = 201, description = "The execution, requested", body = sluice_store::Execution))
+)]
 async fn create_execution(
     State(engine): State<AppState>,
     Body(request): Body<CreateExecution>,
@@ -623,6 +785,12 @@ struct ActionView<'a> {
     pack: &'a str,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/actions",
+    tag = "catalog",
+    responses((status = 200, description = "Every action: parameters, runner, policy", body = Vec<Value>))
+)]
 async fn list_actions(State(engine): State<AppState>) -> Json<Value> {
     let catalog = engine.catalog();
     let actions: Vec<ActionView<'_>> = catalog
@@ -636,13 +804,28 @@ async fn list_actions(State(engine): State<AppState>) -> Json<Value> {
     Json(json!(actions))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
     limit: Option<u32>,
 }
 
 /// Events, newest first: `trigger`, `status` (accepted or rejected), `since`, `until`,
 /// `before` (the next page), `limit`, and at most one `payload.<path>=<value>`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(
+        ("trigger" = Option<String>, Query, description = "Only this trigger's events"),
+        ("status" = Option<String>, Query, description = "accepted or rejected"),
+        ("since" = Option<String>, Query, description = "An RFC 3339 time, or a duration back from now (1h)"),
+        ("until" = Option<String>, Query, description = "An RFC 3339 time, or a duration back from now"),
+        ("before" = Option<i64>, Query, description = "The next page: events older than this id"),
+        ("limit" = Option<i64>, Query, description = "At most this many (1 to 1000)"),
+    ),
+    responses((status = 200, description = "Events, newest first", body = Vec<sluice_store::Event>))
+)]
 async fn list_events(
     State(engine): State<AppState>,
     Query(query): Query<std::collections::HashMap<String, String>>,
@@ -698,6 +881,13 @@ async fn list_events(
 
 /// One event, its enforcements, and how every rule on its trigger judges its payload now:
 /// matched or not, and if not the first check that failed with the value it saw.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    params(("id" = i64, Path, description = "The event's id")),
+    responses((status = 200, description = "The event, its enforcements, and how each rule on its trigger judges it", body = Value))
+)]
 async fn get_event(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -735,7 +925,8 @@ async fn get_event(
     Ok(Json(sluice_core::secrets::masked(&body)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EnforcementQuery {
     rule: Option<String>,
     event: Option<i64>,
@@ -744,6 +935,13 @@ struct EnforcementQuery {
 }
 
 /// Which rule fired on which event and the execution it requested, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/enforcements",
+    tag = "events",
+    params(EnforcementQuery),
+    responses((status = 200, description = "Which rule fired on which event, newest first", body = Vec<sluice_store::Enforcement>))
+)]
 async fn list_enforcements(
     State(engine): State<AppState>,
     Query(query): Query<EnforcementQuery>,
@@ -760,6 +958,13 @@ async fn list_enforcements(
     Ok(Json(json!(found)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters",
+    tag = "engine",
+    params(LimitQuery),
+    responses((status = 200, description = "Messages given up on, with why", body = Vec<sluice_store::DeadLetterRecord>))
+)]
 async fn list_dead_letters(
     State(engine): State<AppState>,
     Query(query): Query<LimitQuery>,
@@ -774,16 +979,30 @@ async fn list_dead_letters(
 
 /// Counts that must add up: events, enforcements, executions by status, and any
 /// execution whose history does not show exactly one end.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ledger",
+    tag = "engine",
+    responses((status = 200, description = "Counts that must add up", body = sluice_store::Ledger))
+)]
 async fn ledger(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(engine.store().ledger().await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ActorsQuery {
     action: Option<String>,
 }
 
 /// The live actor tree; `?action=REF` keeps only that action's supervisor.
+#[utoipa::path(
+    get,
+    path = "/api/v1/actors",
+    tag = "engine",
+    params(ActorsQuery),
+    responses((status = 200, description = "The live actor tree", body = Value))
+)]
 async fn actors(
     State(engine): State<AppState>,
     Query(query): Query<ActorsQuery>,

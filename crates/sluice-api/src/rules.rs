@@ -98,6 +98,12 @@ fn view(rule: &Rule, switch: Option<&RuleSwitch>) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules",
+    tag = "rules",
+    responses((status = 200, description = "Every rule, with its origin and switch", body = Vec<Value>))
+)]
 async fn list(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
     let switches = engine.rule_switches().await?;
     let catalog = engine.catalog();
@@ -109,6 +115,13 @@ async fn list(State(engine): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(Value::Array(rules)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules/{rule}",
+    tag = "rules",
+    params(("rule" = String, Path, description = "The rule, pack.name")),
+    responses((status = 200, description = "The rule", body = Value))
+)]
 async fn show(
     State(engine): State<AppState>,
     Path(rule): Path<String>,
@@ -138,6 +151,13 @@ async fn switch(
     Ok(Json(view(found, Some(&switch))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/{rule}/enable",
+    tag = "rules",
+    params(("rule" = String, Path, description = "The rule, pack.name")),
+    responses((status = 200, description = "The rule, enabled", body = Value))
+)]
 async fn enable(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -146,6 +166,13 @@ async fn enable(
     switch(engine, caller, rule, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/{rule}/disable",
+    tag = "rules",
+    params(("rule" = String, Path, description = "The rule, pack.name")),
+    responses((status = 200, description = "The rule, disabled", body = Value))
+)]
 async fn disable(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -154,7 +181,7 @@ async fn disable(
     switch(engine, caller, rule, false).await
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TestRequest {
     /// The trigger payload to judge.
@@ -162,6 +189,14 @@ struct TestRequest {
     payload: Value,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/{rule}/test",
+    tag = "rules",
+    params(("rule" = String, Path, description = "The rule, pack.name")),
+    request_body = TestRequest,
+    responses((status = 200, description = "Whether it matches, and if not the first check that failed", body = Value))
+)]
 async fn test(
     State(engine): State<AppState>,
     Path(rule): Path<String>,
@@ -175,6 +210,13 @@ async fn test(
 }
 
 /// Defines a rule; `409` if one of that name exists.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules",
+    tag = "rules",
+    request_body = Value,
+    responses((status = 201, description = "The rule, in force", body = Value))
+)]
 async fn create(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -196,6 +238,14 @@ async fn create(
 }
 
 /// Defines or replaces the rule `{ref}`; the body's `pack` and `name` must make `{ref}`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/rules/{rule}",
+    tag = "rules",
+    params(("rule" = String, Path, description = "The rule, pack.name")),
+    request_body = Value,
+    responses((status = 200, description = "The rule, in force", body = Value))
+)]
 async fn replace(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -224,6 +274,13 @@ async fn replace(
     show(State(engine), Path(rule)).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/rules/{rule}",
+    tag = "rules",
+    params(("rule" = String, Path, description = "The rule, pack.name")),
+    responses((status = 200, description = "Deleted", body = Value))
+)]
 async fn remove(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -206,6 +206,15 @@ fn delivery_id(headers: &HeaderMap) -> Option<&str> {
         .filter(|id| !id.is_empty() && id.len() <= 200)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/{url}",
+    tag = "webhooks",
+    params(("url" = String, Path, description = "The webhook URL a rule listens on, or st2")),
+    request_body = Value,
+    responses((status = 202, description = "The event is stored", body = Value)),
+    security((), ("bearer" = []))
+)]
 async fn receive(
     State(engine): State<AppState>,
     Path(url): Path<String>,

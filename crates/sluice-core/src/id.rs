@@ -7,12 +7,36 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// One run of an action, numbered by the store in request order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct ExecutionId(pub i64);
 
 /// One firing of a trigger, numbered by the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct EventId(pub i64);
 
@@ -35,8 +59,11 @@ numeric_id!(ExecutionId);
 numeric_id!(EventId);
 
 /// A `pack.name` reference to an action, trigger or rule.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "core.local")]
 pub struct ActionRef(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -42,7 +42,7 @@ pub struct EventOutcome {
     pub executions: Vec<(ExecutionId, ActionRef)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: EventId,
     pub trigger: String,
@@ -54,7 +54,7 @@ pub struct Event {
 }
 
 /// A rule that fired on an event, and the execution it requested.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Enforcement {
     pub id: i64,
     pub rule: String,
@@ -63,14 +63,14 @@ pub struct Enforcement {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct HistoryEntry {
     pub attempt: u32,
     pub status: ExecutionStatus,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Execution {
     pub id: ExecutionId,
     pub action: ActionRef,
@@ -163,7 +163,7 @@ pub struct EventFilter {
 
 /// Counts across the store that must add up: every trigger message is one event, every
 /// execution ends exactly once.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, Default)]
 pub struct Ledger {
     pub events: i64,
     pub rejected_events: i64,
@@ -179,7 +179,7 @@ pub struct Ledger {
 }
 
 /// A message given up as never able to succeed, as the store keeps it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterRecord {
     pub id: i64,
     pub stream: String,

@@ -19,7 +19,7 @@ pub struct NewToken {
 }
 
 /// A token as listed: everything but its hash.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Token {
     pub id: i64,
     pub name: String,

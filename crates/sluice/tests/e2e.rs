@@ -1199,3 +1199,104 @@ async fn live_output_arrives_in_pieces_before_the_execution_ends() {
         .await;
     assert_eq!(code, 404);
 }
+
+/// Every route docs/api.md lists, as `(method, path)` with parameters written `{}`.
+fn documented_routes() -> std::collections::BTreeSet<(String, String)> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md")).unwrap();
+    let mut routes = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with("| `")) {
+        for span in line.split('`').skip(1).step_by(2) {
+            let Some((methods, path)) = span.split_once(' ') else {
+                continue;
+            };
+            if !path.starts_with('/') {
+                continue;
+            }
+            let path = path.split(['?', '[', ' ']).next().unwrap();
+            for method in methods.split('/') {
+                if ["GET", "POST", "PUT", "DELETE"].contains(&method) {
+                    routes.insert((method.to_owned(), normalized(path)));
+                }
+            }
+        }
+    }
+    routes
+}
+
+fn normalized(path: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                inside = true;
+                out.push_str("{}");
+            }
+            '}' => inside = false,
+            c if !inside => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_to_a_token_and_lists_every_documented_route() {
+    let sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
+    let anonymous = reqwest::get(format!("{}/api/v1/openapi.json", sluice.api))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let (status, document) = sluice.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(document["openapi"], "3.1.0");
+    let mut operations = std::collections::BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "delete"] {
+            if let Some(operation) = item.get(method) {
+                assert!(
+                    operation["responses"]["default"]["content"]["application/problem+json"]
+                        .is_object(),
+                    "{method} {path} documents its problems"
+                );
+                operations.insert((method.to_uppercase(), normalized(path)));
+            }
+        }
+    }
+    let documented = documented_routes();
+    let (webhook_st2, webhook) = (
+        ("POST".to_owned(), "/api/v1/webhooks/st2".to_owned()),
+        ("POST".to_owned(), "/api/v1/webhooks/{}".to_owned()),
+    );
+    let undocumented: Vec<_> = operations.difference(&documented).collect();
+    let missing: Vec<_> = documented
+        .iter()
+        .filter(|route| **route != webhook_st2 || !operations.contains(&webhook))
+        .filter(|route| !operations.contains(route))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "in the OpenAPI document, not in docs/api.md: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "in docs/api.md, not in the OpenAPI document: {missing:?}"
+    );
+    assert!(operations.len() >= 45, "{}", operations.len());
+
+    let execution = &document["components"]["schemas"]["Execution"];
+    assert_eq!(
+        execution["properties"]["status"]["$ref"],
+        "#/components/schemas/ExecutionStatus"
+    );
+    assert!(
+        document["paths"]["/api/v1/executions"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["$ref"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("CreateExecution")),
+        "{}",
+        document["paths"]["/api/v1/executions"]["post"]
+    );
+}
