@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
-venv="${SLUICE_CONTRACT_VENV:-target/contract-venv}"
+venv="${SLUICE_CONTRACT_VENV:-${CARGO_TARGET_DIR:-target}/contract-venv}"
 if [ ! -x "$venv/bin/st" ]; then
     echo "installing schemathesis into $venv"
     python3 -m venv "$venv"
@@ -18,12 +18,15 @@ if [ ! -x "$venv/bin/st" ]; then
 fi
 
 cargo build --quiet --locked -p sluice
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+sluice="$target_dir/debug/sluice"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 nats_port=$(free_port)
 http_port=$(free_port)
 api="http://127.0.0.1:$http_port"
 
-(cd "$work" && exec "$OLDPWD/target/debug/sluice" up --packs "$OLDPWD/scripts/contract-pack" \
+(cd "$work" && exec "$sluice" up --packs "$OLDPWD/scripts/contract-pack" \
     --nats-port "$nats_port" --http "127.0.0.1:$http_port" >"$work/sluice.log" 2>&1) &
 sluice_pid=$!
 stop() {
@@ -52,8 +55,8 @@ json -d '{"action": "safe.nothing"}' "$api/api/v1/executions"
 json -X PUT -d '{"value": "db1.example.com"}' "$api/api/v1/keys/system.api_host"
 json -X PUT -d '{"value": "hunter2", "secret": true}' "$api/api/v1/keys/system.api_token"
 json -d '{"name": "grafana", "scope": "read", "expires": "1d"}' "$api/api/v1/tokens"
-(cd "$work" && "$OLDPWD/target/debug/sluice" trigger safe.ping '{"host": "db1"}' >/dev/null)
-(cd "$work" && "$OLDPWD/target/debug/sluice" trigger safe.ping '{"host": 7}' >/dev/null)
+(cd "$work" && "$sluice" trigger safe.ping '{"host": "db1"}' >/dev/null)
+(cd "$work" && "$sluice" trigger safe.ping '{"host": 7}' >/dev/null)
 
 curl -sf -H "$auth" "$api/api/v1/openapi.json" -o "$work/openapi.json"
 "$venv/bin/st" run "$work/openapi.json" --url "$api" -H "$auth" \
