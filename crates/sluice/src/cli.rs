@@ -858,15 +858,26 @@ async fn follow(
 }
 
 /// `sluice execution get --watch`: each status as it is reached, with the time since the
-/// execution was requested, then the execution once it ended. Whether it succeeded.
+/// execution was requested, then the execution once it ended. Whether it succeeded. On a
+/// terminal, a spinner on stderr shows the status and the time so far while it waits.
 pub async fn watch(
     client: &Client,
     id: i64,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
+    use std::io::IsTerminal as _;
+    const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let spinner = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let clear_spinner = || {
+        if spinner {
+            eprint!("\r\x1b[K");
+        }
+    };
     let mut shown = 0;
-    loop {
+    for tick in 0.. {
+        let frame = FRAMES[tick % FRAMES.len()];
         let execution = client.get(&format!("/api/v1/executions/{id}")).await?;
         let history = execution["history"].as_array().cloned().unwrap_or_default();
         let at = |entry: &Value| {
@@ -875,6 +886,9 @@ pub async fn watch(
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         };
         let requested = history.first().and_then(at);
+        if history.len() > shown || is_terminal(&execution) {
+            clear_spinner();
+        }
         for entry in history.iter().skip(shown) {
             let since = at(entry)
                 .zip(requested)
@@ -897,8 +911,16 @@ pub async fn watch(
             }
             return Ok(execution["status"] == "succeeded");
         }
+        if spinner {
+            eprint!(
+                "\r{frame} {} {:.1}s\x1b[K",
+                execution["status"].as_str().unwrap_or(""),
+                started.elapsed().as_secs_f64()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(false)
 }
 
 fn short_time(value: &Value) -> String {
@@ -1063,9 +1085,98 @@ pub fn print_tree(node: &Value, depth: usize, out: &mut impl Write) -> std::io::
     Ok(())
 }
 
+/// Where a table goes: when this process's stdout is a terminal, each line is cut to its
+/// width (the cut marked `…`), so a long cell never wraps the table; anywhere else (a pipe,
+/// a file) the lines go whole.
+pub fn table_out<W: Write>(out: W) -> FitWidth<W> {
+    use std::io::IsTerminal as _;
+    let width = std::io::stdout()
+        .is_terminal()
+        .then(terminal_size::terminal_size)
+        .flatten()
+        .map(|(width, _)| usize::from(width.0));
+    FitWidth::new(out, width)
+}
+
+/// Cuts each line written through it to `width` characters; see [`table_out`].
+pub struct FitWidth<W> {
+    inner: W,
+    width: Option<usize>,
+    /// Characters written of the current line.
+    column: usize,
+    /// The current line has been cut: drop the rest of it.
+    cut: bool,
+}
+
+impl<W: Write> FitWidth<W> {
+    pub fn new(inner: W, width: Option<usize>) -> Self {
+        Self {
+            inner,
+            width,
+            column: 0,
+            cut: false,
+        }
+    }
+}
+
+impl<W: Write> Write for FitWidth<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let Some(width) = self.width.filter(|w| *w > 1) else {
+            return self.inner.write(bytes);
+        };
+        let mut kept = Vec::with_capacity(bytes.len());
+        for &byte in bytes {
+            if byte == b'\n' {
+                kept.push(byte);
+                self.column = 0;
+                self.cut = false;
+                continue;
+            }
+            // A UTF-8 continuation byte belongs to the character before it.
+            let starts_char = byte & 0b1100_0000 != 0b1000_0000;
+            if starts_char && !self.cut {
+                if self.column + 1 >= width {
+                    kept.extend_from_slice("…".as_bytes());
+                    self.cut = true;
+                } else {
+                    self.column += 1;
+                }
+            }
+            if !self.cut {
+                kept.push(byte);
+            }
+        }
+        self.inner.write_all(&kept)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_line_longer_than_the_terminal_is_cut_and_marked() {
+        let mut out = Vec::new();
+        {
+            let mut fit = FitWidth::new(&mut out, Some(10));
+            writeln!(fit, "ACTION     DESCRIPTION").unwrap();
+            writeln!(fit, "short").unwrap();
+            write!(fit, "héllo wörld, ").unwrap();
+            writeln!(fit, "and more").unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ACTION   …\nshort\nhéllo wör…\n"
+        );
+        let mut whole = Vec::new();
+        writeln!(FitWidth::new(&mut whole, None), "{}", "x".repeat(300)).unwrap();
+        assert_eq!(whole.len(), 301, "not a terminal: lines go whole");
+    }
 
     #[test]
     fn params_are_key_value_text() {

@@ -694,7 +694,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             if client.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&workers)?)?;
             } else {
-                cli::print_workers(&workers, &mut out)?;
+                cli::print_workers(&workers, &mut cli::table_out(&mut out))?;
             }
             Ok(true)
         }
@@ -745,7 +745,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             } else {
                 cli::print_table(
                     list.as_array().map(Vec::as_slice).unwrap_or_default(),
-                    &mut out,
+                    &mut cli::table_out(&mut out),
                 )?;
             }
             Ok(true)
@@ -840,7 +840,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             if client.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&timers)?)?;
             } else {
-                cli::print_timers(&timers, &mut out)?;
+                cli::print_timers(&timers, &mut cli::table_out(&mut out))?;
             }
             Ok(true)
         }
@@ -932,7 +932,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 }
             };
             if rules.is_array() && !json {
-                cli::print_rules(&rules, &mut out)?;
+                cli::print_rules(&rules, &mut cli::table_out(&mut out))?;
             } else if let (false, Some(enabled)) = (json, rules["enabled"].as_bool()) {
                 // A switch: what it did, in words.
                 let rule = rules["ref"].as_str().unwrap_or_default();
@@ -1060,7 +1060,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             } else if show {
                 cli::print_event(&events, &mut out)?;
             } else {
-                cli::print_events(&events, &mut out)?;
+                cli::print_events(&events, &mut cli::table_out(&mut out))?;
             }
             Ok(true)
         }
@@ -1130,17 +1130,17 @@ fn print_pack_change(
     Ok(true)
 }
 
-async fn list_or_show<W: Write>(
+async fn list_or_show<'o, W: Write>(
     client: &ClientArgs,
     path: String,
-    out: &mut W,
-    table: impl FnOnce(&serde_json::Value, &mut W) -> anyhow::Result<()>,
+    out: &'o mut W,
+    table: impl FnOnce(&serde_json::Value, &mut cli::FitWidth<&'o mut W>) -> anyhow::Result<()>,
 ) -> anyhow::Result<bool> {
     let found = client.client()?.get(&path).await?;
     if client.json || !found.is_array() {
         writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
     } else {
-        table(&found, out)?;
+        table(&found, &mut cli::table_out(out))?;
     }
     Ok(true)
 }
