@@ -217,6 +217,35 @@ async fn engine_metrics(State(engine): State<AppState>) -> impl IntoResponse {
             ),
         ],
     );
+    let lags = engine.consumer_lag().await;
+    let per_consumer = |value: &dyn Fn(&sluice_bus::ConsumerLag) -> Option<f64>| {
+        lags.iter()
+            .filter_map(|l| Some((vec![l.stream.clone(), l.consumer.clone()], value(l)?)))
+            .collect::<Vec<_>>()
+    };
+    gauges.add(
+        "sluice_consumer_pending",
+        "Messages a durable consumer has not been given yet.",
+        &["stream", "consumer"],
+        &per_consumer(&|l| Some(l.pending as f64)),
+    );
+    gauges.add(
+        "sluice_consumer_ack_pending",
+        "Messages a durable consumer was given and has not acknowledged.",
+        &["stream", "consumer"],
+        &per_consumer(&|l| Some(l.ack_pending as f64)),
+    );
+    gauges.add(
+        "sluice_consumer_oldest_unprocessed_seconds",
+        "Age of the oldest message a durable consumer has not acknowledged (0 when none).",
+        &["stream", "consumer"],
+        &per_consumer(&|l| {
+            Some(
+                l.oldest_unprocessed_at
+                    .map_or(0.0, |at| (now - at).as_seconds_f64().max(0.0)),
+            )
+        }),
+    );
     prometheus_text(sluice_telemetry::metrics().render_with(&gauges))
 }
 

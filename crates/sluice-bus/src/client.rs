@@ -246,6 +246,47 @@ impl Bus {
     }
 
     /// The durable pull consumer `durable` of `stream`, as declared in `streams/`.
+    /// How far a durable consumer is behind its stream: messages not yet delivered, those
+    /// delivered and not yet acknowledged, and when the oldest message not yet processed
+    /// was stored.
+    pub async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        let what = format!("consumer {stream}/{durable}");
+        let handle = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        let consumer: PullConsumer = handle
+            .get_consumer(durable)
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        let info = consumer
+            .get_info()
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        let oldest_unprocessed_at = if info.num_pending + info.num_ack_pending as u64 > 0 {
+            // The first message past the acknowledgement floor; a work queue may have
+            // removed it already (acknowledged out of order), which leaves the age unknown.
+            handle
+                .get_raw_message(info.ack_floor.stream_sequence + 1)
+                .await
+                .ok()
+                .and_then(|m| {
+                    chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                })
+        } else {
+            None
+        };
+        Ok(ConsumerLag {
+            stream: stream.to_owned(),
+            consumer: durable.to_owned(),
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            oldest_unprocessed_at,
+        })
+    }
+
     pub async fn consumer(&self, stream: &str, durable: &str) -> Result<PullConsumer, BusError> {
         let what = format!("consumer {stream}/{durable}");
         let stream = self
@@ -599,4 +640,19 @@ fn storage_hint(stream: &str, max_bytes: i64) -> String {
          free under its store_dir when it started: free disk space there, or set \
          `jetstream {{ max_file_store: ... }}` in nats-server's configuration"
     )
+}
+
+/// How far a durable consumer is behind its stream ([`Bus::consumer_lag`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConsumerLag {
+    pub stream: String,
+    pub consumer: String,
+    /// Stored and not yet delivered.
+    pub pending: u64,
+    /// Delivered and not yet acknowledged (being handled, or waiting to be redelivered).
+    pub ack_pending: u64,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
+    /// When the oldest message not yet acknowledged was stored.
+    pub oldest_unprocessed_at: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -32,7 +32,9 @@ pub mod timers;
 mod trigger;
 mod url;
 
-pub use client::{Bus, LastStatus, NatsOptions, Published, connect_client, continue_trace, header};
+pub use client::{
+    Bus, ConsumerLag, LastStatus, NatsOptions, Published, connect_client, continue_trace, header,
+};
 pub use consume::{consume_batches, consume_within};
 pub use error::{BusError, BusErrorKind};
 pub use settle::Settle;

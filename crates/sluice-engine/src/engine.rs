@@ -180,8 +180,14 @@ impl Engine {
             config.worker_loss_window,
         );
         let client = shared.bus.client().clone();
+        let status = shared
+            .bus
+            .consumer(names::STATUS, names::ENGINE_CONSUMER)
+            .await?;
         let run: LoopFn = Box::new(move |cancel| {
-            Box::pin(monitor::run(client, heartbeats, w, d, window, cancel))
+            Box::pin(monitor::run(
+                client, status, heartbeats, w, d, window, cancel,
+            ))
         });
         spawn_loop(ActorName::Workers, ActorKind::WorkerMonitor, &shutdown, run).await?;
 
@@ -807,7 +813,33 @@ impl Engine {
     pub async fn actor_tree(&self) -> ActorNode {
         let stats = self.supervisor_stats().await;
         let workers = self.workers.snapshot();
-        tree::snapshot(&self.root.get_cell(), None, &self.fixed, &stats, &workers)
+        let lags = self.consumer_lag().await;
+        tree::snapshot(
+            &self.root.get_cell(),
+            None,
+            &self.fixed,
+            &stats,
+            &workers,
+            &lags,
+        )
+    }
+
+    /// How far behind its stream each durable consumer of the pipeline is: the engine's on
+    /// TRIGGERS, STATUS and DEADLETTER, and the workers' on RUN. One that cannot be read
+    /// (TRIGGERS on an engine that does not ingest) is left out.
+    pub async fn consumer_lag(&self) -> Vec<sluice_bus::ConsumerLag> {
+        let mut lags = Vec::new();
+        for (stream, durable) in [
+            (names::TRIGGERS, names::ENGINE_CONSUMER),
+            (names::STATUS, names::ENGINE_CONSUMER),
+            (names::DEADLETTER, names::ENGINE_CONSUMER),
+            (names::RUN, names::WORKERS_CONSUMER),
+        ] {
+            if let Ok(lag) = self.shared.bus.consumer_lag(stream, durable).await {
+                lags.push(lag);
+            }
+        }
+        lags
     }
 
     /// Stops taking triggers and admitting executions, lets executions already handed to

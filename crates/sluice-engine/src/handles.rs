@@ -171,12 +171,28 @@ pub(crate) enum SupervisorMsg {
     Cancel(ExecutionId, RpcReplyPort<CancelOutcome>),
     /// These workers stopped sending heartbeats.
     WorkersLost(Vec<String>),
+    /// What each live worker's heartbeats say it holds.
+    Held(Arc<Held>),
     /// The rate limit window moved on, or a burst of requests is queued.
     Admit,
     /// The action's definition from a pack installed or reloaded: executions admitted from
     /// now on run it; those admitted already keep the one they were admitted with.
     Define(Box<sluice_pack::Action>),
     Stats(RpcReplyPort<SupervisorStats>),
+}
+
+/// The executions each live worker's last heartbeat listed, sent to every supervisor at
+/// each of the monitor's checks. An execution a supervisor has running on a live worker
+/// that the worker has not listed for longer than `window`, while no status report is
+/// waiting to be applied, lost its report: it ends `abandoned`, or runs again when its
+/// action retries on worker loss.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) by_worker: HashMap<String, std::collections::HashSet<ExecutionId>>,
+    /// The STATUS consumer had nothing waiting and nothing unacknowledged when this was
+    /// taken: no report for a missing execution can still be on its way.
+    pub(crate) reports_applied: bool,
+    pub(crate) window: Duration,
 }
 
 /// The public face of an action supervisor.
@@ -218,6 +234,10 @@ impl SupervisorHandle {
 
     pub(crate) fn define(&self, action: sluice_pack::Action) {
         self.send(SupervisorMsg::Define(Box::new(action)));
+    }
+
+    pub(crate) fn held(&self, held: Arc<Held>) {
+        self.send(SupervisorMsg::Held(held));
     }
 
     pub(crate) fn workers_lost(&self, workers: Vec<String>) {

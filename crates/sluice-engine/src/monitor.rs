@@ -2,6 +2,10 @@
 //! been silent longer than the loss window. Its executions are then ended `abandoned`, or
 //! requeued when their action retries on worker loss — by their supervisors.
 //!
+//! At each check it also tells every supervisor what each live worker's last heartbeat
+//! listed ([`Held`]): an execution a live worker has stopped listing, with no status report
+//! left to apply, lost its report, and its supervisor gives it up the same way.
+//!
 //! Silence only counts while the engine itself can hear: when its own NATS connection is
 //! down, no heartbeat could arrive, so nobody is declared lost, and once it is back every
 //! worker gets a fresh window to be heard again.
@@ -17,7 +21,7 @@ use sluice_core::{ExecutionId, Heartbeat};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::handles::Directory;
+use crate::handles::{Directory, Held};
 
 /// What the engine knows of one worker.
 #[derive(Debug, Clone, Serialize)]
@@ -100,13 +104,32 @@ impl Workers {
         }
     }
 
+    /// What each live worker that has beaten listed in its last heartbeat.
+    fn held(&self) -> std::collections::HashMap<String, std::collections::HashSet<ExecutionId>> {
+        self.lock()
+            .values()
+            .filter(|info| !info.lost && info.last_heartbeat_at.is_some())
+            .map(|info| (info.name.clone(), info.running.iter().copied().collect()))
+            .collect()
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<WorkerInfo> {
         self.lock().values().cloned().collect()
     }
 }
 
+/// Whether every status report stored so far has been applied: the engine's STATUS
+/// consumer has nothing waiting and nothing unacknowledged.
+async fn reports_applied(status: &async_nats::jetstream::consumer::PullConsumer) -> bool {
+    status
+        .get_info()
+        .await
+        .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
+}
+
 pub(crate) async fn run(
     client: async_nats::Client,
+    status: async_nats::jetstream::consumer::PullConsumer,
     subscriber: async_nats::Subscriber,
     workers: Workers,
     directory: Arc<Directory>,
@@ -147,6 +170,14 @@ pub(crate) async fn run(
                     for supervisor in directory.supervisors() {
                         supervisor.workers_lost(lost.clone());
                     }
+                }
+                let held = Arc::new(Held {
+                    by_worker: workers.held(),
+                    reports_applied: reports_applied(&status).await,
+                    window,
+                });
+                for supervisor in directory.supervisors() {
+                    supervisor.held(held.clone());
                 }
             }
         }

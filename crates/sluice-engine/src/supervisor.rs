@@ -22,8 +22,8 @@ use crate::context::ActorContext;
 use crate::execution::{ExecutionActor, ExecutionArgs, ExecutionMsg};
 use crate::gate::{Gate, GatePolicy, Instant, KeyStats, Next, Refusal};
 use crate::handles::{
-    ActorName, AdmittedExecution, CancelOutcome, KeyQueueStats, Pending, Phase, SupervisorHandle,
-    SupervisorMsg, SupervisorStats,
+    ActorName, AdmittedExecution, CancelOutcome, Held, KeyQueueStats, Pending, Phase,
+    SupervisorHandle, SupervisorMsg, SupervisorStats,
 };
 use crate::timing::STORE_RETRY;
 
@@ -56,6 +56,8 @@ pub(crate) struct SupervisorState {
     admitted: HashMap<ExecutionId, Pending>,
     /// The worker that reported each execution running.
     running_on: HashMap<ExecutionId, String>,
+    /// Since when the worker an execution runs on has beaten without listing it.
+    unlisted_since: HashMap<ExecutionId, Instant>,
     /// Executions to put back at the head of the queue once their child has ended.
     retry_when_stopped: HashSet<ExecutionId>,
     timer_armed: bool,
@@ -362,31 +364,71 @@ impl ActionSupervisor {
     }
 
     async fn workers_lost(state: &mut SupervisorState, lost: &[String]) {
-        let victims: Vec<(ExecutionId, String)> = state
+        let victims: Vec<(ExecutionId, String, String)> = state
             .running_on
             .iter()
             .filter(|(_, worker)| lost.contains(worker))
-            .map(|(id, w)| (*id, w.clone()))
+            .map(|(id, w)| {
+                let why = format!("worker {w} stopped sending heartbeats while running it");
+                (*id, w.clone(), why)
+            })
             .collect();
-        for (id, worker) in victims {
+        Self::give_up(state, victims).await;
+    }
+
+    /// Executions running on a live worker whose heartbeats have not listed them for the
+    /// loss window, while every status report has been applied: their reports were lost
+    /// (a stream's retention, an engine down for longer than it keeps them).
+    async fn reconcile(state: &mut SupervisorState, held: &Held) {
+        let now = Instant::now();
+        let mut victims = Vec::new();
+        for (id, worker) in &state.running_on {
+            match held.by_worker.get(worker) {
+                Some(listed) if !listed.contains(id) => {
+                    let since = *state.unlisted_since.entry(*id).or_insert(now);
+                    let unlisted = now.duration_since(since);
+                    if held.reports_applied && unlisted > held.window {
+                        let why = format!(
+                            "worker {worker} is alive but has not listed it as running for {:.1} s, and no report of its end arrived",
+                            unlisted.as_secs_f64()
+                        );
+                        victims.push((*id, worker.clone(), why));
+                    }
+                }
+                // Listed, or a worker not heard (its loss is judged by its silence).
+                _ => {
+                    state.unlisted_since.remove(id);
+                }
+            }
+        }
+        let running_on = &state.running_on;
+        state
+            .unlisted_since
+            .retain(|id, _| running_on.contains_key(id));
+        Self::give_up(state, victims).await;
+    }
+
+    /// Ends each execution `abandoned` with the reason, or queues it to run again when the
+    /// action retries on worker loss.
+    async fn give_up(state: &mut SupervisorState, victims: Vec<(ExecutionId, String, String)>) {
+        for (id, worker, why) in victims {
             let retry = state.action.policy.retry_on_worker_loss;
             let transition = if retry {
                 Transition::to(ExecutionStatus::Requested)
             } else {
                 let mut abandoned = Transition::to(ExecutionStatus::Abandoned);
-                abandoned.result = Some(
-                    json!({ "error": format!("worker {worker} stopped sending heartbeats while running it") }),
-                );
+                abandoned.result = Some(json!({ "error": why }));
                 abandoned
             };
             match state.ctx.backend.transition(id, &transition).await {
                 Ok(true) => {
                     let trace_id = state.admitted.get(&id).and_then(Pending::trace_id);
-                    warn!(execution_id = %id, trace_id, worker, retry, "worker lost; execution {}", if retry { "requeued" } else { "abandoned" });
+                    warn!(execution_id = %id, trace_id, worker, retry, reason = why, "execution given up: {}", if retry { "requeued" } else { "abandoned" });
                     if retry {
                         state.retry_when_stopped.insert(id);
                     }
                     state.running_on.remove(&id);
+                    state.unlisted_since.remove(&id);
                     if let Some(child) = state.children.get(&id) {
                         child.stop(Some("worker lost".into()));
                     }
@@ -443,6 +485,7 @@ impl Actor for ActionSupervisor {
             by_actor: HashMap::new(),
             admitted: HashMap::new(),
             running_on: HashMap::new(),
+            unlisted_since: HashMap::new(),
             retry_when_stopped: HashSet::new(),
             timer_armed: false,
             admit_queued: false,
@@ -518,6 +561,7 @@ impl Actor for ActionSupervisor {
                 Self::admit(&myself, state).await;
             }
             SupervisorMsg::WorkersLost(workers) => Self::workers_lost(state, &workers).await,
+            SupervisorMsg::Held(held) => Self::reconcile(state, &held).await,
             SupervisorMsg::Admit => {
                 state.timer_armed = false;
                 state.admit_queued = false;

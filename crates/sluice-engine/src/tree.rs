@@ -86,6 +86,10 @@ pub struct ActorNode {
     /// The worker as its heartbeats describe it, on workers.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerView>,
+    /// How far behind its stream the durable consumer is, on the loops that read one (the
+    /// worker monitor shows the workers' RUN consumer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<sluice_bus::ConsumerLag>,
     pub children: Vec<ActorNode>,
 }
 
@@ -120,6 +124,7 @@ fn leaf(name: String, kind: &'static str, parent: &str) -> ActorNode {
         key: None,
         execution: None,
         worker: None,
+        consumer: None,
         children: Vec::new(),
     }
 }
@@ -177,6 +182,7 @@ pub(crate) fn snapshot(
     fixed: &HashMap<ActorId, ActorKind>,
     stats: &[SupervisorStats],
     workers: &[WorkerInfo],
+    lags: &[sluice_bus::ConsumerLag],
 ) -> ActorNode {
     let name = cell.get_name().unwrap_or_else(|| cell.get_id().to_string());
     let kind = ActorKind::of(cell, fixed);
@@ -187,7 +193,7 @@ pub(crate) fn snapshot(
     let mut children = Vec::new();
     let now = Utc::now();
     for child in cell.get_children() {
-        let mut node = snapshot(&child, Some(&name), fixed, stats, workers);
+        let mut node = snapshot(&child, Some(&name), fixed, stats, workers, lags);
         let admitted = own_stats
             .iter()
             .flat_map(|s| &s.admitted)
@@ -218,6 +224,13 @@ pub(crate) fn snapshot(
         children.extend(worker_nodes(workers, &name));
     }
     children.sort_by(|a, b| a.name.cmp(&b.name));
+    let stream = match kind {
+        ActorKind::Ingestor => Some(sluice_bus::names::TRIGGERS),
+        ActorKind::Completions => Some(sluice_bus::names::STATUS),
+        ActorKind::DeadLetters => Some(sluice_bus::names::DEADLETTER),
+        ActorKind::WorkerMonitor => Some(sluice_bus::names::RUN),
+        _ => None,
+    };
     ActorNode {
         name,
         kind: kind.as_str(),
@@ -226,6 +239,7 @@ pub(crate) fn snapshot(
         key: None,
         execution: None,
         worker: None,
+        consumer: stream.and_then(|stream| lags.iter().find(|l| l.stream == stream).cloned()),
         children,
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::books::{self, events_recorded, metric, series, wait_settled};
 use common::cluster::Cluster;
-use common::{Sluice, StoreKind, test_pack};
+use common::{Sluice, StoreKind, is_terminal, statuses, test_pack};
 use serde_json::{Value, json};
 use sluice_testkit::eventually;
 
@@ -36,6 +36,10 @@ const PACK: &[(&str, &str)] = &[
     (
         "actions/slow.yaml",
         "name: slow\nrunner_type: local-shell-script\nentry_point: slow.sh\npolicy:\n  max_concurrent: 4\n  retry_on_worker_loss: true\n",
+    ),
+    (
+        "actions/pause.yaml",
+        "name: pause\nrunner_type: local-shell-script\nentry_point: slow.sh\n",
     ),
     (
         "triggers/tick.yaml",
@@ -754,4 +758,71 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
     )
     .await;
     books.report("poison on every subject", &sluice.metrics().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again() {
+    let mut cluster = Cluster::new(PACK);
+    cluster.start_engine().await;
+    cluster.start_worker("w", 2);
+    let id = cluster.submit("t.pause", json!({})).await;
+    let log = cluster.dir.path().join("packs/t/slow.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("the action to start", Duration::from_secs(20), || async {
+        lines().contains(&format!("start {id} 1")).then_some(())
+    })
+    .await;
+    eventually(
+        "the worker's running report",
+        Duration::from_secs(20),
+        || async { (cluster.execution(id).await["status"] == "running").then_some(()) },
+    )
+    .await;
+    // The engine is down while the action ends, and the report of its end is gone before
+    // it is back: what a STATUS stream past its retention does.
+    cluster.kill_engine();
+    eventually("the action to end", Duration::from_secs(20), || async {
+        lines().contains(&format!("end {id} 1")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.nats.url()).await.unwrap());
+    js.get_stream("STATUS")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    cluster.start_engine().await;
+
+    // Its worker beats on without listing it, and nothing is left to apply: given up.
+    let ended = eventually(
+        "the execution to be given up",
+        Duration::from_secs(30),
+        || async {
+            let e = cluster.execution(id).await;
+            is_terminal(&e).then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(ended["status"], "abandoned", "{ended}");
+    let reason = ended["result"]["error"].as_str().unwrap();
+    assert!(
+        reason.contains("worker/w") && reason.contains("has not listed it"),
+        "{reason}"
+    );
+    let terminal = statuses(&ended)
+        .iter()
+        .filter(|s| {
+            ["succeeded", "failed", "abandoned", "cancelled", "timed_out"].contains(&s.as_str())
+        })
+        .count();
+    assert_eq!(terminal, 1, "one end: {ended}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        lines().matches(&format!("start {id} ")).count(),
+        1,
+        "ran once: {}",
+        lines()
+    );
 }

@@ -609,3 +609,80 @@ async fn an_unreachable_collector_blocks_nothing() {
         .wait_all("t.hold", 20, "succeeded", Duration::from_secs(30))
         .await;
 }
+
+/// The value of one series in Prometheus text, if it is there.
+fn gauge(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_waiting_for_a_consumer_shows_in_metrics_and_the_actor_tree_and_drains() {
+    let mut cluster = Cluster::new(&[]);
+    cluster.start_engine().await;
+    for _ in 0..3 {
+        cluster.submit("core.noop", serde_json::json!({})).await;
+    }
+    // No worker yet: the run messages wait in RUN.
+    let run = r#"{stream="RUN",consumer="workers"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = cluster.metrics().await;
+        if gauge(&metrics, &format!("sluice_consumer_pending{run}")) == Some(3.0) {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let metrics_later = cluster.metrics().await;
+    let age = gauge(
+        &metrics_later,
+        &format!("sluice_consumer_oldest_unprocessed_seconds{run}"),
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        age >= 1.0,
+        "the oldest run message has waited a second: {age}"
+    );
+    assert_eq!(
+        gauge(
+            &metrics,
+            r#"sluice_consumer_pending{stream="STATUS",consumer="engine"}"#
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    let tree = cluster.get("/api/v1/actors").await;
+    let monitor = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "worker-monitor")
+        .unwrap();
+    assert_eq!(monitor["consumer"]["stream"], "RUN", "{monitor}");
+    assert_eq!(monitor["consumer"]["pending"], 3, "{monitor}");
+    assert!(
+        monitor["consumer"]["oldest_unprocessed_at"].is_string(),
+        "{monitor}"
+    );
+
+    cluster.start_worker("w", 4);
+    cluster
+        .wait_all("core.noop", 3, "succeeded", Duration::from_secs(30))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = cluster.metrics().await;
+        let drained = gauge(&metrics, &format!("sluice_consumer_pending{run}")) == Some(0.0)
+            && gauge(
+                &metrics,
+                &format!("sluice_consumer_oldest_unprocessed_seconds{run}"),
+            ) == Some(0.0);
+        if drained {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
