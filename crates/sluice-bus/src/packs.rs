@@ -29,6 +29,15 @@ fn object_name(pack: &str, digest: &str) -> String {
     format!("{pack}/{digest}")
 }
 
+/// A write to the bucket that failed.
+fn write_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::Publish {
+        subject: format!("{PACKS_BUCKET}/{name}"),
+        source: e.into(),
+        transient: true,
+    }
+}
+
 impl PackStore {
     /// The bucket, created if missing (the engine). Its stream is declared directly, as an
     /// object store's is, so servers from 2.9 on take it.
@@ -93,11 +102,7 @@ impl PackStore {
         self.store
             .put(meta, &mut data)
             .await
-            .map_err(|e| BusError::Publish {
-                subject: format!("{PACKS_BUCKET}/{name}"),
-                source: e.into(),
-                transient: true,
-            })?;
+            .map_err(|e| write_error(&name, e))?;
         self.prune(pack, digest).await?;
         Ok(true)
     }
@@ -152,11 +157,7 @@ impl PackStore {
             self.store
                 .delete(&name)
                 .await
-                .map_err(|e| BusError::Publish {
-                    subject: format!("{PACKS_BUCKET}/{name}"),
-                    source: e.into(),
-                    transient: true,
-                })?;
+                .map_err(|e| write_error(&name, e))?;
         }
         Ok(())
     }

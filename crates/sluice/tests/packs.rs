@@ -61,16 +61,6 @@ async fn upload(sluice: &Sluice, bytes: Vec<u8>) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-async fn delete(sluice: &Sluice, path: &str) -> (u16, Value) {
-    let response = client_with_token(&admin_token(sluice.data_dir.path()))
-        .delete(format!("{}{path}", sluice.api))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 fn git(dir: &Path, args: &[&str]) {
     let status = std::process::Command::new("git")
         .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
@@ -144,7 +134,7 @@ async fn a_pack_installed_through_the_api_runs_on_a_worker_without_it_and_each_n
     assert_eq!(status, 422, "{problem}");
 
     // Removed: its action takes no more requests.
-    let (status, removed) = delete(&sluice, "/api/v1/packs/greet").await;
+    let (status, removed) = sluice.client().delete("/api/v1/packs/greet").await;
     assert_eq!(status, 200, "{removed}");
     let (status, _) = sluice.get("/api/v1/packs/greet").await;
     assert_eq!(status, 404);
@@ -158,7 +148,7 @@ async fn a_pack_installed_through_the_api_runs_on_a_worker_without_it_and_each_n
     assert!(!installed.exists());
 
     // A pack from a --packs directory is changed there, not through the API.
-    let (status, problem) = delete(&sluice, "/api/v1/packs/core").await;
+    let (status, problem) = sluice.client().delete("/api/v1/packs/core").await;
     assert_eq!(status, 409, "{problem}");
     assert!(
         problem["detail"].as_str().unwrap().contains("--packs"),
