@@ -20,6 +20,7 @@
 //! `cancelled`; one not started yet finds the request before it starts.
 
 mod packs;
+mod python;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -156,11 +156,11 @@ async fn run_to_end(
                 Ok(path) => path,
                 Err(e) => return Outcome::failed(e),
             };
-            let command = if message.runner == RunnerType::PythonScript {
-                let mut command = Command::new("python3");
-                command.arg(&script);
-                command
-            } else if is_executable(&script) {
+            if message.runner == RunnerType::PythonScript {
+                let actions = actions_dir.unwrap_or(Path::new("."));
+                return run_python(&script, actions, message, timeout, cancel, output).await;
+            }
+            let command = if is_executable(&script) {
                 Command::new(&script)
             } else {
                 let mut command = Command::new("/bin/sh");
@@ -174,6 +174,44 @@ async fn run_to_end(
             run_process(command, message, timeout, cancel, output).await
         }
     }
+}
+
+/// A `python-script` action, through Sluice's wrapper: StackStorm's `Action` class and
+/// result semantics for an action written as one, a plain script otherwise.
+async fn run_python(
+    script: &Path,
+    actions_dir: &Path,
+    message: &RunMessage,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    output: &Output,
+) -> Outcome {
+    let library = match crate::python::library() {
+        Ok(library) => library,
+        Err(e) => return Outcome::failed(e),
+    };
+    let scratch = match tempfile::Builder::new().prefix("sluice-run-").tempdir() {
+        Ok(scratch) => scratch,
+        Err(e) => return Outcome::failed(format!("cannot create a directory for the run: {e}")),
+    };
+    let outcome_file = scratch.path().join("outcome.json");
+    let mut command = Command::new("python3");
+    command
+        .arg(crate::python::wrapper(library))
+        .arg(script)
+        .current_dir(script.parent().unwrap_or(actions_dir))
+        .env(
+            "PYTHONPATH",
+            crate::python::python_path(library, actions_dir),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SLUICE_RESULT_FILE", &outcome_file)
+        .env("ST2_ACTION_PACK_NAME", message.action.pack())
+        .env("ST2_ACTION_EXECUTION_ID", message.execution_id.to_string());
+    let Outcome { status, result } = run_process(command, message, timeout, cancel, output).await;
+    let (status, result) =
+        crate::python::apply(status, result, &outcome_file, MAX_OUTPUT_CAP as u64);
+    Outcome { status, result }
 }
 
 fn entry_point(message: &RunMessage, actions_dir: Option<&Path>) -> Result<PathBuf, String> {

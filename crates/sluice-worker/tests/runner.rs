@@ -194,6 +194,94 @@ async fn script_runners_execute_their_entry_point() {
 }
 
 #[tokio::test]
+async fn python_actions_written_for_stackstorm_run_with_its_base_class_and_result_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let actions = dir.path();
+    let files = [
+        (
+            "lib/base.py",
+            "from st2common.runners.base_action import Action\n\nclass BaseGreeter(Action):\n    def greet(self, who):\n        return 'hello ' + who\n",
+        ),
+        ("lib/__init__.py", ""),
+        (
+            "greet.py",
+            "import os\nfrom lib.base import BaseGreeter\n\nclass Greet(BaseGreeter):\n    def run(self, who, loud=False):\n        self.logger.info('greeting %s', who)\n        print('printed along the way')\n        text = self.greet(who) + ' from ' + os.environ['ST2_ACTION_PACK_NAME']\n        return text.upper() if loud else text\n",
+        ),
+        (
+            "check.py",
+            "from st2common.runners.base_action import Action\n\nclass Check(Action):\n    def run(self):\n        return (False, {'reason': 'disk full'})\n",
+        ),
+        (
+            "boom.py",
+            "from st2common.runners.base_action import Action\n\nclass Boom(Action):\n    def run(self, host):\n        raise ValueError('bad host ' + host)\n",
+        ),
+        (
+            "legacy.py",
+            "from st2actions.runners.pythonrunner import Action\n\nclass Legacy(Action):\n    def run(self):\n        return {'config': self.config, 'n': 1}\n",
+        ),
+        (
+            "classless.py",
+            "from st2common.runners.base_action import Action\nprint('no class here')\n",
+        ),
+    ];
+    for (name, text) in files {
+        let path = actions.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let python = |entry: &str, params: serde_json::Value| {
+        let mut msg = message(RunnerType::PythonScript, params, Some(20));
+        msg.entry_point = Some(entry.into());
+        msg
+    };
+
+    let out = run(&python("greet.py", json!({"who": "ops"})), Some(actions)).await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+    assert_eq!(out.result["result"], json!("hello ops from t"), "{out:?}");
+    assert_eq!(out.result["stdout"], json!("printed along the way\n"));
+
+    let out = run(&python("check.py", json!({})), Some(actions)).await;
+    assert_eq!(
+        out.status,
+        ExecutionStatus::Failed,
+        "a (False, result) tuple fails it"
+    );
+    assert_eq!(out.result["result"], json!({"reason": "disk full"}));
+
+    let out = run(&python("boom.py", json!({"host": "db1"})), Some(actions)).await;
+    assert_eq!(out.status, ExecutionStatus::Failed);
+    assert_eq!(
+        out.result["error"],
+        json!("ValueError: bad host db1"),
+        "{out:?}"
+    );
+    assert!(
+        out.result["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("boom.py"),
+        "{out:?}"
+    );
+
+    let out = run(&python("legacy.py", json!({})), Some(actions)).await;
+    assert_eq!(
+        out.result["result"],
+        json!({"config": {}, "n": 1}),
+        "{out:?}"
+    );
+
+    let out = run(&python("classless.py", json!({})), Some(actions)).await;
+    assert_eq!(out.status, ExecutionStatus::Failed, "never a false success");
+    assert!(
+        out.result["error"]
+            .as_str()
+            .unwrap()
+            .contains("defines no subclass of st2common.runners.base_action.Action"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
 async fn builtins() {
     assert_eq!(
         run(&message(RunnerType::Noop, json!({}), None), None)

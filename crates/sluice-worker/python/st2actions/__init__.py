@@ -1,0 +1,1 @@
+"""StackStorm's older import path for the action base class."""
