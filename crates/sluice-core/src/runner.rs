@@ -9,10 +9,16 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum RunnerType {
     /// `cmd` run by `/bin/sh -c`; other parameters arrive as environment and stdin JSON.
+    /// StackStorm's older name, `run-local`, is accepted too.
+    #[serde(alias = "run-local")]
     LocalShellCmd,
-    /// The `entry_point` script, executed with parameters in its environment and on stdin.
+    /// The `entry_point` script, executed with parameters in its environment and on stdin
+    /// (`run-local-script` too).
+    #[serde(alias = "run-local-script")]
     LocalShellScript,
-    /// The `entry_point` file run by `python3`, parameters on stdin as JSON.
+    /// The `entry_point` file run by `python3`: a StackStorm `Action` class, or a script
+    /// reading its parameters as JSON on stdin (`run-python` too).
+    #[serde(alias = "run-python")]
     PythonScript,
     /// Does nothing and succeeds.
     Noop,
@@ -20,7 +26,8 @@ pub enum RunnerType {
     Echo,
     /// Waits `seconds`, then succeeds.
     Sleep,
-    /// An HTTP request; succeeds on a 2xx answer.
+    /// An HTTP request; succeeds on a 2xx answer (`http-runner` too).
+    #[serde(alias = "http-runner")]
     HttpRequest,
     /// A workflow (`entry_point` is its file): the engine runs its tasks as child
     /// executions; no worker ever receives one. `workflow` is accepted as another name.
@@ -103,4 +110,24 @@ pub fn confined_entry_point(
         return Err(format!("{} is not a file", resolved.display()));
     }
     Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunnerType;
+
+    #[test]
+    fn stackstorm_s_older_runner_names_mean_the_same_runners() {
+        for (old, runner) in [
+            ("run-local", RunnerType::LocalShellCmd),
+            ("run-local-script", RunnerType::LocalShellScript),
+            ("run-python", RunnerType::PythonScript),
+            ("http-runner", RunnerType::HttpRequest),
+            ("workflow", RunnerType::Orquesta),
+        ] {
+            let read: RunnerType = serde_json::from_str(&format!("\"{old}\"")).unwrap();
+            assert_eq!(read, runner, "{old}");
+            assert_ne!(read.as_str(), old, "shown by its current name");
+        }
+    }
 }

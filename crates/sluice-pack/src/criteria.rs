@@ -60,6 +60,9 @@ enum Op {
     EndsWith,
     IEndsWith,
     MatchWildcard,
+    /// `matchregex`: Python's `re.match` with `re.DOTALL`.
+    MatchRegex,
+    /// `regex`, `iregex`: Python's `re.search`.
     Regex,
     IRegex,
     LessThan,
@@ -87,7 +90,8 @@ fn parse_op(name: &str) -> Option<Op> {
         "endswith" => Op::EndsWith,
         "iendswith" => Op::IEndsWith,
         "matchwildcard" => Op::MatchWildcard,
-        "matchregex" | "regex" => Op::Regex,
+        "matchregex" => Op::MatchRegex,
+        "regex" => Op::Regex,
         "iregex" => Op::IRegex,
         "lessthan" | "lt" => Op::LessThan,
         "greaterthan" | "gt" => Op::GreaterThan,
@@ -164,11 +168,17 @@ impl Criterion {
                 .ok_or_else(|| format!("operator {operator} needs a string pattern"))
         };
         let compiled = match op {
-            Op::Regex | Op::IRegex => {
-                // Python's `re.match`: anchored at the start, `.` matches newlines.
-                let source = format!("^(?:{})", pattern_str()?);
+            Op::MatchRegex | Op::Regex | Op::IRegex => {
+                // As StackStorm: `matchregex` is Python's `re.match` with `re.DOTALL`
+                // (anchored at the start, `.` matches newlines); `regex` and `iregex` are
+                // `re.search` (anywhere in the value).
+                let source = if op == Op::MatchRegex {
+                    format!("^(?:{})", pattern_str()?)
+                } else {
+                    pattern_str()?.to_owned()
+                };
                 let regex = RegexBuilder::new(&source)
-                    .dot_matches_new_line(true)
+                    .dot_matches_new_line(op == Op::MatchRegex)
                     .case_insensitive(op == Op::IRegex)
                     .build()
                     .map_err(|e| format!("invalid regex pattern: {e}"))?;
@@ -227,13 +237,14 @@ impl Criterion {
             (Op::IEndsWith, Some(v)) => both_str(v, pattern, |a, b| {
                 a.to_lowercase().ends_with(&b.to_lowercase())
             }),
-            (Op::MatchWildcard | Op::Regex | Op::IRegex, Some(Value::String(s))) => {
-                match &self.compiled {
-                    Compiled::Regex(regex) => regex.is_match(s),
-                    _ => false,
-                }
-            }
-            (Op::MatchWildcard | Op::Regex | Op::IRegex, Some(_)) => false,
+            (
+                Op::MatchWildcard | Op::MatchRegex | Op::Regex | Op::IRegex,
+                Some(Value::String(s)),
+            ) => match &self.compiled {
+                Compiled::Regex(regex) => regex.is_match(s),
+                _ => false,
+            },
+            (Op::MatchWildcard | Op::MatchRegex | Op::Regex | Op::IRegex, Some(_)) => false,
             (Op::LessThan, Some(v)) => compare(v, pattern) == Some(Ordering::Less),
             (Op::GreaterThan, Some(v)) => compare(v, pattern) == Some(Ordering::Greater),
             (Op::TimeDiffLt, Some(v)) => age_seconds(v)
@@ -460,14 +471,19 @@ mod tests {
             !check("matchwildcard", json!("a.b"), json!("axb")),
             "dot is literal"
         );
-        // Python's re.match: anchored at the start only.
+        // matchregex is Python's re.match with DOTALL: anchored at the start only.
         assert!(check("matchregex", json!("db\\d+"), json!("db42-east")));
-        assert!(!check("regex", json!("\\d+"), json!("db42")));
+        assert!(!check("matchregex", json!("\\d+"), json!("db42")));
         assert!(
-            check("regex", json!("a.b"), json!("a\nb")),
+            check("matchregex", json!("a.b"), json!("a\nb")),
             "dot matches newline"
         );
-        assert!(check("iregex", json!("DB"), json!("db1")));
+        // regex and iregex are re.search: anywhere in the value, `.` not across lines.
+        assert!(check("regex", json!("\\d+"), json!("db42")));
+        assert!(check("regex", json!("east$"), json!("db42-east")));
+        assert!(!check("regex", json!("^east"), json!("db42-east")));
+        assert!(!check("regex", json!("a.b"), json!("a\nb")));
+        assert!(check("iregex", json!("DB"), json!("the db1")));
         assert!(!check("regex", json!("DB"), json!("db1")));
     }
 
