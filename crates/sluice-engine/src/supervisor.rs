@@ -650,17 +650,8 @@ mod tests {
             kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
         });
-        let key_param = sluice_pack::ParamSpec {
-            kind: sluice_pack::ParamType::String,
-            required: false,
-            default: None,
-            allowed: None,
-            secret: false,
-            shell: false,
-            description: None,
-            immutable: false,
-            position: None,
-        };
+        let key_param: sluice_pack::ParamSpec =
+            serde_json::from_value(serde_json::json!({"type": "string"})).unwrap();
         let action = Action {
             action_ref: "t.a".parse().unwrap(),
             description: None,

@@ -231,7 +231,7 @@ impl Loader {
     }
 
     fn load_action(&mut self, pack: &str, dir: &Path, path: &Path) {
-        let Some(file) = self.read::<ActionFile>(path) else {
+        let Some(mut file) = self.read::<ActionFile>(path) else {
             return;
         };
         let Some(action_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else {
@@ -254,6 +254,22 @@ impl Loader {
                 }
             }
             _ => {}
+        }
+        for (name, spec) in file.parameters.iter_mut() {
+            let Some(schema) = spec.schema() else {
+                continue;
+            };
+            match jsonschema::validator_for(&schema) {
+                Ok(validator) => {
+                    spec.constraints =
+                        crate::model::Constraints(Some(std::sync::Arc::new(validator)));
+                }
+                Err(e) => self.error(
+                    path,
+                    Some(&format!("parameters.{name}")),
+                    format!("not a JSON Schema a value can be checked against: {e}"),
+                ),
+            }
         }
         for (name, spec) in &file.parameters {
             if let Some(default) = &spec.default {

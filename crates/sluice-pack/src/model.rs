@@ -72,6 +72,121 @@ pub struct ParamSpec {
     /// parameters.
     #[serde(default, skip_serializing)]
     pub position: Option<u32>,
+    // JSON Schema keywords a value must also satisfy, as StackStorm's parameter schemas
+    // allow them; see [`ParamSpec::schema`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "exclusiveMinimum",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exclusive_minimum: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "exclusiveMaximum",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exclusive_maximum: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "multipleOf",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub multiple_of: Option<serde_json::Value>,
+    #[serde(default, rename = "minLength", skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<serde_json::Value>,
+    #[serde(default, rename = "maxLength", skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<serde_json::Value>,
+    #[serde(default, rename = "minItems", skip_serializing_if = "Option::is_none")]
+    pub min_items: Option<serde_json::Value>,
+    #[serde(default, rename = "maxItems", skip_serializing_if = "Option::is_none")]
+    pub max_items: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "uniqueItems",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unique_items: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "additionalProperties",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub additional_properties: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "patternProperties",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pattern_properties: Option<serde_json::Value>,
+    /// [`ParamSpec::schema`], compiled when the pack loads.
+    #[serde(skip)]
+    pub constraints: Constraints,
+}
+
+/// A parameter's compiled [`ParamSpec::schema`]; two are equal when they are the same schema.
+#[derive(Clone, Default)]
+pub struct Constraints(pub Option<std::sync::Arc<jsonschema::Validator>>);
+
+impl PartialEq for Constraints {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Constraints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Constraints(compiled)"
+        } else {
+            "Constraints(none)"
+        })
+    }
+}
+
+impl ParamSpec {
+    /// The JSON Schema keywords it carries besides its type and `enum` (`minimum`,
+    /// `maxLength`, `pattern`, `items`, …), as one schema; `None` without any.
+    pub fn schema(&self) -> Option<serde_json::Value> {
+        let keywords = [
+            ("minimum", &self.minimum),
+            ("maximum", &self.maximum),
+            ("exclusiveMinimum", &self.exclusive_minimum),
+            ("exclusiveMaximum", &self.exclusive_maximum),
+            ("multipleOf", &self.multiple_of),
+            ("minLength", &self.min_length),
+            ("maxLength", &self.max_length),
+            ("pattern", &self.pattern),
+            ("format", &self.format),
+            ("items", &self.items),
+            ("minItems", &self.min_items),
+            ("maxItems", &self.max_items),
+            ("uniqueItems", &self.unique_items),
+            ("properties", &self.properties),
+            ("additionalProperties", &self.additional_properties),
+            ("patternProperties", &self.pattern_properties),
+        ];
+        let schema: serde_json::Map<String, serde_json::Value> = keywords
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value.clone()?)))
+            .collect();
+        (!schema.is_empty()).then_some(serde_json::Value::Object(schema))
+    }
 }
 
 fn default_param_type() -> ParamType {

@@ -32,6 +32,11 @@ pub enum ParamError {
         value: String,
         allowed: String,
     },
+    /// The value breaks one of the parameter's JSON Schema keywords (`minimum`, …).
+    Invalid {
+        name: String,
+        problem: String,
+    },
 }
 
 impl ParamError {
@@ -41,7 +46,8 @@ impl ParamError {
             Self::Unknown { name, .. }
             | Self::Missing { name }
             | Self::WrongType { name, .. }
-            | Self::NotAllowed { name, .. } => name,
+            | Self::NotAllowed { name, .. }
+            | Self::Invalid { name, .. } => name,
         }
     }
 }
@@ -74,6 +80,7 @@ impl fmt::Display for ParamError {
                     "parameter {name:?} is {value}, which is not one of {allowed}"
                 )
             }
+            Self::Invalid { name, problem } => write!(f, "parameter {name:?}: {problem}"),
         }
     }
 }
@@ -207,6 +214,23 @@ pub fn resolve(
                     value.to_string()
                 },
                 allowed: Value::Array(allowed.clone()).to_string(),
+            });
+            continue;
+        }
+        if let Some(validator) = &spec.constraints.0
+            && let Some(problem) = validator.iter_errors(&value).next()
+        {
+            let at = problem.instance_path().to_string();
+            let problem = if spec.secret {
+                "does not satisfy its schema (the value is secret and not shown)".to_owned()
+            } else if at.is_empty() {
+                problem.to_string()
+            } else {
+                format!("{at}: {problem}")
+            };
+            errors.push(ParamError::Invalid {
+                name: name.clone(),
+                problem,
             });
             continue;
         }

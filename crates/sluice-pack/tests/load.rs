@@ -570,3 +570,60 @@ fn a_broken_pack_is_left_out_and_reported_and_the_others_load() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn parameters_take_stackstorm_s_json_schema_keywords_and_values_must_satisfy_them() {
+    let (_dir, roots) = with_pack(&[(
+        "actions/deploy.yaml",
+        "name: deploy\nrunner_type: noop\nparameters:\n  count: {type: integer, minimum: 1, maximum: 10, default: 2}\n  hosts: {type: array, items: {type: string}, minItems: 1}\n  region: {type: string, pattern: '^[a-z]+-[0-9]$', maxLength: 12}\n  pin: {type: string, secret: true, minLength: 4}\n",
+    )]);
+    let catalog = load_packs(&roots).unwrap();
+    let action = catalog.action(&"t.deploy".parse().unwrap()).unwrap();
+    let resolve = |given: serde_json::Value| {
+        sluice_pack::params::resolve(action, given.as_object().unwrap().clone())
+    };
+    let fine = resolve(json!({"hosts": ["db1"], "region": "eu-1", "pin": "1234"})).unwrap();
+    assert_eq!(fine["count"], json!(2));
+
+    let problems = resolve(json!({"count": 11, "hosts": [], "region": "EU", "pin": "12"}))
+        .unwrap_err()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
+    let about = |name: &str| {
+        problems
+            .iter()
+            .find(|e| e.starts_with(&format!("parameter \"{name}\"")))
+            .unwrap_or_else(|| panic!("nothing about {name}: {problems:?}"))
+            .clone()
+    };
+    assert!(about("count").contains("11"), "{problems:?}");
+    assert!(about("hosts").contains("[]"), "{problems:?}");
+    assert!(about("region").contains("EU"), "{problems:?}");
+    let pin = about("pin");
+    assert!(!pin.contains("12"), "a secret value is never quoted: {pin}");
+
+    let broken = errors(&[
+        (
+            "actions/bad.yaml",
+            "name: bad\nrunner_type: noop\nparameters:\n  n: {type: integer, minimum: low}\n  m: {type: integer, minimum: 5, default: 1}\n",
+        ),
+        (
+            "actions/typo.yaml",
+            "name: typo\nrunner_type: noop\nparameters:\n  t: {type: string, maxLenght: 3}\n",
+        ),
+    ]);
+    assert!(
+        broken.iter().any(|e| e.contains("parameters.n")),
+        "{broken:?}"
+    );
+    assert!(
+        broken.iter().any(|e| e.contains("parameters.m.default")),
+        "{broken:?}"
+    );
+    assert!(
+        broken.iter().any(|e| e.contains("maxLenght")),
+        "an unknown keyword is still a mistake: {broken:?}"
+    );
+}
