@@ -370,24 +370,19 @@ impl Engine {
             )]));
         }
         let aside = pack_changes::swap_in(installed, &staged.dir, &target)?;
-        let loaded = pack_changes::load(self.packs.all_roots()).await?;
-        match self.put_in_force(loaded).await {
-            Ok(()) => {
-                if let Some(aside) = aside {
-                    pack_changes::discard(&aside);
-                }
-                info!(pack = %name, dir = %target.display(), "pack installed");
-                Ok(())
+        self.reload_or_undo(|| {
+            // Back as it was: the new files out, the old ones in.
+            pack_changes::discard(&target);
+            if let Some(aside) = &aside {
+                let _ = std::fs::rename(aside, &target);
             }
-            Err(e) => {
-                // Back as it was: the new files out, the old ones in.
-                pack_changes::discard(&target);
-                if let Some(aside) = aside {
-                    let _ = std::fs::rename(&aside, &target);
-                }
-                Err(e)
-            }
+        })
+        .await?;
+        if let Some(aside) = aside {
+            pack_changes::discard(&aside);
         }
+        info!(pack = %name, dir = %target.display(), "pack installed");
+        Ok(())
     }
 
     /// Removes an installed pack: its actions take no new requests; those already queued
@@ -415,18 +410,26 @@ impl Engine {
         }
         std::fs::rename(&dir, &aside)
             .map_err(|e| PackError::Internal(format!("moving {} aside: {e}", dir.display())))?;
-        let loaded = pack_changes::load(self.packs.all_roots()).await?;
-        match self.put_in_force(loaded).await {
-            Ok(()) => {
-                pack_changes::discard(&aside);
-                info!(pack = %name, "pack removed");
-                Ok(())
-            }
-            Err(e) => {
-                let _ = std::fs::rename(&aside, &dir);
-                Err(e)
-            }
+        self.reload_or_undo(|| {
+            let _ = std::fs::rename(&aside, &dir);
+        })
+        .await?;
+        pack_changes::discard(&aside);
+        info!(pack = %name, "pack removed");
+        Ok(())
+    }
+
+    /// Loads every pack from the files now in place and puts them in force; if that is
+    /// refused, `undo` puts the files back as they were.
+    async fn reload_or_undo(&self, undo: impl FnOnce()) -> Result<(), PackError> {
+        let result = match pack_changes::load(self.packs.all_roots()).await {
+            Ok(loaded) => self.put_in_force(loaded).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            undo();
         }
+        result
     }
 
     fn installed_dir(&self) -> Result<std::path::PathBuf, PackError> {

@@ -299,22 +299,26 @@ impl RunActor {
     /// The checks before a run could not be made (NATS unavailable): the message comes back
     /// after a backoff, to this or another worker. On its last allowed delivery the
     /// execution is reported `failed` with the reason instead, so it never hangs.
+    /// Hands the run message back to be tried again shortly, because `what` (checking the
+    /// execution's reports, fetching its pack) failed on NATS; on its last allowed delivery
+    /// the execution fails instead, saying why.
     async fn retry_later(
         myself: &ActorRef<RunMsg>,
         state: &RunState,
+        what: &str,
         error: &sluice_bus::BusError,
     ) {
         let id = state.run.execution_id;
         if state.shared.settle.is_last_delivery(&state.message) {
             let deliveries = sluice_bus::settle::deliveries(&state.message);
-            error!(execution_id = %id, error = %error, deliveries, "cannot check the execution's reports; giving up");
+            error!(execution_id = %id, error = %error, deliveries, "cannot {what}; giving up");
             let result = json!({
-                "error": format!("not started: the worker could not check the execution's reports after {deliveries} deliveries: {error}")
+                "error": format!("not started: the worker could not {what} after {deliveries} deliveries: {error}")
             });
             Self::finish(myself, state, ExecutionStatus::Failed, result).await;
             return;
         }
-        warn!(execution_id = %id, error = %error, "cannot check the execution's reports; retried shortly");
+        warn!(execution_id = %id, error = %error, "cannot {what}; retried shortly");
         state.shared.settle.nak(&state.message).await;
         myself.stop(None);
     }
@@ -533,7 +537,9 @@ impl RunActor {
         };
         let actions_dir = match Self::actions_dir(state).await {
             Ok(dir) => dir,
-            Err(packs::FetchError::Bus(e)) => return Self::retry_later(&myself, state, &e).await,
+            Err(packs::FetchError::Bus(e)) => {
+                return Self::retry_later(&myself, state, "fetch the action's pack", &e).await;
+            }
             Err(packs::FetchError::Unusable(reason)) => {
                 error!(execution_id = %id, reason, "the action's pack cannot be had");
                 let result = json!({ "error": format!("worker {}: {reason}", state.shared.name) });
@@ -553,7 +559,10 @@ impl RunActor {
                 Self::finish(&myself, state, status, result).await;
                 return;
             }
-            Err(e) => return Self::retry_later(&myself, state, &e).await,
+            Err(e) => {
+                return Self::retry_later(&myself, state, "check the execution's reports", &e)
+                    .await;
+            }
         }
         state.shared.running().insert(id);
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
