@@ -360,7 +360,7 @@ pub async fn worker_process(
         heartbeat_interval: Duration::from_secs(1),
         run_verifier: sluice_bus::RunVerifier::load(&[run_verify_key])?,
         keyring: std::sync::Arc::new(sluice_core::secrets::Keyring::load(secrets_key)?),
-        output_cap: sluice_worker::runner::OUTPUT_CAP,
+        runner: Default::default(),
     })
     .await?;
     let mut stdin = tokio::io::stdin();

@@ -33,6 +33,10 @@ pub struct RunMessage {
     /// Names of parameters that are secret, so the worker never logs their values.
     #[serde(default)]
     pub secret_parameters: Vec<String>,
+    /// Parameters a `local-shell-script` action's script takes as positional arguments,
+    /// in order (their `position:`); the rest are named arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positional: Vec<String>,
     pub timeout_secs: Option<u64>,
     /// Limits on the action's processes.
     #[serde(default, skip_serializing_if = "ProcessLimits::is_none")]
@@ -257,6 +261,7 @@ mod tests {
             entry_point: None,
             parameters,
             secret_parameters: vec![],
+            positional: vec![],
             timeout_secs: Some(60),
             limits: Default::default(),
         };

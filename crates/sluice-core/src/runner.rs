@@ -75,6 +75,118 @@ impl fmt::Display for RunnerType {
     }
 }
 
+/// A parameter a runner itself reads (StackStorm's runner parameters). An action may
+/// declare it to give it a default or make it immutable; otherwise it is there anyway,
+/// without a default, so it is set only when someone sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerParameter {
+    pub name: &'static str,
+    /// Its JSON Schema type name.
+    pub kind: &'static str,
+    pub description: &'static str,
+}
+
+const CWD: RunnerParameter = RunnerParameter {
+    name: "cwd",
+    kind: "string",
+    description: "Working directory of the process (an absolute path).",
+};
+const ENV: RunnerParameter = RunnerParameter {
+    name: "env",
+    kind: "object",
+    description: "Environment variables added to the process's environment.",
+};
+const KWARG_OP: RunnerParameter = RunnerParameter {
+    name: "kwarg_op",
+    kind: "string",
+    description: "What goes before a named argument's name on the command line (default `--`).",
+};
+const SUDO: RunnerParameter = RunnerParameter {
+    name: "sudo",
+    kind: "boolean",
+    description: "Run the process through sudo (refused unless the worker allows it; default false).",
+};
+const TIMEOUT: RunnerParameter = RunnerParameter {
+    name: "timeout",
+    kind: "integer",
+    description: "Seconds the process may run; replaces the action's timeout.",
+};
+
+impl RunnerType {
+    /// The parameters the runner reads besides the action's own (`cmd` of
+    /// `local-shell-cmd` is declared by each action, so it is not among them).
+    pub fn runner_parameters(self) -> &'static [RunnerParameter] {
+        match self {
+            Self::LocalShellCmd | Self::LocalShellScript => &[CWD, ENV, KWARG_OP, SUDO, TIMEOUT],
+            Self::PythonScript => &[ENV, TIMEOUT],
+            _ => &[],
+        }
+    }
+
+    /// Whether parameter `name` is read by the runner rather than passed to the action's
+    /// script as an argument.
+    pub fn is_runner_parameter(self, name: &str) -> bool {
+        (self == Self::LocalShellCmd && name == "cmd")
+            || self.runner_parameters().iter().any(|p| p.name == name)
+    }
+}
+
+/// A value as one command-line argument, as StackStorm writes it: strings as they are,
+/// booleans `1`/`0`, arrays comma-joined, objects as JSON, `null` empty.
+pub fn argument_text(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => String::new(),
+        Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(_) => value.to_string(),
+    }
+}
+
+/// The arguments a `local-shell-script` action's script is given, StackStorm's way: each
+/// named parameter (not a runner's, not positional), by name, as `<kwarg_op><name>=<value>` (a `true`
+/// boolean as the bare `<kwarg_op><name>`; `false`, `null` and empty strings left out), then
+/// the `positional` parameters in order, a missing one as an empty argument. Each is one
+/// argument of its own: no shell reads them.
+pub fn script_arguments(
+    runner: RunnerType,
+    parameters: &serde_json::Map<String, serde_json::Value>,
+    positional: &[String],
+) -> Vec<String> {
+    use serde_json::Value;
+    let op = parameters
+        .get("kwarg_op")
+        .and_then(Value::as_str)
+        .unwrap_or("--");
+    let mut named: Vec<_> = parameters.iter().collect();
+    named.sort_by_key(|(name, _)| name.as_str());
+    let mut args = Vec::new();
+    for (name, value) in named {
+        if runner.is_runner_parameter(name) || positional.contains(name) {
+            continue;
+        }
+        match value {
+            Value::Null | Value::Bool(false) => {}
+            Value::String(s) if s.is_empty() => {}
+            Value::Bool(true) => args.push(format!("{op}{name}")),
+            other => args.push(format!("{op}{name}={}", argument_text(other))),
+        }
+    }
+    for name in positional {
+        args.push(parameters.get(name).map(argument_text).unwrap_or_default());
+    }
+    args
+}
+
 /// The file an action's `entry_point` names, relative to the pack's `actions/` directory,
 /// which must lie inside the pack (the directory holding `actions/`) once `..` and
 /// symbolic links are resolved. The error says why it does not qualify.
@@ -114,7 +226,33 @@ pub fn confined_entry_point(
 
 #[cfg(test)]
 mod tests {
-    use super::RunnerType;
+    use super::{RunnerType, script_arguments};
+    use serde_json::json;
+
+    #[test]
+    fn a_script_gets_named_then_positional_arguments_as_stackstorm_writes_them() {
+        let parameters = json!({
+            "host": "db 1", "verbose": true, "dry_run": false, "note": "", "gone": null,
+            "ports": [80, "443"], "labels": {"a": 1}, "count": 3,
+            "first": "a b", "second": true, "cwd": "/tmp", "sudo": false, "kwarg_op": "-",
+        });
+        let parameters = parameters.as_object().unwrap();
+        let positional = ["first".to_owned(), "second".to_owned(), "absent".to_owned()];
+        let args = script_arguments(RunnerType::LocalShellScript, parameters, &positional);
+        assert_eq!(
+            args,
+            [
+                "-count=3",
+                "-host=db 1",
+                r#"-labels={"a":1}"#,
+                "-ports=80,443",
+                "-verbose",
+                "a b",
+                "1",
+                "",
+            ]
+        );
+    }
 
     #[test]
     fn stackstorm_s_older_runner_names_mean_the_same_runners() {

@@ -68,7 +68,8 @@ impl ExecutionActor {
             entry_point: state.action.entry_point.clone(),
             parameters: state.pending.parameters.clone(),
             secret_parameters: sluice_core::secrets::sealed_names(&state.pending.parameters),
-            timeout_secs: state.action.timeout_secs,
+            positional: state.action.positional_parameters(),
+            timeout_secs: state.action.timeout_for(&state.pending.parameters),
             limits: state.action.limits,
         }
     }

@@ -255,6 +255,27 @@ impl Loader {
             }
             _ => {}
         }
+        for runner_parameter in file.runner_type.runner_parameters() {
+            if !file.parameters.contains_key(runner_parameter.name) {
+                file.parameters.insert(
+                    runner_parameter.name.to_owned(),
+                    runner_parameter_spec(runner_parameter),
+                );
+            }
+        }
+        let mut positions: BTreeMap<u32, &str> = BTreeMap::new();
+        for (name, spec) in &file.parameters {
+            let Some(position) = spec.position else {
+                continue;
+            };
+            if let Some(other) = positions.insert(position, name) {
+                self.error(
+                    path,
+                    Some(&format!("parameters.{name}.position")),
+                    format!("position {position} is also {other}'s"),
+                );
+            }
+        }
         for (name, spec) in file.parameters.iter_mut() {
             let Some(schema) = spec.schema() else {
                 continue;
@@ -856,4 +877,13 @@ fn load(roots: &[PathBuf], left_out: &HashSet<PathBuf>) -> (Catalog, Vec<LoadErr
     }
     loader.catalog.index_rules();
     (loader.catalog, loader.errors)
+}
+
+/// The declaration of a runner parameter an action did not declare itself.
+fn runner_parameter_spec(parameter: &sluice_core::runner::RunnerParameter) -> ParamSpec {
+    let spec = serde_json::json!({
+        "type": parameter.kind,
+        "description": parameter.description,
+    });
+    serde_json::from_value(spec).expect("a runner parameter is a valid parameter declaration")
 }

@@ -68,9 +68,9 @@ pub struct ParamSpec {
     /// StackStorm's flag for a parameter the caller may not override.
     #[serde(default)]
     pub immutable: bool,
-    /// StackStorm's positional hint; accepted and ignored: Sluice never builds argv from
-    /// parameters.
-    #[serde(default, skip_serializing)]
+    /// Where a `local-shell-script` action's script takes it among its positional
+    /// arguments (lowest first); without one it is a named argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u32>,
     // JSON Schema keywords a value must also satisfy, as StackStorm's parameter schemas
     // allow them; see [`ParamSpec::schema`].
@@ -293,6 +293,35 @@ impl Action {
     pub fn shell_reads(&self, name: &str) -> bool {
         (self.runner == RunnerType::LocalShellCmd && name == "cmd")
             || self.parameters.get(name).is_some_and(|spec| spec.shell)
+    }
+
+    /// The parameters with a `position:`, in position order: a script's positional
+    /// arguments.
+    pub fn positional_parameters(&self) -> Vec<String> {
+        let mut positional: Vec<(u32, &String)> = self
+            .parameters
+            .iter()
+            .filter_map(|(name, spec)| Some((spec.position?, name)))
+            .collect();
+        positional.sort();
+        positional
+            .into_iter()
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    /// The seconds an execution with these parameters may run: the runner parameter
+    /// `timeout` when the runner reads one and it is set, else the action's `timeout`.
+    pub fn timeout_for(
+        &self,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<u64> {
+        parameters
+            .get("timeout")
+            .filter(|_| self.runner.is_runner_parameter("timeout"))
+            .and_then(serde_json::Value::as_u64)
+            .filter(|seconds| *seconds > 0)
+            .or(self.timeout_secs)
     }
 
     pub fn secret_parameters(&self) -> Vec<String> {

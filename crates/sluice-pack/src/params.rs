@@ -37,6 +37,10 @@ pub enum ParamError {
         name: String,
         problem: String,
     },
+    /// The action declares the parameter `immutable`: its default is the only value.
+    Immutable {
+        name: String,
+    },
 }
 
 impl ParamError {
@@ -47,7 +51,8 @@ impl ParamError {
             | Self::Missing { name }
             | Self::WrongType { name, .. }
             | Self::NotAllowed { name, .. }
-            | Self::Invalid { name, .. } => name,
+            | Self::Invalid { name, .. }
+            | Self::Immutable { name } => name,
         }
     }
 }
@@ -81,6 +86,10 @@ impl fmt::Display for ParamError {
                 )
             }
             Self::Invalid { name, problem } => write!(f, "parameter {name:?}: {problem}"),
+            Self::Immutable { name } => write!(
+                f,
+                "parameter {name:?} is immutable: the action sets it, a request cannot"
+            ),
         }
     }
 }
@@ -173,11 +182,15 @@ pub fn resolve(
     let mut errors = Vec::new();
     let mut resolved = Map::new();
     for (name, value) in given {
-        if !action.parameters.contains_key(&name) {
+        let Some(spec) = action.parameters.get(&name) else {
             errors.push(ParamError::Unknown {
                 name,
                 known: action.parameters.keys().cloned().collect(),
             });
+            continue;
+        };
+        if spec.immutable && !value.is_null() && spec.default.as_ref() != Some(&value) {
+            errors.push(ParamError::Immutable { name });
             continue;
         }
         resolved.insert(name, value);

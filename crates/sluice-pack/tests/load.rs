@@ -627,3 +627,65 @@ fn parameters_take_stackstorm_s_json_schema_keywords_and_values_must_satisfy_the
         "an unknown keyword is still a mistake: {broken:?}"
     );
 }
+
+#[test]
+fn shell_actions_take_their_runner_s_parameters_and_positions_in_order() {
+    let (_dir, roots) = with_pack(&[
+        (
+            "actions/report.yaml",
+            "name: report\nrunner_type: local-shell-script\nentry_point: report.sh\nparameters:\n  target: {type: string, position: 1}\n  source: {type: string, position: 0}\n  verbose: {type: boolean}\n  timeout: {type: integer, default: 5, immutable: true}\n",
+        ),
+        ("actions/report.sh", "true\n"),
+    ]);
+    let catalog = load_packs(&roots).unwrap();
+    let action = catalog.action(&"t.report".parse().unwrap()).unwrap();
+    assert_eq!(action.positional_parameters(), ["source", "target"]);
+    for name in ["cwd", "env", "kwarg_op", "sudo"] {
+        assert!(
+            action.parameters.contains_key(name),
+            "runner parameter {name}"
+        );
+    }
+    let resolved = sluice_pack::params::resolve(
+        action,
+        json!({"source": "a", "env": {"X": "1"}, "sudo": false})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    assert!(
+        !resolved.contains_key("kwarg_op"),
+        "no default a runner parameter did not get"
+    );
+    assert_eq!(
+        action.timeout_for(&resolved),
+        Some(5),
+        "the action's own default"
+    );
+    let overridden = sluice_pack::params::resolve(
+        action,
+        json!({"source": "a", "timeout": 9})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    assert!(
+        overridden.is_err(),
+        "an immutable runner parameter stays as declared"
+    );
+
+    let broken = errors(&[
+        (
+            "actions/twice.yaml",
+            "name: twice\nrunner_type: local-shell-script\nentry_point: twice.sh\nparameters:\n  a: {type: string, position: 0}\n  b: {type: string, position: 0}\n",
+        ),
+        ("actions/twice.sh", "true\n"),
+    ]);
+    assert!(
+        broken
+            .iter()
+            .any(|e| e.contains("parameters.b.position") && e.contains("a's")),
+        "{broken:?}"
+    );
+}

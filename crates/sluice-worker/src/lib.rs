@@ -62,8 +62,8 @@ pub struct WorkerConfig {
     pub run_verifier: RunVerifier,
     /// Opens the secret parameters a run message carries sealed.
     pub keyring: Arc<Keyring>,
-    /// Bytes of stdout and of stderr a result keeps ([`runner::OUTPUT_CAP`] by default).
-    pub output_cap: usize,
+    /// Output kept, and what actions may ask of the runners beyond their parameters.
+    pub runner: runner::Settings,
 }
 
 struct Shared {
@@ -72,7 +72,7 @@ struct Shared {
     settle: Settle,
     run_verifier: RunVerifier,
     keyring: Arc<Keyring>,
-    output_cap: usize,
+    runner: runner::Settings,
     actions_dirs: BTreeMap<String, PathBuf>,
     packs: packs::PackCache,
     /// Executions this worker is running, for heartbeats.
@@ -570,7 +570,7 @@ impl RunActor {
         run.parameters = parameters;
         let me = myself.clone();
         let cancel = state.cancel.clone();
-        let output_cap = state.shared.output_cap;
+        let settings = state.shared.runner.clone();
         let bus = state.shared.bus.clone();
         let process =
             tracing::info_span!("process", runner = %run.runner, status = tracing::field::Empty);
@@ -594,7 +594,7 @@ impl RunActor {
                     &run,
                     actions_dir.as_deref(),
                     &cancel,
-                    output_cap,
+                    &settings,
                     Some(sink),
                 )
                 .await;
@@ -666,7 +666,7 @@ impl Worker {
             settle,
             run_verifier: config.run_verifier,
             keyring: config.keyring,
-            output_cap: config.output_cap,
+            runner: config.runner,
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),

@@ -1,8 +1,10 @@
 //! The runners: what actually happens when an action runs.
 //!
 //! Parameters reach processes as `SLUICE_PARAM_<NAME>` environment variables and as one
-//! JSON object on stdin — never interpolated into a command line. Each process runs in its
-//! own process group, so a timeout kills everything it started.
+//! JSON object on stdin — never interpolated into a command line a shell reads. A
+//! `local-shell-script` action's script also gets them as arguments, StackStorm's way
+//! ([`sluice_core::runner::script_arguments`]), each one argument of its own. Each process
+//! runs in its own process group, so a timeout kills everything it started.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,6 +22,29 @@ pub const OUTPUT_CAP: usize = 256 * 1024;
 /// The most a worker may keep of each stream: both, JSON-escaped, and the rest of the report
 /// must fit in one STATUS message (1 MiB).
 pub const MAX_OUTPUT_CAP: usize = 384 * 1024;
+
+/// What a worker allows the actions it runs beyond their parameters, and how much output it
+/// keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Bytes of stdout and of stderr a result keeps (at most [`MAX_OUTPUT_CAP`]).
+    pub output_cap: usize,
+    /// Whether an action may set its runner parameter `sudo` (`--allow-sudo`).
+    pub allow_sudo: bool,
+    /// Whether a secret parameter may be one of a script's arguments, where any user of the
+    /// host can read it in the process list (`--secrets-on-command-line`).
+    pub secrets_on_command_line: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            output_cap: OUTPUT_CAP,
+            allow_sudo: false,
+            secrets_on_command_line: false,
+        }
+    }
+}
 
 /// How an execution ended on the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,27 +95,32 @@ pub async fn run_with(
     cancel: &CancellationToken,
     output_cap: usize,
 ) -> Outcome {
-    run_following(message, actions_dir, cancel, output_cap, None).await
+    let settings = Settings {
+        output_cap,
+        ..Settings::default()
+    };
+    run_following(message, actions_dir, cancel, &settings, None).await
 }
 
 /// Where a process's output goes as it is read, besides the result: `("stdout" | "stderr",
 /// bytes)`, in the order read, up to the output cap.
 pub type OutputSink = tokio::sync::mpsc::UnboundedSender<(&'static str, Vec<u8>)>;
 
-/// [`run_with`], also handing each piece of a process's output to `sink` as it is read.
+/// [`run`] with a worker's [`Settings`], also handing each piece of a process's output to
+/// `sink` as it is read.
 pub async fn run_following(
     message: &RunMessage,
     actions_dir: Option<&Path>,
     cancel: &CancellationToken,
-    output_cap: usize,
+    settings: &Settings,
     sink: Option<OutputSink>,
 ) -> Outcome {
     let output = Output {
-        cap: output_cap.clamp(1, MAX_OUTPUT_CAP),
+        cap: settings.output_cap.clamp(1, MAX_OUTPUT_CAP),
         sink,
     };
     tokio::select! {
-        outcome = run_to_end(message, actions_dir, cancel, &output) => outcome,
+        outcome = run_to_end(message, actions_dir, cancel, settings, &output) => outcome,
         // Process runners watch `cancel` themselves, to kill their process group first.
         _ = cancel.cancelled(), if !is_process(message.runner) => cancelled(),
     }
@@ -107,6 +137,7 @@ async fn run_to_end(
     message: &RunMessage,
     actions_dir: Option<&Path>,
     cancel: &CancellationToken,
+    settings: &Settings,
     output: &Output,
 ) -> Outcome {
     let timeout = message.timeout_secs.map(Duration::from_secs);
@@ -144,11 +175,11 @@ async fn run_to_end(
             let Some(cmd) = params.get("cmd").and_then(Value::as_str) else {
                 return Outcome::failed("parameter cmd is missing");
             };
-            let mut command = Command::new("/bin/sh");
-            command.arg("-c").arg(cmd);
-            if let Some(cwd) = params.get("cwd").and_then(Value::as_str) {
-                command.current_dir(cwd);
-            }
+            let program = vec!["/bin/sh".into(), "-c".into(), cmd.into()];
+            let command = match process(program, None, message, settings) {
+                Ok(command) => command,
+                Err(e) => return Outcome::failed(e),
+            };
             run_process(command, message, timeout, cancel, output).await
         }
         RunnerType::LocalShellScript | RunnerType::PythonScript => {
@@ -158,22 +189,118 @@ async fn run_to_end(
             };
             if message.runner == RunnerType::PythonScript {
                 let actions = actions_dir.unwrap_or(Path::new("."));
-                return run_python(&script, actions, message, timeout, cancel, output).await;
+                return run_python(&script, actions, message, timeout, cancel, settings, output)
+                    .await;
             }
-            let command = if is_executable(&script) {
-                Command::new(&script)
+            let mut program: Vec<std::ffi::OsString> = if is_executable(&script) {
+                vec![script.clone().into()]
             } else {
-                let mut command = Command::new("/bin/sh");
-                command.arg(&script);
-                command
+                vec!["/bin/sh".into(), script.clone().into()]
             };
-            let mut command = command;
-            if let Some(dir) = script.parent() {
-                command.current_dir(dir);
-            }
+            let arguments = match script_arguments(message, settings) {
+                Ok(arguments) => arguments,
+                Err(e) => return Outcome::failed(e),
+            };
+            program.extend(arguments.into_iter().map(Into::into));
+            let command = match process(program, script.parent(), message, settings) {
+                Ok(command) => command,
+                Err(e) => return Outcome::failed(e),
+            };
             run_process(command, message, timeout, cancel, output).await
         }
     }
+}
+
+/// The arguments of a `local-shell-script` action's script; a secret among them is refused
+/// unless the worker allows secrets on command lines.
+fn script_arguments(message: &RunMessage, settings: &Settings) -> Result<Vec<String>, String> {
+    if !settings.secrets_on_command_line {
+        for name in &message.secret_parameters {
+            let value = message.parameters.get(name);
+            let empty = matches!(value, None | Some(Value::Null) | Some(Value::Bool(false)))
+                || value.and_then(Value::as_str) == Some("");
+            if !empty && !message.runner.is_runner_parameter(name) {
+                return Err(format!(
+                    "parameter {name:?} is secret and would be an argument of the script, where any user of this host can read it; read it from SLUICE_PARAM_{} or stdin instead, or start the worker with --secrets-on-command-line",
+                    env_name(name)
+                ));
+            }
+        }
+    }
+    Ok(sluice_core::runner::script_arguments(
+        message.runner,
+        &message.parameters,
+        &message.positional,
+    ))
+}
+
+/// A process for `program` (its path, then its arguments) with the runner parameters
+/// applied: `cwd` (else `default_dir`), `env`, and `sudo` when the worker allows it.
+fn process(
+    mut program: Vec<std::ffi::OsString>,
+    default_dir: Option<&Path>,
+    message: &RunMessage,
+    settings: &Settings,
+) -> Result<Command, String> {
+    let params = &message.parameters;
+    if params.get("sudo").and_then(Value::as_bool) == Some(true) {
+        if !settings.allow_sudo {
+            return Err(format!(
+                "action {} asks for sudo, which this worker does not allow (start it with --allow-sudo)",
+                message.action
+            ));
+        }
+        // Non-interactive, keeping the environment the parameters arrive in.
+        let mut sudo: Vec<std::ffi::OsString> =
+            vec!["sudo".into(), "-n".into(), "-E".into(), "--".into()];
+        sudo.append(&mut program);
+        program = sudo;
+    }
+    let mut command = Command::new(&program[0]);
+    command.args(&program[1..]);
+    match params.get("cwd") {
+        Some(Value::String(cwd)) if !cwd.is_empty() => {
+            let dir = Path::new(cwd);
+            if !dir.is_absolute() || !dir.is_dir() {
+                return Err(format!(
+                    "runner parameter cwd {cwd:?} is not an absolute path to a directory on this worker"
+                ));
+            }
+            command.current_dir(dir);
+        }
+        _ => {
+            if let Some(dir) = default_dir {
+                command.current_dir(dir);
+            }
+        }
+    }
+    match params.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(vars)) => {
+            for (name, value) in vars {
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !name.starts_with(|c: char| c.is_ascii_digit());
+                if !valid || name.starts_with("SLUICE_") {
+                    return Err(format!(
+                        "runner parameter env: {name:?} is not a variable an action may set (letters, digits and _, not starting with a digit or SLUICE_)"
+                    ));
+                }
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if text.contains('\0') {
+                    return Err(format!(
+                        "runner parameter env: the value of {name} holds a NUL byte"
+                    ));
+                }
+                command.env(name, text);
+            }
+        }
+        Some(_) => return Err("runner parameter env must be an object of variables".into()),
+    }
+    Ok(command)
 }
 
 /// A `python-script` action, through Sluice's wrapper: StackStorm's `Action` class and
@@ -184,6 +311,7 @@ async fn run_python(
     message: &RunMessage,
     timeout: Option<Duration>,
     cancel: &CancellationToken,
+    settings: &Settings,
     output: &Output,
 ) -> Outcome {
     let library = match crate::python::library() {
@@ -195,11 +323,21 @@ async fn run_python(
         Err(e) => return Outcome::failed(format!("cannot create a directory for the run: {e}")),
     };
     let outcome_file = scratch.path().join("outcome.json");
-    let mut command = Command::new("python3");
+    let program = vec![
+        "python3".into(),
+        crate::python::wrapper(library).into(),
+        script.into(),
+    ];
+    let mut command = match process(
+        program,
+        script.parent().or(Some(actions_dir)),
+        message,
+        settings,
+    ) {
+        Ok(command) => command,
+        Err(e) => return Outcome::failed(e),
+    };
     command
-        .arg(crate::python::wrapper(library))
-        .arg(script)
-        .current_dir(script.parent().unwrap_or(actions_dir))
         .env(
             "PYTHONPATH",
             crate::python::python_path(library, actions_dir),
@@ -236,21 +374,25 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
 }
 
+/// A parameter's name as it appears in `SLUICE_PARAM_<NAME>`.
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// `SLUICE_PARAM_<NAME>`: strings as they are, other values as JSON.
 pub fn param_env(parameters: &Map<String, Value>) -> Vec<(String, String)> {
     parameters
         .iter()
         .map(|(name, value)| {
-            let key: String = name
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let key = env_name(name);
             let text = match value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),

@@ -40,6 +40,7 @@ fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunM
         entry_point: None,
         parameters: params.as_object().cloned().unwrap_or_else(Map::new),
         secret_parameters: vec![],
+        positional: vec![],
         timeout_secs,
         limits: Default::default(),
     }
@@ -190,6 +191,107 @@ async fn script_runners_execute_their_entry_point() {
             .as_str()
             .unwrap()
             .contains("is not installed on this worker")
+    );
+}
+
+#[tokio::test]
+async fn scripts_take_stackstorm_s_named_and_positional_arguments_and_runner_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    // Each argument on its own line, then the working directory and one variable.
+    std::fs::write(
+        dir.path().join("args.sh"),
+        "for a in \"$@\"; do echo \"[$a]\"; done; echo \"cwd=$PWD\"; echo \"region=$REGION\"\n",
+    )
+    .unwrap();
+    let hostile = format!("$(touch {})", marker.display());
+    let mut msg = message(
+        RunnerType::LocalShellScript,
+        json!({
+            "host": hostile, "force": true, "quiet": false, "ports": [80, 443],
+            "first": "a b", "second": false, "kwarg_op": "--",
+            "cwd": elsewhere.path(), "env": {"REGION": "eu-1"}, "sudo": false, "timeout": 20,
+        }),
+        Some(20),
+    );
+    msg.entry_point = Some("args.sh".into());
+    msg.positional = vec!["first".into(), "second".into()];
+    let out = run(&msg, Some(dir.path())).await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+    let expected = format!(
+        "[--force]\n[--host={hostile}]\n[--ports=80,443]\n[a b]\n[0]\ncwd={}\nregion=eu-1\n",
+        elsewhere.path().display()
+    );
+    assert_eq!(out.result["stdout"], json!(expected));
+    assert!(!marker.exists(), "an argument was executed");
+
+    // A variable of Sluice's own cannot be set, nor one that is no name.
+    for name in ["SLUICE_RUN_TAG", "A=B", ""] {
+        msg.parameters.insert("env".into(), json!({ name: "x" }));
+        let out = run(&msg, Some(dir.path())).await;
+        assert_eq!(out.status, ExecutionStatus::Failed, "{name}: {out:?}");
+        assert!(
+            out.result["error"]
+                .as_str()
+                .unwrap()
+                .contains("runner parameter env")
+        );
+    }
+    msg.parameters.remove("env");
+
+    msg.parameters.insert("cwd".into(), json!("relative/dir"));
+    let out = run(&msg, Some(dir.path())).await;
+    assert!(
+        out.result["error"]
+            .as_str()
+            .unwrap()
+            .contains("cwd \"relative/dir\""),
+        "{out:?}"
+    );
+    msg.parameters.remove("cwd");
+
+    // sudo only where the worker allows it.
+    msg.parameters.insert("sudo".into(), json!(true));
+    let out = run(&msg, Some(dir.path())).await;
+    assert_eq!(out.status, ExecutionStatus::Failed);
+    assert!(
+        out.result["error"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-sudo"),
+        "{out:?}"
+    );
+    msg.parameters.insert("sudo".into(), json!(false));
+
+    // A secret stays off the command line unless the worker is told otherwise.
+    msg.parameters.insert("password".into(), json!("hunter2"));
+    msg.secret_parameters = vec!["password".into()];
+    let out = run(&msg, Some(dir.path())).await;
+    assert_eq!(out.status, ExecutionStatus::Failed);
+    let error = out.result["error"].as_str().unwrap();
+    assert!(
+        error.contains("SLUICE_PARAM_PASSWORD") && !error.contains("hunter2"),
+        "{error}"
+    );
+    let settings = sluice_worker::runner::Settings {
+        secrets_on_command_line: true,
+        ..Default::default()
+    };
+    let out = sluice_worker::runner::run_following(
+        &msg,
+        Some(dir.path()),
+        &CancellationToken::new(),
+        &settings,
+        None,
+    )
+    .await;
+    assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+    assert!(
+        out.result["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("[--password=hunter2]")
     );
 }
 

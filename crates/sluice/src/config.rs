@@ -60,8 +60,8 @@ pub struct Config {
     /// The secrets key file; `<data-dir>/secrets.key` (made by the engine on first start)
     /// when `None`.
     pub secrets_key: Option<PathBuf>,
-    /// Bytes of an action's stdout and of its stderr a result keeps.
-    pub output_cap: usize,
+    /// Output a result keeps, and what actions may ask of a worker's runners.
+    pub runner: sluice_worker::runner::Settings,
     /// Copies of each stream and bucket the engine sets up keep, for a NATS cluster.
     pub stream_replicas: usize,
 }

@@ -574,6 +574,15 @@ struct ServerArgs {
     #[arg(long, env = "SLUICE_OUTPUT_CAP", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=384))]
     output_cap: u32,
+    /// Let actions set their runner parameter `sudo: true` (run through `sudo -n -E`); without
+    /// it such an execution fails saying so.
+    #[arg(long, env = "SLUICE_ALLOW_SUDO")]
+    allow_sudo: bool,
+    /// Let a secret parameter be one of a `local-shell-script` script's arguments, where
+    /// every user of the worker's host can read it in the process list; without it such an
+    /// execution fails saying so.
+    #[arg(long, env = "SLUICE_SECRETS_ON_COMMAND_LINE")]
+    secrets_on_command_line: bool,
     /// Copies of each stream and key-value bucket the engine sets up keep: 3 (or 5) on a
     /// NATS cluster, so losing a server loses nothing; 1 on a single server.
     #[arg(long, env = "SLUICE_STREAM_REPLICAS", default_value_t = 1,
@@ -613,7 +622,11 @@ impl ServerArgs {
             },
             run_verify_keys: self.run_verify_key,
             secrets_key: self.secrets_key,
-            output_cap: self.output_cap as usize * 1024,
+            runner: sluice_worker::runner::Settings {
+                output_cap: self.output_cap as usize * 1024,
+                allow_sudo: self.allow_sudo,
+                secrets_on_command_line: self.secrets_on_command_line,
+            },
             stream_replicas: usize::from(self.stream_replicas),
         }
     }

@@ -147,7 +147,7 @@ async fn start_worker(
     Worker::start(WorkerConfig {
         run_verifier,
         keyring: Arc::new(keyring),
-        output_cap: config.output_cap,
+        runner: config.runner.clone(),
         name: format!("worker/{}", config.worker_name()),
         bus,
         actions_dirs: if packs.is_empty() {

@@ -409,7 +409,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
             .path()
             .join("run-signing.pub")])
         .unwrap(),
-        output_cap: sluice_worker::runner::OUTPUT_CAP,
+        runner: Default::default(),
         pack_cache: sluice.data_dir.path().join("second-pack-cache"),
         keyring: std::sync::Arc::new(
             sluice_core::secrets::Keyring::load(&sluice.data_dir.path().join("secrets.key"))
@@ -437,6 +437,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         entry_point: Some("record.sh".into()),
         parameters: json!({"n": 7}).as_object().unwrap().clone(),
         secret_parameters: vec![],
+        positional: vec![],
         timeout_secs: None,
         limits: Default::default(),
     };

@@ -13,6 +13,7 @@ pub fn run_message(id: i64, attempt: u32) -> RunMessage {
         entry_point: None,
         parameters: Default::default(),
         secret_parameters: vec![],
+        positional: vec![],
         timeout_secs: None,
         limits: Default::default(),
     }

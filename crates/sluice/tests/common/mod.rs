@@ -67,7 +67,7 @@ impl Sluice {
             nats_options: Default::default(),
             run_verify_keys: Vec::new(),
             secrets_key: None,
-            output_cap: sluice_worker::runner::OUTPUT_CAP,
+            runner: Default::default(),
             stream_replicas: 1,
         };
         let mut sluice = Self {
