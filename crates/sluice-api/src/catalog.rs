@@ -57,6 +57,9 @@ fn pack_view(catalog: &Catalog, pack: &Pack) -> Value {
         "actions": actions,
         "triggers": triggers,
         "rules": rules,
+        // Secrets masked; the file it came from.
+        "config": pack.config.as_ref().map(|config| config.masked()),
+        "config_file": pack.config.as_ref().and_then(|c| c.file.as_ref()).map(|f| f.display().to_string()),
         "errors": [],
     })
 }

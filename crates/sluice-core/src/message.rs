@@ -38,6 +38,9 @@ pub struct RunMessage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub positional: Vec<String>,
     pub timeout_secs: Option<u64>,
+    /// The action's pack configuration, its secrets sealed: a python action's `self.config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
     /// Limits on the action's processes.
     #[serde(default, skip_serializing_if = "ProcessLimits::is_none")]
     pub limits: ProcessLimits,
@@ -262,6 +265,7 @@ mod tests {
             parameters,
             secret_parameters: vec![],
             positional: vec![],
+            config: None,
             timeout_secs: Some(60),
             limits: Default::default(),
         };

@@ -307,6 +307,19 @@ impl Keyring {
             .collect()
     }
 
+    /// Every sealed value in `value`, at any depth, opened in place.
+    pub fn unseal_nested(&self, value: &mut Value) -> Result<(), SecretsError> {
+        match value {
+            Value::String(s) if s.starts_with(PREFIX) => {
+                *value = self.unseal(s)?;
+                Ok(())
+            }
+            Value::Array(items) => items.iter_mut().try_for_each(|v| self.unseal_nested(v)),
+            Value::Object(map) => map.values_mut().try_for_each(|v| self.unseal_nested(v)),
+            _ => Ok(()),
+        }
+    }
+
     /// Every sealed value in `value`, at any depth, sealed again with the newest key.
     /// Returns whether anything changed.
     pub fn reseal_all(&self, value: &mut Value) -> Result<bool, SecretsError> {

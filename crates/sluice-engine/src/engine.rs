@@ -120,6 +120,9 @@ impl Engine {
         pack_changes::publish(&pack_store, &mut loaded)
             .await
             .map_err(|e| EngineError::Packs(e.to_string()))?;
+        loaded
+            .seal_configs(&config.keyring)
+            .map_err(|e| EngineError::Packs(format!("sealing pack configurations: {e}")))?;
         let catalog = with_switches(Arc::new(loaded), &config.store).await?;
         let key_cache = Arc::new(KeyCache::new(config.keyring.clone()));
         let kv = Kv::new(key_cache.clone(), None);
@@ -313,7 +316,7 @@ impl Engine {
         {
             return Err(PackError::NotFound(format!("no pack {name:?}")));
         }
-        let loaded = pack_changes::load(self.packs.all_roots()).await?;
+        let loaded = pack_changes::load(self.packs.all_roots(), self.packs.configs.clone()).await?;
         if let Some(name) = only
             && let Some(broken) = loaded.broken.iter().find(|b| b.name == name)
         {
@@ -353,7 +356,7 @@ impl Engine {
         }
         // Loaded as it will be, beside every other pack, before anything moves.
         let roots = pack_changes::roots_with(&self.packs, installed, name, Some(&staged.dir))?;
-        let trial = pack_changes::load(roots).await?;
+        let trial = pack_changes::load(roots, self.packs.configs.clone()).await?;
         let staged_dir = staged
             .dir
             .canonicalize()
@@ -422,10 +425,11 @@ impl Engine {
     /// Loads every pack from the files now in place and puts them in force; if that is
     /// refused, `undo` puts the files back as they were.
     async fn reload_or_undo(&self, undo: impl FnOnce()) -> Result<(), PackError> {
-        let result = match pack_changes::load(self.packs.all_roots()).await {
-            Ok(loaded) => self.put_in_force(loaded).await,
-            Err(e) => Err(e),
-        };
+        let result =
+            match pack_changes::load(self.packs.all_roots(), self.packs.configs.clone()).await {
+                Ok(loaded) => self.put_in_force(loaded).await,
+                Err(e) => Err(e),
+            };
         if result.is_err() {
             undo();
         }
@@ -448,6 +452,9 @@ impl Engine {
             return Err(PackError::Broken(broken));
         }
         pack_changes::publish(&self.pack_store, &mut loaded).await?;
+        loaded
+            .seal_configs(&self.shared.keyring)
+            .map_err(|e| PackError::Internal(format!("sealing pack configurations: {e}")))?;
         let catalog = with_switches(Arc::new(loaded), &self.shared.store)
             .await
             .map_err(|e| PackError::Internal(e.to_string()))?;

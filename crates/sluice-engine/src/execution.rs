@@ -70,6 +70,7 @@ impl ExecutionActor {
             secret_parameters: sluice_core::secrets::sealed_names(&state.pending.parameters),
             positional: state.action.positional_parameters(),
             timeout_secs: state.action.timeout_for(&state.pending.parameters),
+            config: state.action.config.as_ref().and_then(|c| c.sealed.clone()),
             limits: state.action.limits,
         }
     }

@@ -29,6 +29,8 @@ pub struct PackSources {
     /// Where packs installed through the API go; loaded after `roots`. Without it, packs
     /// can be reloaded but not installed or removed.
     pub installed: Option<PathBuf>,
+    /// Where pack configurations are: `<configs>/<pack>.yaml` (`--configs`).
+    pub configs: Option<PathBuf>,
 }
 
 impl PackSources {
@@ -113,11 +115,17 @@ pub(crate) async fn publish(store: &PackStore, catalog: &mut Catalog) -> Result<
     Ok(())
 }
 
-/// Loads the packs of `roots`, off the async threads.
-pub(crate) async fn load(roots: Vec<PathBuf>) -> Result<Catalog, PackError> {
-    tokio::task::spawn_blocking(move || sluice_pack::load_packs_reporting(&roots))
-        .await
-        .map_err(|e| internal("loading packs", e))
+/// Loads the packs of `roots` with their configurations from `configs`, off the async
+/// threads.
+pub(crate) async fn load(
+    roots: Vec<PathBuf>,
+    configs: Option<PathBuf>,
+) -> Result<Catalog, PackError> {
+    tokio::task::spawn_blocking(move || {
+        sluice_pack::load_packs_with_configs(&roots, configs.as_deref())
+    })
+    .await
+    .map_err(|e| internal("loading packs", e))
 }
 
 /// The packs in force in `current` that `loaded` leaves out.

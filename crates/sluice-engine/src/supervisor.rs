@@ -664,6 +664,7 @@ mod tests {
             policy,
             workflow: None,
             pack_digest: None,
+            config: None,
             file: "t/actions/a.yaml".into(),
         };
         let (actor, _) = Actor::spawn(

@@ -109,6 +109,12 @@ pub fn opened_during<T>(render: impl FnOnce() -> T) -> (T, Vec<String>) {
     (out, OPENED.with(|o| std::mem::take(&mut *o.borrow_mut())))
 }
 
+/// Notes secret text a render read (a secret of a pack's configuration), for
+/// [`opened_during`].
+pub(crate) fn note_opened(texts: impl IntoIterator<Item = String>) {
+    OPENED.with(|o| o.borrow_mut().extend(texts));
+}
+
 /// `value | decrypt_kv`: a sealed datastore value, opened.
 pub(crate) fn decrypt_kv(state: &State, value: Value) -> Result<Value, Error> {
     let Some(sealed) = value.as_str() else {

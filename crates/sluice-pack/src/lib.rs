@@ -12,10 +12,12 @@
 //! - [`datastore`] — `st2kv` and `decrypt_kv` in templates.
 //! - [`timer`] — StackStorm's interval, cron and date timers: schedules and nominal ticks.
 //! - [`webhook`] — `core.st2.webhook`: webhook URLs and how their callers are authenticated.
+//! - [`config`] — a pack's configuration: `config.schema.yaml` and `<configs>/<pack>.yaml`.
 //! - [`bundle`] — a pack as one reproducible archive, named by its digest.
 //! - [`workflow`] — Orquesta-style workflow files: tasks, transitions, published variables.
 
 pub mod bundle;
+pub mod config;
 pub mod criteria;
 pub mod datastore;
 mod error;
@@ -31,7 +33,9 @@ pub mod workflow;
 mod workflow_file;
 
 pub use error::{LoadError, LoadErrors};
-pub use load::{load_packs, load_packs_reporting, pack_name, with_api_rule};
+pub use load::{
+    load_packs, load_packs_reporting, load_packs_with_configs, pack_name, with_api_rule,
+};
 pub use model::{
     Action, BrokenPack, Catalog, Mismatch, Origin, Pack, ParamSpec, ParamType, Rule, Trigger,
 };

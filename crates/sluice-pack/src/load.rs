@@ -112,6 +112,8 @@ struct RuleAction {
 
 #[derive(Default)]
 struct Loader {
+    /// Where pack configurations are (`<configs>/<pack>.yaml`).
+    configs: Option<PathBuf>,
     catalog: Catalog,
     errors: Vec<LoadError>,
     /// Rules are checked after every pack's actions and triggers are known.
@@ -142,6 +144,92 @@ impl Loader {
             Ok(value) => Some(value),
             Err(e) => {
                 self.error(file, None, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Pack `name`'s configuration, checked against its `config.schema.yaml`; `None` when it
+    /// has neither, or with a problem (reported, naming the file and key).
+    fn load_config(&mut self, name: &str, dir: &Path) -> Option<crate::config::PackConfig> {
+        use crate::config::{ConfigSchema, PackConfig};
+        let schema_file = dir.join("config.schema.yaml");
+        let file = self
+            .configs
+            .as_deref()
+            .and_then(|configs| crate::config::config_file(configs, name));
+        let values = match &file {
+            Some(path) => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        self.error(path, None, format!("cannot read file: {e}"));
+                        return None;
+                    }
+                };
+                match serde_yaml_ng::from_str::<Value>(&text) {
+                    Ok(Value::Object(values)) => Some(values),
+                    Ok(Value::Null) => None,
+                    Ok(_) => {
+                        self.error(
+                            path,
+                            None,
+                            "a pack's configuration must be a mapping of keys to values",
+                        );
+                        return None;
+                    }
+                    Err(e) => {
+                        self.error(path, None, e.to_string());
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        if !schema_file.is_file() {
+            return file.map(|file| PackConfig {
+                values: values.unwrap_or_default(),
+                secret_paths: Vec::new(),
+                file: Some(file),
+                sealed: None,
+            });
+        }
+        let text = match std::fs::read_to_string(&schema_file) {
+            Ok(text) => text,
+            Err(e) => {
+                self.error(&schema_file, None, format!("cannot read file: {e}"));
+                return None;
+            }
+        };
+        let schema = match ConfigSchema::parse(&text) {
+            Ok(schema) => schema,
+            Err(problem) => {
+                self.error(&schema_file, problem.key.as_deref(), problem.message);
+                return None;
+            }
+        };
+        match schema.check(values, file.clone()) {
+            Ok(config) => Some(config),
+            Err(problems) => {
+                // Named where the values are, or would be.
+                let at = file
+                    .or_else(|| {
+                        self.configs
+                            .as_ref()
+                            .map(|c| c.join(format!("{name}.yaml")))
+                    })
+                    .unwrap_or_else(|| schema_file.clone());
+                for problem in problems {
+                    let message = if self.configs.is_none() {
+                        format!(
+                            "{} (no configs directory is set: --configs)",
+                            problem.message
+                        )
+                    } else {
+                        problem.message
+                    };
+                    self.error(&at, problem.key.as_deref(), message);
+                }
                 None
             }
         }
@@ -184,6 +272,7 @@ impl Loader {
             description: file.description,
             dir: dir.to_owned(),
             digest: None,
+            config: self.load_config(&name, dir).map(std::sync::Arc::new),
         };
         self.catalog.packs.insert(name.clone(), pack);
         for path in yaml_files(&dir.join("actions")) {
@@ -293,7 +382,9 @@ impl Loader {
             }
         }
         for (name, spec) in &file.parameters {
-            if let Some(default) = &spec.default {
+            // A templated default is checked once rendered, on each request.
+            let templated = |d: &Value| d.as_str().is_some_and(|s| s.contains("{{"));
+            if let Some(default) = spec.default.as_ref().filter(|d| !templated(d)) {
                 let probe = Action {
                     action_ref: action_ref.clone(),
                     description: None,
@@ -306,6 +397,7 @@ impl Loader {
                     policy: Policy::default(),
                     workflow: None,
                     pack_digest: None,
+                    config: None,
                     file: path.to_owned(),
                 };
                 let given = serde_json::Map::from_iter([(name.clone(), default.clone())]);
@@ -348,6 +440,7 @@ impl Loader {
             policy: file.policy,
             workflow: None,
             pack_digest: None,
+            config: self.catalog.packs.get(pack).and_then(|p| p.config.clone()),
             file: path.to_owned(),
         };
         self.catalog.actions.insert(action_ref, action);
@@ -668,7 +761,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// or a directory of packs (its subdirectories with a `pack.yaml`, hidden ones left out). Any problem in any pack fails the whole load, with every problem
 /// found; [`load_packs_reporting`] leaves broken packs out instead.
 pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
-    let (catalog, errors) = load(roots, &HashSet::new());
+    let (catalog, errors) = load(roots, None, &HashSet::new());
     if errors.is_empty() {
         Ok(catalog)
     } else {
@@ -681,18 +774,31 @@ pub fn load_packs(roots: &[PathBuf]) -> Result<Catalog, LoadErrors> {
 /// out (a rule naming its action) is left out in turn, with its own problems. The catalog
 /// lists what was left out in [`Catalog::broken`].
 pub fn load_packs_reporting(roots: &[PathBuf]) -> Catalog {
+    load_packs_with_configs(roots, None)
+}
+
+/// [`load_packs_reporting`], reading each pack's configuration from `configs`
+/// (`<configs>/<pack>.yaml`); a pack whose configuration does not fit its schema is left
+/// out like any other broken pack, its problems naming the configuration file and key.
+pub fn load_packs_with_configs(roots: &[PathBuf], configs: Option<&Path>) -> Catalog {
     let mut left_out: HashSet<PathBuf> = HashSet::new();
     let mut broken = Vec::new();
     loop {
-        let (mut catalog, errors) = load(roots, &left_out);
+        let (mut catalog, errors) = load(roots, configs, &left_out);
         if errors.is_empty() {
             catalog.broken = broken;
             return catalog;
         }
         let mut by_pack: BTreeMap<PathBuf, Vec<LoadError>> = BTreeMap::new();
         for error in errors {
+            // A configuration file belongs to the pack it is named after.
+            let configured = configs
+                .filter(|configs| error.file.parent() == Some(*configs))
+                .and_then(|_| error.file.file_stem())
+                .and_then(|stem| catalog.packs.get(stem.to_string_lossy().as_ref()))
+                .map(|pack| pack.dir.clone());
             by_pack
-                .entry(pack_dir_of(&error.file))
+                .entry(configured.unwrap_or_else(|| pack_dir_of(&error.file)))
                 .or_default()
                 .push(error);
         }
@@ -811,8 +917,15 @@ fn pack_dir_of(file: &Path) -> PathBuf {
 
 /// Loads the packs in `roots` but those whose directories are in `left_out`; the catalog
 /// and every problem found.
-fn load(roots: &[PathBuf], left_out: &HashSet<PathBuf>) -> (Catalog, Vec<LoadError>) {
-    let mut loader = Loader::default();
+fn load(
+    roots: &[PathBuf],
+    configs: Option<&Path>,
+    left_out: &HashSet<PathBuf>,
+) -> (Catalog, Vec<LoadError>) {
+    let mut loader = Loader {
+        configs: configs.map(Path::to_owned),
+        ..Loader::default()
+    };
     let skip =
         |dir: &Path| left_out.contains(&dir.canonicalize().unwrap_or_else(|_| dir.to_owned()));
     // Built in, as in StackStorm: the timers, fired by the engine on their schedules, and

@@ -18,6 +18,10 @@ pub struct Pack {
     /// The digest of its bundle in the packs object store, once the engine published it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Its configuration (`config.schema.yaml` and `<configs>/<pack>.yaml`), when it has
+    /// either. Holds secrets in clear: never serialized; see [`crate::config::PackConfig::masked`].
+    #[serde(skip)]
+    pub config: Option<std::sync::Arc<crate::config::PackConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +266,9 @@ pub struct Action {
     /// Its pack's [`Pack::digest`]: the version a worker fetches to run it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pack_digest: Option<String>,
+    /// Its pack's [`Pack::config`].
+    #[serde(skip)]
+    pub config: Option<std::sync::Arc<crate::config::PackConfig>>,
 }
 
 impl Action {
@@ -624,6 +631,29 @@ impl Catalog {
                 action.pack_digest = Some(digest.to_owned());
             }
         }
+    }
+
+    /// Seals the secrets of every pack's configuration for the run messages that carry it
+    /// ([`crate::config::PackConfig::sealed`]).
+    pub fn seal_configs(
+        &mut self,
+        keyring: &sluice_core::secrets::Keyring,
+    ) -> Result<(), sluice_core::secrets::SecretsError> {
+        for pack in self.packs.values_mut() {
+            let Some(config) = &pack.config else {
+                continue;
+            };
+            let mut sealed = crate::config::PackConfig::clone(config);
+            sealed.sealed = Some(config.sealed_values(keyring)?);
+            let sealed = std::sync::Arc::new(sealed);
+            for action in self.actions.values_mut() {
+                if action.action_ref.pack() == pack.name {
+                    action.config = Some(sealed.clone());
+                }
+            }
+            pack.config = Some(sealed);
+        }
+        Ok(())
     }
 
     /// The directory an action's `entry_point` is relative to.

@@ -259,9 +259,11 @@ pub fn resolve(
     }
 }
 
-/// `given` with the defaults that are templates (`default: "{{ st2kv.system.region }}"`)
-/// rendered, for the parameters not given. A default that is no template is left to
-/// [`resolve`].
+/// `given` with the defaults that are templates (`default: "{{ st2kv.system.region }}"`,
+/// `"{{ config_context.region }}"`) rendered, for the parameters not given. A default that
+/// is no template is left to [`resolve`]. Reading the pack's configuration notes its
+/// secrets as opened ([`crate::datastore::opened_during`]), so a parameter holding one is
+/// sealed.
 pub fn render_defaults(
     action: &Action,
     mut given: Map<String, Value>,
@@ -275,8 +277,14 @@ pub fn render_defaults(
             continue;
         }
         let shell = action.shell_reads(name);
+        let config = action.config.as_deref();
+        if text.contains("config_context")
+            && let Some(config) = config
+        {
+            crate::datastore::note_opened(config.secret_texts());
+        }
         let value = ParamTemplate::compile(default.clone(), shell)
-            .and_then(|t| t.render(&Value::Null, Some(kv)))
+            .and_then(|t| t.render_default(kv, config.map(|c| &c.values)))
             .map_err(|e| format!("default of parameter {name:?}: {e}"))?;
         given.insert(name.clone(), value);
     }
@@ -345,6 +353,7 @@ mod tests {
             policy: Default::default(),
             workflow: None,
             pack_digest: None,
+            config: None,
             file: "t/actions/a.yaml".into(),
         }
     }

@@ -120,6 +120,20 @@ impl ParamTemplate {
         self.render_value(&self.text, &ctx)
     }
 
+    /// Renders an action parameter's default: `st2kv`, and `config_context` — its pack's
+    /// configuration — when the pack has one.
+    pub fn render_default(
+        &self,
+        kv: &Kv,
+        config: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<Value, String> {
+        let ctx = minijinja::context! {
+            st2kv => kv.value(),
+            config_context => config.map(|c| JinjaValue::from(Serde(c))),
+        };
+        self.render_value(&self.text, &ctx)
+    }
+
     /// Renders against the names of `scope` (a JSON object), and `st2kv` when a datastore
     /// is given.
     pub fn render_in(&self, scope: &Value, kv: Option<&Kv>) -> Result<Value, String> {

@@ -109,6 +109,19 @@ def action_class(module, base):
     return leaves[0] if leaves else None
 
 
+def build(cls, config, action_service):
+    """The action, as StackStorm builds it: many packs' classes take only `config`, and
+    get the action service set afterwards."""
+    try:
+        return cls(config=config, action_service=action_service)
+    except TypeError as error:
+        if "action_service" not in str(error):
+            raise
+    action = cls(config=config)
+    action.action_service = action_service
+    return action
+
+
 def main():
     script = os.path.abspath(sys.argv[1])
     with open(script, "rb") as source:
@@ -136,7 +149,12 @@ def main():
                 }
             )
             sys.exit(1)
-        action = cls(config={}, action_service=None)
+        config = {}
+        config_file = os.environ.get("SLUICE_CONFIG_FILE")
+        if config_file:
+            with open(config_file) as source:
+                config = json.load(source)
+        action = build(cls, config, None)
         action.entry_point = script
         value = action.run(**parameters)
     except Exception as error:

@@ -32,7 +32,7 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_bus::{Bus, RunVerifier, Settle, names};
 use sluice_core::secrets::Keyring;
 use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
@@ -535,6 +535,16 @@ impl RunActor {
                 return Self::finish(&myself, state, ExecutionStatus::Failed, result).await;
             }
         };
+        let mut config = state.run.config.clone().map(Value::Object);
+        if let Some(config) = config.as_mut()
+            && let Err(e) = state.shared.keyring.unseal_nested(config)
+        {
+            error!(execution_id = %id, error = %e, "cannot open a secret of the pack's configuration");
+            let result = json!({
+                "error": format!("worker {} cannot open a secret of pack {}'s configuration: {e} (--secrets-key)", state.shared.name, state.run.action.pack())
+            });
+            return Self::finish(&myself, state, ExecutionStatus::Failed, result).await;
+        }
         let actions_dir = match Self::actions_dir(state).await {
             Ok(dir) => dir,
             Err(packs::FetchError::Bus(e)) => {
@@ -568,6 +578,10 @@ impl RunActor {
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
         let mut run = state.run.clone();
         run.parameters = parameters;
+        run.config = match config {
+            Some(Value::Object(config)) => Some(config),
+            _ => None,
+        };
         let me = myself.clone();
         let cancel = state.cancel.clone();
         let settings = state.shared.runner.clone();

@@ -323,6 +323,15 @@ async fn run_python(
         Err(e) => return Outcome::failed(format!("cannot create a directory for the run: {e}")),
     };
     let outcome_file = scratch.path().join("outcome.json");
+    // The pack's configuration, secrets open, for `self.config`: in the run's private
+    // directory (0700), never in the environment.
+    let config_file = scratch.path().join("config.json");
+    let config = Value::Object(message.config.clone().unwrap_or_default());
+    if let Err(e) = std::fs::write(&config_file, config.to_string()) {
+        return Outcome::failed(format!(
+            "cannot write the pack's configuration for the run: {e}"
+        ));
+    }
     let program = vec![
         "python3".into(),
         crate::python::wrapper(library).into(),
@@ -344,6 +353,7 @@ async fn run_python(
         )
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("SLUICE_RESULT_FILE", &outcome_file)
+        .env("SLUICE_CONFIG_FILE", &config_file)
         .env("ST2_ACTION_PACK_NAME", message.action.pack())
         .env("ST2_ACTION_EXECUTION_ID", message.execution_id.to_string());
     let Outcome { status, result } = run_process(command, message, timeout, cancel, output).await;

@@ -41,6 +41,7 @@ fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunM
         parameters: params.as_object().cloned().unwrap_or_else(Map::new),
         secret_parameters: vec![],
         positional: vec![],
+        config: None,
         timeout_secs,
         limits: Default::default(),
     }

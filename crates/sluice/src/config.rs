@@ -22,6 +22,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Directories of packs (or single packs).
     pub packs: Vec<PathBuf>,
+    /// Where pack configurations are (`<configs>/<pack>.yaml`); `<data-dir>/configs` when
+    /// `None`.
+    pub configs: Option<PathBuf>,
     /// Packs `sluice worker` runs from its own disk (its `--packs`) instead of fetching the
     /// versions run messages name from the packs object store.
     pub worker_packs: Vec<PathBuf>,
@@ -73,6 +76,11 @@ impl Config {
         sluice_engine::PackSources {
             roots: self.packs.clone(),
             installed: Some(self.data_dir.join("packs")),
+            configs: Some(
+                self.configs
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("configs")),
+            ),
         }
     }
 

@@ -506,6 +506,11 @@ struct ServerArgs {
     /// A directory of packs (repeatable); default the bundled packs.
     #[arg(long, env = "SLUICE_PACKS", value_delimiter = ',')]
     packs: Vec<PathBuf>,
+    /// The directory of pack configurations, StackStorm's `configs/`: `<pack>.yaml` for
+    /// each pack, checked against the pack's `config.schema.yaml`
+    /// [default: <data-dir>/configs].
+    #[arg(long, env = "SLUICE_CONFIGS")]
+    configs: Option<PathBuf>,
     /// Address of the HTTP API.
     #[arg(long, env = "SLUICE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
@@ -596,6 +601,7 @@ impl ServerArgs {
         self.packs.retain(|dir| !dir.as_os_str().is_empty());
         Config {
             data_dir: self.data_dir,
+            configs: self.configs,
             worker_packs: self.packs.clone(),
             packs: if self.packs.is_empty() {
                 vec![bundled_packs()]

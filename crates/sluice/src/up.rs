@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -21,8 +21,8 @@ use crate::nats::{NatsChild, Role};
 
 /// Loads the packs; one with a problem is left out and reported (every problem, with its
 /// file and field), and the others load.
-fn load_catalog(roots: &[PathBuf]) -> Arc<Catalog> {
-    let catalog = sluice_pack::load_packs_reporting(roots);
+fn load_catalog(roots: &[PathBuf], configs: Option<&Path>) -> Arc<Catalog> {
+    let catalog = sluice_pack::load_packs_with_configs(roots, configs);
     for pack in &catalog.broken {
         for problem in &pack.errors {
             error!(pack = %pack.name, problem = %problem, "pack left out: {problem}");
@@ -81,7 +81,7 @@ async fn start_engine(
             )
         })?;
     }
-    let catalog = load_catalog(&packs.all_roots());
+    let catalog = load_catalog(&packs.all_roots(), packs.configs.as_deref());
     let bus = connect(config, nats_url, "sluice-engine").await?;
     let store = open_store(config).await?;
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
@@ -153,7 +153,7 @@ async fn start_worker(
         actions_dirs: if packs.is_empty() {
             BTreeMap::new()
         } else {
-            actions_dirs(&load_catalog(packs))
+            actions_dirs(&load_catalog(packs, None))
         },
         pack_cache: config.pack_cache(),
         capacity: config.capacity,

@@ -356,6 +356,7 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
             .clone(),
         secret_parameters: vec![],
         positional: vec![],
+        config: None,
         timeout_secs: None,
         limits: Default::default(),
     };

@@ -438,6 +438,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         parameters: json!({"n": 7}).as_object().unwrap().clone(),
         secret_parameters: vec![],
         positional: vec![],
+        config: None,
         timeout_secs: None,
         limits: Default::default(),
     };

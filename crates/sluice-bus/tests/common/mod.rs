@@ -14,6 +14,7 @@ pub fn run_message(id: i64, attempt: u32) -> RunMessage {
         parameters: Default::default(),
         secret_parameters: vec![],
         positional: vec![],
+        config: None,
         timeout_secs: None,
         limits: Default::default(),
     }

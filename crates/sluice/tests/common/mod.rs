@@ -51,6 +51,7 @@ impl Sluice {
         let config = Config {
             data_dir: data_dir.path().to_owned(),
             packs,
+            configs: None,
             worker_packs: Vec::new(),
             http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             worker_http: None,

@@ -1,0 +1,198 @@
+//! A pack written the way StackStorm Exchange packs are — a `lib/` base class, a
+//! configuration schema with a secret, python actions reading `self.config`, a shell script
+//! with positional and named parameters — run unmodified by a real engine and worker.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Sluice, StoreKind};
+use serde_json::{Value, json};
+
+const SCHEMA: &str = "---
+api_key:
+  description: Key of the monitoring service
+  type: string
+  secret: true
+  required: true
+region:
+  type: string
+  default: eu-west-1
+retries:
+  type: integer
+  default: 3
+  minimum: 0
+";
+
+const BASE: &str = "
+from st2common.runners.base_action import Action
+
+
+class MonitorBase(Action):
+    def __init__(self, config):
+        super(MonitorBase, self).__init__(config=config)
+        self.region = self.config['region']
+";
+
+const CHECK: &str = "
+from lib.base import MonitorBase
+
+
+class Check(MonitorBase):
+    def run(self, host, expect_key):
+        if self.config['api_key'] != expect_key:
+            return (False, {'error': 'the configuration holds another key'})
+        return {'host': host, 'region': self.region, 'retries': self.config['retries']}
+";
+
+const REPORT: &str = "#!/bin/sh
+for a in \"$@\"; do printf '[%s]' \"$a\"; done
+";
+
+/// The pack `mon`, in a directory of its own.
+fn monitoring_pack(root: &Path) {
+    let pack = root.join("mon");
+    let files = [
+        ("pack.yaml", "ref: mon\nname: mon\nversion: 0.1.0\n"),
+        ("config.schema.yaml", SCHEMA),
+        ("actions/lib/__init__.py", ""),
+        ("actions/lib/base.py", BASE),
+        ("actions/check.py", CHECK),
+        (
+            "actions/check.yaml",
+            "---\nname: check\nrunner_type: python-script\nentry_point: check.py\nparameters:\n  host: {type: string, required: true}\n  expect_key: {type: string, secret: true, required: true}\n",
+        ),
+        ("actions/report.sh", REPORT),
+        (
+            "actions/report.yaml",
+            "---\nname: report\nrunner_type: local-shell-script\nentry_point: report.sh\nparameters:\n  target: {type: string, position: 0, required: true}\n  region: {type: string, default: '{{ config_context.region }}'}\n  verbose: {type: boolean, default: true}\n  sudo: {type: boolean, default: false, immutable: true}\n",
+        ),
+        (
+            "actions/leak.yaml",
+            "---\nname: leak\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'test -n \"$SLUICE_PARAM_KEY\"'}\n  key: {type: string, default: '{{ config_context.api_key }}'}\n",
+        ),
+    ];
+    for (rel, text) in files {
+        let path = pack.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        pack.join("actions/report.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+async fn run(sluice: &Sluice, action: &str, parameters: Value) -> Value {
+    let (status, created) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": action, "parameters": parameters}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    sluice.wait_execution(created["id"].as_i64().unwrap()).await
+}
+
+fn broken<'a>(packs: &'a Value, name: &str) -> Option<&'a Value> {
+    packs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name && p["loaded"] == false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_style_pack_runs_unmodified_with_its_configuration() {
+    let packs = tempfile::tempdir().unwrap();
+    monitoring_pack(packs.path());
+    let sluice = Sluice::start(StoreKind::Sqlite, &[packs.path().to_owned()]).await;
+    let configs = sluice.data_dir.path().join("configs");
+
+    // No configuration yet: the required key is missing, and the pack is left out, named
+    // where its configuration belongs. The other packs run.
+    let (_, listed) = sluice.get("/api/v1/packs").await;
+    let left_out = broken(&listed, "mon").unwrap_or_else(|| panic!("{listed}"));
+    let problems = left_out["errors"].to_string();
+    assert!(
+        problems.contains("configs/mon.yaml") && problems.contains("api_key"),
+        "{problems}"
+    );
+    assert!(broken(&listed, "examples").is_none(), "{listed}");
+
+    // A value of the wrong type is named by file and key, and changes nothing.
+    std::fs::create_dir_all(&configs).unwrap();
+    std::fs::write(configs.join("mon.yaml"), "api_key: k-7\nretries: -2\n").unwrap();
+    let (status, refused) = sluice.post("/api/v1/packs/mon/reload", &json!({})).await;
+    assert_eq!(status, 422, "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("mon.yaml") && text.contains("retries") && text.contains("-2"),
+        "{text}"
+    );
+
+    std::fs::write(configs.join("mon.yaml"), "api_key: k-7\n").unwrap();
+    let (status, reloaded) = sluice.post("/api/v1/packs/mon/reload", &json!({})).await;
+    assert_eq!(status, 200, "{reloaded}");
+
+    let (_, shown) = sluice.get("/api/v1/packs/mon").await;
+    assert_eq!(
+        shown["config"],
+        json!({"api_key": "********", "region": "eu-west-1", "retries": 3}),
+        "{shown}"
+    );
+
+    // self.config, through the pack's own lib/ base class: defaults filled in, the secret
+    // in clear for the action alone.
+    let done = run(
+        &sluice,
+        "mon.check",
+        json!({"host": "db1", "expect_key": "k-7"}),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["result"],
+        json!({"host": "db1", "region": "eu-west-1", "retries": 3})
+    );
+    let done = run(
+        &sluice,
+        "mon.check",
+        json!({"host": "db1", "expect_key": "other"}),
+    )
+    .await;
+    assert_eq!(done["status"], "failed", "{done}");
+
+    // StackStorm's arguments: named ones first, then positional; the default read from the
+    // configuration.
+    let done = run(&sluice, "mon.report", json!({"target": "web 1"})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["stdout"],
+        json!("[--region=eu-west-1][--verbose][web 1]")
+    );
+    assert_eq!(done["parameters"]["region"], json!("eu-west-1"));
+    let (status, refused) = sluice
+        .post(
+            "/api/v1/executions",
+            &json!({"action": "mon.report", "parameters": {"target": "x", "sudo": true}}),
+        )
+        .await;
+    assert!(
+        (400..500).contains(&status),
+        "an immutable parameter is refused: {refused}"
+    );
+    assert!(refused.to_string().contains("immutable"), "{refused}");
+
+    // A default that reads a secret of the configuration is sealed like one.
+    let done = run(&sluice, "mon.leak", json!({})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["parameters"]["key"], json!("********"), "{done}");
+    let (_, listed) = sluice.get("/api/v1/executions?limit=100").await;
+    assert!(
+        !listed.to_string().contains("k-7"),
+        "the secret is never shown"
+    );
+}
