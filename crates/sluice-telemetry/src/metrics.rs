@@ -188,6 +188,8 @@ pub struct Metrics {
     pub admission_wait_seconds: HistogramVec<1>,
     /// From the start of the action's process to its end, on the worker, by action.
     pub run_seconds: HistogramVec<1>,
+    /// Pack virtualenvs a worker built, by outcome (`built`, `failed`).
+    pub virtualenv_builds: CounterVec<1>,
 }
 
 impl Metrics {
@@ -277,6 +279,12 @@ impl Metrics {
                 "sluice_run_seconds",
                 "Time an action ran on a worker.",
                 ["action"],
+            ),
+            virtualenv_builds: CounterVec::new(
+                r,
+                "sluice_virtualenv_builds_total",
+                "Pack virtualenvs built from a requirements.txt, by outcome.",
+                ["outcome"],
             ),
             completions: Counter::new(
                 r,

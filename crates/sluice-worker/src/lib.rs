@@ -22,6 +22,7 @@
 mod packs;
 mod python;
 pub mod runner;
+pub mod venv;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

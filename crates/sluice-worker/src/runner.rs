@@ -25,7 +25,7 @@ pub const MAX_OUTPUT_CAP: usize = 384 * 1024;
 
 /// What a worker allows the actions it runs beyond their parameters, and how much output it
 /// keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Bytes of stdout and of stderr a result keeps (at most [`MAX_OUTPUT_CAP`]).
     pub output_cap: usize,
@@ -34,6 +34,9 @@ pub struct Settings {
     /// Whether a secret parameter may be one of a script's arguments, where any user of the
     /// host can read it in the process list (`--secrets-on-command-line`).
     pub secrets_on_command_line: bool,
+    /// Where packs' `requirements.txt` are installed for their python actions; without it
+    /// python actions run with the worker's `python3` as it is.
+    pub venvs: Option<std::sync::Arc<crate::venv::Venvs>>,
 }
 
 impl Default for Settings {
@@ -42,6 +45,7 @@ impl Default for Settings {
             output_cap: OUTPUT_CAP,
             allow_sudo: false,
             secrets_on_command_line: false,
+            venvs: None,
         }
     }
 }
@@ -332,8 +336,18 @@ async fn run_python(
             "cannot write the pack's configuration for the run: {e}"
         ));
     }
+    let python = match &settings.venvs {
+        Some(venvs) => {
+            let pack_dir = actions_dir.parent().unwrap_or(actions_dir);
+            match venvs.python_for(message.action.pack(), pack_dir).await {
+                Ok(python) => python,
+                Err(e) => return Outcome::failed(e),
+            }
+        }
+        None => None,
+    };
     let program = vec![
-        "python3".into(),
+        python.map_or_else(|| "python3".into(), Into::into),
         crate::python::wrapper(library).into(),
         script.into(),
     ];

@@ -597,6 +597,7 @@ struct ServerArgs {
 
 impl ServerArgs {
     fn into_config(mut self) -> Config {
+        let venvs = self.data_dir.join("venvs");
         // An empty entry (`SLUICE_PACKS=""`) names no directory.
         self.packs.retain(|dir| !dir.as_os_str().is_empty());
         Config {
@@ -632,6 +633,7 @@ impl ServerArgs {
                 output_cap: self.output_cap as usize * 1024,
                 allow_sudo: self.allow_sudo,
                 secrets_on_command_line: self.secrets_on_command_line,
+                venvs: Some(std::sync::Arc::new(sluice_worker::venv::Venvs::new(venvs))),
             },
             stream_replicas: usize::from(self.stream_replicas),
         }

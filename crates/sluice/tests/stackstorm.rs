@@ -196,3 +196,85 @@ async fn an_exchange_style_pack_runs_unmodified_with_its_configuration() {
         "the secret is never shown"
     );
 }
+
+const VERSION: &str = "
+import sys
+
+import six
+from st2common.runners.base_action import Action
+
+
+class Version(Action):
+    def run(self):
+        return {'six': six.__version__, 'prefix': sys.prefix}
+";
+
+/// A pack `name` whose `version` action imports what `requirements` installs.
+fn pack_with_requirements(root: &Path, name: &str, requirements: &str) {
+    let pack = root.join(name);
+    let files = [
+        ("pack.yaml".to_owned(), format!("ref: {name}\n")),
+        ("requirements.txt".to_owned(), requirements.to_owned()),
+        ("actions/version.py".to_owned(), VERSION.to_owned()),
+        (
+            "actions/version.yaml".to_owned(),
+            "name: version\nrunner_type: python-script\nentry_point: version.py\n".to_owned(),
+        ),
+    ];
+    for (rel, text) in files {
+        let path = pack.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_s_requirements_are_installed_once_into_a_virtualenv_of_its_own() {
+    let packs = tempfile::tempdir().unwrap();
+    pack_with_requirements(packs.path(), "deps", "six==1.17.0\n");
+    pack_with_requirements(
+        packs.path(),
+        "nodeps",
+        "sluice-test-no-such-distribution==0.0.1\n",
+    );
+    let sluice = Sluice::start(StoreKind::Sqlite, &[packs.path().to_owned()]).await;
+
+    // Four at once: one build, which all four wait for.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, created) = sluice
+            .post(
+                "/api/v1/executions",
+                &json!({"action": "deps.version", "parameters": {}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_i64().unwrap());
+    }
+    let venvs = sluice.data_dir.path().join("venvs");
+    for id in ids {
+        let done = sluice.wait_execution(id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["result"]["result"]["six"], json!("1.17.0"), "{done}");
+        let prefix = done["result"]["result"]["prefix"].as_str().unwrap();
+        assert!(
+            Path::new(prefix).starts_with(venvs.canonicalize().unwrap())
+                || Path::new(prefix).starts_with(&venvs),
+            "runs in the pack's virtualenv: {prefix}"
+        );
+    }
+    let metrics = sluice.metrics().await;
+    assert!(
+        metrics.contains("sluice_virtualenv_builds_total{outcome=\"built\"} 1\n"),
+        "{metrics}"
+    );
+
+    // Requirements pip cannot install fail the execution with pip's own words.
+    let done = run(&sluice, "nodeps.version", json!({})).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["result"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("pack nodeps") && error.contains("sluice-test-no-such-distribution"),
+        "{error}"
+    );
+}

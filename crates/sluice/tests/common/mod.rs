@@ -68,7 +68,12 @@ impl Sluice {
             nats_options: Default::default(),
             run_verify_keys: Vec::new(),
             secrets_key: None,
-            runner: Default::default(),
+            runner: sluice_worker::runner::Settings {
+                venvs: Some(std::sync::Arc::new(sluice_worker::venv::Venvs::new(
+                    data_dir.path().join("venvs"),
+                ))),
+                ..Default::default()
+            },
             stream_replicas: 1,
         };
         let mut sluice = Self {
