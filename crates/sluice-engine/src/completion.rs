@@ -24,6 +24,9 @@ struct Received {
     message: Message,
     report: StatusReport,
     span: Span,
+    /// The wait before the next attempt, when the action's retry policy runs this ended
+    /// attempt again.
+    retry: Option<std::time::Duration>,
 }
 
 pub(crate) async fn handle_statuses(shared: &Shared, settle: &Settle, batch: Vec<Message>) {
@@ -59,16 +62,43 @@ pub(crate) async fn handle_statuses(shared: &Shared, settle: &Settle, batch: Vec
             settle.dead(&message, reason).instrument(span).await;
             continue;
         }
+        let retry = retry_after(shared, &report);
         received.push(Received {
             message,
             report,
             span,
+            retry,
         });
     }
     group_commit(shared, settle, received).await;
 }
 
-fn transition(report: &StatusReport) -> Transition {
+/// The wait before the next attempt when the action's retry policy retries how this
+/// attempt ended.
+fn retry_after(shared: &Shared, report: &StatusReport) -> Option<std::time::Duration> {
+    let catalog = shared.catalog.current();
+    let retry = catalog.action(&report.action)?.policy.retry.as_ref()?;
+    if !retry.retries(report.status, report.attempt) {
+        return None;
+    }
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    let spread = f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0);
+    Some(retry.delay_after(report.attempt, spread))
+}
+
+fn transition(r: &Received) -> Transition {
+    let report = &r.report;
+    if r.retry.is_some() {
+        // Back to the queue as the next attempt, keeping this attempt's result to show.
+        return Transition {
+            to: ExecutionStatus::Requested,
+            attempt: Some(report.attempt),
+            result: Some(report.result.clone()),
+            worker: None,
+            at: report.at,
+        };
+    }
     let terminal = report.status.is_terminal();
     Transition {
         to: report.status,
@@ -96,7 +126,7 @@ impl commit::Received for Received {
     async fn write(shared: &Shared, items: &[Self]) -> Result<Vec<bool>, StoreError> {
         let batch: Vec<_> = items
             .iter()
-            .map(|r| (r.report.execution_id, transition(&r.report)))
+            .map(|r| (r.report.execution_id, transition(r)))
             .collect();
         shared.store.transitions(&batch).await
     }
@@ -110,6 +140,18 @@ impl commit::Received for Received {
 async fn applied(directory: &Directory, settle: &Settle, r: Received, changed: bool) {
     let report = &r.report;
     let id = report.execution_id;
+    if let Some(delay) = r.retry {
+        if changed {
+            info!(execution_id = %id, action = %report.action, status = %report.status, attempt = report.attempt, delay_ms = delay.as_millis() as u64, "attempt ended; the action's policy runs it again");
+            if let Some(supervisor) = directory.supervisor(&report.action) {
+                supervisor.retry(id, delay);
+            }
+        } else {
+            metrics().stale_reports_ignored.inc();
+        }
+        settle.ack(&r.message).await;
+        return;
+    }
     let terminal = report.status.is_terminal();
     if changed && terminal {
         metrics().completions.inc();

@@ -168,6 +168,14 @@ pub(crate) enum SupervisorMsg {
     },
     /// The execution reached a terminal status; its child ends and frees the slot.
     Finished(ExecutionId),
+    /// An attempt failed and the action retries it: the child ends and frees the slot, and
+    /// the next attempt goes to the head of the queue after `delay`.
+    Retry {
+        id: ExecutionId,
+        delay: Duration,
+    },
+    /// A retry's delay is over.
+    RetryDue(ExecutionId),
     Cancel(ExecutionId, RpcReplyPort<CancelOutcome>),
     /// These workers stopped sending heartbeats.
     WorkersLost(Vec<String>),
@@ -230,6 +238,11 @@ impl SupervisorHandle {
 
     pub(crate) fn finished(&self, id: ExecutionId) {
         self.send(SupervisorMsg::Finished(id));
+    }
+
+    /// An attempt of `id` ended and is to run again after `delay`.
+    pub(crate) fn retry(&self, id: ExecutionId, delay: Duration) {
+        self.send(SupervisorMsg::Retry { id, delay });
     }
 
     pub(crate) fn define(&self, action: sluice_pack::Action) {

@@ -6,7 +6,7 @@
 //! when the child ends — whatever messages arrive; a completion for an execution with no
 //! child is a no-op. Nothing per execution exists before admission but its queue entry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -58,8 +58,11 @@ pub(crate) struct SupervisorState {
     running_on: HashMap<ExecutionId, String>,
     /// Since when the worker an execution runs on has beaten without listing it.
     unlisted_since: HashMap<ExecutionId, Instant>,
-    /// Executions to put back at the head of the queue once their child has ended.
-    retry_when_stopped: HashSet<ExecutionId>,
+    /// Executions to put back at the head of the queue once their child has ended, with
+    /// the wait before (an attempt that failed, under the action's retry policy).
+    retry_when_stopped: HashMap<ExecutionId, std::time::Duration>,
+    /// Executions waiting out their retry delay, off the queue and holding no slot.
+    delayed: HashMap<ExecutionId, Pending>,
     timer_armed: bool,
     /// An `Admit` is in the mailbox, behind the requests that arrived with it.
     admit_queued: bool,
@@ -324,6 +327,17 @@ impl ActionSupervisor {
         id: ExecutionId,
     ) -> Result<CancelOutcome, ActorProcessingErr> {
         let store = &state.ctx.backend;
+        if let Some(pending) = state.delayed.remove(&id) {
+            store
+                .end_before_handoff(
+                    id,
+                    ExecutionStatus::Cancelled,
+                    "cancelled while waiting to be retried",
+                )
+                .await?;
+            tell_parent(state, id, pending.parent);
+            return Ok(CancelOutcome::Cancelled);
+        }
         if let Some(pending) = state.gate.remove_queued(id) {
             store
                 .end_before_handoff(
@@ -425,7 +439,9 @@ impl ActionSupervisor {
                     let trace_id = state.admitted.get(&id).and_then(Pending::trace_id);
                     warn!(execution_id = %id, trace_id, worker, retry, reason = why, "execution given up: {}", if retry { "requeued" } else { "abandoned" });
                     if retry {
-                        state.retry_when_stopped.insert(id);
+                        state
+                            .retry_when_stopped
+                            .insert(id, std::time::Duration::ZERO);
                     }
                     state.running_on.remove(&id);
                     state.unlisted_since.remove(&id);
@@ -444,6 +460,7 @@ impl ActionSupervisor {
     /// Frees the slot of an ended child; returns its execution and, unless it was put back
     /// in the queue to run again, the workflow to tell.
     fn release(
+        myself: &ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
         child: ActorId,
     ) -> Option<(ExecutionId, Option<ExecutionId>)> {
@@ -455,12 +472,17 @@ impl ActionSupervisor {
         state.running_on.remove(&id);
         state.gate.release(id);
         let pending = state.admitted.remove(&id);
-        if state.retry_when_stopped.remove(&id)
+        if let Some(delay) = state.retry_when_stopped.remove(&id)
             && let Some(mut pending) = pending
         {
             pending.attempt += 1;
-            let key = state.action.concurrency_key(&pending.parameters);
-            state.gate.offer_front(id, key, pending, Instant::now());
+            if delay.is_zero() {
+                let key = state.action.concurrency_key(&pending.parameters);
+                state.gate.offer_front(id, key, pending, Instant::now());
+            } else {
+                state.delayed.insert(id, pending);
+                myself.send_after(delay, move || SupervisorMsg::RetryDue(id));
+            }
             return Some((id, None));
         }
         Some((id, pending.and_then(|p| p.parent)))
@@ -486,7 +508,8 @@ impl Actor for ActionSupervisor {
             admitted: HashMap::new(),
             running_on: HashMap::new(),
             unlisted_since: HashMap::new(),
-            retry_when_stopped: HashSet::new(),
+            retry_when_stopped: HashMap::new(),
+            delayed: HashMap::new(),
             timer_armed: false,
             admit_queued: false,
         })
@@ -549,6 +572,20 @@ impl Actor for ActionSupervisor {
                     state.running_on.insert(id, worker);
                 }
             }
+            SupervisorMsg::Retry { id, delay } => {
+                // As Finished, then back to the queue once the wait is over.
+                if let Some(child) = state.children.get(&id) {
+                    state.retry_when_stopped.insert(id, delay);
+                    child.stop(Some("attempt ended; retrying".into()));
+                }
+            }
+            SupervisorMsg::RetryDue(id) => {
+                if let Some(pending) = state.delayed.remove(&id) {
+                    let key = state.action.concurrency_key(&pending.parameters);
+                    state.gate.offer_front(id, key, pending, Instant::now());
+                    Self::admit(&myself, state).await;
+                }
+            }
             SupervisorMsg::Finished(id) => {
                 // The child ends; its termination event releases the slot.
                 if let Some(child) = state.children.get(&id) {
@@ -591,12 +628,12 @@ impl Actor for ActionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(child, _, _) => {
-                if let Some((id, parent)) = Self::release(state, child.get_id()) {
+                if let Some((id, parent)) = Self::release(&myself, state, child.get_id()) {
                     tell_parent(state, id, parent);
                 }
             }
             SupervisionEvent::ActorFailed(child, err) => {
-                if let Some((id, parent)) = Self::release(state, child.get_id()) {
+                if let Some((id, parent)) = Self::release(&myself, state, child.get_id()) {
                     error!(execution_id = %id, action = %state.action.action_ref, error = %err, "execution actor failed");
                     let reason = format!("the engine failed while scheduling: {err}");
                     if let Err(e) = state

@@ -64,6 +64,10 @@ struct PolicyParameters {
     action: Option<String>,
     #[serde(default)]
     attributes: Vec<String>,
+    // action.retry
+    retry_on: Option<crate::model::RetryOn>,
+    max_retry_count: Option<u32>,
+    delay: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +484,30 @@ impl Loader {
                 "count must be at least 1 and per_seconds above 0",
             );
         }
+        if let Some(retry) = &policy.retry {
+            let finite = |x: f64| x.is_finite() && x >= 0.0;
+            if !finite(retry.delay) || !finite(retry.backoff) || retry.backoff < 1.0 {
+                self.error(
+                    path,
+                    Some(&format!("{field}.retry")),
+                    "delay must be a number of seconds, and backoff at least 1",
+                );
+            }
+            if !(0.0..1.0).contains(&retry.jitter) || retry.max_delay.is_some_and(|m| !finite(m)) {
+                self.error(
+                    path,
+                    Some(&format!("{field}.retry")),
+                    "jitter must be at least 0 and below 1, and max_delay a number of seconds",
+                );
+            }
+            if retry.on.is_empty() {
+                self.error(
+                    path,
+                    Some(&format!("{field}.retry.on")),
+                    "retries on nothing",
+                );
+            }
+        }
         if policy.on_full == OnFull::Cancel
             && policy.max_concurrent.is_none()
             && policy.max_concurrent_total.is_none()
@@ -511,9 +539,10 @@ impl Loader {
         let with_attributes = match file.policy_type.as_str() {
             "action.concurrency" => false,
             "action.concurrency.attr" => true,
+            "action.retry" => return self.apply_retry(path, action_ref, file),
             other => {
                 let message = format!(
-                    "unsupported policy_type {other:?} (supported: action.concurrency, action.concurrency.attr)"
+                    "unsupported policy_type {other:?} (supported: action.concurrency, action.concurrency.attr, action.retry)"
                 );
                 self.error(&path, Some("policy_type"), message);
                 return;
@@ -557,6 +586,56 @@ impl Loader {
         policy.max_concurrent = Some(threshold);
         policy.on_full = on_full;
         policy.concurrency_key = file.parameters.attributes;
+        let parameters = action.parameters.clone();
+        self.check_policy(&path, "parameters", &policy, &parameters);
+        if let Some(action) = self.catalog.actions.get_mut(&action_ref) {
+            action.policy = policy;
+        }
+    }
+
+    /// StackStorm's `action.retry`: `retry_on` (`failure` or `timeout`), `max_retry_count`,
+    /// `delay` in seconds.
+    fn apply_retry(&mut self, path: PathBuf, action_ref: ActionRef, file: PolicyFile) {
+        let parameters = file.parameters;
+        let Some(on) = parameters.retry_on else {
+            self.error(
+                &path,
+                Some("parameters.retry_on"),
+                "missing (failure or timeout)",
+            );
+            return;
+        };
+        let Some(max_retries) = parameters.max_retry_count else {
+            self.error(&path, Some("parameters.max_retry_count"), "missing");
+            return;
+        };
+        let action = &self.catalog.actions[&action_ref];
+        let mut retry = action
+            .policy
+            .retry
+            .clone()
+            .unwrap_or(crate::model::RetryPolicy {
+                on: Vec::new(),
+                max_retries,
+                delay: 0.0,
+                backoff: 1.0,
+                max_delay: None,
+                jitter: 0.0,
+            });
+        if retry.on.contains(&on) {
+            let message = format!(
+                "policy {} retries {action_ref} on {on:?}, which another policy or its action file already does",
+                file.name
+            );
+            self.error(&path, Some("parameters.retry_on"), message);
+            return;
+        }
+        // Several policies on one action: each adds what it retries on.
+        retry.on.push(on);
+        retry.max_retries = retry.max_retries.max(max_retries);
+        retry.delay = parameters.delay.unwrap_or(retry.delay);
+        let mut policy = action.policy.clone();
+        policy.retry = Some(retry);
         let parameters = action.parameters.clone();
         self.check_policy(&path, "parameters", &policy, &parameters);
         if let Some(action) = self.catalog.actions.get_mut(&action_ref) {

@@ -242,6 +242,69 @@ pub struct Policy {
     /// instead of ending as `abandoned`.
     #[serde(default)]
     pub retry_on_worker_loss: bool,
+    /// Run again, as a new attempt, when an attempt fails or times out (StackStorm's
+    /// `action.retry`, with backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Which endings of an attempt [`RetryPolicy`] retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The attempt ended `failed`.
+    Failure,
+    /// The attempt ended `timed_out`.
+    Timeout,
+}
+
+/// Attempts after the first, each after a wait: `delay` seconds, times `backoff` for each
+/// retry before it, at most `max_delay`, spread by ± `jitter` (a fraction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default = "RetryPolicy::default_on")]
+    pub on: Vec<RetryOn>,
+    pub max_retries: u32,
+    #[serde(default)]
+    pub delay: f64,
+    #[serde(default = "RetryPolicy::default_backoff")]
+    pub backoff: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<f64>,
+    #[serde(default)]
+    pub jitter: f64,
+}
+
+impl RetryPolicy {
+    fn default_on() -> Vec<RetryOn> {
+        vec![RetryOn::Failure]
+    }
+
+    fn default_backoff() -> f64 {
+        1.0
+    }
+
+    /// Whether an attempt numbered `attempt` that ended `status` runs again.
+    pub fn retries(&self, status: sluice_core::ExecutionStatus, attempt: u32) -> bool {
+        let on = match status {
+            sluice_core::ExecutionStatus::Failed => RetryOn::Failure,
+            sluice_core::ExecutionStatus::TimedOut => RetryOn::Timeout,
+            _ => return false,
+        };
+        self.on.contains(&on) && attempt <= self.max_retries
+    }
+
+    /// The wait before the attempt after `attempt`; `spread` in [0, 1) picks the jitter.
+    pub fn delay_after(&self, attempt: u32, spread: f64) -> std::time::Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let mut seconds = self.delay * self.backoff.powi(exponent);
+        if let Some(max) = self.max_delay {
+            seconds = seconds.min(max);
+        }
+        seconds *= 1.0 + self.jitter * (2.0 * spread - 1.0);
+        std::time::Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

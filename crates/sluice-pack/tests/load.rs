@@ -689,3 +689,62 @@ fn shell_actions_take_their_runner_s_parameters_and_positions_in_order() {
         "{broken:?}"
     );
 }
+
+#[test]
+fn retry_policies_from_stackstorm_files_and_action_files_with_backoff() {
+    use sluice_core::ExecutionStatus::{Failed, Succeeded, TimedOut};
+    let (_dir, roots) = with_pack(&[
+        (
+            "actions/a.yaml",
+            "name: a\nrunner_type: noop\npolicy:\n  retry: {max_retries: 4, delay: 1, backoff: 2, max_delay: 5, jitter: 0.2}\n",
+        ),
+        ("actions/b.yaml", "name: b\nrunner_type: noop\n"),
+        (
+            "policies/b1.yaml",
+            "name: b1\nresource_ref: t.b\npolicy_type: action.retry\nparameters: {retry_on: timeout, max_retry_count: 2, delay: 3}\n",
+        ),
+        (
+            "policies/b2.yaml",
+            "name: b2\nresource_ref: t.b\npolicy_type: action.retry\nparameters: {retry_on: failure, max_retry_count: 1}\n",
+        ),
+    ]);
+    let catalog = load_packs(&roots).unwrap();
+    let a = catalog.action(&"t.a".parse().unwrap()).unwrap();
+    let retry = a.policy.retry.as_ref().unwrap();
+    assert!(retry.retries(Failed, 4) && !retry.retries(Failed, 5));
+    assert!(
+        !retry.retries(TimedOut, 1),
+        "failure is the default, and only it"
+    );
+    assert!(!retry.retries(Succeeded, 1));
+    let seconds = |attempt, spread| retry.delay_after(attempt, spread).as_secs_f64();
+    assert_eq!(seconds(1, 0.5), 1.0);
+    assert_eq!(seconds(2, 0.5), 2.0);
+    assert_eq!(seconds(3, 0.5), 4.0);
+    assert_eq!(seconds(4, 0.5), 5.0, "at most max_delay");
+    assert!((seconds(2, 0.0) - 1.6).abs() < 1e-9 && (seconds(2, 0.999_999) - 2.4).abs() < 1e-5);
+    let b = catalog.action(&"t.b".parse().unwrap()).unwrap();
+    let retry = b.policy.retry.as_ref().unwrap();
+    assert!(retry.retries(TimedOut, 2) && retry.retries(Failed, 2));
+
+    let broken = errors(&[
+        (
+            "actions/c.yaml",
+            "name: c\nrunner_type: noop\npolicy:\n  retry: {max_retries: 1, jitter: 2, backoff: 0.5}\n",
+        ),
+        (
+            "policies/c.yaml",
+            "name: c\nresource_ref: t.c\npolicy_type: action.retry\nparameters: {retry_on: failure}\n",
+        ),
+        (
+            "policies/d.yaml",
+            "name: d\nresource_ref: t.c\npolicy_type: action.retry\nparameters: {retry_on: always, max_retry_count: 1}\n",
+        ),
+    ]);
+    for expected in ["policy.retry", "parameters.max_retry_count", "always"] {
+        assert!(
+            broken.iter().any(|e| e.contains(expected)),
+            "{expected}: {broken:?}"
+        );
+    }
+}

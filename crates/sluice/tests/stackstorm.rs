@@ -278,3 +278,93 @@ async fn a_pack_s_requirements_are_installed_once_into_a_virtualenv_of_its_own()
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_retry_policy_runs_failed_attempts_again_each_a_new_attempt() {
+    let packs = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let count = state.path().join("count");
+    let pack = packs.path().join("flaky");
+    let files = [
+        ("pack.yaml".to_owned(), "ref: flaky\n".to_owned()),
+        // Fails until its third run.
+        (
+            "actions/third.sh".to_owned(),
+            format!(
+                "#!/bin/sh\nn=$(cat {0} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {0}\necho run $n\n[ $n -ge 3 ]\n",
+                count.display()
+            ),
+        ),
+        (
+            "actions/third.yaml".to_owned(),
+            "name: third\nrunner_type: local-shell-script\nentry_point: third.sh\n".to_owned(),
+        ),
+        (
+            "policies/third.yaml".to_owned(),
+            "name: third.retry\nresource_ref: flaky.third\npolicy_type: action.retry\nparameters:\n  retry_on: failure\n  max_retry_count: 3\n  delay: 0.2\n".to_owned(),
+        ),
+        (
+            "actions/never.yaml".to_owned(),
+            "name: never\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'exit 3'}\npolicy:\n  retry: {on: [failure], max_retries: 2, delay: 0.05, backoff: 2, max_delay: 1, jitter: 0.5}\n".to_owned(),
+        ),
+        (
+            "actions/slow.yaml".to_owned(),
+            "name: slow\nrunner_type: local-shell-cmd\ntimeout: 1\nparameters:\n  cmd: {type: string, default: 'sleep 5'}\npolicy:\n  retry: {on: [failure], max_retries: 3}\n".to_owned(),
+        ),
+    ];
+    for (rel, text) in files {
+        let path = pack.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        pack.join("actions/third.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let sluice = Sluice::start(StoreKind::Sqlite, &[packs.path().to_owned()]).await;
+
+    let attempts = |done: &Value| -> Vec<(u64, String)> {
+        done["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["status"] == "requested" || common::is_terminal(h))
+            .map(|h| {
+                (
+                    h["attempt"].as_u64().unwrap(),
+                    h["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // StackStorm's policy file: two failed attempts, then a success.
+    let done = run(&sluice, "flaky.third", json!({})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 3, "{done}");
+    assert_eq!(done["result"]["stdout"], "run 3\n");
+    assert_eq!(
+        attempts(&done),
+        [
+            (1, "requested".into()),
+            (2, "requested".into()),
+            (3, "requested".into()),
+            (3, "succeeded".into())
+        ],
+        "each retry is a new attempt, and the execution ends once"
+    );
+    assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "3");
+
+    // Retries run out: the last attempt's failure stands.
+    let done = run(&sluice, "flaky.never", json!({})).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["attempt"], 3, "one attempt and two retries: {done}");
+    assert_eq!(done["result"]["exit_code"], 3);
+
+    // A timeout is not a failure to a policy that retries failures.
+    let done = run(&sluice, "flaky.slow", json!({})).await;
+    assert_eq!(done["status"], "timed_out", "{done}");
+    assert_eq!(done["attempt"], 1, "{done}");
+}
