@@ -514,7 +514,12 @@ impl Engine {
 
     /// How every rule on `trigger`, enabled or not, judges `payload` now.
     pub fn explain(&self, trigger: &str, payload: &Value) -> Vec<rules::Verdict> {
-        rules::explain(&self.shared.catalog.current(), trigger, payload)
+        rules::explain(
+            &self.shared.catalog.current(),
+            &self.shared.kv,
+            trigger,
+            payload,
+        )
     }
 
     /// Tests a rule against a payload without firing anything.

@@ -34,7 +34,12 @@ pub fn plan(
 ) -> Vec<Planned> {
     catalog
         .rules_hearing(trigger, payload)
-        .filter(|rule| rule.criteria.iter().all(|c| c.matches(payload)))
+        .filter(|rule| {
+            let kv = kv.for_pack(rule_pack(rule));
+            rule.criteria
+                .iter()
+                .all(|c| c.matches_with(payload, Some(&kv)))
+        })
         .filter_map(|rule| plan_rule(catalog, keyring, kv, rule, payload, secrets))
         .collect()
 }
@@ -50,7 +55,7 @@ pub fn plan_rule(
     secrets: &[String],
 ) -> Option<Planned> {
     let action = catalog.action(&rule.action)?;
-    let pack = rule.rule_ref.split('.').next().unwrap_or_default();
+    let pack = rule_pack(rule);
     let kv = kv.for_pack(pack);
     let (rendered, opened) = opened_during(|| {
         render(&rule.parameters, payload, &kv)
@@ -99,11 +104,11 @@ pub struct Verdict {
 }
 
 /// How every rule on `trigger`, enabled or not, judges `payload`, in load order.
-pub fn explain(catalog: &Catalog, trigger: &str, payload: &Value) -> Vec<Verdict> {
+pub fn explain(catalog: &Catalog, kv: &Kv, trigger: &str, payload: &Value) -> Vec<Verdict> {
     catalog
         .rules_on(trigger)
         .map(|rule| {
-            let judged = rule.judge(payload);
+            let judged = rule.judge(payload, Some(&kv.for_pack(rule_pack(rule))));
             Verdict {
                 rule: rule.rule_ref.clone(),
                 enabled: rule.enabled,
@@ -112,6 +117,11 @@ pub fn explain(catalog: &Catalog, trigger: &str, payload: &Value) -> Vec<Verdict
             }
         })
         .collect()
+}
+
+/// The pack a rule belongs to: whose keys `st2kv.pack` reads in its templates.
+fn rule_pack(rule: &Rule) -> &str {
+    rule.rule_ref.split('.').next().unwrap_or_default()
 }
 
 fn render(
@@ -175,7 +185,7 @@ pub fn test(
             sluice_core::secrets::secret_texts(trigger.secret_properties(), values)
         })
         .unwrap_or_default();
-    let judged = rule.judge(payload);
+    let judged = rule.judge(payload, Some(&kv.for_pack(rule_pack(rule))));
     let mut test = RuleTest {
         rule: rule.rule_ref.clone(),
         trigger: rule.trigger.clone(),

@@ -5,6 +5,11 @@
 //! is `null`: every operator but `nexists` is false on it, as in StackStorm. Operators
 //! compare values of matching kinds; `lessthan`/`greaterthan` also read a numeric string as
 //! a number, since payloads published by hand often carry numbers as text.
+//!
+//! A key is a dotted path (`trigger.body.host`); a part may be bracketed and quoted, for
+//! names with dots or dashes (`trigger.headers['X-Request-Id']`), or an array index
+//! (`trigger.hosts[0]`). A pattern may be a template (`"{{ st2kv.system.threshold }}"`),
+//! rendered against the payload (as `trigger`) and the datastore each time it is matched.
 
 use std::cmp::Ordering;
 
@@ -19,6 +24,7 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "nequals",
     "neq",
     "iequals",
+    "ieq",
     "contains",
     "ncontains",
     "icontains",
@@ -36,7 +42,9 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "greaterthan",
     "gt",
     "timediff_lt",
+    "td_lt",
     "timediff_gt",
+    "td_gt",
     "exists",
     "nexists",
     "inside",
@@ -80,7 +88,7 @@ fn parse_op(name: &str) -> Option<Op> {
     Some(match name {
         "equals" | "eq" => Op::Equals,
         "nequals" | "neq" => Op::NEquals,
-        "iequals" => Op::IEquals,
+        "iequals" | "ieq" => Op::IEquals,
         "contains" => Op::Contains,
         "ncontains" => Op::NContains,
         "icontains" => Op::IContains,
@@ -95,8 +103,8 @@ fn parse_op(name: &str) -> Option<Op> {
         "iregex" => Op::IRegex,
         "lessthan" | "lt" => Op::LessThan,
         "greaterthan" | "gt" => Op::GreaterThan,
-        "timediff_lt" => Op::TimeDiffLt,
-        "timediff_gt" => Op::TimeDiffGt,
+        "timediff_lt" | "td_lt" => Op::TimeDiffLt,
+        "timediff_gt" | "td_gt" => Op::TimeDiffGt,
         "exists" => Op::Exists,
         "nexists" => Op::NExists,
         "inside" | "in" => Op::Inside,
@@ -139,6 +147,8 @@ pub struct Criterion {
     pub operator: String,
     pub pattern: Value,
     compiled: Compiled,
+    /// The pattern, when it is a template: rendered, then compiled, at each match.
+    template: Option<crate::template::ParamTemplate>,
 }
 
 impl Criterion {
@@ -161,37 +171,18 @@ impl Criterion {
             .and_then(|rest| rest.strip_prefix('.'))
             .filter(|rest| !rest.is_empty())
             .ok_or_else(|| format!("criteria key {key:?} must start with `{prefix}.`"))?;
-        let path = rest.split('.').map(str::to_owned).collect();
-        let pattern_str = || {
-            pattern
-                .as_str()
-                .ok_or_else(|| format!("operator {operator} needs a string pattern"))
+        let path = parse_path(rest).map_err(|e| format!("criteria key {key:?}: {e}"))?;
+        let template = match &pattern {
+            Value::String(text) if text.contains("{{") || text.contains("{%") => Some(
+                crate::template::ParamTemplate::compile(pattern.clone(), false)
+                    .map_err(|e| format!("pattern: {e}"))?,
+            ),
+            _ => None,
         };
-        let compiled = match op {
-            Op::MatchRegex | Op::Regex | Op::IRegex => {
-                // As StackStorm: `matchregex` is Python's `re.match` with `re.DOTALL`
-                // (anchored at the start, `.` matches newlines); `regex` and `iregex` are
-                // `re.search` (anywhere in the value).
-                let source = if op == Op::MatchRegex {
-                    format!("^(?:{})", pattern_str()?)
-                } else {
-                    pattern_str()?.to_owned()
-                };
-                let regex = RegexBuilder::new(&source)
-                    .dot_matches_new_line(op == Op::MatchRegex)
-                    .case_insensitive(op == Op::IRegex)
-                    .build()
-                    .map_err(|e| format!("invalid regex pattern: {e}"))?;
-                Compiled::Regex(regex)
-            }
-            Op::MatchWildcard => Compiled::Regex(wildcard_regex(pattern_str()?)),
-            Op::TimeDiffLt | Op::TimeDiffGt if !pattern.is_number() => {
-                return Err(format!(
-                    "operator {operator} needs a number of seconds as pattern"
-                ));
-            }
-            Op::Search => compile_search(&pattern)?,
-            _ => Compiled::Plain,
+        let compiled = if template.is_some() {
+            Compiled::Plain
+        } else {
+            compile_pattern(op, operator, &pattern)?
         };
         Ok(Self {
             key: key.to_owned(),
@@ -200,6 +191,7 @@ impl Criterion {
             operator: operator.to_owned(),
             pattern,
             compiled,
+            template,
         })
     }
 
@@ -208,10 +200,127 @@ impl Criterion {
         lookup(root, &self.path)
     }
 
-    /// Whether the value at this criterion's path in `root` satisfies it.
+    /// Whether the value at this criterion's path in `root` satisfies it. A templated
+    /// pattern is rendered with `root` as `trigger` and no datastore; see
+    /// [`Criterion::matches_with`].
     pub fn matches(&self, root: &Value) -> bool {
+        self.matches_with(root, None)
+    }
+
+    /// [`Criterion::matches`], a templated pattern seeing the datastore as `st2kv`. A
+    /// pattern that does not render, or renders to one its operator cannot take, matches
+    /// nothing.
+    pub fn matches_with(&self, root: &Value, kv: Option<&crate::datastore::Kv>) -> bool {
+        let Some(template) = &self.template else {
+            return self.matches_compiled(root, &self.pattern, &self.compiled);
+        };
+        let Ok(pattern) = template.render(root, kv) else {
+            return false;
+        };
+        match compile_pattern(self.op, &self.operator, &pattern) {
+            Ok(compiled) => self.matches_compiled(root, &pattern, &compiled),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A key's path after its prefix: dotted parts, or bracketed ones (`['X-Name']`, `[0]`).
+fn parse_path(rest: &str) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = rest.chars().peekable();
+    // Whether a bracketed part just ended: a dot may follow it without a name before.
+    let mut after_bracket = false;
+    while let Some(c) = chars.next() {
+        let bracket_ended = std::mem::take(&mut after_bracket);
+        match c {
+            '.' => {
+                if !current.is_empty() {
+                    parts.push(std::mem::take(&mut current));
+                } else if !bracket_ended {
+                    return Err("an empty part (two dots, or a dot at the end)".into());
+                }
+            }
+            '[' => {
+                if !current.is_empty() {
+                    parts.push(std::mem::take(&mut current));
+                }
+                let quote = chars.next_if(|c| *c == '\'' || *c == '"');
+                let mut inner = String::new();
+                loop {
+                    match (chars.next(), quote) {
+                        (Some(q), Some(open)) if q == open => {
+                            if chars.next() != Some(']') {
+                                return Err("a quoted part must end with `]`".into());
+                            }
+                            break;
+                        }
+                        (Some(']'), None) => break,
+                        (Some(c), _) => inner.push(c),
+                        (None, _) => return Err("a `[` without its `]`".into()),
+                    }
+                }
+                if quote.is_none() && inner.parse::<usize>().is_err() {
+                    return Err(format!(
+                        "[{inner}] is neither an index nor a quoted name (['{inner}'])"
+                    ));
+                }
+                parts.push(inner);
+                after_bracket = true;
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    } else if rest.ends_with('.') {
+        return Err("an empty part (two dots, or a dot at the end)".into());
+    }
+    if parts.is_empty() {
+        return Err("no field named".into());
+    }
+    Ok(parts)
+}
+
+/// What an operator needs compiled from its pattern (regexes, search items).
+fn compile_pattern(op: Op, operator: &str, pattern: &Value) -> Result<Compiled, String> {
+    let pattern_str = || {
+        pattern
+            .as_str()
+            .ok_or_else(|| format!("operator {operator} needs a string pattern"))
+    };
+    let compiled = match op {
+        Op::MatchRegex | Op::Regex | Op::IRegex => {
+            // As StackStorm: `matchregex` is Python's `re.match` with `re.DOTALL`
+            // (anchored at the start, `.` matches newlines); `regex` and `iregex` are
+            // `re.search` (anywhere in the value).
+            let source = if op == Op::MatchRegex {
+                format!("^(?:{})", pattern_str()?)
+            } else {
+                pattern_str()?.to_owned()
+            };
+            let regex = RegexBuilder::new(&source)
+                .dot_matches_new_line(op == Op::MatchRegex)
+                .case_insensitive(op == Op::IRegex)
+                .build()
+                .map_err(|e| format!("invalid regex pattern: {e}"))?;
+            Compiled::Regex(regex)
+        }
+        Op::MatchWildcard => Compiled::Regex(wildcard_regex(pattern_str()?)),
+        Op::TimeDiffLt | Op::TimeDiffGt if !pattern.is_number() => {
+            return Err(format!(
+                "operator {operator} needs a number of seconds as pattern"
+            ));
+        }
+        Op::Search => compile_search(pattern)?,
+        _ => Compiled::Plain,
+    };
+    Ok(compiled)
+}
+
+impl Criterion {
+    fn matches_compiled(&self, root: &Value, pattern: &Value, compiled: &Compiled) -> bool {
         let value = lookup(root, &self.path);
-        let pattern = &self.pattern;
         match (self.op, value) {
             (Op::Exists, value) => value.is_some_and(|v| !v.is_null()),
             (Op::NExists, value) => value.is_none_or(Value::is_null),
@@ -240,7 +349,7 @@ impl Criterion {
             (
                 Op::MatchWildcard | Op::MatchRegex | Op::Regex | Op::IRegex,
                 Some(Value::String(s)),
-            ) => match &self.compiled {
+            ) => match compiled {
                 Compiled::Regex(regex) => regex.is_match(s),
                 _ => false,
             },
@@ -255,7 +364,7 @@ impl Criterion {
                 .is_some_and(|(age, limit)| age > limit),
             (Op::Inside, Some(v)) => contains(pattern, v),
             (Op::NInside, Some(v)) => !contains(pattern, v),
-            (Op::Search, Some(Value::Array(list))) => match &self.compiled {
+            (Op::Search, Some(Value::Array(list))) => match compiled {
                 Compiled::Search { condition, items } => search(list, *condition, items),
                 _ => false,
             },
@@ -417,6 +526,123 @@ mod tests {
             .matches(&json!({ "v": payload }))
     }
 
+    /// StackStorm's operators, by every name it accepts, on the values its documentation
+    /// uses: (operator, pattern, value, matches).
+    #[test]
+    fn every_operator_and_alias_as_stackstorm_documents_it() {
+        let now = Utc::now();
+        let ago = |seconds: i64| (now - chrono::Duration::seconds(seconds)).to_rfc3339();
+        let table = [
+            ("equals", json!("a"), json!("a"), true),
+            ("eq", json!(3), json!(3), true),
+            ("nequals", json!("a"), json!("b"), true),
+            ("neq", json!("a"), json!("a"), false),
+            ("iequals", json!("ABC"), json!("abc"), true),
+            ("ieq", json!("ABC"), json!("abd"), false),
+            ("contains", json!("err"), json!("an error"), true),
+            ("ncontains", json!("err"), json!("fine"), true),
+            ("icontains", json!("ERR"), json!("an error"), true),
+            ("incontains", json!("ERR"), json!("an error"), false),
+            ("startswith", json!("db"), json!("db1"), true),
+            ("istartswith", json!("DB"), json!("db1"), true),
+            ("endswith", json!(".com"), json!("a.com"), true),
+            ("iendswith", json!(".COM"), json!("a.com"), true),
+            ("matchwildcard", json!("db*"), json!("db12"), true),
+            ("matchwildcard", json!("db?"), json!("db12"), false),
+            ("regex", json!("rr"), json!("an error"), true),
+            ("regex", json!("^rr"), json!("an error"), false),
+            ("iregex", json!("ERR"), json!("an error"), true),
+            ("matchregex", json!("rr"), json!("an error"), false),
+            ("matchregex", json!("an.err"), json!("an\nerror"), true),
+            ("lessthan", json!(5), json!(3), true),
+            ("lt", json!(5), json!("3"), true),
+            ("greaterthan", json!(5), json!(7), true),
+            ("gt", json!(5), json!(5), false),
+            ("timediff_lt", json!(60), json!(ago(10)), true),
+            ("td_lt", json!(60), json!(ago(600)), false),
+            ("timediff_gt", json!(60), json!(ago(600)), true),
+            ("td_gt", json!(60), json!(ago(10)), false),
+            ("exists", json!(null), json!(0), true),
+            ("nexists", json!(null), json!(0), false),
+            ("inside", json!(["a", "b"]), json!("b"), true),
+            ("in", json!("a,b"), json!("c"), false),
+            ("ninside", json!(["a"]), json!("b"), true),
+            ("nin", json!(["a"]), json!("a"), false),
+        ];
+        for (op, pattern, value, expected) in table {
+            assert_eq!(
+                check(op, pattern.clone(), value.clone()),
+                expected,
+                "{op} {pattern} on {value}"
+            );
+        }
+        let named: std::collections::BTreeSet<&str> = OPERATOR_NAMES.iter().copied().collect();
+        for op in ["ieq", "td_lt", "td_gt", "search"] {
+            assert!(named.contains(op), "{op} is a known name");
+        }
+    }
+
+    #[test]
+    fn keys_may_bracket_names_with_dots_and_dashes() {
+        let payload =
+            json!({"headers": {"X-Request-Id": "r-1", "a.b": 2}, "hosts": ["db1", "db2"]});
+        let at = |key: &str| {
+            Criterion::compile("trigger", key, "exists", Value::Null)
+                .map(|c| c.seen(&payload).cloned())
+        };
+        assert_eq!(
+            at("trigger.headers['X-Request-Id']"),
+            Ok(Some(json!("r-1")))
+        );
+        assert_eq!(at("trigger.headers[\"a.b\"]"), Ok(Some(json!(2))));
+        assert_eq!(at("trigger.hosts[1]"), Ok(Some(json!("db2"))));
+        assert_eq!(at("trigger.hosts.0"), Ok(Some(json!("db1"))));
+        for broken in [
+            "trigger.a..b",
+            "trigger.a.",
+            "trigger.h[x]",
+            "trigger.h['x'",
+        ] {
+            assert!(at(broken).is_err(), "{broken}");
+        }
+    }
+
+    #[test]
+    fn templated_patterns_render_against_the_payload_and_datastore() {
+        struct Keys;
+        impl crate::datastore::KeyLookup for Keys {
+            fn value(&self, key: &sluice_core::datastore::KeyName) -> Option<Value> {
+                (key.to_string() == "system.threshold").then(|| json!(80))
+            }
+            fn open(&self, _: &str) -> Result<Value, String> {
+                Err("no secrets here".into())
+            }
+        }
+        let kv = crate::datastore::Kv::new(std::sync::Arc::new(Keys), None);
+        let above = Criterion::compile(
+            "trigger",
+            "trigger.load",
+            "greaterthan",
+            json!("{{ st2kv.system.threshold }}"),
+        )
+        .unwrap();
+        assert!(above.matches_with(&json!({"load": 90}), Some(&kv)));
+        assert!(!above.matches_with(&json!({"load": 70}), Some(&kv)));
+        assert!(
+            !above.matches(&json!({"load": 90})),
+            "no datastore: nothing matches"
+        );
+        let same_host = Criterion::compile(
+            "trigger",
+            "trigger.reported_by",
+            "regex",
+            json!("^{{ trigger.host }}$"),
+        )
+        .unwrap();
+        assert!(same_host.matches(&json!({"host": "db1", "reported_by": "db1"})));
+        assert!(!same_host.matches(&json!({"host": "db1", "reported_by": "db12"})));
+    }
+
     #[test]
     fn equality_operators() {
         assert!(check("equals", json!("critical"), json!("critical")));
@@ -541,7 +767,7 @@ mod tests {
             .iter()
             .filter(|op| !matches!(**op, "nexists" | "exists" | "search"))
         {
-            let pattern = if op.starts_with("timediff") {
+            let pattern = if op.starts_with("timediff") || op.starts_with("td_") {
                 json!(1)
             } else {
                 json!("x")

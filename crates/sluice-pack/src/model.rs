@@ -515,7 +515,11 @@ pub struct Mismatch {
 impl Rule {
     /// Whether this rule matches `payload` (enabled or not), and if not, why. A timer rule
     /// hears only its own ticks and a webhook rule only its own URL, before its criteria.
-    pub fn judge(&self, payload: &serde_json::Value) -> Result<(), Mismatch> {
+    pub fn judge(
+        &self,
+        payload: &serde_json::Value,
+        kv: Option<&crate::datastore::Kv>,
+    ) -> Result<(), Mismatch> {
         let own = |field: &str, expected: &str| {
             let seen = payload.get(field);
             match seen.and_then(serde_json::Value::as_str) {
@@ -534,7 +538,7 @@ impl Rule {
         if let Some(hook) = &self.webhook {
             own("url", &hook.url)?;
         }
-        match self.criteria.iter().find(|c| !c.matches(payload)) {
+        match self.criteria.iter().find(|c| !c.matches_with(payload, kv)) {
             None => Ok(()),
             Some(failed) => Err(Mismatch {
                 key: failed.key.clone(),

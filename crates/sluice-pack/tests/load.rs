@@ -267,7 +267,7 @@ fn broken_policies_name_file_and_field() {
         ),
         (
             "policies/q.yaml",
-            "name: q\nresource_ref: t.deploy\npolicy_type: action.retry\nparameters: {threshold: 1}\n",
+            "name: q\nresource_ref: t.deploy\npolicy_type: action.timeout\nparameters: {threshold: 1}\n",
         ),
         (
             "policies/r.yaml",
@@ -296,7 +296,7 @@ fn broken_policies_name_file_and_field() {
         "{errs:#?}"
     );
     assert!(
-        find("t/policies/q.yaml: policy_type: unsupported policy_type \"action.retry\""),
+        find("t/policies/q.yaml: policy_type: unsupported policy_type \"action.timeout\""),
         "{errs:#?}"
     );
     assert!(

@@ -285,8 +285,16 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
         .post("/api/v1/rules/t.every/enable", &serde_json::json!({}))
         .await;
     assert_eq!(code, 200, "{body}");
-    let resumed = timer(cluster.get("/api/v1/timers").await);
-    assert_eq!(resumed["enabled"], true, "{resumed}");
+    // The switch is in force when the API answers; the timer's own view follows it.
+    let resumed = sluice_testkit::eventually(
+        "the timer to show it resumed",
+        Duration::from_secs(5),
+        || async {
+            let shown = timer(cluster.get("/api/v1/timers").await);
+            (shown["enabled"] == true).then_some(shown)
+        },
+    )
+    .await;
     assert!(resumed["next_fire"].is_string(), "{resumed}");
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let fired = ticks(&log);
