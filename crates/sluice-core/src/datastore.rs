@@ -142,3 +142,63 @@ mod tests {
         assert!(err.contains("\"$x\""), "{err}");
     }
 }
+
+/// Where an action's datastore requests go (StackStorm's `action_service`): a worker asks,
+/// an engine answers. Core NATS request–reply; a secret value in either direction travels
+/// sealed.
+pub const SERVICE_SUBJECT: &str = "sluice.datastore.request";
+
+/// One datastore request of a running action, made by its worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRequest {
+    /// The execution asking, for the log.
+    pub execution_id: crate::ExecutionId,
+    /// Its worker, for the log.
+    pub worker: String,
+    #[serde(flatten)]
+    pub op: ServiceOp,
+}
+
+/// What an action asks of the datastore. `key` is a full key name (`system.x`,
+/// `pack.p.x`); `prefix` one to list under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServiceOp {
+    Get {
+        key: String,
+    },
+    /// `value` is sealed when `secret`.
+    Set {
+        key: String,
+        value: Value,
+        secret: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+    List {
+        prefix: String,
+    },
+}
+
+/// A key as an action sees it: a secret's value sealed (the worker opens it when asked to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub key: String,
+    pub value: Value,
+    pub secret: bool,
+}
+
+/// The engine's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceReply {
+    /// `get`: the entry, or none; `set`, `delete`: whether a key was written or removed.
+    Entry(Option<ServiceEntry>),
+    Done(bool),
+    Entries(Vec<ServiceEntry>),
+    /// Why the request was refused (a bad key name, a write that failed).
+    Error(String),
+}

@@ -15,7 +15,9 @@ use serde::Serialize;
 use serde_json::Value;
 pub use sluice_bus::datastore::WriteError;
 use sluice_bus::datastore::{Change, Datastore, Stored};
-use sluice_core::datastore::{KeyEntry, KeyName};
+use sluice_core::datastore::{
+    KeyEntry, KeyName, ServiceEntry, ServiceOp, ServiceReply, ServiceRequest,
+};
 use sluice_core::secrets::{self, Keyring};
 use sluice_pack::datastore::KeyLookup;
 use tokio_util::sync::CancellationToken;
@@ -71,11 +73,50 @@ impl KeyLookup for KeyCache {
 }
 
 /// Follows the bucket and deletes expired keys, until `cancel`.
-pub(crate) async fn run(store: Datastore, cache: Arc<KeyCache>, cancel: CancellationToken) {
+pub(crate) async fn run(
+    keys: Keys,
+    cache: Arc<KeyCache>,
+    requests: async_nats::Subscriber,
+    client: async_nats::Client,
+    cancel: CancellationToken,
+) {
+    let store = keys.store.clone();
     tokio::join!(
         follow(store.clone(), cache.clone(), cancel.clone()),
-        sweep(store, cache, cancel)
+        sweep(store, cache, cancel.clone()),
+        serve(keys, requests, client, cancel)
     );
+}
+
+/// Answers the datastore requests of running actions (StackStorm's `action_service`),
+/// which their workers send: reads, writes, deletes and listings, a secret value sealed
+/// both ways. Every write is logged with the execution that made it.
+async fn serve(
+    keys: Keys,
+    mut requests: async_nats::Subscriber,
+    client: async_nats::Client,
+    cancel: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return,
+            message = requests.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let Some(reply_to) = message.reply.clone() else {
+            continue;
+        };
+        let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
+            Ok(request) => keys.serve(request).await,
+            Err(e) => ServiceReply::Error(format!("unreadable datastore request: {e}")),
+        };
+        let payload = serde_json::to_vec(&reply).unwrap_or_default();
+        if let Err(e) = client.publish(reply_to, payload.into()).await {
+            warn!(error = %e, "a datastore answer could not be sent");
+        }
+    }
 }
 
 /// Keeps `cache` equal to the bucket until `cancel`; a broken watch is set up again.
@@ -203,7 +244,8 @@ pub struct Keys {
 impl Keys {
     /// Sets `key`; a secret value is sealed before it leaves the engine.
     pub async fn set(&self, key: &KeyName, new: NewKey, by: &str) -> Result<KeyView, KeyError> {
-        let value = if new.secret {
+        // A value sealed already (an action's, sealed by its worker) is kept as it is.
+        let value = if new.secret && !secrets::is_sealed(&new.value) {
             Value::String(
                 self.keyring
                     .seal(&new.value)
@@ -309,6 +351,67 @@ impl Keys {
         self.store.delete(key, revision).await?;
         info!(key = %key, by, "datastore key deleted");
         Ok(())
+    }
+
+    /// One request of a running action.
+    async fn serve(&self, request: ServiceRequest) -> ServiceReply {
+        let by = format!("{} (execution {})", request.worker, request.execution_id);
+        let key = |name: &str| name.parse::<KeyName>().map_err(|e| e.to_string());
+        let entry = |stored: &Stored| ServiceEntry {
+            key: stored.key.to_string(),
+            value: stored.entry.value.clone(),
+            secret: stored.entry.secret,
+        };
+        let outcome: Result<ServiceReply, String> = async {
+            Ok(match request.op {
+                ServiceOp::Get { key: name } => match self.live(&key(&name)?).await {
+                    Ok(stored) => ServiceReply::Entry(Some(entry(&stored))),
+                    Err(KeyError::NotFound(_)) => ServiceReply::Entry(None),
+                    Err(e) => return Err(e.to_string()),
+                },
+                ServiceOp::Set {
+                    key: name,
+                    value,
+                    secret,
+                    ttl_secs,
+                } => {
+                    if secret && !secrets::is_sealed(&value) {
+                        return Err("a secret value must arrive sealed".into());
+                    }
+                    let new = NewKey {
+                        value,
+                        secret,
+                        ttl: ttl_secs.map(Duration::from_secs),
+                        revision: None,
+                    };
+                    self.set(&key(&name)?, new, &by)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ServiceReply::Done(true)
+                }
+                ServiceOp::Delete { key: name } => match self.delete(&key(&name)?, None, &by).await
+                {
+                    Ok(()) => ServiceReply::Done(true),
+                    Err(KeyError::NotFound(_)) => ServiceReply::Done(false),
+                    Err(e) => return Err(e.to_string()),
+                },
+                ServiceOp::List { prefix } => {
+                    let now = Utc::now();
+                    let entries = self
+                        .store
+                        .list()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .filter(|s| s.entry.is_live(now) && s.key.to_string().starts_with(&prefix))
+                        .map(entry)
+                        .collect();
+                    ServiceReply::Entries(entries)
+                }
+            })
+        }
+        .await;
+        outcome.unwrap_or_else(ServiceReply::Error)
     }
 
     /// Seals every secret entry again with the newest key; how many it rewrote.

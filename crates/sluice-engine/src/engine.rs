@@ -194,8 +194,15 @@ impl Engine {
         });
         spawn_loop(ActorName::Workers, ActorKind::WorkerMonitor, &shutdown, run).await?;
 
-        let (store, cache) = (keys.store.clone(), key_cache);
-        let run: LoopFn = Box::new(move |cancel| Box::pin(datastore::run(store, cache, cancel)));
+        let requests = shared
+            .bus
+            .client()
+            .queue_subscribe(sluice_core::datastore::SERVICE_SUBJECT, "engines".into())
+            .await
+            .map_err(|e| BusError::setup("datastore request subscription", e))?;
+        let (k, cache, client) = (keys.clone(), key_cache, shared.bus.client().clone());
+        let run: LoopFn =
+            Box::new(move |cancel| Box::pin(datastore::run(k, cache, requests, client, cancel)));
         spawn_loop(ActorName::Datastore, ActorKind::Datastore, &shutdown, run).await?;
 
         let timers = Timers::default();

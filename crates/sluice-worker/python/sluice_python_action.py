@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import runpy
+import socket
 import sys
 import traceback
 
@@ -109,6 +110,69 @@ def action_class(module, base):
     return leaves[0] if leaves else None
 
 
+class KeyValuePair(object):
+    """A datastore key as list_values returns it: its name, its value (sealed when secret)."""
+
+    def __init__(self, name, value, secret):
+        self.name = name
+        self.value = value
+        self.secret = secret
+
+    def __repr__(self):
+        return "KeyValuePair(name=%r, secret=%r)" % (self.name, self.secret)
+
+
+class ActionService(object):
+    """StackStorm's action service: the datastore, through the worker running the action.
+
+    local=True (the default) names a key of the action's own pack; local=False a system
+    key. A secret is written with encrypt=True and read in clear with decrypt=True."""
+
+    def __init__(self, path):
+        self._path = path
+        self._file = None
+
+    def _call(self, request):
+        if self._file is None:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.connect(self._path)
+            self._file = connection.makefile("rwb")
+        self._file.write(json.dumps(request, default=str).encode("utf-8") + b"\n")
+        self._file.flush()
+        line = self._file.readline()
+        if not line:
+            raise RuntimeError("the worker closed the action service")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise ValueError(answer["error"])
+        return answer.get("result")
+
+    def get_value(self, name, local=True, scope="system", decrypt=False):
+        return self._call(
+            {"op": "get_value", "name": name, "local": local, "scope": scope, "decrypt": decrypt}
+        )
+
+    def set_value(self, name, value, ttl=None, local=True, scope="system", encrypt=False):
+        request = {
+            "op": "set_value",
+            "name": name,
+            "value": value,
+            "local": local,
+            "scope": scope,
+            "encrypt": encrypt,
+        }
+        if ttl is not None:
+            request["ttl"] = int(ttl)
+        return self._call(request)
+
+    def delete_value(self, name, local=True, scope="system"):
+        return self._call({"op": "delete_value", "name": name, "local": local, "scope": scope})
+
+    def list_values(self, local=True, prefix=None):
+        found = self._call({"op": "list_values", "local": local, "prefix": prefix or ""})
+        return [KeyValuePair(e["name"], e["value"], e["secret"]) for e in found]
+
+
 def build(cls, config, action_service):
     """The action, as StackStorm builds it: many packs' classes take only `config`, and
     get the action service set afterwards."""
@@ -154,7 +218,9 @@ def main():
         if config_file:
             with open(config_file) as source:
                 config = json.load(source)
-        action = build(cls, config, None)
+        socket_path = os.environ.get("SLUICE_SERVICE_SOCKET")
+        service = ActionService(socket_path) if socket_path else None
+        action = build(cls, config, service)
         action.entry_point = script
         value = action.run(**parameters)
     except Exception as error:

@@ -22,6 +22,7 @@
 mod packs;
 mod python;
 pub mod runner;
+pub mod service;
 pub mod venv;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -674,6 +675,11 @@ impl Worker {
             "run",
             config.name.clone(),
         );
+        let service = service::ActionService::new(
+            config.bus.clone(),
+            config.keyring.clone(),
+            config.name.clone(),
+        );
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             packs: packs::PackCache::new(config.bus.clone(), config.pack_cache),
@@ -681,7 +687,10 @@ impl Worker {
             settle,
             run_verifier: config.run_verifier,
             keyring: config.keyring,
-            runner: config.runner,
+            runner: runner::Settings {
+                service: Some(service),
+                ..config.runner
+            },
             actions_dirs: config.actions_dirs,
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),

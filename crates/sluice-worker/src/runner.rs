@@ -37,6 +37,9 @@ pub struct Settings {
     /// Where packs' `requirements.txt` are installed for their python actions; without it
     /// python actions run with the worker's `python3` as it is.
     pub venvs: Option<std::sync::Arc<crate::venv::Venvs>>,
+    /// The datastore for python actions' `self.action_service`; without it that is `None`.
+    /// A worker sets it to its own.
+    pub service: Option<crate::service::ActionService>,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             allow_sudo: false,
             secrets_on_command_line: false,
             venvs: None,
+            service: None,
         }
     }
 }
@@ -351,6 +355,19 @@ async fn run_python(
         crate::python::wrapper(library).into(),
         script.into(),
     ];
+    // The action service, for this execution alone, while it runs.
+    let service_socket = scratch.path().join("service.sock");
+    let service = match &settings.service {
+        Some(service) => {
+            match service.listen(&service_socket, message.execution_id, message.action.pack()) {
+                Ok(task) => Some(AbortOnDrop(task)),
+                Err(e) => {
+                    return Outcome::failed(format!("cannot open the action service socket: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
     let mut command = match process(
         program,
         script.parent().or(Some(actions_dir)),
@@ -368,12 +385,26 @@ async fn run_python(
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("SLUICE_RESULT_FILE", &outcome_file)
         .env("SLUICE_CONFIG_FILE", &config_file)
+        .envs(
+            service
+                .as_ref()
+                .map(|_| ("SLUICE_SERVICE_SOCKET", &service_socket)),
+        )
         .env("ST2_ACTION_PACK_NAME", message.action.pack())
         .env("ST2_ACTION_EXECUTION_ID", message.execution_id.to_string());
     let Outcome { status, result } = run_process(command, message, timeout, cancel, output).await;
     let (status, result) =
         crate::python::apply(status, result, &outcome_file, MAX_OUTPUT_CAP as u64);
     Outcome { status, result }
+}
+
+/// Stops a task when dropped: the action service ends with the run.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn entry_point(message: &RunMessage, actions_dir: Option<&Path>) -> Result<PathBuf, String> {

@@ -634,6 +634,8 @@ impl ServerArgs {
                 allow_sudo: self.allow_sudo,
                 secrets_on_command_line: self.secrets_on_command_line,
                 venvs: Some(std::sync::Arc::new(sluice_worker::venv::Venvs::new(venvs))),
+                // The worker's own, set when it starts.
+                service: None,
             },
             stream_replicas: usize::from(self.stream_replicas),
         }

@@ -10,7 +10,7 @@
 //! | user | may |
 //! |---|---|
 //! | `engine` | everything |
-//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store. Not publish run messages, not read triggers, not write the datastore |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store, ask an engine for its actions' datastore requests (`sluice.datastore.request`). Not publish run messages, not read triggers, not write the datastore bucket itself |
 //! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
@@ -62,6 +62,7 @@ impl Role {
                 r#"{
         publish: { allow: [
           "sluice.status.>", "sluice.heartbeat.>", "sluice.output.>", "sluice.deadletter.run",
+          "sluice.datastore.request",
           "$JS.API.STREAM.INFO.RUN", "$JS.API.STREAM.INFO.STATUS", "$JS.API.STREAM.INFO.CONTROL",
           "$JS.API.CONSUMER.INFO.RUN.workers", "$JS.API.CONSUMER.MSG.NEXT.RUN.workers",
           "$JS.ACK.RUN.workers.>",

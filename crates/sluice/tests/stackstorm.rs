@@ -45,6 +45,36 @@ class Check(MonitorBase):
         return {'host': host, 'region': self.region, 'retries': self.config['retries']}
 ";
 
+const REMEMBER: &str = "
+from st2common.runners.base_action import Action
+
+
+class Remember(Action):
+    def run(self, token):
+        s = self.action_service
+        s.set_value('last_host', 'db1')
+        s.set_value('token', token, encrypt=True)
+        s.set_value('shared', {'n': 1}, local=False, ttl=3600)
+        sealed = s.get_value('token')
+        opened = s.get_value('token', decrypt=True)
+        names = sorted(kv.name for kv in s.list_values())
+        deleted = [s.delete_value('last_host'), s.delete_value('last_host')]
+        try:
+            s.get_value('x', scope='user')
+            user = 'allowed'
+        except ValueError:
+            user = 'refused'
+        return {
+            'sealed_differs': sealed != token,
+            'opened': opened == token,
+            'names': names,
+            'missing': s.get_value('nope'),
+            'deleted': deleted,
+            'shared': s.get_value('shared', local=False),
+            'user': user,
+        }
+";
+
 const REPORT: &str = "#!/bin/sh
 for a in \"$@\"; do printf '[%s]' \"$a\"; done
 ";
@@ -63,6 +93,11 @@ fn monitoring_pack(root: &Path) {
             "---\nname: check\nrunner_type: python-script\nentry_point: check.py\nparameters:\n  host: {type: string, required: true}\n  expect_key: {type: string, secret: true, required: true}\n",
         ),
         ("actions/report.sh", REPORT),
+        ("actions/remember.py", REMEMBER),
+        (
+            "actions/remember.yaml",
+            "---\nname: remember\nrunner_type: python-script\nentry_point: remember.py\nparameters:\n  token: {type: string, secret: true, required: true}\n",
+        ),
         (
             "actions/report.yaml",
             "---\nname: report\nrunner_type: local-shell-script\nentry_point: report.sh\nparameters:\n  target: {type: string, position: 0, required: true}\n  region: {type: string, default: '{{ config_context.region }}'}\n  verbose: {type: boolean, default: true}\n  sudo: {type: boolean, default: false, immutable: true}\n",
@@ -185,6 +220,32 @@ async fn an_exchange_style_pack_runs_unmodified_with_its_configuration() {
         "an immutable parameter is refused: {refused}"
     );
     assert!(refused.to_string().contains("immutable"), "{refused}");
+
+    // self.action_service: the datastore through the worker, secrets sealed on the way.
+    let done = run(&sluice, "mon.remember", json!({"token": "tok-31337"})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["result"],
+        json!({
+            "sealed_differs": true, "opened": true, "names": ["last_host", "token"],
+            "missing": null, "deleted": [true, false], "shared": {"n": 1}, "user": "refused",
+        }),
+        "{done}"
+    );
+    let (_, keys) = sluice.get("/api/v1/keys").await;
+    let key = |name: &str| {
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}: {keys}"))
+    };
+    assert_eq!(key("pack.mon.token")["secret"], true);
+    assert_eq!(key("pack.mon.token")["value"], "********");
+    assert_eq!(key("system.shared")["value"], json!({"n": 1}));
+    assert!(key("system.shared")["expires_at"].is_string(), "{keys}");
+    assert!(!keys.to_string().contains("tok-31337"));
 
     // A default that reads a secret of the configuration is sealed like one.
     let done = run(&sluice, "mon.leak", json!({})).await;
