@@ -47,6 +47,11 @@ fn pack_view(catalog: &Catalog, pack: &Pack) -> Value {
         .map(|r| &r.rule_ref)
         .filter(|r| of_pack(r))
         .collect();
+    let sensors: Vec<&sluice_pack::Sensor> = catalog
+        .sensors
+        .values()
+        .filter(|s| s.pack == pack.name)
+        .collect();
     json!({
         "name": pack.name,
         "version": pack.version,
@@ -57,6 +62,7 @@ fn pack_view(catalog: &Catalog, pack: &Pack) -> Value {
         "actions": actions,
         "triggers": triggers,
         "rules": rules,
+        "sensors": sensors,
         // Secrets masked; the file it came from.
         "config": pack.config.as_ref().map(|config| config.masked()),
         "config_file": pack.config.as_ref().and_then(|c| c.file.as_ref()).map(|f| f.display().to_string()),

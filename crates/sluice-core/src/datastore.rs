@@ -148,13 +148,11 @@ mod tests {
 /// sealed.
 pub const SERVICE_SUBJECT: &str = "sluice.datastore.request";
 
-/// One datastore request of a running action, made by its worker.
+/// One datastore request of a running action (made by its worker) or sensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRequest {
-    /// The execution asking, for the log.
-    pub execution_id: crate::ExecutionId,
-    /// Its worker, for the log.
-    pub worker: String,
+    /// Who asks, for the log: `worker/w1, execution 12`, `sensor mon.Poller`.
+    pub caller: String,
     #[serde(flatten)]
     pub op: ServiceOp,
 }

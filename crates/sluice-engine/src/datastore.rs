@@ -46,6 +46,18 @@ impl KeyCache {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes `stored` unless the copy holds a later revision of its key already: the
+    /// engine's own writes land at once, and the watch catching up changes nothing.
+    fn put(&self, stored: Stored) {
+        let mut entries = self.write();
+        match entries.get(&stored.key) {
+            Some(held) if held.revision > stored.revision => {}
+            _ => {
+                entries.insert(stored.key.clone(), stored);
+            }
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<KeyName, Stored>> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -139,9 +151,7 @@ async fn follow(store: Datastore, cache: Arc<KeyCache>, cancel: CancellationToke
                 change = changes.next() => change,
             };
             match change {
-                Some(Ok(Change::Put(stored))) => {
-                    cache.write().insert(stored.key.clone(), stored);
-                }
+                Some(Ok(Change::Put(stored))) => cache.put(stored),
                 Some(Ok(Change::Deleted(key))) => {
                     cache.write().remove(&key);
                 }
@@ -239,6 +249,9 @@ pub struct NewKey {
 pub struct Keys {
     pub(crate) store: Datastore,
     pub(crate) keyring: Arc<Keyring>,
+    /// The engine's copy, which its own writes reach at once: a key set through the API is
+    /// seen by the next template, without waiting for the watch.
+    pub(crate) cache: Arc<KeyCache>,
 }
 
 impl Keys {
@@ -267,11 +280,14 @@ impl Keys {
         };
         let revision = self.store.put(key, &entry, new.revision).await?;
         info!(key = %key, secret = entry.secret, by, revision, "datastore key set");
-        Ok(KeyView::masked(&Stored {
+        let stored = Stored {
             key: key.clone(),
             entry,
             revision,
-        }))
+        };
+        let view = KeyView::masked(&stored);
+        self.cache.put(stored);
+        Ok(view)
     }
 
     async fn live(&self, key: &KeyName) -> Result<Stored, KeyError> {
@@ -349,13 +365,14 @@ impl Keys {
     ) -> Result<(), KeyError> {
         self.live(key).await?;
         self.store.delete(key, revision).await?;
+        self.cache.write().remove(key);
         info!(key = %key, by, "datastore key deleted");
         Ok(())
     }
 
     /// One request of a running action.
     async fn serve(&self, request: ServiceRequest) -> ServiceReply {
-        let by = format!("{} (execution {})", request.worker, request.execution_id);
+        let by = request.caller.clone();
         let key = |name: &str| name.parse::<KeyName>().map_err(|e| e.to_string());
         let entry = |stored: &Stored| ServiceEntry {
             key: stored.key.to_string(),

@@ -111,7 +111,9 @@ impl Engine {
         let directory = Arc::new(Directory::new(config.name.clone()));
         let shutdown = CancellationToken::new();
         let intake = shutdown.child_token();
+        let key_cache = Arc::new(KeyCache::new(config.keyring.clone()));
         let keys = Keys {
+            cache: key_cache.clone(),
             store: Datastore::create(&config.bus).await?,
             keyring: config.keyring.clone(),
         };
@@ -124,7 +126,6 @@ impl Engine {
             .seal_configs(&config.keyring)
             .map_err(|e| EngineError::Packs(format!("sealing pack configurations: {e}")))?;
         let catalog = with_switches(Arc::new(loaded), &config.store).await?;
-        let key_cache = Arc::new(KeyCache::new(config.keyring.clone()));
         let kv = Kv::new(key_cache.clone(), None);
         let shared = Arc::new(Shared {
             directory: directory.clone(),

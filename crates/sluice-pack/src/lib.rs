@@ -37,5 +37,6 @@ pub use load::{
     load_packs, load_packs_reporting, load_packs_with_configs, pack_name, with_api_rule,
 };
 pub use model::{
-    Action, BrokenPack, Catalog, Mismatch, Origin, Pack, ParamSpec, ParamType, Rule, Trigger,
+    Action, BrokenPack, Catalog, Mismatch, Origin, Pack, ParamSpec, ParamType, Rule, Sensor,
+    Trigger,
 };

@@ -70,6 +70,30 @@ struct PolicyParameters {
     delay: Option<f64>,
 }
 
+/// StackStorm's sensor file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorFile {
+    class_name: String,
+    entry_point: String,
+    description: Option<String>,
+    poll_interval: Option<f64>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    trigger_types: Vec<SensorTriggerType>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorTriggerType {
+    name: String,
+    pack: Option<String>,
+    description: Option<String>,
+    payload_schema: Option<Value>,
+    #[serde(default)]
+    tags: Vec<Value>,
+}
+
 #[derive(Deserialize)]
 struct TriggerFile {
     name: String,
@@ -284,6 +308,9 @@ impl Loader {
         }
         for path in yaml_files(&dir.join("triggers")) {
             self.load_trigger(&name, &path);
+        }
+        for path in yaml_files(&dir.join("sensors")) {
+            self.load_sensor(&name, dir, &path);
         }
         for path in yaml_files(&dir.join("rules")) {
             if let Some(rule) = self.read::<RuleFile>(&path) {
@@ -641,6 +668,111 @@ impl Loader {
         if let Some(action) = self.catalog.actions.get_mut(&action_ref) {
             action.policy = policy;
         }
+    }
+
+    fn load_sensor(&mut self, pack: &str, dir: &Path, path: &Path) {
+        let Some(file) = self.read::<SensorFile>(path) else {
+            return;
+        };
+        let entry_point = match sluice_core::runner::confined_entry_point(
+            &dir.join("sensors"),
+            &file.entry_point,
+        ) {
+            Ok(entry) => entry,
+            Err(message) => {
+                self.error(path, Some("entry_point"), message);
+                return;
+            }
+        };
+        if file
+            .poll_interval
+            .is_some_and(|p| !p.is_finite() || p <= 0.0)
+        {
+            self.error(
+                path,
+                Some("poll_interval"),
+                "must be a number of seconds above 0",
+            );
+            return;
+        }
+        let sensor_ref = format!("{pack}.{}", file.class_name);
+        if ActionRef::new(pack, &file.class_name).is_err() {
+            self.error(
+                path,
+                Some("class_name"),
+                format!("{:?} is not a valid name", file.class_name),
+            );
+            return;
+        }
+        if self.catalog.sensors.contains_key(&sensor_ref) {
+            self.error(
+                path,
+                Some("class_name"),
+                format!("sensor {sensor_ref} is defined twice"),
+            );
+            return;
+        }
+        let mut triggers = Vec::new();
+        for (i, declared) in file.trigger_types.into_iter().enumerate() {
+            let _ = declared.tags;
+            let field = format!("trigger_types[{i}]");
+            let Some(trigger_ref) =
+                self.reference(path, pack, declared.pack.as_deref(), &declared.name)
+            else {
+                continue;
+            };
+            let trigger_ref = trigger_ref.to_string();
+            if self.catalog.triggers.contains_key(&trigger_ref) {
+                self.error(
+                    path,
+                    Some(&format!("{field}.name")),
+                    format!("trigger {trigger_ref} is defined twice"),
+                );
+                continue;
+            }
+            let validator = match &declared.payload_schema {
+                None => None,
+                Some(schema) => match jsonschema::validator_for(schema) {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        self.error(
+                            path,
+                            Some(&format!("{field}.payload_schema")),
+                            format!("not a valid JSON Schema: {e}"),
+                        );
+                        continue;
+                    }
+                },
+            };
+            self.catalog.triggers.insert(
+                trigger_ref.clone(),
+                Trigger {
+                    trigger_ref: trigger_ref.clone(),
+                    description: declared.description,
+                    secret_properties: crate::model::secret_properties_of(
+                        declared.payload_schema.as_ref(),
+                    ),
+                    payload_schema: declared.payload_schema,
+                    validator,
+                    file: path.to_owned(),
+                },
+            );
+            triggers.push(trigger_ref);
+        }
+        self.catalog.sensors.insert(
+            sensor_ref.clone(),
+            crate::model::Sensor {
+                sensor_ref,
+                pack: pack.to_owned(),
+                class_name: file.class_name,
+                description: file.description,
+                entry_point,
+                poll_interval: file.poll_interval,
+                enabled: file.enabled.unwrap_or(true),
+                triggers,
+                file: path.to_owned(),
+            },
+        );
     }
 
     fn load_trigger(&mut self, pack: &str, path: &Path) {

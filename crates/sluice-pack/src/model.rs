@@ -550,10 +550,34 @@ impl Rule {
     }
 }
 
+/// A pack sensor (`sensors/*.yaml`): a long-running Python class that dispatches triggers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sensor {
+    /// `<pack>.<class_name>`.
+    #[serde(rename = "ref")]
+    pub sensor_ref: String,
+    pub pack: String,
+    pub class_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The Python file, resolved inside the pack.
+    pub entry_point: PathBuf,
+    /// Seconds between polls of a `PollingSensor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<f64>,
+    pub enabled: bool,
+    /// The triggers its file declares (`trigger_types`), as references.
+    pub triggers: Vec<String>,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
 /// Everything loaded from a set of pack directories.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub packs: BTreeMap<String, Pack>,
+    /// Sensors by reference.
+    pub sensors: BTreeMap<String, Sensor>,
     pub actions: BTreeMap<ActionRef, Action>,
     pub triggers: BTreeMap<String, Trigger>,
     /// In load order; read through [`Catalog::rules`] so the index stays true.

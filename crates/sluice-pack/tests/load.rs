@@ -748,3 +748,53 @@ fn retry_policies_from_stackstorm_files_and_action_files_with_backoff() {
         );
     }
 }
+
+#[test]
+fn sensors_declare_their_triggers_and_broken_ones_name_file_and_field() {
+    let (_dir, roots) = with_pack(&[
+        ("sensors/watch.py", "class Watch: pass\n"),
+        (
+            "sensors/watch.yaml",
+            "class_name: Watch\nentry_point: watch.py\npoll_interval: 30\ntrigger_types:\n  - name: changed\n    payload_schema: {type: object, properties: {path: {type: string}}}\n",
+        ),
+        (
+            "rules/on_change.yaml",
+            "name: on_change\ntrigger: {type: t.changed}\naction: {ref: core.noop}\n",
+        ),
+    ]);
+    let catalog = load_packs(&roots).unwrap();
+    let sensor = &catalog.sensors["t.Watch"];
+    assert_eq!(sensor.triggers, ["t.changed"]);
+    assert_eq!(sensor.poll_interval, Some(30.0));
+    assert!(sensor.entry_point.is_absolute());
+    assert!(
+        catalog.triggers.contains_key("t.changed"),
+        "a rule may use it"
+    );
+
+    let broken = errors(&[
+        (
+            "sensors/a.yaml",
+            "class_name: A\nentry_point: ../../outside.py\n",
+        ),
+        ("sensors/b.py", ""),
+        (
+            "sensors/b.yaml",
+            "class_name: B\nentry_point: b.py\npoll_interval: 0\n",
+        ),
+        (
+            "sensors/c.yaml",
+            "class_name: C\nentry_point: c.py\nbogus: 1\n",
+        ),
+    ]);
+    for expected in [
+        "sensors/a.yaml: entry_point",
+        "sensors/b.yaml: poll_interval",
+        "bogus",
+    ] {
+        assert!(
+            broken.iter().any(|e| e.contains(expected)),
+            "{expected}: {broken:?}"
+        );
+    }
+}

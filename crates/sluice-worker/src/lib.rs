@@ -22,6 +22,7 @@
 mod packs;
 mod python;
 pub mod runner;
+pub mod sensor;
 pub mod service;
 pub mod venv;
 

@@ -1,6 +1,7 @@
 //! Python actions as StackStorm runs them: Sluice's own `st2common` (the `Action` base
 //! class packs import) and a wrapper that loads an action's class, calls `run`, and writes
-//! the outcome to a file the worker reads (see `python/sluice_python_action.py`).
+//! the outcome to a file the worker reads (see `python/sluice_python_action.py`); and
+//! `st2reactor`'s sensor classes with their own wrapper (`python/sluice_sensor.py`).
 //!
 //! The Python files are part of the binary; a worker writes them once to a private
 //! temporary directory (mode 0700, a name nobody can guess) and puts it first on the
@@ -13,7 +14,7 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 use sluice_core::ExecutionStatus;
 
-const FILES: [(&str, &str); 7] = [
+const FILES: [(&str, &str); 11] = [
     (
         "sluice_python_action.py",
         include_str!("../python/sluice_python_action.py"),
@@ -41,6 +42,22 @@ const FILES: [(&str, &str); 7] = [
     (
         "st2actions/runners/pythonrunner.py",
         include_str!("../python/st2actions/runners/pythonrunner.py"),
+    ),
+    (
+        "sluice_sensor.py",
+        include_str!("../python/sluice_sensor.py"),
+    ),
+    (
+        "st2reactor/__init__.py",
+        include_str!("../python/st2reactor/__init__.py"),
+    ),
+    (
+        "st2reactor/sensor/__init__.py",
+        include_str!("../python/st2reactor/sensor/__init__.py"),
+    ),
+    (
+        "st2reactor/sensor/base.py",
+        include_str!("../python/st2reactor/sensor/base.py"),
     ),
 ];
 
@@ -72,6 +89,11 @@ pub(crate) fn library() -> Result<&'static Path, String> {
 /// The wrapper's path inside [`library`].
 pub(crate) fn wrapper(library: &Path) -> PathBuf {
     library.join(FILES[0].0)
+}
+
+/// The sensor wrapper's path inside [`library`].
+pub(crate) fn sensor_wrapper(library: &Path) -> PathBuf {
+    library.join("sluice_sensor.py")
 }
 
 /// `PYTHONPATH` for an action: Sluice's files, the pack's `actions/`, then what the

@@ -43,11 +43,14 @@ impl std::fmt::Debug for ActionService {
     }
 }
 
-/// The execution a connection serves.
+/// Who a connection serves.
 #[derive(Clone)]
 struct Caller {
-    execution: ExecutionId,
+    /// For the log: `worker/w1, execution 12`, `sensor mon.Poller`.
+    name: String,
     pack: String,
+    /// A sensor's reference: it may also dispatch triggers.
+    sensor: Option<String>,
 }
 
 impl ActionService {
@@ -67,12 +70,33 @@ impl ActionService {
         execution: ExecutionId,
         pack: &str,
     ) -> std::io::Result<JoinHandle<()>> {
+        let caller = Caller {
+            name: format!("{}, execution {execution}", self.worker),
+            pack: pack.to_owned(),
+            sensor: None,
+        };
+        self.serve(path, caller)
+    }
+
+    /// Serves sensor `sensor` of pack `pack` on a socket at `path`, dispatches included,
+    /// until the handle is aborted.
+    pub(crate) fn listen_for_sensor(
+        &self,
+        path: &Path,
+        sensor: &str,
+        pack: &str,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let caller = Caller {
+            name: format!("sensor {sensor}"),
+            pack: pack.to_owned(),
+            sensor: Some(sensor.to_owned()),
+        };
+        self.serve(path, caller)
+    }
+
+    fn serve(&self, path: &Path, caller: Caller) -> std::io::Result<JoinHandle<()>> {
         let listener = UnixListener::bind(path)?;
         let service = self.clone();
-        let caller = Caller {
-            execution,
-            pack: pack.to_owned(),
-        };
         Ok(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (service, caller) = (service.clone(), caller.clone());
@@ -125,6 +149,9 @@ impl ActionService {
             .map_err(|e| e.to_string())
         };
         let name = || text("name").ok_or("a key name is needed".to_owned());
+        if text("op") == Some("dispatch") {
+            return self.dispatch(caller, &request).await;
+        }
         let op = match text("op").unwrap_or_default() {
             "get_value" => ServiceOp::Get { key: key(name()?)? },
             "set_value" => {
@@ -155,7 +182,7 @@ impl ActionService {
             }
             other => return Err(format!("unknown datastore operation {other:?}")),
         };
-        debug!(execution_id = %caller.execution, op = ?std::mem::discriminant(&op), "datastore request of an action");
+        debug!(caller = caller.name, "datastore request");
         let decrypt = flag("decrypt", false);
         match self.ask(caller, op).await? {
             ServiceReply::Entry(None) => Ok(Value::Null),
@@ -190,10 +217,40 @@ impl ActionService {
         Ok(json!({ "name": name, "value": value, "secret": entry.secret }))
     }
 
+    /// A sensor's `dispatch(trigger, payload, trace_tag)`: the trigger published to
+    /// TRIGGERS, acknowledged by JetStream before the sensor hears it went out. With a
+    /// trace tag, the same tag dispatched again (a sensor restarted mid-poll) is stored
+    /// once.
+    async fn dispatch(&self, caller: &Caller, request: &Value) -> Result<Value, String> {
+        let Some(sensor) = &caller.sensor else {
+            return Err("only a sensor dispatches triggers".into());
+        };
+        let trigger = request
+            .get("trigger")
+            .and_then(Value::as_str)
+            .ok_or("dispatch needs a trigger reference (pack.name)")?;
+        let payload = match request.get("payload") {
+            None | Some(Value::Null) => json!({}),
+            Some(payload @ Value::Object(_)) => payload.clone(),
+            Some(_) => return Err("a trigger's payload must be a dict".into()),
+        };
+        let msg_id = request
+            .get("trace_tag")
+            .and_then(Value::as_str)
+            .map(|tag| format!("sensor.{sensor}.{tag}"));
+        let bytes = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+        let (_, duplicate) = self
+            .bus
+            .publish_trigger(trigger, bytes, msg_id.as_deref())
+            .await
+            .map_err(|e| format!("the trigger could not be published: {e}"))?;
+        debug!(sensor, trigger, duplicate, "sensor dispatched a trigger");
+        Ok(Value::Bool(!duplicate))
+    }
+
     async fn ask(&self, caller: &Caller, op: ServiceOp) -> Result<ServiceReply, String> {
         let request = ServiceRequest {
-            execution_id: caller.execution,
-            worker: self.worker.clone(),
+            caller: caller.name.clone(),
             op,
         };
         let payload = serde_json::to_vec(&request).map_err(|e| e.to_string())?;

@@ -12,8 +12,11 @@ use sluice_core::secrets::Keyring;
 use sluice_engine::{Engine, EngineConfig};
 use sluice_pack::Catalog;
 use sluice_store::Store;
+use sluice_worker::sensor::{SensorHost, SensorSpec};
+use sluice_worker::service::ActionService;
 use sluice_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::config::Config;
@@ -71,7 +74,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 async fn start_engine(
     config: &Config,
     nats_url: &str,
-) -> anyhow::Result<(Arc<Engine>, TcpListener)> {
+) -> anyhow::Result<(Arc<Engine>, TcpListener, Sensors)> {
     let packs = config.pack_sources();
     if let Some(installed) = &packs.installed {
         std::fs::create_dir_all(installed).with_context(|| {
@@ -102,6 +105,8 @@ async fn start_engine(
             secrets_key.display()
         )
     })?;
+    let keyring = Arc::new(keyring);
+    let service = ActionService::new(bus.clone(), keyring.clone(), "engine".into());
     let engine = Engine::start(EngineConfig {
         name: "engine".into(),
         catalog,
@@ -109,14 +114,93 @@ async fn start_engine(
         store,
         bus,
         run_signer: Arc::new(run_signer),
-        keyring: Arc::new(keyring),
+        keyring,
         ingest_triggers: true,
         worker_loss_window: config.worker_loss_window,
     })
     .await
     .context("failed to start the engine")?;
     info!(api = %format!("http://{}", listener.local_addr()?), "HTTP API listening");
-    Ok((Arc::new(engine), listener))
+    let engine = Arc::new(engine);
+    let sensors = Sensors::start(engine.clone(), service, config.runner.venvs.clone());
+    Ok((engine, listener, sensors))
+}
+
+/// The packs' sensors, kept running as the packs change: started with the engine, and
+/// started again when a pack install, reload or removal changes them.
+struct Sensors {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sensors {
+    /// How often the catalog is looked at for changed sensors.
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn start(
+        engine: Arc<Engine>,
+        service: ActionService,
+        venvs: Option<Arc<sluice_worker::venv::Venvs>>,
+    ) -> Self {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut running: Option<(Vec<SensorSpec>, SensorHost)> = None;
+            loop {
+                let wanted = sensor_specs(&engine.catalog());
+                if running.as_ref().is_none_or(|(specs, _)| *specs != wanted) {
+                    if let Some((_, host)) = running.take() {
+                        info!("the packs' sensors changed; starting them again");
+                        host.stop().await;
+                    }
+                    if !wanted.is_empty() {
+                        info!(sensors = wanted.len(), "starting the packs' sensors");
+                    }
+                    let host = SensorHost::start(wanted.clone(), service.clone(), venvs.clone());
+                    running = Some((wanted, host));
+                }
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Self::CHECK_EVERY) => {}
+                }
+            }
+            if let Some((_, host)) = running {
+                host.stop().await;
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops every sensor (each gets its `cleanup()`).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// The enabled sensors of the catalog's packs, each with its pack's configuration.
+fn sensor_specs(catalog: &Catalog) -> Vec<SensorSpec> {
+    catalog
+        .sensors
+        .values()
+        .filter(|sensor| sensor.enabled)
+        .filter_map(|sensor| {
+            let pack = catalog.packs.get(&sensor.pack)?;
+            Some(SensorSpec {
+                sensor_ref: sensor.sensor_ref.clone(),
+                pack: sensor.pack.clone(),
+                pack_dir: pack.dir.clone(),
+                class_name: sensor.class_name.clone(),
+                entry_point: sensor.entry_point.clone(),
+                poll_interval: sensor.poll_interval,
+                config: pack
+                    .config
+                    .as_ref()
+                    .map(|c| c.values.clone())
+                    .unwrap_or_default(),
+                version: pack.digest.clone(),
+            })
+        })
+        .collect()
 }
 
 /// A worker; `packs` are the pack directories it runs from its own disk.
@@ -224,7 +308,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(nats) => (nats.url(Role::Engine), nats.url(Role::Worker)),
         None => (config.nats_url(), config.nats_url()),
     };
-    let (engine, listener) = start_engine(&config, &engine_url).await?;
+    let (engine, listener, sensors) = start_engine(&config, &engine_url).await?;
     // Its worker runs the pack versions the engine published, as any other worker does.
     let worker = start_worker(&config, &[], &worker_url).await?;
     let api = Api::serve(listener, engine.clone());
@@ -232,6 +316,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
     shutdown.await;
     info!("shutting down: draining executions in flight");
+    sensors.stop().await;
     api.stop().await;
     if let Some(metrics) = metrics {
         metrics.stop().await;
@@ -251,10 +336,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let (engine, listener) = start_engine(&config, &config.nats_url()).await?;
+    let (engine, listener, sensors) = start_engine(&config, &config.nats_url()).await?;
     let api = Api::serve(listener, engine.clone());
     let metrics = serve_open_metrics(&config, &engine).await?;
     shutdown.await;
+    sensors.stop().await;
     api.stop().await;
     if let Some(metrics) = metrics {
         metrics.stop().await;

@@ -429,3 +429,122 @@ async fn an_action_retry_policy_runs_failed_attempts_again_each_a_new_attempt() 
     assert_eq!(done["status"], "timed_out", "{done}");
     assert_eq!(done["attempt"], 1, "{done}");
 }
+
+/// A polling sensor counting to 6, one trigger per poll, each tagged with its number. It
+/// notes its pid, each dispatch (and whether JetStream took it as new), and lingers after
+/// dispatching 3 before it counts it: a kill then makes it dispatch 3 again.
+fn counting_sensor(state: &Path) -> String {
+    format!(
+        r#"
+import os
+import time
+
+from st2reactor.sensor.base import PollingSensor
+
+STATE = {state:?}
+
+
+def note(name, text=""):
+    with open(os.path.join(STATE, name), "a") as out:
+        out.write(text)
+
+
+class Counter(PollingSensor):
+    def setup(self):
+        note("pids", "%d\n" % os.getpid())
+        self.log = self.sensor_service.get_logger("counter")
+
+    def poll(self):
+        path = os.path.join(STATE, "count")
+        n = int(open(path).read()) if os.path.exists(path) else 0
+        if n >= 6:
+            return
+        n += 1
+        stored = self.sensor_service.dispatch("watch.tick", {{"n": n}}, trace_tag=str(n))
+        note("dispatched", "%d %s\n" % (n, "new" if stored else "duplicate"))
+        self.log.info("dispatched tick %d", n)
+        if n == 3 and not os.path.exists(os.path.join(STATE, "lingered")):
+            note("lingered")
+            time.sleep(30)
+        with open(path, "w") as out:
+            out.write(str(n))
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_sensor_dispatches_triggers_and_a_killed_one_comes_back_losing_and_doubling_nothing()
+{
+    let packs = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("ticks.log");
+    let pack = packs.path().join("watch");
+    let files = [
+        ("pack.yaml".to_owned(), "ref: watch\n".to_owned()),
+        ("sensors/counter.py".to_owned(), counting_sensor(state.path())),
+        (
+            "sensors/counter.yaml".to_owned(),
+            "class_name: Counter\nentry_point: counter.py\npoll_interval: 0.1\ntrigger_types:\n  - name: tick\n    payload_schema: {type: object, properties: {n: {type: integer}}, required: [n]}\n".to_owned(),
+        ),
+        (
+            "actions/record.yaml".to_owned(),
+            format!(
+                "name: record\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {{type: string, default: 'echo \"$SLUICE_PARAM_N\" >> {}'}}\n  n: {{type: integer, required: true}}\n",
+                log.display()
+            ),
+        ),
+        (
+            "rules/record.yaml".to_owned(),
+            "name: record\ntrigger: {type: watch.tick}\naction: {ref: watch.record, parameters: {n: '{{ trigger.n }}'}}\n".to_owned(),
+        ),
+    ];
+    for (rel, text) in files {
+        let path = pack.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    let sluice = Sluice::start(StoreKind::Sqlite, &[packs.path().to_owned()]).await;
+    let read = |name: &str| std::fs::read_to_string(state.path().join(name)).unwrap_or_default();
+
+    // Killed between dispatching 3 and counting it.
+    sluice_testkit::eventually(
+        "tick 3 dispatched",
+        std::time::Duration::from_secs(30),
+        || async { read("dispatched").contains("3 new").then_some(()) },
+    )
+    .await;
+    let first: i32 = read("pids").lines().next().unwrap().parse().unwrap();
+    // As a crash would.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // It comes back, dispatches 3 again — stored once — and counts on to 6.
+    let done = sluice.wait_finished(6).await;
+    assert!(done.iter().all(|e| e["status"] == "succeeded"), "{done:?}");
+    sluice_testkit::eventually(
+        "the sensor to count to 6",
+        std::time::Duration::from_secs(30),
+        || async { read("dispatched").contains("6 new").then_some(()) },
+    )
+    .await;
+    let pids = read("pids");
+    assert_eq!(pids.lines().count(), 2, "started again once: {pids}");
+    let dispatched = read("dispatched");
+    assert!(dispatched.contains("3 duplicate"), "{dispatched}");
+    let mut ticks: Vec<i64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    ticks.sort();
+    assert_eq!(
+        ticks,
+        [1, 2, 3, 4, 5, 6],
+        "each tick ran once: {dispatched}"
+    );
+    let (_, events) = sluice.get("/api/v1/events?limit=100").await;
+    assert_eq!(events.as_array().unwrap().len(), 6, "{events}");
+}

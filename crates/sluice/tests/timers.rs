@@ -256,8 +256,15 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
     assert_eq!(body["enabled"], false, "{body}");
     assert_eq!(body["switched"]["enabled"], false, "{body}");
     assert_eq!(body["trigger"]["type"], "core.st2.IntervalTimer", "{body}");
-    let paused = timer(cluster.get("/api/v1/timers").await);
-    assert_eq!(paused["enabled"], false, "{paused}");
+    let paused = sluice_testkit::eventually(
+        "the timer to show it paused",
+        Duration::from_secs(5),
+        || async {
+            let shown = timer(cluster.get("/api/v1/timers").await);
+            (shown["enabled"] == false).then_some(shown)
+        },
+    )
+    .await;
     assert!(paused["next_fire"].is_null(), "{paused}");
     // A tick already on its way when the switch came may still land.
     tokio::time::sleep(Duration::from_secs(1)).await;

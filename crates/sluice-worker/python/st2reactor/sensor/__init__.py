@@ -1,0 +1,1 @@
+"""Sensor base classes (Sluice's own)."""
