@@ -143,11 +143,11 @@ impl Deployment {
     async fn fetch(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.api);
         let response = self.http.get(&url).send().await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "GET {url}: {}",
-            response.status()
-        );
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("GET {url}: {status}: {body}");
+        }
         Ok(response)
     }
 

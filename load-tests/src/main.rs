@@ -6,6 +6,7 @@
 //! cargo run -p sluice-load --release -- latency [--rate R] [--duration S]
 //! cargo run -p sluice-load --release -- fifo [--executions N]
 //! cargo run -p sluice-load --release -- shell [--rate R] [--duration S]
+//! cargo run -p sluice-load --release -- python [--rate R] [--duration S] [--burst N]
 //! cargo run -p sluice-load --release -- scale [--executions N] [--worker-counts 1,2,4]
 //! cargo run -p sluice-load --release -- gate [--operations N]
 //! cargo run -p sluice-load --release -- queue-memory [--executions N]
@@ -75,6 +76,18 @@ enum Scenario {
         #[command(flatten)]
         options: triggers::Options,
     },
+    /// A python action that returns at once, at a fixed rate, then a pipelined burst:
+    /// trigger -> completion and python actions per second, beside `python3 -c pass`.
+    Python {
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 500)]
+        burst: u64,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
     /// A burst of triggers to a 20 ms action with 1, 2 and 4 worker processes: executions
     /// per second for each, against linear scaling from one.
     Scale {
@@ -133,6 +146,8 @@ enum Scenario {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The engine's and workers' warnings and errors, as they happen (`RUST_LOG` for more).
+    sluice_telemetry::init_logs(sluice_telemetry::LogFormat::Human);
     match Cli::parse().scenario {
         Scenario::Throughput {
             executions,
@@ -152,6 +167,12 @@ async fn main() -> anyhow::Result<()> {
             duration,
             options,
         } => triggers::latency("shell", rate, duration, options).await,
+        Scenario::Python {
+            rate,
+            duration,
+            burst,
+            options,
+        } => triggers::python(rate, duration, burst, options).await,
         Scenario::Scale {
             executions,
             worker_counts,

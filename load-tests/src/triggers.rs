@@ -212,6 +212,55 @@ pub async fn latency(
     summary.emit(options.json.as_deref())
 }
 
+/// `python`: a python action that returns at once (a StackStorm `Action` class, through
+/// Sluice's wrapper), trigger → completion at a low fixed rate; then python actions per
+/// second for a pipelined burst; beside both, a bare `python3 -c pass` started in the same
+/// run, the floor any process-per-execution runner stands on.
+pub async fn python(rate: u64, duration: u64, burst: u64, options: Options) -> anyhow::Result<()> {
+    let bare = bare_python(50).await?;
+    let deployment = Deployment::start(&options.target).await?;
+    let baseline = baseline(&deployment, &options).await?;
+    let executions = rate * duration;
+    let outcome = run(&deployment, "python", executions, Some(rate)).await?;
+    let (latency, _) = measure(&outcome.published, &outcome.runs)?;
+    let store = deployment.store.clone();
+    deployment.stop().await;
+    let deployment = Deployment::start(&options.target).await?;
+    let burst_outcome = run(&deployment, "python", burst, None).await?;
+    let (burst_latency, per_s) = measure(&burst_outcome.published, &burst_outcome.runs)?;
+    deployment.stop().await;
+    let mut summary = Summary::new(
+        &format!("python ({rate}/s for {duration}s; burst of {burst})"),
+        &store,
+        executions,
+        per_s,
+        latency,
+        &baseline,
+    );
+    summary.cost(outcome.cost);
+    summary.figure("bare_python_p50_ms", bare.p50);
+    summary.figure("bare_python_p99_ms", bare.p99);
+    summary.figure("burst_executions", burst as f64);
+    summary.figure("burst_latency_p50_ms", burst_latency.p50);
+    summary.emit(options.json.as_deref())
+}
+
+/// `python3 -c pass`, `count` times one after another: how long starting an interpreter
+/// takes on this machine.
+async fn bare_python(count: u32) -> anyhow::Result<Percentiles> {
+    let mut histogram = report::histogram();
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        let status = tokio::process::Command::new("python3")
+            .args(["-c", "pass"])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "python3 -c pass failed: {status}");
+        report::record(&mut histogram, started.elapsed());
+    }
+    Ok(Percentiles::of(&histogram))
+}
+
 /// `fifo`: N triggers pipelined to an action with `max_concurrent: 1`; the order in which
 /// executions were admitted (each starts only after the one before it ended) must be the
 /// order their triggers were published in.
