@@ -730,33 +730,17 @@ impl Loader {
                 );
                 continue;
             }
-            let validator = match &declared.payload_schema {
-                None => None,
-                Some(schema) => match jsonschema::validator_for(schema) {
-                    Ok(v) => Some(Arc::new(v)),
-                    Err(e) => {
-                        self.error(
-                            path,
-                            Some(&format!("{field}.payload_schema")),
-                            format!("not a valid JSON Schema: {e}"),
-                        );
-                        continue;
-                    }
-                },
+            let schema_field = format!("{field}.payload_schema");
+            let Some(trigger) = self.trigger(
+                path,
+                &schema_field,
+                &trigger_ref,
+                declared.description,
+                declared.payload_schema,
+            ) else {
+                continue;
             };
-            self.catalog.triggers.insert(
-                trigger_ref.clone(),
-                Trigger {
-                    trigger_ref: trigger_ref.clone(),
-                    description: declared.description,
-                    secret_properties: crate::model::secret_properties_of(
-                        declared.payload_schema.as_ref(),
-                    ),
-                    payload_schema: declared.payload_schema,
-                    validator,
-                    file: path.to_owned(),
-                },
-            );
+            self.catalog.triggers.insert(trigger_ref.clone(), trigger);
             triggers.push(trigger_ref);
         }
         self.catalog.sensors.insert(
@@ -782,31 +766,50 @@ impl Loader {
         let Some(trigger_ref) = self.reference(path, pack, file.pack.as_deref(), &file.name) else {
             return;
         };
-        let validator = match &file.payload_schema {
+        let trigger_ref = trigger_ref.to_string();
+        if let Some(trigger) = self.trigger(
+            path,
+            "payload_schema",
+            &trigger_ref,
+            file.description,
+            file.payload_schema,
+        ) {
+            self.catalog.triggers.insert(trigger_ref, trigger);
+        }
+    }
+
+    /// A trigger declared in `path` (a trigger file, or a sensor's `trigger_types`), its
+    /// payload schema compiled; `None` with the problem reported at `schema_field`.
+    fn trigger(
+        &mut self,
+        path: &Path,
+        schema_field: &str,
+        trigger_ref: &str,
+        description: Option<String>,
+        payload_schema: Option<Value>,
+    ) -> Option<Trigger> {
+        let validator = match &payload_schema {
             None => None,
             Some(schema) => match jsonschema::validator_for(schema) {
                 Ok(v) => Some(Arc::new(v)),
                 Err(e) => {
                     self.error(
                         path,
-                        Some("payload_schema"),
+                        Some(schema_field),
                         format!("not a valid JSON Schema: {e}"),
                     );
-                    return;
+                    return None;
                 }
             },
         };
-        let trigger = Trigger {
-            trigger_ref: trigger_ref.to_string(),
-            description: file.description,
-            secret_properties: crate::model::secret_properties_of(file.payload_schema.as_ref()),
-            payload_schema: file.payload_schema,
+        Some(Trigger {
+            trigger_ref: trigger_ref.to_owned(),
+            description,
+            secret_properties: crate::model::secret_properties_of(payload_schema.as_ref()),
+            payload_schema,
             validator,
             file: path.to_owned(),
-        };
-        self.catalog
-            .triggers
-            .insert(trigger_ref.to_string(), trigger);
+        })
     }
 
     /// Parses an orquesta action's workflow file against the whole catalog.
