@@ -13,6 +13,8 @@ fi
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v python3 >/dev/null || missing+=(python3)
+# Packs with a requirements.txt get a virtualenv of their own.
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     as_root apt-get update -qq
