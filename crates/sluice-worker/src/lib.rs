@@ -19,6 +19,7 @@
 //! `sluice.cancel.<id>`: a running execution has its process group killed and ends
 //! `cancelled`; one not started yet finds the request before it starts.
 
+pub mod forkserver;
 mod packs;
 mod python;
 pub mod runner;
@@ -690,6 +691,7 @@ impl Worker {
             keyring: config.keyring,
             runner: runner::Settings {
                 service: Some(service),
+                forks: Some(std::sync::Arc::new(forkserver::ForkServers::new())),
                 ..config.runner
             },
             actions_dirs: config.actions_dirs,

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 use sluice_core::ExecutionStatus;
 
-const FILES: [(&str, &str); 11] = [
+const FILES: [(&str, &str); 12] = [
     (
         "sluice_python_action.py",
         include_str!("../python/sluice_python_action.py"),
@@ -46,6 +46,10 @@ const FILES: [(&str, &str); 11] = [
     (
         "sluice_sensor.py",
         include_str!("../python/sluice_sensor.py"),
+    ),
+    (
+        "sluice_forkserver.py",
+        include_str!("../python/sluice_forkserver.py"),
     ),
     (
         "st2reactor/__init__.py",

@@ -40,6 +40,9 @@ pub struct Settings {
     /// The datastore for python actions' `self.action_service`; without it that is `None`.
     /// A worker sets it to its own.
     pub service: Option<crate::service::ActionService>,
+    /// Warm interpreters python actions are forked from; without them each starts its own.
+    /// A worker sets them.
+    pub forks: Option<std::sync::Arc<crate::forkserver::ForkServers>>,
 }
 
 impl Default for Settings {
@@ -50,6 +53,7 @@ impl Default for Settings {
             secrets_on_command_line: false,
             venvs: None,
             service: None,
+            forks: None,
         }
     }
 }
@@ -282,33 +286,39 @@ fn process(
             }
         }
     }
-    match params.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(vars)) => {
-            for (name, value) in vars {
-                let valid = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !name.starts_with(|c: char| c.is_ascii_digit());
-                if !valid || name.starts_with("SLUICE_") {
-                    return Err(format!(
-                        "runner parameter env: {name:?} is not a variable an action may set (letters, digits and _, not starting with a digit or SLUICE_)"
-                    ));
-                }
-                let text = match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                if text.contains('\0') {
-                    return Err(format!(
-                        "runner parameter env: the value of {name} holds a NUL byte"
-                    ));
-                }
-                command.env(name, text);
-            }
-        }
-        Some(_) => return Err("runner parameter env must be an object of variables".into()),
-    }
+    command.envs(runner_env(message)?);
     Ok(command)
+}
+
+/// The variables of the runner parameter `env`, checked.
+fn runner_env(message: &RunMessage) -> Result<Vec<(String, String)>, String> {
+    let vars = match message.parameters.get("env") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(vars)) => vars,
+        Some(_) => return Err("runner parameter env must be an object of variables".into()),
+    };
+    let mut env = Vec::with_capacity(vars.len());
+    for (name, value) in vars {
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid || name.starts_with("SLUICE_") {
+            return Err(format!(
+                "runner parameter env: {name:?} is not a variable an action may set (letters, digits and _, not starting with a digit or SLUICE_)"
+            ));
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.contains('\0') {
+            return Err(format!(
+                "runner parameter env: the value of {name} holds a NUL byte"
+            ));
+        }
+        env.push((name.clone(), text));
+    }
+    Ok(env)
 }
 
 /// A `python-script` action, through Sluice's wrapper: StackStorm's `Action` class and
@@ -350,11 +360,7 @@ async fn run_python(
         }
         None => None,
     };
-    let program = vec![
-        python.map_or_else(|| "python3".into(), Into::into),
-        crate::python::wrapper(library).into(),
-        script.into(),
-    ];
+    let python = python.unwrap_or_else(|| PathBuf::from("python3"));
     // The action service, for this execution alone, while it runs.
     let service_socket = scratch.path().join("service.sock");
     let service = match &settings.service {
@@ -368,6 +374,58 @@ async fn run_python(
         }
         None => None,
     };
+    let files = [
+        (
+            "PYTHONPATH",
+            crate::python::python_path(library, actions_dir),
+        ),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+        ("SLUICE_RESULT_FILE", outcome_file.clone().into()),
+        ("SLUICE_CONFIG_FILE", config_file.clone().into()),
+        ("ST2_ACTION_PACK_NAME", message.action.pack().into()),
+        (
+            "ST2_ACTION_EXECUTION_ID",
+            message.execution_id.to_string().into(),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        service
+            .as_ref()
+            .map(|_| ("SLUICE_SERVICE_SOCKET", service_socket.clone().into())),
+    )
+    .map(|(name, value): (&str, std::ffi::OsString)| {
+        (name.to_owned(), value.to_string_lossy().into_owned())
+    });
+    if let Some(forks) = &settings.forks {
+        let mut env = match runner_env(message) {
+            Ok(env) => env,
+            Err(e) => return Outcome::failed(e),
+        };
+        env.extend(files);
+        let cwd = script.parent().unwrap_or(actions_dir);
+        let Outcome { status, result } = run_forked(
+            forks,
+            &python,
+            script,
+            actions_dir,
+            cwd,
+            env,
+            message,
+            timeout,
+            cancel,
+            output,
+        )
+        .await;
+        let (status, result) =
+            crate::python::apply(status, result, &outcome_file, MAX_OUTPUT_CAP as u64);
+        return Outcome { status, result };
+    }
+    let program = vec![
+        python.into(),
+        crate::python::wrapper(library).into(),
+        script.into(),
+    ];
     let mut command = match process(
         program,
         script.parent().or(Some(actions_dir)),
@@ -377,21 +435,7 @@ async fn run_python(
         Ok(command) => command,
         Err(e) => return Outcome::failed(e),
     };
-    command
-        .env(
-            "PYTHONPATH",
-            crate::python::python_path(library, actions_dir),
-        )
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("SLUICE_RESULT_FILE", &outcome_file)
-        .env("SLUICE_CONFIG_FILE", &config_file)
-        .envs(
-            service
-                .as_ref()
-                .map(|_| ("SLUICE_SERVICE_SOCKET", &service_socket)),
-        )
-        .env("ST2_ACTION_PACK_NAME", message.action.pack())
-        .env("ST2_ACTION_EXECUTION_ID", message.execution_id.to_string());
+    command.envs(files);
     let Outcome { status, result } = run_process(command, message, timeout, cancel, output).await;
     let (status, result) =
         crate::python::apply(status, result, &outcome_file, MAX_OUTPUT_CAP as u64);
@@ -593,6 +637,33 @@ fn apply_limits(command: &mut Command, limits: sluice_core::ProcessLimits) {
 /// worker, so [`kill_tree`] finds those that left the process group.
 const RUN_TAG: &str = "SLUICE_RUN_TAG";
 
+/// The tag of one execution attempt's processes on this worker ([`RUN_TAG`]).
+fn run_tag(message: &RunMessage) -> String {
+    format!(
+        "{}-{}-{}-{}",
+        std::process::id(),
+        message.execution_id,
+        message.attempt,
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
+}
+
+/// The environment every action process gets besides what it inherits: its parameters,
+/// who it is, and its run tag.
+fn action_env(message: &RunMessage, tag: &str) -> Vec<(String, String)> {
+    let mut env = param_env(&message.parameters);
+    env.extend([
+        (
+            "SLUICE_EXECUTION_ID".into(),
+            message.execution_id.to_string(),
+        ),
+        ("SLUICE_ACTION".into(), message.action.as_str().to_owned()),
+        ("SLUICE_ATTEMPT".into(), message.attempt.to_string()),
+        (RUN_TAG.into(), tag.to_owned()),
+    ]);
+    env
+}
+
 async fn run_process(
     mut command: Command,
     message: &RunMessage,
@@ -600,13 +671,7 @@ async fn run_process(
     cancel: &CancellationToken,
     output: &Output,
 ) -> Outcome {
-    let tag = format!(
-        "{}-{}-{}-{}",
-        std::process::id(),
-        message.execution_id,
-        message.attempt,
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
+    let tag = run_tag(message);
     // The worker's own configuration (its NATS URL with credentials, its key files) is not
     // the action's business: every inherited SLUICE_* variable is left out.
     for (name, _) in std::env::vars_os() {
@@ -615,11 +680,7 @@ async fn run_process(
         }
     }
     command
-        .envs(param_env(&message.parameters))
-        .env("SLUICE_EXECUTION_ID", message.execution_id.to_string())
-        .env("SLUICE_ACTION", message.action.as_str())
-        .env("SLUICE_ATTEMPT", message.attempt.to_string())
-        .env(RUN_TAG, &tag)
+        .envs(action_env(message, &tag))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -631,8 +692,51 @@ async fn run_process(
         Err(e) => return Outcome::failed(format!("failed to start process: {e}")),
     };
     let pid = child.id();
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let wait = async {
+        child
+            .wait()
+            .await
+            .map(|status| (status.code(), status.success()))
+            .map_err(|e| format!("failed to wait for process: {e}"))
+    };
+    let limit = timeout.unwrap_or(Duration::MAX);
+    let ended = collect(message, stdin, stdout, stderr, wait, limit, cancel, output).await;
+    let Some(ended) = ended else {
+        let tag = tag.clone();
+        let _ = tokio::task::spawn_blocking(move || kill_tree(pid, &tag)).await;
+        let _ = child.wait().await;
+        return stopped(limit, cancel);
+    };
+    process_outcome(ended)
+}
+
+/// What a process printed, and its exit code and success, or why it could not be waited for.
+type Ended = (
+    String,
+    bool,
+    String,
+    bool,
+    Result<(Option<i32>, bool), String>,
+);
+
+/// Feeds the parameters to the process's stdin, reads its output and waits for its end;
+/// `None` when the time limit or a cancel came first.
+#[allow(clippy::too_many_arguments)]
+async fn collect(
+    message: &RunMessage,
+    stdin: Option<impl tokio::io::AsyncWrite + Unpin>,
+    stdout: impl AsyncRead + Unpin,
+    stderr: impl AsyncRead + Unpin,
+    wait: impl Future<Output = Result<(Option<i32>, bool), String>>,
+    limit: Duration,
+    cancel: &CancellationToken,
+    output: &Output,
+) -> Option<Ended> {
     let stdin_json = serde_json::to_vec(&message.parameters).unwrap_or_default();
-    let mut stdin = child.stdin.take();
+    let mut stdin = stdin;
     let feed = async move {
         if let Some(stdin) = stdin.as_mut() {
             // A process that never reads stdin closes it; that is not an error.
@@ -641,37 +745,38 @@ async fn run_process(
         }
         drop(stdin);
     };
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
     let work = async {
         let ((), (out, out_cut), (err, err_cut), status) = tokio::join!(
             feed,
             read_capped(stdout, "stdout", output),
             read_capped(stderr, "stderr", output),
-            child.wait()
+            wait
         );
         (out, out_cut, err, err_cut, status)
     };
-    let limit = timeout.unwrap_or(Duration::MAX);
-    let finished = tokio::select! {
+    tokio::select! {
         finished = tokio::time::timeout(limit, work) => finished.ok(),
         _ = cancel.cancelled() => None,
-    };
-    let Some((stdout, stdout_cut, stderr, stderr_cut, status)) = finished else {
-        let tag = tag.clone();
-        let _ = tokio::task::spawn_blocking(move || kill_tree(pid, &tag)).await;
-        let _ = child.wait().await;
-        if cancel.is_cancelled() {
-            return cancelled();
-        }
-        return timed_out(limit, json!({}));
-    };
-    let status = match status {
+    }
+}
+
+/// The outcome of a process stopped before its end: cancelled, or out of time.
+fn stopped(limit: Duration, cancel: &CancellationToken) -> Outcome {
+    if cancel.is_cancelled() {
+        return cancelled();
+    }
+    timed_out(limit, json!({}))
+}
+
+/// A process runner's result: `exit_code`, `stdout`, `stderr`, `result` when stdout is
+/// JSON, `truncated`; succeeded when the process did.
+fn process_outcome((stdout, stdout_cut, stderr, stderr_cut, status): Ended) -> Outcome {
+    let (code, success) = match status {
         Ok(status) => status,
-        Err(e) => return Outcome::failed(format!("failed to wait for process: {e}")),
+        Err(e) => return Outcome::failed(e),
     };
     let mut result = json!({
-        "exit_code": status.code(),
+        "exit_code": code,
         "stdout": stdout,
         "stderr": stderr,
     });
@@ -695,12 +800,90 @@ async fn run_process(
     if !truncated.is_empty() {
         result["truncated"] = json!(truncated);
     }
-    let status = if status.success() {
+    let status = if success {
         ExecutionStatus::Succeeded
     } else {
         ExecutionStatus::Failed
     };
     Outcome { status, result }
+}
+
+/// A python action as a child of the warm interpreter for `python`: the same environment,
+/// working directory, limits and streams a process of its own would have.
+#[allow(clippy::too_many_arguments)]
+async fn run_forked(
+    forks: &crate::forkserver::ForkServers,
+    python: &Path,
+    script: &Path,
+    actions_dir: &Path,
+    cwd: &Path,
+    extra_env: Vec<(String, String)>,
+    message: &RunMessage,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    output: &Output,
+) -> Outcome {
+    let tag = run_tag(message);
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(name, _)| !name.starts_with("SLUICE_"))
+        .collect();
+    env.extend(extra_env);
+    env.extend(action_env(message, &tag));
+    let request = json!({
+        "action": script,
+        "actions_dir": actions_dir,
+        "cwd": cwd,
+        "env": env,
+        "limits": crate::forkserver::limits(message.limits),
+    });
+    let pipes =
+        (|| Ok::<_, std::io::Error>((std::io::pipe()?, std::io::pipe()?, std::io::pipe()?)))();
+    let Ok(((stdin_read, stdin_write), (stdout_read, stdout_write), (stderr_read, stderr_write))) =
+        pipes
+    else {
+        return Outcome::failed("cannot make pipes for the action's process");
+    };
+    let streams = [
+        std::os::fd::OwnedFd::from(stdin_read),
+        std::os::fd::OwnedFd::from(stdout_write),
+        std::os::fd::OwnedFd::from(stderr_write),
+    ];
+    let ours = (|| {
+        Ok::<_, std::io::Error>((
+            tokio::net::unix::pipe::Sender::from_owned_fd(stdin_write.into())?,
+            tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_read.into())?,
+            tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_read.into())?,
+        ))
+    })();
+    let Ok((stdin, stdout, stderr)) = ours else {
+        return Outcome::failed("cannot open the action's pipes");
+    };
+    let mut forked = match forks.fork(python, &request, streams).await {
+        Ok(forked) => forked,
+        Err(e) => return Outcome::failed(e),
+    };
+    let pid = forked.pid;
+    let wait = async {
+        let code = forked.wait().await?;
+        Ok((Some(code).filter(|c| *c >= 0), code == 0))
+    };
+    let limit = timeout.unwrap_or(Duration::MAX);
+    let ended = collect(
+        message,
+        Some(stdin),
+        stdout,
+        stderr,
+        wait,
+        limit,
+        cancel,
+        output,
+    )
+    .await;
+    let Some(ended) = ended else {
+        let _ = tokio::task::spawn_blocking(move || kill_tree(Some(pid), &tag)).await;
+        return stopped(limit, cancel);
+    };
+    process_outcome(ended)
 }
 
 async fn http_request(params: &Map<String, Value>, timeout: Duration) -> Outcome {

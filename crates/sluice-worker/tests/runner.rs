@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionId, ExecutionStatus, RunMessage, RunnerType};
-use sluice_worker::runner::{OUTPUT_CAP, Outcome};
+use sluice_worker::runner::{OUTPUT_CAP, Outcome, Settings};
 use tokio_util::sync::CancellationToken;
 
 /// Waits (up to 5 s) for a process to be gone or a zombie: SIGKILL is delivered
@@ -28,6 +28,22 @@ async fn died(pid: &str) -> bool {
 /// Runs to the end, never cancelled.
 async fn run(message: &RunMessage, actions_dir: Option<&Path>) -> Outcome {
     sluice_worker::runner::run(message, actions_dir, &CancellationToken::new()).await
+}
+
+/// [`run`] with a worker's settings.
+async fn run_with(
+    settings: &Settings,
+    message: &RunMessage,
+    actions_dir: Option<&Path>,
+) -> Outcome {
+    sluice_worker::runner::run_following(
+        message,
+        actions_dir,
+        &CancellationToken::new(),
+        settings,
+        None,
+    )
+    .await
 }
 
 fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunMessage {
@@ -298,6 +314,67 @@ async fn scripts_take_stackstorm_s_named_and_positional_arguments_and_runner_par
 
 #[tokio::test]
 async fn python_actions_written_for_stackstorm_run_with_its_base_class_and_result_rules() {
+    python_actions_as_stackstorm_runs_them(&Settings::default()).await;
+}
+
+#[tokio::test]
+async fn python_actions_forked_from_a_warm_interpreter_run_the_same_each_in_a_process_of_its_own() {
+    let settings = Settings {
+        forks: Some(std::sync::Arc::new(
+            sluice_worker::forkserver::ForkServers::new(),
+        )),
+        ..Settings::default()
+    };
+    python_actions_as_stackstorm_runs_them(&settings).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let actions = dir.path();
+    std::fs::write(
+        actions.join("count.py"),
+        "import os\nfrom st2common.runners.base_action import Action\nSEEN = []\n\nclass Count(Action):\n    def run(self, tag):\n        SEEN.append(1)\n        return {'seen': len(SEEN), 'pid': os.getpid(), 'pgid': os.getpgid(0), 'env': os.environ.get('SLUICE_PARAM_TAG')}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        actions.join("hang.py"),
+        "import subprocess, time\nfrom st2common.runners.base_action import Action\n\nclass Hang(Action):\n    def run(self):\n        child = subprocess.Popen(['sleep', '30'])\n        print(child.pid, flush=True)\n        time.sleep(30)\n",
+    )
+    .unwrap();
+    let run = |entry: &str, params: Value, timeout: Option<u64>| {
+        let mut msg = message(RunnerType::PythonScript, params, timeout);
+        msg.entry_point = Some(entry.into());
+        let settings = settings.clone();
+        async move {
+            sluice_worker::runner::run_following(
+                &msg,
+                Some(actions),
+                &CancellationToken::new(),
+                &settings,
+                None,
+            )
+            .await
+        }
+    };
+    // Each execution imports the action afresh in a process group of its own.
+    let first = run("count.py", json!({"tag": "a"}), Some(20)).await;
+    let second = run("count.py", json!({"tag": "b"}), Some(20)).await;
+    for (out, tag) in [(&first, "a"), (&second, "b")] {
+        assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
+        let result = &out.result["result"];
+        assert_eq!(result["seen"], 1, "module state is not shared: {out:?}");
+        assert_eq!(result["pid"], result["pgid"], "{out:?}");
+        assert_eq!(result["env"], tag);
+    }
+    assert_ne!(
+        first.result["result"]["pid"],
+        second.result["result"]["pid"]
+    );
+
+    // A timeout kills the child and what it started.
+    let out = run("hang.py", json!({}), Some(1)).await;
+    assert_eq!(out.status, ExecutionStatus::TimedOut, "{out:?}");
+}
+
+async fn python_actions_as_stackstorm_runs_them(settings: &Settings) {
     let dir = tempfile::tempdir().unwrap();
     let actions = dir.path();
     let files = [
@@ -338,12 +415,17 @@ async fn python_actions_written_for_stackstorm_run_with_its_base_class_and_resul
         msg
     };
 
-    let out = run(&python("greet.py", json!({"who": "ops"})), Some(actions)).await;
+    let out = run_with(
+        settings,
+        &python("greet.py", json!({"who": "ops"})),
+        Some(actions),
+    )
+    .await;
     assert_eq!(out.status, ExecutionStatus::Succeeded, "{out:?}");
     assert_eq!(out.result["result"], json!("hello ops from t"), "{out:?}");
     assert_eq!(out.result["stdout"], json!("printed along the way\n"));
 
-    let out = run(&python("check.py", json!({})), Some(actions)).await;
+    let out = run_with(settings, &python("check.py", json!({})), Some(actions)).await;
     assert_eq!(
         out.status,
         ExecutionStatus::Failed,
@@ -351,7 +433,12 @@ async fn python_actions_written_for_stackstorm_run_with_its_base_class_and_resul
     );
     assert_eq!(out.result["result"], json!({"reason": "disk full"}));
 
-    let out = run(&python("boom.py", json!({"host": "db1"})), Some(actions)).await;
+    let out = run_with(
+        settings,
+        &python("boom.py", json!({"host": "db1"})),
+        Some(actions),
+    )
+    .await;
     assert_eq!(out.status, ExecutionStatus::Failed);
     assert_eq!(
         out.result["error"],
@@ -366,14 +453,14 @@ async fn python_actions_written_for_stackstorm_run_with_its_base_class_and_resul
         "{out:?}"
     );
 
-    let out = run(&python("legacy.py", json!({})), Some(actions)).await;
+    let out = run_with(settings, &python("legacy.py", json!({})), Some(actions)).await;
     assert_eq!(
         out.result["result"],
         json!({"config": {}, "n": 1}),
         "{out:?}"
     );
 
-    let out = run(&python("classless.py", json!({})), Some(actions)).await;
+    let out = run_with(settings, &python("classless.py", json!({})), Some(actions)).await;
     assert_eq!(out.status, ExecutionStatus::Failed, "never a false success");
     assert!(
         out.result["error"]

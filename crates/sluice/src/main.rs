@@ -636,6 +636,7 @@ impl ServerArgs {
                 venvs: Some(std::sync::Arc::new(sluice_worker::venv::Venvs::new(venvs))),
                 // The worker's own, set when it starts.
                 service: None,
+                forks: None,
             },
             stream_replicas: usize::from(self.stream_replicas),
         }
