@@ -832,6 +832,7 @@ impl Loader {
             return;
         };
         let trigger = file.trigger.trigger_type;
+        let trigger_parameters = file.trigger.parameters.clone().unwrap_or(Value::Null);
         let mut webhook = None;
         if trigger == crate::webhook::TRIGGER {
             let parameters = file.trigger.parameters.clone().unwrap_or(Value::Null);
@@ -943,6 +944,7 @@ impl Loader {
             description: file.description,
             enabled: file.enabled.unwrap_or(true),
             trigger,
+            trigger_parameters,
             criteria,
             action: action.action_ref,
             parameters,

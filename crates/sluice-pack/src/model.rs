@@ -475,6 +475,8 @@ pub struct Rule {
     pub description: Option<String>,
     pub enabled: bool,
     pub trigger: String,
+    /// The `parameters` of its `trigger:`, as written (a sensor's `add_trigger` sees them).
+    pub trigger_parameters: serde_json::Value,
     pub criteria: Vec<Criterion>,
     pub action: ActionRef,
     pub parameters: BTreeMap<String, ParamTemplate>,

@@ -1,8 +1,9 @@
 """Runs a pack sensor the way StackStorm does: python3 sluice_sensor.py FILE CLASS [POLL].
 
 The class is built with a sensor service and the pack's configuration (read from the file
-SLUICE_CONFIG_FILE names), then setup() and run() are called; a PollingSensor polls every
-POLL seconds when given. SIGTERM calls cleanup() and ends the process. The service reaches
+SLUICE_CONFIG_FILE names), then setup() is called, add_trigger() once for each enabled rule
+on its triggers (read from SLUICE_SENSOR_TRIGGERS_FILE), and run(); a PollingSensor polls
+every POLL seconds when given. SIGTERM calls cleanup() and ends the process. The service reaches
 Sluice through the Unix socket SLUICE_SERVICE_SOCKET names: dispatch() publishes a trigger,
 get_value() and the rest use the datastore. Logs go to stderr, which Sluice logs.
 """
@@ -71,6 +72,10 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     sensor.setup()
+    if os.environ.get("SLUICE_SENSOR_TRIGGERS_FILE"):
+        with open(os.environ["SLUICE_SENSOR_TRIGGERS_FILE"]) as source:
+            for trigger in json.load(source):
+                sensor.add_trigger(trigger)
     sensor.run()
 
 

@@ -49,6 +49,9 @@ pub struct SensorSpec {
     pub config: Map<String, Value>,
     /// The digest of the pack's version, so a changed pack is told from the one running.
     pub version: Option<String>,
+    /// The enabled rules on its triggers, as StackStorm hands them to `add_trigger`:
+    /// `{"id", "ref", "type", "parameters"}`.
+    pub rule_triggers: Vec<Value>,
 }
 
 /// The running sensors; dropping it does not stop them, [`SensorHost::stop`] does.
@@ -140,6 +143,13 @@ async fn run_once(
     if let Err(e) = std::fs::write(&config_file, Value::Object(spec.config.clone()).to_string()) {
         return format!("cannot write the pack's configuration: {e}");
     }
+    let triggers_file = scratch.path().join("triggers.json");
+    if let Err(e) = std::fs::write(
+        &triggers_file,
+        Value::Array(spec.rule_triggers.clone()).to_string(),
+    ) {
+        return format!("cannot write the sensor's triggers: {e}");
+    }
     let socket = scratch.path().join("service.sock");
     let served = match service.listen_for_sensor(&socket, &spec.sensor_ref, &spec.pack) {
         Ok(task) => task,
@@ -173,6 +183,7 @@ async fn run_once(
         .env("PYTHONUNBUFFERED", "1")
         .env("SLUICE_SERVICE_SOCKET", &socket)
         .env("SLUICE_CONFIG_FILE", &config_file)
+        .env("SLUICE_SENSOR_TRIGGERS_FILE", &triggers_file)
         .env("ST2_SENSOR_PACK_NAME", &spec.pack)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

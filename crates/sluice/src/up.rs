@@ -198,6 +198,19 @@ fn sensor_specs(catalog: &Catalog) -> Vec<SensorSpec> {
                     .map(|c| c.values.clone())
                     .unwrap_or_default(),
                 version: pack.digest.clone(),
+                rule_triggers: catalog
+                    .rules()
+                    .iter()
+                    .filter(|rule| rule.enabled && sensor.triggers.contains(&rule.trigger))
+                    .map(|rule| {
+                        serde_json::json!({
+                            "id": rule.rule_ref,
+                            "ref": rule.rule_ref,
+                            "type": rule.trigger,
+                            "parameters": rule.trigger_parameters,
+                        })
+                    })
+                    .collect(),
             })
         })
         .collect()

@@ -454,6 +454,9 @@ class Counter(PollingSensor):
         note("pids", "%d\n" % os.getpid())
         self.log = self.sensor_service.get_logger("counter")
 
+    def add_trigger(self, trigger):
+        note("added", "%s %s %s\n" % (os.getpid(), trigger["ref"], trigger["parameters"]))
+
     def poll(self):
         path = os.path.join(STATE, "count")
         n = int(open(path).read()) if os.path.exists(path) else 0
@@ -495,7 +498,7 @@ async fn a_pack_sensor_dispatches_triggers_and_a_killed_one_comes_back_losing_an
         ),
         (
             "rules/record.yaml".to_owned(),
-            "name: record\ntrigger: {type: watch.tick}\naction: {ref: watch.record, parameters: {n: '{{ trigger.n }}'}}\n".to_owned(),
+            "name: record\ntrigger: {type: watch.tick, parameters: {every: 1}}\naction: {ref: watch.record, parameters: {n: '{{ trigger.n }}'}}\n".to_owned(),
         ),
     ];
     for (rel, text) in files {
@@ -547,4 +550,24 @@ async fn a_pack_sensor_dispatches_triggers_and_a_killed_one_comes_back_losing_an
     );
     let (_, events) = sluice.get("/api/v1/events?limit=100").await;
     assert_eq!(events.as_array().unwrap().len(), 6, "{events}");
+
+    // Each start hands the sensor the rules on its triggers; a new rule starts it again.
+    let added = read("added");
+    assert!(
+        added.contains(&format!("{first} watch.record {{'every': 1}}")),
+        "{added}"
+    );
+    let (status, created) = sluice
+        .post(
+            "/api/v1/rules",
+            &json!({"pack": "watch", "name": "second", "trigger": {"type": "watch.tick"}, "action": {"ref": "core.noop"}}),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{created}");
+    sluice_testkit::eventually(
+        "the sensor to hear the new rule",
+        std::time::Duration::from_secs(20),
+        || async { read("added").contains("watch.second").then_some(()) },
+    )
+    .await;
 }
