@@ -824,7 +824,15 @@ async fn run_forked(
     output: &Output,
 ) -> Outcome {
     let tag = run_tag(message);
-    let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
+    // What a process of its own would inherit (every SLUICE_* variable left out), as text:
+    // the request is JSON.
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars_os()
+        .map(|(name, value)| {
+            (
+                name.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        })
         .filter(|(name, _)| !name.starts_with("SLUICE_"))
         .collect();
     env.extend(extra_env);
