@@ -70,6 +70,9 @@ def main(path):
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(128)
+    # Connections are taken from now on: the worker waits for this file, not the socket's,
+    # which exists from bind() on.
+    open(path + ".ready", "w").close()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)

@@ -137,6 +137,7 @@ async fn start(python: &Path) -> Result<Server, String> {
         .tempdir()
         .map_err(|e| format!("cannot create a directory for the python fork server: {e}"))?;
     let socket = dir.path().join("server.sock");
+    let ready = dir.path().join("server.sock.ready");
     let mut command = Command::new(python);
     command
         .arg("-c")
@@ -160,7 +161,7 @@ async fn start(python: &Path) -> Result<Server, String> {
         )
     })?;
     let deadline = tokio::time::Instant::now() + START_WITHIN;
-    while !socket.exists() {
+    while !ready.exists() {
         if let Ok(Some(status)) = process.try_wait() {
             return Err(format!(
                 "the python fork server ({}) ended at start: {status}",
