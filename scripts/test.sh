@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Sluice's whole test suite: formatting, lints, every test against a real nats-server
-# and a real PostgreSQL, and the API against its OpenAPI document. Installs what a fresh
+# and a real PostgreSQL, the dashboard in a real headless Chromium, and the API against its
+# OpenAPI document. Installs what a fresh
 # Debian machine lacks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,9 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v git >/dev/null || missing+=(git)
+# The dashboard's browser tests drive a real headless Chromium through its WebDriver.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     as_root apt-get update -qq

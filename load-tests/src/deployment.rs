@@ -267,7 +267,7 @@ impl Local {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
-        let router = sluice_api::app(engine.clone());
+        let router = sluice_api::app(engine.clone(), sluice_api::dashboard::Options::default());
         let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router)

@@ -1,5 +1,8 @@
 //! Who may call the API. Every route but `/healthz` needs a token, sent as
-//! `Authorization: Bearer <token>` or, as StackStorm clients do, `St2-Api-Key: <token>`.
+//! `Authorization: Bearer <token>` or, as StackStorm clients do, `St2-Api-Key: <token>`;
+//! the dashboard's pages send it in their HttpOnly, SameSite=Strict cookie
+//! ([`SESSION_COOKIE`]), and a request that changes something on a cookie alone must also
+//! carry [`DASHBOARD_HEADER`], which a page on another site cannot add.
 //!
 //! A token is 32 random bytes, shown once when it is created; the store keeps only its
 //! SHA-256, its scope ([`Scope`]: read, run, admin), expiry, last use and revocation. What
@@ -26,6 +29,13 @@ const PREFIX: &str = "slc_";
 
 /// How stale `last_used_at` may get before a request writes it again.
 const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// The cookie the dashboard keeps its token in after logging in.
+pub const SESSION_COOKIE: &str = "sluice_token";
+
+/// The header the dashboard's scripts send with every request that changes something: a
+/// cross-site form or `fetch` cannot add it without the preflight this API never grants.
+pub const DASHBOARD_HEADER: &str = "x-sluice-dashboard";
 
 /// The name of the file `sluice up` and `sluice engine` write their first admin token to,
 /// in the data directory, and where the CLI looks for one.
@@ -152,14 +162,42 @@ pub fn needed_scope(method: &Method, path: &str) -> Scope {
     }
 }
 
-/// The token a request carries, if any.
-fn presented(headers: &HeaderMap) -> Option<&str> {
+/// How a request carried its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carrier {
+    Header,
+    Cookie,
+}
+
+/// The token a request carries, if any: a header first, then the dashboard's cookie.
+pub(crate) fn presented(headers: &HeaderMap) -> Option<(&str, Carrier)> {
+    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key("st2-api-key") {
+        return in_header(headers).map(|token| (token, Carrier::Header));
+    }
+    session_cookie(headers).map(|token| (token, Carrier::Cookie))
+}
+
+/// The token a request carries in `Authorization: Bearer` or `St2-Api-Key`.
+pub(crate) fn in_header(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (kind, token) = value.split_once(' ')?;
         return kind.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
     headers.get("st2-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// The dashboard's token from the `Cookie` headers, if there is one.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 /// The caller a request was authenticated as, for handlers that record who did what.
@@ -177,10 +215,22 @@ pub async fn authorize(
     next: Next,
 ) -> Response {
     let needed = needed_scope(request.method(), request.uri().path());
-    let token = match authenticate(engine.store(), request.headers(), Utc::now()).await {
+    let credential = presented(request.headers());
+    let token = match authenticate(engine.store(), credential.map(|(t, _)| t), Utc::now()).await {
         Ok(token) => token,
         Err(error) => return error.into_response(),
     };
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    let by_cookie = credential.is_some_and(|(_, carrier)| carrier == Carrier::Cookie);
+    if by_cookie && !safe && !request.headers().contains_key(DASHBOARD_HEADER) {
+        return ApiError::Forbidden(format!(
+            "{} {} came with the dashboard's cookie but without its {DASHBOARD_HEADER} header: \
+             refused as a cross-site request",
+            request.method(),
+            request.uri().path()
+        ))
+        .into_response();
+    }
     if !token.scope.allows(needed) {
         return ApiError::Forbidden(format!(
             "token {:?} has the {} scope; {} {} needs {needed}",
@@ -199,12 +249,13 @@ pub async fn authorize(
     next.run(request).await
 }
 
+/// The live token `secret` names, or why there is none.
 pub(crate) async fn authenticate(
     store: &Store,
-    headers: &HeaderMap,
+    secret: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Token, ApiError> {
-    let Some(secret) = presented(headers) else {
+    let Some(secret) = secret else {
         return Err(ApiError::Unauthorized(
             "no credential: send `Authorization: Bearer <token>` or `St2-Api-Key: <token>` \
              (`sluice up` wrote an admin token to <data-dir>/admin.token)"
@@ -276,13 +327,18 @@ mod tests {
     fn a_token_is_read_from_either_header() {
         let mut headers = HeaderMap::new();
         assert_eq!(presented(&headers), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; sluice_token=slc_c"),
+        );
+        assert_eq!(presented(&headers), Some(("slc_c", Carrier::Cookie)));
         headers.insert("st2-api-key", HeaderValue::from_static("slc_a"));
-        assert_eq!(presented(&headers), Some("slc_a"));
+        assert_eq!(presented(&headers), Some(("slc_a", Carrier::Header)));
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer slc_b"),
         );
-        assert_eq!(presented(&headers), Some("slc_b"));
+        assert_eq!(presented(&headers), Some(("slc_b", Carrier::Header)));
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic eDp5"),

@@ -1,5 +1,6 @@
 //! Sluice's HTTP API (JSON): executions, packs, actions, triggers, events, dead letters, the live actor tree,
-//! rules (switched on and off at run time), API tokens, the datastore and the secrets key; and the process's metrics at `/metrics`.
+//! rules (switched on and off at run time), API tokens, the datastore and the secrets key; and the process's metrics at `/metrics`;
+//! and the dashboard, at `/`, which uses nothing but that API ([`dashboard`]).
 //!
 //! [`app`] builds the router over a running [`sluice_engine::Engine`]. Every route but `/healthz` is behind
 //! [`auth::authorize`]; [`ApiError::into_response`] is the one place errors become status
@@ -7,6 +8,7 @@
 
 pub mod auth;
 mod catalog;
+pub mod dashboard;
 mod error;
 mod keys;
 mod openapi;
@@ -28,7 +30,10 @@ use utoipa::OpenApi as _;
 use error::Query;
 pub use error::{ApiError, AppState, Body};
 
-pub fn app(engine: AppState) -> Router {
+pub fn app(engine: AppState, options: dashboard::Options) -> Router {
+    let activity = std::sync::Arc::new(dashboard::Activity::default());
+    activity.watch(std::sync::Arc::downgrade(&engine));
+    let dashboard = std::sync::Arc::new(dashboard::Dashboard { options, activity });
     Router::new()
         .route(
             "/api/v1/executions",
@@ -53,6 +58,8 @@ pub fn app(engine: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/metrics", get(engine_metrics))
         .route("/api/v1/openapi.json", get(openapi_document))
+        .route("/api/v1/session", get(dashboard::session))
+        .route("/api/v1/live", get(dashboard::live))
         .merge(keys::routes())
         .merge(rules::routes())
         .merge(catalog::routes())
@@ -63,6 +70,9 @@ pub fn app(engine: AppState) -> Router {
         .route("/healthz", get(healthz))
         // Authenticated as each webhook says, not by the middleware above.
         .merge(webhooks::routes())
+        // Pages that send a caller without a live cookie to the login form.
+        .merge(dashboard::routes())
+        .layer(Extension(dashboard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(engine)
@@ -1084,6 +1094,8 @@ async fn actors(
         crate::create_token,
         crate::revoke_token,
         crate::engine_metrics,
+        crate::dashboard::session,
+        crate::dashboard::live,
         crate::healthz,
         openapi_document,
         crate::rules::list,

@@ -67,6 +67,8 @@ pub struct Config {
     pub runner: sluice_worker::runner::Settings,
     /// Copies of each stream and bucket the engine sets up keep, for a NATS cluster.
     pub stream_replicas: usize,
+    /// Jaeger's web UI, where the dashboard links trace ids to.
+    pub jaeger_url: Option<String>,
 }
 
 impl Config {

@@ -593,6 +593,10 @@ struct ServerArgs {
     #[arg(long, env = "SLUICE_STREAM_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=5))]
     stream_replicas: u8,
+    /// Jaeger's web UI (`http://jaeger:16686`): the dashboard links each execution's trace
+    /// id to its trace there.
+    #[arg(long, env = "SLUICE_JAEGER_URL")]
+    jaeger_url: Option<String>,
 }
 
 impl ServerArgs {
@@ -639,6 +643,7 @@ impl ServerArgs {
                 forks: None,
             },
             stream_replicas: usize::from(self.stream_replicas),
+            jaeger_url: self.jaeger_url,
         }
     }
 }

@@ -267,8 +267,11 @@ struct Api {
 }
 
 impl Api {
-    fn serve(listener: TcpListener, engine: Arc<Engine>) -> Self {
-        Self::serve_router(listener, sluice_api::app(engine))
+    fn serve(listener: TcpListener, engine: Arc<Engine>, config: &Config) -> Self {
+        let dashboard = sluice_api::dashboard::Options {
+            jaeger_url: config.jaeger_url.clone(),
+        };
+        Self::serve_router(listener, sluice_api::app(engine, dashboard))
     }
 
     fn serve_router(listener: TcpListener, router: axum::Router) -> Self {
@@ -324,7 +327,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (engine, listener, sensors) = start_engine(&config, &engine_url).await?;
     // Its worker runs the pack versions the engine published, as any other worker does.
     let worker = start_worker(&config, &[], &worker_url).await?;
-    let api = Api::serve(listener, engine.clone());
+    let api = Api::serve(listener, engine.clone(), &config);
     let metrics = serve_open_metrics(&config, &engine).await?;
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
     shutdown.await;
@@ -350,7 +353,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (engine, listener, sensors) = start_engine(&config, &config.nats_url()).await?;
-    let api = Api::serve(listener, engine.clone());
+    let api = Api::serve(listener, engine.clone(), &config);
     let metrics = serve_open_metrics(&config, &engine).await?;
     shutdown.await;
     sensors.stop().await;

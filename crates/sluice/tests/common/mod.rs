@@ -75,6 +75,7 @@ impl Sluice {
                 ..Default::default()
             },
             stream_replicas: 1,
+            jaeger_url: None,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
