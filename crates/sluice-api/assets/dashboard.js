@@ -329,21 +329,89 @@
     return h("div", { class: "timeline", "aria-label": "Status history" }, rows);
   }
 
-  function children(list) {
+  // A workflow's children on one time axis: items of a `with` task run side by side.
+  function children(list, byId) {
     if (!list.length) return null;
     const start = Math.min(...list.map((c) => new Date(c.created_at)));
     const end = Math.max(...list.map((c) => new Date(c.finished_at || Date.now())));
     const span = Math.max(1, end - start);
-    return h("div", {}, h("h2", {}, `Tasks (${list.length})`),
+    return h("div", {}, h("h2", {}, `Tasks on a timeline (${list.length})`),
       h("div", { class: "timeline" }, list.slice().reverse().map((c) => {
         const piece = h("span", {});
         const from = new Date(c.started_at || c.created_at);
         piece.style.left = (100 * (from - start)) / span + "%";
         piece.style.width = Math.max(0.5, (100 * (new Date(c.finished_at || Date.now()) - from)) / span) + "%";
         if (COLORS[c.status]) piece.style.background = COLORS[c.status];
-        return [h("div", {}, link(`/executions/${c.id}`, `#${c.id} ${c.action}`)),
-          h("div", { class: "bar", title: c.status }, piece), h("div", {}, status(c.status))];
+        const task = byId[c.id];
+        const label = task ? `${task.task}${task.item >= 0 ? "[" + task.item + "]" : ""}${task.attempt > 1 ? " #" + task.attempt : ""}` : c.action;
+        return [h("div", {}, link(`/executions/${c.id}`, `#${c.id} ${label}`)),
+          h("div", { class: "bar", title: `${c.action}: ${c.status}` }, piece), h("div", {}, status(c.status))];
       })));
+  }
+
+  // How a task's children stand, as one status for its box.
+  function taskState(kids) {
+    if (!kids.length) return "idle";
+    if (kids.some((k) => !TERMINAL.includes(k.status))) return "running";
+    if (kids.every((k) => k.status === "succeeded")) return "succeeded";
+    return kids.some((k) => k.status === "succeeded") ? "mixed" : kids[kids.length - 1].status;
+  }
+
+  // A workflow's tasks as a graph: columns by distance from the start, arrows for the
+  // transitions, each box coloured by how its children stand and linked to the newest.
+  function graph(spec) {
+    const byName = Object.fromEntries(spec.tasks.map((t) => [t.name, t]));
+    const depth = {};
+    const queue = spec.tasks.filter((t) => t.start).map((t) => [t.name, 0]);
+    while (queue.length) {
+      const [name, d] = queue.shift();
+      if (depth[name] !== undefined && depth[name] >= d) continue;
+      if (d > spec.tasks.length) continue;
+      depth[name] = d;
+      for (const n of byName[name].next) for (const target of n.do) if (byName[target]) queue.push([target, d + 1]);
+    }
+    for (const t of spec.tasks) if (depth[t.name] === undefined) depth[t.name] = 0;
+    const columns = [];
+    for (const t of spec.tasks) (columns[depth[t.name]] = columns[depth[t.name]] || []).push(t);
+    const boxW = 170, boxH = 46, gapX = 60, gapY = 20;
+    const at = {};
+    columns.forEach((col, x) => col.forEach((t, y) => { at[t.name] = { x: 10 + x * (boxW + gapX), y: 10 + y * (boxH + gapY) }; }));
+    const width = 20 + columns.length * (boxW + gapX) - gapX;
+    const height = 20 + Math.max(...columns.map((c) => c.length)) * (boxH + gapY) - gapY;
+    const el = svg("svg", { class: "graph", viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+      "aria-label": "The workflow's tasks and the transitions between them" });
+    const defs = svg("defs", {});
+    const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto" });
+    marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#5b6572" }));
+    defs.append(marker);
+    el.append(defs);
+    for (const t of spec.tasks) for (const n of t.next) for (const target of n.do) {
+      if (!at[target]) continue;
+      const a = at[t.name], b = at[target];
+      const line = svg("line", { x1: a.x + boxW, y1: a.y + boxH / 2, x2: b.x, y2: b.y + boxH / 2,
+        stroke: "#5b6572", "stroke-width": 1.5, "marker-end": "url(#arrow)" });
+      const title = svg("title", {});
+      title.textContent = n.when ? `when ${typeof n.when === "string" ? n.when : JSON.stringify(n.when)}` : "always";
+      line.append(title);
+      el.append(line);
+    }
+    for (const t of spec.tasks) {
+      const kids = spec.children.filter((c) => c.task === t.name);
+      const state = taskState(kids);
+      const fill = { succeeded: "#e8f5e9", running: "#e3f2fd", failed: "#ffebee", timed_out: "#f3e5f5", cancelled: "#fff3e0", abandoned: "#efebe9", mixed: "#fff8e1" }[state] || "#f6f7f9";
+      const { x, y } = at[t.name];
+      const newest = kids.length ? kids[kids.length - 1].execution_id : null;
+      const box = newest ? svg("a", { href: `/executions/${newest}` }) : svg("g", {});
+      box.append(svg("rect", { x, y, width: boxW, height: boxH, rx: 6, fill, stroke: "#9aa4b1" }));
+      const name = svg("text", { x: x + 8, y: y + 18, "font-weight": 600 });
+      name.textContent = t.name + (t.with ? ` ×${new Set(kids.map((k) => k.item)).size || "n"}` : "");
+      const sub = svg("text", { x: x + 8, y: y + 36, fill: "#5b6572" });
+      const done = kids.filter((k) => k.status === "succeeded").length;
+      sub.textContent = `${t.action || "no action"} · ${kids.length ? `${done}/${kids.length} ok` : "not run"}`;
+      box.append(name, sub);
+      el.append(box);
+    }
+    return h("div", { class: "scroll" }, h("h2", {}, "Workflow"), el);
   }
 
   // The parameters a re-run changes: those whose value differs from the original's.
@@ -427,7 +495,9 @@
       replace(params, json(e.parameters));
       replace(result, e.result === null || e.result === undefined ? h("p", { class: "muted" }, "None yet.") : json(e.result));
       const kids = await get(`/api/v1/executions?parent=${id}&limit=1000`).catch(() => []);
-      replace(tasks, children(kids));
+      const spec = kids.length ? await get(`/api/v1/executions/${id}/tasks`).catch(() => null) : null;
+      const byId = spec ? Object.fromEntries(spec.children.map((c) => [c.execution_id, c])) : {};
+      replace(tasks, spec ? graph(spec) : null, children(kids, byId));
       if (first && !done && !following) follow();
       if (first && done) {
         const kept = await get(`/api/v1/executions/${id}/output`).catch(() => null);

@@ -44,6 +44,7 @@ pub fn app(engine: AppState, options: dashboard::Options) -> Router {
         .route("/api/v1/executions/{id}/cancel", post(cancel_execution))
         .route("/api/v1/executions/{id}/re-run", post(rerun_execution))
         .route("/api/v1/executions/{id}/output", get(execution_output))
+        .route("/api/v1/executions/{id}/tasks", get(workflow_tasks))
         .route("/api/v1/actions", get(list_actions))
         .route("/api/v1/actions/{action}/queue-stats", get(queue_stats))
         .route("/api/v1/workers", get(workers))
@@ -534,6 +535,73 @@ async fn execution_output(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A workflow execution's tasks as its action defines them now, with the transitions
+/// between them, and every child it started, by task.
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}/tasks",
+    tag = "executions",
+    params(("id" = i64, Path, description = "The workflow execution's id")),
+    responses((status = 200, description = "The workflow's tasks (name, action, with-items, transitions) and its children by task", body = Value))
+)]
+async fn workflow_tasks(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let execution = engine
+        .store()
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let catalog = engine.catalog();
+    let workflow = catalog
+        .actions
+        .get(&execution.action)
+        .and_then(|action| action.workflow.clone())
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "execution {id} runs {}, which is not a workflow (now)",
+                execution.action
+            ))
+        })?;
+    let tasks: Vec<Value> = workflow
+        .tasks
+        .iter()
+        .map(|(name, task)| {
+            json!({
+                "name": name,
+                "action": task.action.as_ref().map(|a| a.to_string()),
+                "with": task.with.as_ref().map(|w| json!({"concurrency": w.concurrency})),
+                "start": workflow.start.contains(name),
+                "next": task.next.iter().map(|t| json!({
+                    "when": t.when.as_ref().map(|w| w.source.clone()),
+                    "do": t.targets,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let children: Vec<Value> = engine
+        .store()
+        .workflow(id)
+        .await?
+        .map(|record| record.children)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "task": c.task,
+                "round": c.round,
+                "item": c.item,
+                "attempt": c.attempt,
+                "execution_id": c.execution_id,
+                "status": c.status,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tasks": tasks, "children": children })))
 }
 
 /// Which executions a bulk cancel takes: at least one of these.
@@ -1080,6 +1148,7 @@ async fn actors(
         crate::cancel_execution,
         crate::rerun_execution,
         crate::execution_output,
+        crate::workflow_tasks,
         crate::list_actions,
         crate::queue_stats,
         crate::workers,

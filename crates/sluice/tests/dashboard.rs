@@ -373,6 +373,22 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
     let (_, rules) = sluice.get("/api/v1/rules/t.on_ping").await;
     assert_eq!(rules["enabled"], false, "{rules:#}");
 
+    // A workflow's page draws its tasks as a graph and its children on a timeline.
+    let workflow = submit(&sluice, "examples.deploy_all", json!({})).await;
+    assert_eq!(sluice.wait_execution(workflow).await["status"], "succeeded");
+    browser.goto(&format!("{api}/executions/{workflow}")).await;
+    browser
+        .wait_text("svg.graph", "the workflow's graph", |t| {
+            t.contains("each_region") && t.contains("3/3 ok") && t.contains("report")
+        })
+        .await;
+    browser
+        .wait_text("#view", "the items on the timeline", |t| {
+            (0..3).all(|i| t.contains(&format!("each_region[{i}]")))
+        })
+        .await;
+    browser.screenshot("workflow").await;
+
     // The overview draws from the live snapshots.
     browser.goto(&format!("{api}/")).await;
     browser
