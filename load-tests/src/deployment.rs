@@ -134,6 +134,13 @@ impl Deployment {
         &self.api
     }
 
+    /// Counts executions from now on: what [`Deployment::wait_settled`] and
+    /// [`Deployment::runs`] see starts here.
+    pub async fn count_from_now(&mut self) -> anyhow::Result<()> {
+        self.floor = self.newest_execution().await?;
+        Ok(())
+    }
+
     /// An HTTP client that sends the deployment's token.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

@@ -21,6 +21,7 @@
 
 mod baseline;
 mod cost;
+mod dashboard;
 mod deployment;
 mod gate;
 mod queue_memory;
@@ -85,6 +86,19 @@ enum Scenario {
         duration: u64,
         #[arg(long, default_value_t = 500)]
         burst: u64,
+        #[command(flatten)]
+        options: triggers::Options,
+    },
+    /// Triggers at a fixed rate with nobody watching, then with clients holding the
+    /// dashboard's live stream: trigger -> completion for both, and how regularly and how
+    /// fresh the snapshots arrive.
+    Dashboard {
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        watchers: usize,
         #[command(flatten)]
         options: triggers::Options,
     },
@@ -173,6 +187,12 @@ async fn main() -> anyhow::Result<()> {
             burst,
             options,
         } => triggers::python(rate, duration, burst, options).await,
+        Scenario::Dashboard {
+            rate,
+            duration,
+            watchers,
+            options,
+        } => dashboard::run(rate, duration, watchers, options).await,
         Scenario::Scale {
             executions,
             worker_counts,

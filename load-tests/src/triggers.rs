@@ -99,15 +99,15 @@ async fn publish(
 }
 
 /// What one run of a scenario's triggers gave.
-struct Outcome {
+pub(crate) struct Outcome {
     /// When each tick was published.
-    published: Vec<DateTime<Utc>>,
-    runs: Vec<Run>,
-    cost: Cost,
+    pub(crate) published: Vec<DateTime<Utc>>,
+    pub(crate) runs: Vec<Run>,
+    pub(crate) cost: Cost,
 }
 
 /// Publishes, waits for every execution to end, and reads them back with what they cost.
-async fn run(
+pub(crate) async fn run(
     deployment: &Deployment,
     action: &str,
     count: u64,
