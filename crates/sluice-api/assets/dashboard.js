@@ -114,7 +114,9 @@
 
   function table(headings, rows) {
     return h("div", { class: "scroll" }, h("table", {},
-      h("thead", {}, h("tr", {}, headings.map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, headings.map((t) => (Array.isArray(t)
+        ? h("th", { scope: "col", class: t[1] }, t[0])
+        : h("th", { scope: "col" }, t))))),
       h("tbody", {}, rows)));
   }
 
@@ -233,7 +235,7 @@
         card("rejected events today", today ? today.rejected_events + plus : "…"),
         card("dead letters today", today ? today.dead_letters + plus : "…"));
       replace(graph, chart(snap.minutes));
-      replace(queues, table(["action", "queue", "active / limit", "oldest wait", "per key"], queueRows(snap.queues)));
+      replace(queues, table(["action", "queue", "active / limit", "oldest wait", ["per key", "hide-narrow"]], queueRows(snap.queues)));
       replace(workers, snap.workers.length
         ? table(["worker", "load", "state", "last heartbeat"], workerRows(snap.workers))
         : h("p", { class: "muted" }, "No worker has reported yet."));
@@ -293,7 +295,7 @@
         previous = snap;
         rateText.textContent = r === null ? "measuring the rate…" : `${r.toFixed(1)} executions ended per second`;
         replace(out, snap.executions.length
-          ? table(["id", "action", "status", "rule", "attempt", "worker", "created", "took"], snap.executions.map(executionRow))
+          ? table(["id", "action", "status", ["rule", "hide-narrow"], ["attempt", "hide-narrow"], ["worker", "hide-narrow"], "created", "took"], snap.executions.map(executionRow))
           : h("p", { class: "muted" }, "No execution matches."));
       });
     }
@@ -547,7 +549,7 @@
     append(main, h("h1", {}, "Actions"), h("p", { class: "muted" }, "Queues move live."), out);
     live("/api/v1/live", (snap) => {
       const byRef = Object.fromEntries(snap.queues.map((q) => [q.action, q]));
-      replace(out, table(["action", "runner", "policy", "queue", "active / limit", "oldest wait"], list.map((a) => {
+      replace(out, table(["action", ["runner", "hide-narrow"], "policy", "queue", "active / limit", "oldest wait"], list.map((a) => {
         const q = byRef[a.ref] || { queue_length: 0, active_count: 0, max_concurrent: null, oldest_wait_seconds: null, keys: [] };
         return h("tr", { "data-action": a.ref },
           h("td", {}, link("/executions?" + new URLSearchParams({ action: a.ref }), a.ref)),

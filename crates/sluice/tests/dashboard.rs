@@ -399,6 +399,25 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
         .await;
     browser.screenshot("overview").await;
 
+    // On a phone's width the page itself does not scroll sideways (wide tables scroll in
+    // their own box).
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.goto(&format!("{api}/executions")).await;
+    browser
+        .wait_text("#view table", "the list on a phone", |t| {
+            t.contains("t.check")
+        })
+        .await;
+    let overflow = browser
+        .run_js("return document.documentElement.scrollWidth - window.innerWidth;")
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is wider than the phone by {overflow} px"
+    );
+    browser.screenshot("phone").await;
+    browser.client.set_window_size(1280, 1000).await.unwrap();
+
     // A cross-site request riding on the cookie (no dashboard header) is refused even for
     // an admin, and changes nothing.
     let another = submit(&sluice, "t.hold", json!({})).await;
