@@ -239,3 +239,24 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             })
     }
 }
+
+/// An instant in a query: RFC 3339 (`2026-11-30T07:00:00Z`), or a duration back from now
+/// (`90m`, `1h`, `7d`).
+pub(crate) fn instant(
+    name: &str,
+    text: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(at.with_timezone(&chrono::Utc)));
+    }
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|ago| chrono::Duration::from_std(ago).ok())
+        .map(|ago| Some(chrono::Utc::now() - ago))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name}={text:?}: write an RFC 3339 time (2026-11-30T07:00:00Z) or a duration back from now (90m, 1h, 7d)"
+            ))
+        })
+}

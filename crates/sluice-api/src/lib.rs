@@ -27,8 +27,8 @@ use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_store::ExecutionFilter;
 use utoipa::OpenApi as _;
 
-use error::Query;
 pub use error::{ApiError, AppState, Body};
+use error::{Query, instant};
 
 pub fn app(engine: AppState, options: dashboard::Options) -> Router {
     let activity = std::sync::Arc::new(dashboard::Activity::default());
@@ -551,11 +551,7 @@ async fn workflow_tasks(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let execution = engine
-        .store()
-        .get_execution(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let execution = stored(&engine, id).await?;
     let catalog = engine.catalog();
     let workflow = catalog
         .actions
@@ -789,27 +785,6 @@ struct ListQuery {
     until: Option<String>,
 }
 
-/// An instant in a query: RFC 3339 (`2026-11-30T07:00:00Z`), or a duration back from now
-/// (`90m`, `1h`, `7d`).
-fn instant(
-    name: &str,
-    text: Option<&str>,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    let Some(text) = text else { return Ok(None) };
-    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(Some(at.with_timezone(&chrono::Utc)));
-    }
-    humantime::parse_duration(text)
-        .ok()
-        .and_then(|ago| chrono::Duration::from_std(ago).ok())
-        .map(|ago| Some(chrono::Utc::now() - ago))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{name}={text:?}: write an RFC 3339 time (2026-11-30T07:00:00Z) or a duration back from now (90m, 1h, 7d)"
-            ))
-        })
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/executions",
@@ -852,12 +827,16 @@ async fn get_execution(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let execution = engine
+    Ok(shown(&stored(&engine, id).await?))
+}
+
+/// Execution `id` from the store, or `404` naming it.
+async fn stored(engine: &AppState, id: ExecutionId) -> Result<sluice_store::Execution, ApiError> {
+    engine
         .store()
         .get_execution(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
-    Ok(shown(&execution))
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))
 }
 
 /// What the store holds, as callers see it: sealed secrets masked.

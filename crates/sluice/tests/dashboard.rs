@@ -184,17 +184,6 @@ impl Drop for Browser {
     }
 }
 
-async fn submit(sluice: &Sluice, action: &str, parameters: Value) -> i64 {
-    let (status, created) = sluice
-        .post(
-            "/api/v1/executions",
-            &json!({"action": action, "parameters": parameters}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().unwrap()
-}
-
 async fn newest_event(sluice: &Sluice, after: i64) -> i64 {
     eventually(
         "the event to be recorded",
@@ -246,8 +235,8 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
     browser.screenshot("executions").await;
 
     // A queued execution is cancelled from its page.
-    let running = submit(&sluice, "t.hold", json!({})).await;
-    let queued = submit(&sluice, "t.hold", json!({})).await;
+    let running = sluice.client().submit("t.hold", json!({})).await;
+    let queued = sluice.client().submit("t.hold", json!({})).await;
     browser.goto(&format!("{api}/executions/{queued}")).await;
     browser
         .wait_text("#view h1", "the queued execution", |t| {
@@ -293,7 +282,10 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
     assert_eq!(status, 202);
 
     // A failed execution is run again with a changed parameter.
-    let failed = submit(&sluice, "t.check", json!({"want": "no"})).await;
+    let failed = sluice
+        .client()
+        .submit("t.check", json!({"want": "no"}))
+        .await;
     assert_eq!(sluice.wait_execution(failed).await["status"], "failed");
     browser.goto(&format!("{api}/executions/{failed}")).await;
     browser
@@ -328,12 +320,10 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
     assert_eq!(again["status"], "succeeded", "{again:#}");
 
     // A secret parameter shows masked on the page, and its value is nowhere in it.
-    let login = submit(
-        &sluice,
-        "t.login",
-        json!({"user": "ops", "password": "hunter2"}),
-    )
-    .await;
+    let login = sluice
+        .client()
+        .submit("t.login", json!({"user": "ops", "password": "hunter2"}))
+        .await;
     browser.goto(&format!("{api}/executions/{login}")).await;
     browser
         .wait_text("#view", "the parameters", |t| {
@@ -374,7 +364,10 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
     assert_eq!(rules["enabled"], false, "{rules:#}");
 
     // A workflow's page draws its tasks as a graph and its children on a timeline.
-    let workflow = submit(&sluice, "examples.deploy_all", json!({})).await;
+    let workflow = sluice
+        .client()
+        .submit("examples.deploy_all", json!({}))
+        .await;
     assert_eq!(sluice.wait_execution(workflow).await["status"], "succeeded");
     browser.goto(&format!("{api}/executions/{workflow}")).await;
     browser
@@ -420,7 +413,7 @@ async fn an_operator_watches_cancels_reruns_and_switches_rules_from_the_dashboar
 
     // A cross-site request riding on the cookie (no dashboard header) is refused even for
     // an admin, and changes nothing.
-    let another = submit(&sluice, "t.hold", json!({})).await;
+    let another = sluice.client().submit("t.hold", json!({})).await;
     let forged = browser
         .run_async_js(&format!(
             "const done = arguments[arguments.length - 1]; \
@@ -451,7 +444,7 @@ async fn a_read_token_is_shown_no_cancel_and_a_forged_cancel_is_refused() {
         .await;
     assert_eq!(status, 201, "{created}");
     let read_token = created["token"].as_str().unwrap().to_owned();
-    let running = submit(&sluice, "t.hold", json!({})).await;
+    let running = sluice.client().submit("t.hold", json!({})).await;
 
     let browser = Browser::start().await;
     // A wrong token is turned away at the form.
@@ -566,9 +559,12 @@ async fn snapshots(sluice: &Sluice, query: &str, count: usize) -> Vec<Value> {
 async fn the_live_stream_shows_queues_and_the_newest_executions_and_the_session_its_scope() {
     let pack = test_pack(PACK);
     let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
-    let running = submit(&sluice, "t.hold", json!({})).await;
-    let queued = submit(&sluice, "t.hold", json!({})).await;
-    let checked = submit(&sluice, "t.check", json!({"want": "yes"})).await;
+    let running = sluice.client().submit("t.hold", json!({})).await;
+    let queued = sluice.client().submit("t.hold", json!({})).await;
+    let checked = sluice
+        .client()
+        .submit("t.check", json!({"want": "yes"}))
+        .await;
     assert_eq!(sluice.wait_execution(checked).await["status"], "succeeded");
 
     let snap = &snapshots(&sluice, "?window=2&action=t.hold", 1).await[0];

@@ -177,7 +177,10 @@ pub(crate) async fn live(
                 status,
                 limit: Some(window),
                 rule: query.rule.filter(|r| !r.is_empty()),
-                since: crate::instant("since", query.since.as_deref().filter(|s| !s.is_empty()))?,
+                since: crate::error::instant(
+                    "since",
+                    query.since.as_deref().filter(|s| !s.is_empty()),
+                )?,
                 ..ExecutionFilter::default()
             })
         })
