@@ -3,7 +3,9 @@
 The class is built with a sensor service and the pack's configuration (read from the file
 SLUICE_CONFIG_FILE names), then setup() is called, add_trigger() once for each enabled rule
 on its triggers (read from SLUICE_SENSOR_TRIGGERS_FILE), and run(); a PollingSensor polls
-every POLL seconds when given. SIGTERM calls cleanup() and ends the process. The service reaches
+every POLL seconds when given. While it runs, each line on stdin,
+{"op": "add_trigger" | "update_trigger" | "remove_trigger", "trigger": {...}}, is that call,
+made on a thread of its own as StackStorm's sensor container makes it. SIGTERM calls cleanup() and ends the process. The service reaches
 Sluice through the Unix socket SLUICE_SERVICE_SOCKET names: dispatch() publishes a trigger,
 get_value() and the rest use the datastore. Logs go to stderr, which Sluice logs.
 """
@@ -14,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from sluice_python_action import ActionService
 
@@ -76,7 +79,21 @@ def main():
         with open(os.environ["SLUICE_SENSOR_TRIGGERS_FILE"]) as source:
             for trigger in json.load(source):
                 sensor.add_trigger(trigger)
+    threading.Thread(target=hear_rule_changes, args=(sensor,), daemon=True).start()
     sensor.run()
+
+
+def hear_rule_changes(sensor):
+    log = logging.getLogger("sluice.sensor")
+    for line in sys.stdin:
+        try:
+            change = json.loads(line)
+            op = change["op"]
+            if op not in ("add_trigger", "update_trigger", "remove_trigger"):
+                raise ValueError("unknown call %r" % op)
+            getattr(sensor, op)(change["trigger"])
+        except Exception:
+            log.exception("%s failed", line.strip())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@
 //! dispatch returns once JetStream stored the trigger. What the process writes on stderr
 //! (its logger's output) is logged with the sensor's name.
 //!
+//! When the rules on its triggers change, a running sensor hears it as StackStorm's do:
+//! [`SensorHost::set_triggers`] sends the process `add_trigger`, `update_trigger` or
+//! `remove_trigger` for each rule that came, changed or went (one JSON line each on its
+//! stdin), and a sensor started again later gets `add_trigger` for the rules in force then.
+//!
 //! A sensor that exits, or dies, is started again after a wait that doubles each time it
 //! dies young (1 s up to 60 s) and starts over once it ran for a minute. Stopping the host
 //! sends each process SIGTERM (`cleanup()`), then kills what is left.
@@ -18,9 +23,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -58,6 +66,8 @@ pub struct SensorSpec {
 pub struct SensorHost {
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each sensor's rules in force, by sensor.
+    triggers: BTreeMap<String, watch::Sender<Vec<Value>>>,
 }
 
 impl SensorHost {
@@ -68,14 +78,32 @@ impl SensorHost {
         venvs: Option<Arc<Venvs>>,
     ) -> Self {
         let cancel = CancellationToken::new();
+        let mut triggers = BTreeMap::new();
         let tasks = specs
             .into_iter()
             .map(|spec| {
                 let (service, venvs, cancel) = (service.clone(), venvs.clone(), cancel.clone());
-                tokio::spawn(supervise(spec, service, venvs, cancel))
+                let (rules, heard) = watch::channel(spec.rule_triggers.clone());
+                triggers.insert(spec.sensor_ref.clone(), rules);
+                tokio::spawn(supervise(spec, heard, service, venvs, cancel))
             })
             .collect();
-        Self { cancel, tasks }
+        Self {
+            cancel,
+            tasks,
+            triggers,
+        }
+    }
+
+    /// The rules now on `sensor`'s triggers: its process hears what changed.
+    pub fn set_triggers(&self, sensor: &str, rules: Vec<Value>) {
+        if let Some(sender) = self.triggers.get(sensor) {
+            sender.send_if_modified(|current| {
+                let changed = *current != rules;
+                *current = rules;
+                changed
+            });
+        }
     }
 
     /// Stops every sensor: SIGTERM, so `cleanup()` runs, then SIGKILL for what is left.
@@ -89,6 +117,7 @@ impl SensorHost {
 
 async fn supervise(
     spec: SensorSpec,
+    mut rules: watch::Receiver<Vec<Value>>,
     service: ActionService,
     venvs: Option<Arc<Venvs>>,
     cancel: CancellationToken,
@@ -96,7 +125,7 @@ async fn supervise(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        let ended = run_once(&spec, &service, venvs.as_deref(), &cancel).await;
+        let ended = run_once(&spec, &mut rules, &service, venvs.as_deref(), &cancel).await;
         if cancel.is_cancelled() {
             return;
         }
@@ -120,6 +149,7 @@ async fn supervise(
 /// Runs the sensor's process to its end; says how it ended.
 async fn run_once(
     spec: &SensorSpec,
+    rules: &mut watch::Receiver<Vec<Value>>,
     service: &ActionService,
     venvs: Option<&Venvs>,
     cancel: &CancellationToken,
@@ -144,10 +174,8 @@ async fn run_once(
         return format!("cannot write the pack's configuration: {e}");
     }
     let triggers_file = scratch.path().join("triggers.json");
-    if let Err(e) = std::fs::write(
-        &triggers_file,
-        Value::Array(spec.rule_triggers.clone()).to_string(),
-    ) {
+    let mut told = rules.borrow_and_update().clone();
+    if let Err(e) = std::fs::write(&triggers_file, Value::Array(told.clone()).to_string()) {
         return format!("cannot write the sensor's triggers: {e}");
     }
     let socket = scratch.path().join("service.sock");
@@ -185,7 +213,7 @@ async fn run_once(
         .env("SLUICE_CONFIG_FILE", &config_file)
         .env("SLUICE_SENSOR_TRIGGERS_FILE", &triggers_file)
         .env("ST2_SENSOR_PACK_NAME", &spec.pack)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -208,14 +236,33 @@ async fn run_once(
             .take()
             .map(|err| log_lines(spec.sensor_ref.clone(), err)),
     ];
-    let ended = tokio::select! {
-        status = child.wait() => match status {
-            Ok(status) => format!("process ended: {status}"),
-            Err(e) => format!("process lost: {e}"),
-        },
-        _ = cancel.cancelled() => {
-            terminate(&mut child).await;
-            "stopped".to_owned()
+    let mut stdin = child.stdin.take();
+    let ended = loop {
+        tokio::select! {
+            status = child.wait() => break match status {
+                Ok(status) => format!("process ended: {status}"),
+                Err(e) => format!("process lost: {e}"),
+            },
+            _ = cancel.cancelled() => {
+                terminate(&mut child).await;
+                break "stopped".to_owned();
+            }
+            Ok(()) = rules.changed() => {
+                let now = rules.borrow_and_update().clone();
+                let mut lines = String::new();
+                for (op, trigger) in trigger_changes(&told, &now) {
+                    info!(sensor = spec.sensor_ref, op, rule = %trigger["ref"], "telling the sensor");
+                    lines.push_str(&json!({"op": op, "trigger": trigger}).to_string());
+                    lines.push('\n');
+                }
+                told = now;
+                if let Some(pipe) = stdin.as_mut()
+                    && pipe.write_all(lines.as_bytes()).await.is_err()
+                {
+                    // It is on its way out; the next start reads the rules from its file.
+                    stdin = None;
+                }
+            }
         }
     };
     served.abort();
@@ -223,6 +270,27 @@ async fn run_once(
         task.abort();
     }
     ended
+}
+
+/// What a sensor told of `before` must hear to know `after`: `remove_trigger` for each rule
+/// gone, `update_trigger` for each changed, `add_trigger` for each new, in that order.
+fn trigger_changes(before: &[Value], after: &[Value]) -> Vec<(&'static str, Value)> {
+    let id = |t: &Value| t["id"].as_str().unwrap_or_default().to_owned();
+    let old: BTreeMap<String, &Value> = before.iter().map(|t| (id(t), t)).collect();
+    let new: BTreeMap<String, &Value> = after.iter().map(|t| (id(t), t)).collect();
+    let mut changes: Vec<(&'static str, Value)> = old
+        .iter()
+        .filter(|(name, _)| !new.contains_key(*name))
+        .map(|(_, t)| ("remove_trigger", (*t).clone()))
+        .collect();
+    for (name, t) in &new {
+        match old.get(name) {
+            Some(was) if was != t => changes.push(("update_trigger", (*t).clone())),
+            Some(_) => {}
+            None => changes.push(("add_trigger", (*t).clone())),
+        }
+    }
+    changes
 }
 
 /// SIGTERM to the sensor's process group, then SIGKILL if it outlives its cleanup.
@@ -253,4 +321,29 @@ fn log_lines(
             info!(sensor, "{line}");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sensor_hears_each_rule_that_went_changed_or_came() {
+        let rule = |id: &str, every: u64| json!({"id": id, "ref": id, "type": "w.tick", "parameters": {"every": every}});
+        let before = [rule("w.a", 1), rule("w.b", 1), rule("w.c", 1)];
+        let after = [rule("w.b", 1), rule("w.c", 5), rule("w.d", 1)];
+        let changes: Vec<(&str, String)> = trigger_changes(&before, &after)
+            .into_iter()
+            .map(|(op, t)| (op, t["id"].as_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("remove_trigger", "w.a".to_owned()),
+                ("update_trigger", "w.c".to_owned()),
+                ("add_trigger", "w.d".to_owned()),
+            ]
+        );
+        assert!(trigger_changes(&after, &after).is_empty());
+    }
 }

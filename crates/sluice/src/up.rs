@@ -127,7 +127,8 @@ async fn start_engine(
 }
 
 /// The packs' sensors, kept running as the packs change: started with the engine, and
-/// started again when a pack install, reload or removal changes them.
+/// started again when a pack install, reload or removal changes them, and told (not
+/// started again) when only the rules on their triggers change.
 struct Sensors {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -147,6 +148,17 @@ impl Sensors {
             let mut running: Option<(Vec<SensorSpec>, SensorHost)> = None;
             loop {
                 let wanted = sensor_specs(&engine.catalog());
+                // The same sensors with other rules on their triggers: they are told, not
+                // started again.
+                if let Some((specs, host)) = running.as_mut()
+                    && *specs != wanted
+                    && same_sensors(specs, &wanted)
+                {
+                    for spec in &wanted {
+                        host.set_triggers(&spec.sensor_ref, spec.rule_triggers.clone());
+                    }
+                    *specs = wanted.clone();
+                }
                 if running.as_ref().is_none_or(|(specs, _)| *specs != wanted) {
                     if let Some((_, host)) = running.take() {
                         info!("the packs' sensors changed; starting them again");
@@ -175,6 +187,20 @@ impl Sensors {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// Whether `a` and `b` are the same sensors, whatever rules are on their triggers.
+fn same_sensors(a: &[SensorSpec], b: &[SensorSpec]) -> bool {
+    let bare = |specs: &[SensorSpec]| -> Vec<SensorSpec> {
+        specs
+            .iter()
+            .map(|s| SensorSpec {
+                rule_triggers: Vec::new(),
+                ..s.clone()
+            })
+            .collect()
+    };
+    bare(a) == bare(b)
 }
 
 /// The enabled sensors of the catalog's packs, each with its pack's configuration.

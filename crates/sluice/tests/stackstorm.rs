@@ -457,6 +457,12 @@ class Counter(PollingSensor):
     def add_trigger(self, trigger):
         note("added", "%s %s %s\n" % (os.getpid(), trigger["ref"], trigger["parameters"]))
 
+    def update_trigger(self, trigger):
+        note("updated", "%s %s %s\n" % (os.getpid(), trigger["ref"], trigger["parameters"]))
+
+    def remove_trigger(self, trigger):
+        note("removed", "%s %s\n" % (os.getpid(), trigger["ref"]))
+
     def poll(self):
         path = os.path.join(STATE, "count")
         n = int(open(path).read()) if os.path.exists(path) else 0
@@ -551,23 +557,43 @@ async fn a_pack_sensor_dispatches_triggers_and_a_killed_one_comes_back_losing_an
     let (_, events) = sluice.get("/api/v1/events?limit=100").await;
     assert_eq!(events.as_array().unwrap().len(), 6, "{events}");
 
-    // Each start hands the sensor the rules on its triggers; a new rule starts it again.
+    // Each start hands the sensor the rules on its triggers; while it runs, it is told of
+    // each rule that comes, changes or goes, in the same process.
     let added = read("added");
     assert!(
         added.contains(&format!("{first} watch.record {{'every': 1}}")),
         "{added}"
     );
-    let (status, created) = sluice
-        .post(
-            "/api/v1/rules",
-            &json!({"pack": "watch", "name": "second", "trigger": {"type": "watch.tick"}, "action": {"ref": "core.noop"}}),
-        )
-        .await;
+    let pid = read("pids").lines().last().unwrap().to_owned();
+    let rule = |every: u64| json!({"pack": "watch", "name": "second", "trigger": {"type": "watch.tick", "parameters": {"every": every}}, "action": {"ref": "core.noop"}});
+    let (status, created) = sluice.post("/api/v1/rules", &rule(2)).await;
     assert!(status == 200 || status == 201, "{created}");
-    sluice_testkit::eventually(
-        "the sensor to hear the new rule",
-        std::time::Duration::from_secs(20),
-        || async { read("added").contains("watch.second").then_some(()) },
-    )
-    .await;
+    let told = |file: &'static str, text: String| {
+        let read = &read;
+        async move {
+            sluice_testkit::eventually(
+                &format!("the sensor to hear {text}"),
+                std::time::Duration::from_secs(20),
+                || async { read(file).contains(&text).then_some(()) },
+            )
+            .await
+        }
+    };
+    told("added", format!("{pid} watch.second {{'every': 2}}")).await;
+    let (status, replaced) = sluice
+        .client()
+        .put("/api/v1/rules/watch.second", &rule(5))
+        .await;
+    assert_eq!(status, 200, "{replaced}");
+    told("updated", format!("{pid} watch.second {{'every': 5}}")).await;
+    let (status, disabled) = sluice
+        .post("/api/v1/rules/watch.second/disable", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{disabled}");
+    told("removed", format!("{pid} watch.second")).await;
+    assert_eq!(
+        read("pids").lines().last().unwrap(),
+        pid,
+        "the sensor was told, not started again"
+    );
 }
