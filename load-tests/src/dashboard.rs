@@ -187,12 +187,7 @@ pub async fn run(
         snapshot_bytes_mean: bytes_mean,
         reported_ended_per_s: reported,
     };
-    let row = |name: &str, p: &Percentiles| {
-        println!(
-            "  {name:<30} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-            p.p50, p.p90, p.p99, p.p999, p.max
-        );
-    };
+    let row = |name: &str, p: &Percentiles| p.print_row(name, 30);
     println!(
         "scenario: {} ({count} executions per pass, store {}, commit {})",
         figures.scenario, figures.store, figures.commit

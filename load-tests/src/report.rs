@@ -29,6 +29,14 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// One row of a latency table: `name` in a column `width` wide, then the figures.
+    pub fn print_row(&self, name: &str, width: usize) {
+        println!(
+            "  {name:<width$} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        );
+    }
+
     pub fn of(histogram: &Histogram<u64>) -> Self {
         let ms = |micros: u64| micros as f64 / 1000.0;
         Self {
@@ -105,12 +113,7 @@ impl Summary {
 
     /// Prints the table, and writes the JSON when asked to.
     pub fn emit(&self, json: Option<&Path>) -> anyhow::Result<()> {
-        let row = |name: &str, p: &Percentiles| {
-            println!(
-                "  {name:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-                p.p50, p.p90, p.p99, p.p999, p.max
-            );
-        };
+        let row = |name: &str, p: &Percentiles| p.print_row(name, 26);
         println!(
             "scenario: {} ({} executions, store {}, commit {})",
             self.scenario, self.executions, self.store, self.commit

@@ -149,11 +149,7 @@ async fn start(python: &Path) -> Result<Server, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SLUICE_") {
-            command.env_remove(name);
-        }
-    }
+    crate::runner::without_own_config(&mut command);
     let mut process = command.spawn().map_err(|e| {
         format!(
             "cannot start the python fork server ({}): {e}",

@@ -302,7 +302,7 @@ fn runner_env(message: &RunMessage) -> Result<Vec<(String, String)>, String> {
         let valid = !name.is_empty()
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !valid || name.starts_with("SLUICE_") {
+        if !valid || is_own_config(name) {
             return Err(format!(
                 "runner parameter env: {name:?} is not a variable an action may set (letters, digits and _, not starting with a digit or SLUICE_)"
             ));
@@ -664,6 +664,21 @@ fn action_env(message: &RunMessage, tag: &str) -> Vec<(String, String)> {
     env
 }
 
+/// Whether an inherited variable is Sluice's own configuration (a NATS URL with
+/// credentials, key files): what a child process is never given.
+pub(crate) fn is_own_config(name: &str) -> bool {
+    name.starts_with("SLUICE_")
+}
+
+/// Leaves every inherited `SLUICE_*` variable out of `command`'s environment.
+pub(crate) fn without_own_config(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if is_own_config(&name.to_string_lossy()) {
+            command.env_remove(name);
+        }
+    }
+}
+
 async fn run_process(
     mut command: Command,
     message: &RunMessage,
@@ -672,13 +687,7 @@ async fn run_process(
     output: &Output,
 ) -> Outcome {
     let tag = run_tag(message);
-    // The worker's own configuration (its NATS URL with credentials, its key files) is not
-    // the action's business: every inherited SLUICE_* variable is left out.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SLUICE_") {
-            command.env_remove(name);
-        }
-    }
+    without_own_config(&mut command);
     command
         .envs(action_env(message, &tag))
         .stdin(Stdio::piped())
@@ -833,7 +842,7 @@ async fn run_forked(
                 value.to_string_lossy().into_owned(),
             )
         })
-        .filter(|(name, _)| !name.starts_with("SLUICE_"))
+        .filter(|(name, _)| !is_own_config(name))
         .collect();
     env.extend(extra_env);
     env.extend(action_env(message, &tag));

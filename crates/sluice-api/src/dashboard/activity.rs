@@ -182,10 +182,10 @@ impl Activity {
             None => inner.mark = Some((minute, totals)),
         }
         let today = now.date_naive();
-        let counters = counters();
         if let Some(day) = inner.today.as_mut()
             && day.date != today
         {
+            let counters = counters();
             *day = Day {
                 date: today,
                 rejected: 0,
