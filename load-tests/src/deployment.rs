@@ -256,6 +256,9 @@ impl Local {
         let run_signer = Arc::new(sluice_bus::RunSigner::load_or_create(&key)?);
         let (_, token) =
             sluice_api::auth::issue(&store, "sluice-load", sluice_core::Scope::Run, None).await?;
+        // Bound first: run messages carry the API's address, as they do in a deployment.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
         let engine = Arc::new(
             Engine::start(EngineConfig {
                 name: "engine".into(),
@@ -269,11 +272,10 @@ impl Local {
                 )?),
                 ingest_triggers: true,
                 worker_loss_window: Duration::from_secs(10),
+                api_url: Some(format!("{api}/api/v1")),
             })
             .await?,
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", listener.local_addr()?);
         let router = sluice_api::app(engine.clone(), sluice_api::dashboard::Options::default());
         let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {

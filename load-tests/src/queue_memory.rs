@@ -68,6 +68,7 @@ pub async fn run(executions: u64, json: Option<&std::path::Path>) -> anyhow::Res
         keyring: std::sync::Arc::new(sluice_core::secrets::Keyring::ephemeral()?),
         ingest_triggers: false,
         worker_loss_window: Duration::from_secs(10),
+        api_url: None,
     })
     .await?;
     let queued = loop {

@@ -1,5 +1,6 @@
 //! Who may call the API. Every route but `/healthz` needs a token, sent as
-//! `Authorization: Bearer <token>` or, as StackStorm clients do, `St2-Api-Key: <token>`;
+//! `Authorization: Bearer <token>` or, as StackStorm clients do, `St2-Api-Key: <token>` or
+//! `X-Auth-Token: <token>`;
 //! the dashboard's pages send it in their HttpOnly, SameSite=Strict cookie
 //! ([`SESSION_COOKIE`]), and a request that changes something on a cookie alone must also
 //! carry [`DASHBOARD_HEADER`], which a page on another site cannot add.
@@ -8,6 +9,10 @@
 //! SHA-256, its scope ([`Scope`]: read, run, admin), expiry, last use and revocation. What
 //! a request needs is decided in one place, [`needed_scope`]: reading needs `read`,
 //! starting and cancelling executions `run`, anything else `admin`.
+//!
+//! An action is given a token of its own execution (`ST2_ACTION_AUTH_TOKEN`,
+//! [`sluice_bus::ExecutionTokens`]): it has the `run` scope, is kept nowhere, and is
+//! refused once the execution has ended or moved on to another attempt.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +23,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sluice_core::Scope;
+use sluice_bus::ExecutionTokens;
+use sluice_core::{ExecutionStatus, Scope};
 use sluice_store::{NewToken, Store, StoreError, Token};
 use tracing::{info, warn};
 
@@ -171,20 +177,29 @@ pub(crate) enum Carrier {
 
 /// The token a request carries, if any: a header first, then the dashboard's cookie.
 pub(crate) fn presented(headers: &HeaderMap) -> Option<(&str, Carrier)> {
-    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key("st2-api-key") {
+    if TOKEN_HEADERS.iter().any(|name| headers.contains_key(*name)) {
         return in_header(headers).map(|token| (token, Carrier::Header));
     }
     session_cookie(headers).map(|token| (token, Carrier::Cookie))
 }
 
-/// The token a request carries in `Authorization: Bearer` or `St2-Api-Key`.
+/// The headers a token may come in: `Authorization: Bearer`, and StackStorm's two.
+const TOKEN_HEADERS: [&str; 3] = ["authorization", "st2-api-key", "x-auth-token"];
+
+/// The token a request carries in `Authorization: Bearer`, `St2-Api-Key` or
+/// `X-Auth-Token`.
 pub(crate) fn in_header(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (kind, token) = value.split_once(' ')?;
         return kind.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
-    headers.get("st2-api-key")?.to_str().ok().map(str::trim)
+    TOKEN_HEADERS[1..]
+        .iter()
+        .find_map(|name| headers.get(*name))?
+        .to_str()
+        .ok()
+        .map(str::trim)
 }
 
 /// The dashboard's token from the `Cookie` headers, if there is one.
@@ -203,9 +218,57 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 /// The caller a request was authenticated as, for handlers that record who did what.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub token_id: i64,
+    /// The token's name; `execution <id>` for an execution's token.
     pub name: String,
     pub scope: Scope,
+}
+
+impl From<Token> for Caller {
+    fn from(token: Token) -> Self {
+        Self {
+            name: token.name,
+            scope: token.scope,
+        }
+    }
+}
+
+/// Who `secret` is: an API token from the store, or the token of an execution that is
+/// running now.
+pub(crate) async fn identify(
+    engine: &AppState,
+    secret: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Caller, ApiError> {
+    match secret {
+        Some(secret) if ExecutionTokens::is_one(secret) => execution_caller(engine, secret).await,
+        _ => authenticate(engine.store(), secret, now)
+            .await
+            .map(Caller::from),
+    }
+}
+
+/// The caller an execution's token stands for, while that attempt of the execution runs.
+async fn execution_caller(engine: &AppState, secret: &str) -> Result<Caller, ApiError> {
+    let Some((id, attempt)) = engine.execution_tokens().verify(secret) else {
+        return Err(ApiError::Unauthorized("the token is not valid".into()));
+    };
+    let ended = || {
+        ApiError::Unauthorized(format!(
+            "the token of execution {id}, attempt {attempt}, ended with that attempt"
+        ))
+    };
+    let execution = engine.store().get_execution(id).await?.ok_or_else(ended)?;
+    let running = matches!(
+        execution.status,
+        ExecutionStatus::Scheduled | ExecutionStatus::Running
+    );
+    if !running || execution.attempt != attempt {
+        return Err(ended());
+    }
+    Ok(Caller {
+        name: format!("execution {id}"),
+        scope: Scope::Run,
+    })
 }
 
 /// The middleware in front of every route but `/healthz`.
@@ -216,8 +279,8 @@ pub async fn authorize(
 ) -> Response {
     let needed = needed_scope(request.method(), request.uri().path());
     let credential = presented(request.headers());
-    let token = match authenticate(engine.store(), credential.map(|(t, _)| t), Utc::now()).await {
-        Ok(token) => token,
+    let caller = match identify(&engine, credential.map(|(t, _)| t), Utc::now()).await {
+        Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
     let safe = matches!(*request.method(), Method::GET | Method::HEAD);
@@ -231,21 +294,17 @@ pub async fn authorize(
         ))
         .into_response();
     }
-    if !token.scope.allows(needed) {
+    if !caller.scope.allows(needed) {
         return ApiError::Forbidden(format!(
             "token {:?} has the {} scope; {} {} needs {needed}",
-            token.name,
-            token.scope,
+            caller.name,
+            caller.scope,
             request.method(),
             request.uri().path()
         ))
         .into_response();
     }
-    request.extensions_mut().insert(Caller {
-        token_id: token.id,
-        name: token.name,
-        scope: token.scope,
-    });
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
@@ -332,6 +391,8 @@ mod tests {
             HeaderValue::from_static("theme=dark; sluice_token=slc_c"),
         );
         assert_eq!(presented(&headers), Some(("slc_c", Carrier::Cookie)));
+        headers.insert("x-auth-token", HeaderValue::from_static("slc_x"));
+        assert_eq!(presented(&headers), Some(("slc_x", Carrier::Header)));
         headers.insert("st2-api-key", HeaderValue::from_static("slc_a"));
         assert_eq!(presented(&headers), Some(("slc_a", Carrier::Header)));
         headers.insert(

@@ -47,13 +47,12 @@ fn refused(status: StatusCode, reason: &'static str, message: String) -> ApiErro
 }
 
 async fn token(engine: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token =
-        crate::auth::authenticate(engine.store(), crate::auth::in_header(headers), Utc::now())
-            .await
-            .map_err(|e| match e {
-                ApiError::Unauthorized(m) => refused(StatusCode::UNAUTHORIZED, "unauthorized", m),
-                other => other,
-            })?;
+    let token = crate::auth::identify(engine, crate::auth::in_header(headers), Utc::now())
+        .await
+        .map_err(|e| match e {
+            ApiError::Unauthorized(m) => refused(StatusCode::UNAUTHORIZED, "unauthorized", m),
+            other => other,
+        })?;
     if !token.scope.allows(Scope::Run) {
         return Err(refused(
             StatusCode::FORBIDDEN,

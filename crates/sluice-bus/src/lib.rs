@@ -22,6 +22,7 @@ mod client;
 mod consume;
 pub mod datastore;
 mod error;
+mod execution_token;
 pub mod names;
 pub mod packs;
 pub mod settle;
@@ -37,6 +38,7 @@ pub use client::{
 };
 pub use consume::{consume_batches, consume_within};
 pub use error::{BusError, BusErrorKind};
+pub use execution_token::ExecutionTokens;
 pub use settle::Settle;
 pub use signing::{RunSigner, RunVerifier};
 pub use streams::{ConsumerDef, StreamDef, definitions};

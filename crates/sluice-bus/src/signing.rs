@@ -113,6 +113,12 @@ impl RunSigner {
         Ok(signer)
     }
 
+    /// What makes and checks execution tokens: a key derived from this one, so only its
+    /// holders can make them.
+    pub fn execution_tokens(&self) -> crate::ExecutionTokens {
+        crate::ExecutionTokens::derived_from(&self.key.to_bytes())
+    }
+
     /// The public key, hex: what workers are given.
     pub fn public_hex(&self) -> String {
         hex::encode(self.key.verifying_key().as_bytes())

@@ -24,7 +24,7 @@ pub mod status;
 pub use auth::Scope;
 pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
 pub use message::{
-    CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, OutputChunk, ProcessLimits,
+    ActionApi, CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, OutputChunk, ProcessLimits,
     RunMessage, StatusReport, decode, encode,
 };
 pub use runner::RunnerType;

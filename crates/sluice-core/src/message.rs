@@ -44,6 +44,20 @@ pub struct RunMessage {
     /// Limits on the action's processes.
     #[serde(default, skip_serializing_if = "ProcessLimits::is_none")]
     pub limits: ProcessLimits,
+    /// How the action reaches the engine's API while it runs, when the engine serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ActionApi>,
+}
+
+/// The API as an action is given it: `ST2_ACTION_API_URL` and `ST2_ACTION_AUTH_TOKEN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionApi {
+    /// The API's base URL, `…/api/v1`.
+    pub url: String,
+    /// The execution's token, sealed: it opens the API to whoever holds it until the
+    /// execution ends.
+    pub token: String,
 }
 
 /// Per-process limits an action asks for (`limits:` in its file), applied by the worker
@@ -268,6 +282,7 @@ mod tests {
             config: None,
             timeout_secs: Some(60),
             limits: Default::default(),
+            api: None,
         };
         let back: RunMessage = decode(&encode(&msg).unwrap()).unwrap();
         assert_eq!(back, msg);

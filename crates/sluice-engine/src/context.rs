@@ -28,6 +28,15 @@ pub(crate) struct ActorContext {
     /// Cancelled when the engine shuts down: supervisors admit nothing more, and queued
     /// executions stay `requested` in the store for the next start.
     pub(crate) intake: CancellationToken,
+    /// The API actions are given, when the engine serves one.
+    pub(crate) action_api: Option<ActionApiAccess>,
+}
+
+/// What run messages tell actions about the API: where it is, and the token of each
+/// execution's attempt.
+pub(crate) struct ActionApiAccess {
+    pub(crate) url: String,
+    pub(crate) tokens: sluice_bus::ExecutionTokens,
 }
 
 /// The catalog in force. Switching a rule replaces it whole, so whoever reads it holds one

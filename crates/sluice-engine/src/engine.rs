@@ -10,7 +10,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value};
 use sluice_bus::datastore::Datastore;
 use sluice_bus::timers::TimerState;
-use sluice_bus::{Bus, BusError, RunSigner, Settle, names};
+use sluice_bus::{Bus, BusError, ExecutionTokens, RunSigner, Settle, names};
 use sluice_core::secrets::Keyring;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::datastore::{Kv, opened_during};
@@ -22,7 +22,7 @@ use tracing::{Instrument as _, error, info, warn};
 
 use crate::backend::Live;
 use crate::consumer::{self, LoopFn};
-use crate::context::{ActorContext, LiveCatalog, Shared};
+use crate::context::{ActionApiAccess, ActorContext, LiveCatalog, Shared};
 use crate::datastore::{self, KeyCache, Keys};
 use crate::error::{CancelError, EngineError, RuleError, SubmitError};
 use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub ingest_triggers: bool,
     /// A worker silent this long is lost: its executions end `abandoned` (or are retried).
     pub worker_loss_window: Duration,
+    /// The API's base URL as actions reach it (`…/api/v1`), given to them with a token of
+    /// their execution; `None` when the engine serves no API.
+    pub api_url: Option<String>,
 }
 
 /// A running engine. Dropping it leaves the actors running; call [`Engine::shutdown`].
@@ -72,6 +75,8 @@ pub struct Engine {
     pack_store: sluice_bus::packs::PackStore,
     /// One pack change at a time.
     pack_lock: pack_changes::Lock,
+    /// Checks the tokens actions call the API with.
+    execution_tokens: ExecutionTokens,
 }
 
 /// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
@@ -127,6 +132,7 @@ impl Engine {
             .map_err(|e| EngineError::Packs(format!("sealing pack configurations: {e}")))?;
         let catalog = with_switches(Arc::new(loaded), &config.store).await?;
         let kv = Kv::new(key_cache.clone(), None);
+        let execution_tokens = config.run_signer.execution_tokens();
         let shared = Arc::new(Shared {
             directory: directory.clone(),
             catalog: LiveCatalog::new(catalog.clone()),
@@ -147,6 +153,10 @@ impl Engine {
             keyring: shared.keyring.clone(),
             kv,
             intake: intake.clone(),
+            action_api: config.api_url.map(|url| ActionApiAccess {
+                url,
+                tokens: execution_tokens.clone(),
+            }),
         });
         let mut supervisors = HashMap::new();
         for action in catalog.actions.values() {
@@ -305,6 +315,7 @@ impl Engine {
             packs: config.packs,
             pack_store,
             pack_lock: Default::default(),
+            execution_tokens,
         })
     }
 
@@ -612,6 +623,11 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// What checks the tokens actions are given (`ST2_ACTION_AUTH_TOKEN`).
+    pub fn execution_tokens(&self) -> &ExecutionTokens {
+        &self.execution_tokens
     }
 
     /// Requests an execution directly (API, CLI): parameters are checked against the action,

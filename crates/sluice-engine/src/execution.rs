@@ -72,6 +72,23 @@ impl ExecutionActor {
             timeout_secs: state.action.timeout_for(&state.pending.parameters),
             config: state.action.config.as_ref().and_then(|c| c.sealed.clone()),
             limits: state.action.limits,
+            api: Self::action_api(state),
+        }
+    }
+
+    /// The API and this attempt's token, sealed, when the engine serves an API.
+    fn action_api(state: &ExecutionState) -> Option<sluice_core::ActionApi> {
+        let access = state.ctx.action_api.as_ref()?;
+        let token = access.tokens.mint(state.pending.id, state.pending.attempt);
+        match state.ctx.keyring.seal(&serde_json::Value::String(token)) {
+            Ok(token) => Some(sluice_core::ActionApi {
+                url: access.url.clone(),
+                token,
+            }),
+            Err(e) => {
+                warn!(execution_id = %state.pending.id, error = %e, "cannot seal the execution's API token; the action runs without one");
+                None
+            }
         }
     }
 }

@@ -686,6 +686,7 @@ mod tests {
             keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
             kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
+            action_api: None,
         });
         let key_param: sluice_pack::ParamSpec =
             serde_json::from_value(serde_json::json!({"type": "string"})).unwrap();

@@ -65,6 +65,7 @@ impl World {
             keyring: Arc::new(sluice_core::secrets::Keyring::ephemeral().unwrap()),
             kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
+            action_api: None,
         });
         let mut supervisors = HashMap::new();
         for action in catalog.actions.values() {

@@ -149,7 +149,7 @@ async fn start(python: &Path) -> Result<Server, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    crate::runner::without_own_config(&mut command);
+    crate::child_env::without_own_config(&mut command);
     let mut process = command.spawn().map_err(|e| {
         format!(
             "cannot start the python fork server ({}): {e}",

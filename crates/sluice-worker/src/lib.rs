@@ -19,6 +19,7 @@
 //! `sluice.cancel.<id>`: a running execution has its process group killed and ends
 //! `cancelled`; one not started yet finds the request before it starts.
 
+mod child_env;
 pub mod forkserver;
 mod packs;
 mod python;
@@ -582,6 +583,19 @@ impl RunActor {
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
         let mut run = state.run.clone();
         run.parameters = parameters;
+        // The execution's API token, opened for the process like a secret parameter.
+        if let Some(api) = run.api.as_mut() {
+            match state.shared.keyring.unseal(&api.token) {
+                Ok(Value::String(token)) => api.token = token,
+                other => {
+                    let why = other
+                        .err()
+                        .map_or("not a string".to_owned(), |e| e.to_string());
+                    warn!(execution_id = %id, error = why, "cannot open the execution's API token; the action runs without one");
+                    run.api = None;
+                }
+            }
+        }
         run.config = match config {
             Some(Value::Object(config)) => Some(config),
             _ => None,

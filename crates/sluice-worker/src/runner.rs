@@ -14,6 +14,8 @@ use serde_json::{Map, Value, json};
 use sluice_core::{ExecutionStatus, RunMessage, RunnerType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+
+use crate::child_env::{is_own_config, without_own_config};
 use tokio_util::sync::CancellationToken;
 
 /// How much of stdout and of stderr a result keeps unless the worker is told otherwise.
@@ -382,11 +384,6 @@ async fn run_python(
         ("PYTHONDONTWRITEBYTECODE", "1".into()),
         ("SLUICE_RESULT_FILE", outcome_file.clone().into()),
         ("SLUICE_CONFIG_FILE", config_file.clone().into()),
-        ("ST2_ACTION_PACK_NAME", message.action.pack().into()),
-        (
-            "ST2_ACTION_EXECUTION_ID",
-            message.execution_id.to_string().into(),
-        ),
     ]
     .into_iter()
     .chain(
@@ -649,7 +646,9 @@ fn run_tag(message: &RunMessage) -> String {
 }
 
 /// The environment every action process gets besides what it inherits: its parameters,
-/// who it is, and its run tag.
+/// who it is, and its run tag; and what StackStorm tells an action: its pack and
+/// execution and, when the engine serves an API, where it is and the execution's token
+/// (opened by the worker).
 fn action_env(message: &RunMessage, tag: &str) -> Vec<(String, String)> {
     let mut env = param_env(&message.parameters);
     env.extend([
@@ -660,23 +659,20 @@ fn action_env(message: &RunMessage, tag: &str) -> Vec<(String, String)> {
         ("SLUICE_ACTION".into(), message.action.as_str().to_owned()),
         ("SLUICE_ATTEMPT".into(), message.attempt.to_string()),
         (RUN_TAG.into(), tag.to_owned()),
+        (
+            "ST2_ACTION_PACK_NAME".into(),
+            message.action.pack().to_owned(),
+        ),
+        (
+            "ST2_ACTION_EXECUTION_ID".into(),
+            message.execution_id.to_string(),
+        ),
     ]);
-    env
-}
-
-/// Whether an inherited variable is Sluice's own configuration (a NATS URL with
-/// credentials, key files): what a child process is never given.
-pub(crate) fn is_own_config(name: &str) -> bool {
-    name.starts_with("SLUICE_")
-}
-
-/// Leaves every inherited `SLUICE_*` variable out of `command`'s environment.
-pub(crate) fn without_own_config(command: &mut Command) {
-    for (name, _) in std::env::vars_os() {
-        if is_own_config(&name.to_string_lossy()) {
-            command.env_remove(name);
-        }
+    if let Some(api) = &message.api {
+        env.push(("ST2_ACTION_API_URL".into(), api.url.clone()));
+        env.push(("ST2_ACTION_AUTH_TOKEN".into(), api.token.clone()));
     }
+    env
 }
 
 async fn run_process(

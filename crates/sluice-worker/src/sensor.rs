@@ -193,7 +193,7 @@ async fn run_once(
         command.arg(poll.to_string());
     }
     // The engine's own configuration is not the sensor's business.
-    crate::runner::without_own_config(&mut command);
+    crate::child_env::without_own_config(&mut command);
     let python_path = crate::python::python_path(library, &spec.pack_dir.join("actions"));
     let mut paths = vec![sensors_dir.to_owned()];
     paths.extend(std::env::split_paths(&python_path));

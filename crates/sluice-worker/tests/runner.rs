@@ -60,6 +60,7 @@ fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunM
         config: None,
         timeout_secs,
         limits: Default::default(),
+        api: None,
     }
 }
 

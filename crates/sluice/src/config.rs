@@ -69,6 +69,8 @@ pub struct Config {
     pub stream_replicas: usize,
     /// Jaeger's web UI, where the dashboard links trace ids to.
     pub jaeger_url: Option<String>,
+    /// Where workers reach the engine's API; from [`Config::http`] when `None`.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -115,6 +117,19 @@ impl Config {
         self.secrets_key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secrets.key"))
+    }
+
+    /// The API's base URL as actions are given it (`ST2_ACTION_API_URL`): `--public-url`,
+    /// else the address the API listens on, with 127.0.0.1 for an unspecified host.
+    pub fn action_api_url(&self, listening: SocketAddr) -> String {
+        let base = match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if listening.ip().is_unspecified() => {
+                format!("http://127.0.0.1:{}", listening.port())
+            }
+            None => format!("http://{listening}"),
+        };
+        format!("{base}/api/v1")
     }
 
     pub fn nats_url(&self) -> String {

@@ -597,6 +597,11 @@ struct ServerArgs {
     /// id to its trace there.
     #[arg(long, env = "SLUICE_JAEGER_URL")]
     jaeger_url: Option<String>,
+    /// Where this engine's API is reached from workers (`http://engine:8080`): actions are
+    /// given `<URL>/api/v1` as ST2_ACTION_API_URL. Default: the --http address, with
+    /// 127.0.0.1 for an unspecified host.
+    #[arg(long, env = "SLUICE_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 impl ServerArgs {
@@ -644,6 +649,7 @@ impl ServerArgs {
             },
             stream_replicas: usize::from(self.stream_replicas),
             jaeger_url: self.jaeger_url,
+            public_url: self.public_url,
         }
     }
 }

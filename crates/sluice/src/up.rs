@@ -117,6 +117,7 @@ async fn start_engine(
         keyring,
         ingest_triggers: true,
         worker_loss_window: config.worker_loss_window,
+        api_url: Some(config.action_api_url(listener.local_addr()?)),
     })
     .await
     .context("failed to start the engine")?;

@@ -441,6 +441,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         config: None,
         timeout_secs: None,
         limits: Default::default(),
+        api: None,
     };
     let js = async_nats::jetstream::new(sluice.nats_client().await);
     // Signed with the engine's own key, as the engine's copies would be.

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{Sluice, StoreKind};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 const SCHEMA: &str = "---
@@ -596,4 +597,136 @@ async fn a_pack_sensor_dispatches_triggers_and_a_killed_one_comes_back_losing_an
         pid,
         "the sensor was told, not started again"
     );
+}
+
+const CALLER: &str = r#"
+import json
+import os
+import urllib.error
+import urllib.request
+
+from st2common.runners.base_action import Action
+
+
+class Caller(Action):
+    def call(self, method, path, body=None, header='X-Auth-Token'):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            os.environ['ST2_ACTION_API_URL'] + path, data=data, method=method)
+        request.add_header(header, os.environ['ST2_ACTION_AUTH_TOKEN'])
+        if data is not None:
+            request.add_header('Content-Type', 'application/json')
+        try:
+            with urllib.request.urlopen(request) as answer:
+                return answer.status, json.loads(answer.read() or b'null')
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read() or b'null')
+
+    def run(self, keep):
+        with open(keep, 'w') as f:
+            f.write(os.environ['ST2_ACTION_AUTH_TOKEN'])
+        me = os.environ['ST2_ACTION_EXECUTION_ID']
+        read, mine = self.call('GET', '/executions/' + me)
+        started, child = self.call(
+            'POST', '/executions', {'action': 'core.noop', 'parameters': {}},
+            header='St2-Api-Key')
+        tokens, _ = self.call('GET', '/tokens')
+        return {
+            'read': [read, mine.get('status') if read == 200 else mine],
+            'started': [started, child.get('action')],
+            'tokens': tokens,
+            'pack': os.environ['ST2_ACTION_PACK_NAME'],
+            'url': os.environ['ST2_ACTION_API_URL'],
+        }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_calls_the_api_with_its_execution_s_token_which_ends_with_the_execution() {
+    let packs = tempfile::tempdir().unwrap();
+    let pack = packs.path().join("apicall");
+    for (rel, text) in [
+        ("pack.yaml", "ref: apicall\nname: apicall\nversion: 0.1.0\n"),
+        ("actions/caller.py", CALLER),
+        (
+            "actions/caller.yaml",
+            "---\nname: caller\nrunner_type: python-script\nentry_point: caller.py\nparameters:\n  keep: {type: string, required: true}\n",
+        ),
+        (
+            "actions/curl.yaml",
+            "---\nname: curl\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'curl -s -o /dev/stderr -w %{http_code} -H \"Authorization: Bearer $ST2_ACTION_AUTH_TOKEN\" \"$ST2_ACTION_API_URL/executions/$ST2_ACTION_EXECUTION_ID\"'}\n",
+        ),
+    ] {
+        let path = pack.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let sluice = Sluice::start(StoreKind::Sqlite, &[packs.path().to_owned()]).await;
+    let mut runs = sluice
+        .nats_client()
+        .await
+        .subscribe("sluice.run.>")
+        .await
+        .unwrap();
+
+    let keep = packs.path().join("token");
+    let done = run(
+        &sluice,
+        "apicall.caller",
+        json!({"keep": keep.display().to_string()}),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result = &done["result"]["result"];
+    assert_eq!(result["read"], json!([200, "running"]), "{done}");
+    assert_eq!(result["started"], json!([201, "core.noop"]), "{done}");
+    assert_eq!(result["tokens"], json!(403), "the run scope only: {done}");
+    assert_eq!(result["pack"], "apicall");
+    assert!(
+        result["url"].as_str().unwrap().ends_with("/api/v1"),
+        "{done}"
+    );
+
+    // The token reached the action and nothing else: not the run message, not the record.
+    let token = std::fs::read_to_string(&keep).unwrap();
+    assert!(token.starts_with("slx_"), "{token}");
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), runs.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&message.payload);
+    assert!(text.contains("sluice-sealed:"), "{text}");
+    assert!(!text.contains(&token), "the token crossed NATS in clear");
+    assert!(!done.to_string().contains(&token));
+
+    // Once the execution has ended, its token opens nothing, on any route.
+    let ended = common::client_with_token(&token);
+    let answer = ended
+        .get(format!("{}/api/v1/executions", sluice.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    let problem: Value = answer.json().await.unwrap();
+    assert!(
+        problem.to_string().contains("ended with that attempt"),
+        "{problem}"
+    );
+    // Nor does one moved to another execution or made with another key.
+    let id = done["id"].as_i64().unwrap();
+    for forged in [
+        token.replacen(&format!("slx_{id}_"), &format!("slx_{}_", id + 1), 1),
+        format!("slx_{id}_1_AAAA"),
+    ] {
+        let answer = common::client_with_token(&forged)
+            .get(format!("{}/api/v1/executions/{id}", sluice.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401, "{forged}");
+    }
+
+    // A shell action gets the same, as StackStorm's local runners do.
+    let done = run(&sluice, "apicall.curl", json!({})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["stdout"], json!("200"), "{done}");
 }

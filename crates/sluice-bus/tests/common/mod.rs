@@ -17,5 +17,6 @@ pub fn run_message(id: i64, attempt: u32) -> RunMessage {
         config: None,
         timeout_secs: None,
         limits: Default::default(),
+        api: None,
     }
 }

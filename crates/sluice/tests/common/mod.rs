@@ -76,6 +76,7 @@ impl Sluice {
             },
             stream_replicas: 1,
             jaeger_url: None,
+            public_url: None,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
