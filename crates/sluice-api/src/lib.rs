@@ -13,6 +13,7 @@ mod error;
 mod keys;
 mod openapi;
 mod rules;
+mod standby;
 mod webhooks;
 
 use axum::extract::{Extension, Path, State};
@@ -29,6 +30,7 @@ use utoipa::OpenApi as _;
 
 pub use error::{ApiError, AppState, Body};
 use error::{Query, instant};
+pub use standby::standby_app;
 
 pub fn app(engine: AppState, options: dashboard::Options) -> Router {
     let activity = std::sync::Arc::new(dashboard::Activity::default());
@@ -765,11 +767,17 @@ async fn timers(State(engine): State<AppState>) -> Json<Value> {
     get,
     path = "/healthz",
     tag = "engine",
-    responses((status = 200, description = "The engine is up", body = Value)),
+    responses((status = 200, description = "The engine is up: `role` is `primary` (it runs the execution core) or, on a standby, `standby` with the `primary` it forwards to", body = Value)),
     security(())
 )]
 async fn healthz(State(engine): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "store": engine.store().backend_name() }))
+    let fence = engine.store().fence().map(|f| f.token);
+    Json(json!({
+        "status": "ok",
+        "role": "primary",
+        "store": engine.store().backend_name(),
+        "lease_token": fence,
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -10,7 +10,8 @@
 //!
 //! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]); timers keep their
 //! last tick in another, `sluice-timers` ([`timers`]). Pack versions are an object store,
-//! `sluice-packs` ([`packs`]).
+//! `sluice-packs` ([`packs`]). Which engine holds the execution core is a lease in
+//! `sluice-leases` ([`lease`]).
 //!
 //! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
 //! matter only while fresh, so they are not stored.
@@ -23,6 +24,7 @@ mod consume;
 pub mod datastore;
 mod error;
 mod execution_token;
+pub mod lease;
 pub mod names;
 pub mod packs;
 pub mod settle;

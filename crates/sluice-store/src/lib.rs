@@ -6,6 +6,7 @@
 //! guarded by the core state machine ([`ExecutionStatus::sources`]): a stale or repeated
 //! status is not a write.
 
+mod fence;
 mod model;
 mod reseal;
 mod rules;
@@ -15,7 +16,7 @@ mod workflow;
 
 pub use model::{
     DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
-    Firing, HistoryEntry, Ledger, NewEvent, Transition,
+    Fence, Firing, HistoryEntry, Ledger, NewEvent, Transition,
 };
 pub use reseal::Resealed;
 pub use rules::{ApiRule, RuleSwitch};

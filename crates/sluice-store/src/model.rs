@@ -194,3 +194,10 @@ pub struct DeadLetterRecord {
     pub given_up_by: String,
     pub created_at: DateTime<Utc>,
 }
+
+/// The lease a store's writes are checked against: the duty's name and the lease's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub token: i64,
+}

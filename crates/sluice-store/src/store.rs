@@ -17,7 +17,7 @@ use sluice_telemetry::metrics;
 
 use crate::model::{
     DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
-    Firing, HistoryEntry, Ledger, NewEvent, Transition,
+    Fence, Firing, HistoryEntry, Ledger, NewEvent, Transition,
 };
 
 /// Records how long a write took, for `sluice_store_write_seconds`.
@@ -45,6 +45,15 @@ pub enum StoreError {
         table: &'static str,
         message: String,
     },
+    /// Another engine took the lease this store's writes were made under.
+    #[error(
+        "the {name} lease this engine wrote under (token {token}) was taken by another engine (token {current:?}); nothing was written"
+    )]
+    Fenced {
+        name: String,
+        token: i64,
+        current: Option<i64>,
+    },
 }
 
 /// What kind of failure a [`StoreError`] is.
@@ -70,6 +79,8 @@ impl StoreError {
             }
             Self::Database(_) => StoreErrorKind::Refused,
             Self::Migrate(_) | Self::Corrupt { .. } => StoreErrorKind::Corrupt,
+            // The message goes back for the engine that owns the lease now.
+            Self::Fenced { .. } => StoreErrorKind::Unavailable,
         }
     }
 
@@ -114,6 +125,8 @@ pub(crate) enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) backend: Backend,
+    /// The lease the execution core's writes are checked against (several engines).
+    pub(crate) fence: Option<std::sync::Arc<Fence>>,
 }
 
 /// Runs the same code against whichever pool the store has: every query here is written
@@ -127,6 +140,28 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Returns [`StoreError::Fenced`] from the enclosing function, with nothing written, when
+/// the store is fenced and its fence is no longer the one in the database. The first
+/// statement of every fenced transaction `$tx`.
+macro_rules! check_fence {
+    ($store:expr, $tx:expr) => {
+        if let Some(fence) = $store.fence() {
+            let current: Option<i64> = sqlx::query_scalar($store.fence_check_sql())
+                .bind(&fence.name)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if current != Some(fence.token) {
+                return Err($crate::store::StoreError::Fenced {
+                    name: fence.name.clone(),
+                    token: fence.token,
+                    current,
+                });
+            }
+        }
+    };
+}
+pub(crate) use check_fence;
 
 #[derive(FromRow)]
 struct ExecutionRow {
@@ -343,7 +378,18 @@ impl Store {
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
             Backend::Sqlite(pool)
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            fence: None,
+        })
+    }
+
+    /// The statement that starts a fenced transaction.
+    pub(crate) fn fence_check_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres(_) => "SELECT token FROM fences WHERE name = $1 FOR SHARE",
+            Backend::Sqlite(_) => "SELECT token FROM fences WHERE name = $1",
+        }
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -378,6 +424,7 @@ impl Store {
         let started = std::time::Instant::now();
         let outcomes = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(self, tx);
             let mut outcomes = Vec::with_capacity(batch.len());
             for (event, firings) in batch {
                 let stream_seq = event.stream_seq.map(|s| s as i64);
@@ -503,6 +550,7 @@ impl Store {
         let started = std::time::Instant::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(self, tx);
             let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at, traceparent, rerun_of) \
                  VALUES ($1, 'requested', $2, $3, 1, $4, $4, $5, $6) RETURNING id",
@@ -620,6 +668,7 @@ impl Store {
         let started = std::time::Instant::now();
         let results: Vec<(bool, u64, Option<String>)> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(self, tx);
             let mut results = Vec::with_capacity(batch.len());
             for (id, transition, sources) in batch {
                 let to = transition.to;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sqlx::types::Json;
 
-use crate::store::{Store, StoreError, on_pool, timed, wrote};
+use crate::store::{Store, StoreError, check_fence, on_pool, timed, wrote};
 
 /// A child execution a workflow step starts.
 #[derive(Debug, Clone)]
@@ -76,6 +76,7 @@ impl Store {
         let started = std::time::Instant::now();
         let created = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            check_fence!(self, tx);
             for child in handled {
                 let marked = sqlx::query(
                     "UPDATE workflow_tasks SET handled = TRUE \

@@ -3,8 +3,8 @@
 use serde_json::json;
 use sluice_core::{ActionRef, EventStatus, ExecutionStatus};
 use sluice_store::{
-    ApiRule, EventFilter, ExecutionFilter, Firing, NewChild, NewEvent, RuleSwitch, Store,
-    Transition,
+    ApiRule, EventFilter, ExecutionFilter, Fence, Firing, NewChild, NewEvent, RuleSwitch, Store,
+    StoreError, Transition,
 };
 
 fn action(r: &str) -> ActionRef {
@@ -628,6 +628,76 @@ async fn api_rules_and_switches_are_kept_replaced_and_deleted(store: Store) {
     assert!(store.rule_switches().await.unwrap().is_empty());
 }
 
+async fn an_engine_whose_lease_was_taken_writes_nothing(store: Store) {
+    assert!(store.raise_fence("engine", 10, "a").await.unwrap());
+    let a = store.clone().fenced(Fence {
+        name: "engine".into(),
+        token: 10,
+    });
+    let recorded = a
+        .record_event(&event(Some(1)), &[firing("examples.a", "core.noop")])
+        .await
+        .unwrap();
+    let id = recorded.executions[0].0;
+    assert!(
+        a.transition(id, &Transition::to(ExecutionStatus::Scheduling))
+            .await
+            .unwrap(),
+        "the owner writes"
+    );
+    assert!(
+        !store.raise_fence("engine", 9, "old").await.unwrap(),
+        "an older lease cannot take the fence back"
+    );
+    assert!(store.raise_fence("engine", 12, "b").await.unwrap());
+    assert_eq!(
+        store.fence_of("engine").await.unwrap(),
+        Some((12, "b".to_owned()))
+    );
+    let refused = a
+        .transition(id, &Transition::to(ExecutionStatus::Scheduled))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::Fenced {
+                token: 10,
+                current: Some(12),
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.is_transient(),
+        "the message goes back for the new owner"
+    );
+    assert!(
+        a.record_event(&event(Some(2)), &[firing("examples.a", "core.noop")])
+            .await
+            .is_err(),
+        "a stale owner records no event"
+    );
+    let stored = store.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.status,
+        ExecutionStatus::Scheduling,
+        "nothing was written"
+    );
+    assert_eq!(store.list_events(10).await.unwrap().len(), 1);
+    let b = store.clone().fenced(Fence {
+        name: "engine".into(),
+        token: 12,
+    });
+    assert!(
+        b.transition(id, &Transition::to(ExecutionStatus::Scheduled))
+            .await
+            .unwrap(),
+        "the new owner writes"
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -668,4 +738,5 @@ store_suite!(
     a_stored_value_that_cannot_be_read_costs_its_row_not_the_listing,
     events_and_executions_filter_by_trigger_status_time_payload_and_rule,
     api_rules_and_switches_are_kept_replaced_and_deleted,
+    an_engine_whose_lease_was_taken_writes_nothing,
 );

@@ -71,6 +71,14 @@ pub struct Config {
     pub jaeger_url: Option<String>,
     /// Where workers reach the engine's API; from [`Config::http`] when `None`.
     pub public_url: Option<String>,
+    /// This engine's name among several (default `<host>-<pid>`).
+    pub engine_name: Option<String>,
+    /// Where other engines reach this engine's own API, to forward requests to it while it
+    /// is the primary; from [`Config::http`] when `None`.
+    pub advertise_url: Option<String>,
+    /// How long the execution core's lease lives unrenewed: the longest an engine's death
+    /// leaves its duties unowned.
+    pub lease_ttl: Duration,
 }
 
 impl Config {
@@ -124,12 +132,24 @@ impl Config {
     pub fn action_api_url(&self, listening: SocketAddr) -> String {
         let base = match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None if listening.ip().is_unspecified() => {
-                format!("http://127.0.0.1:{}", listening.port())
-            }
-            None => format!("http://{listening}"),
+            None => listening_url(listening),
         };
         format!("{base}/api/v1")
+    }
+
+    /// This engine's own API as other engines reach it: `--advertise-url`, else the address
+    /// the API listens on, with 127.0.0.1 for an unspecified host.
+    pub fn advertise_url(&self, listening: SocketAddr) -> String {
+        match &self.advertise_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => listening_url(listening),
+        }
+    }
+
+    pub fn engine_name(&self) -> String {
+        self.engine_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", host_name("engine"), std::process::id()))
     }
 
     pub fn nats_url(&self) -> String {
@@ -139,11 +159,24 @@ impl Config {
     }
 
     pub fn worker_name(&self) -> String {
-        self.worker_name.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "worker".into());
-            format!("{host}-{}", std::process::id())
-        })
+        self.worker_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", host_name("worker"), std::process::id()))
+    }
+}
+
+fn host_name(otherwise: &str) -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| otherwise.into())
+}
+
+fn listening_url(listening: SocketAddr) -> String {
+    if listening.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", listening.port())
+    } else {
+        format!("http://{listening}")
     }
 }

@@ -602,6 +602,18 @@ struct ServerArgs {
     /// 127.0.0.1 for an unspecified host.
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// This engine's name among several engines [default: <host>-<pid>].
+    #[arg(long, env = "SLUICE_ENGINE_NAME")]
+    engine_name: Option<String>,
+    /// Where other engines reach this engine's API (`http://10.0.0.5:8080`): while it is the
+    /// primary, standby engines forward requests there. Default: the --http address, with
+    /// 127.0.0.1 for an unspecified host.
+    #[arg(long, env = "SLUICE_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Seconds the execution core's lease lives unrenewed (`sluice engine`): after an
+    /// engine dies, a standby takes over within about this long. The same on every engine.
+    #[arg(long, env = "SLUICE_LEASE_TTL", default_value_t = 6.0)]
+    lease_ttl: f64,
 }
 
 impl ServerArgs {
@@ -650,6 +662,9 @@ impl ServerArgs {
             stream_replicas: usize::from(self.stream_replicas),
             jaeger_url: self.jaeger_url,
             public_url: self.public_url,
+            engine_name: self.engine_name,
+            advertise_url: self.advertise_url,
+            lease_ttl: Duration::from_secs_f64(self.lease_ttl.max(1.0)),
         }
     }
 }

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sluice_bus::lease::{ENGINE_LEASE, Holder, LeaseEnd, Leases};
 use sluice_bus::{Bus, RunSigner, RunVerifier, redact_url};
 use sluice_core::secrets::Keyring;
 use sluice_engine::{Engine, EngineConfig};
@@ -70,10 +72,24 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
         .with_context(|| format!("failed to open the store at {url}"))
 }
 
+/// The engine that holds the execution core's lease, and the fence its writes go under.
+struct Owner {
+    engine: String,
+    fence: sluice_store::Fence,
+}
+
+async fn listen(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("failed to listen on {} (--http)", config.http))
+}
+
 /// Starts the engine and its HTTP API; returns when the API is listening.
 async fn start_engine(
     config: &Config,
     nats_url: &str,
+    listener: TcpListener,
+    owner: Option<Owner>,
 ) -> anyhow::Result<(Arc<Engine>, TcpListener, Sensors)> {
     let packs = config.pack_sources();
     if let Some(installed) = &packs.installed {
@@ -86,11 +102,22 @@ async fn start_engine(
     }
     let catalog = load_catalog(&packs.all_roots(), packs.configs.as_deref());
     let bus = connect(config, nats_url, "sluice-engine").await?;
-    let store = open_store(config).await?;
+    let mut store = open_store(config).await?;
+    if let Some(owner) = owner {
+        // The store refuses the writes of whoever held the lease before.
+        let raised = store
+            .raise_fence(&owner.fence.name, owner.fence.token, &owner.engine)
+            .await
+            .context("failed to raise the engine fence in the store")?;
+        if !raised {
+            anyhow::bail!(
+                "an engine with a newer lease than this one's (token {}) has written to the store; this engine stops",
+                owner.fence.token
+            );
+        }
+        store = store.fenced(owner.fence);
+    }
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
-    let listener = TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("failed to listen on {} (--http)", config.http))?;
     let key = config.run_signing_key();
     let run_signer = RunSigner::load_or_create(&key).with_context(|| {
         format!(
@@ -351,7 +378,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(nats) => (nats.url(Role::Engine), nats.url(Role::Worker)),
         None => (config.nats_url(), config.nats_url()),
     };
-    let (engine, listener, sensors) = start_engine(&config, &engine_url).await?;
+    let listener = listen(&config).await?;
+    let (engine, listener, sensors) = start_engine(&config, &engine_url, listener, None).await?;
     // Its worker runs the pack versions the engine published, as any other worker does.
     let worker = start_worker(&config, &[], &worker_url).await?;
     let api = Api::serve(listener, engine.clone(), &config);
@@ -377,21 +405,106 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API.
+/// `sluice engine`: triggers, rules, supervisors, the store and the HTTP API — once this
+/// engine holds the execution core's lease. Until then it is a standby: its API forwards to
+/// the engine that holds it, and it takes the lease over when that engine's expires. An
+/// engine that loses its lease exits at once, doing nothing more (see docs/ha.md).
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let (engine, listener, sensors) = start_engine(&config, &config.nats_url()).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let name = config.engine_name();
+    let lease_bus = connect(&config, &config.nats_url(), "sluice-engine-lease").await?;
+    let leases = Leases::open(&lease_bus, config.lease_ttl)
+        .await
+        .context("failed to set up the engine leases")?;
+    let listener = listen(&config).await?;
+    let holder = Holder {
+        engine: name.clone(),
+        api_url: Some(config.advertise_url(listener.local_addr()?)),
+        since: chrono::Utc::now(),
+    };
+    let (primary, watched) = tokio::sync::watch::channel(None::<Holder>);
+    let standby = Api::serve_router(
+        listener,
+        sluice_api::standby_app(name.clone(), watched, config.lease_ttl),
+    );
+    let every =
+        (config.lease_ttl / 8).clamp(Duration::from_millis(100), Duration::from_millis(500));
+    let waited = Instant::now();
+    let acquiring = leases.acquire(ENGINE_LEASE, &holder, every, |now| {
+        if *primary.borrow() != now {
+            match &now {
+                Some(p) => info!(engine = %name, primary = %p.engine, "standby: another engine holds the execution core"),
+                None => info!(engine = %name, "standby: no engine holds the execution core; taking it"),
+            }
+            primary.send_replace(now);
+        }
+    });
+    let lease = tokio::select! {
+        lease = acquiring => lease,
+        _ = &mut shutdown => {
+            standby.stop().await;
+            return Ok(());
+        }
+    };
+    standby.stop().await;
+    info!(engine = %name, token = lease.token(), waited_s = waited.elapsed().as_secs_f64(), "this engine holds the execution core");
+    let owner = Owner {
+        engine: name.clone(),
+        fence: sluice_store::Fence {
+            name: ENGINE_LEASE.into(),
+            token: i64::try_from(lease.token()).context("lease token out of range")?,
+        },
+    };
+    let (release, released) = oneshot::channel::<()>();
+    let mut keeping = tokio::spawn(lease.keep(async {
+        let _ = released.await;
+    }));
+    let started = async {
+        let listener = listen(&config).await?;
+        start_engine(&config, &config.nats_url(), listener, Some(owner)).await
+    };
+    let (engine, listener, sensors) = tokio::select! {
+        started = started => started?,
+        end = &mut keeping => lost_lease(end),
+    };
     let api = Api::serve(listener, engine.clone(), &config);
     let metrics = serve_open_metrics(&config, &engine).await?;
-    shutdown.await;
-    sensors.stop().await;
-    api.stop().await;
-    if let Some(metrics) = metrics {
-        metrics.stop().await;
+    tokio::select! {
+        _ = &mut shutdown => {}
+        end = &mut keeping => lost_lease(end),
     }
-    let store = engine.store().clone();
-    stop_engine(engine, &config).await;
-    store.close().await;
+    let stopped = async {
+        sensors.stop().await;
+        api.stop().await;
+        if let Some(metrics) = metrics {
+            metrics.stop().await;
+        }
+        let store = engine.store().clone();
+        stop_engine(engine, &config).await;
+        store.close().await;
+    };
+    tokio::select! {
+        () = stopped => {}
+        end = &mut keeping => lost_lease(end),
+    }
+    let _ = release.send(());
+    let _ = keeping.await;
     Ok(())
+}
+
+/// Ends the process when the engine's lease ended under it: another engine may own the
+/// execution core now, so this one does nothing more, not even drain. Started again, it
+/// waits as a standby.
+fn lost_lease(end: Result<LeaseEnd, tokio::task::JoinError>) -> ! {
+    let why = match end {
+        Ok(end) => end.to_string(),
+        Err(e) => format!("the lease keeper failed: {e}"),
+    };
+    error!(
+        why,
+        "this engine lost the execution core's lease; it stops at once so that nothing is done twice"
+    );
+    std::process::exit(75)
 }
 
 /// `sluice worker`: runs actions; needs NATS, no database, and packs only those given with

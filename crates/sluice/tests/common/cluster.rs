@@ -94,6 +94,8 @@ impl Cluster {
             "engine",
             "--worker-loss-window",
             "2",
+            "--lease-ttl",
+            "3",
             "--http",
             &format!("127.0.0.1:{}", self.http_port),
             "--data-dir",
@@ -101,14 +103,9 @@ impl Cluster {
         command.arg(self.dir.path().join("data"));
         self.common_args(&mut command, "engine", env);
         self.engine = Some(command.spawn().unwrap());
+        // A restarted engine is a standby until the lease of the one killed has expired.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .http
-            .get(format!("{}/healthz", self.api()))
-            .send()
-            .await
-            .is_err()
-        {
+        while !super::is_primary(&self.http, &self.api()).await {
             assert!(Instant::now() < deadline, "engine did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

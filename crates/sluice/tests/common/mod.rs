@@ -77,6 +77,9 @@ impl Sluice {
             stream_replicas: 1,
             jaeger_url: None,
             public_url: None,
+            engine_name: None,
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(3),
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
@@ -262,4 +265,14 @@ pub fn test_pack(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(path, text).unwrap();
     }
     dir
+}
+
+/// Whether the engine at `api` answers `/healthz` as the engine that holds the execution
+/// core (a standby answers too, as `standby`).
+pub async fn is_primary(http: &reqwest::Client, api: &str) -> bool {
+    let Ok(answer) = http.get(format!("{api}/healthz")).send().await else {
+        return false;
+    };
+    let body: Value = answer.json().await.unwrap_or_default();
+    body["role"] == "primary"
 }

@@ -1,0 +1,175 @@
+//! What a standby engine serves while another engine holds the execution core: `/healthz`
+//! (saying it is a standby, and who is primary), its own `/metrics`, and every other request
+//! forwarded as it came — credentials included, so the primary decides who may do what — to
+//! the primary's API. Without a primary (between one engine's end and the next one's
+//! takeover) a request gets 503 with a `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::TryStreamExt as _;
+use serde_json::json;
+use sluice_bus::lease::Holder;
+use tokio::sync::watch;
+
+use crate::error::problem;
+
+/// The most of a request body forwarded (a pack archive is the largest there is).
+const MAX_FORWARDED_BODY: usize = 64 * 1024 * 1024;
+
+/// The header a forwarded request carries: the standby engine that forwarded it.
+const FORWARDED_BY: &str = "x-sluice-forwarded-by";
+
+/// Headers that describe one hop, not the request: never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::HOST,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+struct Standby {
+    /// This engine's name.
+    engine: String,
+    /// Who holds the execution core now, as this engine last read it.
+    primary: watch::Receiver<Option<Holder>>,
+    /// How long until a lost primary's lease has expired and an engine took over.
+    takeover: Duration,
+    http: reqwest::Client,
+}
+
+/// The router of a standby engine named `engine`.
+pub fn standby_app(
+    engine: String,
+    primary: watch::Receiver<Option<Holder>>,
+    takeover: Duration,
+) -> Router {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client builds");
+    let state = Arc::new(Standby {
+        engine,
+        primary,
+        takeover,
+        http,
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics))
+        .fallback(forward)
+        .with_state(state)
+}
+
+async fn healthz(State(standby): State<Arc<Standby>>) -> Response {
+    let primary = standby.primary.borrow().clone();
+    axum::Json(json!({
+        "status": "ok",
+        "role": "standby",
+        "engine": standby.engine,
+        "primary": primary,
+    }))
+    .into_response()
+}
+
+async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Response {
+    let primary = standby.primary.borrow().clone();
+    if let Some(by) = request.headers().get(FORWARDED_BY) {
+        // The engine it was forwarded to is a standby too (or this one, advertised wrongly).
+        let by = by.to_str().unwrap_or("?").to_owned();
+        return unavailable(
+            &standby,
+            &format!(
+                "engine {} is a standby, and so is engine {by}, which forwarded this request; check each engine's --advertise-url",
+                standby.engine
+            ),
+        );
+    }
+    let Some(base) = primary.as_ref().and_then(|p| p.api_url.clone()) else {
+        return unavailable(
+            &standby,
+            &format!(
+                "engine {} is a standby and no engine holds the execution core right now; one takes over within {} s",
+                standby.engine,
+                standby.takeover.as_secs()
+            ),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let body = match axum::body::to_bytes(body, MAX_FORWARDED_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is over {MAX_FORWARDED_BODY} bytes"),
+            );
+        }
+    };
+    let mut headers = without_hop_headers(&parts.headers);
+    headers.insert(
+        HeaderName::from_static(FORWARDED_BY),
+        HeaderValue::from_str(&standby.engine).unwrap_or(HeaderValue::from_static("standby")),
+    );
+    let sent = standby
+        .http
+        .request(parts.method, &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let answer = match sent {
+        Ok(answer) => answer,
+        Err(e) => {
+            let holder = primary.map(|p| p.engine).unwrap_or_default();
+            tracing::warn!(primary = %holder, error = %e, "could not forward a request to the primary engine");
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "engine {} is a standby and could not reach the primary, {holder}; try again shortly",
+                    standby.engine
+                ),
+            );
+        }
+    };
+    let mut response = Response::builder().status(answer.status());
+    if let Some(headers) = response.headers_mut() {
+        *headers = without_hop_headers(answer.headers());
+    }
+    let stream = answer.bytes_stream().map_err(std::io::Error::other);
+    response
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// 503 with a `Retry-After` of the takeover time.
+fn unavailable(standby: &Standby, detail: &str) -> Response {
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, detail);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(standby.takeover.as_secs().max(1)),
+    );
+    response
+}
+
+fn without_hop_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    for name in HOP_BY_HOP {
+        kept.remove(name);
+    }
+    kept
+}

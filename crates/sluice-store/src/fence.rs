@@ -1,0 +1,63 @@
+//! Fencing: the writes of an engine that owns a duty of several engines (its lease in NATS)
+//! go through only while the lease's token is the one the store holds for that duty. An
+//! engine that takes the lease raises the fence to its own token first; from then on the
+//! transactions of the one before it fail with [`StoreError::Fenced`] and write nothing,
+//! however long that engine was paused or cut off.
+//!
+//! The check is the first statement of each fenced transaction. On PostgreSQL it reads the
+//! fence `FOR SHARE`: transactions of the owner run side by side, and a new owner's raise
+//! waits for those in flight to commit, after which none of the old owner's can.
+
+use chrono::Utc;
+
+use crate::model::Fence;
+use crate::store::{Store, StoreError, on_pool};
+
+impl Store {
+    /// Makes `token` the fence of `name`, held by `holder`, if it is newer than the one the
+    /// store has; whether it now is (false: a newer owner raised it first).
+    pub async fn raise_fence(
+        &self,
+        name: &str,
+        token: i64,
+        holder: &str,
+    ) -> Result<bool, StoreError> {
+        let raised = on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO fences (name, token, holder, since) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET token = excluded.token, holder = excluded.holder, \
+                 since = excluded.since WHERE fences.token < excluded.token",
+            )
+            .bind(name)
+            .bind(token)
+            .bind(holder)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(raised == 1)
+    }
+
+    /// The fence of `name` and who holds it, if any engine ever raised one.
+    pub async fn fence_of(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT token, holder FROM fences WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// This store with the writes of the execution core (events, executions, their status,
+    /// workflow steps) checked against `fence`.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = Some(std::sync::Arc::new(fence));
+        self
+    }
+
+    /// The fence this store's writes are checked against, if any.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_deref()
+    }
+}
