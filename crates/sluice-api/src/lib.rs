@@ -10,6 +10,7 @@ pub mod auth;
 mod catalog;
 pub mod dashboard;
 mod error;
+mod exposition;
 mod keys;
 mod openapi;
 mod rules;
@@ -30,6 +31,8 @@ use utoipa::OpenApi as _;
 
 pub use error::{ApiError, AppState, Body};
 use error::{Query, instant};
+pub use exposition::metrics;
+use exposition::prometheus_text;
 pub use standby::standby_app;
 
 pub fn app(engine: AppState, options: dashboard::Options) -> Router {
@@ -112,21 +115,6 @@ pub fn metrics_app() -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/metrics", get(metrics))
-}
-
-fn prometheus_text(text: String) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            sluice_telemetry::metrics::CONTENT_TYPE,
-        )],
-        text,
-    )
-}
-
-/// The Prometheus text exposition of the process's counters and histograms.
-pub async fn metrics() -> impl IntoResponse {
-    prometheus_text(sluice_telemetry::metrics().render())
 }
 
 /// The process's counters and histograms, and gauges read from the engine at scrape time:

@@ -65,7 +65,7 @@ pub fn standby_app(
     });
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(crate::metrics))
+        .route("/metrics", get(crate::exposition::metrics))
         .fallback(forward)
         .with_state(state)
 }

@@ -15,7 +15,7 @@ use sluice_telemetry::metrics;
 
 use crate::error::{BusError, Source};
 use crate::signing::RunSigner;
-use crate::url::{Credentials, split_credentials};
+use crate::url::{Credentials, split_servers};
 
 /// The publish kind of run messages: the one kind that is signed.
 const RUN_KIND: &str = "run";
@@ -68,7 +68,18 @@ pub async fn connect_client(
     name: &str,
     extra: &NatsOptions,
 ) -> Result<async_nats::Client, BusError> {
-    let (credentials, address) = split_credentials(url);
+    let (credentials, servers) = split_servers(url);
+    let servers = servers
+        .iter()
+        .map(|server| {
+            server.parse::<async_nats::ServerAddr>().map_err(|e| {
+                BusError::setup(
+                    format!("the NATS server address {}", crate::url::redact_url(server)),
+                    e,
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut options = match credentials {
         Some(Credentials::UserPassword(user, password)) => {
             async_nats::ConnectOptions::with_user_and_password(user, password)
@@ -97,7 +108,7 @@ pub async fn connect_client(
     options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
-        .connect(address)
+        .connect(servers.as_slice())
         .await
         .map_err(|source| BusError::Connect {
             url: crate::url::redact_url(url),
@@ -201,7 +212,9 @@ impl Bus {
         &self.jetstream
     }
 
-    /// Creates or updates every stream and durable consumer from `streams/`.
+    /// Creates or updates every stream and durable consumer from `streams/`. An error that
+    /// is transient ([`BusError::is_transient`]) means JetStream was not ready (a cluster
+    /// electing a leader): calling again later may succeed.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
         for mut def in definitions() {
             def.stream.num_replicas = self.stream_replicas;
@@ -213,6 +226,8 @@ impl Bus {
                 .map_err(|e| {
                     if storage_refused(&e) {
                         BusError::setup(storage_hint(&name, def.stream.max_bytes), e)
+                    } else if stream_setup_unavailable(&e) {
+                        BusError::setup_unavailable(&what, e)
                     } else {
                         BusError::setup(&what, e)
                     }
@@ -238,7 +253,7 @@ impl Bus {
                     stream
                         .create_consumer(consumer.config.clone())
                         .await
-                        .map_err(|e| BusError::setup(what, e))?;
+                        .map_err(|e| consumer_setup_error(what, e))?;
                 }
             }
         }
@@ -655,4 +670,29 @@ pub struct ConsumerLag {
     pub redelivered: u64,
     /// When the oldest message not yet acknowledged was stored.
     pub oldest_unprocessed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Whether JetStream answered a stream's setup with "not now": no answer in time, not
+/// available, or a 503 (a cluster without a leader for it yet).
+pub(crate) fn stream_setup_unavailable(e: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(e) => e.code() == 503,
+        _ => false,
+    }
+}
+
+fn consumer_setup_error(what: String, e: jetstream::stream::ConsumerError) -> BusError {
+    use jetstream::stream::ConsumerErrorKind as Kind;
+    let unavailable = match e.kind() {
+        Kind::TimedOut => true,
+        Kind::JetStream(e) => e.code() == 503,
+        _ => false,
+    };
+    if unavailable {
+        BusError::setup_unavailable(what, e)
+    } else {
+        BusError::setup(what, e)
+    }
 }

@@ -16,7 +16,13 @@ pub enum BusError {
         source: async_nats::ConnectError,
     },
     #[error("failed to set up {what}: {source}")]
-    Setup { what: String, source: Source },
+    Setup {
+        what: String,
+        source: Source,
+        /// JetStream did not answer or had no leader yet (a cluster electing one): the
+        /// same setup is likely to work a moment later.
+        transient: bool,
+    },
     #[error("failed to publish to {subject}: {source}")]
     Publish {
         subject: String,
@@ -64,9 +70,9 @@ impl BusError {
     /// Worth retrying: the server did not answer in time or the connection dropped.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Publish { transient, .. } => *transient,
+            Self::Publish { transient, .. } | Self::Setup { transient, .. } => *transient,
             Self::Read { .. } | Self::Connect { .. } => true,
-            Self::Setup { .. } | Self::NotLast { .. } | Self::Codec(_) => false,
+            Self::NotLast { .. } | Self::Codec(_) => false,
         }
     }
 
@@ -81,6 +87,16 @@ impl BusError {
         Self::Setup {
             what: what.into(),
             source: source.into(),
+            transient: false,
+        }
+    }
+
+    /// A setup step JetStream did not answer, or answered that it is not available yet.
+    pub fn setup_unavailable(what: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self::Setup {
+            what: what.into(),
+            source: source.into(),
+            transient: true,
         }
     }
 }

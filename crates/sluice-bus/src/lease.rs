@@ -91,10 +91,13 @@ impl Leases {
             num_replicas: bus.stream_replicas(),
             ..Default::default()
         };
-        let mut existing = js
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|e| BusError::setup(what(), e))?;
+        let mut existing = js.get_or_create_stream(config.clone()).await.map_err(|e| {
+            if crate::client::stream_setup_unavailable(&e) {
+                BusError::setup_unavailable(what(), e)
+            } else {
+                BusError::setup(what(), e)
+            }
+        })?;
         let info = existing
             .info()
             .await

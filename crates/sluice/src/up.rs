@@ -19,7 +19,7 @@ use sluice_worker::service::ActionService;
 use sluice_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::nats::{NatsChild, Role};
@@ -57,10 +57,32 @@ async fn connect(config: &Config, url: &str, name: &str) -> anyhow::Result<Bus> 
         .await
         .with_context(|| format!("failed to connect to NATS at {}", redact_url(url)))?
         .with_stream_replicas(config.stream_replicas);
-    bus.ensure_streams()
+    patiently("set up the streams", || bus.ensure_streams())
         .await
         .with_context(|| format!("failed to set up NATS at {}", redact_url(url)))?;
     Ok(bus)
+}
+
+/// How long a starting engine waits for JetStream to be ready (a cluster electing
+/// leaders after a server was lost) before it gives up.
+const JETSTREAM_READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Runs `step` again, a second apart, while it fails because JetStream is not ready yet,
+/// for up to [`JETSTREAM_READY_WITHIN`]; any other error at once.
+async fn patiently<T, F>(what: &str, mut step: impl FnMut() -> F) -> Result<T, sluice_bus::BusError>
+where
+    F: Future<Output = Result<T, sluice_bus::BusError>>,
+{
+    let started = Instant::now();
+    loop {
+        match step().await {
+            Err(e) if e.is_transient() && started.elapsed() < JETSTREAM_READY_WITHIN => {
+                warn!(error = %e, "JetStream is not ready to {what}; trying again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -84,11 +106,11 @@ async fn listen(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("failed to listen on {} (--http)", config.http))
 }
 
-/// Starts the engine and its HTTP API; returns when the API is listening.
+/// Starts the engine and binds its HTTP API's listener (after the admin token is written,
+/// so whoever sees the port open finds the token); the caller serves it.
 async fn start_engine(
     config: &Config,
     nats_url: &str,
-    listener: TcpListener,
     owner: Option<Owner>,
 ) -> anyhow::Result<(Arc<Engine>, TcpListener, Sensors)> {
     let packs = config.pack_sources();
@@ -118,6 +140,7 @@ async fn start_engine(
         store = store.fenced(owner.fence);
     }
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
+    let listener = listen(config).await?;
     let key = config.run_signing_key();
     let run_signer = RunSigner::load_or_create(&key).with_context(|| {
         format!(
@@ -378,8 +401,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(nats) => (nats.url(Role::Engine), nats.url(Role::Worker)),
         None => (config.nats_url(), config.nats_url()),
     };
-    let listener = listen(&config).await?;
-    let (engine, listener, sensors) = start_engine(&config, &engine_url, listener, None).await?;
+    let (engine, listener, sensors) = start_engine(&config, &engine_url, None).await?;
     // Its worker runs the pack versions the engine published, as any other worker does.
     let worker = start_worker(&config, &[], &worker_url).await?;
     let api = Api::serve(listener, engine.clone(), &config);
@@ -413,9 +435,11 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     let mut shutdown = std::pin::pin!(shutdown);
     let name = config.engine_name();
     let lease_bus = connect(&config, &config.nats_url(), "sluice-engine-lease").await?;
-    let leases = Leases::open(&lease_bus, config.lease_ttl)
-        .await
-        .context("failed to set up the engine leases")?;
+    let leases = patiently("open the leases", || {
+        Leases::open(&lease_bus, config.lease_ttl)
+    })
+    .await
+    .context("failed to set up the engine leases")?;
     let listener = listen(&config).await?;
     let holder = Holder {
         engine: name.clone(),
@@ -459,10 +483,8 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     let mut keeping = tokio::spawn(lease.keep(async {
         let _ = released.await;
     }));
-    let started = async {
-        let listener = listen(&config).await?;
-        start_engine(&config, &config.nats_url(), listener, Some(owner)).await
-    };
+    let nats_url = config.nats_url();
+    let started = start_engine(&config, &nats_url, Some(owner));
     let (engine, listener, sensors) = tokio::select! {
         started = started => started?,
         end = &mut keeping => lost_lease(end),
