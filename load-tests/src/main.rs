@@ -12,6 +12,7 @@
 //! cargo run -p sluice-load --release -- queue-memory [--executions N]
 //! cargo run -p sluice-load --release -- timers [--timers N] [--duration S]
 //! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
+//! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load takeover [--kills N] [--lease-ttl S]
 //! ```
 //!
 //! The trigger scenarios take `--database-url URL|start`, `--workers N`, `--capacity N`,
@@ -26,6 +27,7 @@ mod deployment;
 mod gate;
 mod queue_memory;
 mod report;
+mod takeover;
 mod timers;
 mod triggers;
 mod webhooks;
@@ -132,6 +134,12 @@ enum Scenario {
         #[command(flatten)]
         options: timers::Options,
     },
+    /// Two engines with a trigger load: the primary killed N times; seconds until the
+    /// standby holds the execution core and records a completion, against a clean handover.
+    Takeover {
+        #[command(flatten)]
+        options: takeover::Options,
+    },
     /// Webhook deliveries to a rule running a `noop` action: requests/s from concurrent
     /// clients, then POST -> completion at a fixed rate against the JetStream round trip.
     Webhooks {
@@ -203,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             queue_memory::run(executions, json.as_deref()).await
         }
         Scenario::Timers { options } => timers::run(options).await,
+        Scenario::Takeover { options } => takeover::run(options).await,
         Scenario::Webhooks { load, options } => webhooks::run(load, options).await,
         Scenario::WorkerProcess {
             nats_url,

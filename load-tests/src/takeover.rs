@@ -1,0 +1,377 @@
+//! `takeover`: two `sluice engine` processes on one nats-server and a PostgreSQL, one
+//! worker, and a trigger to `load.noop` every 20 ms. The primary is killed (`kill -9`)
+//! `--kills` times. Each kill measures how long until the standby holds the execution core
+//! (its `/healthz` says `primary`) and how long until it records a completion (the ledger's
+//! `succeeded` count moves: a dead engine records nothing). The killed engine is then
+//! started again and waits as the next standby. Kills land at varying points of the lease's
+//! renewal cycle, which is what spreads the figures.
+//!
+//! The baseline, in the same run on the same deployment: a clean handover, where the
+//! primary is stopped with SIGTERM, drains, and gives its lease back. It is the cost of a
+//! takeover without waiting for a lease to expire.
+//!
+//! At the end the books must balance: every trigger made one execution, none is
+//! unfinished, and none ended more than once.
+//!
+//! Needs the `sluice` binary beside this one: `cargo build --release -p sluice -p sluice-load`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sluice_testkit::{NatsServer, Postgres, free_port};
+
+use crate::report::{self, Percentiles};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// How many times the primary is killed.
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// The engines' `--lease-ttl`, in seconds.
+    #[arg(long, default_value_t = 6.0)]
+    pub lease_ttl: f64,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+struct Engines {
+    sluice: PathBuf,
+    dir: PathBuf,
+    nats_url: String,
+    database_url: String,
+    lease_ttl: f64,
+    ports: [u16; 2],
+    children: [Option<Child>; 2],
+    http: reqwest::Client,
+}
+
+impl Engines {
+    fn api(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let keys = self.dir.join("keys");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("e{i}.log")))?;
+        let child = Command::new(&self.sluice)
+            .args(["engine", "--engine-name", &format!("e{i}")])
+            .args(["--http", &format!("127.0.0.1:{}", self.ports[i])])
+            .args(["--lease-ttl", &self.lease_ttl.to_string()])
+            .args(["--nats-url", &self.nats_url])
+            .args(["--database-url", &self.database_url])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("e{i}")))
+            .arg("--run-signing-key")
+            .arg(keys.join("run-signing.key"))
+            .arg("--secrets-key")
+            .arg(keys.join("secrets.key"))
+            .arg("--packs")
+            .arg(packs_dir())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// `primary`, `standby`, or `None` while it does not answer.
+    async fn role(&self, i: usize) -> Option<String> {
+        let answer = self
+            .http
+            .get(format!("{}/healthz", self.api(i)))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        let health: Value = answer.json().await.ok()?;
+        health["role"].as_str().map(str::to_owned)
+    }
+
+    async fn wait_role(&self, i: usize, role: &str, within: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while self.role(i).await.as_deref() != Some(role) {
+            anyhow::ensure!(
+                started.elapsed() < within,
+                "engine e{i} was not {role} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn ledger(&self, i: usize, token: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/api/v1/ledger", self.api(i)))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    async fn succeeded(&self, i: usize, token: &str) -> Option<i64> {
+        let ledger = self.ledger(i, token).await.ok()?;
+        ledger["executions"]["succeeded"].as_i64()
+    }
+
+    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.children[i].take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self, i: usize) -> anyhow::Result<Child> {
+        let child = self.children[i]
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("engine e{i} is not running"))?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {}", child.id());
+        Ok(child)
+    }
+}
+
+impl Drop for Engines {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn packs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pack")
+}
+
+fn sluice_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let sluice = exe
+        .parent()
+        .map(|dir| dir.join("sluice"))
+        .filter(|p| p.exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no sluice binary beside {}: cargo build --release -p sluice -p sluice-load",
+                exe.display()
+            )
+        })?;
+    Ok(sluice)
+}
+
+/// Publishes a `load.noop` trigger every 20 ms until `stop`, each with its own
+/// `Nats-Msg-Id`, retried until JetStream stores it; how many it published.
+async fn publish_until(nats_url: String, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let client = async_nats::connect(nats_url)
+        .await
+        .expect("the publisher connects");
+    let js = async_nats::jetstream::new(client);
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let mut n = 0;
+    while !*stop.borrow() {
+        every.tick().await;
+        loop {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(json!({ "n": n }).to_string()))
+                .message_id(format!("takeover-{n}"));
+            let stored = match js.send_publish("sluice.trigger.load.noop", message).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if stored {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn seconds(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+    let ms = Percentiles::of(histogram);
+    Percentiles {
+        p50: ms.p50 / 1000.0,
+        p90: ms.p90 / 1000.0,
+        p99: ms.p99 / 1000.0,
+        p999: ms.p999 / 1000.0,
+        max: ms.max / 1000.0,
+    }
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let sluice = sluice_binary()?;
+    let nats = NatsServer::start();
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir()?;
+    let mut engines = Engines {
+        sluice: sluice.clone(),
+        dir: dir.path().to_owned(),
+        nats_url: nats.url(),
+        database_url: postgres.url(),
+        lease_ttl: options.lease_ttl,
+        ports: [free_port(), free_port()],
+        children: [None, None],
+        http: reqwest::Client::new(),
+    };
+    engines.start(0)?;
+    engines
+        .wait_role(0, "primary", Duration::from_secs(60))
+        .await?;
+    engines.start(1)?;
+    engines
+        .wait_role(1, "standby", Duration::from_secs(60))
+        .await?;
+    let token = std::fs::read_to_string(dir.path().join("e0/admin.token"))?
+        .trim()
+        .to_owned();
+    let keys = dir.path().join("keys");
+    let mut worker = Command::new(&sluice)
+        .args(["worker", "--worker-name", "w0", "--nats-url", &nats.url()])
+        .arg("--data-dir")
+        .arg(dir.path().join("w0"))
+        .arg("--run-verify-key")
+        .arg(keys.join("run-signing.pub"))
+        .arg("--secrets-key")
+        .arg(keys.join("secrets.key"))
+        .arg("--packs")
+        .arg(packs_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn(publish_until(nats.url(), stopped));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    println!(
+        "takeover: 2 engines (lease {} s), 1 worker, PostgreSQL, a trigger every 20 ms",
+        options.lease_ttl
+    );
+    let mut primary = 0;
+    // The baseline: a clean handover, three times.
+    let mut handover = report::histogram();
+    for _ in 0..3 {
+        let standby = 1 - primary;
+        let started = Instant::now();
+        let mut stopping = engines.terminate(primary)?;
+        engines
+            .wait_role(standby, "primary", Duration::from_secs(120))
+            .await?;
+        report::record(&mut handover, started.elapsed());
+        stopping.wait()?;
+        engines.start(primary)?;
+        engines
+            .wait_role(primary, "standby", Duration::from_secs(60))
+            .await?;
+        primary = standby;
+    }
+    let mut to_primary = report::histogram();
+    let mut to_completion = report::histogram();
+    for kill in 0..options.kills {
+        let standby = 1 - primary;
+        // Land the kill at a different point of the renewal cycle each time.
+        let quarter = options.lease_ttl / 4.0;
+        let offset = quarter * ((kill * 7) % 10) as f64 / 10.0;
+        tokio::time::sleep(Duration::from_secs_f64(offset)).await;
+        let before = engines.succeeded(primary, &token).await.unwrap_or(0);
+        let killed = Instant::now();
+        engines.kill(primary)?;
+        engines
+            .wait_role(standby, "primary", Duration::from_secs(120))
+            .await?;
+        report::record(&mut to_primary, killed.elapsed());
+        loop {
+            if engines
+                .succeeded(standby, &token)
+                .await
+                .is_some_and(|now| now > before)
+            {
+                break;
+            }
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(120),
+                "no completion within 2 minutes of kill {kill}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        report::record(&mut to_completion, killed.elapsed());
+        engines.start(primary)?;
+        engines
+            .wait_role(primary, "standby", Duration::from_secs(60))
+            .await?;
+        primary = standby;
+    }
+    let _ = stop.send(true);
+    let published = publisher.await?;
+
+    // The books: every trigger one execution, each ended once.
+    let settled = Instant::now();
+    let ledger = loop {
+        let ledger = engines.ledger(primary, &token).await?;
+        let executions: i64 = ledger["executions"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_i64).sum())
+            .unwrap_or(0);
+        if ledger["events"] == published
+            && executions == published as i64
+            && ledger["unfinished"] == 0
+        {
+            break ledger;
+        }
+        anyhow::ensure!(
+            settled.elapsed() < Duration::from_secs(120),
+            "not settled two minutes after the last trigger: {ledger}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let doubled = ledger["ended_other_than_once"]
+        .as_array()
+        .map_or(0, Vec::len);
+    anyhow::ensure!(doubled == 0, "executions ended more than once: {ledger}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    println!(
+        "  seconds after the stop or kill     {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "p50", "p90", "p99", "p99.9", "max"
+    );
+    let handover = seconds(&handover);
+    let (to_primary, to_completion) = (seconds(&to_primary), seconds(&to_completion));
+    handover.print_row("baseline: clean handover (SIGTERM)", 34);
+    to_primary.print_row("kill -9: the standby is primary", 34);
+    to_completion.print_row("kill -9: its first completion", 34);
+    println!(
+        "  {} kills; {published} triggers, {published} executions, 0 lost, 0 ended twice; lease {} s",
+        options.kills, options.lease_ttl
+    );
+    if let Some(path) = &options.json {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&json!({
+                "scenario": "takeover",
+                "kills": options.kills,
+                "lease_ttl_s": options.lease_ttl,
+                "handover_s": handover,
+                "kill_to_primary_s": to_primary,
+                "kill_to_completion_s": to_completion,
+                "triggers": published,
+            }))?,
+        )?;
+    }
+    Ok(())
+}
