@@ -61,3 +61,44 @@ impl Store {
         self.fence.as_deref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::{Backend, Store};
+
+    /// An engine paused in the middle of a fenced transaction holds the fence `FOR SHARE`;
+    /// PostgreSQL ends its session once it has sent nothing for a while, so the engine
+    /// taking over raises the fence instead of waiting for the zombie to wake.
+    #[tokio::test]
+    async fn a_transaction_left_open_does_not_hold_the_fence_forever() {
+        let pg = sluice_testkit::Postgres::start();
+        let zombie = Store::connect(&pg.url()).await.unwrap();
+        assert!(zombie.raise_fence("engine", 1, "a").await.unwrap());
+        let Backend::Postgres(pool) = &zombie.backend else {
+            unreachable!("a PostgreSQL store")
+        };
+        let mut paused = pool.begin().await.unwrap();
+        sqlx::query("SELECT token FROM fences WHERE name = 'engine' FOR SHARE")
+            .execute(&mut *paused)
+            .await
+            .unwrap();
+
+        let successor = Store::connect(&pg.url()).await.unwrap();
+        let raised = tokio::time::timeout(
+            Duration::from_secs(30),
+            successor.raise_fence("engine", 2, "b"),
+        )
+        .await
+        .expect("the fence raise waited on the open transaction");
+        assert!(raised.unwrap(), "the newer token took the fence");
+        assert_eq!(
+            successor.fence_of("engine").await.unwrap(),
+            Some((2, "b".to_owned()))
+        );
+        // The zombie's session is gone: its transaction can do nothing more.
+        let woke = sqlx::query("SELECT 1").execute(&mut *paused).await;
+        assert!(woke.is_err(), "the abandoned transaction was still open");
+    }
+}

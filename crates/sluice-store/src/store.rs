@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sluice_core::{ActionRef, EventId, EventStatus, ExecutionId, ExecutionStatus};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -341,15 +341,26 @@ fn status_list(statuses: &[ExecutionStatus]) -> String {
 /// with a backoff rather than redelivered while its handler still waits.
 const WAIT_FOR_DATABASE: Duration = Duration::from_secs(2);
 
+/// How long PostgreSQL keeps a transaction whose client sent nothing more: then it ends the
+/// session and rolls the transaction back. An engine's transactions send their statements
+/// back to back, so only a paused or cut-off engine leaves one open that long. Without this,
+/// such a zombie would hold its locks (the fence's `FOR SHARE`, the rows it updated) until it
+/// woke, and the engine taking over would wait on them.
+const ABANDONED_TRANSACTION: Duration = Duration::from_secs(5);
+
 impl Store {
     /// Opens (creating if needed) and migrates the store at `url`: `postgres://…` for
     /// PostgreSQL, `sqlite://PATH` or a plain file path for SQLite.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?.options([(
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", ABANDONED_TRANSACTION.as_millis()),
+            )]);
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(WAIT_FOR_DATABASE)
-                .connect(url)
+                .connect_with(options)
                 .await?;
             sqlx::migrate!("../../migrations/postgres")
                 .run(&pool)

@@ -117,6 +117,13 @@ enum Command {
     },
     /// Print a shell's completion script: sluice completions bash > /etc/bash_completion.d/sluice
     Completions { shell: clap_complete::Shell },
+    /// Make the keys several engines share, before any engine starts: DIR/run-signing.key
+    /// (and its public half run-signing.pub, for workers) and DIR/secrets.key. Files
+    /// already there are kept.
+    Keygen {
+        /// Where to write the key files (made if missing).
+        dir: PathBuf,
+    },
     /// Print the engine's live actor tree.
     Actors {
         /// Only this action's supervisor (pack.name).
@@ -732,6 +739,24 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 list_or_show(&client, path, &mut out, cli::print_actions).await
             }
         },
+        Command::Keygen { dir } => {
+            let signing = dir.join("run-signing.key");
+            use anyhow::Context as _;
+            let signer = sluice_bus::RunSigner::load_or_create(&signing)
+                .with_context(|| format!("the run-signing key {}", signing.display()))?;
+            let secrets = dir.join("secrets.key");
+            sluice_core::secrets::Keyring::load_or_create(&secrets)
+                .with_context(|| format!("the secrets key {}", secrets.display()))?;
+            writeln!(
+                out,
+                "{}\n{} (public key {})\n{}",
+                signing.display(),
+                signing.with_extension("pub").display(),
+                signer.public_hex(),
+                secrets.display()
+            )?;
+            Ok(true)
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

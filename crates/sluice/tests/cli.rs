@@ -665,6 +665,182 @@ async fn the_deploy_nats_config_limits_each_user_the_same_way() {
     let _ = server.wait();
 }
 
+/// deploy/kubernetes/nats-values.yaml gives each user the subjects `sluice up` gives it, in
+/// the same order.
+#[test]
+fn the_helm_values_give_each_nats_user_what_sluice_up_gives_it() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/nats-values.yaml");
+    let values: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let users = values["config"]["merge"]["authorization"]["users"]
+        .as_array()
+        .expect("config.merge.authorization.users");
+    let quoted = |text: &str| -> Vec<String> {
+        text.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    for (name, role) in [
+        ("engine", sluice::nats::Role::Engine),
+        ("worker", sluice::nats::Role::Worker),
+        ("publisher", sluice::nats::Role::Publisher),
+    ] {
+        let user = users
+            .iter()
+            .find(|u| u["user"] == name)
+            .unwrap_or_else(|| panic!("no user {name}"));
+        let permissions = &user["permissions"];
+        let mut subjects = Vec::new();
+        for direction in ["publish", "subscribe"] {
+            match &permissions[direction] {
+                serde_json::Value::String(one) => subjects.push(one.clone()),
+                other => subjects.extend(
+                    other["allow"]
+                        .as_array()
+                        .unwrap_or_else(|| panic!("{name}.{direction}.allow"))
+                        .iter()
+                        .map(|s| s.as_str().unwrap().to_owned()),
+                ),
+            }
+        }
+        assert_eq!(subjects, quoted(role.permissions()), "{name}");
+        assert_eq!(
+            user["password"],
+            format!("<< $SLUICE_NATS_{}_PASSWORD >>", name.to_uppercase()),
+            "{name}'s password comes from the environment"
+        );
+    }
+}
+
+/// deploy/nats/nats-cluster.conf, run by three servers (its host names mapped to loopback
+/// ports), forms a cluster that keeps the engine's streams in three copies; a server that
+/// does not know the route password is not let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_nats_cluster_config_forms_a_cluster() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats");
+    let text = std::fs::read_to_string(deploy.join("nats-cluster.conf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        deploy.join("nats-server.conf"),
+        dir.path().join("nats-server.conf"),
+    )
+    .unwrap();
+    let routes: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let start = |i: usize, route_password: &str| {
+        let conf = text.replace("0.0.0.0:6222", &format!("127.0.0.1:{}", routes[i]));
+        let file = dir.path().join(format!("nats-{}.conf", i + 1));
+        std::fs::write(&file, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("nats-{}.log", i + 1))).unwrap();
+        Command::new("nats-server")
+            .arg("-c")
+            .arg(&file)
+            .args(["--name", &format!("nats-{}", i + 1)])
+            .args(["-a", "127.0.0.1", "-p", &ports[i].to_string(), "-sd"])
+            .arg(dir.path().join(format!("store-{}", i + 1)))
+            .env("SLUICE_NATS_ROUTE_PASSWORD", route_password)
+            .envs((0..3).map(|n| {
+                (
+                    format!("SLUICE_NATS_ROUTE_{}", n + 1),
+                    format!(
+                        "nats-route://route:{route_password}@127.0.0.1:{}",
+                        routes[n]
+                    ),
+                )
+            }))
+            .env("SLUICE_NATS_ENGINE_PASSWORD", "engine-pw")
+            .env("SLUICE_NATS_WORKER_PASSWORD", "worker-pw")
+            .env("SLUICE_NATS_PUBLISHER_PASSWORD", "publisher-pw")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    struct Servers(Vec<Child>);
+    impl Drop for Servers {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut servers = Servers((0..3).map(|i| start(i, "route-pw")).collect());
+    let urls: Vec<String> = ports[..3]
+        .iter()
+        .map(|port| format!("nats://engine:engine-pw@127.0.0.1:{port}"))
+        .collect();
+    // Three replicas need all three servers routed to one another and a JetStream leader.
+    let started = Instant::now();
+    let bus = loop {
+        let attempt = async {
+            let bus = sluice_bus::Bus::attach(&urls.join(","), "engine", &Default::default())
+                .await?
+                .with_stream_replicas(3);
+            bus.ensure_streams().await?;
+            anyhow::Ok(bus)
+        };
+        match attempt.await {
+            Ok(bus) => break bus,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the cluster never took three-replica streams: {e:#}\n{}",
+                    std::fs::read_to_string(dir.path().join("nats-1.log")).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let client = sluice_bus::connect_client(&urls[0], "test", &Default::default())
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut run = jetstream.get_stream("RUN").await.unwrap();
+    let info = run.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    let cluster = info.cluster.clone().expect("a clustered stream");
+    assert_eq!(
+        cluster.replicas.len(),
+        2,
+        "a leader and two followers: {cluster:?}"
+    );
+    drop(bus);
+
+    // A fourth server with the wrong route password knocks and is refused.
+    servers.0.push(start(3, "guess"));
+    let log = dir.path().join("nats-4.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Authorization Violation")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no route refused the stranger"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not in the cluster, it has none of the cluster's streams.
+    let stranger = sluice_bus::connect_client(
+        &format!("nats://engine:engine-pw@127.0.0.1:{}", ports[3]),
+        "test",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let stranger = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(stranger);
+    assert!(
+        stranger.get_stream("RUN").await.is_err(),
+        "the server with the wrong route password joined the cluster"
+    );
+}
+
 /// Anonymous clients and wrong passwords are refused; a worker's user takes and settles
 /// run messages and reads the datastore, but cannot publish a run message, read triggers or
 /// write the datastore; the publisher's user publishes triggers and nothing else.

@@ -153,6 +153,13 @@ impl Deployment {
             http: reqwest::Client::new(),
             restarts: 0,
         };
+        // The keys every engine shares, made before any engine starts, as an operator does.
+        let keygen = Command::new(SLUICE)
+            .arg("keygen")
+            .arg(deployment.keys())
+            .output()
+            .unwrap();
+        assert!(keygen.status.success(), "sluice keygen: {keygen:?}");
         for i in 0..2 {
             deployment.engines.push(EngineProcess {
                 name: format!("e{i}"),
