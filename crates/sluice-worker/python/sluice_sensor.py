@@ -5,7 +5,8 @@ SLUICE_CONFIG_FILE names), then setup() is called, add_trigger() once for each e
 on its triggers (read from SLUICE_SENSOR_TRIGGERS_FILE), and run(); a PollingSensor polls
 every POLL seconds when given. While it runs, each line on stdin,
 {"op": "add_trigger" | "update_trigger" | "remove_trigger", "trigger": {...}}, is that call,
-made on a thread of its own as StackStorm's sensor container makes it. SIGTERM calls cleanup() and ends the process. The service reaches
+made on a thread of its own as StackStorm's sensor container makes it. SIGTERM calls cleanup() and ends the process, and so does the end of stdin: the process
+that started the sensor is gone. The service reaches
 Sluice through the Unix socket SLUICE_SERVICE_SOCKET names: dispatch() publishes a trigger,
 get_value() and the rest use the datastore. Logs go to stderr, which Sluice logs.
 """
@@ -94,6 +95,10 @@ def hear_rule_changes(sensor):
             getattr(sensor, op)(change["trigger"])
         except Exception:
             log.exception("%s failed", line.strip())
+    # The end of stdin is the end of the process that started this sensor (an engine
+    # killed, or one that lost its lease): stop as SIGTERM would, so that no sensor outlives
+    # its engine and runs beside the one the next engine starts.
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

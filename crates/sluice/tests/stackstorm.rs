@@ -730,3 +730,72 @@ async fn an_action_calls_the_api_with_its_execution_s_token_which_ends_with_the_
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"]["stdout"], json!("200"), "{done}");
 }
+
+/// A polling sensor that notes its pid when it starts and then polls, dispatching nothing.
+const PID_SENSOR: &str = r#"
+import os
+
+from st2reactor.sensor.base import PollingSensor
+
+
+class Pid(PollingSensor):
+    def setup(self):
+        with open(os.environ["PIDS_FILE"], "a") as out:
+            out.write("%d\n" % os.getpid())
+
+    def poll(self):
+        pass
+"#;
+
+/// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_engine_s_sensors_end_with_it_and_the_next_engine_runs_them_once() {
+    let mut cluster = common::cluster::Cluster::new(&[
+        ("pack.yaml", "ref: t\n"),
+        ("sensors/pid.py", PID_SENSOR),
+        (
+            "sensors/pid.yaml",
+            "class_name: Pid\nentry_point: pid.py\npoll_interval: 0.2\ntrigger_types:\n  - name: nothing\n",
+        ),
+    ]);
+    let pids = cluster.dir.path().join("pids");
+    let env = [("PIDS_FILE", pids.display().to_string())];
+    let started = |n: usize| {
+        let pids = pids.clone();
+        async move {
+            sluice_testkit::eventually(
+                &format!("sensor start {n}"),
+                std::time::Duration::from_secs(30),
+                || async {
+                    let text = std::fs::read_to_string(&pids).unwrap_or_default();
+                    let all: Vec<i32> = text.lines().map(|l| l.parse().unwrap()).collect();
+                    (all.len() >= n).then_some(all)
+                },
+            )
+            .await
+        }
+    };
+    cluster.start_engine_with(&env).await;
+    let first = started(1).await[0];
+    assert!(running(first));
+
+    // As a crash would: the engine gets no chance to stop its sensors.
+    cluster.kill_engine();
+    sluice_testkit::eventually(
+        "the dead engine's sensor to end",
+        std::time::Duration::from_secs(20),
+        || async { (!running(first)).then_some(()) },
+    )
+    .await;
+
+    cluster.start_engine_with(&env).await;
+    let all = started(2).await;
+    assert_eq!(all.len(), 2, "one start per engine: {all:?}");
+    assert!(running(all[1]), "the new engine's sensor runs");
+    assert!(!running(first), "and it alone");
+}
