@@ -9,7 +9,7 @@ use std::pin::Pin;
 use serde_json::Value;
 use sluice_bus::{Bus, BusError};
 use sluice_core::{ExecutionId, ExecutionStatus, RunMessage};
-use sluice_store::{NewChild, Store, StoreError, Transition, WorkflowRecord};
+use sluice_store::{NewChild, Store, StoreError, Transition, WorkflowRecord, WorkflowSave};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -59,7 +59,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &'a self,
         id: ExecutionId,
         handled: &'a [ExecutionId],
-        state: &'a Value,
+        save: WorkflowSave<'a>,
         children: &'a [NewChild],
     ) -> BoxFuture<'a, Result<Option<Vec<Option<ExecutionId>>>, StoreError>>;
     /// The handoff: the run message to the workers.
@@ -119,10 +119,10 @@ impl Backend for Live {
         &'a self,
         id: ExecutionId,
         handled: &'a [ExecutionId],
-        state: &'a Value,
+        save: WorkflowSave<'a>,
         children: &'a [NewChild],
     ) -> BoxFuture<'a, Result<Option<Vec<Option<ExecutionId>>>, StoreError>> {
-        Box::pin(self.store.workflow_step(id, handled, state, children))
+        Box::pin(self.store.workflow_step(id, handled, save, children))
     }
 
     fn publish_run<'a>(&'a self, message: &'a RunMessage) -> BoxFuture<'a, Result<(), BusError>> {

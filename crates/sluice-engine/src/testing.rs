@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_bus::BusError;
 use sluice_core::{ExecutionId, ExecutionStatus, RunMessage};
-use sluice_store::{NewChild, StoreError, Transition, WorkflowChild, WorkflowRecord};
+use sluice_store::{NewChild, StoreError, Transition, WorkflowChild, WorkflowRecord, WorkflowSave};
 
 use crate::backend::{Backend, BoxFuture, ExecutionState};
 
@@ -23,6 +23,7 @@ pub(crate) struct Fake {
     /// Executions whose run message is refused for good.
     pub(crate) refuse_publish: Mutex<HashSet<i64>>,
     workflows: Mutex<HashMap<ExecutionId, (Value, Vec<WorkflowChild>)>>,
+    workflow_parts: Mutex<HashMap<ExecutionId, Vec<(String, Value)>>>,
     next_id: Mutex<i64>,
 }
 
@@ -117,6 +118,10 @@ impl Backend for Fake {
                 .get(&id)
                 .map(|(state, children)| WorkflowRecord {
                     state: state.clone(),
+                    parts: lock(&self.workflow_parts)
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_default(),
                     updated_at: chrono::Utc::now(),
                     children: children
                         .iter()
@@ -137,7 +142,7 @@ impl Backend for Fake {
         &'a self,
         id: ExecutionId,
         handled: &'a [ExecutionId],
-        state: &'a Value,
+        save: WorkflowSave<'a>,
         children: &'a [NewChild],
     ) -> BoxFuture<'a, Result<Option<Vec<Option<ExecutionId>>>, StoreError>> {
         Box::pin(async move {
@@ -154,7 +159,15 @@ impl Backend for Fake {
                     child.handled = true;
                 }
             }
-            *saved = state.clone();
+            *saved = save.state.clone();
+            let mut parts = lock(&self.workflow_parts);
+            let parts = parts.entry(id).or_default();
+            for (key, value) in save.parts {
+                match parts.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, old)) => *old = value.clone(),
+                    None => parts.push((key.clone(), value.clone())),
+                }
+            }
             let mut created = Vec::with_capacity(children.len());
             for child in children {
                 let exists = known.iter().any(|c| {

@@ -22,6 +22,6 @@ pub use reseal::Resealed;
 pub use rules::{ApiRule, RuleSwitch};
 pub use store::{Store, StoreError, StoreErrorKind};
 pub use tokens::{NewToken, Token};
-pub use workflow::{NewChild, WorkflowChild, WorkflowRecord};
+pub use workflow::{NewChild, WorkflowChild, WorkflowRecord, WorkflowSave};
 
 pub use sluice_core::ExecutionStatus;

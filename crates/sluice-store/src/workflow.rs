@@ -2,8 +2,9 @@
 //!
 //! A workflow moves in steps. Each step — the workflow starting, or acting on one child's
 //! end — is one transaction: the child is marked handled (only if it was not, so a step is
-//! never taken twice), the new state is saved, and the children the step starts are
-//! created, each under the unique key (workflow, task, round, item, attempt).
+//! never taken twice), the new state is saved with the parts of it the step changed, and the
+//! children the step starts are created, each under the unique key (workflow, task, round,
+//! item, attempt).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -44,11 +45,22 @@ pub struct WorkflowChild {
 #[derive(Debug, Clone)]
 pub struct WorkflowRecord {
     pub state: Value,
+    /// The parts saved beside the state, by key, each as it was last written.
+    pub parts: Vec<(String, Value)>,
     pub updated_at: DateTime<Utc>,
     pub children: Vec<WorkflowChild>,
 }
 
+/// What one step saves: the workflow's state, and the parts of it that changed (each
+/// replaces the part of that key).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkflowSave<'a> {
+    pub state: &'a Value,
+    pub parts: &'a [(String, Value)],
+}
+
 type SavedRow = (Json<Value>, DateTime<Utc>);
+type PartRow = (String, Json<Value>);
 type ChildRow = (
     String,
     i64,
@@ -62,14 +74,14 @@ type ChildRow = (
 
 impl Store {
     /// Takes one step of workflow `workflow`: marks the `handled` children handled (if any
-    /// already was, nothing is written and `None` comes back), saves `state`, and creates
+    /// already was, nothing is written and `None` comes back), saves `save`, and creates
     /// `children` as `requested` executions. Returns the new children's ids, in order;
     /// `None` for one whose key already existed.
     pub async fn workflow_step(
         &self,
         workflow: ExecutionId,
         handled: &[ExecutionId],
-        state: &Value,
+        save: WorkflowSave<'_>,
         children: &[NewChild],
     ) -> Result<Option<Vec<Option<ExecutionId>>>, StoreError> {
         let now = Utc::now();
@@ -97,10 +109,21 @@ impl Store {
                  ON CONFLICT (execution_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
             )
             .bind(workflow.0)
-            .bind(Json(state))
+            .bind(Json(save.state))
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            for (key, value) in save.parts {
+                sqlx::query(
+                    "INSERT INTO workflow_parts (workflow_id, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(workflow.0)
+                .bind(key)
+                .bind(Json(value))
+                .execute(&mut *tx)
+                .await?;
+            }
             let mut created = Vec::with_capacity(children.len());
             for child in children {
                 let taken: Option<(i64,)> = sqlx::query_as(
@@ -154,6 +177,7 @@ impl Store {
         });
         let n = created.iter().flatten().count() as u64;
         wrote("workflows", "upsert", 1);
+        wrote("workflow_parts", "upsert", save.parts.len() as u64);
         wrote("executions", "insert", n);
         wrote("execution_history", "insert", n);
         wrote("workflow_tasks", "insert", n);
@@ -167,10 +191,14 @@ impl Store {
         &self,
         workflow: ExecutionId,
     ) -> Result<Option<WorkflowRecord>, StoreError> {
-        let (saved, rows): (Option<SavedRow>, Vec<ChildRow>) = on_pool!(self, pool => {
+        let (saved, parts, rows): (Option<SavedRow>, Vec<PartRow>, Vec<ChildRow>) = on_pool!(self, pool => {
             let saved = sqlx::query_as("SELECT state, updated_at FROM workflows WHERE execution_id = $1")
                 .bind(workflow.0)
                 .fetch_optional(pool)
+                .await?;
+            let parts = sqlx::query_as("SELECT key, value FROM workflow_parts WHERE workflow_id = $1")
+                .bind(workflow.0)
+                .fetch_all(pool)
                 .await?;
             let rows = sqlx::query_as(
                 "SELECT t.task, CAST(t.round AS BIGINT), t.item, CAST(t.attempt AS BIGINT), t.execution_id, t.handled, e.status, e.result \
@@ -180,7 +208,7 @@ impl Store {
             .bind(workflow.0)
             .fetch_all(pool)
             .await?;
-            (saved, rows)
+            (saved, parts, rows)
         });
         let Some((Json(state), updated_at)) = saved else {
             return Ok(None);
@@ -208,6 +236,10 @@ impl Store {
             .collect::<Result<_, StoreError>>()?;
         Ok(Some(WorkflowRecord {
             state,
+            parts: parts
+                .into_iter()
+                .map(|(key, Json(value))| (key, value))
+                .collect(),
             updated_at,
             children,
         }))

@@ -4,7 +4,7 @@ use serde_json::json;
 use sluice_core::{ActionRef, EventStatus, ExecutionStatus};
 use sluice_store::{
     ApiRule, EventFilter, ExecutionFilter, Fence, Firing, NewChild, NewEvent, RuleSwitch, Store,
-    StoreError, Transition,
+    StoreError, Transition, WorkflowSave,
 };
 
 fn action(r: &str) -> ActionRef {
@@ -378,7 +378,13 @@ async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(st
         .workflow_step(
             workflow,
             &[],
-            &json!({"step": 1}),
+            WorkflowSave {
+                state: &json!({"step": 1}),
+                parts: &[
+                    ("slot/each/0/0".into(), json!({"state": "running"})),
+                    ("run/each/0".into(), json!({"items": [1, 2]})),
+                ],
+            },
             &[child("each", 0, 1), child("each", 1, 1)],
         )
         .await
@@ -387,7 +393,15 @@ async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(st
     let (a, b) = (first[0].unwrap(), first[1].unwrap());
     // The same task item attempt again: not created.
     let again = store
-        .workflow_step(workflow, &[], &json!({"step": 2}), &[child("each", 0, 1)])
+        .workflow_step(
+            workflow,
+            &[],
+            WorkflowSave {
+                state: &json!({"step": 2}),
+                parts: &[],
+            },
+            &[child("each", 0, 1)],
+        )
         .await
         .unwrap()
         .unwrap();
@@ -399,7 +413,10 @@ async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(st
         .workflow_step(
             workflow,
             &[a],
-            &json!({"step": 3}),
+            WorkflowSave {
+                state: &json!({"step": 3}),
+                parts: &[("slot/each/0/0".into(), json!({"state": "succeeded"}))],
+            },
             &[child("after", -1, 1)],
         )
         .await
@@ -411,7 +428,10 @@ async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(st
         .workflow_step(
             workflow,
             &[a],
-            &json!({"step": 4}),
+            WorkflowSave {
+                state: &json!({"step": 4}),
+                parts: &[("slot/each/0/0".into(), json!({"state": "lost"}))],
+            },
             &[child("other", -1, 1)],
         )
         .await
@@ -419,6 +439,16 @@ async fn a_workflow_step_is_taken_once_and_starts_each_task_item_attempt_once(st
     assert!(twice.is_none());
     let record = store.workflow(workflow).await.unwrap().unwrap();
     assert_eq!(record.state, json!({"step": 3}));
+    // Each part as it was last written; the refused step wrote none.
+    let mut parts = record.parts.clone();
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        parts,
+        [
+            ("run/each/0".to_owned(), json!({"items": [1, 2]})),
+            ("slot/each/0/0".to_owned(), json!({"state": "succeeded"})),
+        ]
+    );
     let seen: Vec<_> = record
         .children
         .iter()

@@ -8,7 +8,7 @@ use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sluice_core::ExecutionId;
 use sluice_pack::Action;
-use sluice_store::{NewChild, StoreError, Transition};
+use sluice_store::{NewChild, StoreError, Transition, WorkflowSave};
 use sluice_telemetry::{TRACEPARENT, TraceHeaders};
 use tracing::{Instrument as _, debug, error, info, warn};
 
@@ -273,7 +273,10 @@ impl WorkflowActor {
             .workflow_step(
                 state.id,
                 &step.handled,
-                &state.machine.saved_json(),
+                WorkflowSave {
+                    state: &state.machine.saved_json(),
+                    parts: &step.parts,
+                },
                 &children,
             )
             .await;

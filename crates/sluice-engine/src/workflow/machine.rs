@@ -89,16 +89,34 @@ impl Slot {
 }
 
 /// A task's latest run.
+///
+/// Its items, slots and result grow with the task's work, so they are saved as parts of
+/// their own, each only when it changes ([`Machine::take_step`]); the workflow's state
+/// holds the rest. (States saved before parts existed hold them inline; they are read.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TaskRun {
     /// Runs of this task before this one (a task in a loop runs again).
     round: u32,
     status: TaskStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    items: Option<Vec<Value>>,
-    slots: Vec<Slot>,
+    /// How many slots it has: those without a saved part are new.
     #[serde(default)]
+    len: usize,
+    #[serde(default, skip_serializing)]
+    items: Option<Vec<Value>>,
+    #[serde(default, skip_serializing)]
+    slots: Vec<Slot>,
+    #[serde(default, skip_serializing)]
     result: Value,
+}
+
+/// The key of an item's slot among a workflow's saved parts.
+fn slot_key(task: &str, round: u32, item: usize) -> String {
+    format!("slot/{task}/{round}/{item}")
+}
+
+/// The key of a task run's items and result among a workflow's saved parts.
+fn run_key(task: &str, round: u32) -> String {
+    format!("run/{task}/{round}")
 }
 
 /// What is saved with every step.
@@ -132,6 +150,8 @@ pub(crate) struct Step {
     pub(crate) launches: Vec<Launch>,
     /// Children whose end the step acted on.
     pub(crate) handled: Vec<ExecutionId>,
+    /// The parts of the state the step changed, by key.
+    pub(crate) parts: Vec<(String, Value)>,
 }
 
 /// A child running now.
@@ -192,6 +212,9 @@ pub(crate) struct Machine {
     /// Tasks to look at again within this step.
     todo: VecDeque<String>,
     step: Step,
+    /// What changed since the last step was taken: a task's slot (`Some(item)`) or its
+    /// run's items and result (`None`).
+    dirty: BTreeSet<(String, Option<usize>)>,
 }
 
 impl Machine {
@@ -243,6 +266,7 @@ impl Machine {
             running: HashMap::new(),
             todo: VecDeque::new(),
             step: Step::default(),
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -280,6 +304,7 @@ impl Machine {
     ) -> Result<Resumed, serde_json::Error> {
         self.reset();
         self.saved = serde_json::from_value(record.state.clone())?;
+        self.take_up_parts(&record.parts)?;
         match self.keyring.unseal_all(&self.saved.ctx) {
             Ok(ctx) => self.saved.ctx = ctx,
             Err((name, e)) => {
@@ -350,6 +375,38 @@ impl Machine {
         self.running.clear();
         self.todo.clear();
         self.step = Step::default();
+        self.dirty.clear();
+    }
+
+    /// Puts each task run's items, slots and result back from the saved parts.
+    fn take_up_parts(&mut self, parts: &[(String, Value)]) -> Result<(), serde_json::Error> {
+        let inline = self.saved.tasks.values().any(|run| !run.slots.is_empty());
+        if inline {
+            // Saved whole, before parts: the next step saves every part.
+            for (name, run) in &mut self.saved.tasks {
+                run.len = run.slots.len();
+                self.dirty.insert((name.clone(), None));
+                self.dirty
+                    .extend((0..run.len).map(|item| (name.clone(), Some(item))));
+            }
+            return Ok(());
+        }
+        let parts: HashMap<&str, &Value> = parts.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        for (name, run) in &mut self.saved.tasks {
+            run.slots = (0..run.len)
+                .map(
+                    |item| match parts.get(slot_key(name, run.round, item).as_str()) {
+                        Some(slot) => Slot::deserialize(*slot),
+                        None => Ok(Slot::new()),
+                    },
+                )
+                .collect::<Result<_, _>>()?;
+            if let Some(part) = parts.get(run_key(name, run.round).as_str()) {
+                run.items = Option::<Vec<Value>>::deserialize(&part["items"])?;
+                run.result = part["result"].clone();
+            }
+        }
+        Ok(())
     }
 
     /// How many children it waits for.
@@ -429,6 +486,7 @@ impl Machine {
                 }
             }
             slot.result = result;
+            self.dirty.insert((task.clone(), Some(item)));
         }
         self.step.handled.push(child);
         self.todo.push_back(task);
@@ -464,6 +522,7 @@ impl Machine {
             .and_then(|run| run.slots.get_mut(item))
         {
             slot.timed_out = true;
+            self.dirty.insert((task.clone(), Some(item)));
         }
         warn!(child = %child, task, "task timed out; cancelling it");
         Some((child, action))
@@ -478,11 +537,12 @@ impl Machine {
         }
         self.saved.cancelling = true;
         info!(children = self.running.len(), "workflow cancelling");
-        for run in self.saved.tasks.values_mut() {
-            for slot in &mut run.slots {
+        for (name, run) in &mut self.saved.tasks {
+            for (item, slot) in run.slots.iter_mut().enumerate() {
                 if matches!(slot.state, SlotState::RetryWait | SlotState::Waiting) {
                     slot.state = SlotState::Failed;
                     slot.result = json!({"error": "the workflow was cancelled"});
+                    self.dirty.insert((name.clone(), Some(item)));
                 }
             }
         }
@@ -515,7 +575,27 @@ impl Machine {
 
     /// What this step decided; the actor saves it.
     pub(crate) fn take_step(&mut self) -> Step {
-        std::mem::take(&mut self.step)
+        let mut step = std::mem::take(&mut self.step);
+        for (name, item) in std::mem::take(&mut self.dirty) {
+            let Some(run) = self.saved.tasks.get(&name) else {
+                continue;
+            };
+            match item {
+                Some(item) => {
+                    if let Some(slot) = run.slots.get(item) {
+                        step.parts.push((
+                            slot_key(&name, run.round, item),
+                            serde_json::to_value(slot).unwrap_or(Value::Null),
+                        ));
+                    }
+                }
+                None => step.parts.push((
+                    run_key(&name, run.round),
+                    json!({"items": run.items, "result": run.result}),
+                )),
+            }
+        }
+        step
     }
 
     /// A step the store could not save, to be saved with the next try.
@@ -591,10 +671,10 @@ impl Machine {
     /// The state as the store keeps it: secret inputs, and context values rendered from
     /// them, sealed.
     pub(crate) fn saved_json(&self) -> Value {
-        let mut saved = self.saved.clone();
+        let saved = &self.saved;
         let mut names = self.secret_inputs.clone();
         names.extend(secrets::tainted(&saved.ctx, &self.secrets()));
-        saved.ctx = self
+        let ctx = self
             .keyring
             .seal_named(&names, &saved.ctx)
             .unwrap_or_else(|_| {
@@ -604,7 +684,15 @@ impl Machine {
                 }
                 ctx
             });
-        serde_json::to_value(&saved).unwrap_or(Value::Null)
+        // The task runs without what their parts hold, and nothing else copied.
+        json!({
+            "ctx": ctx,
+            "tasks": saved.tasks,
+            "joins": saved.joins,
+            "errors": saved.errors,
+            "cancelling": saved.cancelling,
+            "launched": saved.launched,
+        })
     }
 
     /// The names templates see: `ctx()`, `task()` and what the caller adds.
@@ -657,6 +745,7 @@ impl Machine {
         let mut run = TaskRun {
             round,
             status: TaskStatus::Running,
+            len: 1,
             items: None,
             slots: vec![Slot::new()],
             result: Value::Null,
@@ -684,6 +773,13 @@ impl Machine {
                 if slot.state == SlotState::Waiting {
                     slot.state = SlotState::Succeeded;
                 }
+            }
+        }
+        run.len = run.slots.len();
+        self.dirty.insert((name.to_owned(), None));
+        for (item, slot) in run.slots.iter().enumerate() {
+            if slot.state != SlotState::Waiting {
+                self.dirty.insert((name.to_owned(), Some(item)));
             }
         }
         self.saved.tasks.insert(name.to_owned(), run);
@@ -717,6 +813,7 @@ impl Machine {
             if stop {
                 slot.state = SlotState::Failed;
                 slot.result = json!({"error": "the workflow was cancelled before it started"});
+                self.dirty.insert((name.to_owned(), Some(i)));
             } else if active < limit {
                 active += 1;
                 starts.push(i);
@@ -807,6 +904,7 @@ impl Machine {
                 slot.result = json!({ "error": e });
             }
         }
+        self.dirty.insert((name.to_owned(), Some(item)));
     }
 
     /// Every item has ended: the task's status and result, then its transitions.
@@ -829,6 +927,7 @@ impl Machine {
         } else {
             run.slots[0].result.clone()
         };
+        self.dirty.insert((name.to_owned(), None));
         let (status, result) = (run.status, run.result.clone());
         info!(task = name, status = status.as_str(), "workflow task ended");
         let mut taken = false;

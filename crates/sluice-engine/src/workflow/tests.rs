@@ -53,6 +53,8 @@ struct Run {
     /// Every child created, in order: (id, task, item, attempt).
     created: Vec<(ExecutionId, String, usize, u32)>,
     timers: Vec<Timer>,
+    /// Every part the steps saved, in order (a later one replaces an earlier of its key).
+    parts: Vec<(String, Value)>,
 }
 
 impl Run {
@@ -90,6 +92,7 @@ impl Run {
             next_id: 100,
             created: Vec::new(),
             timers: Vec::new(),
+            parts: Vec::new(),
         };
         run.machine.begin();
         run.save();
@@ -102,6 +105,7 @@ impl Run {
         for launch in &step.launches {
             self.create(launch);
         }
+        self.parts.extend(step.parts.iter().cloned());
         step
     }
 
@@ -319,6 +323,18 @@ fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_sealed() {
     run.succeed("each", 0);
     let saved = run.machine.saved_json();
     assert!(!saved.to_string().contains("hunter2"));
+    // The items' slots are parts of their own, each saved when it changed.
+    assert!(saved["tasks"]["each"].get("slots").is_none(), "{saved}");
+    assert_eq!(saved["tasks"]["each"]["len"], 5, "{saved}");
+    let last = |key: &str| {
+        run.parts
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v["state"].clone())
+    };
+    assert_eq!(last("slot/each/0/0"), Some(json!("succeeded")));
+    assert_eq!(last("slot/each/0/3"), Some(json!("running")));
     // The store's view: item 0 handled, 1 ended unhandled, 2 and 3 still running.
     let child = |item: usize, handled: bool, status| WorkflowChild {
         task: "each".into(),
@@ -332,6 +348,7 @@ fn a_saved_state_resumes_with_what_ended_meanwhile_and_secrets_sealed() {
     };
     let record = WorkflowRecord {
         state: saved,
+        parts: run.parts.clone(),
         updated_at: Utc::now(),
         children: vec![
             child(0, true, ExecutionStatus::Succeeded),
