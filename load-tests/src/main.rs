@@ -13,6 +13,7 @@
 //! cargo run -p sluice-load --release -- timers [--timers N] [--duration S]
 //! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
 //! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load takeover [--kills N] [--lease-ttl S]
+//! cargo run -p sluice-load --release -- workflows [--items 1000,10000] [--concurrency C]
 //! ```
 //!
 //! The trigger scenarios take `--database-url URL|start`, `--workers N`, `--capacity N`,
@@ -31,6 +32,7 @@ mod takeover;
 mod timers;
 mod triggers;
 mod webhooks;
+mod workflows;
 
 use clap::{Parser, Subcommand};
 
@@ -140,6 +142,12 @@ enum Scenario {
         #[command(flatten)]
         options: takeover::Options,
     },
+    /// One workflow with a `with` task of N items for each N: time and what its steps wrote
+    /// to the store, against the smallest N.
+    Workflows {
+        #[command(flatten)]
+        options: workflows::Options,
+    },
     /// Webhook deliveries to a rule running a `noop` action: requests/s from concurrent
     /// clients, then POST -> completion at a fixed rate against the JetStream round trip.
     Webhooks {
@@ -213,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Timers { options } => timers::run(options).await,
         Scenario::Takeover { options } => takeover::run(options).await,
         Scenario::Webhooks { load, options } => webhooks::run(load, options).await,
+        Scenario::Workflows { options } => workflows::run(options).await,
         Scenario::WorkerProcess {
             nats_url,
             name,

@@ -178,6 +178,15 @@ impl Store {
         let n = created.iter().flatten().count() as u64;
         wrote("workflows", "upsert", 1);
         wrote("workflow_parts", "upsert", save.parts.len() as u64);
+        let json = |value: &Value| serde_json::to_vec(value).map_or(0, |b| b.len() as u64);
+        let metrics = sluice_telemetry::metrics();
+        metrics
+            .store_json_bytes
+            .add(["workflows"], json(save.state));
+        metrics.store_json_bytes.add(
+            ["workflow_parts"],
+            save.parts.iter().map(|(_, v)| json(v)).sum(),
+        );
         wrote("executions", "insert", n);
         wrote("execution_history", "insert", n);
         wrote("workflow_tasks", "insert", n);

@@ -171,6 +171,8 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Rows inserted or updated, by table and kind (`insert`, `update`).
     pub store_writes: CounterVec<2>,
+    /// Bytes of JSON documents written to the store, by table (workflow state and parts).
+    pub store_json_bytes: CounterVec<1>,
     /// How long store writes take, by operation.
     pub store_write_seconds: HistogramVec<1>,
     pub completions: Counter,
@@ -243,6 +245,12 @@ impl Metrics {
                 "sluice_store_writes_total",
                 "Rows written to the store, by table and kind.",
                 ["table", "kind"],
+            ),
+            store_json_bytes: CounterVec::new(
+                r,
+                "sluice_store_json_bytes_total",
+                "Bytes of JSON documents written to the store, by table.",
+                ["table"],
             ),
             store_write_seconds: HistogramVec::new(
                 r,
