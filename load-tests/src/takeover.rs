@@ -55,27 +55,17 @@ impl Engines {
     }
 
     fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let keys = self.dir.join("keys");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("e{i}.log")))?;
-        let child = Command::new(&self.sluice)
-            .args(["engine", "--engine-name", &format!("e{i}")])
+        let name = format!("e{i}");
+        let child = sluice_command(&self.sluice, "engine", &self.dir, &name)
+            .args(["--engine-name", &name])
             .args(["--http", &format!("127.0.0.1:{}", self.ports[i])])
             .args(["--lease-ttl", &self.lease_ttl.to_string()])
             .args(["--nats-url", &self.nats_url])
             .args(["--database-url", &self.database_url])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("e{i}")))
-            .arg("--run-signing-key")
-            .arg(keys.join("run-signing.key"))
-            .arg("--secrets-key")
-            .arg(keys.join("secrets.key"))
-            .arg("--packs")
-            .arg(packs_dir())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
         self.children[i] = Some(child);
@@ -152,6 +142,31 @@ impl Drop for Engines {
             let _ = child.wait();
         }
     }
+}
+
+/// `sluice ROLE` as every process of the deployment runs: its data directory
+/// `<dir>/<name>`, the shared keys (the engine signs with them, the worker verifies), the
+/// `load` pack, warnings only.
+fn sluice_command(sluice: &Path, role: &str, dir: &Path, name: &str) -> Command {
+    let keys = dir.join("keys");
+    let (signing, key) = match role {
+        "engine" => ("--run-signing-key", "run-signing.key"),
+        _ => ("--run-verify-key", "run-signing.pub"),
+    };
+    let mut command = Command::new(sluice);
+    command
+        .arg(role)
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .arg(signing)
+        .arg(keys.join(key))
+        .arg("--secrets-key")
+        .arg(keys.join("secrets.key"))
+        .arg("--packs")
+        .arg(packs_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    command
 }
 
 fn packs_dir() -> PathBuf {
@@ -239,19 +254,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(dir.path().join("e0/admin.token"))?
         .trim()
         .to_owned();
-    let keys = dir.path().join("keys");
-    let mut worker = Command::new(&sluice)
-        .args(["worker", "--worker-name", "w0", "--nats-url", &nats.url()])
-        .arg("--data-dir")
-        .arg(dir.path().join("w0"))
-        .arg("--run-verify-key")
-        .arg(keys.join("run-signing.pub"))
-        .arg("--secrets-key")
-        .arg(keys.join("secrets.key"))
-        .arg("--packs")
-        .arg(packs_dir())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+    let mut worker = sluice_command(&sluice, "worker", dir.path(), "w0")
+        .args(["--worker-name", "w0", "--nats-url", &nats.url()])
         .stderr(Stdio::null())
         .spawn()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

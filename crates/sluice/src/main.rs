@@ -740,8 +740,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
             }
         },
         Command::Keygen { dir } => {
-            let signing = dir.join("run-signing.key");
             use anyhow::Context as _;
+            let signing = dir.join("run-signing.key");
             let signer = sluice_bus::RunSigner::load_or_create(&signing)
                 .with_context(|| format!("the run-signing key {}", signing.display()))?;
             let secrets = dir.join("secrets.key");
