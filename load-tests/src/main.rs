@@ -9,7 +9,7 @@
 //! cargo run -p sluice-load --release -- python [--rate R] [--duration S] [--burst N]
 //! cargo run -p sluice-load --release -- scale [--executions N] [--worker-counts 1,2,4]
 //! cargo run -p sluice-load --release -- gate [--operations N]
-//! cargo run -p sluice-load --release -- queue-memory [--executions N]
+//! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load queue-memory [--executions N]
 //! cargo run -p sluice-load --release -- timers [--timers N] [--duration S]
 //! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
 //! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load takeover [--kills N] [--lease-ttl S]
@@ -26,6 +26,7 @@ mod cost;
 mod dashboard;
 mod deployment;
 mod gate;
+mod process;
 mod queue_memory;
 mod report;
 mod takeover;
@@ -122,7 +123,8 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         operations: u64,
     },
-    /// Engine memory with N executions queued behind `max_concurrent: 1` and no worker.
+    /// Engine memory with N triggers queued behind `max_concurrent: 1` and no worker, and
+    /// again after a restart rebuilt the queue.
     QueueMemory {
         #[arg(long, default_value_t = 1_000_000)]
         executions: u64,
@@ -233,14 +235,4 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
     }
-}
-
-/// Resident memory of this process, from /proc.
-pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }

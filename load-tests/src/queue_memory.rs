@@ -1,127 +1,209 @@
-//! Engine memory with a long queue: N `requested` executions behind `max_concurrent: 1`
-//! and no worker. They are written to a fresh SQLite store in one statement; the engine
-//! then starts, rebuilds its queue from the store, and the process's resident memory is
-//! read before and after. The baseline is the same process before the engine starts.
+//! Engine memory with a long queue, queued as users queue: N triggers published to NATS,
+//! matched by the `load.serial` rule, each an execution of `load.serial`
+//! (`max_concurrent: 1`), with no worker, so one is admitted and the rest wait. The engine
+//! is a `sluice engine` process (SQLite, logs at their default level) and its resident
+//! memory is read from `/proc`: idle with the pack loaded (the baseline), with the queue
+//! built by the triggers, and after a restart that rebuilt the queue from the store.
+//!
+//! Needs the `sluice` binary beside this one: `cargo build --release -p sluice -p sluice-load`.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use sluice_bus::Bus;
-use sluice_engine::{Engine, EngineConfig};
-use sluice_store::Store;
-use sluice_testkit::NatsServer;
+use serde_json::{Value, json};
+use sluice_testkit::{NatsServer, free_port};
 
-use crate::rss_bytes;
+use crate::process::{Memory, sluice_binary, sluice_command};
 
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+const ACTION: &str = "load.serial";
+
+struct EngineProcess {
+    child: Child,
+    api: String,
 }
 
-pub async fn run(executions: u64, json: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pack = dir.path().join("packs/q");
-    std::fs::create_dir_all(pack.join("actions"))?;
-    std::fs::write(pack.join("pack.yaml"), "ref: q\n")?;
-    std::fs::write(
-        pack.join("actions/hold.yaml"),
-        "name: hold\nrunner_type: noop\npolicy: {max_concurrent: 1}\n",
-    )?;
-    let catalog = Arc::new(
-        sluice_pack::load_packs(&[dir.path().join("packs")]).map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-
-    let db = dir.path().join("sluice.db");
-    let store = Store::connect(db.to_str().unwrap_or_default()).await?;
-    let filled = Instant::now();
-    {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await?;
-        let now = chrono::Utc::now().to_rfc3339();
-        sqlx::query(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
-             INSERT INTO executions (action, status, parameters, attempt, created_at, updated_at) \
-             SELECT 'q.hold', 'requested', '{}', 1, $2, $2 FROM n",
-        )
-        .bind(executions as i64)
-        .bind(&now)
-        .execute(&pool)
-        .await?;
-        pool.close().await;
+impl EngineProcess {
+    fn start(sluice: &Path, dir: &Path, nats_url: &str) -> anyhow::Result<Self> {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("engine.log"))?;
+        let child = sluice_command(sluice, "engine", dir, "engine")
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .args(["--nats-url", nats_url])
+            // The level an operator runs at: spans and `info` lines as in production.
+            .env_remove("RUST_LOG")
+            .stderr(log)
+            .spawn()?;
+        Ok(Self {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+        })
     }
-    let fill_time = filled.elapsed();
 
-    let nats = NatsServer::start();
-    let bus = Bus::connect(&nats.url(), "queue-memory").await?;
-    let before = rss_bytes();
+    fn memory(&self) -> anyhow::Result<Memory> {
+        Memory::of(self.child.id())
+    }
+
+    /// SIGTERM, then wait for the drain to finish.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {}", self.child.id());
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `load.serial`'s queue as the engine reports it, once it answers.
+async fn queue(http: &reqwest::Client, engine: &EngineProcess, token: &str) -> Option<(u64, u64)> {
+    let stats: Value = http
+        .get(format!(
+            "{}/api/v1/actions/{ACTION}/queue-stats",
+            engine.api
+        ))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some((
+        stats["queue_length"].as_u64()?,
+        stats["active_count"].as_u64()?,
+    ))
+}
+
+/// Waits until the queue holds `queued` behind one admitted, and for the memory to settle.
+async fn wait_queued(
+    http: &reqwest::Client,
+    engine: &EngineProcess,
+    token: &str,
+    queued: u64,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let engine = Engine::start(EngineConfig {
-        name: "engine".into(),
-        catalog,
-        packs: Default::default(),
-        store,
-        bus,
-        run_signer: std::sync::Arc::new(sluice_bus::RunSigner::generate()?),
-        keyring: std::sync::Arc::new(sluice_core::secrets::Keyring::ephemeral()?),
-        ingest_triggers: false,
-        worker_loss_window: Duration::from_secs(10),
-        api_url: None,
-    })
-    .await?;
-    let queued = loop {
-        let stats = engine
-            .queue_stats("q.hold")
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no supervisor for q.hold"))?;
-        if stats.queue_length as u64 + stats.active_count as u64 == executions {
-            break stats.queue_length;
+    loop {
+        if queue(http, engine, token).await == Some((queued, 1)) {
+            break;
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "queue not rebuilt after 10 minutes"
+            started.elapsed() < Duration::from_secs(1800),
+            "{queued} not queued at {ACTION} after 30 minutes: {:?}",
+            queue(http, engine, token).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    // Let the last batches' buffers be freed before RSS is read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(took)
+}
+
+pub async fn run(executions: u64, json: Option<&Path>) -> anyhow::Result<()> {
+    anyhow::ensure!(executions >= 2, "--executions must be at least 2");
+    let sluice = sluice_binary()?;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir()?;
+    let http = reqwest::Client::new();
+
+    let engine = EngineProcess::start(&sluice, dir.path(), &nats.url())?;
+    let token_file = dir.path().join("engine/admin.token");
+    let started = Instant::now();
+    let token = loop {
+        if let Ok(token) = std::fs::read_to_string(&token_file)
+            && queue(&http, &engine, token.trim()).await == Some((0, 0))
+        {
+            break token.trim().to_owned();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the engine did not serve {ACTION}'s queue within a minute (see {})",
+            dir.path().join("engine.log").display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let rebuild_time = started.elapsed();
-    let after = rss_bytes();
-    let peak = peak_rss_bytes();
-    engine.shutdown(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = engine.memory()?;
+
+    let published = Instant::now();
+    crate::triggers::publish_to(&nats.url(), "serial", executions, None).await?;
+    let publish_time = published.elapsed();
+    let ingest_time = publish_time + wait_queued(&http, &engine, &token, executions - 1).await?;
+    let queued = engine.memory()?;
+    engine.stop()?;
+
+    // From the spawn: the process's start, the store's read, the queue's rebuild.
+    let engine = EngineProcess::start(&sluice, dir.path(), &nats.url())?;
+    let rebuild_time = wait_queued(&http, &engine, &token, executions - 1).await?;
+    let rebuilt = engine.memory()?;
+    drop(engine);
 
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!("scenario: queue-memory ({executions} executions behind max_concurrent 1, no worker)");
+    let per = |m: Memory| m.rss.saturating_sub(idle.rss) as f64 / (executions - 1) as f64;
     println!(
-        "  store filled in {:.1}s; engine rebuilt its queue in {:.1}s ({queued} queued, 1 admitted)",
-        fill_time.as_secs_f64(),
+        "scenario: queue-memory ({executions} triggers to {ACTION}, max_concurrent 1, no worker; a `sluice engine` process, SQLite)"
+    );
+    println!(
+        "  published in {:.1}s, all queued after {:.1}s; after a restart the queue was rebuilt in {:.1}s",
+        publish_time.as_secs_f64(),
+        ingest_time.as_secs_f64(),
         rebuild_time.as_secs_f64()
     );
     println!(
-        "  baseline: process before the engine  {:>8.1} MB RSS",
-        mb(before)
+        "  {:<44} {:>10} {:>10} {:>22}",
+        "engine", "RSS", "peak RSS", "per queued execution"
     );
     println!(
-        "  engine with the queue                {:>8.1} MB RSS  (+{:.1} MB, {:.0} bytes per queued execution)",
-        mb(after),
-        mb(after.saturating_sub(before)),
-        after.saturating_sub(before) as f64 / executions as f64
+        "  {:<44} {:>7.1} MB {:>7.1} MB {:>22}",
+        "baseline: idle, the pack loaded",
+        mb(idle.rss),
+        mb(idle.peak),
+        ""
     );
     println!(
-        "  peak during the rebuild              {:>8.1} MB RSS",
-        mb(peak)
+        "  {:<44} {:>7.1} MB {:>7.1} MB {:>16.0} bytes",
+        format!("{} queued by triggers, 1 admitted", executions - 1),
+        mb(queued.rss),
+        mb(queued.peak),
+        per(queued)
     );
+    println!(
+        "  {:<44} {:>7.1} MB {:>7.1} MB {:>16.0} bytes",
+        "the same after a restart rebuilt the queue",
+        mb(rebuilt.rss),
+        mb(rebuilt.peak),
+        per(rebuilt)
+    );
+    println!("  aim: at most 300 bytes per queued execution (1,000,000 queued within 400 MB)");
     if let Some(path) = json {
         crate::report::write_json(
             path,
-            &serde_json::json!({
+            &json!({
                 "scenario": "queue-memory",
                 "store": "sqlite",
                 "executions": executions,
-                "baseline_rss_mb": mb(before),
-                "rss_mb": mb(after),
-                "peak_rss_mb": mb(peak),
-                "bytes_per_queued": after.saturating_sub(before) as f64 / executions as f64,
+                "baseline_rss_mb": mb(idle.rss),
+                "queued_rss_mb": mb(queued.rss),
+                "queued_peak_rss_mb": mb(queued.peak),
+                "queued_bytes_per_execution": per(queued),
+                "rebuilt_rss_mb": mb(rebuilt.rss),
+                "rebuilt_peak_rss_mb": mb(rebuilt.peak),
+                "rebuilt_bytes_per_execution": per(rebuilt),
+                "ingest_s": ingest_time.as_secs_f64(),
                 "rebuild_s": rebuild_time.as_secs_f64(),
                 "commit": crate::report::commit(),
             }),

@@ -15,7 +15,7 @@
 //!
 //! Needs the `sluice` binary beside this one: `cargo build --release -p sluice -p sluice-load`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, Postgres, free_port};
 
+use crate::process::{sluice_binary, sluice_command};
 use crate::report::{self, Percentiles};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -142,50 +143,6 @@ impl Drop for Engines {
             let _ = child.wait();
         }
     }
-}
-
-/// `sluice ROLE` as every process of the deployment runs: its data directory
-/// `<dir>/<name>`, the shared keys (the engine signs with them, the worker verifies), the
-/// `load` pack, warnings only.
-fn sluice_command(sluice: &Path, role: &str, dir: &Path, name: &str) -> Command {
-    let keys = dir.join("keys");
-    let (signing, key) = match role {
-        "engine" => ("--run-signing-key", "run-signing.key"),
-        _ => ("--run-verify-key", "run-signing.pub"),
-    };
-    let mut command = Command::new(sluice);
-    command
-        .arg(role)
-        .arg("--data-dir")
-        .arg(dir.join(name))
-        .arg(signing)
-        .arg(keys.join(key))
-        .arg("--secrets-key")
-        .arg(keys.join("secrets.key"))
-        .arg("--packs")
-        .arg(packs_dir())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    command
-}
-
-fn packs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pack")
-}
-
-fn sluice_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let sluice = exe
-        .parent()
-        .map(|dir| dir.join("sluice"))
-        .filter(|p| p.exists())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no sluice binary beside {}: cargo build --release -p sluice -p sluice-load",
-                exe.display()
-            )
-        })?;
-    Ok(sluice)
 }
 
 /// Publishes a `load.noop` trigger every 20 ms until `stop`, each with its own

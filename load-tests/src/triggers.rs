@@ -61,9 +61,17 @@ async fn publish(
     count: u64,
     rate: Option<u64>,
 ) -> anyhow::Result<Vec<DateTime<Utc>>> {
-    let client =
-        sluice_bus::connect_client(&deployment.nats_url, "sluice-load", &Default::default())
-            .await?;
+    publish_to(&deployment.nats_url, action, count, rate).await
+}
+
+/// [`publish`] to the NATS server at `nats_url`.
+pub(crate) async fn publish_to(
+    nats_url: &str,
+    action: &str,
+    count: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    let client = sluice_bus::connect_client(nats_url, "sluice-load", &Default::default()).await?;
     let js = async_nats::jetstream::new(client);
     let subject = format!("sluice.trigger.load.{action}");
     let mut published = Vec::with_capacity(count as usize);

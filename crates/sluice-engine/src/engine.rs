@@ -16,7 +16,7 @@ use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params};
 use sluice_store::{ApiRule, Resealed, RuleSwitch, Store};
-use sluice_telemetry::TRACEPARENT;
+use sluice_telemetry::{TRACEPARENT, TraceContext};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
 
@@ -730,10 +730,9 @@ impl Engine {
             supervisor.enqueue(Pending::new(
                 id,
                 1,
-                &action_ref,
                 parameters,
                 Utc::now(),
-                trace,
+                TraceContext::from_headers(&trace),
             ));
         }
         Ok(id)

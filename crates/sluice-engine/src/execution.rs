@@ -129,8 +129,7 @@ impl Actor for ExecutionActor {
             attempt = state.pending.attempt,
             trace_id = tracing::field::Empty,
         );
-        let trace = &state.pending.trace;
-        sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
+        state.pending.trace.continue_in(&span);
         if state.action.is_workflow() {
             return Self::start_workflow(&myself, state).instrument(span).await;
         }

@@ -21,7 +21,7 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
-use sluice_telemetry::{TRACEPARENT, TraceHeaders};
+use sluice_telemetry::{KeyValue, TraceContext};
 use tokio::sync::watch;
 use tracing::error;
 
@@ -34,10 +34,10 @@ pub(crate) struct Pending {
     pub(crate) parameters: Map<String, Value>,
     pub(crate) enqueued_at: DateTime<Utc>,
     /// The trace the execution belongs to: the context of the span that requested it.
-    pub(crate) trace: TraceHeaders,
-    /// `execution.queued`, open from the request until the gate admits it: the wait for a
-    /// slot, as one span.
-    pub(crate) queued: Option<tracing::Span>,
+    pub(crate) trace: TraceContext,
+    /// `execution.queued`, the wait from the request to admission, is still to be recorded:
+    /// at admission, as a span that began at `enqueued_at`. No span is open while it waits.
+    pub(crate) queued: bool,
     /// The workflow execution it is a task of, which hears when it ends.
     pub(crate) parent: Option<ExecutionId>,
 }
@@ -46,26 +46,17 @@ impl Pending {
     pub(crate) fn new(
         id: ExecutionId,
         attempt: u32,
-        action: &ActionRef,
         parameters: Map<String, Value>,
         enqueued_at: DateTime<Utc>,
-        trace: TraceHeaders,
+        trace: TraceContext,
     ) -> Self {
-        let queued = tracing::info_span!(
-            "execution.queued",
-            execution_id = %id,
-            action = %action,
-            attempt,
-            trace_id = tracing::field::Empty,
-        );
-        sluice_telemetry::continue_trace(&queued, |name| trace.get(name).cloned());
         Self {
             id,
             attempt,
             parameters,
             enqueued_at,
             trace,
-            queued: Some(queued),
+            queued: true,
             parent: None,
         }
     }
@@ -77,8 +68,69 @@ impl Pending {
 
     /// The execution's trace id, for log lines written outside its spans.
     pub(crate) fn trace_id(&self) -> Option<String> {
-        let traceparent = self.trace.get(TRACEPARENT)?;
-        traceparent.split('-').nth(1).map(str::to_owned)
+        self.trace.trace_id()
+    }
+
+    /// Admitted: records `execution.queued`, from the request until now, once.
+    pub(crate) fn end_queued(&mut self, action: &ActionRef) {
+        if !std::mem::take(&mut self.queued) {
+            return;
+        }
+        let start = std::time::SystemTime::from(self.enqueued_at);
+        sluice_telemetry::record_ended_span(
+            "execution.queued",
+            &self.trace,
+            start,
+            vec![
+                KeyValue::new("execution_id", self.id.to_string()),
+                KeyValue::new("action", action.to_string()),
+                KeyValue::new("attempt", i64::from(self.attempt)),
+            ],
+        );
+    }
+}
+
+/// A queued execution as its supervisor's gate holds it: a [`Pending`] packed small, since
+/// one queue may hold a million. Its parameters wait as JSON text, its trace context as the
+/// parsed ids.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    id: ExecutionId,
+    attempt: u32,
+    parameters: Box<str>,
+    enqueued_at: DateTime<Utc>,
+    trace: TraceContext,
+    queued: bool,
+    pub(crate) parent: Option<ExecutionId>,
+}
+
+impl From<Pending> for Waiting {
+    fn from(p: Pending) -> Self {
+        Self {
+            id: p.id,
+            attempt: p.attempt,
+            parameters: Value::Object(p.parameters).to_string().into_boxed_str(),
+            enqueued_at: p.enqueued_at,
+            trace: p.trace,
+            queued: p.queued,
+            parent: p.parent,
+        }
+    }
+}
+
+impl From<Waiting> for Pending {
+    fn from(w: Waiting) -> Self {
+        let parameters = serde_json::from_str(&w.parameters)
+            .expect("parameters packed by `Waiting::from` parse back");
+        Self {
+            id: w.id,
+            attempt: w.attempt,
+            parameters,
+            enqueued_at: w.enqueued_at,
+            trace: w.trace,
+            queued: w.queued,
+            parent: w.parent,
+        }
     }
 }
 

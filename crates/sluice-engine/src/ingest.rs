@@ -16,7 +16,7 @@ use sluice_bus::{Settle, decode_trigger};
 use sluice_core::EventStatus;
 use sluice_pack::Catalog;
 use sluice_store::{EventOutcome, Firing, NewEvent, StoreError};
-use sluice_telemetry::{TRACEPARENT, TraceHeaders, metrics};
+use sluice_telemetry::{TRACEPARENT, TraceContext, metrics};
 use tracing::{Span, debug, info, info_span, warn};
 
 use crate::commit::{self, group_commit};
@@ -33,7 +33,7 @@ struct Received {
     event: NewEvent,
     firings: Vec<Firing>,
     /// Per firing: the parameters as they will run (secret ones sealed) and its trace.
-    parameters: Vec<(Map<String, Value>, TraceHeaders)>,
+    parameters: Vec<(Map<String, Value>, TraceContext)>,
     /// The payload may hold secret properties: once recorded, the message is erased from
     /// TRIGGERS, where it would otherwise stay in clear until the stream's age limit.
     erase: bool,
@@ -138,8 +138,8 @@ fn prepare(shared: &Shared, catalog: &Catalog, message: Message, span: Span) -> 
         .map(|mut p| {
             let matched =
                 info_span!("rule.matched", rule = %p.firing.rule, action = %p.firing.action);
-            let trace = sluice_telemetry::trace_headers(&matched);
-            p.firing.traceparent = trace.get(TRACEPARENT).cloned();
+            let trace = TraceContext::of(&matched);
+            p.firing.traceparent = trace.headers().remove(TRACEPARENT);
             (p.firing, (p.parameters, trace))
         })
         .unzip();
@@ -215,7 +215,7 @@ async fn accepted(directory: &Directory, settle: &Settle, r: Received, outcome: 
         .map(|(_, parameters)| parameters);
     for ((id, action), (parameters, trace)) in outcome.executions.into_iter().zip(runnable) {
         if let Some(supervisor) = directory.supervisor(&action) {
-            supervisor.enqueue(Pending::new(id, 1, &action, parameters, Utc::now(), trace));
+            supervisor.enqueue(Pending::new(id, 1, parameters, Utc::now(), trace));
         }
     }
     for failed in r.firings.iter().filter_map(|f| f.failed.as_ref()) {

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_pack::{Catalog, params};
 use sluice_store::{Execution, Store};
-use sluice_telemetry::TRACEPARENT;
+use sluice_telemetry::{TRACEPARENT, TraceContext};
 use tracing::{info, warn};
 
 use crate::error::EngineError;
@@ -87,10 +87,9 @@ async fn resume_one(
     let mut pending = Pending::new(
         id,
         execution.attempt,
-        &execution.action,
         parameters,
         execution.created_at,
-        trace,
+        TraceContext::from_headers(&trace),
     );
     pending.parent = execution.parent_id;
     match execution.status {

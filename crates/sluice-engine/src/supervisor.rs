@@ -23,7 +23,7 @@ use crate::execution::{ExecutionActor, ExecutionArgs, ExecutionMsg};
 use crate::gate::{Gate, GatePolicy, Instant, KeyStats, Next, Refusal};
 use crate::handles::{
     ActorName, AdmittedExecution, CancelOutcome, Held, KeyQueueStats, Pending, Phase,
-    SupervisorHandle, SupervisorMsg, SupervisorStats,
+    SupervisorHandle, SupervisorMsg, SupervisorStats, Waiting,
 };
 use crate::timing::STORE_RETRY;
 
@@ -48,7 +48,7 @@ pub(crate) struct SupervisorArgs {
 pub(crate) struct SupervisorState {
     ctx: Arc<ActorContext>,
     action: Arc<Action>,
-    gate: Gate<Pending>,
+    gate: Gate<Waiting>,
     /// Live children by execution id, and the reverse map for supervision events.
     children: HashMap<ExecutionId, ActorRef<ExecutionMsg>>,
     by_actor: HashMap<ActorId, ExecutionId>,
@@ -206,12 +206,12 @@ impl ActionSupervisor {
             let mut wait = None;
             while admitted.len() < ADMIT_BATCH {
                 match state.gate.next(now) {
-                    Next::Admit(id, pending) if Self::parent_cancelling(state, &pending) => {
+                    Next::Admit(id, waiting) if Self::parent_cancelling(state, waiting.parent) => {
                         // Its workflow is being cancelled: it must never start.
                         state.gate.release(id);
-                        Self::refuse_orphan(state, id, pending.parent).await;
+                        Self::refuse_orphan(state, id, waiting.parent).await;
                     }
-                    Next::Admit(id, pending) => admitted.push((id, pending)),
+                    Next::Admit(id, waiting) => admitted.push((id, Pending::from(waiting))),
                     Next::WaitUntil(at) => {
                         wait = Some(at);
                         break;
@@ -237,7 +237,7 @@ impl ActionSupervisor {
                         {
                             if moved.iter().all(|m| *m) {
                                 // The wait is over: `execution.queued` ends here.
-                                pending.queued = None;
+                                pending.end_queued(&state.action.action_ref);
                                 let waited = (Utc::now() - pending.enqueued_at).as_seconds_f64();
                                 sluice_telemetry::metrics()
                                     .admission_wait_seconds
@@ -255,7 +255,7 @@ impl ActionSupervisor {
                         for (id, pending) in admitted.into_iter().rev() {
                             state.gate.release(id);
                             let key = state.action.concurrency_key(&pending.parameters);
-                            state.gate.offer_front(id, key, pending, now);
+                            state.gate.offer_front(id, key, pending.into(), now);
                         }
                         if !state.timer_armed {
                             state.timer_armed = true;
@@ -279,9 +279,8 @@ impl ActionSupervisor {
         state.check_invariants();
     }
 
-    fn parent_cancelling(state: &SupervisorState, pending: &Pending) -> bool {
-        pending
-            .parent
+    fn parent_cancelling(state: &SupervisorState, parent: Option<ExecutionId>) -> bool {
+        parent
             .and_then(|p| state.ctx.directory.workflow(p))
             .is_some_and(|w| w.is_cancelling())
     }
@@ -478,7 +477,9 @@ impl ActionSupervisor {
             pending.attempt += 1;
             if delay.is_zero() {
                 let key = state.action.concurrency_key(&pending.parameters);
-                state.gate.offer_front(id, key, pending, Instant::now());
+                state
+                    .gate
+                    .offer_front(id, key, pending.into(), Instant::now());
             } else {
                 state.delayed.insert(id, pending);
                 myself.send_after(delay, move || SupervisorMsg::RetryDue(id));
@@ -537,7 +538,7 @@ impl Actor for ActionSupervisor {
                 let enqueued = now.checked_sub(waited).unwrap_or(now);
                 let trace_id = pending.trace_id();
                 let parent = pending.parent;
-                if let Err(refusal) = state.gate.offer(id, key, pending, enqueued) {
+                if let Err(refusal) = state.gate.offer(id, key, pending.into(), enqueued) {
                     Self::refuse(state, id, trace_id, refusal).await;
                     tell_parent(state, id, parent);
                 }
@@ -582,7 +583,9 @@ impl Actor for ActionSupervisor {
             SupervisorMsg::RetryDue(id) => {
                 if let Some(pending) = state.delayed.remove(&id) {
                     let key = state.action.concurrency_key(&pending.parameters);
-                    state.gate.offer_front(id, key, pending, Instant::now());
+                    state
+                        .gate
+                        .offer_front(id, key, pending.into(), Instant::now());
                     Self::admit(&myself, state).await;
                 }
             }
@@ -729,7 +732,6 @@ mod tests {
             self.handle.enqueue(Pending::new(
                 ExecutionId(id),
                 1,
-                &"t.a".parse().unwrap(),
                 parameters,
                 Utc::now(),
                 Default::default(),

@@ -90,7 +90,6 @@ impl World {
         self.supervisor(action.as_str()).enqueue(Pending::new(
             ExecutionId(id),
             1,
-            &action,
             Map::new(),
             Utc::now(),
             Default::default(),

@@ -27,8 +27,10 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use metrics::metrics;
+pub use opentelemetry::KeyValue;
 pub use propagation::{
-    TRACEPARENT, TRACESTATE, TraceHeaders, continue_trace, trace_headers, trace_id,
+    TRACEPARENT, TRACESTATE, TraceContext, TraceHeaders, continue_trace, record_ended_span,
+    trace_headers, trace_id,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +123,8 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
         None => {}
     }
     let provider = builder.build();
+    // Spans recorded after the fact (`record_ended_span`) go through the global tracer.
+    opentelemetry::global::set_tracer_provider(provider.clone());
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );

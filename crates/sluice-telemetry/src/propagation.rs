@@ -2,9 +2,11 @@
 //! `tracestate` headers, and a span continued from such headers.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{Span as _, SpanContext, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -73,4 +75,76 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
+}
+
+/// A trace context held small: the ids of a `traceparent` and what a `tracestate` said,
+/// parsed, for what waits long, such as a queued execution. Empty when there was none, or
+/// the span it came from is not recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceContext(Option<SpanContext>);
+
+impl TraceContext {
+    /// The context of `span`, as [`trace_headers`] would send it.
+    pub fn of(span: &tracing::Span) -> Self {
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        Self(span_context.is_valid().then_some(span_context))
+    }
+
+    /// The context `headers` carry.
+    pub fn from_headers(headers: &TraceHeaders) -> Self {
+        if !headers.contains_key(TRACEPARENT) {
+            return Self::default();
+        }
+        let context = TraceContextPropagator::new().extract(&MapExtractor(headers));
+        let span_context = context.span().span_context().clone();
+        Self(span_context.is_valid().then_some(span_context))
+    }
+
+    /// The context as `traceparent` / `tracestate` headers; empty when there is none.
+    pub fn headers(&self) -> TraceHeaders {
+        let mut headers = TraceHeaders::new();
+        if let Some(span_context) = &self.0 {
+            let context = Context::new().with_remote_span_context(span_context.clone());
+            TraceContextPropagator::new().inject_context(&context, &mut Headers(&mut headers));
+        }
+        headers
+    }
+
+    /// Makes `span` a child of this context, as [`continue_trace`] does from headers.
+    pub fn continue_in(&self, span: &tracing::Span) {
+        if let Some(span_context) = &self.0 {
+            let _ = span.set_parent(Context::new().with_remote_span_context(span_context.clone()));
+        }
+        if let Some(id) = trace_id(span) {
+            span.record("trace_id", id);
+        }
+    }
+
+    /// The trace id in hex.
+    pub fn trace_id(&self) -> Option<String> {
+        self.0.as_ref().map(|c| c.trace_id().to_string())
+    }
+}
+
+/// Records a span named `name` that began at `start` and ends now, a child of `parent`: a
+/// wait shown in its trace without a span held open, and its memory held, while it lasts.
+/// Recorded only once [`crate::init`] has installed the tracer.
+pub fn record_ended_span(
+    name: &'static str,
+    parent: &TraceContext,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+) {
+    let tracer = opentelemetry::global::tracer("sluice");
+    let context = match &parent.0 {
+        Some(span_context) => Context::new().with_remote_span_context(span_context.clone()),
+        None => Context::new(),
+    };
+    let mut span = tracer
+        .span_builder(name)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &context);
+    span.end();
 }

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sluice_core::ExecutionId;
 use sluice_pack::Action;
 use sluice_store::{NewChild, StoreError, Transition, WorkflowSave};
-use sluice_telemetry::{TRACEPARENT, TraceHeaders};
+use sluice_telemetry::{TRACEPARENT, TraceContext};
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::machine::{Launch, Machine, Timer};
@@ -29,7 +29,7 @@ pub(crate) struct WorkflowState {
     ctx: Arc<ActorContext>,
     action: Arc<Action>,
     id: ExecutionId,
-    trace: TraceHeaders,
+    trace: TraceContext,
     handle: WorkflowHandle,
     machine: Machine,
     ended: bool,
@@ -57,7 +57,7 @@ impl Actor for WorkflowActor {
             args.ctx.keyring.clone(),
             &args.ctx.kv,
             args.pending.parameters,
-            args.pending.trace.get(TRACEPARENT).cloned(),
+            args.pending.trace.headers().remove(TRACEPARENT),
         );
         let handle = args.ctx.directory.register_workflow(id, myself.clone());
         myself.send_message(WorkflowMsg::Start)?;
@@ -97,8 +97,7 @@ impl Actor for WorkflowActor {
             action = %state.action.action_ref,
             trace_id = tracing::field::Empty,
         );
-        let trace = state.trace.clone();
-        sluice_telemetry::continue_trace(&span, |name| trace.get(name).cloned());
+        state.trace.continue_in(&span);
         Self::step(&myself, message, state).instrument(span).await
     }
 }
@@ -321,15 +320,8 @@ impl WorkflowActor {
         );
         match state.ctx.directory.supervisor(&launch.child.action) {
             Some(supervisor) => supervisor.enqueue(
-                Pending::new(
-                    id,
-                    1,
-                    &launch.child.action,
-                    launch.parameters,
-                    Utc::now(),
-                    state.trace.clone(),
-                )
-                .with_parent(state.id),
+                Pending::new(id, 1, launch.parameters, Utc::now(), state.trace.clone())
+                    .with_parent(state.id),
             ),
             None => {
                 error!(execution_id = %state.id, child = %id, "no supervisor for the task's action; it runs after a restart")
