@@ -7,8 +7,12 @@
 //!   busy key cannot starve the others.
 //! - A rate limit delays admissions (sliding window); it never rejects.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
+
+// foldhash rather than SipHash: every admission and release hashes ids and keys several
+// times, and the ids are the engine's own. Its seed is random per process.
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 // Tokio's clock, so tests with paused time drive the rate limit window too.
 pub use tokio::time::Instant;
@@ -71,17 +75,20 @@ struct Queued<T> {
 }
 
 struct KeyState<T> {
+    key: String,
     queue: VecDeque<Queued<T>>,
-    active: HashSet<ExecutionId>,
+    /// Slots of this key held now; which executions hold them is in [`Gate::active`].
+    active: usize,
     total_enqueued: u64,
     total_completed: u64,
 }
 
-impl<T> Default for KeyState<T> {
-    fn default() -> Self {
+impl<T> KeyState<T> {
+    fn new(key: String) -> Self {
         Self {
+            key,
             queue: VecDeque::new(),
-            active: HashSet::new(),
+            active: 0,
             total_enqueued: 0,
             total_completed: 0,
         }
@@ -101,13 +108,19 @@ pub struct KeyStats {
     pub oldest_queued_for: Option<Duration>,
 }
 
+/// A key's place in [`Gate::keys`]: a key is looked up by its text once, when an execution
+/// is offered, and by this index from then on.
+type KeyIndex = usize;
+
 pub struct Gate<T> {
     policy: GatePolicy,
-    keys: HashMap<String, KeyState<T>>,
+    /// Every key seen, in the order first seen; a key's figures outlive its queue.
+    keys: Vec<KeyState<T>>,
+    key_index: HashMap<String, KeyIndex>,
     /// Keys with executions waiting, in turn order.
-    turns: VecDeque<String>,
+    turns: VecDeque<KeyIndex>,
     /// Which key each active execution holds a slot of.
-    active: HashMap<ExecutionId, String>,
+    active: HashMap<ExecutionId, KeyIndex>,
     /// Every queued execution, so membership is not a scan of the queues.
     queued_ids: HashSet<ExecutionId>,
     queued: usize,
@@ -118,7 +131,8 @@ impl<T> Gate<T> {
     pub fn new(policy: GatePolicy) -> Self {
         Self {
             policy,
-            keys: HashMap::new(),
+            keys: Vec::new(),
+            key_index: HashMap::new(),
             turns: VecDeque::new(),
             active: HashMap::new(),
             queued_ids: HashSet::new(),
@@ -148,11 +162,21 @@ impl<T> Gate<T> {
         self.active.contains_key(&id)
     }
 
-    fn key_full(&self, key: &str) -> bool {
-        let active = self.keys.get(key).map_or(0, |k| k.active.len());
+    /// The index of `key`, known from now on.
+    fn key(&mut self, key: String) -> KeyIndex {
+        if let Some(&index) = self.key_index.get(&key) {
+            return index;
+        }
+        let index = self.keys.len();
+        self.key_index.insert(key.clone(), index);
+        self.keys.push(KeyState::new(key));
+        index
+    }
+
+    fn key_full(&self, key: KeyIndex) -> bool {
         self.policy
             .max_concurrent
-            .is_some_and(|limit| active >= limit)
+            .is_some_and(|limit| self.keys[key].active >= limit)
     }
 
     fn total_full(&self) -> bool {
@@ -170,7 +194,8 @@ impl<T> Gate<T> {
         item: T,
         now: Instant,
     ) -> Result<(), Refusal> {
-        if self.policy.cancel_when_full && (self.key_full(&key) || self.total_full()) {
+        let key = self.key(key);
+        if self.policy.cancel_when_full && (self.key_full(key) || self.total_full()) {
             let limit = self
                 .policy
                 .max_concurrent
@@ -183,7 +208,7 @@ impl<T> Gate<T> {
         {
             return Err(Refusal::QueueFull { limit });
         }
-        let state = self.keys.entry(key.clone()).or_default();
+        let state = &mut self.keys[key];
         if state.queue.is_empty() {
             self.turns.push_back(key);
         }
@@ -202,7 +227,8 @@ impl<T> Gate<T> {
     /// lost): it goes before everything that was waiting behind it. Limits on queueing do
     /// not apply; it was already accepted once.
     pub fn offer_front(&mut self, id: ExecutionId, key: String, item: T, now: Instant) {
-        let state = self.keys.entry(key.clone()).or_default();
+        let key = self.key(key);
+        let state = &mut self.keys[key];
         if state.queue.is_empty() {
             self.turns.push_front(key);
         }
@@ -218,8 +244,12 @@ impl<T> Gate<T> {
 
     /// Counts an execution found past admission (after a restart) as active at once.
     pub fn resume(&mut self, id: ExecutionId, key: String) {
-        let state = self.keys.entry(key.clone()).or_default();
-        state.active.insert(id);
+        if self.active.contains_key(&id) {
+            return;
+        }
+        let key = self.key(key);
+        let state = &mut self.keys[key];
+        state.active += 1;
         state.total_enqueued += 1;
         self.active.insert(id, key);
     }
@@ -244,18 +274,18 @@ impl<T> Gate<T> {
         // Take turns: the first key in turn order with room goes; it then goes to the back.
         for _ in 0..self.turns.len() {
             let key = self.turns.pop_front().expect("turns is not empty");
-            if self.key_full(&key) {
+            if self.key_full(key) {
                 self.turns.push_back(key);
                 continue;
             }
-            let state = self.keys.get_mut(&key).expect("a key in turns has state");
+            let state = &mut self.keys[key];
             let queued = state
                 .queue
                 .pop_front()
                 .expect("a key in turns has work queued");
-            state.active.insert(queued.id);
+            state.active += 1;
             if !state.queue.is_empty() {
-                self.turns.push_back(key.clone());
+                self.turns.push_back(key);
             }
             self.queued -= 1;
             self.queued_ids.remove(&queued.id);
@@ -275,10 +305,9 @@ impl<T> Gate<T> {
         let Some(key) = self.active.remove(&id) else {
             return false;
         };
-        if let Some(state) = self.keys.get_mut(&key) {
-            state.active.remove(&id);
-            state.total_completed += 1;
-        }
+        let state = &mut self.keys[key];
+        state.active -= 1;
+        state.total_completed += 1;
         self.check();
         true
     }
@@ -288,14 +317,13 @@ impl<T> Gate<T> {
         if !self.queued_ids.remove(&id) {
             return None;
         }
-        let (key, state) = self
-            .keys
-            .iter_mut()
-            .find(|(_, s)| s.queue.iter().any(|q| q.id == id))?;
-        let index = state.queue.iter().position(|q| q.id == id)?;
+        let (key, index) = self.keys.iter().enumerate().find_map(|(key, s)| {
+            let index = s.queue.iter().position(|q| q.id == id)?;
+            Some((key, index))
+        })?;
+        let state = &mut self.keys[key];
         let queued = state.queue.remove(index)?;
         if state.queue.is_empty() {
-            let key = key.clone();
             self.turns.retain(|k| *k != key);
         }
         self.queued -= 1;
@@ -313,10 +341,10 @@ impl<T> Gate<T> {
         let mut stats: Vec<KeyStats> = self
             .keys
             .iter()
-            .map(|(key, s)| KeyStats {
-                key: key.clone(),
+            .map(|s| KeyStats {
+                key: s.key.clone(),
                 queue_length: s.queue.len(),
-                active_count: s.active.len(),
+                active_count: s.active,
                 total_enqueued: s.total_enqueued,
                 total_completed: s.total_completed,
                 oldest_queued_for: s.queue.front().map(|q| now.duration_since(q.enqueued_at)),
@@ -328,19 +356,25 @@ impl<T> Gate<T> {
 
     fn check(&self) {
         if cfg!(debug_assertions) {
-            let per_key: usize = self.keys.values().map(|s| s.active.len()).sum();
-            debug_assert_eq!(per_key, self.active.len(), "active sets disagree");
+            let mut holding = vec![0; self.keys.len()];
+            for key in self.active.values() {
+                holding[*key] += 1;
+            }
+            for (state, held) in self.keys.iter().zip(holding) {
+                debug_assert_eq!(state.active, held, "slots of key {:?} disagree", state.key);
+            }
+            debug_assert_eq!(self.key_index.len(), self.keys.len());
             debug_assert_eq!(
-                self.keys.values().map(|s| s.queue.len()).sum::<usize>(),
+                self.keys.iter().map(|s| s.queue.len()).sum::<usize>(),
                 self.queued
             );
             debug_assert_eq!(self.queued_ids.len(), self.queued);
-            for state in self.keys.values() {
-                debug_assert!(
-                    state.queue.iter().all(|q| !state.active.contains(&q.id)),
-                    "an execution is both queued and active"
-                );
-            }
+            debug_assert!(
+                self.queued_ids
+                    .iter()
+                    .all(|id| !self.active.contains_key(id)),
+                "an execution is both queued and active"
+            );
         }
     }
 }
