@@ -148,3 +148,37 @@ pub fn record_ended_span(
         .start_with_context(&tracer, &context);
     span.end();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_context_gives_back_the_headers_it_was_read_from() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = TraceHeaders::new();
+        headers.insert(TRACEPARENT.to_owned(), traceparent.to_owned());
+        headers.insert(TRACESTATE.to_owned(), "vendor=value".to_owned());
+
+        let context = TraceContext::from_headers(&headers);
+        assert_eq!(context.headers(), headers);
+        assert_eq!(
+            context.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
+
+    #[test]
+    fn no_or_a_malformed_traceparent_is_no_context() {
+        assert_eq!(
+            TraceContext::from_headers(&TraceHeaders::new()),
+            TraceContext::default()
+        );
+        let mut headers = TraceHeaders::new();
+        headers.insert(TRACEPARENT.to_owned(), "00-not-a-trace-01".to_owned());
+        let context = TraceContext::from_headers(&headers);
+        assert_eq!(context, TraceContext::default());
+        assert!(context.headers().is_empty());
+        assert_eq!(context.trace_id(), None);
+    }
+}
