@@ -4,7 +4,7 @@
 //! Needs the `sluice` binary beside `sluice-load`: `cargo build --release -p sluice -p sluice-load`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// `sluice ROLE` as every process of a deployment runs: its data directory
 /// `<dir>/<name>`, the shared keys in `<dir>/keys` (the engine signs with them, the worker
@@ -75,4 +75,13 @@ impl Memory {
             peak: field("VmHWM:")?,
         })
     }
+}
+
+/// Sends `child` SIGTERM: a `sluice` process drains what it holds and exits.
+pub fn terminate(child: &Child) -> anyhow::Result<()> {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success(), "kill -TERM {}", child.id());
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, free_port};
 
-use crate::process::{Memory, sluice_binary, sluice_command};
+use crate::process::{Memory, sluice_binary, sluice_command, terminate};
 
 const ACTION: &str = "load.serial";
 
@@ -49,10 +49,7 @@ impl EngineProcess {
 
     /// SIGTERM, then wait for the drain to finish.
     fn stop(mut self) -> anyhow::Result<()> {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(sent.success(), "kill -TERM {}", self.child.id());
+        terminate(&self.child)?;
         self.child.wait()?;
         Ok(())
     }

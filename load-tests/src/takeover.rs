@@ -16,14 +16,14 @@
 //! Needs the `sluice` binary beside this one: `cargo build --release -p sluice -p sluice-load`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, Postgres, free_port};
 
-use crate::process::{sluice_binary, sluice_command};
+use crate::process::{sluice_binary, sluice_command, terminate};
 use crate::report::{self, Percentiles};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -128,10 +128,7 @@ impl Engines {
         let child = self.children[i]
             .take()
             .ok_or_else(|| anyhow::anyhow!("engine e{i} is not running"))?;
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(sent.success(), "kill -TERM {}", child.id());
+        terminate(&child)?;
         Ok(child)
     }
 }

@@ -16,7 +16,7 @@ use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params};
 use sluice_store::{ApiRule, Resealed, RuleSwitch, Store};
-use sluice_telemetry::{TRACEPARENT, TraceContext};
+use sluice_telemetry::TraceContext;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
 
@@ -708,8 +708,9 @@ impl Engine {
             action = %action_ref,
             execution_id = tracing::field::Empty,
         );
-        let trace = sluice_telemetry::trace_headers(&requested);
-        let traceparent = trace.get(TRACEPARENT).map(String::as_str);
+        let trace = TraceContext::of(&requested);
+        let traceparent = trace.traceparent();
+        let traceparent = traceparent.as_deref();
         let store = &self.shared.store;
         let id = match rerun_of {
             None => {
@@ -727,13 +728,7 @@ impl Engine {
         };
         requested.record("execution_id", id.0);
         if let Some(supervisor) = self.directory.supervisor(&action_ref) {
-            supervisor.enqueue(Pending::new(
-                id,
-                1,
-                parameters,
-                Utc::now(),
-                TraceContext::from_headers(&trace),
-            ));
+            supervisor.enqueue(Pending::new(id, 1, parameters, Utc::now(), trace));
         }
         Ok(id)
     }

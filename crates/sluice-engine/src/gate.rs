@@ -194,8 +194,14 @@ impl<T> Gate<T> {
         item: T,
         now: Instant,
     ) -> Result<(), Refusal> {
-        let key = self.key(key);
-        if self.policy.cancel_when_full && (self.key_full(key) || self.total_full()) {
+        // A key is known from its first accepted execution, not from a refused one.
+        let known = self.key_index.get(&key).copied();
+        let held = known.map_or(0, |k| self.keys[k].active);
+        let key_full = self
+            .policy
+            .max_concurrent
+            .is_some_and(|limit| held >= limit);
+        if self.policy.cancel_when_full && (key_full || self.total_full()) {
             let limit = self
                 .policy
                 .max_concurrent
@@ -208,6 +214,7 @@ impl<T> Gate<T> {
         {
             return Err(Refusal::QueueFull { limit });
         }
+        let key = known.unwrap_or_else(|| self.key(key));
         let state = &mut self.keys[key];
         if state.queue.is_empty() {
             self.turns.push_back(key);

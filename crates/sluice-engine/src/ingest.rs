@@ -16,7 +16,7 @@ use sluice_bus::{Settle, decode_trigger};
 use sluice_core::EventStatus;
 use sluice_pack::Catalog;
 use sluice_store::{EventOutcome, Firing, NewEvent, StoreError};
-use sluice_telemetry::{TRACEPARENT, TraceContext, metrics};
+use sluice_telemetry::{TraceContext, metrics};
 use tracing::{Span, debug, info, info_span, warn};
 
 use crate::commit::{self, group_commit};
@@ -139,7 +139,7 @@ fn prepare(shared: &Shared, catalog: &Catalog, message: Message, span: Span) -> 
             let matched =
                 info_span!("rule.matched", rule = %p.firing.rule, action = %p.firing.action);
             let trace = TraceContext::of(&matched);
-            p.firing.traceparent = trace.headers().remove(TRACEPARENT);
+            p.firing.traceparent = trace.traceparent();
             (p.firing, (p.parameters, trace))
         })
         .unzip();

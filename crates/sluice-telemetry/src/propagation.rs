@@ -40,12 +40,7 @@ impl Extractor for MapExtractor<'_> {
 
 /// The trace context of `span` as headers; empty when the span is not recorded.
 pub fn trace_headers(span: &tracing::Span) -> TraceHeaders {
-    let mut headers = TraceHeaders::new();
-    let context = span.context();
-    if context.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&context, &mut Headers(&mut headers));
-    }
-    headers
+    TraceContext::of(span).headers()
 }
 
 /// Makes `span` a child of the context in `lookup`'s `traceparent` / `tracestate`, if any,
@@ -57,15 +52,7 @@ pub fn continue_trace(span: &tracing::Span, lookup: impl Fn(&str) -> Option<Stri
             headers.insert(name.to_owned(), value);
         }
     }
-    if headers.contains_key(TRACEPARENT) {
-        let context = TraceContextPropagator::new().extract(&MapExtractor(&headers));
-        if context.span().span_context().is_valid() {
-            let _ = span.set_parent(context);
-        }
-    }
-    if let Some(id) = trace_id(span) {
-        span.record("trace_id", id);
-    }
+    TraceContext::from_headers(&headers).continue_in(span);
 }
 
 /// The trace id of `span` in hex, when it is recorded.
@@ -104,17 +91,22 @@ impl TraceContext {
     /// The context as `traceparent` / `tracestate` headers; empty when there is none.
     pub fn headers(&self) -> TraceHeaders {
         let mut headers = TraceHeaders::new();
-        if let Some(span_context) = &self.0 {
-            let context = Context::new().with_remote_span_context(span_context.clone());
+        if let Some(context) = self.parent() {
             TraceContextPropagator::new().inject_context(&context, &mut Headers(&mut headers));
         }
         headers
     }
 
-    /// Makes `span` a child of this context, as [`continue_trace`] does from headers.
+    /// The `traceparent` header alone, as the store keeps it.
+    pub fn traceparent(&self) -> Option<String> {
+        self.headers().remove(TRACEPARENT)
+    }
+
+    /// Makes `span` a child of this context, and records the trace id in the span's
+    /// `trace_id` field when it declares one.
     pub fn continue_in(&self, span: &tracing::Span) {
-        if let Some(span_context) = &self.0 {
-            let _ = span.set_parent(Context::new().with_remote_span_context(span_context.clone()));
+        if let Some(context) = self.parent() {
+            let _ = span.set_parent(context);
         }
         if let Some(id) = trace_id(span) {
             span.record("trace_id", id);
@@ -125,11 +117,18 @@ impl TraceContext {
     pub fn trace_id(&self) -> Option<String> {
         self.0.as_ref().map(|c| c.trace_id().to_string())
     }
+
+    /// A context whose span is this one, to start children in.
+    fn parent(&self) -> Option<Context> {
+        self.0
+            .as_ref()
+            .map(|span_context| Context::new().with_remote_span_context(span_context.clone()))
+    }
 }
 
 /// Records a span named `name` that began at `start` and ends now, a child of `parent`: a
 /// wait shown in its trace without a span held open, and its memory held, while it lasts.
-/// Recorded only once [`crate::init`] has installed the tracer.
+/// Recorded only once telemetry's `init` has installed the tracer.
 pub fn record_ended_span(
     name: &'static str,
     parent: &TraceContext,
@@ -137,10 +136,7 @@ pub fn record_ended_span(
     attributes: Vec<KeyValue>,
 ) {
     let tracer = opentelemetry::global::tracer("sluice");
-    let context = match &parent.0 {
-        Some(span_context) => Context::new().with_remote_span_context(span_context.clone()),
-        None => Context::new(),
-    };
+    let context = parent.parent().unwrap_or_default();
     let mut span = tracer
         .span_builder(name)
         .with_start_time(start)

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sluice_core::ExecutionId;
 use sluice_pack::Action;
 use sluice_store::{NewChild, StoreError, Transition, WorkflowSave};
-use sluice_telemetry::{TRACEPARENT, TraceContext};
+use sluice_telemetry::TraceContext;
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::machine::{Launch, Machine, Timer};
@@ -57,7 +57,7 @@ impl Actor for WorkflowActor {
             args.ctx.keyring.clone(),
             &args.ctx.kv,
             args.pending.parameters,
-            args.pending.trace.headers().remove(TRACEPARENT),
+            args.pending.trace.traceparent(),
         );
         let handle = args.ctx.directory.register_workflow(id, myself.clone());
         myself.send_message(WorkflowMsg::Start)?;
