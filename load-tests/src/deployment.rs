@@ -141,6 +141,14 @@ impl Deployment {
         Ok(())
     }
 
+    /// The process ids of the workers this scenario started (none for a running deployment).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.local
+            .iter()
+            .flat_map(|local| local.workers.iter().filter_map(tokio::process::Child::id))
+            .collect()
+    }
+
     /// An HTTP client that sends the deployment's token.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

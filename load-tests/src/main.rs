@@ -14,6 +14,7 @@
 //! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
 //! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load takeover [--kills N] [--lease-ttl S]
 //! cargo run -p sluice-load --release -- workflows [--items 1000,10000] [--concurrency C]
+//! cargo run -p sluice-load --release -- results [--executions N] [--size-kib K]
 //! ```
 //!
 //! The trigger scenarios take `--database-url URL|start`, `--workers N`, `--capacity N`,
@@ -29,6 +30,7 @@ mod gate;
 mod process;
 mod queue_memory;
 mod report;
+mod results;
 mod takeover;
 mod timers;
 mod triggers;
@@ -150,6 +152,12 @@ enum Scenario {
         #[command(flatten)]
         options: workflows::Options,
     },
+    /// N executions at once, each with a result of K KiB: the peak memory of the worker and
+    /// the engine, in copies of the results, against the same executions without output.
+    Results {
+        #[command(flatten)]
+        options: results::Options,
+    },
     /// Webhook deliveries to a rule running a `noop` action: requests/s from concurrent
     /// clients, then POST -> completion at a fixed rate against the JetStream round trip.
     Webhooks {
@@ -224,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Takeover { options } => takeover::run(options).await,
         Scenario::Webhooks { load, options } => webhooks::run(load, options).await,
         Scenario::Workflows { options } => workflows::run(options).await,
+        Scenario::Results { options } => results::run(options).await,
         Scenario::WorkerProcess {
             nats_url,
             name,
