@@ -10,7 +10,8 @@
 //!
 //! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]); timers keep their
 //! last tick in another, `sluice-timers` ([`timers`]). Pack versions are an object store,
-//! `sluice-packs` ([`packs`]). Which engine holds the execution core is a lease in
+//! `sluice-packs` ([`packs`]); results too large for their status report travel in
+//! another, `sluice-results` ([`results`]). Which engine holds the execution core is a lease in
 //! `sluice-leases` ([`lease`]).
 //!
 //! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
@@ -19,6 +20,7 @@
 //! Every publish carries a `Nats-Msg-Id`, so JetStream drops a repeat inside the stream's
 //! duplicate window; every consumer acknowledges explicitly.
 
+mod buckets;
 mod client;
 mod consume;
 pub mod datastore;
@@ -27,6 +29,7 @@ mod execution_token;
 pub mod lease;
 pub mod names;
 pub mod packs;
+pub mod results;
 pub mod settle;
 pub mod signing;
 mod streams;

@@ -20,6 +20,10 @@ pub const DATASTORE_BUCKET: &str = "sluice-datastore";
 /// The packs object store (its stream is `OBJ_sluice-packs`): pack versions by digest.
 pub const PACKS_BUCKET: &str = "sluice-packs";
 
+/// The results object store (its stream is `OBJ_sluice-results`): results too large for
+/// their status report, until the engine has stored them.
+pub const RESULTS_BUCKET: &str = "sluice-results";
+
 /// The engine's durable consumer on TRIGGERS, STATUS and DEADLETTER.
 pub const ENGINE_CONSUMER: &str = "engine";
 /// The workers' shared durable consumer on RUN.

@@ -5,11 +5,12 @@
 //! A version stays until [`KEPT_VERSIONS`] newer ones of the same pack are published, so an
 //! execution admitted before a few reloads still finds the files it was admitted with.
 
-use async_nats::jetstream::{object_store, stream};
+use async_nats::jetstream::object_store;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt as _;
 
 use crate::Bus;
+use crate::buckets::write_error;
 use crate::error::BusError;
 use crate::names::PACKS_BUCKET;
 
@@ -29,59 +30,22 @@ fn object_name(pack: &str, digest: &str) -> String {
     format!("{pack}/{digest}")
 }
 
-/// A write to the bucket that failed.
-fn write_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
-    BusError::Publish {
-        subject: format!("{PACKS_BUCKET}/{name}"),
-        source: e.into(),
-        transient: true,
-    }
-}
-
 impl PackStore {
-    /// The bucket, created if missing (the engine). Its stream is declared directly, as an
-    /// object store's is, so servers from 2.9 on take it.
+    /// The bucket, created if missing (the engine).
     pub async fn create(bus: &Bus) -> Result<Self, BusError> {
-        let js = bus.jetstream();
-        if let Ok(store) = js.get_object_store(PACKS_BUCKET).await {
-            return Ok(Self { store });
-        }
-        let what = || format!("the {PACKS_BUCKET} object store");
-        js.get_or_create_stream(stream::Config {
-            name: format!("OBJ_{PACKS_BUCKET}"),
-            description: Some("Sluice: pack versions, as bundles by digest".into()),
-            subjects: vec![
-                format!("$O.{PACKS_BUCKET}.C.>"),
-                format!("$O.{PACKS_BUCKET}.M.>"),
-            ],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: bus.stream_replicas(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::setup(what(), e))?;
-        let store = js
-            .get_object_store(PACKS_BUCKET)
-            .await
-            .map_err(|e| BusError::setup(what(), e))?;
+        let store = crate::buckets::create(
+            bus,
+            PACKS_BUCKET,
+            "Sluice: pack versions, as bundles by digest",
+            std::time::Duration::ZERO,
+        )
+        .await?;
         Ok(Self { store })
     }
 
     /// The bucket the engine made (a worker).
     pub async fn open(bus: &Bus) -> Result<Self, BusError> {
-        let store = bus
-            .jetstream()
-            .get_object_store(PACKS_BUCKET)
-            .await
-            .map_err(|e| {
-                BusError::setup(
-                    format!("the {PACKS_BUCKET} object store (the engine creates it)"),
-                    e,
-                )
-            })?;
+        let store = crate::buckets::open(bus, PACKS_BUCKET).await?;
         Ok(Self { store })
     }
 
@@ -102,7 +66,7 @@ impl PackStore {
         self.store
             .put(meta, &mut data)
             .await
-            .map_err(|e| write_error(&name, e))?;
+            .map_err(|e| write_error(PACKS_BUCKET, &name, e))?;
         self.prune(pack, digest).await?;
         Ok(true)
     }
@@ -157,7 +121,7 @@ impl PackStore {
             self.store
                 .delete(&name)
                 .await
-                .map_err(|e| write_error(&name, e))?;
+                .map_err(|e| write_error(PACKS_BUCKET, &name, e))?;
         }
         Ok(())
     }

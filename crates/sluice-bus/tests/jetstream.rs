@@ -72,6 +72,7 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
         status: ExecutionStatus::Running,
         result: serde_json::Value::Null,
         at: Utc::now(),
+        result_object: None,
     };
     bus.publish_status(&report).await.unwrap();
     report.status = ExecutionStatus::Succeeded;
@@ -98,6 +99,7 @@ async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
         status: ExecutionStatus::Running,
         result: serde_json::Value::Null,
         at: Utc::now(),
+        result_object: None,
     };
     // Both read an empty subject, then both claim against it.
     assert!(bus.claim(&claim("a"), 0).await.unwrap());
@@ -132,4 +134,58 @@ async fn a_cancel_request_is_kept_until_a_worker_looks() {
     );
     assert!(bus.cancel_requested(ExecutionId(9)).await.unwrap());
     assert!(!bus.cancel_requested(ExecutionId(10)).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_result_of_many_chunks_is_read_back_whole_and_deleted() {
+    use sluice_bus::results::{ResultStore, object_name};
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let engine = ResultStore::create(&bus).await.unwrap();
+    let worker = ResultStore::open(&bus).await.unwrap();
+    // Eight 128 KiB chunks and a bit, each byte telling where it is.
+    let json: Vec<u8> = (0..1_100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let name = object_name(ExecutionId(9), 2);
+    assert_eq!(name, "9.2");
+    worker.put(&name, &json).await.unwrap();
+    assert_eq!(
+        engine.fetch(&name).await.unwrap().as_deref(),
+        Some(&json[..])
+    );
+    // Put again (a worker retrying after a lost acknowledgement): replaced, not appended.
+    worker.put(&name, &json[..1000]).await.unwrap();
+    assert_eq!(
+        engine.fetch(&name).await.unwrap().as_deref(),
+        Some(&json[..1000])
+    );
+    engine.delete(&name).await.unwrap();
+    assert_eq!(engine.fetch(&name).await.unwrap(), None);
+    engine.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_object_bucket_that_kept_one_message_per_subject_keeps_every_chunk_after_a_start() {
+    use async_nats::jetstream::stream;
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let js = bus.jetstream();
+    // The packs bucket as earlier engines declared it.
+    js.create_stream(stream::Config {
+        name: "OBJ_sluice-packs".into(),
+        subjects: vec!["$O.sluice-packs.C.>".into(), "$O.sluice-packs.M.>".into()],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let packs = sluice_bus::packs::PackStore::create(&bus).await.unwrap();
+    let bundle: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(packs.publish("big", "sha256:00", &bundle).await.unwrap());
+    assert_eq!(
+        packs.fetch("big", "sha256:00").await.unwrap().as_deref(),
+        Some(&bundle[..])
+    );
 }

@@ -24,8 +24,8 @@ pub mod status;
 pub use auth::Scope;
 pub use id::{ActionRef, EventId, ExecutionId, InvalidRef};
 pub use message::{
-    ActionApi, CodecError, DeadLetter, Heartbeat, MSGPACK_CONTENT_TYPE, OutputChunk, ProcessLimits,
-    RunMessage, StatusReport, decode, encode,
+    ActionApi, CodecError, DeadLetter, Heartbeat, INLINE_RESULT_BYTES, MSGPACK_CONTENT_TYPE,
+    OutputChunk, ProcessLimits, ResultObject, RunMessage, StatusReport, decode, encode,
 };
 pub use runner::RunnerType;
 pub use status::{EventStatus, ExecutionStatus, Owner};

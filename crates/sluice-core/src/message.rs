@@ -97,9 +97,26 @@ pub struct StatusReport {
     pub worker: String,
     /// `running` or a terminal status.
     pub status: ExecutionStatus,
-    /// The runner's result; `null` on a `running` report.
+    /// The runner's result; `null` on a `running` report, and when the result travels in
+    /// the results bucket instead (`result_object`).
     pub result: serde_json::Value,
     pub at: DateTime<Utc>,
+    /// Where a result of more than [`INLINE_RESULT_BYTES`] of JSON was put, in the
+    /// `sluice-results` bucket, before this report was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_object: Option<ResultObject>,
+}
+
+/// A result larger than this, as JSON, travels in the `sluice-results` object store rather
+/// than inside its report: reports stay small whatever an action prints, and the engine
+/// writes a large result to the store as the JSON it came as.
+pub const INLINE_RESULT_BYTES: usize = 64 * 1024;
+
+/// A result in the `sluice-results` bucket: the object's name and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultObject {
+    pub name: String,
+    pub size: u64,
 }
 
 impl StatusReport {
@@ -299,6 +316,7 @@ mod tests {
             status: ExecutionStatus::Running,
             result: serde_json::Value::Null,
             at: Utc::now(),
+            result_object: None,
         };
         assert_eq!(report.dedup_id(), "7.2.running.w1");
         report.status = ExecutionStatus::TimedOut;

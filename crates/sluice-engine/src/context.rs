@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     /// `st2kv` for rule templates.
     pub(crate) kv: Kv,
     pub(crate) store_health: StoreHealth,
+    /// Results too large for their reports, until they are stored.
+    pub(crate) results: sluice_bus::results::ResultStore,
 }
 
 /// What the consumers know of the store's health. After a transient failure they hand

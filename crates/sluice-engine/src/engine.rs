@@ -123,6 +123,7 @@ impl Engine {
             keyring: config.keyring.clone(),
         };
         let pack_store = sluice_bus::packs::PackStore::create(&config.bus).await?;
+        let results = sluice_bus::results::ResultStore::create(&config.bus).await?;
         let mut loaded = Catalog::clone(&config.catalog);
         pack_changes::publish(&pack_store, &mut loaded)
             .await
@@ -141,6 +142,7 @@ impl Engine {
             keyring: config.keyring,
             kv: kv.clone(),
             store_health: Default::default(),
+            results,
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
         let actor_ctx = Arc::new(ActorContext {

@@ -150,7 +150,8 @@ impl Actor for ExecutionActor {
                 error!(execution_id = %id, error = %err, "workflow actor failed");
                 let mut failed = Transition::to(ExecutionStatus::Failed);
                 failed.result = Some(
-                    serde_json::json!({ "error": format!("the workflow failed in the engine: {err}") }),
+                    serde_json::json!({ "error": format!("the workflow failed in the engine: {err}") })
+                        .into(),
                 );
                 if let Err(e) = state.ctx.backend.transition(id, &failed).await {
                     error!(execution_id = %id, error = %e, "failed to record the workflow's failure");
@@ -259,7 +260,8 @@ impl ExecutionActor {
             Err(e) => {
                 let mut failed = Transition::to(ExecutionStatus::Failed);
                 failed.result = Some(
-                    serde_json::json!({ "error": format!("failed to hand the execution to workers: {e}") }),
+                    serde_json::json!({ "error": format!("failed to hand the execution to workers: {e}") })
+                        .into(),
                 );
                 state.ctx.backend.transition(id, &failed).await?;
                 myself.stop(Some("handoff failed".into()));

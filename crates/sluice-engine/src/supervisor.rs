@@ -430,7 +430,7 @@ impl ActionSupervisor {
                 Transition::to(ExecutionStatus::Requested)
             } else {
                 let mut abandoned = Transition::to(ExecutionStatus::Abandoned);
-                abandoned.result = Some(json!({ "error": why }));
+                abandoned.result = Some(json!({ "error": why }).into());
                 abandoned
             };
             match state.ctx.backend.transition(id, &transition).await {

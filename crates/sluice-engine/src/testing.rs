@@ -74,8 +74,8 @@ impl Backend for Fake {
             let allowed = transition.to.sources().contains(&execution.status);
             if allowed {
                 execution.status = transition.to;
-                if transition.result.is_some() {
-                    execution.result = transition.result.clone();
+                if let Some(result) = &transition.result {
+                    execution.result = Some(result.to_value());
                 }
             }
             Ok(allowed)

@@ -16,7 +16,7 @@ mod workflow;
 
 pub use model::{
     DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
-    Fence, Firing, HistoryEntry, Ledger, NewEvent, Transition,
+    Fence, Firing, HistoryEntry, Ledger, NewEvent, ResultJson, Transition,
 };
 pub use reseal::Resealed;
 pub use rules::{ApiRule, RuleSwitch};

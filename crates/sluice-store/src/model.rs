@@ -108,9 +108,50 @@ pub struct Transition {
     pub to: ExecutionStatus,
     /// Apply only if this is the execution's current attempt (worker reports).
     pub attempt: Option<u32>,
-    pub result: Option<serde_json::Value>,
+    pub result: Option<ResultJson>,
     pub worker: Option<String>,
     pub at: DateTime<Utc>,
+}
+
+/// A result as a transition writes it: a value, or JSON text exactly as it arrived. A large
+/// result from the results bucket is written as the text it came as, never parsed into a
+/// value and printed again; cloning it copies no text.
+#[derive(Debug, Clone)]
+pub enum ResultJson {
+    Value(serde_json::Value),
+    Text(std::sync::Arc<serde_json::value::RawValue>),
+}
+
+impl ResultJson {
+    /// JSON text as it arrived, checked to be JSON (and nothing else) but not parsed into
+    /// a value.
+    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        let raw = serde_json::value::RawValue::from_string(text)?;
+        Ok(Self::Text(raw.into()))
+    }
+
+    /// The result as a value (text is parsed).
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            Self::Value(value) => value.clone(),
+            Self::Text(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<serde_json::Value> for ResultJson {
+    fn from(value: serde_json::Value) -> Self {
+        Self::Value(value)
+    }
+}
+
+impl Serialize for ResultJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Value(value) => value.serialize(serializer),
+            Self::Text(raw) => raw.serialize(serializer),
+        }
+    }
 }
 
 impl Transition {

@@ -612,7 +612,7 @@ impl Store {
             ExecutionStatus::Failed | ExecutionStatus::Cancelled
         ));
         let mut end = Transition::to(status);
-        end.result = Some(serde_json::json!({ "error": reason }));
+        end.result = Some(serde_json::json!({ "error": reason }).into());
         let engine_owned = [ExecutionStatus::Requested, ExecutionStatus::Scheduling];
         self.transition_from(id, &end, &engine_owned).await
     }

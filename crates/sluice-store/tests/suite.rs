@@ -3,8 +3,8 @@
 use serde_json::json;
 use sluice_core::{ActionRef, EventStatus, ExecutionStatus};
 use sluice_store::{
-    ApiRule, EventFilter, ExecutionFilter, Fence, Firing, NewChild, NewEvent, RuleSwitch, Store,
-    StoreError, Transition, WorkflowSave,
+    ApiRule, EventFilter, ExecutionFilter, Fence, Firing, NewChild, NewEvent, ResultJson,
+    RuleSwitch, Store, StoreError, Transition, WorkflowSave,
 };
 
 fn action(r: &str) -> ActionRef {
@@ -78,6 +78,30 @@ async fn an_event_creates_one_execution_per_rule_once(store: Store) {
     );
 }
 
+async fn a_result_arriving_as_json_text_is_stored_as_that_json(store: Store) {
+    let id = store
+        .create_execution(&action("core.noop"), &Default::default(), None, None)
+        .await
+        .unwrap();
+    for status in [ExecutionStatus::Scheduling, ExecutionStatus::Scheduled] {
+        assert!(store.transition(id, &Transition::to(status)).await.unwrap());
+    }
+    let stdout = "x".repeat(200_000);
+    let text = format!(r#"{{"exit_code": 0, "stdout": "{stdout}", "stderr": "\u00e9\n"}}"#);
+    let mut done = Transition::to(ExecutionStatus::Succeeded);
+    done.result = Some(ResultJson::from_text(text).unwrap());
+    assert!(store.transition(id, &done).await.unwrap());
+    let execution = store.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(
+        execution.result,
+        Some(json!({"exit_code": 0, "stdout": stdout, "stderr": "é\n"}))
+    );
+    assert!(
+        ResultJson::from_text("{\"a\": 1} trailing".into()).is_err(),
+        "text that is not one JSON value is refused before it reaches the store"
+    );
+}
+
 async fn transitions_follow_the_state_machine_and_write_once(store: Store) {
     let id = store
         .create_execution(&action("core.noop"), &Default::default(), None, None)
@@ -98,7 +122,7 @@ async fn transitions_follow_the_state_machine_and_write_once(store: Store) {
         );
     }
     let mut done = Transition::to(ExecutionStatus::Succeeded);
-    done.result = Some(json!({"stdout": "ok"}));
+    done.result = Some(json!({"stdout": "ok"}).into());
     done.worker = Some("w1".into());
     assert!(store.transition(id, &done).await.unwrap());
     assert!(
@@ -758,6 +782,7 @@ macro_rules! store_suite {
 store_suite!(
     an_event_creates_one_execution_per_rule_once,
     transitions_follow_the_state_machine_and_write_once,
+    a_result_arriving_as_json_text_is_stored_as_that_json,
     failed_firings_are_stored_failed_with_the_reason,
     rejected_events_are_kept_with_their_reason,
     listing_filters_and_unfinished_order,

@@ -40,7 +40,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Value, json};
 use sluice_bus::{Bus, RunVerifier, Settle, names};
 use sluice_core::secrets::Keyring;
-use sluice_core::{ExecutionId, ExecutionStatus, Heartbeat, RunMessage, StatusReport};
+use sluice_core::{
+    ExecutionId, ExecutionStatus, Heartbeat, INLINE_RESULT_BYTES, ResultObject, RunMessage,
+    StatusReport,
+};
 use sluice_telemetry::metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -80,6 +83,8 @@ struct Shared {
     runner: runner::Settings,
     actions_dirs: BTreeMap<String, PathBuf>,
     packs: packs::PackCache,
+    /// The results bucket, opened by the first result too large for its report.
+    results: tokio::sync::OnceCell<sluice_bus::results::ResultStore>,
     /// Executions this worker is running, for heartbeats.
     running: Mutex<BTreeSet<ExecutionId>>,
     /// The run message each run actor holds, by execution: its stream sequence.
@@ -271,6 +276,62 @@ impl RunActor {
             status,
             result,
             at: Utc::now(),
+            result_object: None,
+        }
+    }
+
+    /// The completion for `result`. A result of more than [`INLINE_RESULT_BYTES`] of JSON
+    /// is put in the results bucket first, and the report names it: the result is held
+    /// here at most twice, as a value and as its JSON, and only its JSON while it is sent.
+    /// Putting it is tried again until it works, like the report; a bucket that refuses it
+    /// outright fails the execution, saying so.
+    async fn completion(
+        state: &RunState,
+        status: ExecutionStatus,
+        result: serde_json::Value,
+    ) -> StatusReport {
+        let json = match serde_json::to_vec(&result) {
+            Ok(json) if json.len() > INLINE_RESULT_BYTES => json,
+            _ => return Self::report(state, status, result),
+        };
+        drop(result);
+        let (id, attempt) = (state.run.execution_id, state.run.attempt);
+        let name = sluice_bus::results::object_name(id, attempt);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let stored = match state
+                .shared
+                .results
+                .get_or_try_init(|| sluice_bus::results::ResultStore::open(&state.shared.bus))
+                .await
+            {
+                Ok(store) => store.put(&name, &json).await,
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(()) => {
+                    let mut report = Self::report(state, status, Value::Null);
+                    report.result_object = Some(ResultObject {
+                        name,
+                        size: json.len() as u64,
+                    });
+                    return report;
+                }
+                Err(e) if !e.is_transient() => {
+                    error!(execution_id = %id, error = %e, "result refused by the results bucket; reporting the refusal instead");
+                    let error = format!(
+                        "the action finished ({status}) but its result ({} bytes) could not be stored: {e}",
+                        json.len()
+                    );
+                    return Self::report(state, ExecutionStatus::Failed, json!({ "error": error }));
+                }
+                Err(e) => {
+                    warn!(execution_id = %id, error = %e, bytes = json.len(), "result not stored in the results bucket; retrying");
+                    let _ = state.message.ack_with(AckKind::Progress).await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 
@@ -401,22 +462,27 @@ impl RunActor {
                 }
                 cancel_checked = true;
             }
-            let running = Self::report(state, ExecutionStatus::Running, serde_json::Value::Null);
-            match bus.claim(&running, expected).await {
-                Ok(true) => return Ok(Claim::Claimed),
-                Ok(false) => {}
-                Err(e) if e.is_transient() => {
-                    warn!(execution_id = %id, error = %e, "claim not confirmed; reading it back");
-                    if Self::claim_was_stored(state).await {
-                        return Ok(Claim::Claimed);
-                    }
-                }
-                Err(e) => return Err(e),
+            if Self::try_claim(state, expected).await? {
+                return Ok(Claim::Claimed);
             }
         }
         Err(sluice_bus::BusError::NotLast {
             subject: sluice_bus::status_subject(id),
         })
+    }
+
+    /// Publishes this worker's claim if `expected` is still the last sequence on the
+    /// execution's status subject (0: the subject is empty); whether it holds the claim.
+    async fn try_claim(state: &RunState, expected: u64) -> Result<bool, sluice_bus::BusError> {
+        let running = Self::report(state, ExecutionStatus::Running, serde_json::Value::Null);
+        match state.shared.bus.claim(&running, expected).await {
+            Ok(claimed) => Ok(claimed),
+            Err(e) if e.is_transient() => {
+                warn!(execution_id = %running.execution_id, error = %e, "claim not confirmed; reading it back");
+                Ok(Self::claim_was_stored(state).await)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// After a claim whose publish failed in a way that leaves its fate unknown (a lost
@@ -455,7 +521,7 @@ impl RunActor {
         status: ExecutionStatus,
         result: serde_json::Value,
     ) {
-        let report = Self::report(state, status, result);
+        let report = Self::completion(state, status, result).await;
         Self::publish(state, &report).await;
         if let Err(e) = state.shared.settle.double_ack(&state.message).await {
             warn!(execution_id = %report.execution_id, error = %e, "run message ack not confirmed; a redelivery will find the completion");
@@ -709,6 +775,7 @@ impl Worker {
                 ..config.runner
             },
             actions_dirs: config.actions_dirs,
+            results: tokio::sync::OnceCell::new(),
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),
         });

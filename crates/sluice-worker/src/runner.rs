@@ -19,11 +19,11 @@ use crate::child_env::{is_own_config, without_own_config};
 use tokio_util::sync::CancellationToken;
 
 /// How much of stdout and of stderr a result keeps unless the worker is told otherwise.
-pub const OUTPUT_CAP: usize = 256 * 1024;
+pub const OUTPUT_CAP: usize = 1024 * 1024;
 
-/// The most a worker may keep of each stream: both, JSON-escaped, and the rest of the report
-/// must fit in one STATUS message (1 MiB).
-pub const MAX_OUTPUT_CAP: usize = 384 * 1024;
+/// The most a worker may keep of each stream. A result this large travels in the results
+/// object store, not in its report ([`sluice_core::INLINE_RESULT_BYTES`]).
+pub const MAX_OUTPUT_CAP: usize = 64 * 1024 * 1024;
 
 /// What a worker allows the actions it runs beyond their parameters, and how much output it
 /// keeps.
@@ -537,7 +537,9 @@ async fn read_capped(
             }
         }
     }
-    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+    let text = String::from_utf8(kept)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+    (text, truncated)
 }
 
 #[allow(unsafe_code)]

@@ -582,9 +582,10 @@ struct ServerArgs {
     #[arg(long, env = "SLUICE_SECRETS_KEY")]
     secrets_key: Option<PathBuf>,
     /// KiB of an action's stdout and of its stderr a result keeps; the rest is dropped and
-    /// the result marked `truncated` (at most 384, so a report always fits a NATS message).
-    #[arg(long, env = "SLUICE_OUTPUT_CAP", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..=384))]
+    /// the result marked `truncated` (at most 65536). A result of more than 64 KiB of JSON
+    /// travels to the engine in the `sluice-results` object store.
+    #[arg(long, env = "SLUICE_OUTPUT_CAP", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
     output_cap: u32,
     /// Let actions set their runner parameter `sudo: true` (run through `sudo -n -E`); without
     /// it such an execution fails saying so.

@@ -10,7 +10,7 @@
 //! | user | may |
 //! |---|---|
 //! | `engine` | everything |
-//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store, ask an engine for its actions' datastore requests (`sluice.datastore.request`). Not publish run messages, not read triggers, not write the datastore bucket itself |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store, put results too large for a report in the results object store, ask an engine for its actions' datastore requests (`sluice.datastore.request`). Not publish run messages, not read triggers, not write the datastore bucket itself |
 //! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
@@ -72,7 +72,10 @@ impl Role {
           "$JS.API.DIRECT.GET.KV_sluice-datastore.>",
           "$JS.API.STREAM.INFO.OBJ_sluice-packs", "$JS.API.STREAM.MSG.GET.OBJ_sluice-packs",
           "$JS.API.DIRECT.GET.OBJ_sluice-packs.>", "$JS.API.CONSUMER.CREATE.OBJ_sluice-packs",
-          "$JS.FC.OBJ_sluice-packs.>"
+          "$JS.FC.OBJ_sluice-packs.>",
+          "$JS.API.STREAM.INFO.OBJ_sluice-results", "$JS.API.STREAM.MSG.GET.OBJ_sluice-results",
+          "$JS.API.DIRECT.GET.OBJ_sluice-results.>", "$JS.API.STREAM.PURGE.OBJ_sluice-results",
+          "$O.sluice-results.>"
         ] }
         subscribe: { allow: ["_INBOX.>", "sluice.cancel.>"] }
       }"#

@@ -116,6 +116,25 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     );
     assert!(text(&failed).contains("exit code:  3"), "{}", text(&failed));
 
+    // A result too large to travel in its report goes through the results bucket, as the
+    // worker user `sluice up` made; the engine stores it whole.
+    let big = sluice(
+        &[
+            "run",
+            "core.local",
+            "cmd=head -c 300000 /dev/zero | tr '\\0' x",
+            "--wait",
+        ],
+        &first,
+    );
+    assert!(big.status.success(), "{}", text(&big));
+    let out = text(&big);
+    assert!(
+        out.contains(&format!("stdout:\n{}\n", "x".repeat(300_000))),
+        "{}",
+        &out[..out.len().min(2000)]
+    );
+
     let unknown = sluice(&["run", "core.nope"], &first);
     assert!(!unknown.status.success());
     assert!(
@@ -183,7 +202,7 @@ fn the_newcomer_path_works_and_sluice_up_owns_its_nats_server() {
     // A restart on the same data dir resumes: same store, same streams, same port.
     let mut second = up(data.path(), nats_port, http_port);
     let list = text(&sluice(&["execution", "list", "--limit", "100"], &second));
-    assert_eq!(list.lines().count(), 1 + 5, "{list}");
+    assert_eq!(list.lines().count(), 1 + 6, "{list}");
     let ran = sluice(&["run", "core.echo", "message=again", "--wait"], &second);
     assert!(ran.status.success(), "{}", text(&ran));
 

@@ -600,6 +600,24 @@ async fn megabytes_of_output_keep_the_real_status_cut_to_the_cap_and_marked() {
     assert_eq!(done["result"]["stdout"].as_str().unwrap().len(), cap);
     assert_eq!(done["result"]["stderr"].as_str().unwrap().len(), cap);
     assert_eq!(done["result"]["truncated"], json!(["stdout", "stderr"]));
+
+    // Two MiB of result travelled in the results bucket, in chunks, and the object was
+    // deleted once the completion was recorded: only its deletion marker is left.
+    let js = async_nats::jetstream::new(sluice.nats_client().await);
+    let mut stream = js.get_stream("OBJ_sluice-results").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = stream.info().await.unwrap().state.clone();
+        assert!(state.last_sequence > 16, "{state:?}");
+        if state.messages == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the result's object is still held: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

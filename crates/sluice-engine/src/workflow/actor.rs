@@ -337,7 +337,7 @@ impl WorkflowActor {
     ) -> Result<(), ActorProcessingErr> {
         let (status, result) = state.machine.outcome();
         let mut end = Transition::to(status);
-        end.result = Some(result);
+        end.result = Some(result.into());
         match state.ctx.backend.transition(state.id, &end).await {
             Ok(_) => {}
             Err(e) if e.is_transient() => {

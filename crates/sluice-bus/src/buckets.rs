@@ -1,0 +1,83 @@
+//! Object stores Sluice keeps in JetStream: their streams are declared directly, as an
+//! object store's would be, so servers from 2.9 on take them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{object_store::ObjectStore, stream};
+
+use crate::Bus;
+use crate::error::BusError;
+
+/// The object store `bucket`, created if missing (the engine). Objects older than `max_age`
+/// are dropped (zero: kept until deleted).
+pub(crate) async fn create(
+    bus: &Bus,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<ObjectStore, BusError> {
+    let js = bus.jetstream();
+    let what = || format!("the {bucket} object store");
+    if let Ok(store) = js.get_object_store(bucket).await {
+        // A stream declared by an earlier engine kept one message per subject, and so only
+        // the last chunk of an object of several chunks: let it keep every chunk.
+        let mut stream = js
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|e| BusError::setup(what(), e))?;
+        let mut config = stream
+            .info()
+            .await
+            .map_err(|e| BusError::setup(what(), e))?
+            .config
+            .clone();
+        if config.max_messages_per_subject == 1 {
+            config.max_messages_per_subject = -1;
+            js.update_stream(config)
+                .await
+                .map_err(|e| BusError::setup(what(), e))?;
+        }
+        return Ok(store);
+    }
+    // An object's chunks share one subject, so the stream keeps every message of a
+    // subject; rolling up the metadata subject is what replaces an object.
+    js.get_or_create_stream(stream::Config {
+        name: format!("OBJ_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        max_age,
+        allow_rollup: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: bus.stream_replicas(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::setup(what(), e))?;
+    js.get_object_store(bucket)
+        .await
+        .map_err(|e| BusError::setup(what(), e))
+}
+
+/// The object store `bucket` the engine made (a worker).
+pub(crate) async fn open(bus: &Bus, bucket: &str) -> Result<ObjectStore, BusError> {
+    bus.jetstream().get_object_store(bucket).await.map_err(|e| {
+        BusError::setup(
+            format!("the {bucket} object store (the engine creates it)"),
+            e,
+        )
+    })
+}
+
+/// A write to `bucket` that failed; worth trying again.
+pub(crate) fn write_error(
+    bucket: &str,
+    name: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> BusError {
+    BusError::Publish {
+        subject: format!("{bucket}/{name}"),
+        source: e.into(),
+        transient: true,
+    }
+}
