@@ -415,9 +415,17 @@ impl RunActor {
     /// restarted after the deduplication window — and possibly to two workers at once; the
     /// claim is a `running` report published only if the execution's status subject is
     /// unchanged since it was read, so exactly one worker wins.
+    ///
+    /// A first attempt's status subject is empty until someone claims it, so a first
+    /// attempt not cancelled claims against an empty subject without reading it first. If
+    /// the subject is not empty after all (another worker claimed, or this attempt ran
+    /// before), that claim is refused and the reports are read as for any other attempt.
     async fn claim(state: &RunState) -> Result<Claim, sluice_bus::BusError> {
         let bus = &state.shared.bus;
         let (id, attempt) = (state.run.execution_id, state.run.attempt);
+        if attempt == 1 && !bus.cancel_requested(id).await? && Self::try_claim(state, 0).await? {
+            return Ok(Claim::Claimed);
+        }
         let mut cancel_checked = false;
         for _ in 0..CLAIM_TRIES {
             let last = bus.last_status(id).await?;
