@@ -1,8 +1,9 @@
 //! `results`: N executions at once, all printing a result of `--size-kib` to stdout at the
 //! same moment, so that every result is on its way from the worker to the store at the same
 //! time. For the worker process and for the engine (which runs inside
-//! `sluice-load`) it prints the growth of peak resident memory (`VmHWM`, reset through
-//! `/proc/<pid>/clear_refs` before each round) and what that is in copies of the N results.
+//! `sluice-load`) it prints the peak resident memory (`VmHWM`, reset through
+//! `/proc/<pid>/clear_refs` before each round), its growth during the round, and what that
+//! growth is in copies of the N results.
 //!
 //! The baseline, in the same run on the same deployment, is the same N executions printing
 //! nothing: its growth is what running N executions costs without their results, and is
@@ -69,14 +70,15 @@ fn ready(gate: &std::path::Path) -> anyhow::Result<u64> {
     Ok(count)
 }
 
-/// Peak growth, in bytes, of each process in `pids` while `executions` of `action` ran.
+/// The peak resident memory, in bytes, of each process in `pids` while `executions` of
+/// `action` ran, and its growth over the memory the process held when they started.
 async fn round(
     deployment: &Deployment,
     pids: &[u32],
     action: &str,
     executions: u64,
     gate: &std::path::Path,
-) -> anyhow::Result<(Vec<u64>, Vec<i64>)> {
+) -> anyhow::Result<(Vec<(u64, u64)>, Vec<i64>)> {
     // Let the previous round's memory be given back before measuring from here.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut before = Vec::with_capacity(pids.len());
@@ -118,11 +120,12 @@ async fn round(
     for entry in std::fs::read_dir(gate)? {
         std::fs::remove_file(entry?.path())?;
     }
-    let mut growth = Vec::with_capacity(pids.len());
+    let mut peaks = Vec::with_capacity(pids.len());
     for (&pid, rss) in pids.iter().zip(before) {
-        growth.push(Memory::of(pid)?.peak.saturating_sub(rss));
+        let peak = Memory::of(pid)?.peak;
+        peaks.push((peak, peak.saturating_sub(rss)));
     }
-    Ok((growth, ids))
+    Ok((peaks, ids))
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -177,23 +180,31 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let all = (options.executions * bytes) as f64;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "  {:<28} {:>16} {:>16} {:>12}",
-        "peak memory growth, MiB", "quiet (baseline)", "with results", "copies"
+        "  {:<22} {:>18} {:>18} {:>18} {:>18} {:>8}",
+        "MiB", "quiet: peak RSS", "quiet: growth", "results: peak RSS", "results: growth", "copies"
     );
     let mut figures = serde_json::Map::new();
     let names = std::iter::once("engine (sluice-load)".to_owned())
         .chain((1..pids.len()).map(|i| format!("worker process {i}")));
-    for (name, (q, b)) in names.zip(quiet.iter().zip(&big)) {
-        let copies = (*b as f64 - *q as f64) / all;
+    for (name, (&(q_peak, q), &(b_peak, b))) in names.zip(quiet.iter().zip(&big)) {
+        let copies = (b as f64 - q as f64) / all;
         println!(
-            "  {name:<28} {:>16.1} {:>16.1} {:>12.2}",
-            mib(*q),
-            mib(*b),
+            "  {name:<22} {:>18.1} {:>18.1} {:>18.1} {:>18.1} {:>8.2}",
+            mib(q_peak),
+            mib(q),
+            mib(b_peak),
+            mib(b),
             copies
         );
         figures.insert(
             name,
-            json!({"quiet_bytes": q, "results_bytes": b, "copies": copies}),
+            json!({
+                "quiet_peak_rss_bytes": q_peak,
+                "quiet_growth_bytes": q,
+                "results_peak_rss_bytes": b_peak,
+                "results_growth_bytes": b,
+                "copies": copies,
+            }),
         );
     }
     println!(
