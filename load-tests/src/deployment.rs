@@ -170,6 +170,11 @@ impl Deployment {
         Ok(self.fetch(path).await?.json().await?)
     }
 
+    /// One execution, as `GET /api/v1/executions/{id}` shows it.
+    pub async fn execution(&self, id: i64) -> anyhow::Result<serde_json::Value> {
+        self.get(&format!("/api/v1/executions/{id}")).await
+    }
+
     /// The engine's counters, as `GET /metrics` serves them.
     pub async fn metrics_text(&self) -> anyhow::Result<String> {
         Ok(self.fetch("/metrics").await?.text().await?)

@@ -162,14 +162,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     deployment.count_from_now().await?;
     let (big, ids) = round(&deployment, &pids, "results.big", options.executions, &gate).await?;
     for id in ids {
-        let execution: Value = deployment
-            .http()
-            .get(format!("{}/api/v1/executions/{id}", deployment.api()))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let execution = deployment.execution(id).await?;
         let kept = execution["result"]["stdout"].as_str().map_or(0, str::len) as u64;
         anyhow::ensure!(
             execution["status"] == "succeeded" && kept == bytes,

@@ -89,14 +89,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("no execution id in {created}"))?;
         let deadline = started + Duration::from_secs(1800);
         let ended = loop {
-            let execution: Value = deployment
-                .http()
-                .get(format!("{}/api/v1/executions/{id}", deployment.api()))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let execution = deployment.execution(id).await?;
             let status = execution["status"].as_str().unwrap_or_default().to_owned();
             if ["succeeded", "failed", "cancelled", "timed_out", "abandoned"]
                 .contains(&status.as_str())

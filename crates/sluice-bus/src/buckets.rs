@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{object_store::ObjectStore, stream};
+use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::stream;
+use tokio::io::AsyncReadExt as _;
 
 use crate::Bus;
 use crate::error::BusError;
@@ -80,4 +82,24 @@ pub(crate) fn write_error(
         source: e.into(),
         transient: true,
     }
+}
+
+/// The object `name` of `bucket`, read whole; `None` if the bucket does not hold it.
+pub(crate) async fn fetch(
+    store: &ObjectStore,
+    bucket: &str,
+    name: &str,
+) -> Result<Option<Vec<u8>>, BusError> {
+    let what = || format!("{bucket}/{name}");
+    let mut object = match store.get(name).await {
+        Ok(object) => object,
+        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BusError::read(what(), e)),
+    };
+    let mut bytes = Vec::with_capacity(object.info().size);
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| BusError::read(what(), e))?;
+    Ok(Some(bytes))
 }

@@ -7,7 +7,6 @@
 
 use async_nats::jetstream::object_store;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt as _;
 
 use crate::Bus;
 use crate::buckets::write_error;
@@ -73,19 +72,7 @@ impl PackStore {
 
     /// The bundle of one version; `None` if the bucket does not hold it.
     pub async fn fetch(&self, pack: &str, digest: &str) -> Result<Option<Vec<u8>>, BusError> {
-        let name = object_name(pack, digest);
-        let what = || format!("{PACKS_BUCKET}/{name}");
-        let mut object = match self.store.get(&name).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BusError::read(what(), e)),
-        };
-        let mut bytes = Vec::with_capacity(object.info().size);
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| BusError::read(what(), e))?;
-        Ok(Some(bytes))
+        crate::buckets::fetch(&self.store, PACKS_BUCKET, &object_name(pack, digest)).await
     }
 
     /// The digests of a pack's versions held, oldest first.

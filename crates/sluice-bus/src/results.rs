@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::object_store;
 use sluice_core::ExecutionId;
-use tokio::io::AsyncReadExt as _;
 
 use crate::Bus;
 use crate::buckets::write_error;
@@ -64,18 +63,7 @@ impl ResultStore {
 
     /// The JSON stored under `name`; `None` if the bucket does not hold it.
     pub async fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, BusError> {
-        let what = || format!("{RESULTS_BUCKET}/{name}");
-        let mut object = match self.store.get(name).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BusError::read(what(), e)),
-        };
-        let mut bytes = Vec::with_capacity(object.info().size);
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| BusError::read(what(), e))?;
-        Ok(Some(bytes))
+        crate::buckets::fetch(&self.store, RESULTS_BUCKET, name).await
     }
 
     /// Deletes the object `name`; deleting one that is gone is not an error.
