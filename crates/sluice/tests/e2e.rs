@@ -621,6 +621,56 @@ async fn megabytes_of_output_keep_the_real_status_cut_to_the_cap_and_marked() {
 }
 
 #[tokio::test]
+async fn a_completion_naming_a_result_the_bucket_does_not_hold_ends_with_an_error_saying_so() {
+    let pack = test_pack(&[(
+        "actions/slow.yaml",
+        "name: slow\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {type: string, default: 'sleep 3'}\n",
+    )]);
+    let sluice = Sluice::start(StoreKind::Sqlite, &[pack.path().to_owned()]).await;
+    let (status, created) = sluice
+        .post("/api/v1/executions", &json!({"action": "t.slow"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let running = eventually("the execution running", Duration::from_secs(10), || async {
+        let (_, e) = sluice.get(&format!("/api/v1/executions/{id}")).await;
+        (e["status"] == "running").then_some(e)
+    })
+    .await;
+    // A completion for the running attempt whose result object is not in the bucket: the
+    // worker's own completion, two seconds later, is then a duplicate of it.
+    let report = sluice_core::StatusReport {
+        execution_id: sluice_core::ExecutionId(id),
+        attempt: 1,
+        action: "t.slow".parse().unwrap(),
+        worker: running["worker"].as_str().unwrap().to_owned(),
+        status: sluice_core::ExecutionStatus::Succeeded,
+        result: Value::Null,
+        at: chrono::Utc::now(),
+        result_object: Some(sluice_core::ResultObject {
+            name: format!("{id}.1"),
+            size: 123_456,
+        }),
+    };
+    let bus = sluice_bus::Bus::connect(&sluice.nats.url(), "test")
+        .await
+        .unwrap();
+    bus.publish_status(&report).await.unwrap();
+    let done = sluice.wait_execution(id).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(
+        done["result"]["error"],
+        "the result (123456 bytes) is no longer in the sluice-results bucket"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, after) = sluice.get(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(
+        after["result"], done["result"],
+        "one completion per attempt"
+    );
+}
+
+#[tokio::test]
 async fn values_past_the_decoders_limits_are_refused_with_a_reason_and_nothing_breaks() {
     let mut sluice = Sluice::start(StoreKind::Sqlite, &[]).await;
     let mut deep = json!({"host": "db1", "severity": "info"});
