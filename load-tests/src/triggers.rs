@@ -216,8 +216,63 @@ pub async fn latency(
         &baseline,
     );
     summary.cost(outcome.cost);
+    let stages = stages(&deployment, &outcome.published, &outcome.runs).await?;
+    for (stage, percentiles) in &stages {
+        summary.figure(&format!("stage_{stage}_p50_ms"), percentiles.p50);
+        summary.figure(&format!("stage_{stage}_p99_ms"), percentiles.p99);
+    }
     deployment.stop().await;
-    summary.emit(options.json.as_deref())
+    summary.emit(options.json.as_deref())?;
+    println!(
+        "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "stages (ms)", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (stage, percentiles) in &stages {
+        percentiles.print_row(stage, 26);
+    }
+    Ok(())
+}
+
+/// The stages of every tenth execution's trip, from its status history: `ingest`, the
+/// trigger's publish to `requested` (decoded, matched, about to be recorded); `admission`,
+/// to `scheduled`; `handoff`, to `running` (the run message published, taken by a worker
+/// and claimed); `run`, to the end the worker reported. Each time is taken where the
+/// status is decided, before it is committed, so a stage includes the commit before it.
+async fn stages(
+    deployment: &Deployment,
+    published: &[DateTime<Utc>],
+    runs: &[Run],
+) -> anyhow::Result<Vec<(&'static str, Percentiles)>> {
+    const STAGES: [(&str, &str); 4] = [
+        ("ingest", "requested"),
+        ("admission", "scheduled"),
+        ("handoff", "running"),
+        ("run", "succeeded"),
+    ];
+    let mut histograms: Vec<_> = STAGES.iter().map(|_| report::histogram()).collect();
+    for run in runs.iter().step_by(10) {
+        let sent = published
+            .get(usize::try_from(run.tick()?).unwrap_or(usize::MAX))
+            .ok_or_else(|| anyhow::anyhow!("execution {} has an unknown tick", run.id))?;
+        let execution = deployment.execution(run.id).await?;
+        let history = execution["history"].as_array().cloned().unwrap_or_default();
+        let mut from = *sent;
+        for ((_, status), histogram) in STAGES.iter().zip(&mut histograms) {
+            let at = history
+                .iter()
+                .find(|entry| entry["status"] == *status)
+                .and_then(|entry| entry["at"].as_str())
+                .and_then(|at| at.parse::<DateTime<Utc>>().ok())
+                .ok_or_else(|| anyhow::anyhow!("execution {} was never {status}", run.id))?;
+            report::record(histogram, (at - from).to_std().unwrap_or_default());
+            from = at;
+        }
+    }
+    Ok(STAGES
+        .iter()
+        .zip(&histograms)
+        .map(|((stage, _), histogram)| (*stage, Percentiles::of(histogram)))
+        .collect())
 }
 
 /// `python`: a python action that returns at once (a StackStorm `Action` class, through

@@ -135,7 +135,12 @@ pub struct Bus {
     /// How many copies of each stream and bucket a clustered server keeps, when set up
     /// through this bus (`streams/` says 1).
     stream_replicas: usize,
+    /// Whether CONTROL answers direct gets from one copy only, and when that was read.
+    control_direct: Arc<std::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
+
+/// How long what CONTROL's configuration says about direct gets is taken as still true.
+const CONTROL_CONFIG_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +188,7 @@ impl Bus {
             jetstream,
             signer: None,
             stream_replicas: 1,
+            control_direct: Default::default(),
         }
     }
 
@@ -519,23 +525,73 @@ impl Bus {
     }
 
     /// Whether a cancel request exists for the execution.
+    ///
+    /// When CONTROL is kept in one copy, the request is a direct get, which the stream
+    /// answers itself, without JetStream's API: about half the round trip. With replicas
+    /// it goes to the stream's leader, because a direct get may be answered by a replica
+    /// that has not yet stored a request its leader acknowledged. Which of the two is read
+    /// from the stream's configuration, again after [`CONTROL_CONFIG_TTL`].
     pub async fn cancel_requested(&self, id: ExecutionId) -> Result<bool, BusError> {
-        Ok(self
-            .last_on_subject(names::CONTROL, &cancel_subject(id))
-            .await?
-            .is_some())
+        if !self.control_direct().await? {
+            return Ok(self
+                .last_on_subject(names::CONTROL, &cancel_subject(id))
+                .await?
+                .is_some());
+        }
+        let what = || format!("{} stream", names::CONTROL);
+        let stream = self
+            .jetstream
+            .get_stream_no_info(names::CONTROL)
+            .await
+            .map_err(|e| BusError::read(what(), e))?;
+        match stream.direct_get_last_for_subject(cancel_subject(id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) => Err(BusError::read(what(), e)),
+        }
     }
 
-    /// The sequence and payload of the last message stored on `subject` in `stream`, if any.
+    /// Whether CONTROL answers direct gets and keeps one copy, from its configuration as
+    /// last read (at most [`CONTROL_CONFIG_TTL`] ago).
+    async fn control_direct(&self) -> Result<bool, BusError> {
+        let known = *self
+            .control_direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((read, direct)) = known
+            && read.elapsed() < CONTROL_CONFIG_TTL
+        {
+            return Ok(direct);
+        }
+        let what = format!("{} stream", names::CONTROL);
+        let stream = self
+            .jetstream
+            .get_stream(names::CONTROL)
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        let config = &stream.cached_info().config;
+        let direct = config.allow_direct && config.num_replicas <= 1;
+        *self
+            .control_direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), direct));
+        Ok(direct)
+    }
+
+    /// The sequence and payload of the last message stored on `subject` in `stream`, if any:
+    /// one request, answered by the stream's leader, so a message whose publish was
+    /// acknowledged is always seen.
     async fn last_on_subject(
         &self,
         stream: &str,
         subject: &str,
     ) -> Result<Option<(u64, Bytes)>, BusError> {
         let what = format!("{stream} stream");
+        // A handle by name, without asking the server for the stream's info first.
         let stream = self
             .jetstream
-            .get_stream(stream)
+            .get_stream_no_info(stream)
             .await
             .map_err(|e| BusError::read(&what, e))?;
         match stream.get_last_raw_message_by_subject(subject).await {

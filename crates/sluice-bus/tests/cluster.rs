@@ -56,6 +56,12 @@ async fn streams_kept_in_three_copies_lose_nothing_when_a_server_dies() {
         assert_eq!(copies, 3, "{name} keeps three copies");
     }
 
+    // With three copies a cancel request is read from CONTROL's leader, never from a
+    // replica that may not have it yet.
+    bus.publish_cancel(sluice_core::ExecutionId(7)).await.unwrap();
+    assert!(bus.cancel_requested(sluice_core::ExecutionId(7)).await.unwrap());
+    assert!(!bus.cancel_requested(sluice_core::ExecutionId(8)).await.unwrap());
+
     assert!(matches!(
         bus.publish_run(&run_message(1, 1)).await.unwrap(),
         Published::Stored { .. }
