@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::run_message;
 use sluice_bus::datastore::Datastore;
 use sluice_bus::{Bus, Published, RunSigner, definitions, names};
+use sluice_core::ExecutionId;
 use sluice_testkit::{NatsCluster, eventually};
 
 #[tokio::test]
@@ -58,9 +59,9 @@ async fn streams_kept_in_three_copies_lose_nothing_when_a_server_dies() {
 
     // With three copies a cancel request is read from CONTROL's leader, never from a
     // replica that may not have it yet.
-    bus.publish_cancel(sluice_core::ExecutionId(7)).await.unwrap();
-    assert!(bus.cancel_requested(sluice_core::ExecutionId(7)).await.unwrap());
-    assert!(!bus.cancel_requested(sluice_core::ExecutionId(8)).await.unwrap());
+    bus.publish_cancel(ExecutionId(7)).await.unwrap();
+    assert!(bus.cancel_requested(ExecutionId(7)).await.unwrap());
+    assert!(!bus.cancel_requested(ExecutionId(8)).await.unwrap());
 
     assert!(matches!(
         bus.publish_run(&run_message(1, 1)).await.unwrap(),
