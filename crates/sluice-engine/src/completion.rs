@@ -28,7 +28,7 @@ use crate::handles::Directory;
 /// `execution.run` span by the message's trace context.
 struct Received {
     message: Message,
-    /// Its `result` is taken out, into `result`.
+    /// The report as received, its result moved out to `result`.
     report: StatusReport,
     result: ResultJson,
     /// The object in the results bucket the result was read from.
