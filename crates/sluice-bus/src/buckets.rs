@@ -20,42 +20,36 @@ pub(crate) async fn create(
 ) -> Result<ObjectStore, BusError> {
     let js = bus.jetstream();
     let what = || format!("the {bucket} object store");
-    if let Ok(store) = js.get_object_store(bucket).await {
-        // A stream declared by an earlier engine kept one message per subject, and so only
-        // the last chunk of an object of several chunks: let it keep every chunk.
-        let mut stream = js
-            .get_stream(format!("OBJ_{bucket}"))
+    match js.get_stream(format!("OBJ_{bucket}")).await {
+        Ok(stream) => {
+            // A stream declared by an earlier engine kept one message per subject, and so
+            // only the last chunk of an object of several chunks: let it keep every chunk.
+            let mut config = stream.cached_info().config.clone();
+            if config.max_messages_per_subject == 1 {
+                config.max_messages_per_subject = -1;
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| BusError::setup(what(), e))?;
+            }
+        }
+        Err(_) => {
+            // An object's chunks share one subject, so the stream keeps every message of a
+            // subject; rolling up the metadata subject is what replaces an object.
+            js.get_or_create_stream(stream::Config {
+                name: format!("OBJ_{bucket}"),
+                description: Some(description.into()),
+                subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+                max_age,
+                allow_rollup: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: bus.stream_replicas(),
+                ..Default::default()
+            })
             .await
             .map_err(|e| BusError::setup(what(), e))?;
-        let mut config = stream
-            .info()
-            .await
-            .map_err(|e| BusError::setup(what(), e))?
-            .config
-            .clone();
-        if config.max_messages_per_subject == 1 {
-            config.max_messages_per_subject = -1;
-            js.update_stream(config)
-                .await
-                .map_err(|e| BusError::setup(what(), e))?;
         }
-        return Ok(store);
     }
-    // An object's chunks share one subject, so the stream keeps every message of a
-    // subject; rolling up the metadata subject is what replaces an object.
-    js.get_or_create_stream(stream::Config {
-        name: format!("OBJ_{bucket}"),
-        description: Some(description.into()),
-        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
-        max_age,
-        allow_rollup: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: bus.stream_replicas(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| BusError::setup(what(), e))?;
     js.get_object_store(bucket)
         .await
         .map_err(|e| BusError::setup(what(), e))

@@ -5,7 +5,7 @@
 //! store as it came, and deletes it once the completion is recorded.
 //!
 //! Objects the engine never deleted (it was down, or the delete failed) are dropped after
-//! [`RESULTS_MAX_AGE`], as long as STATUS keeps the reports that name them.
+//! [`results_max_age`], as long as STATUS keeps the reports that name them.
 
 use std::time::Duration;
 
@@ -17,8 +17,15 @@ use crate::buckets::write_error;
 use crate::error::BusError;
 use crate::names::RESULTS_BUCKET;
 
-/// How long an object stays if nobody deletes it: STATUS's `max_age`.
-pub const RESULTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long an object stays if nobody deletes it: as long as STATUS keeps the report that
+/// names it (its `max_age` in `streams/`).
+pub fn results_max_age() -> Duration {
+    crate::definitions()
+        .into_iter()
+        .find(|def| def.stream.name == crate::names::STATUS)
+        .map(|def| def.stream.max_age)
+        .expect("streams/ declares STATUS")
+}
 
 /// The name of an attempt's result in the bucket.
 pub fn object_name(id: ExecutionId, attempt: u32) -> String {
@@ -38,7 +45,7 @@ impl ResultStore {
             bus,
             RESULTS_BUCKET,
             "Sluice: results too large for their status report, until the engine stores them",
-            RESULTS_MAX_AGE,
+            results_max_age(),
         )
         .await?;
         Ok(Self { store })

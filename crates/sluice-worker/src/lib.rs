@@ -262,6 +262,24 @@ struct RunState {
 
 struct RunActor;
 
+/// A writer that takes this many bytes more and then refuses: whether a value's JSON fits
+/// within [`INLINE_RESULT_BYTES`], found without keeping the JSON.
+struct InlineLimit(usize);
+
+impl std::io::Write for InlineLimit {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = self
+            .0
+            .checked_sub(bytes.len())
+            .ok_or_else(|| std::io::Error::other("past the inline limit"))?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl RunActor {
     fn report(
         state: &RunState,
@@ -290,24 +308,29 @@ impl RunActor {
         status: ExecutionStatus,
         result: serde_json::Value,
     ) -> StatusReport {
+        // Most results are small: measured without writing their JSON anywhere.
+        let mut inline = InlineLimit(INLINE_RESULT_BYTES);
+        if serde_json::to_writer(&mut inline, &result).is_ok() {
+            return Self::report(state, status, result);
+        }
         let json = match serde_json::to_vec(&result) {
-            Ok(json) if json.len() > INLINE_RESULT_BYTES => json,
-            _ => return Self::report(state, status, result),
+            Ok(json) => json,
+            Err(_) => return Self::report(state, status, result),
         };
         drop(result);
         let (id, attempt) = (state.run.execution_id, state.run.attempt);
         let name = sluice_bus::results::object_name(id, attempt);
         let mut delay = Duration::from_millis(100);
         loop {
-            let stored = match state
-                .shared
-                .results
-                .get_or_try_init(|| sluice_bus::results::ResultStore::open(&state.shared.bus))
-                .await
-            {
-                Ok(store) => store.put(&name, &json).await,
-                Err(e) => Err(e),
-            };
+            let stored = async {
+                let store = state
+                    .shared
+                    .results
+                    .get_or_try_init(|| sluice_bus::results::ResultStore::open(&state.shared.bus))
+                    .await?;
+                store.put(&name, &json).await
+            }
+            .await;
             match stored {
                 Ok(()) => {
                     let mut report = Self::report(state, status, Value::Null);
@@ -327,9 +350,7 @@ impl RunActor {
                 }
                 Err(e) => {
                     warn!(execution_id = %id, error = %e, bytes = json.len(), "result not stored in the results bucket; retrying");
-                    let _ = state.message.ack_with(AckKind::Progress).await;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    Self::wait_holding(state, &mut delay).await;
                 }
             }
         }
@@ -356,10 +377,16 @@ impl RunActor {
                 continue;
             }
             warn!(execution_id = %report.execution_id, error = %e, "status report not stored; retrying");
-            let _ = state.message.ack_with(AckKind::Progress).await;
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            Self::wait_holding(state, &mut delay).await;
         }
+    }
+
+    /// Waits `delay` before a publish is tried again, holding on to the run message
+    /// meanwhile, and doubles the next wait (up to 5 s).
+    async fn wait_holding(state: &RunState, delay: &mut Duration) {
+        let _ = state.message.ack_with(AckKind::Progress).await;
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(Duration::from_secs(5));
     }
 
     /// The checks before a run could not be made (NATS unavailable): the message comes back
