@@ -4,6 +4,10 @@
 //! one just before a scenario publishes and one once every execution has ended; their
 //! difference divided by the executions is the budget each one spent.
 //!
+//! The same two readings take the CPU time (user and system) of each process the scenario
+//! started, so a change's effect on the work per execution shows even when the machine's
+//! noise hides it in executions a second.
+//!
 //! Core NATS messages (heartbeats, live output pieces) are not JetStream messages and are
 //! not counted; nor are the baseline's streams.
 
@@ -28,11 +32,31 @@ pub struct Reading {
     stored: BTreeMap<String, f64>,
     /// Messages ever delivered, by `stream/durable` (the consumer sequence).
     delivered: BTreeMap<String, f64>,
+    /// CPU time used, in microseconds, by process kind.
+    cpu: BTreeMap<String, f64>,
 }
 
 impl Reading {
     pub async fn take(deployment: &Deployment) -> anyhow::Result<Self> {
         let mut reading = Self::default();
+        for (kind, pids) in deployment.processes() {
+            if pids == [std::process::id()] {
+                // This process: the store's own thread (SQLite's) apart from the rest.
+                for (thread, used) in crate::process::thread_cpu_times() {
+                    let kind = if thread.starts_with("sqlx-sqlite") {
+                        "engine sqlite"
+                    } else {
+                        kind
+                    };
+                    *reading.cpu.entry(kind.to_owned()).or_default() += used.as_secs_f64() * 1e6;
+                }
+                continue;
+            }
+            let used: std::time::Duration = pids.into_iter().map(crate::process::cpu_time).sum();
+            reading
+                .cpu
+                .insert(kind.to_owned(), used.as_secs_f64() * 1e6);
+        }
         let text = deployment.metrics_text().await?;
         for (name, labels, value) in samples(&text) {
             match name {
@@ -143,6 +167,17 @@ impl Part {
             .join(", ");
         format!("{:>7.3}   ({by})", self.total)
     }
+
+    /// [`Part::line`] in whole units.
+    fn line_whole(&self) -> String {
+        let by = self
+            .by
+            .iter()
+            .map(|(key, value)| format!("{key} {value:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("{:>7.0}   ({by})", self.total)
+    }
 }
 
 /// What each execution cost between two readings; as JSON, its four totals as flat keys.
@@ -152,6 +187,8 @@ pub struct Cost {
     pub store_rows: Part,
     pub jetstream_stored: Part,
     pub jetstream_delivered: Part,
+    /// Microseconds of CPU, by process.
+    pub cpu: Part,
 }
 
 impl Cost {
@@ -162,11 +199,12 @@ impl Cost {
             store_rows: Part::between(&before.rows, &after.rows, n),
             jetstream_stored: Part::between(&before.stored, &after.stored, n),
             jetstream_delivered: Part::between(&before.delivered, &after.delivered, n),
+            cpu: Part::between(&before.cpu, &after.cpu, n),
         }
     }
 
-    /// The four totals, under their JSON keys.
-    pub fn figures(&self) -> [(&'static str, f64); 4] {
+    /// The totals, under their JSON keys.
+    pub fn figures(&self) -> [(&'static str, f64); 5] {
         [
             (
                 "store_transactions_per_execution",
@@ -181,6 +219,7 @@ impl Cost {
                 "jetstream_deliveries_per_execution",
                 self.jetstream_delivered.total,
             ),
+            ("cpu_us_per_execution", self.cpu.total),
         ]
     }
 
@@ -199,6 +238,9 @@ impl Cost {
             "    JetStream deliveries    {}",
             self.jetstream_delivered.line()
         );
+        if self.cpu.total > 0.0 {
+            println!("    CPU µs                  {}", self.cpu.line_whole());
+        }
     }
 }
 

@@ -149,6 +149,24 @@ impl Deployment {
             .collect()
     }
 
+    /// The processes of a deployment this scenario started, by what they are: this
+    /// process (the engine, its API and the scenario's publisher), the workers, nats-server
+    /// and PostgreSQL's when the scenario started it. None for a running deployment.
+    pub fn processes(&self) -> Vec<(&'static str, Vec<u32>)> {
+        let Some(local) = &self.local else {
+            return Vec::new();
+        };
+        let mut processes = vec![
+            ("engine", vec![std::process::id()]),
+            ("workers", self.worker_pids()),
+            ("nats-server", local.nats.pid().into_iter().collect()),
+        ];
+        if let Some(pg) = &local._postgres {
+            processes.push(("postgres", pg.pids()));
+        }
+        processes
+    }
+
     /// An HTTP client that sends the deployment's token.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

@@ -52,6 +52,45 @@ pub fn sluice_binary() -> anyhow::Result<PathBuf> {
     Ok(sluice)
 }
 
+/// User plus system CPU time process `pid` has used, from `/proc/<pid>/stat`; zero for a
+/// process that is gone.
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    stat_cpu(&format!("/proc/{pid}/stat")).1
+}
+
+/// The CPU time each thread of this process has used, by the thread's name (`comm`, at
+/// most 15 characters), threads of one name summed.
+pub fn thread_cpu_times() -> std::collections::BTreeMap<String, std::time::Duration> {
+    let mut times = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/task").into_iter().flatten() {
+        let Ok(entry) = entry else { continue };
+        let (name, used) = stat_cpu(&entry.path().join("stat").display().to_string());
+        *times.entry(name).or_default() += used;
+    }
+    times
+}
+
+/// The command name and user plus system CPU time in a `stat` file of `/proc` (its times
+/// are in the kernel's `USER_HZ` ticks, 100 a second).
+fn stat_cpu(path: &str) -> (String, std::time::Duration) {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The command name is in parentheses and may hold spaces; the fields follow it.
+    let (head, rest) = stat.rsplit_once(')').unwrap_or_default();
+    let name = head.split_once('(').map_or("", |(_, name)| name).to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after the name.
+    (
+        name,
+        std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10),
+    )
+}
+
 /// A process's resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {

@@ -141,26 +141,6 @@ struct Summary {
     commit: String,
 }
 
-/// User plus system CPU time of this process, from `/proc/self/stat` (in the kernel's
-/// `USER_HZ` ticks, 100 a second).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after the name.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// The next whole second after `at`.
 fn next_second(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(chrono::Duration::seconds(1))
@@ -222,7 +202,7 @@ async fn baseline(options: &Options) -> anyhow::Result<Outcome> {
         Duration::from_secs(2),
     ));
     let names: Vec<String> = (0..options.timers).map(|i| format!("ticks.t{i}")).collect();
-    let cpu = cpu_time();
+    let cpu = crate::process::cpu_time(std::process::id());
     let mut at = from;
     while at < until {
         tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await;
@@ -246,7 +226,7 @@ async fn baseline(options: &Options) -> anyhow::Result<Outcome> {
         }
         at += chrono::Duration::seconds(1);
     }
-    let cpu = cpu_time() - cpu;
+    let cpu = crate::process::cpu_time(std::process::id()) - cpu;
     let seen = watching.await??;
     Ok(seen.outcome(options.timers, cpu))
 }
@@ -286,9 +266,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         Duration::from_secs(2),
     ));
     tokio::time::sleep((from - Utc::now()).to_std().unwrap_or_default()).await;
-    let cpu = cpu_time();
+    let cpu = crate::process::cpu_time(std::process::id());
     tokio::time::sleep((until - Utc::now()).to_std().unwrap_or_default()).await;
-    let cpu = cpu_time() - cpu;
+    let cpu = crate::process::cpu_time(std::process::id()) - cpu;
     let sluice = watching.await??.outcome(options.timers, cpu);
     let store = deployment.store.clone();
     deployment.stop().await;

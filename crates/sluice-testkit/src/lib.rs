@@ -106,6 +106,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn store_dir(&self) -> &Path {
         self.store_dir.path()
     }
@@ -301,6 +306,32 @@ impl Postgres {
     /// A URL for the `postgres` database of this cluster.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The cluster's processes: the postmaster (the first line of its `postmaster.pid`)
+    /// and every process it started (its connections' backends, the writers).
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(postmaster) = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return Vec::new();
+        };
+        let children = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // The parent pid is the second field after the command name, in parentheses.
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let (_, rest) = stat.rsplit_once(')')?;
+                        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    == Some(postmaster)
+            });
+        std::iter::once(postmaster).chain(children).collect()
     }
 }
 
