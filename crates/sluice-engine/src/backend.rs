@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sluice_bus::{Bus, BusError};
 use sluice_core::{ExecutionId, ExecutionStatus, RunMessage};
@@ -33,6 +34,31 @@ pub(crate) trait Backend: Send + Sync + 'static {
             Ok(changed)
         })
     }
+    /// Admits a round of `requested` executions: each to `scheduling`, then `scheduled`, at
+    /// the time the gate admitted it ([`Store::admit`]); whether each was.
+    fn admit<'a>(
+        &'a self,
+        round: &'a [(ExecutionId, DateTime<Utc>)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(async move {
+            let writes: Vec<(ExecutionId, Transition)> = round
+                .iter()
+                .flat_map(|(id, at)| {
+                    [ExecutionStatus::Scheduling, ExecutionStatus::Scheduled].map(|to| {
+                        let mut transition = Transition::to(to);
+                        transition.at = *at;
+                        (*id, transition)
+                    })
+                })
+                .collect();
+            let changed = self.transitions(&writes).await?;
+            Ok(changed
+                .chunks(2)
+                .map(|moved| moved.iter().all(|m| *m))
+                .collect())
+        })
+    }
+
     /// Ends an execution the engine still owns ([`Store::end_before_handoff`]).
     fn end_before_handoff<'a>(
         &'a self,
@@ -88,6 +114,13 @@ impl Backend for Live {
         batch: &'a [(ExecutionId, Transition)],
     ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
         Box::pin(self.store.transitions(batch))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        round: &'a [(ExecutionId, DateTime<Utc>)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        Box::pin(self.store.admit(round))
     }
 
     fn end_before_handoff<'a>(

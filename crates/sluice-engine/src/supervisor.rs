@@ -196,9 +196,10 @@ impl ActionSupervisor {
     }
 
     /// Admits what the gate lets through, in gate order. Each round takes up to
-    /// [`ADMIT_BATCH`] admissions and records them in one transaction: `scheduling`, so the
-    /// store's times show the order the gate admitted in, then `scheduled`, the status the
-    /// handoff happens from. The children then only publish their run messages.
+    /// [`ADMIT_BATCH`] admissions and records them in one transaction: `scheduling` at the
+    /// moment the gate let each through, so the store's times show the order the gate
+    /// admitted in, then `scheduled`, the status the handoff happens from. The children then
+    /// only publish their run messages.
     async fn admit(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
         while !state.ctx.intake.is_cancelled() {
             let now = Instant::now();
@@ -211,7 +212,9 @@ impl ActionSupervisor {
                         state.gate.release(id);
                         Self::refuse_orphan(state, id, waiting.parent).await;
                     }
-                    Next::Admit(id, waiting) => admitted.push((id, Pending::from(waiting))),
+                    Next::Admit(id, waiting) => {
+                        admitted.push((id, Utc::now(), Pending::from(waiting)))
+                    }
                     Next::WaitUntil(at) => {
                         wait = Some(at);
                         break;
@@ -221,21 +224,11 @@ impl ActionSupervisor {
             }
             let full = admitted.len() == ADMIT_BATCH;
             if !admitted.is_empty() {
-                let writes: Vec<(ExecutionId, Transition)> = admitted
-                    .iter()
-                    .flat_map(|(id, _)| {
-                        [
-                            (*id, Transition::to(ExecutionStatus::Scheduling)),
-                            (*id, Transition::to(ExecutionStatus::Scheduled)),
-                        ]
-                    })
-                    .collect();
-                match state.ctx.backend.transitions(&writes).await {
+                let round: Vec<_> = admitted.iter().map(|(id, at, _)| (*id, *at)).collect();
+                match state.ctx.backend.admit(&round).await {
                     Ok(changed) => {
-                        for ((id, mut pending), moved) in
-                            admitted.into_iter().zip(changed.chunks(2))
-                        {
-                            if moved.iter().all(|m| *m) {
+                        for ((id, _, mut pending), moved) in admitted.into_iter().zip(changed) {
+                            if moved {
                                 // The wait is over: `execution.queued` ends here.
                                 pending.end_queued(&state.action.action_ref);
                                 let waited = (Utc::now() - pending.enqueued_at).as_seconds_f64();
@@ -252,7 +245,7 @@ impl ActionSupervisor {
                     Err(e) => {
                         warn!(executions = admitted.len(), error = %e, "store unavailable; admissions retried");
                         // Back to the head of their queues, in their order.
-                        for (id, pending) in admitted.into_iter().rev() {
+                        for (id, _, pending) in admitted.into_iter().rev() {
                             state.gate.release(id);
                             let key = state.action.concurrency_key(&pending.parameters);
                             state.gate.offer_front(id, key, pending.into(), now);

@@ -481,14 +481,6 @@ impl Store {
                     .bind(&firing.traceparent)
                     .fetch_one(&mut *tx)
                     .await?;
-                    for entered in [Some(ExecutionStatus::Requested), firing.failed.as_ref().map(|_| ExecutionStatus::Failed)].into_iter().flatten() {
-                        sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, $2, $3)")
-                            .bind(id)
-                            .bind(entered.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
                     sqlx::query("INSERT INTO enforcements (rule, event_id, execution_id, created_at) VALUES ($1, $2, $3, $4)")
                         .bind(&firing.rule)
                         .bind(event_id)
@@ -574,11 +566,6 @@ impl Store {
             .bind(rerun_of.map(|r| r.0))
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, 'requested', $2)")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
             wrote("executions", "insert", 1);
             wrote("execution_history", "insert", 1);
@@ -653,6 +640,68 @@ impl Store {
         self.transitions_from(&batch).await
     }
 
+    /// Admits a round of executions at once: each `requested` one moves to `scheduling`,
+    /// then to `scheduled`, both at its own time, in one transaction of two statements
+    /// whatever the round's size. Returns, in the order of `round`, whether each was
+    /// admitted (one no longer `requested`, cancelled or ended meanwhile, is left as it is).
+    pub async fn admit(
+        &self,
+        round: &[(ExecutionId, DateTime<Utc>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if round.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each execution's id is `$2i+1` and its time `$2i+2`.
+        let step = |from: ExecutionStatus, to: ExecutionStatus, n: usize| {
+            let times: String = (0..n)
+                .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let ids = (0..n)
+                .map(|i| format!("${}", 2 * i + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "UPDATE executions SET status = '{to}', updated_at = CASE id{times} END \
+                 WHERE status = '{from}' AND id IN ({ids}) RETURNING id"
+            )
+        };
+        let started = std::time::Instant::now();
+        let admitted: Vec<i64> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            check_fence!(self, tx);
+            let sql = step(ExecutionStatus::Requested, ExecutionStatus::Scheduling, round.len());
+            let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+            for (id, at) in round {
+                query = query.bind(id.0).bind(*at);
+            }
+            let moved: std::collections::HashSet<i64> =
+                query.fetch_all(&mut *tx).await?.into_iter().collect();
+            // Only those that entered `scheduling` here go on.
+            let mut admitted = Vec::new();
+            let next: Vec<_> = round.iter().filter(|(id, _)| moved.contains(&id.0)).collect();
+            if !next.is_empty() {
+                let sql = step(ExecutionStatus::Scheduling, ExecutionStatus::Scheduled, next.len());
+                let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+                for (id, at) in next {
+                    query = query.bind(id.0).bind(*at);
+                }
+                admitted = query.fetch_all(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            admitted
+        });
+        timed("transition", started);
+        let admitted: std::collections::HashSet<i64> = admitted.into_iter().collect();
+        let n = admitted.len() as u64;
+        // Each admission is two updates, and its trigger adds two statuses to the history.
+        wrote("executions", "update", 2 * n);
+        wrote("execution_history", "insert", 2 * n);
+        Ok(round
+            .iter()
+            .map(|(id, _)| admitted.contains(&id.0))
+            .collect())
+    }
+
     /// The one conditional update: moves each execution to its `transition.to` only from
     /// its sources, and records the status in the history when it changed.
     async fn transitions_from(
@@ -677,7 +726,7 @@ impl Store {
             )
         };
         let started = std::time::Instant::now();
-        let results: Vec<(bool, u64, Option<String>)> = on_pool!(self, pool => {
+        let results: Vec<(bool, Option<String>)> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             check_fence!(self, tx);
             let mut results = Vec::with_capacity(batch.len());
@@ -685,7 +734,7 @@ impl Store {
                 let to = transition.to;
                 debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
                 if sources.is_empty() {
-                    results.push((false, 0, None));
+                    results.push((false, None));
                     continue;
                 }
                 let action: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql(transition, sources)))
@@ -699,32 +748,23 @@ impl Store {
                     .bind(to == ExecutionStatus::Requested)
                     .fetch_optional(&mut *tx)
                     .await?;
-                let mut history = 0;
-                if action.is_some() {
-                    history = sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) \
-                         SELECT id, attempt, status, $2 FROM executions WHERE id = $1 ON CONFLICT DO NOTHING")
-                        .bind(id.0)
-                        .bind(transition.at)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                results.push((action.is_some(), history, action.map(|(a,)| a)));
+                results.push((action.is_some(), action.map(|(a,)| a)));
             }
             tx.commit().await?;
             results
         });
         timed("transition", started);
-        for ((_, transition, _), (changed, history, action)) in batch.iter().zip(&results) {
+        for ((_, transition, _), (changed, action)) in batch.iter().zip(&results) {
+            // The update's trigger adds the status to the history (migration 0011).
             wrote("executions", "update", u64::from(*changed));
-            wrote("execution_history", "insert", *history);
+            wrote("execution_history", "insert", u64::from(*changed));
             if let Some(action) = action.as_deref().filter(|_| transition.to.is_terminal()) {
                 metrics()
                     .executions_ended
                     .inc([action, transition.to.as_str()]);
             }
         }
-        Ok(results.into_iter().map(|(changed, _, _)| changed).collect())
+        Ok(results.into_iter().map(|(changed, _)| changed).collect())
     }
 
     /// One execution with its status history.

@@ -152,11 +152,6 @@ impl Store {
                 .bind(child.traceparent.as_deref())
                 .fetch_one(&mut *tx)
                 .await?;
-                sqlx::query("INSERT INTO execution_history (execution_id, attempt, status, at) VALUES ($1, 1, 'requested', $2)")
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
                 sqlx::query(
                     "INSERT INTO workflow_tasks (workflow_id, task, round, item, attempt, execution_id, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",

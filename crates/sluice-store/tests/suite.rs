@@ -752,6 +752,73 @@ async fn an_engine_whose_lease_was_taken_writes_nothing(store: Store) {
     );
 }
 
+async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_times(store: Store) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            store
+                .create_execution(&action("core.noop"), &Default::default(), None, None)
+                .await
+                .unwrap(),
+        );
+    }
+    // The middle one was cancelled while it waited.
+    assert!(
+        store
+            .end_before_handoff(ids[1], ExecutionStatus::Cancelled, "cancelled")
+            .await
+            .unwrap()
+    );
+    let start = chrono::Utc::now();
+    let round: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, start + chrono::Duration::milliseconds(i as i64)))
+        .collect();
+    assert_eq!(store.admit(&round).await.unwrap(), [true, false, true]);
+    assert_eq!(
+        store.admit(&round).await.unwrap(),
+        [false, false, false],
+        "an admitted execution is not admitted again"
+    );
+    for (id, at) in [round[0], round[2]] {
+        let execution = store.get_execution(id).await.unwrap().unwrap();
+        assert_eq!(execution.status, ExecutionStatus::Scheduled);
+        let history: Vec<_> = execution.history.iter().map(|h| (h.status, h.at)).collect();
+        assert_eq!(history.len(), 3, "{history:?}");
+        assert_eq!(history[0].0, ExecutionStatus::Requested);
+        // Stored times keep microseconds.
+        let near =
+            |a: chrono::DateTime<chrono::Utc>| (a - at).num_microseconds().unwrap().abs() < 2;
+        assert!(history[1].0 == ExecutionStatus::Scheduling && near(history[1].1));
+        assert!(history[2].0 == ExecutionStatus::Scheduled && near(history[2].1));
+    }
+    let cancelled = store.get_execution(ids[1]).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, ExecutionStatus::Cancelled);
+    assert_eq!(cancelled.history.len(), 2, "requested, cancelled");
+
+    assert!(store.raise_fence("engine", 2, "b").await.unwrap());
+    let stale = store.clone().fenced(Fence {
+        name: "engine".into(),
+        token: 1,
+    });
+    let fourth = store
+        .create_execution(&action("core.noop"), &Default::default(), None, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            stale.admit(&[(fourth, chrono::Utc::now())]).await,
+            Err(StoreError::Fenced { .. })
+        ),
+        "a stale owner admits nothing"
+    );
+    assert_eq!(
+        store.get_execution(fourth).await.unwrap().unwrap().status,
+        ExecutionStatus::Requested
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -794,4 +861,5 @@ store_suite!(
     events_and_executions_filter_by_trigger_status_time_payload_and_rule,
     api_rules_and_switches_are_kept_replaced_and_deleted,
     an_engine_whose_lease_was_taken_writes_nothing,
+    a_round_of_admissions_moves_only_requested_executions_at_their_own_times,
 );
