@@ -22,6 +22,10 @@
 
 #![allow(clippy::print_stdout)]
 
+/// The allocator `sluice` runs with: the engine and workers run in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod baseline;
 mod cost;
 mod dashboard;

@@ -1,5 +1,11 @@
 //! `sluice`: parse the command line, set up logging, run.
 
+/// mimalloc: an engine or worker allocates and frees small blocks for every message,
+/// actor and statement, and glibc's allocator spent about a quarter of the engine's CPU on
+/// them (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
