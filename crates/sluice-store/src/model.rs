@@ -111,6 +111,9 @@ pub struct Transition {
     pub result: Option<ResultJson>,
     pub worker: Option<String>,
     pub at: DateTime<Utc>,
+    /// When the attempt started running, for an end that arrives together with the
+    /// attempt's `running` report: one update records both, and the history keeps both.
+    pub started: Option<DateTime<Utc>>,
 }
 
 /// A result as a transition writes it: a value, or JSON text exactly as it arrived. A large
@@ -162,6 +165,7 @@ impl Transition {
             result: None,
             worker: None,
             at: Utc::now(),
+            started: None,
         }
     }
 }

@@ -466,6 +466,7 @@ impl Store {
                 for firing in firings.iter() {
                     let status = if firing.failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Requested };
                     let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
+                    // The database adds its history and its enforcement (migrations 0011, 0012).
                     let (id,): (i64,) = sqlx::query_as(
                         "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
                          VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id",
@@ -481,13 +482,6 @@ impl Store {
                     .bind(&firing.traceparent)
                     .fetch_one(&mut *tx)
                     .await?;
-                    sqlx::query("INSERT INTO enforcements (rule, event_id, execution_id, created_at) VALUES ($1, $2, $3, $4)")
-                        .bind(&firing.rule)
-                        .bind(event_id)
-                        .bind(id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
                     if firing.failed.is_none() {
                         executions.push((ExecutionId(id), firing.action.clone()));
                     }
@@ -714,7 +708,7 @@ impl Store {
                  result = COALESCE($3, result), \
                  worker = CASE WHEN $8 THEN NULL ELSE COALESCE($4, worker) END, \
                  attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
-                 started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE started_at END, \
+                 started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE COALESCE($9, started_at) END, \
                  finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
                  WHERE id = $7 AND status IN ({}){} RETURNING action",
                 status_list(sources),
@@ -746,6 +740,7 @@ impl Store {
                     .bind(to.is_terminal())
                     .bind(id.0)
                     .bind(to == ExecutionStatus::Requested)
+                    .bind(transition.started)
                     .fetch_optional(&mut *tx)
                     .await?;
                 results.push((action.is_some(), action.map(|(a,)| a)));
@@ -755,9 +750,11 @@ impl Store {
         });
         timed("transition", started);
         for ((_, transition, _), (changed, action)) in batch.iter().zip(&results) {
-            // The update's trigger adds the status to the history (migration 0011).
+            // The update's triggers add the status to the history (migration 0011), and
+            // `running` too when it records the start (0012).
+            let entered = 1 + u64::from(transition.started.is_some());
             wrote("executions", "update", u64::from(*changed));
-            wrote("execution_history", "insert", u64::from(*changed));
+            wrote("execution_history", "insert", u64::from(*changed) * entered);
             if let Some(action) = action.as_deref().filter(|_| transition.to.is_terminal()) {
                 metrics()
                     .executions_ended

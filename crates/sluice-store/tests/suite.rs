@@ -819,6 +819,53 @@ async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_time
     );
 }
 
+async fn an_end_that_records_its_start_keeps_running_in_the_history(store: Store) {
+    let id = store
+        .create_execution(&action("core.noop"), &Default::default(), None, None)
+        .await
+        .unwrap();
+    let admitted = chrono::Utc::now();
+    assert_eq!(store.admit(&[(id, admitted)]).await.unwrap(), [true]);
+    let started = admitted + chrono::Duration::milliseconds(3);
+    let mut end = Transition::to(ExecutionStatus::Succeeded);
+    end.attempt = Some(1);
+    end.worker = Some("w1".into());
+    end.result = Some(json!({"stdout": "ok"}).into());
+    end.at = started + chrono::Duration::milliseconds(2);
+    end.started = Some(started);
+    assert_eq!(
+        store.transitions(&[(id, end.clone())]).await.unwrap(),
+        [true]
+    );
+    assert_eq!(
+        store.transitions(&[(id, end)]).await.unwrap(),
+        [false],
+        "a repeated end changes nothing"
+    );
+    let execution = store.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Succeeded);
+    assert_eq!(execution.worker.as_deref(), Some("w1"));
+    let near = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+        (a - b).num_microseconds().unwrap().abs() < 2
+    };
+    assert!(near(execution.started_at.unwrap(), started));
+    let history: Vec<_> = execution.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        history,
+        [
+            ExecutionStatus::Requested,
+            ExecutionStatus::Scheduling,
+            ExecutionStatus::Scheduled,
+            ExecutionStatus::Running,
+            ExecutionStatus::Succeeded
+        ]
+    );
+    assert!(
+        near(execution.history[3].at, started),
+        "running at its start"
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -862,4 +909,5 @@ store_suite!(
     api_rules_and_switches_are_kept_replaced_and_deleted,
     an_engine_whose_lease_was_taken_writes_nothing,
     a_round_of_admissions_moves_only_requested_executions_at_their_own_times,
+    an_end_that_records_its_start_keeps_running_in_the_history,
 );
