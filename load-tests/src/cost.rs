@@ -110,7 +110,7 @@ impl Reading {
 }
 
 /// `(name, labels, value)` of each sample in Prometheus / OpenMetrics text.
-fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+pub(crate) fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {

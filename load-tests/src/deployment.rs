@@ -74,6 +74,8 @@ pub struct Deployment {
     http: reqwest::Client,
     /// Executions with an id at or below this existed before the scenario started.
     floor: i64,
+    /// Executions the engine had recorded as ended when the scenario started.
+    ended_floor: f64,
     local: Option<Local>,
 }
 
@@ -123,9 +125,10 @@ impl Deployment {
             api,
             http,
             floor: 0,
+            ended_floor: 0.0,
             local,
         };
-        deployment.floor = deployment.newest_execution().await?;
+        deployment.count_from_now().await?;
         Ok(deployment)
     }
 
@@ -138,6 +141,7 @@ impl Deployment {
     /// [`Deployment::runs`] see starts here.
     pub async fn count_from_now(&mut self) -> anyhow::Result<()> {
         self.floor = self.newest_execution().await?;
+        self.ended_floor = self.ended().await?;
         Ok(())
     }
 
@@ -198,6 +202,16 @@ impl Deployment {
         Ok(self.fetch("/metrics").await?.text().await?)
     }
 
+    /// Executions the engine has recorded as ended (`sluice_executions_total`), all
+    /// actions and statuses.
+    async fn ended(&self) -> anyhow::Result<f64> {
+        let text = self.metrics_text().await?;
+        Ok(crate::cost::samples(&text)
+            .filter(|(name, _, _)| *name == "sluice_executions_total")
+            .map(|(_, _, value)| value)
+            .sum())
+    }
+
     async fn newest_execution(&self) -> anyhow::Result<i64> {
         let newest: Vec<Run> = self.get("/api/v1/executions?limit=1").await?;
         Ok(newest.first().map_or(0, |run| run.id))
@@ -205,8 +219,15 @@ impl Deployment {
 
     /// Waits until `count` executions have been created since the scenario started and
     /// every execution has ended.
+    ///
+    /// Until the engine's count of ended executions says `count` have ended, it polls only
+    /// that counter: the ledger reads every execution, and asked every 200 ms of a long run
+    /// it would take the store's time from the executions it measures.
     pub async fn wait_settled(&self, count: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        while self.ended().await? - self.ended_floor < count as f64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         loop {
             let ledger: serde_json::Value = self.get("/api/v1/ledger").await?;
             let created = self.newest_execution().await? - self.floor;
