@@ -6,6 +6,7 @@
 //! guarded by the core state machine ([`ExecutionStatus::sources`]): a stale or repeated
 //! status is not a write.
 
+mod checkpoint;
 mod fence;
 mod model;
 mod reseal;

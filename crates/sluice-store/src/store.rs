@@ -1,6 +1,7 @@
 //! The store and its queries.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +16,7 @@ use sqlx::{AssertSqlSafe, FromRow};
 use sluice_core::DeadLetter;
 use sluice_telemetry::metrics;
 
+use crate::checkpoint::Checkpointer;
 use crate::model::{
     DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
     Fence, Firing, HistoryEntry, Ledger, NewEvent, Transition,
@@ -126,7 +128,9 @@ pub(crate) enum Backend {
 pub struct Store {
     pub(crate) backend: Backend,
     /// The lease the execution core's writes are checked against (several engines).
-    pub(crate) fence: Option<std::sync::Arc<Fence>>,
+    pub(crate) fence: Option<Arc<Fence>>,
+    /// SQLite's checkpoints, while the store is open.
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 /// Runs the same code against whichever pool the store has: every query here is written
@@ -352,6 +356,7 @@ impl Store {
     /// Opens (creating if needed) and migrates the store at `url`: `postgres://…` for
     /// PostgreSQL, `sqlite://PATH` or a plain file path for SQLite.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut checkpointer = None;
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?.options([(
                 "idle_in_transaction_session_timeout",
@@ -378,20 +383,24 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(WAIT_FOR_DATABASE)
                 .foreign_keys(true);
+            // Checkpoints are taken by a connection of their own (see `checkpoint`).
+            let writer = options.clone().pragma("wal_autocheckpoint", "0");
             // SQLite has one write lock. With one connection, writers queue in the pool, in
             // order; with several, they collide on the lock and back off in sleeps, which
             // halved throughput. Readers are short and queue with them.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(WAIT_FOR_DATABASE)
-                .connect_with(options)
+                .connect_with(writer)
                 .await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
+            checkpointer = Some(Arc::new(Checkpointer::start(&options).await?));
             Backend::Sqlite(pool)
         };
         Ok(Self {
             backend,
             fence: None,
+            checkpointer,
         })
     }
 
@@ -411,6 +420,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
+        }
         on_pool!(self, pool => pool.close().await)
     }
 
