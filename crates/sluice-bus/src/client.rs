@@ -483,11 +483,17 @@ impl Bus {
     /// A repeat of this worker's own claim (same deduplication id) counts as claimed.
     pub async fn claim(&self, report: &StatusReport, expected_last: u64) -> Result<bool, BusError> {
         debug_assert_eq!(report.status, sluice_core::ExecutionStatus::Running);
+        let mut claim = [0u8; 8];
+        getrandom::fill(&mut claim).map_err(|e| BusError::Publish {
+            subject: status_subject(report.execution_id),
+            source: format!("no random number for the claim's id: {e}").into(),
+            transient: false,
+        })?;
         let published = self
             .publish(
                 "running",
                 status_subject(report.execution_id),
-                &report.dedup_id(),
+                &report.claim_id(u64::from_le_bytes(claim)),
                 sluice_core::encode(report)?,
                 Some(expected_last),
             )

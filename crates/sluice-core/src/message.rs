@@ -125,9 +125,8 @@ impl StatusReport {
     /// worker thought lost) cannot take the place of the real one; the engine ignores
     /// reports whose attempt is not the execution's current one.
     ///
-    /// `<execution id>.<attempt>.running.<worker>`: the claim. It names the worker so that
-    /// only the same worker's repeat is dropped as a duplicate; another worker's claim is
-    /// refused by its expected-last-sequence condition instead, and that worker stands down.
+    /// `<execution id>.<attempt>.running.<worker>` for a `running` report published without
+    /// a claim; a claim has an id of its own ([`StatusReport::claim_id`]).
     pub fn dedup_id(&self) -> String {
         if self.status.is_terminal() {
             format!("{}.{}.completed", self.execution_id, self.attempt)
@@ -137,6 +136,21 @@ impl StatusReport {
                 self.execution_id, self.attempt, self.worker
             )
         }
+    }
+}
+
+impl StatusReport {
+    /// `<execution id>.<attempt>.running.<worker>.<claim>`: a claim's id, unique to one
+    /// try (`claim`, a random number the claiming worker draws for it). JetStream answers a
+    /// duplicate id as stored without checking the claim's expected-last-sequence condition,
+    /// so only a repeat of this very publish may be a duplicate: anything else, another
+    /// worker's claim, or this worker's claim from an earlier copy of the run message or an
+    /// earlier life of the worker, is decided by the condition.
+    pub fn claim_id(&self, claim: u64) -> String {
+        format!(
+            "{}.{}.running.{}.{claim:016x}",
+            self.execution_id, self.attempt, self.worker
+        )
     }
 }
 
@@ -319,6 +333,7 @@ mod tests {
             result_object: None,
         };
         assert_eq!(report.dedup_id(), "7.2.running.w1");
+        assert_eq!(report.claim_id(0xab), "7.2.running.w1.00000000000000ab");
         report.status = ExecutionStatus::TimedOut;
         assert_eq!(report.dedup_id(), "7.2.completed");
         let back: StatusReport = decode(&encode(&report).unwrap()).unwrap();
