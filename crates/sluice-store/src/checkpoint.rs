@@ -5,22 +5,27 @@
 //! connection that commits past 1,000 pages of log runs the checkpoint before its commit
 //! returns; with the store's one connection, every write queued behind it waits too, and
 //! those waits were most of the engine's slowest trips. So the store's connection runs no
-//! checkpoints (`wal_autocheckpoint = 0`), and a connection of its own takes one every
-//! second without blocking anyone (`PASSIVE`). A log that still grows past
-//! [`MOST_PAGES`], because writers never pause long enough for a passive checkpoint to
-//! reach its end, is copied back and truncated while writers wait (`TRUNCATE`).
+//! checkpoints of its own accord (`wal_autocheckpoint = 0`), and a connection of its own
+//! takes one every second (`PASSIVE`), which copies what it can without blocking anyone and
+//! writes nothing to the log, so the writer never finds its view of the log out of date.
+//!
+//! Once every page of the log is copied back, the next commit starts the log again from its
+//! beginning. A writer that never pauses long enough for that lets the log grow; past
+//! [`MOST_PAGES`] the store's own connection, between two of its transactions, copies it all
+//! back and empties it (`TRUNCATE`), as the commit that crossed the old threshold did.
 
 use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
+use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How often the log is copied back into the database file.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// The log's length, in pages, past which a checkpoint waits for writers to bring it back
-/// to nothing: about 16 MB at SQLite's default page size.
+/// The log's length, in pages, past which the store's connection empties it: about 16 MB
+/// at SQLite's default page size.
 const MOST_PAGES: i64 = 4_000;
 
 /// The task taking the checkpoints; it ends when the store is closed or dropped.
@@ -30,30 +35,40 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Opens a connection to the database `options` name and checkpoints on it from now on.
-    pub(crate) async fn start(options: &SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+    /// Opens a connection to the database `options` name and checkpoints on it from now on;
+    /// `writer` is the store's pool, which empties a log that grew too long.
+    pub(crate) async fn start(
+        options: &SqliteConnectOptions,
+        writer: SqlitePool,
+    ) -> Result<Self, sqlx::Error> {
         let mut connection = options.connect().await?;
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                // (blocked by another checkpoint, pages in the log, pages copied back)
                 let passive: Result<(i64, i64, i64), _> =
                     sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
                         .fetch_one(&mut connection)
                         .await;
-                let outcome = match passive {
-                    // (blocked, pages in the log, pages copied back)
-                    Ok((_, log, _)) if log > MOST_PAGES => {
-                        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                            .execute(&mut connection)
+                match passive {
+                    Ok((_, log, copied)) if log > MOST_PAGES && copied < log => {
+                        debug!(
+                            pages = log,
+                            "the log outgrew its passive checkpoints; emptying it"
+                        );
+                        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                            .execute(&writer)
                             .await
-                            .map(drop)
+                        {
+                            warn!(error = %e, "SQLite checkpoint failed; the next one tries again");
+                        }
                     }
-                    other => other.map(drop),
-                };
-                if let Err(e) = outcome {
-                    warn!(error = %e, "SQLite checkpoint failed; the next one tries again");
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "SQLite checkpoint failed; the next one tries again")
+                    }
                 }
             }
         });

@@ -394,7 +394,7 @@ impl Store {
                 .connect_with(writer)
                 .await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-            checkpointer = Some(Arc::new(Checkpointer::start(&options).await?));
+            checkpointer = Some(Arc::new(Checkpointer::start(&options, pool.clone()).await?));
             Backend::Sqlite(pool)
         };
         Ok(Self {
