@@ -158,25 +158,15 @@ impl Part {
         part
     }
 
-    fn line(&self) -> String {
+    /// The total and its parts, with `decimals` digits after the point.
+    fn line(&self, decimals: usize) -> String {
         let by = self
             .by
             .iter()
-            .map(|(key, value)| format!("{key} {value:.3}"))
+            .map(|(key, value)| format!("{key} {value:.decimals$}"))
             .collect::<Vec<_>>()
             .join(", ");
-        format!("{:>7.3}   ({by})", self.total)
-    }
-
-    /// [`Part::line`] in whole units.
-    fn line_whole(&self) -> String {
-        let by = self
-            .by
-            .iter()
-            .map(|(key, value)| format!("{key} {value:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("{:>7.0}   ({by})", self.total)
+        format!("{:>7.decimals$}   ({by})", self.total)
     }
 }
 
@@ -227,19 +217,19 @@ impl Cost {
         println!("  cost per execution");
         println!(
             "    store transactions      {}",
-            self.store_transactions.line()
+            self.store_transactions.line(3)
         );
-        println!("    store rows written      {}", self.store_rows.line());
+        println!("    store rows written      {}", self.store_rows.line(3));
         println!(
             "    JetStream msgs stored   {}",
-            self.jetstream_stored.line()
+            self.jetstream_stored.line(3)
         );
         println!(
             "    JetStream deliveries    {}",
-            self.jetstream_delivered.line()
+            self.jetstream_delivered.line(3)
         );
         if self.cpu.total > 0.0 {
-            println!("    CPU µs                  {}", self.cpu.line_whole());
+            println!("    CPU µs                  {}", self.cpu.line(0));
         }
     }
 }
