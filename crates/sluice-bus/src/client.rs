@@ -480,7 +480,8 @@ impl Bus {
     /// `expected_last` (from [`Bus::last_status`], 0 for none) is still the last message on
     /// the execution's status subject. Of several workers holding copies of one run
     /// message, exactly one claim succeeds; the others get `Ok(false)` and must not run it.
-    /// A repeat of this worker's own claim (same deduplication id) counts as claimed.
+    /// Each call is a new try with an id of its own ([`StatusReport::claim_id`]): only a
+    /// repeat of its own publish counts as a duplicate, and so as claimed.
     pub async fn claim(&self, report: &StatusReport, expected_last: u64) -> Result<bool, BusError> {
         debug_assert_eq!(report.status, sluice_core::ExecutionStatus::Running);
         let mut claim = [0u8; 8];

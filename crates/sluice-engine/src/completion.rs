@@ -242,15 +242,16 @@ impl commit::Received for Received {
         // Per item, its own update's place in `batch` (none for a folded `running`).
         let mut update_of = Vec::with_capacity(items.len());
         for (r, fold) in items.iter().zip(&folds) {
-            let mut update = transition(r);
-            match *fold {
+            let started = match *fold {
                 Fold::Into(_) => {
                     update_of.push(None);
                     continue;
                 }
-                Fold::Alone => {}
-                Fold::EndOf(started) => update.started = Some(started),
-            }
+                Fold::Alone => None,
+                Fold::EndOf(started) => Some(started),
+            };
+            let mut update = transition(r);
+            update.started = started;
             update_of.push(Some(batch.len()));
             batch.push((r.report.execution_id, update));
         }

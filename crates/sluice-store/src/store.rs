@@ -672,7 +672,7 @@ impl Store {
             )
         };
         let started = std::time::Instant::now();
-        let admitted: Vec<i64> = on_pool!(self, pool => {
+        let admitted: std::collections::HashSet<i64> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             check_fence!(self, tx);
             let sql = step(ExecutionStatus::Requested, ExecutionStatus::Scheduling, round.len());
@@ -683,7 +683,7 @@ impl Store {
             let moved: std::collections::HashSet<i64> =
                 query.fetch_all(&mut *tx).await?.into_iter().collect();
             // Only those that entered `scheduling` here go on.
-            let mut admitted = Vec::new();
+            let mut admitted = std::collections::HashSet::new();
             let next: Vec<_> = round.iter().filter(|(id, _)| moved.contains(&id.0)).collect();
             if !next.is_empty() {
                 let sql = step(ExecutionStatus::Scheduling, ExecutionStatus::Scheduled, next.len());
@@ -691,13 +691,13 @@ impl Store {
                 for (id, at) in next {
                     query = query.bind(id.0).bind(*at);
                 }
-                admitted = query.fetch_all(&mut *tx).await?;
+                let scheduled: Vec<i64> = query.fetch_all(&mut *tx).await?;
+                admitted.extend(scheduled);
             }
             tx.commit().await?;
             admitted
         });
         timed("transition", started);
-        let admitted: std::collections::HashSet<i64> = admitted.into_iter().collect();
         let n = admitted.len() as u64;
         // Each admission is two updates, and its trigger adds two statuses to the history.
         wrote("executions", "update", 2 * n);

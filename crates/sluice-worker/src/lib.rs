@@ -450,10 +450,15 @@ impl RunActor {
     async fn claim(state: &RunState) -> Result<Claim, sluice_bus::BusError> {
         let bus = &state.shared.bus;
         let (id, attempt) = (state.run.execution_id, state.run.attempt);
-        if attempt == 1 && !bus.cancel_requested(id).await? && Self::try_claim(state, 0).await? {
-            return Ok(Claim::Claimed);
+        // Whether a cancel request exists, once looked up: one look per run message.
+        let mut cancel = None;
+        if attempt == 1 {
+            let requested = bus.cancel_requested(id).await?;
+            cancel = Some(requested);
+            if !requested && Self::try_claim(state, 0).await? {
+                return Ok(Claim::Claimed);
+            }
         }
-        let mut cancel_checked = false;
         for _ in 0..CLAIM_TRIES {
             let last = bus.last_status(id).await?;
             let expected = last.as_ref().map_or(0, |l| l.sequence);
@@ -487,15 +492,16 @@ impl RunActor {
                     ));
                 }
             }
-            if !cancel_checked {
-                if bus.cancel_requested(id).await? {
-                    info!(execution_id = %id, "cancelled before it started");
-                    return Ok(Claim::Finish(
-                        ExecutionStatus::Cancelled,
-                        json!({ "error": "cancelled before it started" }),
-                    ));
-                }
-                cancel_checked = true;
+            let requested = match cancel {
+                Some(requested) => requested,
+                None => *cancel.insert(bus.cancel_requested(id).await?),
+            };
+            if requested {
+                info!(execution_id = %id, "cancelled before it started");
+                return Ok(Claim::Finish(
+                    ExecutionStatus::Cancelled,
+                    json!({ "error": "cancelled before it started" }),
+                ));
             }
             if Self::try_claim(state, expected).await? {
                 return Ok(Claim::Claimed);
