@@ -33,7 +33,7 @@ pub use error::{ApiError, AppState, Body};
 use error::{Query, instant};
 pub use exposition::metrics;
 use exposition::prometheus_text;
-pub use standby::standby_app;
+pub use standby::{Primary, standby_app};
 
 pub fn app(engine: AppState, options: dashboard::Options) -> Router {
     let activity = std::sync::Arc::new(dashboard::Activity::default());

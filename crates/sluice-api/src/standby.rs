@@ -1,8 +1,9 @@
 //! What a standby engine serves while another engine holds the execution core: `/healthz`
 //! (saying it is a standby, and who is primary), its own `/metrics`, and every other request
 //! forwarded as it came — credentials included, so the primary decides who may do what — to
-//! the primary's API. Without a primary (between one engine's end and the next one's
-//! takeover) a request gets 503 with a `Retry-After`.
+//! the primary's API. A request that arrives before the standby first read who is primary
+//! waits for that read (at most the takeover time). Without a primary (between one engine's
+//! end and the next one's takeover) a request gets 503 with a `Retry-After`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +37,21 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// Who holds the execution core, as a standby engine last read it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Primary {
+    /// Not read yet: the engine started a moment ago, or NATS has not answered it yet.
+    Unread,
+    /// No engine holds it: one takes it over within the takeover time.
+    Vacant,
+    Held(Holder),
+}
+
 struct Standby {
     /// This engine's name.
     engine: String,
     /// Who holds the execution core now, as this engine last read it.
-    primary: watch::Receiver<Option<Holder>>,
+    primary: watch::Receiver<Primary>,
     /// How long until a lost primary's lease has expired and an engine took over.
     takeover: Duration,
     http: reqwest::Client,
@@ -49,7 +60,7 @@ struct Standby {
 /// The router of a standby engine named `engine`.
 pub fn standby_app(
     engine: String,
-    primary: watch::Receiver<Option<Holder>>,
+    primary: watch::Receiver<Primary>,
     takeover: Duration,
 ) -> Router {
     let http = reqwest::Client::builder()
@@ -71,7 +82,10 @@ pub fn standby_app(
 }
 
 async fn healthz(State(standby): State<Arc<Standby>>) -> Response {
-    let primary = standby.primary.borrow().clone();
+    let primary = match &*standby.primary.borrow() {
+        Primary::Held(holder) => Some(holder.clone()),
+        Primary::Unread | Primary::Vacant => None,
+    };
     axum::Json(json!({
         "status": "ok",
         "role": "standby",
@@ -82,7 +96,12 @@ async fn healthz(State(standby): State<Arc<Standby>>) -> Response {
 }
 
 async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Response {
-    let primary = standby.primary.borrow().clone();
+    let mut watched = standby.primary.clone();
+    let read = watched.wait_for(|p| *p != Primary::Unread);
+    let primary = match tokio::time::timeout(standby.takeover, read).await {
+        Ok(Ok(primary)) => primary.clone(),
+        Ok(Err(_)) | Err(_) => Primary::Unread,
+    };
     if let Some(by) = request.headers().get(FORWARDED_BY) {
         // The engine it was forwarded to is a standby too (or this one, advertised wrongly).
         let by = by.to_str().unwrap_or("?").to_owned();
@@ -94,15 +113,40 @@ async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Respo
             ),
         );
     }
-    let Some(base) = primary.as_ref().and_then(|p| p.api_url.clone()) else {
-        return unavailable(
-            &standby,
-            &format!(
-                "engine {} is a standby and no engine holds the execution core right now; one takes over within {} s",
-                standby.engine,
-                standby.takeover.as_secs()
-            ),
-        );
+    let (holder, base) = match primary {
+        Primary::Held(Holder {
+            engine,
+            api_url: Some(base),
+            ..
+        }) => (engine, base),
+        Primary::Held(Holder { engine, .. }) => {
+            return unavailable(
+                &standby,
+                &format!(
+                    "engine {} is a standby, and engine {}, which holds the execution core, advertises no API URL; give it --advertise-url",
+                    standby.engine, engine
+                ),
+            );
+        }
+        Primary::Vacant => {
+            return unavailable(
+                &standby,
+                &format!(
+                    "engine {} is a standby and no engine holds the execution core right now; one takes over within {} s",
+                    standby.engine,
+                    standby.takeover.as_secs()
+                ),
+            );
+        }
+        Primary::Unread => {
+            return unavailable(
+                &standby,
+                &format!(
+                    "engine {} is a standby and could not yet read which engine holds the execution core from NATS",
+                    standby.engine
+                ),
+            );
+        }
     };
     let (parts, body) = request.into_parts();
     let path = parts
@@ -135,7 +179,6 @@ async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Respo
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {
-            let holder = primary.map(|p| p.engine).unwrap_or_default();
             tracing::warn!(primary = %holder, error = %e, "could not forward a request to the primary engine");
             return problem(
                 StatusCode::BAD_GATEWAY,
@@ -172,4 +215,73 @@ fn without_hop_headers(headers: &HeaderMap) -> HeaderMap {
         kept.remove(name);
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn request() -> Request {
+        Request::builder()
+            .method(Method::GET)
+            .uri("/api/v1/ledger")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// A primary's API on a loopback port that answers every request with its path.
+    async fn primary_api() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new().fallback(|request: Request| async move {
+            format!("primary saw {}", request.uri().path())
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_request_before_the_first_read_waits_for_it_and_is_forwarded() {
+        let (primary, watched) = watch::channel(Primary::Unread);
+        let app = standby_app("e1".into(), watched, Duration::from_secs(3));
+        let answering = tokio::spawn(app.oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!answering.is_finished(), "answered before the lease was read");
+        primary.send_replace(Primary::Held(Holder {
+            engine: "e0".into(),
+            api_url: Some(primary_api().await),
+            since: chrono::Utc::now(),
+        }));
+        let answer = answering.await.unwrap().unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(body(answer).await, "primary saw /api/v1/ledger");
+    }
+
+    #[tokio::test]
+    async fn without_a_primary_or_a_read_a_request_gets_503_saying_which() {
+        let (primary, watched) = watch::channel(Primary::Unread);
+        let app = standby_app("e1".into(), watched, Duration::from_millis(200));
+        let answer = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer.headers().contains_key(header::RETRY_AFTER));
+        assert!(
+            body(answer).await.contains("could not yet read"),
+            "an unread lease is not reported as a vacant one"
+        );
+
+        primary.send_replace(Primary::Vacant);
+        let answer = app.oneshot(request()).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(answer).await.contains("no engine holds the execution core"));
+    }
 }

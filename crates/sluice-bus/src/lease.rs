@@ -165,7 +165,7 @@ impl Leases {
     }
 
     /// Waits until `name` is taken for `holder`, trying every `every`; between tries,
-    /// `waiting` hears who holds it.
+    /// `waiting` hears who holds it (when that could be read).
     pub async fn acquire(
         &self,
         name: &str,
@@ -176,7 +176,12 @@ impl Leases {
         loop {
             match self.try_acquire(name, holder).await {
                 Ok(Some(lease)) => return lease,
-                Ok(None) => waiting(self.holder(name).await.ok().flatten()),
+                Ok(None) => match self.holder(name).await {
+                    Ok(now) => waiting(now),
+                    Err(e) => {
+                        tracing::warn!(lease = name, error = %e, "could not read who holds the lease")
+                    }
+                },
                 Err(e) => tracing::warn!(lease = name, error = %e, "could not try for the lease"),
             }
             tokio::time::sleep(every).await;

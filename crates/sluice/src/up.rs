@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sluice_api::Primary;
 use sluice_bus::lease::{ENGINE_LEASE, Holder, LeaseEnd, Leases};
 use sluice_bus::{Bus, RunSigner, RunVerifier, redact_url};
 use sluice_core::secrets::Keyring;
@@ -446,7 +447,7 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
         api_url: Some(config.advertise_url(listener.local_addr()?)),
         since: chrono::Utc::now(),
     };
-    let (primary, watched) = tokio::sync::watch::channel(None::<Holder>);
+    let (primary, watched) = tokio::sync::watch::channel(Primary::Unread);
     let standby = Api::serve_router(
         listener,
         sluice_api::standby_app(name.clone(), watched, config.lease_ttl),
@@ -455,10 +456,12 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
         (config.lease_ttl / 8).clamp(Duration::from_millis(100), Duration::from_millis(500));
     let waited = Instant::now();
     let acquiring = leases.acquire(ENGINE_LEASE, &holder, every, |now| {
+        let now = now.map_or(Primary::Vacant, Primary::Held);
         if *primary.borrow() != now {
             match &now {
-                Some(p) => info!(engine = %name, primary = %p.engine, "standby: another engine holds the execution core"),
-                None => info!(engine = %name, "standby: no engine holds the execution core; taking it"),
+                Primary::Held(p) => info!(engine = %name, primary = %p.engine, "standby: another engine holds the execution core"),
+                Primary::Vacant => info!(engine = %name, "standby: no engine holds the execution core; taking it"),
+                Primary::Unread => {}
             }
             primary.send_replace(now);
         }
