@@ -256,7 +256,10 @@ mod tests {
         let app = standby_app("e1".into(), watched, Duration::from_secs(3));
         let answering = tokio::spawn(app.oneshot(request()));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!answering.is_finished(), "answered before the lease was read");
+        assert!(
+            !answering.is_finished(),
+            "answered before the lease was read"
+        );
         primary.send_replace(Primary::Held(Holder {
             engine: "e0".into(),
             api_url: Some(primary_api().await),
@@ -282,6 +285,10 @@ mod tests {
         primary.send_replace(Primary::Vacant);
         let answer = app.oneshot(request()).await.unwrap();
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body(answer).await.contains("no engine holds the execution core"));
+        assert!(
+            body(answer)
+                .await
+                .contains("no engine holds the execution core")
+        );
     }
 }

@@ -123,6 +123,10 @@ impl Leases {
         self.ttl
     }
 
+    pub(crate) fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
     /// Who holds `name` now, if anyone.
     pub async fn holder(&self, name: &str) -> Result<Option<Holder>, BusError> {
         let entry = self

@@ -12,7 +12,8 @@
 //! last tick in another, `sluice-timers` ([`timers`]). Pack versions are an object store,
 //! `sluice-packs` ([`packs`]); results too large for their status report travel in
 //! another, `sluice-results` ([`results`]). Which engine holds the execution core is a lease in
-//! `sluice-leases` ([`lease`]).
+//! `sluice-leases` ([`lease`]); a duty cut into partitions is spread over engines by leases
+//! in the same bucket ([`shares`]).
 //!
 //! Heartbeats ([`Heartbeat`]) travel on core NATS, `sluice.heartbeat.<worker>`: they
 //! matter only while fresh, so they are not stored.
@@ -31,6 +32,7 @@ pub mod names;
 pub mod packs;
 pub mod results;
 pub mod settle;
+pub mod shares;
 pub mod signing;
 mod streams;
 mod subjects;
