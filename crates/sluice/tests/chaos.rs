@@ -829,3 +829,70 @@ async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again(
         lines()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_back_at_once_under_its_own_name_has_the_execution_it_forgot_abandoned_and_run_once()
+ {
+    let mut cluster = Cluster::new(PACK);
+    cluster.start_engine().await;
+    cluster.start_worker("w", 2);
+    let id = cluster.submit("t.pause", json!({})).await;
+    let log = cluster.dir.path().join("packs/t/slow.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("the action to start", Duration::from_secs(20), || async {
+        lines().contains(&format!("start {id} 1")).then_some(())
+    })
+    .await;
+    eventually(
+        "the worker's running report",
+        Duration::from_secs(20),
+        || async { (cluster.execution(id).await["status"] == "running").then_some(()) },
+    )
+    .await;
+    // The worker dies with the execution and is back under the same name at once: its
+    // heartbeats go on, listing nothing, and no report of the execution's end will come.
+    cluster.kill_worker("w");
+    let restarted = Instant::now();
+    cluster.start_worker("w", 2);
+    let ended = eventually(
+        "the forgotten execution to be given up",
+        Duration::from_secs(30),
+        || async {
+            let e = cluster.execution(id).await;
+            is_terminal(&e).then_some(e)
+        },
+    )
+    .await;
+    eprintln!(
+        "[forgotten] ended {} {:.1} s after the worker came back (loss window 2 s): {}",
+        ended["status"],
+        restarted.elapsed().as_secs_f64(),
+        ended["result"]["error"]
+    );
+    assert_eq!(ended["status"], "abandoned", "{ended}");
+    // Given up because the worker beats without listing it; on a machine slow enough that
+    // the worker took longer than the window to come back, because it was silent.
+    let reason = ended["result"]["error"].as_str().unwrap();
+    assert!(reason.contains("worker/w"), "{reason}");
+    let terminal = statuses(&ended)
+        .iter()
+        .filter(|s| {
+            ["succeeded", "failed", "abandoned", "cancelled", "timed_out"].contains(&s.as_str())
+        })
+        .count();
+    assert_eq!(terminal, 1, "one end: {ended}");
+    // The queue moved on: the next execution runs on the worker that came back.
+    let next = cluster.submit("t.pause", json!({})).await;
+    let done = eventually("the next execution", Duration::from_secs(30), || async {
+        let e = cluster.execution(next).await;
+        is_terminal(&e).then_some(e)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        lines().matches(&format!("start {id} ")).count(),
+        1,
+        "ran once: {}",
+        lines()
+    );
+}
