@@ -763,16 +763,17 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
     books.report("poison on every subject", &sluice.metrics().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again() {
+/// An engine and worker `w`, and a `t.pause` execution that started on `w` and is
+/// recorded `running`.
+async fn a_pause_running_on_w() -> (Cluster, i64) {
     let mut cluster = Cluster::new(PACK);
     cluster.start_engine().await;
     cluster.start_worker("w", 2);
     let id = cluster.submit("t.pause", json!({})).await;
     let log = cluster.dir.path().join("packs/t/slow.log");
-    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
     eventually("the action to start", Duration::from_secs(20), || async {
-        lines().contains(&format!("start {id} 1")).then_some(())
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        lines.contains(&format!("start {id} 1")).then_some(())
     })
     .await;
     eventually(
@@ -781,6 +782,24 @@ async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again(
         || async { (cluster.execution(id).await["status"] == "running").then_some(()) },
     )
     .await;
+    (cluster, id)
+}
+
+/// How many terminal statuses an execution's history holds.
+fn ends(execution: &Value) -> usize {
+    statuses(execution)
+        .iter()
+        .filter(|s| {
+            ["succeeded", "failed", "abandoned", "cancelled", "timed_out"].contains(&s.as_str())
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again() {
+    let (mut cluster, id) = a_pause_running_on_w().await;
+    let log = cluster.dir.path().join("packs/t/slow.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
     // The engine is down while the action ends, and the report of its end is gone before
     // it is back: what a STATUS stream past its retention does.
     cluster.kill_engine();
@@ -814,13 +833,7 @@ async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again(
         reason.contains("worker/w") && reason.contains("has not listed it"),
         "{reason}"
     );
-    let terminal = statuses(&ended)
-        .iter()
-        .filter(|s| {
-            ["succeeded", "failed", "abandoned", "cancelled", "timed_out"].contains(&s.as_str())
-        })
-        .count();
-    assert_eq!(terminal, 1, "one end: {ended}");
+    assert_eq!(ends(&ended), 1, "one end: {ended}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         lines().matches(&format!("start {id} ")).count(),
@@ -833,22 +846,9 @@ async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_back_at_once_under_its_own_name_has_the_execution_it_forgot_abandoned_and_run_once()
  {
-    let mut cluster = Cluster::new(PACK);
-    cluster.start_engine().await;
-    cluster.start_worker("w", 2);
-    let id = cluster.submit("t.pause", json!({})).await;
+    let (mut cluster, id) = a_pause_running_on_w().await;
     let log = cluster.dir.path().join("packs/t/slow.log");
     let lines = || std::fs::read_to_string(&log).unwrap_or_default();
-    eventually("the action to start", Duration::from_secs(20), || async {
-        lines().contains(&format!("start {id} 1")).then_some(())
-    })
-    .await;
-    eventually(
-        "the worker's running report",
-        Duration::from_secs(20),
-        || async { (cluster.execution(id).await["status"] == "running").then_some(()) },
-    )
-    .await;
     // The worker dies with the execution and is back under the same name at once: its
     // heartbeats go on, listing nothing, and no report of the execution's end will come.
     cluster.kill_worker("w");
@@ -874,13 +874,7 @@ async fn a_worker_back_at_once_under_its_own_name_has_the_execution_it_forgot_ab
     // the worker took longer than the window to come back, because it was silent.
     let reason = ended["result"]["error"].as_str().unwrap();
     assert!(reason.contains("worker/w"), "{reason}");
-    let terminal = statuses(&ended)
-        .iter()
-        .filter(|s| {
-            ["succeeded", "failed", "abandoned", "cancelled", "timed_out"].contains(&s.as_str())
-        })
-        .count();
-    assert_eq!(terminal, 1, "one end: {ended}");
+    assert_eq!(ends(&ended), 1, "one end: {ended}");
     // The queue moved on: the next execution runs on the worker that came back.
     let next = cluster.submit("t.pause", json!({})).await;
     let done = eventually("the next execution", Duration::from_secs(30), || async {
