@@ -646,10 +646,11 @@ impl Store {
         self.transitions_from(&batch).await
     }
 
-    /// Admits a round of executions at once: each `requested` one moves to `scheduling`,
-    /// then to `scheduled`, both at its own time, in one transaction of two statements
-    /// whatever the round's size. Returns, in the order of `round`, whether each was
-    /// admitted (one no longer `requested`, cancelled or ended meanwhile, is left as it is).
+    /// Admits a round of executions at once: each `requested` one moves to `scheduled`, at
+    /// its own time, in one statement whatever the round's size; the database adds both
+    /// `scheduling` and `scheduled` to its history at that time (migration 0013). Returns, in
+    /// the order of `round`, whether each was admitted (one no longer `requested`, cancelled
+    /// or ended meanwhile, is left as it is).
     pub async fn admit(
         &self,
         round: &[(ExecutionId, DateTime<Utc>)],
@@ -658,49 +659,36 @@ impl Store {
             return Ok(Vec::new());
         }
         // Each execution's id is `$2i+1` and its time `$2i+2`.
-        let step = |from: ExecutionStatus, to: ExecutionStatus, n: usize| {
-            let times: String = (0..n)
-                .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
-                .collect();
-            let ids = (0..n)
-                .map(|i| format!("${}", 2 * i + 1))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(
-                "UPDATE executions SET status = '{to}', updated_at = CASE id{times} END \
-                 WHERE status = '{from}' AND id IN ({ids}) RETURNING id"
-            )
-        };
+        let times: String = (0..round.len())
+            .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let ids = (0..round.len())
+            .map(|i| format!("${}", 2 * i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE executions SET status = '{}', updated_at = CASE id{times} END \
+             WHERE status = '{}' AND id IN ({ids}) RETURNING id",
+            ExecutionStatus::Scheduled,
+            ExecutionStatus::Requested,
+        );
         let started = std::time::Instant::now();
         let admitted: std::collections::HashSet<i64> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             check_fence!(self, tx);
-            let sql = step(ExecutionStatus::Requested, ExecutionStatus::Scheduling, round.len());
-            let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+            let mut query = sqlx::query_scalar(AssertSqlSafe(sql.clone()));
             for (id, at) in round {
                 query = query.bind(id.0).bind(*at);
             }
-            let moved: std::collections::HashSet<i64> =
+            let admitted: std::collections::HashSet<i64> =
                 query.fetch_all(&mut *tx).await?.into_iter().collect();
-            // Only those that entered `scheduling` here go on.
-            let mut admitted = std::collections::HashSet::new();
-            let next: Vec<_> = round.iter().filter(|(id, _)| moved.contains(&id.0)).collect();
-            if !next.is_empty() {
-                let sql = step(ExecutionStatus::Scheduling, ExecutionStatus::Scheduled, next.len());
-                let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
-                for (id, at) in next {
-                    query = query.bind(id.0).bind(*at);
-                }
-                let scheduled: Vec<i64> = query.fetch_all(&mut *tx).await?;
-                admitted.extend(scheduled);
-            }
             tx.commit().await?;
             admitted
         });
         timed("transition", started);
         let n = admitted.len() as u64;
-        // Each admission is two updates, and its trigger adds two statuses to the history.
-        wrote("executions", "update", 2 * n);
+        // Each admission is one update, and its trigger adds two statuses to the history.
+        wrote("executions", "update", n);
         wrote("execution_history", "insert", 2 * n);
         Ok(round
             .iter()
