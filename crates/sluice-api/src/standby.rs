@@ -96,12 +96,6 @@ async fn healthz(State(standby): State<Arc<Standby>>) -> Response {
 }
 
 async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Response {
-    let mut watched = standby.primary.clone();
-    let read = watched.wait_for(|p| *p != Primary::Unread);
-    let primary = match tokio::time::timeout(standby.takeover, read).await {
-        Ok(Ok(primary)) => primary.clone(),
-        Ok(Err(_)) | Err(_) => Primary::Unread,
-    };
     if let Some(by) = request.headers().get(FORWARDED_BY) {
         // The engine it was forwarded to is a standby too (or this one, advertised wrongly).
         let by = by.to_str().unwrap_or("?").to_owned();
@@ -113,6 +107,12 @@ async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Respo
             ),
         );
     }
+    let mut watched = standby.primary.clone();
+    let read = watched.wait_for(|p| *p != Primary::Unread);
+    let primary = match tokio::time::timeout(standby.takeover, read).await {
+        Ok(Ok(primary)) => primary.clone(),
+        Ok(Err(_)) | Err(_) => Primary::Unread,
+    };
     let (holder, base) = match primary {
         Primary::Held(Holder {
             engine,

@@ -256,21 +256,25 @@ impl Lease {
                 }
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
-            if Instant::now() >= self.held_until() {
-                return LeaseEnd::Expired {
-                    silent_for: self.renewed.elapsed(),
-                };
+            if let Err(end) = self.renew_in_time().await {
+                return end;
             }
-            let renewal = tokio::time::timeout_at(self.held_until().into(), self.renew()).await;
-            match renewal {
-                Ok(Ok(())) | Ok(Err(None)) => {}
-                Ok(Err(Some(end))) => return end,
-                Err(_) => {
-                    return LeaseEnd::Expired {
-                        silent_for: self.renewed.elapsed(),
-                    };
-                }
-            }
+        }
+    }
+
+    /// Renews unless the lease's life ran out first; why it is no longer this process's if
+    /// it is not. A renewal that failed otherwise leaves it held until [`Self::held_until`].
+    pub async fn renew_in_time(&mut self) -> Result<(), LeaseEnd> {
+        let expired = |lease: &Self| LeaseEnd::Expired {
+            silent_for: lease.renewed.elapsed(),
+        };
+        if Instant::now() >= self.held_until() {
+            return Err(expired(self));
+        }
+        match tokio::time::timeout_at(self.held_until().into(), self.renew()).await {
+            Ok(Ok(())) | Ok(Err(None)) => Ok(()),
+            Ok(Err(Some(end))) => Err(end),
+            Err(_) => Err(expired(self)),
         }
     }
 

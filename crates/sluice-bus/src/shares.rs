@@ -20,7 +20,7 @@
 //! an engine joins or leaves; the shares settle once every engine has seen the same members.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::TryStreamExt as _;
 
@@ -44,8 +44,8 @@ pub struct Shares {
     duty: String,
     count: u32,
     me: Holder,
-    /// When this engine's membership key was last written.
-    member_written: Option<Instant>,
+    /// Whether this engine wrote its membership key.
+    joined: bool,
     held: BTreeMap<u32, Lease>,
 }
 
@@ -59,7 +59,7 @@ impl Shares {
             duty: duty.to_owned(),
             count,
             me,
-            member_written: None,
+            joined: false,
             held: BTreeMap::new(),
         }
     }
@@ -124,7 +124,7 @@ impl Shares {
             .put(self.member_key(&self.me.engine), member.into())
             .await
         {
-            Ok(_) => self.member_written = Some(Instant::now()),
+            Ok(_) => self.joined = true,
             Err(e) => {
                 return Err(BusError::Publish {
                     subject: self.member_key(&self.me.engine),
@@ -180,25 +180,8 @@ impl Shares {
     async fn renew_held(&mut self, changes: &mut Vec<Change>) {
         let mut lost = Vec::new();
         for (&partition, lease) in &mut self.held {
-            if Instant::now() >= lease.held_until() {
-                lost.push((
-                    partition,
-                    LeaseEnd::Expired {
-                        silent_for: lease.held_until().elapsed() + self.leases.ttl(),
-                    },
-                ));
-                continue;
-            }
-            let until = lease.held_until();
-            match tokio::time::timeout_at(until.into(), lease.renew()).await {
-                Ok(Ok(())) | Ok(Err(None)) => {}
-                Ok(Err(Some(end))) => lost.push((partition, end)),
-                Err(_) => lost.push((
-                    partition,
-                    LeaseEnd::Expired {
-                        silent_for: self.leases.ttl(),
-                    },
-                )),
+            if let Err(why) = lease.renew_in_time().await {
+                lost.push((partition, why));
             }
         }
         for (partition, why) in lost {
@@ -220,7 +203,7 @@ impl Shares {
         for partition in held {
             self.release(partition).await;
         }
-        if self.member_written.is_some() {
+        if self.joined {
             let key = self.member_key(&self.me.engine);
             if let Err(e) = self.leases.kv().delete(&key).await {
                 tracing::warn!(key, error = %e, "could not remove the membership; it expires on its own");

@@ -137,9 +137,7 @@ impl StatusReport {
             )
         }
     }
-}
 
-impl StatusReport {
     /// `<execution id>.<attempt>.running.<worker>.<claim>`: a claim's id, unique to one
     /// try (`claim`, a random number the claiming worker draws for it). JetStream answers a
     /// duplicate id as stored without checking the claim's expected-last-sequence condition,

@@ -196,10 +196,10 @@ impl ActionSupervisor {
     }
 
     /// Admits what the gate lets through, in gate order. Each round takes up to
-    /// [`ADMIT_BATCH`] admissions and records them in one transaction: `scheduling` at the
-    /// moment the gate let each through, so the store's times show the order the gate
-    /// admitted in, then `scheduled`, the status the handoff happens from. The children then
-    /// only publish their run messages.
+    /// [`ADMIT_BATCH`] admissions and records them in one statement: `scheduling` and then
+    /// `scheduled` (the status the handoff happens from), both at the moment the gate let
+    /// each through, so the store's times show the order the gate admitted in. The children
+    /// then only publish their run messages.
     async fn admit(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
         while !state.ctx.intake.is_cancelled() {
             let now = Instant::now();

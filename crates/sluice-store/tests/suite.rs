@@ -787,11 +787,8 @@ async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_time
         let history: Vec<_> = execution.history.iter().map(|h| (h.status, h.at)).collect();
         assert_eq!(history.len(), 3, "{history:?}");
         assert_eq!(history[0].0, ExecutionStatus::Requested);
-        // Stored times keep microseconds.
-        let near =
-            |a: chrono::DateTime<chrono::Utc>| (a - at).num_microseconds().unwrap().abs() < 2;
-        assert!(history[1].0 == ExecutionStatus::Scheduling && near(history[1].1));
-        assert!(history[2].0 == ExecutionStatus::Scheduled && near(history[2].1));
+        assert!(history[1].0 == ExecutionStatus::Scheduling && near(history[1].1, at));
+        assert!(history[2].0 == ExecutionStatus::Scheduled && near(history[2].1, at));
     }
     let cancelled = store.get_execution(ids[1]).await.unwrap().unwrap();
     assert_eq!(cancelled.status, ExecutionStatus::Cancelled);
@@ -845,9 +842,6 @@ async fn an_end_that_records_its_start_keeps_running_in_the_history(store: Store
     let execution = store.get_execution(id).await.unwrap().unwrap();
     assert_eq!(execution.status, ExecutionStatus::Succeeded);
     assert_eq!(execution.worker.as_deref(), Some("w1"));
-    let near = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
-        (a - b).num_microseconds().unwrap().abs() < 2
-    };
     assert!(near(execution.started_at.unwrap(), started));
     let history: Vec<_> = execution.history.iter().map(|h| h.status).collect();
     assert_eq!(
@@ -864,6 +858,11 @@ async fn an_end_that_records_its_start_keeps_running_in_the_history(store: Store
         near(execution.history[3].at, started),
         "running at its start"
     );
+}
+
+/// Whether two times are the same to the microsecond a stored time keeps.
+fn near(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> bool {
+    (a - b).num_microseconds().unwrap().abs() < 2
 }
 
 macro_rules! store_suite {
