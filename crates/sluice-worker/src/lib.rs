@@ -381,7 +381,7 @@ impl RunActor {
         }
     }
 
-    /// Waits `delay` before a publish is tried again, holding on to the run message
+    /// Waits `delay` before a publish or a read is tried again, holding on to the run message
     /// meanwhile, and doubles the next wait (up to 5 s).
     async fn wait_holding(state: &RunState, delay: &mut Duration) {
         let _ = state.message.ack_with(AckKind::Progress).await;
@@ -444,7 +444,9 @@ impl RunActor {
     /// unchanged since it was read, so exactly one worker wins.
     ///
     /// A first attempt's status subject is empty until someone claims it, so a first
-    /// attempt not cancelled claims against an empty subject without reading it first. If
+    /// attempt claims against an empty subject without reading it first, while it looks for
+    /// a cancel request: the two requests travel side by side. A claim that wins against a
+    /// cancel request ends the attempt `cancelled` at once, its process never started. If
     /// the subject is not empty after all (another worker claimed, or this attempt ran
     /// before), that claim is refused and the reports are read as for any other attempt.
     async fn claim(state: &RunState) -> Result<Claim, sluice_bus::BusError> {
@@ -453,10 +455,21 @@ impl RunActor {
         // Whether a cancel request exists, once looked up: one look per run message.
         let mut cancel = None;
         if attempt == 1 {
-            let requested = bus.cancel_requested(id).await?;
+            let (requested, claimed) =
+                tokio::join!(bus.cancel_requested(id), Self::try_claim(state, 0));
+            let claimed = claimed?;
+            let requested = match requested {
+                Ok(requested) => requested,
+                // Claimed, the attempt is this worker's to end: it cannot hand the message
+                // back, so it reads the request again until it knows.
+                Err(e) if claimed && e.is_transient() => Self::cancel_known(state).await,
+                Err(e) => return Err(e),
+            };
             cancel = Some(requested);
-            if !requested && Self::try_claim(state, 0).await? {
-                return Ok(Claim::Claimed);
+            match (claimed, requested) {
+                (true, false) => return Ok(Claim::Claimed),
+                (true, true) => return Ok(Self::cancelled_before_start(id)),
+                (false, _) => {}
             }
         }
         for _ in 0..CLAIM_TRIES {
@@ -497,11 +510,7 @@ impl RunActor {
                 None => *cancel.insert(bus.cancel_requested(id).await?),
             };
             if requested {
-                info!(execution_id = %id, "cancelled before it started");
-                return Ok(Claim::Finish(
-                    ExecutionStatus::Cancelled,
-                    json!({ "error": "cancelled before it started" }),
-                ));
+                return Ok(Self::cancelled_before_start(id));
             }
             if Self::try_claim(state, expected).await? {
                 return Ok(Claim::Claimed);
@@ -510,6 +519,36 @@ impl RunActor {
         Err(sluice_bus::BusError::NotLast {
             subject: sluice_bus::status_subject(id),
         })
+    }
+
+    fn cancelled_before_start(id: ExecutionId) -> Claim {
+        info!(execution_id = %id, "cancelled before it started");
+        Claim::Finish(
+            ExecutionStatus::Cancelled,
+            json!({ "error": "cancelled before it started" }),
+        )
+    }
+
+    /// Whether a cancel request exists, asked until the answer comes, holding on to the
+    /// run message meanwhile.
+    async fn cancel_known(state: &RunState) -> bool {
+        let id = state.run.execution_id;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match state.shared.bus.cancel_requested(id).await {
+                Ok(requested) => return requested,
+                // Not a passing failure: run the attempt; a cancel request that exists
+                // still reaches the running process through the cancel subscription.
+                Err(e) if !e.is_transient() => {
+                    warn!(execution_id = %id, error = %e, "cannot look for a cancel request; running the attempt");
+                    return false;
+                }
+                Err(e) => {
+                    debug!(execution_id = %id, error = %e, "cancel request still unknown");
+                    Self::wait_holding(state, &mut delay).await;
+                }
+            }
+        }
     }
 
     /// Publishes this worker's claim if `expected` is still the last sequence on the
@@ -536,7 +575,6 @@ impl RunActor {
         let (id, attempt) = (state.run.execution_id, state.run.attempt);
         let mut delay = Duration::from_millis(100);
         loop {
-            let _ = state.message.ack_with(AckKind::Progress).await;
             match state.shared.bus.last_status(id).await {
                 Ok(last) => {
                     return matches!(
@@ -549,8 +587,7 @@ impl RunActor {
                 Err(e) if !e.is_transient() => return false,
                 Err(e) => {
                     debug!(execution_id = %id, error = %e, "claim still unconfirmed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    Self::wait_holding(state, &mut delay).await;
                 }
             }
         }

@@ -795,6 +795,51 @@ fn ends(execution: &Value) -> usize {
         .count()
 }
 
+/// The run message is out and no worker has it when the cancel comes. The worker that
+/// takes it later claims the attempt and looks for a cancel request at the same time; the
+/// claim wins, and the attempt still ends `cancelled` without its process ever starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_cancelled_before_any_worker_took_it_ends_cancelled_and_never_runs() {
+    let mut cluster = Cluster::new(PACK);
+    cluster.start_engine().await;
+    let id = cluster.submit("t.pause", json!({})).await;
+    eventually(
+        "the run message to go out",
+        Duration::from_secs(20),
+        || async { (cluster.execution(id).await["status"] == "scheduled").then_some(()) },
+    )
+    .await;
+    let (status, answer) = cluster
+        .client()
+        .post(&format!("/api/v1/executions/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["cancel"], "requested",
+        "a handed-off execution is cancelled by the worker that takes it: {answer}"
+    );
+    cluster.start_worker("w", 2);
+    let ended = eventually("the cancel to end it", Duration::from_secs(30), || async {
+        let e = cluster.execution(id).await;
+        is_terminal(&e).then_some(e)
+    })
+    .await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(ended["result"]["error"], "cancelled before it started");
+    assert_eq!(ends(&ended), 1, "one end: {ended}");
+    // The worker goes on: the next execution runs there, and the cancelled one never did.
+    let next = cluster.submit("t.pause", json!({})).await;
+    let done = eventually("the next execution", Duration::from_secs(30), || async {
+        let e = cluster.execution(next).await;
+        is_terminal(&e).then_some(e)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let log = std::fs::read_to_string(cluster.dir.path().join("packs/t/slow.log")).unwrap();
+    assert!(!log.contains(&format!("start {id} ")), "it ran: {log}");
+    assert!(log.contains(&format!("start {next} 1")), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again() {
     let (mut cluster, id) = a_pause_running_on_w().await;
