@@ -223,6 +223,10 @@ struct RunArgs {
     permit: OwnedSemaphorePermit,
 }
 
+/// How many more times a worker that claimed an attempt looks for its cancel request
+/// after a look failed, before it ends the attempt `failed` unrun.
+const CANCEL_LOOKS: usize = 8;
+
 /// How many times a worker reads an execution's status subject and tries to claim it
 /// before it gives the message back: another message landing between the read and the
 /// claim makes it read again.
@@ -460,10 +464,22 @@ impl RunActor {
             let claimed = claimed?;
             let requested = match requested {
                 Ok(requested) => requested,
+                Err(e) if !claimed => return Err(e),
                 // Claimed, the attempt is this worker's to end: it cannot hand the message
-                // back, so it reads the request again until it knows.
-                Err(e) if claimed && e.is_transient() => Self::cancel_known(state).await,
-                Err(e) => return Err(e),
+                // back, so it asks again until it knows, and never runs what it cannot check.
+                Err(e) => match Self::cancel_known(state, e).await {
+                    Ok(requested) => requested,
+                    Err(e) => {
+                        let error = format!(
+                            "worker {} cannot look for a cancel request: {e}",
+                            state.shared.name
+                        );
+                        return Ok(Claim::Finish(
+                            ExecutionStatus::Failed,
+                            json!({ "error": error }),
+                        ));
+                    }
+                },
             };
             cancel = Some(requested);
             match (claimed, requested) {
@@ -529,26 +545,27 @@ impl RunActor {
         )
     }
 
-    /// Whether a cancel request exists, asked until the answer comes, holding on to the
-    /// run message meanwhile.
-    async fn cancel_known(state: &RunState) -> bool {
+    /// Whether a cancel request exists, after a look that failed with `error`: asked again
+    /// while the failure is a passing one, at most [`CANCEL_LOOKS`] times (16 s of waits),
+    /// holding on to the run message meanwhile.
+    async fn cancel_known(
+        state: &RunState,
+        mut error: sluice_bus::BusError,
+    ) -> Result<bool, sluice_bus::BusError> {
         let id = state.run.execution_id;
         let mut delay = Duration::from_millis(100);
-        loop {
+        for _ in 0..CANCEL_LOOKS {
+            if !error.is_transient() {
+                break;
+            }
+            debug!(execution_id = %id, error = %error, "cancel request still unknown");
+            Self::wait_holding(state, &mut delay).await;
             match state.shared.bus.cancel_requested(id).await {
-                Ok(requested) => return requested,
-                // Not a passing failure: run the attempt; a cancel request that exists
-                // still reaches the running process through the cancel subscription.
-                Err(e) if !e.is_transient() => {
-                    warn!(execution_id = %id, error = %e, "cannot look for a cancel request; running the attempt");
-                    return false;
-                }
-                Err(e) => {
-                    debug!(execution_id = %id, error = %e, "cancel request still unknown");
-                    Self::wait_holding(state, &mut delay).await;
-                }
+                Ok(requested) => return Ok(requested),
+                Err(e) => error = e,
             }
         }
+        Err(error)
     }
 
     /// Publishes this worker's claim if `expected` is still the last sequence on the
