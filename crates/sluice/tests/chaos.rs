@@ -785,6 +785,23 @@ async fn a_pause_running_on_w() -> (Cluster, i64) {
     (cluster, id)
 }
 
+/// Execution `id` once it has ended, waited for up to 30 s.
+async fn ended(cluster: &Cluster, what: &str, id: i64) -> Value {
+    eventually(what, Duration::from_secs(30), || async {
+        let e = cluster.execution(id).await;
+        is_terminal(&e).then_some(e)
+    })
+    .await
+}
+
+/// Submits one more `t.pause` and checks it succeeds: the worker and the queue went on.
+async fn a_next_pause_succeeds(cluster: &Cluster) -> i64 {
+    let next = cluster.submit("t.pause", json!({})).await;
+    let done = ended(cluster, "the next execution", next).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    next
+}
+
 /// How many terminal statuses an execution's history holds.
 fn ends(execution: &Value) -> usize {
     statuses(execution)
@@ -819,22 +836,12 @@ async fn an_execution_cancelled_before_any_worker_took_it_ends_cancelled_and_nev
         "a handed-off execution is cancelled by the worker that takes it: {answer}"
     );
     cluster.start_worker("w", 2);
-    let ended = eventually("the cancel to end it", Duration::from_secs(30), || async {
-        let e = cluster.execution(id).await;
-        is_terminal(&e).then_some(e)
-    })
-    .await;
+    let ended = ended(&cluster, "the cancel to end it", id).await;
     assert_eq!(ended["status"], "cancelled", "{ended}");
     assert_eq!(ended["result"]["error"], "cancelled before it started");
     assert_eq!(ends(&ended), 1, "one end: {ended}");
     // The worker goes on: the next execution runs there, and the cancelled one never did.
-    let next = cluster.submit("t.pause", json!({})).await;
-    let done = eventually("the next execution", Duration::from_secs(30), || async {
-        let e = cluster.execution(next).await;
-        is_terminal(&e).then_some(e)
-    })
-    .await;
-    assert_eq!(done["status"], "succeeded", "{done}");
+    let next = a_next_pause_succeeds(&cluster).await;
     let log = std::fs::read_to_string(cluster.dir.path().join("packs/t/slow.log")).unwrap();
     assert!(!log.contains(&format!("start {id} ")), "it ran: {log}");
     assert!(log.contains(&format!("start {next} 1")), "{log}");
@@ -863,15 +870,7 @@ async fn an_execution_whose_report_was_lost_ends_abandoned_and_never_runs_again(
     cluster.start_engine().await;
 
     // Its worker beats on without listing it, and nothing is left to apply: given up.
-    let ended = eventually(
-        "the execution to be given up",
-        Duration::from_secs(30),
-        || async {
-            let e = cluster.execution(id).await;
-            is_terminal(&e).then_some(e)
-        },
-    )
-    .await;
+    let ended = ended(&cluster, "the execution to be given up", id).await;
     assert_eq!(ended["status"], "abandoned", "{ended}");
     let reason = ended["result"]["error"].as_str().unwrap();
     assert!(
@@ -899,15 +898,7 @@ async fn a_worker_back_at_once_under_its_own_name_has_the_execution_it_forgot_ab
     cluster.kill_worker("w");
     let restarted = Instant::now();
     cluster.start_worker("w", 2);
-    let ended = eventually(
-        "the forgotten execution to be given up",
-        Duration::from_secs(30),
-        || async {
-            let e = cluster.execution(id).await;
-            is_terminal(&e).then_some(e)
-        },
-    )
-    .await;
+    let ended = ended(&cluster, "the forgotten execution to be given up", id).await;
     eprintln!(
         "[forgotten] ended {} {:.1} s after the worker came back (loss window 2 s): {}",
         ended["status"],
@@ -921,13 +912,7 @@ async fn a_worker_back_at_once_under_its_own_name_has_the_execution_it_forgot_ab
     assert!(reason.contains("worker/w"), "{reason}");
     assert_eq!(ends(&ended), 1, "one end: {ended}");
     // The queue moved on: the next execution runs on the worker that came back.
-    let next = cluster.submit("t.pause", json!({})).await;
-    let done = eventually("the next execution", Duration::from_secs(30), || async {
-        let e = cluster.execution(next).await;
-        is_terminal(&e).then_some(e)
-    })
-    .await;
-    assert_eq!(done["status"], "succeeded", "{done}");
+    a_next_pause_succeeds(&cluster).await;
     assert_eq!(
         lines().matches(&format!("start {id} ")).count(),
         1,
