@@ -591,6 +591,8 @@ impl RunActor {
     async fn claim_was_stored(state: &RunState) -> bool {
         let (id, attempt) = (state.run.execution_id, state.run.attempt);
         let mut delay = Duration::from_millis(100);
+        // The failed publish may have taken a while: the message's ack_wait starts again.
+        let _ = state.message.ack_with(AckKind::Progress).await;
         loop {
             match state.shared.bus.last_status(id).await {
                 Ok(last) => {
