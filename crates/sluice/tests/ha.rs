@@ -150,7 +150,7 @@ impl Deployment {
             dir,
             engines: Vec::new(),
             workers: Vec::new(),
-            http: reqwest::Client::new(),
+            http: common::anonymous_client(),
             restarts: 0,
         };
         // The keys every engine shares, made before any engine starts, as an operator does.

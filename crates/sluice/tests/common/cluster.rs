@@ -48,7 +48,7 @@ impl Cluster {
             http_port: free_port(),
             engine: None,
             workers: HashMap::new(),
-            http: reqwest::Client::new(),
+            http: super::anonymous_client(),
             capture_logs: false,
         }
     }

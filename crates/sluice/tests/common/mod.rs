@@ -86,7 +86,7 @@ impl Sluice {
             nats,
             data_dir,
             config,
-            http: reqwest::Client::new(),
+            http: anonymous_client(),
             token: String::new(),
             stop: None,
             task: None,
@@ -224,6 +224,18 @@ pub fn admin_token(data_dir: &Path) -> String {
         .to_owned()
 }
 
+/// How long a test's HTTP request may take, answer read whole, before it fails naming its
+/// URL: a request that never ends is a failure to show, not a test that hangs silently.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// An HTTP client without a token, giving up on a request after [`REQUEST_TIMEOUT`].
+pub fn anonymous_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
 /// An HTTP client that sends `token` with every request.
 pub fn client_with_token(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -233,6 +245,7 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
     );
     reqwest::Client::builder()
         .default_headers(headers)
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap()
 }
