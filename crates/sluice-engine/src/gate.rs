@@ -112,8 +112,16 @@ pub struct KeyStats {
 /// is offered, and by this index from then on.
 type KeyIndex = usize;
 
+/// A slot taken for an execution not stored yet (see [`Gate::reserve`]); it stands in the
+/// active set under a placeholder id below zero until the execution has its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation(ExecutionId);
+
 pub struct Gate<T> {
     policy: GatePolicy,
+    /// Slots held by reservations, and the last placeholder id given out.
+    reserved: usize,
+    last_placeholder: i64,
     /// Every key seen, in the order first seen; a key's figures outlive its queue.
     keys: Vec<KeyState<T>>,
     key_index: HashMap<String, KeyIndex>,
@@ -131,6 +139,8 @@ impl<T> Gate<T> {
     pub fn new(policy: GatePolicy) -> Self {
         Self {
             policy,
+            reserved: 0,
+            last_placeholder: 0,
             keys: Vec::new(),
             key_index: HashMap::new(),
             turns: VecDeque::new(),
@@ -160,6 +170,11 @@ impl<T> Gate<T> {
 
     pub fn is_active(&self, id: ExecutionId) -> bool {
         self.active.contains_key(&id)
+    }
+
+    /// Slots held by reservations not yet bound to an execution.
+    pub fn reserved(&self) -> usize {
+        self.reserved
     }
 
     /// The index of `key`, known from now on.
@@ -261,11 +276,8 @@ impl<T> Gate<T> {
         self.active.insert(id, key);
     }
 
-    /// The next execution to admit, if the limits allow one now.
-    pub fn next(&mut self, now: Instant) -> Next<T> {
-        if self.queued == 0 || self.total_full() {
-            return Next::Idle;
-        }
+    /// `Err(when)` while the rate limit lets nothing through before `when`.
+    fn rate_allows(&mut self, now: Instant) -> Result<(), Instant> {
         if let Some((count, per)) = self.policy.rate_limit {
             while self
                 .admitted_at
@@ -275,8 +287,77 @@ impl<T> Gate<T> {
                 self.admitted_at.pop_front();
             }
             if self.admitted_at.len() >= count as usize {
-                return Next::WaitUntil(self.admitted_at[0] + per);
+                return Err(self.admitted_at[0] + per);
             }
+        }
+        Ok(())
+    }
+
+    /// Takes a slot of `key` at once for an execution about to be stored, when one would
+    /// be admitted now without passing anyone: nothing queued, the limits and the rate
+    /// limit allowing. The slot is held until [`Gate::bind`] gives it its execution or
+    /// [`Gate::unreserve`] frees it.
+    pub fn reserve(&mut self, key: String, now: Instant) -> Option<Reservation> {
+        if self.queued > 0 || self.total_full() || self.rate_allows(now).is_err() {
+            return None;
+        }
+        let known = self.key_index.get(&key).copied();
+        let held = known.map_or(0, |k| self.keys[k].active);
+        if self
+            .policy
+            .max_concurrent
+            .is_some_and(|limit| held >= limit)
+        {
+            return None;
+        }
+        let key = known.unwrap_or_else(|| self.key(key));
+        self.last_placeholder -= 1;
+        let placeholder = ExecutionId(self.last_placeholder);
+        let state = &mut self.keys[key];
+        state.active += 1;
+        state.total_enqueued += 1;
+        self.active.insert(placeholder, key);
+        self.reserved += 1;
+        if self.policy.rate_limit.is_some() {
+            self.admitted_at.push_back(now);
+        }
+        self.check();
+        Some(Reservation(placeholder))
+    }
+
+    /// Gives a reserved slot its execution, stored now; false if the reservation is not
+    /// held here.
+    pub fn bind(&mut self, reservation: Reservation, id: ExecutionId) -> bool {
+        let Some(key) = self.active.remove(&reservation.0) else {
+            return false;
+        };
+        self.active.insert(id, key);
+        self.reserved -= 1;
+        self.check();
+        true
+    }
+
+    /// Frees a reserved slot whose execution was not stored, as if it had never been
+    /// taken (the rate limit still counts it).
+    pub fn unreserve(&mut self, reservation: Reservation) -> bool {
+        let Some(key) = self.active.remove(&reservation.0) else {
+            return false;
+        };
+        let state = &mut self.keys[key];
+        state.active -= 1;
+        state.total_enqueued -= 1;
+        self.reserved -= 1;
+        self.check();
+        true
+    }
+
+    /// The next execution to admit, if the limits allow one now.
+    pub fn next(&mut self, now: Instant) -> Next<T> {
+        if self.queued == 0 || self.total_full() {
+            return Next::Idle;
+        }
+        if let Err(at) = self.rate_allows(now) {
+            return Next::WaitUntil(at);
         }
         // Take turns: the first key in turn order with room goes; it then goes to the back.
         for _ in 0..self.turns.len() {
@@ -376,6 +457,11 @@ impl<T> Gate<T> {
                 self.queued
             );
             debug_assert_eq!(self.queued_ids.len(), self.queued);
+            debug_assert_eq!(
+                self.active.keys().filter(|id| id.0 < 0).count(),
+                self.reserved,
+                "reservations and placeholders disagree"
+            );
             debug_assert!(
                 self.queued_ids
                     .iter()
@@ -400,6 +486,46 @@ mod tests {
             out.push(id.0);
         }
         out
+    }
+
+    #[test]
+    fn a_reservation_takes_a_free_slot_only_when_no_one_waits() {
+        let now = Instant::now();
+        let mut gate = Gate::new(GatePolicy {
+            max_concurrent: Some(2),
+            ..Default::default()
+        });
+        let first = gate.reserve(String::new(), now).expect("a free slot");
+        assert_eq!((gate.active_count(), gate.reserved()), (1, 1));
+        assert!(gate.bind(first, id(1)));
+        assert!(!gate.bind(first, id(1)), "a reservation is bound once");
+        assert!(gate.is_active(id(1)));
+        let second = gate.reserve(String::new(), now).expect("the second slot");
+        assert_eq!(gate.reserve(String::new(), now), None, "both slots held");
+        assert!(gate.unreserve(second));
+        assert_eq!((gate.active_count(), gate.reserved()), (1, 0));
+        // Someone waiting goes first: no reservation jumps the queue.
+        gate.offer(id(2), String::new(), (), now).unwrap();
+        gate.offer(id(3), String::new(), (), now).unwrap();
+        assert_eq!(gate.reserve(String::new(), now), None);
+        assert_eq!(admit_all(&mut gate, now), [2]);
+        assert!(gate.release(id(1)));
+        assert_eq!(gate.reserve(String::new(), now), None, "3 still waits");
+        assert_eq!(admit_all(&mut gate, now), [3]);
+        let stats = &gate.key_stats(now)[0];
+        assert_eq!((stats.total_enqueued, stats.total_completed), (3, 1));
+    }
+
+    #[test]
+    fn a_reservation_counts_against_the_rate_limit() {
+        let now = Instant::now();
+        let mut gate: Gate<()> = Gate::new(GatePolicy {
+            rate_limit: Some((1, Duration::from_secs(60))),
+            ..Default::default()
+        });
+        let taken = gate.reserve(String::new(), now).expect("within the rate");
+        assert!(gate.bind(taken, id(1)));
+        assert_eq!(gate.reserve(String::new(), now), None, "the rate is spent");
     }
 
     #[test]

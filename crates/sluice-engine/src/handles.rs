@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::gate::Reservation;
 use chrono::{DateTime, Utc};
 use ractor::{ActorId, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -233,6 +234,13 @@ pub(crate) enum SupervisorMsg {
     WorkersLost(Vec<String>),
     /// What each live worker's heartbeats say it holds.
     Held(Arc<Held>),
+    /// A free slot for an execution about to be stored, if one would be admitted now
+    /// without passing anyone; `None` otherwise, or while the engine stops taking work.
+    Reserve(String, RpcReplyPort<Option<Reservation>>),
+    /// The execution a reserved slot was taken for is stored `scheduled`: it runs.
+    Bind(Reservation, Pending),
+    /// The execution a reserved slot was taken for was not stored.
+    Unreserve(Reservation),
     /// The rate limit window moved on, or a burst of requests is queued.
     Admit,
     /// The action's definition from a pack installed or reloaded: executions admitted from
@@ -253,6 +261,32 @@ pub(crate) struct Held {
     /// taken: no report for a missing execution can still be on its way.
     pub(crate) reports_applied: bool,
     pub(crate) window: Duration,
+}
+
+/// A slot held for an execution while the transaction that stores it is written. It goes
+/// to the execution with [`ReservedSlot::bind`] once that has committed; dropped unbound
+/// (the write failed, or the message was a redelivery), it is freed.
+pub(crate) struct ReservedSlot {
+    supervisor: SupervisorHandle,
+    reservation: Option<Reservation>,
+}
+
+impl ReservedSlot {
+    /// The execution is stored `scheduled`: it takes the slot and runs.
+    pub(crate) fn bind(mut self, pending: Pending) {
+        if let Some(reservation) = self.reservation.take() {
+            self.supervisor
+                .send(SupervisorMsg::Bind(reservation, pending));
+        }
+    }
+}
+
+impl Drop for ReservedSlot {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.supervisor.send(SupervisorMsg::Unreserve(reservation));
+        }
+    }
 }
 
 /// The public face of an action supervisor.
@@ -307,6 +341,16 @@ impl SupervisorHandle {
 
     pub(crate) fn workers_lost(&self, workers: Vec<String>) {
         self.send(SupervisorMsg::WorkersLost(workers));
+    }
+
+    /// A slot of the concurrency key `key` taken now for an execution about to be stored,
+    /// when the action has one free and nothing queued; see [`ReservedSlot`].
+    pub(crate) async fn reserve(&self, key: String) -> Option<ReservedSlot> {
+        let reservation = ractor::call!(self.actor, SupervisorMsg::Reserve, key).ok()??;
+        Some(ReservedSlot {
+            supervisor: self.clone(),
+            reservation: Some(reservation),
+        })
     }
 
     pub(crate) async fn cancel(&self, id: ExecutionId) -> CancelOutcome {

@@ -91,9 +91,9 @@ impl SupervisorState {
     fn check_invariants(&self) {
         debug_assert_eq!(self.children.len(), self.by_actor.len());
         debug_assert_eq!(
-            self.children.len(),
+            self.children.len() + self.gate.reserved(),
             self.gate.active_count(),
-            "live children and gate slots disagree"
+            "live children, reservations and gate slots disagree"
         );
         debug_assert!(
             self.children.keys().all(|id| !self.gate.is_queued(*id)),
@@ -595,6 +595,32 @@ impl Actor for ActionSupervisor {
             }
             SupervisorMsg::WorkersLost(workers) => Self::workers_lost(state, &workers).await,
             SupervisorMsg::Held(held) => Self::reconcile(state, &held).await,
+            SupervisorMsg::Reserve(key, reply) => {
+                let reservation = (!state.ctx.intake.is_cancelled())
+                    .then(|| state.gate.reserve(key, Instant::now()))
+                    .flatten();
+                let _ = reply.send(reservation);
+            }
+            SupervisorMsg::Bind(reservation, mut pending) => {
+                let id = pending.id;
+                if !state.gate.bind(reservation, id) {
+                    // Not held here any more: the execution is stored `scheduled` all the
+                    // same, so it takes a slot as one found after a restart does.
+                    let key = state.action.concurrency_key(&pending.parameters);
+                    state.gate.resume(id, key);
+                }
+                pending.end_queued(&state.action.action_ref);
+                sluice_telemetry::metrics()
+                    .admission_wait_seconds
+                    .observe([state.action.action_ref.as_str()], 0.0);
+                Self::start_child(&myself, state, pending, Phase::Publish).await;
+                state.check_invariants();
+            }
+            SupervisorMsg::Unreserve(reservation) => {
+                if state.gate.unreserve(reservation) {
+                    Self::admit(&myself, state).await;
+                }
+            }
             SupervisorMsg::Admit => {
                 state.timer_armed = false;
                 state.admit_queued = false;

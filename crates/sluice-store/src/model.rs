@@ -29,6 +29,9 @@ pub struct Firing {
     pub failed: Option<String>,
     /// The W3C `traceparent` of the span that requested it.
     pub traceparent: Option<String>,
+    /// Its action's supervisor let it through as the event arrived (a free slot, nothing
+    /// queued): it is stored already `scheduled`, admitted when the event is recorded.
+    pub admitted: bool,
 }
 
 /// What recording an event did.
@@ -38,7 +41,8 @@ pub struct EventOutcome {
     /// True when the event was already stored (a redelivered trigger message); nothing was
     /// written and `executions` is empty.
     pub duplicate: bool,
-    /// The `requested` executions created, in firing order.
+    /// The executions created (`requested`, or `scheduled` when admitted as the event
+    /// arrived), in firing order; failed firings left out.
     pub executions: Vec<(ExecutionId, ActionRef)>,
 }
 

@@ -476,9 +476,14 @@ impl Store {
                 };
                 let mut executions = Vec::new();
                 for firing in firings.iter() {
-                    let status = if firing.failed.is_some() { ExecutionStatus::Failed } else { ExecutionStatus::Requested };
+                    let status = match (&firing.failed, firing.admitted) {
+                        (Some(_), _) => ExecutionStatus::Failed,
+                        (None, true) => ExecutionStatus::Scheduled,
+                        (None, false) => ExecutionStatus::Requested,
+                    };
                     let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
-                    // The database adds its history and its enforcement (migrations 0011, 0012).
+                    // The database adds its history and its enforcement (migrations 0011, 0012,
+                    // 0014).
                     let (id,): (i64,) = sqlx::query_as(
                         "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
                          VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id",
@@ -509,10 +514,15 @@ impl Store {
             }
             let n = firings.len() as u64;
             let ended = firings.iter().filter(|f| f.failed.is_some()).count() as u64;
+            // An execution admitted as it arrived enters `scheduling` and `scheduled` too.
+            let admitted = firings
+                .iter()
+                .filter(|f| f.failed.is_none() && f.admitted)
+                .count() as u64;
             wrote("events", "insert", 1);
             wrote("executions", "insert", n);
             wrote("enforcements", "insert", n);
-            wrote("execution_history", "insert", n + ended);
+            wrote("execution_history", "insert", n + ended + 2 * admitted);
             for firing in firings.iter().filter(|f| f.failed.is_some()) {
                 metrics()
                     .executions_ended

@@ -29,6 +29,7 @@ fn firing(rule: &str, action_ref: &str) -> Firing {
         parameters: json!({"host": "db1"}).as_object().unwrap().clone(),
         failed: None,
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        admitted: false,
     }
 }
 
@@ -752,6 +753,46 @@ async fn an_engine_whose_lease_was_taken_writes_nothing(store: Store) {
     );
 }
 
+/// A firing whose action had a free slot is stored already `scheduled`, its history the
+/// same as a queued execution's admitted in a round: requested, scheduling, scheduled.
+async fn a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history(store: Store) {
+    let admitted = Firing {
+        admitted: true,
+        ..firing("examples.a", "core.noop")
+    };
+    let queued = firing("examples.b", "core.echo");
+    let outcome = store
+        .record_event(&event(Some(11)), &[admitted, queued])
+        .await
+        .unwrap();
+    let [(admitted, _), (queued, _)] = outcome.executions[..] else {
+        panic!("two executions: {outcome:?}")
+    };
+    let admitted = store.get_execution(admitted).await.unwrap().unwrap();
+    assert_eq!(admitted.status, ExecutionStatus::Scheduled);
+    let history: Vec<_> = admitted.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        history,
+        [
+            ExecutionStatus::Requested,
+            ExecutionStatus::Scheduling,
+            ExecutionStatus::Scheduled
+        ]
+    );
+    assert!(admitted.history.iter().all(|h| h.at == admitted.created_at));
+    let queued = store.get_execution(queued).await.unwrap().unwrap();
+    assert_eq!(queued.status, ExecutionStatus::Requested);
+    assert_eq!(queued.history.len(), 1);
+    // Admitted already: a round of admissions leaves it as it is.
+    assert_eq!(
+        store
+            .admit(&[(admitted.id, chrono::Utc::now())])
+            .await
+            .unwrap(),
+        [false]
+    );
+}
+
 async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_times(store: Store) {
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -908,5 +949,6 @@ store_suite!(
     api_rules_and_switches_are_kept_replaced_and_deleted,
     an_engine_whose_lease_was_taken_writes_nothing,
     a_round_of_admissions_moves_only_requested_executions_at_their_own_times,
+    a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history,
     an_end_that_records_its_start_keeps_running_in_the_history,
 );

@@ -65,6 +65,20 @@ async fn a_published_alert_runs_every_matching_rule_once(store: StoreKind) {
             "succeeded"
         ]
     );
+    // Each action had a free slot, so each execution was stored `scheduled` with its event:
+    // after the insert, only the worker's reports updated it (at most `running` and its
+    // end), never an admission.
+    let metrics = sluice.metrics().await;
+    let updates: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_store_writes_total{")
+                && l.contains(r#"table="executions""#)
+                && l.contains(r#"kind="update""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(updates <= 6.0, "{updates} updates of 3 executions");
     assert_eq!(
         full["parameters"],
         json!({"host": "db1", "severity": "critical"})
