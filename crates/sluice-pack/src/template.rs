@@ -10,10 +10,11 @@
 //! Workflow templates use the same environments, with Orquesta's functions (`ctx()`,
 //! `item()`, `result()`, `succeeded()`, `task('name')`, ...) over a workflow scope.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use minijinja::value::{Serde, Value as JinjaValue};
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{Environment, Expression, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::datastore::Kv;
@@ -61,6 +62,25 @@ pub struct ParamTemplate {
     /// What renders: `source`, or for a shell template, `source` with every insertion
     /// quoted for where it sits.
     text: Value,
+    /// Each string of `text` that is exactly one expression, compiled once.
+    expressions: Expressions,
+}
+
+/// Compiled sole expressions by their template text. Shared by clones; derived from the
+/// text, so two templates with the same text are equal whatever this holds.
+#[derive(Clone, Default)]
+struct Expressions(Arc<HashMap<String, Expression<'static, 'static>>>);
+
+impl PartialEq for Expressions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Expressions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} compiled expressions", self.0.len())
+    }
 }
 
 fn is_template(s: &str) -> bool {
@@ -76,7 +96,8 @@ fn sole_expression(s: &str) -> Option<&str> {
 impl ParamTemplate {
     /// Checks every template in the value compiles; the error names the problem.
     pub fn compile(source: Value, shell: bool) -> Result<Self, String> {
-        fn prepare(value: &Value, shell: bool) -> Result<Value, String> {
+        type Compiled = HashMap<String, Expression<'static, 'static>>;
+        fn prepare(value: &Value, shell: bool, compiled: &mut Compiled) -> Result<Value, String> {
             match value {
                 Value::String(s) if is_template(s) => {
                     let text = if shell {
@@ -88,26 +109,34 @@ impl ParamTemplate {
                     PLAIN
                         .template_from_str(&text)
                         .map_err(|e| format!("invalid template {s:?}: {e}"))?;
+                    if !shell && let Some(expr) = sole_expression(&text) {
+                        let expression = PLAIN
+                            .compile_expression_owned(expr.to_owned())
+                            .map_err(|e| format!("invalid template {s:?}: {e}"))?;
+                        compiled.insert(text.clone(), expression);
+                    }
                     Ok(Value::String(text))
                 }
                 Value::Array(items) => items
                     .iter()
-                    .map(|v| prepare(v, shell))
+                    .map(|v| prepare(v, shell, compiled))
                     .collect::<Result<_, _>>()
                     .map(Value::Array),
                 Value::Object(map) => map
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), prepare(v, shell)?)))
+                    .map(|(k, v)| Ok((k.clone(), prepare(v, shell, compiled)?)))
                     .collect::<Result<_, String>>()
                     .map(Value::Object),
                 other => Ok(other.clone()),
             }
         }
-        let text = prepare(&source, shell)?;
+        let mut compiled = Compiled::new();
+        let text = prepare(&source, shell, &mut compiled)?;
         Ok(Self {
             source,
             shell,
             text,
+            expressions: Expressions(Arc::new(compiled)),
         })
     }
 
@@ -150,12 +179,7 @@ impl ParamTemplate {
     fn render_value(&self, value: &Value, ctx: &JinjaValue) -> Result<Value, String> {
         match value {
             Value::String(s) if is_template(s) => {
-                if !self.shell
-                    && let Some(expr) = sole_expression(s)
-                {
-                    let compiled = PLAIN
-                        .compile_expression(expr)
-                        .map_err(|e| format!("{s:?}: {e}"))?;
+                if let Some(compiled) = self.expressions.0.get(s) {
                     let out = compiled
                         .eval(ctx.clone())
                         .map_err(|e| format!("{s:?}: {e}"))?;
