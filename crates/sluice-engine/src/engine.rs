@@ -714,14 +714,31 @@ impl Engine {
         let traceparent = trace.traceparent();
         let traceparent = traceparent.as_deref();
         let store = &self.shared.store;
-        let id = match rerun_of {
-            None => {
+        let supervisor = self.directory.supervisor(&action_ref);
+        // A free slot and nothing queued: stored already `scheduled`, one commit fewer on
+        // its way to a worker, as a trigger's execution is (see `ingest`).
+        let slot = match &supervisor {
+            Some(supervisor) => {
+                supervisor
+                    .reserve(definition.concurrency_key(&parameters))
+                    .await
+            }
+            None => None,
+        };
+        let id = match (&slot, rerun_of) {
+            (Some(_), _) => {
+                store
+                    .create_admitted_execution(&action_ref, &parameters, rerun_of, traceparent)
+                    .instrument(requested.clone())
+                    .await?
+            }
+            (None, None) => {
                 store
                     .create_execution(&action_ref, &parameters, None, traceparent)
                     .instrument(requested.clone())
                     .await?
             }
-            Some(of) => {
+            (None, Some(of)) => {
                 store
                     .create_rerun(&action_ref, &parameters, of, traceparent)
                     .instrument(requested.clone())
@@ -729,8 +746,11 @@ impl Engine {
             }
         };
         requested.record("execution_id", id.0);
-        if let Some(supervisor) = self.directory.supervisor(&action_ref) {
-            supervisor.enqueue(Pending::new(id, 1, parameters, Utc::now(), trace));
+        let pending = Pending::new(id, 1, parameters, Utc::now(), trace);
+        match (slot, supervisor) {
+            (Some(slot), _) => slot.bind(pending),
+            (None, Some(supervisor)) => supervisor.enqueue(pending),
+            (None, None) => {}
         }
         Ok(id)
     }

@@ -557,8 +557,53 @@ impl Store {
             .await
     }
 
+    /// Stores an execution already `scheduled`: its action's supervisor reserved it a slot
+    /// (see `Gate::reserve` in the engine). Its history reads `requested`, `scheduling`,
+    /// `scheduled`, all at this moment (migration 0014). `rerun_of` names the execution it
+    /// runs again, if any.
+    pub async fn create_admitted_execution(
+        &self,
+        action: &ActionRef,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+        rerun_of: Option<ExecutionId>,
+        traceparent: Option<&str>,
+    ) -> Result<ExecutionId, StoreError> {
+        let id = self
+            .insert_with_status(
+                ExecutionStatus::Scheduled,
+                action,
+                parameters,
+                None,
+                rerun_of,
+                traceparent,
+            )
+            .await?;
+        wrote("execution_history", "insert", 2);
+        Ok(id)
+    }
+
     async fn insert_execution(
         &self,
+        action: &ActionRef,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+        parent_id: Option<ExecutionId>,
+        rerun_of: Option<ExecutionId>,
+        traceparent: Option<&str>,
+    ) -> Result<ExecutionId, StoreError> {
+        self.insert_with_status(
+            ExecutionStatus::Requested,
+            action,
+            parameters,
+            parent_id,
+            rerun_of,
+            traceparent,
+        )
+        .await
+    }
+
+    async fn insert_with_status(
+        &self,
+        status: ExecutionStatus,
         action: &ActionRef,
         parameters: &serde_json::Map<String, serde_json::Value>,
         parent_id: Option<ExecutionId>,
@@ -572,7 +617,7 @@ impl Store {
             check_fence!(self, tx);
             let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO executions (action, status, parameters, parent_id, attempt, created_at, updated_at, traceparent, rerun_of) \
-                 VALUES ($1, 'requested', $2, $3, 1, $4, $4, $5, $6) RETURNING id",
+                 VALUES ($1, $7, $2, $3, 1, $4, $4, $5, $6) RETURNING id",
             )
             .bind(action.as_str())
             .bind(Json(parameters))
@@ -580,6 +625,7 @@ impl Store {
             .bind(now)
             .bind(traceparent)
             .bind(rerun_of.map(|r| r.0))
+            .bind(status.as_str())
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;

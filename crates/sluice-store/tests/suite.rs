@@ -791,6 +791,36 @@ async fn a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history
             .unwrap(),
         [false]
     );
+
+    // The same through the API's path: a run submitted, and one run again.
+    let submitted = store
+        .create_admitted_execution(&action("core.noop"), &Default::default(), None, None)
+        .await
+        .unwrap();
+    let rerun = store
+        .create_admitted_execution(
+            &action("core.noop"),
+            &Default::default(),
+            Some(submitted),
+            None,
+        )
+        .await
+        .unwrap();
+    for id in [submitted, rerun] {
+        let stored = store.get_execution(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, ExecutionStatus::Scheduled);
+        let history: Vec<_> = stored.history.iter().map(|h| h.status).collect();
+        assert_eq!(
+            history,
+            [
+                ExecutionStatus::Requested,
+                ExecutionStatus::Scheduling,
+                ExecutionStatus::Scheduled
+            ]
+        );
+    }
+    let rerun = store.get_execution(rerun).await.unwrap().unwrap();
+    assert_eq!(rerun.rerun_of, Some(submitted));
 }
 
 async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_times(store: Store) {
