@@ -852,7 +852,7 @@ struct CreateExecution {
     path = "/api/v1/executions",
     tag = "executions",
     request_body = CreateExecution,
-    responses((status = 201, description = "The execution, requested", body = sluice_store::Execution))
+    responses((status = 201, description = "The execution as stored: `requested`, or already `scheduled` when its action had a free slot and nothing queued", body = sluice_store::Execution))
 )]
 async fn create_execution(
     State(engine): State<AppState>,
