@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::gate::Reservation;
 use chrono::{DateTime, Utc};
 use ractor::{ActorId, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -25,6 +24,8 @@ use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sluice_telemetry::{KeyValue, TraceContext};
 use tokio::sync::watch;
 use tracing::error;
+
+use crate::gate::Reservation;
 
 /// An execution waiting for, or holding, a slot.
 #[derive(Debug, Clone)]

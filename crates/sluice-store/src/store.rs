@@ -541,8 +541,15 @@ impl Store {
         parent_id: Option<ExecutionId>,
         traceparent: Option<&str>,
     ) -> Result<ExecutionId, StoreError> {
-        self.insert_execution(action, parameters, parent_id, None, traceparent)
-            .await
+        self.insert_execution(
+            ExecutionStatus::Requested,
+            action,
+            parameters,
+            parent_id,
+            None,
+            traceparent,
+        )
+        .await
     }
 
     /// Stores a `requested` execution that runs `of` again.
@@ -553,8 +560,15 @@ impl Store {
         of: ExecutionId,
         traceparent: Option<&str>,
     ) -> Result<ExecutionId, StoreError> {
-        self.insert_execution(action, parameters, None, Some(of), traceparent)
-            .await
+        self.insert_execution(
+            ExecutionStatus::Requested,
+            action,
+            parameters,
+            None,
+            Some(of),
+            traceparent,
+        )
+        .await
     }
 
     /// Stores an execution already `scheduled`: its action's supervisor reserved it a slot
@@ -568,40 +582,21 @@ impl Store {
         rerun_of: Option<ExecutionId>,
         traceparent: Option<&str>,
     ) -> Result<ExecutionId, StoreError> {
-        let id = self
-            .insert_with_status(
-                ExecutionStatus::Scheduled,
-                action,
-                parameters,
-                None,
-                rerun_of,
-                traceparent,
-            )
-            .await?;
-        wrote("execution_history", "insert", 2);
-        Ok(id)
-    }
-
-    async fn insert_execution(
-        &self,
-        action: &ActionRef,
-        parameters: &serde_json::Map<String, serde_json::Value>,
-        parent_id: Option<ExecutionId>,
-        rerun_of: Option<ExecutionId>,
-        traceparent: Option<&str>,
-    ) -> Result<ExecutionId, StoreError> {
-        self.insert_with_status(
-            ExecutionStatus::Requested,
+        self.insert_execution(
+            ExecutionStatus::Scheduled,
             action,
             parameters,
-            parent_id,
+            None,
             rerun_of,
             traceparent,
         )
         .await
     }
 
-    async fn insert_with_status(
+    /// Inserts an execution `requested`, or already `scheduled`; the database adds its
+    /// history: `requested`, and for one already admitted `scheduling` and `scheduled` too
+    /// (migrations 0011, 0014).
+    async fn insert_execution(
         &self,
         status: ExecutionStatus,
         action: &ActionRef,
@@ -630,7 +625,8 @@ impl Store {
             .await?;
             tx.commit().await?;
             wrote("executions", "insert", 1);
-            wrote("execution_history", "insert", 1);
+            let history = if status == ExecutionStatus::Scheduled { 3 } else { 1 };
+            wrote("execution_history", "insert", history);
             timed("create_execution", started);
             Ok(ExecutionId(id))
         })
