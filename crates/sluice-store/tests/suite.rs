@@ -768,17 +768,7 @@ async fn a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history
     let [(admitted, _), (queued, _)] = outcome.executions[..] else {
         panic!("two executions: {outcome:?}")
     };
-    let admitted = store.get_execution(admitted).await.unwrap().unwrap();
-    assert_eq!(admitted.status, ExecutionStatus::Scheduled);
-    let history: Vec<_> = admitted.history.iter().map(|h| h.status).collect();
-    assert_eq!(
-        history,
-        [
-            ExecutionStatus::Requested,
-            ExecutionStatus::Scheduling,
-            ExecutionStatus::Scheduled
-        ]
-    );
+    let admitted = stored_admitted(&store, admitted).await;
     assert!(admitted.history.iter().all(|h| h.at == admitted.created_at));
     let queued = store.get_execution(queued).await.unwrap().unwrap();
     assert_eq!(queued.status, ExecutionStatus::Requested);
@@ -806,21 +796,25 @@ async fn a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history
         )
         .await
         .unwrap();
-    for id in [submitted, rerun] {
-        let stored = store.get_execution(id).await.unwrap().unwrap();
-        assert_eq!(stored.status, ExecutionStatus::Scheduled);
-        let history: Vec<_> = stored.history.iter().map(|h| h.status).collect();
-        assert_eq!(
-            history,
-            [
-                ExecutionStatus::Requested,
-                ExecutionStatus::Scheduling,
-                ExecutionStatus::Scheduled
-            ]
-        );
-    }
-    let rerun = store.get_execution(rerun).await.unwrap().unwrap();
+    stored_admitted(&store, submitted).await;
+    let rerun = stored_admitted(&store, rerun).await;
     assert_eq!(rerun.rerun_of, Some(submitted));
+}
+
+/// Execution `id`, checked to be stored `scheduled` with the history of an admission.
+async fn stored_admitted(store: &Store, id: sluice_core::ExecutionId) -> sluice_store::Execution {
+    let stored = store.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(stored.status, ExecutionStatus::Scheduled);
+    let history: Vec<_> = stored.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        history,
+        [
+            ExecutionStatus::Requested,
+            ExecutionStatus::Scheduling,
+            ExecutionStatus::Scheduled
+        ]
+    );
+    stored
 }
 
 async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_times(store: Store) {
