@@ -325,6 +325,7 @@ impl Local {
                 ingest_triggers: true,
                 worker_loss_window: Duration::from_secs(10),
                 api_url: Some(format!("{api}/api/v1")),
+                partitions: None,
             })
             .await?,
         );

@@ -321,6 +321,48 @@ impl Bus {
             .map_err(|e| BusError::read(what, e))
     }
 
+    /// The durable consumer of `stream` that takes partition `partition`'s messages: the one
+    /// `streams/` declares as `template`, named `<template>-p<partition>` and filtered to
+    /// `filter`. Created the first time an engine owns the partition; it keeps its place in
+    /// the stream for whichever engine owns the partition next.
+    pub async fn partition_consumer(
+        &self,
+        stream: &str,
+        template: &str,
+        partition: u32,
+        filter: String,
+    ) -> Result<PullConsumer, BusError> {
+        let durable = names::partition_durable(template, partition);
+        let what = format!("consumer {stream}/{durable}");
+        let mut config = definitions()
+            .into_iter()
+            .filter(|d| d.stream.name == stream)
+            .flat_map(|d| d.consumers)
+            .find(|c| c.config.durable_name.as_deref() == Some(template))
+            .ok_or_else(|| {
+                BusError::setup(
+                    &what,
+                    format!("streams/{stream} declares no consumer {template}"),
+                )
+            })?
+            .config;
+        config.durable_name = Some(durable.clone());
+        config.description = Some(format!(
+            "{} (partition {partition})",
+            config.description.unwrap_or_default()
+        ));
+        config.filter_subject = filter;
+        let handle = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| BusError::read(&what, e))?;
+        handle
+            .get_or_create_consumer(&durable, config)
+            .await
+            .map_err(|e| consumer_setup_error(what, e))
+    }
+
     /// Publishes with a deduplication id and counts the outcome under `kind`. With
     /// `expected_last`, JetStream stores the message only if the subject's last message
     /// still has that sequence (0: the subject is empty); otherwise [`BusError::NotLast`].
@@ -468,7 +510,7 @@ impl Bus {
         };
         self.publish(
             kind,
-            status_subject(report.execution_id),
+            status_subject(report.partition, report.execution_id),
             &report.dedup_id(),
             sluice_core::encode(report)?,
             None,
@@ -486,14 +528,14 @@ impl Bus {
         debug_assert_eq!(report.status, sluice_core::ExecutionStatus::Running);
         let mut claim = [0u8; 8];
         getrandom::fill(&mut claim).map_err(|e| BusError::Publish {
-            subject: status_subject(report.execution_id),
+            subject: status_subject(report.partition, report.execution_id),
             source: format!("no random number for the claim's id: {e}").into(),
             transient: false,
         })?;
         let published = self
             .publish(
                 "running",
-                status_subject(report.execution_id),
+                status_subject(report.partition, report.execution_id),
                 &report.claim_id(u64::from_le_bytes(claim)),
                 sluice_core::encode(report)?,
                 Some(expected_last),
@@ -690,9 +732,13 @@ impl Bus {
         Ok(())
     }
 
-    pub async fn last_status(&self, id: ExecutionId) -> Result<Option<LastStatus>, BusError> {
+    pub async fn last_status(
+        &self,
+        id: ExecutionId,
+        partition: Option<u32>,
+    ) -> Result<Option<LastStatus>, BusError> {
         Ok(self
-            .last_on_subject(names::STATUS, &status_subject(id))
+            .last_on_subject(names::STATUS, &status_subject(partition, id))
             .await?
             .map(|(sequence, payload)| LastStatus {
                 sequence,

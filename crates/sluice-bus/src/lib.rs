@@ -51,7 +51,8 @@ pub use signing::{RunSigner, RunVerifier};
 pub use streams::{ConsumerDef, StreamDef, definitions};
 pub use subjects::{
     DEFAULT_QUEUE, HEARTBEAT_SUBJECTS, TRIGGER_PREFIX, cancel_subject, dead_letter_subject,
-    heartbeat_subject, output_subject, run_subject, status_subject, trigger_subject,
+    heartbeat_subject, output_subject, partition_status_subjects, run_subject, status_subject,
+    trigger_subject,
 };
 pub use trigger::{TriggerMessage, decode_trigger};
 pub use url::redact_url;

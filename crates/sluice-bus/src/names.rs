@@ -26,6 +26,12 @@ pub const RESULTS_BUCKET: &str = "sluice-results";
 
 /// The engine's durable consumer on TRIGGERS, STATUS and DEADLETTER.
 pub const ENGINE_CONSUMER: &str = "engine";
+/// The durable consumer `template` takes partition `partition`'s messages with, when the
+/// engines run partitioned: `<template>-p<partition>`.
+pub fn partition_durable(template: &str, partition: u32) -> String {
+    format!("{template}-p{partition}")
+}
+
 /// The workers' shared durable consumer on RUN.
 pub const WORKERS_CONSUMER: &str = "workers";
 

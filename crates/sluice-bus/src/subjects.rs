@@ -15,8 +15,18 @@ pub fn run_subject(queue: &str) -> String {
     format!("sluice.run.{queue}")
 }
 
-pub fn status_subject(id: ExecutionId) -> String {
-    format!("sluice.status.{id}")
+/// An execution's status subject: `sluice.status.<id>`, or `sluice.status.p<n>.<id>` for an
+/// action of partition `n` when the engines run partitioned.
+pub fn status_subject(partition: Option<u32>, id: ExecutionId) -> String {
+    match partition {
+        None => format!("sluice.status.{id}"),
+        Some(n) => format!("sluice.status.p{n}.{id}"),
+    }
+}
+
+/// Every status subject of partition `n`: what the completion listener of its owner takes.
+pub fn partition_status_subjects(n: u32) -> String {
+    format!("sluice.status.p{n}.*")
 }
 
 /// Where a dead letter about a message of `stream` is published.

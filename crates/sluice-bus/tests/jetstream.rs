@@ -63,7 +63,12 @@ async fn a_server_short_of_storage_is_named_with_what_to_change() {
 async fn the_last_status_of_an_execution_can_be_read_back() {
     let nats = NatsServer::start();
     let bus = Bus::connect(&nats.url(), "test").await.unwrap();
-    assert!(bus.last_status(ExecutionId(5)).await.unwrap().is_none());
+    assert!(
+        bus.last_status(ExecutionId(5), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let mut report = StatusReport {
         execution_id: ExecutionId(5),
         attempt: 1,
@@ -73,6 +78,7 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
         result: serde_json::Value::Null,
         at: Utc::now(),
         result_object: None,
+        partition: None,
     };
     bus.publish_status(&report).await.unwrap();
     report.status = ExecutionStatus::Succeeded;
@@ -82,9 +88,90 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
         Published::Duplicate,
         "one completion per execution"
     );
-    let last = bus.last_status(ExecutionId(5)).await.unwrap().unwrap();
+    let last = bus
+        .last_status(ExecutionId(5), None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(last.report.unwrap().status, ExecutionStatus::Succeeded);
     assert_eq!(last.sequence, 2);
+}
+
+/// A report for an action of partition 3 travels on that partition's status subjects and
+/// reaches that partition's consumer only; the engine-wide consumer sees every report.
+#[tokio::test]
+async fn a_partition_s_reports_reach_its_own_consumer() {
+    use futures::StreamExt as _;
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let report = |id: i64, partition: Option<u32>| StatusReport {
+        execution_id: ExecutionId(id),
+        attempt: 1,
+        action: "core.noop".parse().unwrap(),
+        worker: "w".into(),
+        status: ExecutionStatus::Succeeded,
+        result: serde_json::Value::Null,
+        at: Utc::now(),
+        result_object: None,
+        partition,
+    };
+    bus.publish_status(&report(1, Some(3))).await.unwrap();
+    bus.publish_status(&report(2, Some(1))).await.unwrap();
+    bus.publish_status(&report(3, None)).await.unwrap();
+    assert!(
+        bus.last_status(ExecutionId(1), None)
+            .await
+            .unwrap()
+            .is_none(),
+        "partition 3's report is not on the unpartitioned subject"
+    );
+    let last = bus.last_status(ExecutionId(1), Some(3)).await.unwrap();
+    assert_eq!(last.unwrap().report.unwrap().execution_id, ExecutionId(1));
+
+    let consumer = bus
+        .partition_consumer(
+            "STATUS",
+            "engine",
+            3,
+            sluice_bus::partition_status_subjects(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.cached_info().config.durable_name.as_deref(),
+        Some("engine-p3")
+    );
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(std::time::Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut subjects = Vec::new();
+    while let Some(message) = messages.next().await {
+        subjects.push(message.unwrap().subject.to_string());
+    }
+    assert_eq!(subjects, ["sluice.status.p3.1"]);
+    let again = bus
+        .partition_consumer(
+            "STATUS",
+            "engine",
+            3,
+            sluice_bus::partition_status_subjects(3),
+        )
+        .await
+        .expect("the partition's consumer is found again by whoever owns the partition next");
+    assert_eq!(
+        again.cached_info().config.filter_subject,
+        "sluice.status.p3.*"
+    );
+    let mut all = bus.consumer("STATUS", "engine").await.unwrap();
+    assert_eq!(
+        all.info().await.unwrap().num_pending,
+        3,
+        "the engine-wide consumer sees all three"
+    );
 }
 
 #[tokio::test]
@@ -100,6 +187,7 @@ async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
         result: serde_json::Value::Null,
         at: Utc::now(),
         result_object: None,
+        partition: None,
     };
     // Both read an empty subject, then both claim against it.
     assert!(bus.claim(&claim("a"), 0).await.unwrap());
@@ -113,7 +201,11 @@ async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
         !bus.claim(&claim("a"), 0).await.unwrap(),
         "a's second try must not pass as its first"
     );
-    let last = bus.last_status(ExecutionId(8)).await.unwrap().unwrap();
+    let last = bus
+        .last_status(ExecutionId(8), None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(last.report.unwrap().worker, "a");
     // A claim against the current last sequence goes through (a retry after a lost worker).
     let mut retry = claim("b");

@@ -4,6 +4,7 @@
 //!
 //! - [`id`] — newtype identifiers (`ExecutionId`, `ActionRef`, ...).
 //! - [`status`] — execution statuses, which transitions are legal and who owns each stage.
+//! - [`partition`] — which partition of the actions an action belongs to.
 //! - [`message`] — `RunMessage` (engine → worker) and `StatusReport` (worker → engine),
 //!   with their MessagePack encoding.
 //! - [`runner`] — the runner types an action can name.
@@ -17,6 +18,7 @@ pub mod bounded;
 pub mod datastore;
 pub mod id;
 pub mod message;
+pub mod partition;
 pub mod runner;
 pub mod secrets;
 pub mod status;

@@ -47,6 +47,11 @@ pub struct RunMessage {
     /// How the action reaches the engine's API while it runs, when the engine serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ActionApi>,
+    /// The partition of the actions the action belongs to, when the engines run
+    /// partitioned: the worker reports on that partition's status subjects, which the
+    /// engine owning the action listens to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 /// The API as an action is given it: `ST2_ACTION_API_URL` and `ST2_ACTION_AUTH_TOKEN`.
@@ -105,6 +110,9 @@ pub struct StatusReport {
     /// `sluice-results` bucket, before this report was published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_object: Option<ResultObject>,
+    /// The partition its run message named: where the report is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 /// A result larger than this, as JSON, travels in the `sluice-results` object store rather
@@ -312,6 +320,7 @@ mod tests {
             timeout_secs: Some(60),
             limits: Default::default(),
             api: None,
+            partition: Some(3),
         };
         let back: RunMessage = decode(&encode(&msg).unwrap()).unwrap();
         assert_eq!(back, msg);
@@ -329,6 +338,7 @@ mod tests {
             result: serde_json::Value::Null,
             at: Utc::now(),
             result_object: None,
+            partition: None,
         };
         assert_eq!(report.dedup_id(), "7.2.running.w1");
         assert_eq!(report.claim_id(0xab), "7.2.running.w1.00000000000000ab");

@@ -336,6 +336,7 @@ mod tests {
             result: serde_json::Value::Null,
             at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(ms),
             result_object: None,
+            partition: None,
         }
     }
 

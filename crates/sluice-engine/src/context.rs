@@ -30,6 +30,16 @@ pub(crate) struct ActorContext {
     pub(crate) intake: CancellationToken,
     /// The API actions are given, when the engine serves one.
     pub(crate) action_api: Option<ActionApiAccess>,
+    /// How many partitions the actions are cut into, when the engines run partitioned.
+    pub(crate) partitions: Option<u32>,
+}
+
+impl ActorContext {
+    /// The partition of `action`, when the engines run partitioned.
+    pub(crate) fn partition_of(&self, action: &sluice_core::ActionRef) -> Option<u32> {
+        self.partitions
+            .map(|count| sluice_core::partition::partition_of(action, count))
+    }
 }
 
 /// What run messages tell actions about the API: where it is, and the token of each
@@ -78,7 +88,7 @@ impl LiveCatalog {
 /// What the consumer loops (ingestor, completions, dead letters) work with.
 pub(crate) struct Shared {
     pub(crate) directory: Arc<Directory>,
-    pub(crate) catalog: LiveCatalog,
+    pub(crate) catalog: Arc<LiveCatalog>,
     pub(crate) store: Store,
     pub(crate) bus: Bus,
     /// Seals secret parameters before they are stored or sent.
@@ -88,6 +98,23 @@ pub(crate) struct Shared {
     pub(crate) store_health: StoreHealth,
     /// Results too large for their reports, until they are stored.
     pub(crate) results: sluice_bus::results::ResultStore,
+}
+
+impl Shared {
+    /// The same, writing to `store` (a partition's, checked against its fence), with a
+    /// health of its own.
+    pub(crate) fn with_store(&self, store: Store) -> Self {
+        Self {
+            directory: self.directory.clone(),
+            catalog: self.catalog.clone(),
+            store,
+            bus: self.bus.clone(),
+            keyring: self.keyring.clone(),
+            kv: self.kv.clone(),
+            store_health: StoreHealth::default(),
+            results: self.results.clone(),
+        }
+    }
 }
 
 /// What the consumers know of the store's health. After a transient failure they hand

@@ -28,6 +28,8 @@ use crate::error::{CancelError, EngineError, RuleError, SubmitError};
 use crate::handles::{ActorName, CancelOutcome, Directory, Pending, SupervisorStats};
 use crate::monitor::{self, WorkerInfo, Workers};
 use crate::packs::{self as pack_changes, PackError, PackSource, PackSources};
+use crate::partitions;
+use crate::routes::{Partitioned, Routes};
 use crate::supervisor::{ActionSupervisor, SupervisorArgs};
 use crate::timers::{self, TimerView, Timers};
 use crate::tree::{self, ActorKind, ActorNode};
@@ -53,6 +55,9 @@ pub struct EngineConfig {
     /// The API's base URL as actions reach it (`…/api/v1`), given to them with a token of
     /// their execution; `None` when the engine serves no API.
     pub api_url: Option<String>,
+    /// When several engines are active at once: the partitions of the actions this one
+    /// owns. `None`: this engine owns every action.
+    pub partitions: Option<Partitioned>,
 }
 
 /// A running engine. Dropping it leaves the actors running; call [`Engine::shutdown`].
@@ -70,13 +75,36 @@ pub struct Engine {
     keys: Keys,
     timers: Timers,
     /// What new supervisors are started with.
-    actor_ctx: Arc<ActorContext>,
+    contexts: Contexts,
+    /// The partitions this engine owns, when the engines run partitioned.
+    partitions: Option<Partitioned>,
     packs: PackSources,
     pack_store: sluice_bus::packs::PackStore,
     /// One pack change at a time.
     pack_lock: pack_changes::Lock,
     /// Checks the tokens actions call the API with.
     execution_tokens: ExecutionTokens,
+}
+
+/// What each action's supervisor is started with: one context for every action, or, when
+/// the engine owns some partitions, one per partition (its writes checked against the
+/// partition's fence) and none for the actions of other engines.
+struct Contexts {
+    all: Option<Arc<ActorContext>>,
+    by_partition: std::collections::BTreeMap<u32, Arc<ActorContext>>,
+    count: u32,
+}
+
+impl Contexts {
+    fn of(&self, action: &ActionRef) -> Option<Arc<ActorContext>> {
+        match &self.all {
+            Some(ctx) => Some(ctx.clone()),
+            None => self
+                .by_partition
+                .get(&sluice_core::partition::partition_of(action, self.count))
+                .cloned(),
+        }
+    }
 }
 
 /// The root of the engine's actor tree. Its children are long-lived; one ending is logged,
@@ -136,7 +164,7 @@ impl Engine {
         let execution_tokens = config.run_signer.execution_tokens();
         let shared = Arc::new(Shared {
             directory: directory.clone(),
-            catalog: LiveCatalog::new(catalog.clone()),
+            catalog: Arc::new(LiveCatalog::new(catalog.clone())),
             store: config.store,
             bus: config.bus.with_run_signer(config.run_signer),
             keyring: config.keyring,
@@ -145,25 +173,50 @@ impl Engine {
             results,
         });
         let (root, _) = Actor::spawn(Some(config.name.clone()), EngineRoot, ()).await?;
-        let actor_ctx = Arc::new(ActorContext {
-            directory: directory.clone(),
-            catalog: shared.catalog.watch(),
-            backend: Arc::new(Live {
-                store: shared.store.clone(),
-                bus: shared.bus.clone(),
-            }),
-            keyring: shared.keyring.clone(),
-            kv,
-            intake: intake.clone(),
-            action_api: config.api_url.map(|url| ActionApiAccess {
-                url,
-                tokens: execution_tokens.clone(),
-            }),
-        });
+        let context = |store: Store| {
+            Arc::new(ActorContext {
+                directory: directory.clone(),
+                catalog: shared.catalog.watch(),
+                backend: Arc::new(Live {
+                    store,
+                    bus: shared.bus.clone(),
+                }),
+                keyring: shared.keyring.clone(),
+                kv: kv.clone(),
+                intake: intake.clone(),
+                action_api: config.api_url.clone().map(|url| ActionApiAccess {
+                    url,
+                    tokens: execution_tokens.clone(),
+                }),
+                partitions: config.partitions.as_ref().map(|p| p.count),
+            })
+        };
+        let contexts = match &config.partitions {
+            None => Contexts {
+                all: Some(context(shared.store.clone())),
+                by_partition: Default::default(),
+                count: 1,
+            },
+            Some(partitions) => {
+                directory.route_through(Routes::new(shared.bus.client().clone(), partitions.count));
+                Contexts {
+                    all: None,
+                    by_partition: partitions
+                        .held
+                        .iter()
+                        .map(|(n, fence)| (*n, context(shared.store.clone().fenced(fence.clone()))))
+                        .collect(),
+                    count: partitions.count,
+                }
+            }
+        };
         let mut supervisors = HashMap::new();
         for action in catalog.actions.values() {
+            let Some(ctx) = contexts.of(&action.action_ref) else {
+                continue;
+            };
             let args = SupervisorArgs {
-                ctx: actor_ctx.clone(),
+                ctx,
                 action: action.clone(),
             };
             supervisors.insert(
@@ -173,7 +226,22 @@ impl Engine {
         }
         directory.add_supervisors(supervisors);
         let workers = Workers::default();
-        recover::rebuild(&shared.store, &catalog, &directory, &workers).await?;
+        // Listening before the rebuild reads the store: a request stored after that read is
+        // announced to this engine, one stored before it is in the rebuild.
+        let listening = match &config.partitions {
+            Some(partitions) => Some(
+                partitions::listen(shared.bus.client(), partitions.held.keys().copied()).await?,
+            ),
+            None => None,
+        };
+        recover::rebuild(
+            &shared.store,
+            &catalog,
+            &directory,
+            &workers,
+            config.partitions.as_ref(),
+        )
+        .await?;
 
         let mut fixed = HashMap::from([(root.get_id(), ActorKind::Engine)]);
         let mut spawn_loop = async |actor: ActorName<'_>, kind, token: &CancellationToken, run| {
@@ -196,10 +264,36 @@ impl Engine {
             config.worker_loss_window,
         );
         let client = shared.bus.client().clone();
-        let status = shared
-            .bus
-            .consumer(names::STATUS, names::ENGINE_CONSUMER)
-            .await?;
+        // The STATUS consumers this engine takes reports from: the engine's own, or one per
+        // partition it owns, each writing under its partition's fence.
+        let mut status_consumers = Vec::new();
+        match &config.partitions {
+            None => status_consumers.push((
+                None,
+                shared
+                    .bus
+                    .consumer(names::STATUS, names::ENGINE_CONSUMER)
+                    .await?,
+                shared.clone(),
+            )),
+            Some(partitions) => {
+                for (n, fence) in &partitions.held {
+                    let consumer = shared
+                        .bus
+                        .partition_consumer(
+                            names::STATUS,
+                            names::ENGINE_CONSUMER,
+                            *n,
+                            sluice_bus::partition_status_subjects(*n),
+                        )
+                        .await?;
+                    let fenced =
+                        Arc::new(shared.with_store(shared.store.clone().fenced(fence.clone())));
+                    status_consumers.push((Some(*n), consumer, fenced));
+                }
+            }
+        }
+        let status: Vec<_> = status_consumers.iter().map(|(_, c, _)| c.clone()).collect();
         let run: LoopFn = Box::new(move |cancel| {
             Box::pin(monitor::run(
                 client, status, heartbeats, w, d, window, cancel,
@@ -260,26 +354,25 @@ impl Engine {
         )
         .await?;
 
-        let consumer = shared
-            .bus
-            .consumer(names::STATUS, names::ENGINE_CONSUMER)
-            .await?;
-        let (s, settler) = (shared.clone(), settle(names::STATUS, "status"));
-        let run: LoopFn = Box::new(move |cancel| {
-            Box::pin(async move {
-                sluice_bus::consume_batches(consumer, cancel, |batch| {
-                    completion::handle_statuses(&s, &settler, batch)
+        for (partition, consumer, s) in status_consumers {
+            let settler = settle(names::STATUS, "status");
+            let run: LoopFn = Box::new(move |cancel| {
+                Box::pin(async move {
+                    sluice_bus::consume_batches(consumer, cancel, |batch| {
+                        completion::handle_statuses(&s, &settler, batch)
+                    })
+                    .await
                 })
-                .await
-            })
-        });
-        spawn_loop(
-            ActorName::Completions,
-            ActorKind::Completions,
-            &shutdown,
-            run,
-        )
-        .await?;
+            });
+            let name = partition.map_or(ActorName::Completions, ActorName::PartitionCompletions);
+            spawn_loop(name, ActorKind::Completions, &shutdown, run).await?;
+        }
+        if let Some(listening) = listening {
+            let s = shared.clone();
+            let run: LoopFn =
+                Box::new(move |cancel| Box::pin(partitions::run(s, listening, cancel)));
+            spawn_loop(ActorName::Partitions, ActorKind::Partitions, &shutdown, run).await?;
+        }
 
         if config.ingest_triggers {
             let consumer = shared
@@ -313,7 +406,8 @@ impl Engine {
             workers,
             keys,
             timers,
-            actor_ctx,
+            contexts,
+            partitions: config.partitions,
             packs: config.packs,
             pack_store,
             pack_lock: Default::default(),
@@ -484,8 +578,11 @@ impl Engine {
             match self.directory.supervisor(&action.action_ref) {
                 Some(supervisor) => supervisor.define(action.clone()),
                 None => {
+                    let Some(ctx) = self.contexts.of(&action.action_ref) else {
+                        continue;
+                    };
                     let args = SupervisorArgs {
-                        ctx: self.actor_ctx.clone(),
+                        ctx,
                         action: action.clone(),
                     };
                     let supervisor = ActionSupervisor::spawn(args, self.root.get_cell())
@@ -750,7 +847,10 @@ impl Engine {
         match (slot, supervisor) {
             (Some(slot), _) => slot.bind(pending),
             (None, Some(supervisor)) => supervisor.enqueue(pending),
-            (None, None) => {}
+            (None, None) => {
+                // Another engine owns the action: announced to it.
+                self.directory.queue(&action_ref, pending);
+            }
         }
         Ok(id)
     }
@@ -884,13 +984,23 @@ impl Engine {
     /// (TRIGGERS on an engine that does not ingest) is left out.
     pub async fn consumer_lag(&self) -> Vec<sluice_bus::ConsumerLag> {
         let mut lags = Vec::new();
-        for (stream, durable) in [
-            (names::TRIGGERS, names::ENGINE_CONSUMER),
-            (names::STATUS, names::ENGINE_CONSUMER),
-            (names::DEADLETTER, names::ENGINE_CONSUMER),
-            (names::RUN, names::WORKERS_CONSUMER),
-        ] {
-            if let Ok(lag) = self.shared.bus.consumer_lag(stream, durable).await {
+        let status = match &self.partitions {
+            None => vec![names::ENGINE_CONSUMER.to_owned()],
+            Some(partitions) => partitions
+                .held
+                .keys()
+                .map(|n| names::partition_durable(names::ENGINE_CONSUMER, *n))
+                .collect(),
+        };
+        let consumers = [(names::TRIGGERS, names::ENGINE_CONSUMER.to_owned())]
+            .into_iter()
+            .chain(status.into_iter().map(|d| (names::STATUS, d)))
+            .chain([
+                (names::DEADLETTER, names::ENGINE_CONSUMER.to_owned()),
+                (names::RUN, names::WORKERS_CONSUMER.to_owned()),
+            ]);
+        for (stream, durable) in consumers {
+            if let Ok(lag) = self.shared.bus.consumer_lag(stream, &durable).await {
                 lags.push(lag);
             }
         }

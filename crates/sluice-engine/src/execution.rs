@@ -73,6 +73,7 @@ impl ExecutionActor {
             config: state.action.config.as_ref().and_then(|c| c.sealed.clone()),
             limits: state.action.limits,
             api: Self::action_api(state),
+            partition: state.ctx.partition_of(&state.action.action_ref),
         }
     }
 

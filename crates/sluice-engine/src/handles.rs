@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tracing::error;
 
 use crate::gate::Reservation;
+use crate::routes::Routes;
 
 /// An execution waiting for, or holding, a slot.
 #[derive(Debug, Clone)]
@@ -209,6 +210,9 @@ pub enum CancelOutcome {
 pub(crate) enum SupervisorMsg {
     /// A new `requested` execution joins the back of its queue.
     Enqueue(Pending),
+    /// A `requested` execution from the store or another engine joins the back of its
+    /// queue, unless it is held here already.
+    Adopt(Pending),
     /// An execution found past admission when the engine started: it takes a slot at once.
     Resume {
         pending: Pending,
@@ -311,6 +315,12 @@ impl SupervisorHandle {
         self.send(SupervisorMsg::Enqueue(pending));
     }
 
+    /// Queues a `requested` execution found in the store or announced by another engine,
+    /// unless the supervisor holds it already.
+    pub(crate) fn adopt(&self, pending: Pending) {
+        self.send(SupervisorMsg::Adopt(pending));
+    }
+
     pub(crate) fn resume(&self, pending: Pending, phase: Phase, worker: Option<String>) {
         self.send(SupervisorMsg::Resume {
             pending,
@@ -380,6 +390,8 @@ pub(crate) enum WorkflowMsg {
     /// A step could not be saved; try again.
     Save,
     Cancel,
+    /// Look up the ends of the tasks other engines run (see `partitions`).
+    Reconcile,
 }
 
 /// The public face of a running workflow.
@@ -414,6 +426,12 @@ impl WorkflowHandle {
     pub(crate) fn is_cancelling(&self) -> bool {
         self.cancelling.load(Ordering::SeqCst)
     }
+
+    /// Asks it to look up the ends of its tasks that other engines run, in case an
+    /// announcement of one was lost.
+    pub(crate) fn reconcile(&self) {
+        let _ = self.actor.send_message(WorkflowMsg::Reconcile);
+    }
 }
 
 /// Every addressable actor of one engine, by typed key.
@@ -424,6 +442,8 @@ pub(crate) struct Directory {
     workflows: Mutex<HashMap<ExecutionId, WorkflowHandle>>,
     /// Executions admitted and not yet ended, workflows left out: what a drain waits for.
     in_flight: watch::Sender<usize>,
+    /// When the engines run partitioned: how requests and news reach the other engines.
+    routes: std::sync::OnceLock<Routes>,
 }
 
 impl Directory {
@@ -433,7 +453,47 @@ impl Directory {
             supervisors: RwLock::default(),
             workflows: Mutex::default(),
             in_flight: watch::Sender::new(0),
+            routes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends what is for other engines' supervisors and workflows through `routes`.
+    pub(crate) fn route_through(&self, routes: Routes) {
+        let _ = self.routes.set(routes);
+    }
+
+    /// Queues `pending` at its action's supervisor: here, or, for an action another engine
+    /// owns, by announcing it to that engine. Returns whether it went anywhere.
+    pub(crate) fn queue(&self, action: &ActionRef, pending: Pending) -> bool {
+        if let Some(supervisor) = self.supervisor(action) {
+            supervisor.enqueue(pending);
+            return true;
+        }
+        match self.routes.get() {
+            Some(routes) => {
+                routes.requested(action, pending.id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tells workflow `parent` that its task `child` has ended: here, or, for a workflow
+    /// another engine runs, by announcing it.
+    pub(crate) fn tell_parent(&self, parent: ExecutionId, child: ExecutionId) {
+        match self.workflow(parent) {
+            Some(workflow) => workflow.child_ended(child),
+            None => {
+                if let Some(routes) = self.routes.get() {
+                    routes.child_ended(parent, child);
+                }
+            }
+        }
+    }
+
+    /// Whether the engines run partitioned, so some actions are other engines' to run.
+    pub(crate) fn partitioned(&self) -> bool {
+        self.routes.get().is_some()
     }
 
     /// A supervisor admitted an execution that a worker runs.
@@ -495,7 +555,7 @@ impl Directory {
         self.supervisor_map().len()
     }
 
-    fn workflows(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, WorkflowHandle>> {
+    fn workflow_map(&self) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, WorkflowHandle>> {
         self.workflows
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -511,17 +571,22 @@ impl Directory {
             actor,
             cancelling: Arc::default(),
         };
-        self.workflows().insert(id, handle.clone());
+        self.workflow_map().insert(id, handle.clone());
         handle
     }
 
     pub(crate) fn unregister_workflow(&self, id: ExecutionId) {
-        self.workflows().remove(&id);
+        self.workflow_map().remove(&id);
+    }
+
+    /// Every workflow running here now.
+    pub(crate) fn workflows(&self) -> Vec<WorkflowHandle> {
+        self.workflow_map().values().cloned().collect()
     }
 
     /// Workflow `id`, if it runs here now.
     pub(crate) fn workflow(&self, id: ExecutionId) -> Option<WorkflowHandle> {
-        self.workflows().get(&id).cloned()
+        self.workflow_map().get(&id).cloned()
     }
 }
 
@@ -534,6 +599,10 @@ pub(crate) enum ActorName<'a> {
     Workers,
     Datastore,
     Timers,
+    /// The completion listener of one partition.
+    PartitionCompletions(u32),
+    /// What other engines announce for this engine's partitions.
+    Partitions,
     Supervisor(&'a ActionRef),
     Execution(ExecutionId),
     Workflow(ExecutionId),
@@ -548,6 +617,8 @@ impl fmt::Display for ActorName<'_> {
             Self::Workers => f.write_str("/workers"),
             Self::Datastore => f.write_str("/datastore"),
             Self::Timers => f.write_str("/timers"),
+            Self::PartitionCompletions(n) => write!(f, "/completions/p{n}"),
+            Self::Partitions => f.write_str("/partitions"),
             Self::Supervisor(action) => write!(f, "/action/{action}"),
             Self::Execution(id) => write!(f, "/execution/{id}"),
             Self::Workflow(id) => write!(f, "/workflow/{id}"),

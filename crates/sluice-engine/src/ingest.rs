@@ -260,9 +260,7 @@ async fn accepted(directory: &Directory, settle: &Settle, r: Received, outcome: 
         match slot {
             Some(slot) => slot.bind(pending),
             None => {
-                if let Some(supervisor) = directory.supervisor(&action) {
-                    supervisor.enqueue(pending);
-                }
+                directory.queue(&action, pending);
             }
         }
     }

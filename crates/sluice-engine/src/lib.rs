@@ -5,6 +5,8 @@
 //! engine (root actor)                                                     (engine.rs)
 //!  ├─ ingestor             TRIGGERS consumer: event -> rules -> executions     (ingest.rs, rules.rs)
 //!  ├─ completions          STATUS consumer: worker reports -> store -> supervisor (completion.rs)
+//!  │                       (partitioned: completions/p<n>, one per partition owned)
+//!  ├─ partitions           partitioned only: what other engines announce        (partitions.rs)
 //!  ├─ dead-letters         DEADLETTER consumer: given-up messages -> store     (deadletter.rs)
 //!  ├─ workers              heartbeats: finds lost workers                      (monitor.rs)
 //!  ├─ datastore            follows the datastore bucket, deletes expired keys  (datastore.rs)
@@ -16,6 +18,7 @@
 //!
 //! Modules import downward only. At the bottom, what every actor shares: [`handles`] (how
 //! actors address each other and what they say: the one way news travels back up),
+//! `routes` (how that news reaches another engine when the engines run partitioned),
 //! `context` (what actors and loops work with), `backend` (the store and bus behind a
 //! trait), `timing`, and `error`. Above them the actors, each spawning only the next one
 //! down (supervisor → execution → workflow), the consumer loops, `recover` (restart), `tree`
@@ -39,7 +42,9 @@ mod handles;
 mod ingest;
 mod monitor;
 pub mod packs;
+mod partitions;
 mod recover;
+mod routes;
 pub mod rules;
 mod supervisor;
 #[cfg(test)]
@@ -56,5 +61,6 @@ pub use error::{CancelError, EngineError, RuleError, SubmitError};
 pub use handles::{AdmittedExecution, CancelOutcome, KeyQueueStats, SupervisorStats};
 pub use monitor::WorkerInfo;
 pub use packs::{PackError, PackSource, PackSources};
+pub use routes::Partitioned;
 pub use timers::TimerView;
 pub use tree::{ActorNode, ExecutionView, WorkerView};

@@ -118,18 +118,25 @@ impl Workers {
     }
 }
 
-/// Whether every status report stored so far has been applied: the engine's STATUS
-/// consumer has nothing waiting and nothing unacknowledged.
-async fn reports_applied(status: &async_nats::jetstream::consumer::PullConsumer) -> bool {
-    status
-        .get_info()
-        .await
-        .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
+/// Whether every status report stored so far has been applied: each of the engine's STATUS
+/// consumers has nothing waiting and nothing unacknowledged.
+async fn reports_applied(status: &[async_nats::jetstream::consumer::PullConsumer]) -> bool {
+    for consumer in status {
+        let idle = consumer
+            .clone()
+            .info()
+            .await
+            .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0);
+        if !idle {
+            return false;
+        }
+    }
+    true
 }
 
 pub(crate) async fn run(
     client: async_nats::Client,
-    status: async_nats::jetstream::consumer::PullConsumer,
+    status: Vec<async_nats::jetstream::consumer::PullConsumer>,
     subscriber: async_nats::Subscriber,
     workers: Workers,
     directory: Arc<Directory>,

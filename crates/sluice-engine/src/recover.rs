@@ -11,14 +11,17 @@ use tracing::{info, warn};
 use crate::error::EngineError;
 use crate::handles::{Directory, Pending, Phase};
 use crate::monitor::Workers;
+use crate::routes::Partitioned;
 
 /// Puts every unfinished execution back where it belongs: `requested` ones in their queue in
-/// request order, the rest as active children of their supervisor.
+/// request order, the rest as active children of their supervisor. With `partitions`, only
+/// the executions of the actions this engine owns: the others are their owners' to resume.
 pub(crate) async fn rebuild(
     store: &Store,
     catalog: &Catalog,
     directory: &Directory,
     workers: &Workers,
+    partitions: Option<&Partitioned>,
 ) -> Result<(), EngineError> {
     const PAGE: u32 = 10_000;
     let mut count = 0;
@@ -27,8 +30,11 @@ pub(crate) async fn rebuild(
         let page = store.unfinished_executions_after(after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
-        count += page.len();
         for execution in page {
+            if partitions.is_some_and(|p| !p.owns(&execution.action)) {
+                continue;
+            }
+            count += 1;
             resume_one(store, catalog, directory, workers, execution).await?;
         }
     }
@@ -67,31 +73,15 @@ async fn resume_one(
         store.fail_before_handoff(id, &reason).await?;
         return Ok(());
     }
-    let parameters = execution
-        .parameters
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
     let lost_secrets = catalog.action(&execution.action).is_some_and(|a| {
         a.secret_parameters().iter().any(|name| {
-            parameters
+            execution
+                .parameters
                 .get(name)
                 .is_some_and(|v: &Value| v == params::REDACTED)
         })
     });
-    let trace = execution
-        .traceparent
-        .iter()
-        .map(|tp| (TRACEPARENT.to_owned(), tp.clone()))
-        .collect();
-    let mut pending = Pending::new(
-        id,
-        execution.attempt,
-        parameters,
-        execution.created_at,
-        TraceContext::from_headers(&trace),
-    );
-    pending.parent = execution.parent_id;
+    let pending = pending_of(&execution);
     match execution.status {
         ExecutionStatus::Requested | ExecutionStatus::Scheduling if lost_secrets => {
             let reason = "its secret parameters are held in memory only and were lost when the engine stopped; request it again";
@@ -114,4 +104,27 @@ async fn resume_one(
         }
     }
     Ok(())
+}
+
+/// What a stored execution is queued or resumed with.
+pub(crate) fn pending_of(execution: &Execution) -> Pending {
+    let parameters = execution
+        .parameters
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let trace = execution
+        .traceparent
+        .iter()
+        .map(|tp| (TRACEPARENT.to_owned(), tp.clone()))
+        .collect();
+    let mut pending = Pending::new(
+        execution.id,
+        execution.attempt,
+        parameters,
+        execution.created_at,
+        TraceContext::from_headers(&trace),
+    );
+    pending.parent = execution.parent_id;
+    pending
 }

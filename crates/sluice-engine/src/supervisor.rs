@@ -29,11 +29,11 @@ use crate::timing::STORE_RETRY;
 
 pub(crate) struct ActionSupervisor;
 
-/// A task of a workflow left its supervisor: the workflow hears of it. A workflow not
-/// running here finds out when it resumes.
+/// A task of a workflow left its supervisor: the workflow hears of it, on another engine if
+/// it runs there. A workflow not running anywhere finds out when it resumes.
 fn tell_parent(state: &SupervisorState, id: ExecutionId, parent: Option<ExecutionId>) {
-    if let Some(workflow) = parent.and_then(|p| state.ctx.directory.workflow(p)) {
-        workflow.child_ended(id);
+    if let Some(parent) = parent {
+        state.ctx.directory.tell_parent(parent, id);
     }
 }
 
@@ -88,6 +88,14 @@ fn ago(elapsed: Option<std::time::Duration>) -> Option<DateTime<Utc>> {
 }
 
 impl SupervisorState {
+    /// Whether `id` is queued, admitted, or waiting for a retry here.
+    fn holds(&self, id: ExecutionId) -> bool {
+        self.children.contains_key(&id)
+            || self.gate.is_queued(id)
+            || self.delayed.contains_key(&id)
+            || self.retry_when_stopped.contains_key(&id)
+    }
+
     fn check_invariants(&self) {
         debug_assert_eq!(self.children.len(), self.by_actor.len());
         debug_assert_eq!(
@@ -516,12 +524,13 @@ impl Actor for ActionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Enqueue(pending) => {
+            SupervisorMsg::Enqueue(pending) if state.holds(pending.id) => {
+                warn!(execution_id = %pending.id, "execution already known to its supervisor; ignored");
+            }
+            // Found in the store or announced again: held here already.
+            SupervisorMsg::Adopt(pending) if state.holds(pending.id) => {}
+            SupervisorMsg::Enqueue(pending) | SupervisorMsg::Adopt(pending) => {
                 let id = pending.id;
-                if state.children.contains_key(&id) || state.gate.is_queued(id) {
-                    warn!(execution_id = %id, "execution already known to its supervisor; ignored");
-                    return Ok(());
-                }
                 let key = state.action.concurrency_key(&pending.parameters);
                 // Queue age counts from the request, also across an engine restart.
                 let now = Instant::now();
@@ -709,6 +718,7 @@ mod tests {
             kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
             action_api: None,
+            partitions: None,
         });
         let key_param: sluice_pack::ParamSpec =
             serde_json::from_value(serde_json::json!({"type": "string"})).unwrap();

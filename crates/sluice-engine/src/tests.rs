@@ -66,6 +66,7 @@ impl World {
             kv: crate::testing::empty_datastore(),
             intake: CancellationToken::new(),
             action_api: None,
+            partitions: None,
         });
         let mut supervisors = HashMap::new();
         for action in catalog.actions.values() {

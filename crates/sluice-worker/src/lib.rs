@@ -299,6 +299,7 @@ impl RunActor {
             result,
             at: Utc::now(),
             result_object: None,
+            partition: state.run.partition,
         }
     }
 
@@ -489,7 +490,7 @@ impl RunActor {
             }
         }
         for _ in 0..CLAIM_TRIES {
-            let last = bus.last_status(id).await?;
+            let last = bus.last_status(id, state.run.partition).await?;
             let expected = last.as_ref().map_or(0, |l| l.sequence);
             let report = match last.map(|l| l.report) {
                 Some(Ok(report)) => Some(report),
@@ -533,7 +534,7 @@ impl RunActor {
             }
         }
         Err(sluice_bus::BusError::NotLast {
-            subject: sluice_bus::status_subject(id),
+            subject: sluice_bus::status_subject(state.run.partition, id),
         })
     }
 
@@ -594,7 +595,7 @@ impl RunActor {
         // The failed publish may have taken a while: the message's ack_wait starts again.
         let _ = state.message.ack_with(AckKind::Progress).await;
         loop {
-            match state.shared.bus.last_status(id).await {
+            match state.shared.bus.last_status(id, state.run.partition).await {
                 Ok(last) => {
                     return matches!(
                         last.map(|l| l.report),

@@ -61,6 +61,7 @@ fn message(runner: RunnerType, params: Value, timeout_secs: Option<u64>) -> RunM
         timeout_secs,
         limits: Default::default(),
         api: None,
+        partition: None,
     }
 }
 

@@ -169,6 +169,7 @@ async fn start_engine(
         ingest_triggers: true,
         worker_loss_window: config.worker_loss_window,
         api_url: Some(config.action_api_url(listener.local_addr()?)),
+        partitions: None,
     })
     .await
     .context("failed to start the engine")?;

@@ -360,6 +360,7 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
         timeout_secs: None,
         limits: Default::default(),
         api: None,
+        partition: None,
     };
     let payload = sluice_core::encode(&forged).unwrap();
     let engine_key =

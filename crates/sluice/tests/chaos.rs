@@ -442,6 +442,7 @@ async fn copies_of_a_run_message_on_two_workers_run_the_action_once() {
         timeout_secs: None,
         limits: Default::default(),
         api: None,
+        partition: None,
     };
     let js = async_nats::jetstream::new(sluice.nats_client().await);
     // Signed with the engine's own key, as the engine's copies would be.

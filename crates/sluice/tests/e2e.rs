@@ -665,6 +665,7 @@ async fn a_completion_naming_a_result_the_bucket_does_not_hold_ends_with_an_erro
             name: format!("{id}.1"),
             size: 123_456,
         }),
+        partition: None,
     };
     let bus = sluice_bus::Bus::connect(&sluice.nats.url(), "test")
         .await

@@ -18,5 +18,6 @@ pub fn run_message(id: i64, attempt: u32) -> RunMessage {
         timeout_secs: None,
         limits: Default::default(),
         api: None,
+        partition: None,
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sluice_core::ExecutionId;
+use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_pack::Action;
 use sluice_store::{NewChild, StoreError, Transition, WorkflowSave};
 use sluice_telemetry::TraceContext;
@@ -129,6 +129,16 @@ impl WorkflowActor {
             }
             WorkflowMsg::Save => Self::save(myself, state).await,
             WorkflowMsg::Cancel => Self::cancel(myself, state).await,
+            WorkflowMsg::Reconcile => {
+                // The tasks other engines run: their ends are announced, and looked up here
+                // in case an announcement was lost.
+                for (child, action) in state.machine.running_children() {
+                    if state.ctx.directory.supervisor(&action).is_none() {
+                        let _ = myself.send_message(WorkflowMsg::ChildEnded(child));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -252,6 +262,30 @@ impl WorkflowActor {
             Some(supervisor) => {
                 supervisor.cancel(child).await;
             }
+            None if state.ctx.directory.partitioned() => {
+                // Another engine owns the task's action: a queued task is ended in the store
+                // (its supervisor there finds it ended when it would admit it), and a running
+                // one is cancelled by its worker.
+                let backend = &state.ctx.backend;
+                let reason = "its workflow cancelled it before it started";
+                let cancelled = match backend
+                    .end_before_handoff(child, ExecutionStatus::Cancelled, reason)
+                    .await
+                {
+                    Ok(true) => {
+                        state.ctx.directory.tell_parent(state.id, child);
+                        Ok(())
+                    }
+                    Ok(false) => backend
+                        .publish_cancel(child)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = cancelled {
+                    warn!(execution_id = %state.id, child = %child, error = e, "the task on another engine was not cancelled");
+                }
+            }
             None => {
                 warn!(execution_id = %state.id, child = %child, "no supervisor to cancel the child")
             }
@@ -318,14 +352,10 @@ impl WorkflowActor {
             myself,
             state.machine.started(&launch, id).into_iter().collect(),
         );
-        match state.ctx.directory.supervisor(&launch.child.action) {
-            Some(supervisor) => supervisor.enqueue(
-                Pending::new(id, 1, launch.parameters, Utc::now(), state.trace.clone())
-                    .with_parent(state.id),
-            ),
-            None => {
-                error!(execution_id = %state.id, child = %id, "no supervisor for the task's action; it runs after a restart")
-            }
+        let pending = Pending::new(id, 1, launch.parameters, Utc::now(), state.trace.clone())
+            .with_parent(state.id);
+        if !state.ctx.directory.queue(&launch.child.action, pending) {
+            error!(execution_id = %state.id, child = %id, "no supervisor for the task's action; it runs after a restart");
         }
     }
 

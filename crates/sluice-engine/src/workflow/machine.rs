@@ -414,6 +414,17 @@ impl Machine {
         self.running.len()
     }
 
+    /// The children it waits for, with their actions, in the order they were requested.
+    pub(crate) fn running_children(&self) -> Vec<(ExecutionId, ActionRef)> {
+        let mut children: Vec<_> = self
+            .running
+            .iter()
+            .map(|(id, r)| (*id, r.action.clone()))
+            .collect();
+        children.sort_by_key(|(id, _)| *id);
+        children
+    }
+
     /// Whether `child` is one it waits for.
     pub(crate) fn waits_for(&self, child: ExecutionId) -> bool {
         self.running.contains_key(&child)
@@ -549,13 +560,7 @@ impl Machine {
         let names: Vec<String> = self.saved.tasks.keys().cloned().collect();
         self.todo.extend(names);
         self.run_todo();
-        let mut children: Vec<_> = self
-            .running
-            .iter()
-            .map(|(id, r)| (*id, r.action.clone()))
-            .collect();
-        children.sort_by_key(|(id, _)| *id);
-        Some(children)
+        Some(self.running_children())
     }
 
     pub(crate) fn is_cancelling(&self) -> bool {

@@ -1,0 +1,145 @@
+//! Partitioned engines: several engines active at once, each owning some partitions of the
+//! actions ([`sluice_core::partition`]). An engine starts the supervisors of the actions in
+//! the partitions it holds, and only those. Each partition's writes are checked against its
+//! own fence, and its workers' reports arrive on its own status subjects, taken by its own
+//! durable consumer (`engine-p<n>` on STATUS), so a completion reaches the engine that owns
+//! the action whichever engine requested it.
+//!
+//! What one engine cannot hand to a supervisor of its own travels to the owner:
+//!
+//! - an execution requested here (a trigger's, an API submission, a workflow's task) for an
+//!   action another engine owns is stored `requested`, then announced on
+//!   `sluice.partition.<n>.requested`; the owner reads it from the store and queues it;
+//! - the end of a workflow's task whose workflow another engine runs is announced on
+//!   `sluice.partition.child-ended`, and the engine running the workflow reads it from the
+//!   store and goes on.
+//!
+//! The announcements are core NATS messages: quick, and allowed to be lost, because the
+//! store says the same. Every [`RECONCILE`] the owner queues any `requested` execution of
+//! its actions that it does not hold yet, and each workflow it runs looks up the ends of its
+//! tasks that other engines run. An engine rebuilds a partition's queues from the store
+//! after it listens for the partition's announcements, so none falls between the two.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use sluice_core::{ExecutionId, ExecutionStatus};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::context::Shared;
+use crate::recover;
+use crate::routes::{CHILD_ENDED_SUBJECT, ChildEnded, Requested, requested_subject};
+
+/// How often an owner looks in the store for what its announcements may have missed.
+pub(crate) const RECONCILE: Duration = Duration::from_secs(5);
+
+/// What an owner listens to: the requests for its partitions and the ends of tasks.
+pub(crate) struct Listening {
+    requested: futures::stream::SelectAll<async_nats::Subscriber>,
+    ended: async_nats::Subscriber,
+}
+
+/// Subscribes to the announcements for `partitions`; done before their queues are rebuilt
+/// from the store, so every request stored after the rebuild's read is heard.
+pub(crate) async fn listen(
+    client: &async_nats::Client,
+    partitions: impl IntoIterator<Item = u32>,
+) -> Result<Listening, sluice_bus::BusError> {
+    let mut requested = Vec::new();
+    for partition in partitions {
+        let subject = requested_subject(partition);
+        requested.push(
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| sluice_bus::BusError::setup(subject, e))?,
+        );
+    }
+    let ended = client
+        .subscribe(CHILD_ENDED_SUBJECT)
+        .await
+        .map_err(|e| sluice_bus::BusError::setup(CHILD_ENDED_SUBJECT, e))?;
+    Ok(Listening {
+        requested: futures::stream::select_all(requested),
+        ended,
+    })
+}
+
+/// The owner's loop: queues announced requests, passes on announced ends, and reconciles
+/// with the store every [`RECONCILE`].
+pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(RECONCILE);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            Some(message) = listening.requested.next() => {
+                match sluice_core::decode::<Requested>(&message.payload) {
+                    Ok(request) => adopt(&shared, request.execution_id).await,
+                    Err(e) => warn!(subject = %message.subject, error = %e, "unreadable announcement ignored"),
+                }
+            }
+            Some(message) = listening.ended.next() => {
+                match sluice_core::decode::<ChildEnded>(&message.payload) {
+                    Ok(ended) => {
+                        if let Some(workflow) = shared.directory.workflow(ended.parent) {
+                            workflow.child_ended(ended.child);
+                        }
+                    }
+                    Err(e) => warn!(subject = %message.subject, error = %e, "unreadable announcement ignored"),
+                }
+            }
+            _ = ticks.tick() => reconcile(&shared).await,
+        }
+    }
+}
+
+/// Queues a `requested` execution announced for one of this engine's actions.
+async fn adopt(shared: &Shared, id: ExecutionId) {
+    match shared.store.get_execution(id).await {
+        Ok(Some(execution)) => adopt_stored(shared, &execution),
+        Ok(None) => debug!(execution_id = %id, "announced execution not in the store"),
+        Err(e) => {
+            warn!(execution_id = %id, error = %e, "announced execution not read; the next reconciliation queues it")
+        }
+    }
+}
+
+/// Queues `execution` at its supervisor here, if it is still `requested`, readable, and of
+/// an action this engine owns; one its supervisor holds already is left as it is. An
+/// unreadable one is failed by its owner's next rebuild.
+fn adopt_stored(shared: &Shared, execution: &sluice_store::Execution) {
+    if execution.status != ExecutionStatus::Requested || execution.unreadable.is_some() {
+        return;
+    }
+    if let Some(supervisor) = shared.directory.supervisor(&execution.action) {
+        supervisor.adopt(recover::pending_of(execution));
+    }
+}
+
+/// Queues every `requested` execution of this engine's actions that its supervisor does not
+/// hold yet, and has every workflow look up the ends of its tasks on other engines.
+async fn reconcile(shared: &Shared) {
+    const PAGE: u32 = 1_000;
+    let mut after = ExecutionId(0);
+    loop {
+        let page = match shared.store.unfinished_executions_after(after, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(error = %e, "reconciliation with the store failed; tried again shortly");
+                return;
+            }
+        };
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for execution in &page {
+            adopt_stored(shared, execution);
+        }
+    }
+    for workflow in shared.directory.workflows() {
+        workflow.reconcile();
+    }
+}
