@@ -71,6 +71,10 @@ pub fn app(engine: AppState, options: dashboard::Options) -> Router {
         .merge(catalog::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             engine.clone(),
+            to_duty_owner,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            engine.clone(),
             auth::authorize,
         ))
         .route("/healthz", get(healthz))
@@ -82,6 +86,29 @@ pub fn app(engine: AppState, options: dashboard::Options) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(engine)
+}
+
+/// With several engines active at once, the rules and timers are partition 0's owner's
+/// (it takes the triggers and fires the timers): a change to a rule, and the timers' view,
+/// are forwarded there from any other engine.
+async fn to_duty_owner(
+    State(engine): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(partitions) = engine.partitions() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let changes_rules = path.starts_with("/api/v1/rules")
+        && request.method() != axum::http::Method::GET
+        && !path.ends_with("/test");
+    if partitions.held.contains_key(&0) || !(changes_rules || path == "/api/v1/timers") {
+        return next.run(request).await;
+    }
+    let (me, takeover) = (partitions.engine.clone(), partitions.lease_ttl);
+    let holder = engine.partition_holder(0).await;
+    standby::to_partition_owner(&me, 0, holder, takeover, request).await
 }
 
 async fn no_route(uri: axum::http::Uri) -> ApiError {
@@ -723,12 +750,21 @@ async fn created(
 async fn queue_stats(
     State(engine): State<AppState>,
     Path(action): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let stats = engine
-        .queue_stats(&action)
-        .await
-        .ok_or_else(|| ApiError::NotFound(format!("unknown action {action}")))?;
-    Ok(Json(json!(stats)))
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    if let Some(stats) = engine.queue_stats(&action).await {
+        return Ok(Json(json!(stats)).into_response());
+    }
+    // With several engines active at once, another engine's action: its owner answers.
+    if let Some(partitions) = engine.partitions()
+        && let Ok(action_ref) = action.parse::<sluice_core::ActionRef>()
+        && engine.catalog().action(&action_ref).is_some()
+        && let Some((partition, holder)) = engine.owner_of(&action_ref).await
+    {
+        let (me, takeover) = (partitions.engine.clone(), partitions.lease_ttl);
+        return Ok(standby::to_partition_owner(&me, partition, holder, takeover, request).await);
+    }
+    Err(ApiError::NotFound(format!("unknown action {action}")))
 }
 
 #[utoipa::path(
@@ -755,10 +791,19 @@ async fn timers(State(engine): State<AppState>) -> Json<Value> {
     get,
     path = "/healthz",
     tag = "engine",
-    responses((status = 200, description = "The engine is up: `role` is `primary` (it runs the execution core) or, on a standby, `standby` with the `primary` it forwards to", body = Value)),
+    responses((status = 200, description = "The engine is up: `role` is `primary` (it runs the execution core), on a standby `standby` with the `primary` it forwards to, or with several engines active at once `partitioned` with the `partitions` it owns `of` how many", body = Value)),
     security(())
 )]
 async fn healthz(State(engine): State<AppState>) -> Json<Value> {
+    if let Some(partitions) = engine.partitions() {
+        return Json(json!({
+            "status": "ok",
+            "role": "partitioned",
+            "store": engine.store().backend_name(),
+            "partitions": partitions.held.keys().collect::<Vec<_>>(),
+            "of": partitions.count,
+        }));
+    }
     let fence = engine.store().fence().map(|f| f.token);
     Json(json!({
         "status": "ok",

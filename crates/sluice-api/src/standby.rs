@@ -24,8 +24,8 @@ use crate::error::problem;
 /// The most of a request body forwarded (a pack archive is the largest there is).
 const MAX_FORWARDED_BODY: usize = 64 * 1024 * 1024;
 
-/// The header a forwarded request carries: the standby engine that forwarded it.
-const FORWARDED_BY: &str = "x-sluice-forwarded-by";
+/// The header a forwarded request carries: the engine that forwarded it.
+pub(crate) const FORWARDED_BY: &str = "x-sluice-forwarded-by";
 
 /// Headers that describe one hop, not the request: never forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -57,17 +57,74 @@ struct Standby {
     http: reqwest::Client,
 }
 
+/// A client for forwarding: it follows no redirects, so the answer goes back as it came.
+pub(crate) fn forwarding_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// Forwards `request`, about an action of partition `partition`, to the engine that owns
+/// the partition (`holder`, from its lease): with several engines active at once, the live
+/// state of an action (its queue, its active count) is on its owner only. 503 with a
+/// `Retry-After` of `takeover` when no engine owns it now, or when the request was
+/// forwarded to this engine already.
+pub(crate) async fn to_partition_owner(
+    me: &str,
+    partition: u32,
+    holder: Option<Holder>,
+    takeover: Duration,
+    request: Request,
+) -> Response {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let unavailable = |detail: String| {
+        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, &detail);
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(takeover.as_secs().max(1)),
+        );
+        response
+    };
+    if let Some(by) = request.headers().get(FORWARDED_BY) {
+        let by = by.to_str().unwrap_or("?");
+        return unavailable(format!(
+            "engine {by} forwarded this request to engine {me} as the owner of partition {partition}, which it is not (the partition is moving); try again shortly"
+        ));
+    }
+    match holder {
+        Some(Holder {
+            engine,
+            api_url: Some(base),
+            ..
+        }) => {
+            relay(
+                HTTP.get_or_init(forwarding_client),
+                me,
+                &engine,
+                &base,
+                request,
+            )
+            .await
+        }
+        Some(Holder { engine, .. }) => unavailable(format!(
+            "engine {engine}, which owns partition {partition}, advertises no API URL; give it --advertise-url"
+        )),
+        None => unavailable(format!(
+            "no engine owns partition {partition} right now (or its lease could not be read from NATS); one takes it over within {} s",
+            takeover.as_secs().max(1)
+        )),
+    }
+}
+
 /// The router of a standby engine named `engine`.
 pub fn standby_app(
     engine: String,
     primary: watch::Receiver<Primary>,
     takeover: Duration,
 ) -> Router {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("an HTTP client builds");
+    let http = forwarding_client();
     let state = Arc::new(Standby {
         engine,
         primary,
@@ -148,6 +205,19 @@ async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Respo
             );
         }
     };
+    relay(&standby.http, &standby.engine, &holder, &base, request).await
+}
+
+/// Sends `request` on, as it came and credentials included, to engine `to`'s API at `base`,
+/// marked as forwarded by engine `by`, and streams the answer back; 502 if `to` cannot be
+/// reached.
+pub(crate) async fn relay(
+    http: &reqwest::Client,
+    by: &str,
+    to: &str,
+    base: &str,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts
         .uri
@@ -167,10 +237,9 @@ async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Respo
     let mut headers = without_hop_headers(&parts.headers);
     headers.insert(
         HeaderName::from_static(FORWARDED_BY),
-        HeaderValue::from_str(&standby.engine).unwrap_or(HeaderValue::from_static("standby")),
+        HeaderValue::from_str(by).unwrap_or(HeaderValue::from_static("engine")),
     );
-    let sent = standby
-        .http
+    let sent = http
         .request(parts.method, &url)
         .headers(headers)
         .body(body)
@@ -179,12 +248,11 @@ async fn forward(State(standby): State<Arc<Standby>>, request: Request) -> Respo
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {
-            tracing::warn!(primary = %holder, error = %e, "could not forward a request to the primary engine");
+            tracing::warn!(to, error = %e, "could not forward a request to another engine");
             return problem(
                 StatusCode::BAD_GATEWAY,
                 &format!(
-                    "engine {} is a standby and could not reach the primary, {holder}; try again shortly",
-                    standby.engine
+                    "engine {by} could not reach engine {to}, which answers this request; try again shortly"
                 ),
             );
         }

@@ -28,6 +28,16 @@ pub const LEASE_BUCKET: &str = "sluice-leases";
 /// The lease of the execution core: one engine at a time runs it.
 pub const ENGINE_LEASE: &str = "engine";
 
+/// With several engines active at once, the duty they share out ([`crate::shares`]): the
+/// lease of partition `n` of the actions is `partition.<n>`, and so is its fence in the
+/// store.
+pub const PARTITION_DUTY: &str = "partition";
+
+/// The lease (and the store fence) of partition `partition` of the actions.
+pub fn partition_lease(partition: u32) -> String {
+    format!("{PARTITION_DUTY}.{partition}")
+}
+
 /// Who holds a lease: what the key's value says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -69,6 +79,23 @@ impl std::fmt::Display for LeaseEnd {
             Self::Released => write!(f, "it was given back"),
         }
     }
+}
+
+/// Who holds lease `name` now, if anyone, read without opening the bucket for leasing
+/// (its settings stay as the engines set them).
+pub async fn holder_of(bus: &Bus, name: &str) -> Result<Option<Holder>, BusError> {
+    let kv = bus
+        .jetstream()
+        .get_key_value(LEASE_BUCKET)
+        .await
+        .map_err(|e| BusError::read(format!("the {LEASE_BUCKET} bucket"), e))?;
+    let entry = kv
+        .entry(name)
+        .await
+        .map_err(|e| BusError::read(format!("lease {name}"), e))?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .and_then(|e| serde_json::from_slice(&e.value).ok()))
 }
 
 impl Leases {

@@ -415,6 +415,35 @@ impl Engine {
         })
     }
 
+    /// The partitions this engine owns, when several engines are active at once.
+    pub fn partitions(&self) -> Option<&Partitioned> {
+        self.partitions.as_ref()
+    }
+
+    /// When the engines run partitioned and another engine owns `action`: the partition it
+    /// is in and who holds that partition's lease (`partition.<n>`) now, if anyone.
+    pub async fn owner_of(
+        &self,
+        action: &ActionRef,
+    ) -> Option<(u32, Option<sluice_bus::lease::Holder>)> {
+        let partitions = self.partitions.as_ref()?;
+        if partitions.owns(action) {
+            return None;
+        }
+        let partition = sluice_core::partition::partition_of(action, partitions.count);
+        Some((partition, self.partition_holder(partition).await))
+    }
+
+    /// Who holds partition `partition`'s lease now, if anyone (or if it cannot be read).
+    pub async fn partition_holder(&self, partition: u32) -> Option<sluice_bus::lease::Holder> {
+        let lease = sluice_bus::lease::partition_lease(partition);
+        sluice_bus::lease::holder_of(&self.shared.bus, &lease)
+            .await
+            .inspect_err(|e| warn!(lease, error = %e, "the partition's owner could not be read"))
+            .ok()
+            .flatten()
+    }
+
     /// The catalog in force, with the rules' switches applied.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.shared.catalog.current()

@@ -12,6 +12,11 @@ use tracing::warn;
 /// Which actions an engine owns when the engines run partitioned.
 #[derive(Debug, Clone)]
 pub struct Partitioned {
+    /// This engine's name among the engines, as its leases name it.
+    pub engine: String,
+    /// How long a partition's lease lives unrenewed: the longest a partition whose owner
+    /// died stays unowned.
+    pub lease_ttl: std::time::Duration,
     /// How many partitions the actions are cut into: the same on every engine.
     pub count: u32,
     /// The partitions this engine owns, each with the fence its writes are checked

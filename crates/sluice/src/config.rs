@@ -79,6 +79,10 @@ pub struct Config {
     /// How long the execution core's lease lives unrenewed: the longest an engine's death
     /// leaves its duties unowned.
     pub lease_ttl: Duration,
+    /// With several engines active at once (`sluice engine --partitions N`): how many
+    /// partitions the actions are cut into, the same on every engine. `None`: one engine at
+    /// a time runs the execution core, the others stand by.
+    pub partitions: Option<u32>,
 }
 
 impl Config {

@@ -628,6 +628,13 @@ struct ServerArgs {
     /// engine dies, a standby takes over within about this long. The same on every engine.
     #[arg(long, env = "SLUICE_LEASE_TTL", default_value_t = 6.0)]
     lease_ttl: f64,
+    /// Run several engines active at once (`sluice engine`): the actions are cut into this
+    /// many partitions, the same number on every engine, and the engines share them out,
+    /// each running the supervisors of its own. Give at least as many partitions as you run
+    /// engines. Without it, one engine runs the execution core and the others stand by.
+    #[arg(long, env = "SLUICE_PARTITIONS",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: Option<u32>,
 }
 
 impl ServerArgs {
@@ -679,6 +686,7 @@ impl ServerArgs {
             engine_name: self.engine_name,
             advertise_url: self.advertise_url,
             lease_ttl: Duration::from_secs_f64(self.lease_ttl.max(1.0)),
+            partitions: self.partitions,
         }
     }
 }

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sluice_api::Primary;
-use sluice_bus::lease::{ENGINE_LEASE, Holder, LeaseEnd, Leases};
+use sluice_bus::lease::{ENGINE_LEASE, Holder, LeaseEnd, Leases, PARTITION_DUTY, partition_lease};
+use sluice_bus::shares::{Change, Shares};
 use sluice_bus::{Bus, RunSigner, RunVerifier, redact_url};
 use sluice_core::secrets::Keyring;
-use sluice_engine::{Engine, EngineConfig};
+use sluice_engine::{Engine, EngineConfig, Partitioned};
 use sluice_pack::Catalog;
 use sluice_store::Store;
 use sluice_worker::sensor::{SensorHost, SensorSpec};
@@ -108,12 +109,16 @@ async fn listen(config: &Config) -> anyhow::Result<TcpListener> {
 }
 
 /// Starts the engine and binds its HTTP API's listener (after the admin token is written,
-/// so whoever sees the port open finds the token); the caller serves it.
+/// so whoever sees the port open finds the token); the caller serves it. With `partitions`
+/// the engine runs the supervisors of those partitions only, each partition's fence raised
+/// first; the duties that run once (triggers, timers, sensors) go with partition 0. The
+/// packs' sensors are returned when this engine runs them.
 async fn start_engine(
     config: &Config,
     nats_url: &str,
     owner: Option<Owner>,
-) -> anyhow::Result<(Arc<Engine>, TcpListener, Sensors)> {
+    partitions: Option<Partitioned>,
+) -> anyhow::Result<(Arc<Engine>, TcpListener, Option<Sensors>)> {
     let packs = config.pack_sources();
     if let Some(installed) = &packs.installed {
         std::fs::create_dir_all(installed).with_context(|| {
@@ -139,6 +144,17 @@ async fn start_engine(
             );
         }
         store = store.fenced(owner.fence);
+    }
+    let singletons = partitions.as_ref().is_none_or(|p| p.held.contains_key(&0));
+    if let Some(partitions) = &partitions {
+        let engine = config.engine_name();
+        for fence in partitions.held.values() {
+            own_fence(&store, fence, &engine).await?;
+        }
+        // The duties that run once write under partition 0's fence.
+        if let Some(fence) = partitions.held.get(&0) {
+            store = store.fenced(fence.clone());
+        }
     }
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
     let listener = listen(config).await?;
@@ -166,17 +182,43 @@ async fn start_engine(
         bus,
         run_signer: Arc::new(run_signer),
         keyring,
-        ingest_triggers: true,
+        ingest_triggers: singletons,
         worker_loss_window: config.worker_loss_window,
         api_url: Some(config.action_api_url(listener.local_addr()?)),
-        partitions: None,
+        partitions,
     })
     .await
     .context("failed to start the engine")?;
     info!(api = %format!("http://{}", listener.local_addr()?), "HTTP API listening");
     let engine = Arc::new(engine);
-    let sensors = Sensors::start(engine.clone(), service, config.runner.venvs.clone());
+    let sensors =
+        singletons.then(|| Sensors::start(engine.clone(), service, config.runner.venvs.clone()));
     Ok((engine, listener, sensors))
+}
+
+/// Makes sure the store's fence `fence.name` is at this engine's token: raised to it, or
+/// already there (the engine started again while it holds the partition). A newer token
+/// there means another engine took the partition since: this one stops.
+async fn own_fence(store: &Store, fence: &sluice_store::Fence, engine: &str) -> anyhow::Result<()> {
+    let raised = store
+        .raise_fence(&fence.name, fence.token, engine)
+        .await
+        .with_context(|| format!("failed to raise the fence {} in the store", fence.name))?;
+    if raised {
+        return Ok(());
+    }
+    let current = store.fence_of(&fence.name).await?;
+    if current
+        .as_ref()
+        .is_some_and(|(token, _)| *token == fence.token)
+    {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "an engine with a newer lease of {} than this one's (token {}) has written to the store; this engine stops",
+        fence.name,
+        fence.token
+    )
 }
 
 /// The packs' sensors, kept running as the packs change: started with the engine, and
@@ -403,7 +445,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(nats) => (nats.url(Role::Engine), nats.url(Role::Worker)),
         None => (config.nats_url(), config.nats_url()),
     };
-    let (engine, listener, sensors) = start_engine(&config, &engine_url, None).await?;
+    let (engine, listener, sensors) = start_engine(&config, &engine_url, None, None).await?;
     // Its worker runs the pack versions the engine published, as any other worker does.
     let worker = start_worker(&config, &[], &worker_url).await?;
     let api = Api::serve(listener, engine.clone(), &config);
@@ -411,7 +453,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!("sluice is up; Ctrl-C drains executions in flight and stops");
     shutdown.await;
     info!("shutting down: draining executions in flight");
-    sensors.stop().await;
+    if let Some(sensors) = sensors {
+        sensors.stop().await;
+    }
     api.stop().await;
     if let Some(metrics) = metrics {
         metrics.stop().await;
@@ -434,6 +478,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// the engine that holds it, and it takes the lease over when that engine's expires. An
 /// engine that loses its lease exits at once, doing nothing more (see docs/ha.md).
 pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Some(count) = config.partitions {
+        return run_partitioned(config, count, shutdown).await;
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     let name = config.engine_name();
     let lease_bus = connect(&config, &config.nats_url(), "sluice-engine-lease").await?;
@@ -488,7 +535,7 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
         let _ = released.await;
     }));
     let nats_url = config.nats_url();
-    let started = start_engine(&config, &nats_url, Some(owner));
+    let started = start_engine(&config, &nats_url, Some(owner), None);
     let (engine, listener, sensors) = tokio::select! {
         started = started => started?,
         end = &mut keeping => lost_lease(end),
@@ -500,7 +547,9 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
         end = &mut keeping => lost_lease(end),
     }
     let stopped = async {
-        sensors.stop().await;
+        if let Some(sensors) = sensors {
+            sensors.stop().await;
+        }
         api.stop().await;
         if let Some(metrics) = metrics {
             metrics.stop().await;
@@ -516,6 +565,215 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     let _ = release.send(());
     let _ = keeping.await;
     Ok(())
+}
+
+/// An engine running for the partitions it holds: its API, and the sensors when it holds
+/// partition 0.
+struct PartitionedEngine {
+    engine: Arc<Engine>,
+    api: Api,
+    metrics: Option<Api>,
+    sensors: Option<Sensors>,
+}
+
+impl PartitionedEngine {
+    async fn start(config: &Config, count: u32, held: &BTreeMap<u32, u64>) -> anyhow::Result<Self> {
+        let mut fences = BTreeMap::new();
+        for (n, token) in held {
+            let fence = sluice_store::Fence {
+                name: partition_lease(*n),
+                token: i64::try_from(*token).context("lease token out of range")?,
+            };
+            fences.insert(*n, fence);
+        }
+        let partitions = Partitioned {
+            engine: config.engine_name(),
+            lease_ttl: config.lease_ttl,
+            count,
+            held: fences,
+        };
+        let (engine, listener, sensors) =
+            start_engine(config, &config.nats_url(), None, Some(partitions)).await?;
+        let api = Api::serve(listener, engine.clone(), config);
+        let metrics = serve_open_metrics(config, &engine).await?;
+        Ok(Self {
+            engine,
+            api,
+            metrics,
+            sensors,
+        })
+    }
+
+    /// Stops it, letting executions in flight finish for at most `drain`; what is still
+    /// running then is resumed by whoever holds its partition next.
+    async fn stop(self, drain: Duration) {
+        if let Some(sensors) = self.sensors {
+            sensors.stop().await;
+        }
+        self.api.stop().await;
+        if let Some(metrics) = self.metrics {
+            metrics.stop().await;
+        }
+        let store = self.engine.store().clone();
+        self.engine.shutdown(drain).await;
+        store.close().await;
+    }
+}
+
+/// `sluice engine --partitions N`: several engines active at once. Each engine keeps a
+/// membership in `sluice-leases` and holds its fair share of the `partition.<n>` leases
+/// ([`sluice_bus::shares`]); it runs the supervisors of the actions in the partitions it
+/// holds, under each partition's fence, and serves the whole API. When the partitions it
+/// holds change (an engine joined or left), it starts its engine again for the new set,
+/// which rebuilds their queues from the store. Losing a lease under it ends the process
+/// (exit 75), as with one active engine.
+pub async fn run_partitioned(
+    config: Config,
+    count: u32,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let name = config.engine_name();
+    let lease_bus = connect(&config, &config.nats_url(), "sluice-engine-lease").await?;
+    let leases = patiently("open the leases", || {
+        Leases::open(&lease_bus, config.lease_ttl)
+    })
+    .await
+    .context("failed to set up the engine leases")?;
+    let holder = Holder {
+        engine: name.clone(),
+        api_url: Some(config.advertise_url(config.http)),
+        since: chrono::Utc::now(),
+    };
+    let shares = Shares::new(leases, PARTITION_DUTY, count, holder);
+    let (wanted, mut wants) = tokio::sync::watch::channel(None);
+    let (commands, commanded) = tokio::sync::mpsc::unbounded_channel();
+    let keeper = tokio::spawn(keep_shares(shares, wanted, commanded));
+    let mut running: Option<(PartitionedEngine, BTreeMap<u32, u64>)> = None;
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = wants.changed() => if changed.is_err() { break },
+        }
+        let Some(want) = wants.borrow_and_update().clone() else {
+            continue;
+        };
+        if running.as_ref().is_some_and(|(_, held)| *held == want.keep) {
+            continue;
+        }
+        // Started again for the new set: what was running is resumed from the store.
+        if let Some((engine, _)) = running.take() {
+            engine.stop(Duration::ZERO).await;
+        }
+        for partition in want.give_back {
+            let _ = commands.send(SharesCommand::Release(partition));
+            info!(engine = %name, partition, "this engine gives a partition back to another");
+        }
+        let engine = PartitionedEngine::start(&config, count, &want.keep).await?;
+        info!(
+            engine = %name,
+            partitions = ?want.keep.keys().collect::<Vec<_>>(),
+            of = count,
+            after_s = started.elapsed().as_secs_f64(),
+            "this engine runs the supervisors of its partitions"
+        );
+        running = Some((engine, want.keep));
+    }
+    if let Some((engine, _)) = running {
+        // Within the leases' life, which the keeper goes on renewing meanwhile.
+        engine
+            .stop(config.drain_timeout.min(config.lease_ttl))
+            .await;
+    }
+    let (left, leaving) = oneshot::channel();
+    let _ = commands.send(SharesCommand::Leave(left));
+    let _ = leaving.await;
+    let _ = keeper.await;
+    Ok(())
+}
+
+/// The partitions an engine should run now: those to `keep` (with their tokens), and
+/// those above its share to `give_back` once it stopped using them.
+#[derive(Clone, Debug, PartialEq)]
+struct Wanted {
+    keep: BTreeMap<u32, u64>,
+    give_back: Vec<u32>,
+}
+
+enum SharesCommand {
+    /// The engine no longer uses this partition: give it back.
+    Release(u32),
+    /// Give every partition back and leave; then answer.
+    Leave(oneshot::Sender<()>),
+}
+
+/// Keeps this engine's shares: a round every quarter of the leases' life, whatever the
+/// engine is doing (starting, stopping, draining), so its leases never lapse while it
+/// lives. Publishes what the engine should run; a lease lost under it ends the process.
+async fn keep_shares(
+    mut shares: Shares,
+    wanted: tokio::sync::watch::Sender<Option<Wanted>>,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<SharesCommand>,
+) {
+    loop {
+        match shares.round().await {
+            Ok(changes) => {
+                let mut give_back = Vec::new();
+                for change in changes {
+                    match change {
+                        Change::Lost { partition, why } => lost_partition(partition, &why),
+                        Change::Gained { partition, token } => {
+                            info!(
+                                engine = shares.engine(),
+                                partition, token, "this engine took a partition"
+                            );
+                        }
+                        Change::Surplus { partition } => give_back.push(partition),
+                    }
+                }
+                let mut keep = shares.held();
+                keep.retain(|p, _| !give_back.contains(p));
+                wanted.send_if_modified(|now| {
+                    let next = Some(Wanted { keep, give_back });
+                    let changed = *now != next;
+                    *now = next;
+                    changed
+                });
+            }
+            Err(e) => {
+                warn!(engine = shares.engine(), error = %e, "the partitions' leases could not be read; tried again shortly");
+            }
+        }
+        let next_round = tokio::time::sleep(shares.every());
+        tokio::pin!(next_round);
+        loop {
+            tokio::select! {
+                () = &mut next_round => break,
+                command = commands.recv() => match command {
+                    Some(SharesCommand::Release(partition)) => shares.release(partition).await,
+                    Some(SharesCommand::Leave(left)) => {
+                        shares.leave().await;
+                        let _ = left.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Ends the process when one of its partitions' leases ended under it: another engine may
+/// own the partition now, so this one does nothing more. Started again, it takes its share
+/// anew.
+fn lost_partition(partition: u32, why: &LeaseEnd) -> ! {
+    error!(
+        partition,
+        why = %why,
+        "this engine lost a partition's lease; it stops at once so that nothing is done twice"
+    );
+    std::process::exit(75)
 }
 
 /// Ends the process when the engine's lease ended under it: another engine may own the

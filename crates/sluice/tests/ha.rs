@@ -1,6 +1,8 @@
 //! Several engines on a three-server NATS cluster and PostgreSQL, under a steady trigger
 //! load, through the failures that come with them: the primary engine killed, one NATS
-//! server killed, the primary paused past its lease (the zombie owner). Each test then
+//! server killed, the primary paused past its lease (the zombie owner). The same again with
+//! the engines active at once (`--partitions`), each owning some of the actions: an owner
+//! killed, a NATS server killed, an owner paused past its leases. Each test then
 //! counts from what the actions themselves logged and what the store holds: every trigger
 //! made its executions, each ran once, each action admitted in request order, no action
 //! ever ran more at once than its `max_concurrent`, and the books balance. The takeover
@@ -83,8 +85,18 @@ struct EngineProcess {
     child: Option<Child>,
 }
 
+/// How the engines share the execution core.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// One primary; the other engine stands by.
+    Standby,
+    /// Both active, sharing this many partitions of the actions.
+    Partitioned(u32),
+}
+
 /// Three NATS servers, PostgreSQL, two engines and three workers, all real processes.
 struct Deployment {
+    mode: Mode,
     nats: NatsCluster,
     _postgres: Postgres,
     database: String,
@@ -121,6 +133,10 @@ impl Drop for Deployment {
 
 impl Deployment {
     async fn start() -> Self {
+        Self::start_as(Mode::Standby).await
+    }
+
+    async fn start_as(mode: Mode) -> Self {
         let nats = NatsCluster::start();
         let postgres = Postgres::start();
         let database = postgres.url();
@@ -144,6 +160,7 @@ impl Deployment {
         )
         .await;
         let mut deployment = Self {
+            mode,
             nats,
             _postgres: postgres,
             database,
@@ -168,10 +185,30 @@ impl Deployment {
             });
         }
         deployment.start_engine(0);
-        deployment.wait_primary(0, Duration::from_secs(60)).await;
+        if mode == Mode::Standby {
+            deployment.wait_primary(0, Duration::from_secs(60)).await;
+        } else {
+            deployment.wait_owned(Duration::from_secs(60)).await;
+        }
         deployment.start_engine(1);
         let token = common::admin_token(&deployment.dir.path().join("e0"));
         deployment.http = client_with_token(&token);
+        if let Mode::Partitioned(count) = mode {
+            // The engines share the partitions out: each owns some.
+            let shared = eventually(
+                "both engines to own partitions",
+                Duration::from_secs(60),
+                || {
+                    let deployment = &deployment;
+                    async move {
+                        let owned = deployment.owned().await;
+                        (owned.len() == 2 && owned.values().all(|p| !p.is_empty())).then_some(owned)
+                    }
+                },
+            )
+            .await;
+            eprintln!("[partitioned] {count} partitions shared out: {shared:?}");
+        }
         for i in 0..3 {
             deployment.start_worker(i);
         }
@@ -280,6 +317,9 @@ impl Deployment {
             .arg(&self.database)
             .arg("--run-signing-key")
             .arg(self.keys().join("run-signing.key"));
+        if let Mode::Partitioned(count) = self.mode {
+            command.args(["--partitions", &count.to_string()]);
+        }
         self.common(&mut command, &engine.name.clone());
         self.engines[i].child = Some(command.spawn().unwrap());
     }
@@ -305,7 +345,60 @@ impl Deployment {
         self.engines[i].child.as_ref().unwrap().id()
     }
 
+    /// The partitions each live engine owns, by engine, as its `/healthz` says.
+    async fn owned(&self) -> BTreeMap<usize, Vec<u64>> {
+        let mut owned = BTreeMap::new();
+        for i in 0..self.engines.len() {
+            if self.engines[i].child.is_none() {
+                continue;
+            }
+            // A paused engine does not answer: it owns nothing as far as anyone can tell.
+            let Ok(answer) = self
+                .http
+                .get(format!("{}/healthz", self.api(i)))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let body: Value = answer.json().await.unwrap_or_default();
+            if body["role"] == "partitioned" {
+                let partitions = body["partitions"].as_array().cloned().unwrap_or_default();
+                owned.insert(i, partitions.iter().filter_map(Value::as_u64).collect());
+            }
+        }
+        owned
+    }
+
+    /// Waits until the live engines own every partition between them, each once; how long
+    /// that took.
+    async fn wait_owned(&self, timeout: Duration) -> Duration {
+        let Mode::Partitioned(count) = self.mode else {
+            unreachable!("only partitioned engines own partitions")
+        };
+        let started = Instant::now();
+        loop {
+            let mut all: Vec<u64> = self.owned().await.into_values().flatten().collect();
+            all.sort_unstable();
+            if all == (0..u64::from(count)).collect::<Vec<_>>() {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the partitions were not all owned within {timeout:?}: {:?}",
+                self.owned().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The engine that answers for the deployment: the primary, or with partitioned engines
+    /// the first that answers at all (every one reads the same store).
     async fn primary(&self) -> Option<usize> {
+        if self.mode != Mode::Standby {
+            return self.owned().await.into_keys().next();
+        }
         for i in 0..self.engines.len() {
             if self.engines[i].child.is_some() && is_primary(&self.http, &self.api(i)).await {
                 return Some(i);
@@ -749,5 +842,170 @@ async fn a_primary_paused_past_its_lease_does_nothing_when_it_wakes_and_exits() 
     );
     deployment
         .close_books(primary, "primary paused past its lease")
+        .await;
+}
+
+/// The partitions the engines share in the partitioned scenarios.
+const PARTITIONS: u32 = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_an_engine_killed_mid_run_has_its_partitions_taken_over_and_nothing_is_lost_or_doubled()
+ {
+    let mut deployment = Deployment::start_as(Mode::Partitioned(PARTITIONS)).await;
+    let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The engine that owns partition 0 takes the triggers too: the harder one to lose.
+    let owned = deployment.owned().await;
+    let victim = *owned
+        .iter()
+        .find(|(_, p)| p.contains(&0))
+        .expect("an engine owns partition 0")
+        .0;
+    deployment.kill_engine(victim);
+    let takeover = deployment.wait_owned(Duration::from_secs(30)).await;
+    eprintln!(
+        "[partitioned, engine killed] e{victim}'s partitions {:?} owned again {:.2} s after it was killed (lease {LEASE_TTL} s)",
+        owned[&victim],
+        takeover.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deployment.start_engine(victim);
+    load.await.unwrap();
+    let answering = deployment.settle(SETTLE).await;
+    deployment
+        .close_books(answering, "partitioned, engine killed")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
+    let mut deployment = Deployment::start_as(Mode::Partitioned(PARTITIONS)).await;
+    let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = deployment.lease_stream_leader().await;
+    deployment.nats.nodes[node].kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    deployment.nats.nodes[node].restart();
+    let mut owned_after = None;
+    while owned_after.is_none() && killed.elapsed() < Duration::from_secs(60) {
+        deployment.restart_ended_engines();
+        let mut all: Vec<u64> = deployment.owned().await.into_values().flatten().collect();
+        all.sort_unstable();
+        if all == (0..u64::from(PARTITIONS)).collect::<Vec<_>>() && deployment.lease_renews().await
+        {
+            owned_after = Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "[partitioned, nats server killed] n{node}, leader of the leases' stream, killed for 4 s; every partition owned {:.2} s after the kill",
+        owned_after
+            .expect("the partitions were not all owned a minute after")
+            .as_secs_f64()
+    );
+    load.await.unwrap();
+    let answering = deployment.settle(SETTLE).await;
+    eprintln!(
+        "[partitioned, nats server killed] {} engine(s) stepped down on the way and were started again",
+        deployment.restarts
+    );
+    deployment
+        .close_books(answering, "partitioned, nats server killed")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_an_owner_paused_past_its_leases_does_nothing_when_it_wakes_and_exits() {
+    let mut deployment = Deployment::start_as(Mode::Partitioned(PARTITIONS)).await;
+    // A rule switched through the engine that does not take the triggers is switched where
+    // they are taken.
+    let owned = deployment.owned().await;
+    let taker = *owned.iter().find(|(_, p)| p.contains(&0)).unwrap().0;
+    let other = 1 - taker;
+    let enabled = async |i: usize| {
+        let url = format!("{}/api/v1/rules/t.to_one", deployment.api(i));
+        let rule: Value = deployment
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rule["enabled"].clone()
+    };
+    for (switch, want) in [("disable", false), ("enable", true)] {
+        let url = format!("{}/api/v1/rules/t.to_one/{switch}", deployment.api(other));
+        let answer = deployment.http.post(url).send().await.unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{switch}: {}",
+            answer.status()
+        );
+        assert_eq!(
+            enabled(taker).await,
+            want,
+            "{switch}d where the triggers are taken"
+        );
+    }
+    let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let zombie = deployment.pid(0);
+    let owned = deployment.owned().await;
+    signal(zombie, "STOP");
+    let paused = Instant::now();
+    // The other engine takes the paused one's partitions once their leases expire.
+    loop {
+        let now = deployment.owned().await;
+        let others: Vec<u64> = now
+            .iter()
+            .filter(|(i, _)| **i != 0)
+            .flat_map(|(_, p)| p.clone())
+            .collect();
+        if others.len() == PARTITIONS as usize {
+            break;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(30),
+            "e0's partitions were not taken over: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "[partitioned, owner paused] e0's partitions {:?} taken over {:.2} s after it was paused (lease {LEASE_TTL} s)",
+        owned.get(&0),
+        paused.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(zombie, "CONT");
+    let child = deployment.engines[0].child.as_mut().unwrap();
+    let woke = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            woke.elapsed() < Duration::from_secs(20),
+            "the woken engine kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "it exits saying it lost its leases"
+    );
+    eprintln!(
+        "[partitioned, owner paused] e0 exited {:.2} s after it woke",
+        woke.elapsed().as_secs_f64()
+    );
+    deployment.engines[0].child = None;
+    deployment.start_engine(0);
+    load.await.unwrap();
+    let answering = deployment.settle(SETTLE).await;
+    deployment
+        .close_books(answering, "partitioned, owner paused past its leases")
         .await;
 }

@@ -190,6 +190,8 @@ impl World {
             worker_loss_window: Duration::from_secs(10),
             api_url: None,
             partitions: Some(Partitioned {
+                engine: name.into(),
+                lease_ttl: Duration::from_secs(3),
                 count: PARTITIONS,
                 held,
             }),

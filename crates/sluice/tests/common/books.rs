@@ -55,14 +55,23 @@ impl Books {
     }
 }
 
+/// GETs `url`; a `503` (the engine that answers is moving, and says to retry) is asked
+/// again for up to 30 s, as a client following `Retry-After` does.
 async fn get(http: &reqwest::Client, url: String) -> Value {
-    let response = http.get(&url).send().await.unwrap();
-    assert!(
-        response.status().is_success(),
-        "GET {url}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let response = http.get(&url).send().await.unwrap();
+        let status = response.status();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        let body = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "GET {url}: {status} {body}");
+        return serde_json::from_str(&body).unwrap();
+    }
 }
 
 /// Every execution, through the API's pages, oldest first.

@@ -80,6 +80,7 @@ impl Sluice {
             engine_name: None,
             advertise_url: None,
             lease_ttl: Duration::from_secs(3),
+            partitions: None,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
