@@ -13,6 +13,7 @@
 //! cargo run -p sluice-load --release -- timers [--timers N] [--duration S]
 //! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
 //! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load takeover [--kills N] [--lease-ttl S]
+//! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load engines [--executions N] [--engine-counts 1,2,3]
 //! cargo run -p sluice-load --release -- workflows [--items 1000,10000] [--concurrency C]
 //! cargo run -p sluice-load --release -- results [--executions N] [--size-kib K]
 //! ```
@@ -30,6 +31,7 @@ mod baseline;
 mod cost;
 mod dashboard;
 mod deployment;
+mod engines;
 mod gate;
 mod process;
 mod queue_memory;
@@ -144,6 +146,12 @@ enum Scenario {
         #[command(flatten)]
         options: timers::Options,
     },
+    /// Throughput on PostgreSQL with 1, 2 and 3 engines active at once (`--partitions`),
+    /// against one engine without partitions, each run on a fresh deployment.
+    Engines {
+        #[command(flatten)]
+        options: engines::Options,
+    },
     /// Two engines with a trigger load: the primary killed N times; seconds until the
     /// standby holds the execution core and records a completion, against a clean handover.
     Takeover {
@@ -234,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Timers { options } => timers::run(options).await,
         Scenario::Takeover { options } => takeover::run(options).await,
+        Scenario::Engines { options } => engines::run(options).await,
         Scenario::Webhooks { load, options } => webhooks::run(load, options).await,
         Scenario::Workflows { options } => workflows::run(options).await,
         Scenario::Results { options } => results::run(options).await,

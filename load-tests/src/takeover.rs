@@ -10,6 +10,12 @@
 //! primary is stopped with SIGTERM, drains, and gives its lease back. It is the cost of a
 //! takeover without waiting for a lease to expire.
 //!
+//! With `--partitions N`, both engines are active, sharing N partitions of the actions. Each
+//! kill takes the engine that owns partition 0 (and so takes the triggers); it measures how
+//! long until the other engine owns every partition, and how long until it records a
+//! trigger again (the ledger's `events` count moves). The baseline is again a clean
+//! handover: the owner stopped with SIGTERM gives its partitions back as it leaves.
+//!
 //! At the end the books must balance: every trigger made one execution, none is
 //! unfinished, and none ended more than once.
 //!
@@ -34,6 +40,9 @@ pub struct Options {
     /// The engines' `--lease-ttl`, in seconds.
     #[arg(long, default_value_t = 6.0)]
     pub lease_ttl: f64,
+    /// Run both engines active at once, sharing this many partitions of the actions.
+    #[arg(long)]
+    pub partitions: Option<u32>,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -45,6 +54,7 @@ struct Engines {
     nats_url: String,
     database_url: String,
     lease_ttl: f64,
+    partitions: Option<u32>,
     ports: [u16; 2],
     children: [Option<Child>; 2],
     http: reqwest::Client,
@@ -61,16 +71,97 @@ impl Engines {
             .append(true)
             .open(self.dir.join(format!("e{i}.log")))?;
         let name = format!("e{i}");
-        let child = sluice_command(&self.sluice, "engine", &self.dir, &name)
+        let mut command = sluice_command(&self.sluice, "engine", &self.dir, &name);
+        command
             .args(["--engine-name", &name])
             .args(["--http", &format!("127.0.0.1:{}", self.ports[i])])
             .args(["--lease-ttl", &self.lease_ttl.to_string()])
             .args(["--nats-url", &self.nats_url])
             .args(["--database-url", &self.database_url])
-            .stderr(log)
-            .spawn()?;
+            .stderr(log);
+        if let Some(partitions) = self.partitions {
+            command.args(["--partitions", &partitions.to_string()]);
+        }
+        let child = command.spawn()?;
         self.children[i] = Some(child);
         Ok(())
+    }
+
+    /// The partitions engine `i` owns, as its `/healthz` says; `None` while it does not
+    /// answer.
+    async fn owned(&self, i: usize) -> Option<Vec<u64>> {
+        let answer = self
+            .http
+            .get(format!("{}/healthz", self.api(i)))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        let health: Value = answer.json().await.ok()?;
+        let owned = health["partitions"].as_array()?;
+        Some(owned.iter().filter_map(Value::as_u64).collect())
+    }
+
+    /// Waits until engine `i` holds the role the kills take over: the execution core, or,
+    /// with partitions, every partition.
+    async fn wait_sole(&self, i: usize, within: Duration) -> anyhow::Result<()> {
+        let Some(count) = self.partitions else {
+            return self.wait_role(i, "primary", within).await;
+        };
+        let started = Instant::now();
+        while self.owned(i).await.map_or(0, |p| p.len()) != count as usize {
+            anyhow::ensure!(
+                started.elapsed() < within,
+                "engine e{i} did not own every partition within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until engine `i`, started again, takes its part: a standby, or the owner of
+    /// its share of the partitions.
+    async fn wait_joined(&self, i: usize, within: Duration) -> anyhow::Result<()> {
+        let Some(count) = self.partitions else {
+            return self.wait_role(i, "standby", within).await;
+        };
+        let started = Instant::now();
+        while self.owned(i).await.map_or(0, |p| p.len()) < count as usize / 2 {
+            anyhow::ensure!(
+                started.elapsed() < within,
+                "engine e{i} did not take its share of the partitions within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// The engine the next kill takes: the primary, or the owner of partition 0.
+    async fn victim(&self) -> anyhow::Result<usize> {
+        if self.partitions.is_none() {
+            for i in 0..2 {
+                if self.role(i).await.as_deref() == Some("primary") {
+                    return Ok(i);
+                }
+            }
+            anyhow::bail!("no engine is primary");
+        }
+        for i in 0..2 {
+            if self.owned(i).await.is_some_and(|p| p.contains(&0)) {
+                return Ok(i);
+            }
+        }
+        anyhow::bail!("no engine owns partition 0")
+    }
+
+    /// What moves when the engine that took over works: completions recorded, or, with
+    /// partitions, triggers recorded (the other engine's own partitions never stopped).
+    async fn progress(&self, i: usize, token: &str) -> Option<i64> {
+        let ledger = self.ledger(i, token).await.ok()?;
+        match self.partitions {
+            None => ledger["executions"]["succeeded"].as_i64(),
+            Some(_) => ledger["events"].as_i64(),
+        }
     }
 
     /// `primary`, `standby`, or `None` while it does not answer.
@@ -109,11 +200,6 @@ impl Engines {
             .error_for_status()?
             .json()
             .await?)
-    }
-
-    async fn succeeded(&self, i: usize, token: &str) -> Option<i64> {
-        let ledger = self.ledger(i, token).await.ok()?;
-        ledger["executions"]["succeeded"].as_i64()
     }
 
     fn kill(&mut self, i: usize) -> anyhow::Result<()> {
@@ -193,18 +279,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         nats_url: nats.url(),
         database_url: postgres.url(),
         lease_ttl: options.lease_ttl,
+        partitions: options.partitions,
         ports: [free_port(), free_port()],
         children: [None, None],
         http: reqwest::Client::new(),
     };
     engines.start(0)?;
-    engines
-        .wait_role(0, "primary", Duration::from_secs(60))
-        .await?;
+    engines.wait_sole(0, Duration::from_secs(60)).await?;
     engines.start(1)?;
-    engines
-        .wait_role(1, "standby", Duration::from_secs(60))
-        .await?;
+    engines.wait_joined(1, Duration::from_secs(60)).await?;
     let token = std::fs::read_to_string(dir.path().join("e0/admin.token"))?
         .trim()
         .to_owned();
@@ -216,46 +299,46 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let publisher = tokio::spawn(publish_until(nats.url(), stopped));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let shape = match options.partitions {
+        None => "one primary, one standby".to_owned(),
+        Some(n) => format!("both active, {n} partitions"),
+    };
     println!(
-        "takeover: 2 engines (lease {} s), 1 worker, PostgreSQL, a trigger every 20 ms",
+        "takeover: 2 engines ({shape}; lease {} s), 1 worker, PostgreSQL, a trigger every 20 ms",
         options.lease_ttl
     );
-    let mut primary = 0;
     // The baseline: a clean handover, three times.
     let mut handover = report::histogram();
     for _ in 0..3 {
+        let primary = engines.victim().await?;
         let standby = 1 - primary;
         let started = Instant::now();
         let mut stopping = engines.terminate(primary)?;
-        engines
-            .wait_role(standby, "primary", Duration::from_secs(120))
-            .await?;
+        engines.wait_sole(standby, Duration::from_secs(120)).await?;
         report::record(&mut handover, started.elapsed());
         stopping.wait()?;
         engines.start(primary)?;
         engines
-            .wait_role(primary, "standby", Duration::from_secs(60))
+            .wait_joined(primary, Duration::from_secs(60))
             .await?;
-        primary = standby;
     }
     let mut to_primary = report::histogram();
     let mut to_completion = report::histogram();
     for kill in 0..options.kills {
+        let primary = engines.victim().await?;
         let standby = 1 - primary;
         // Land the kill at a different point of the renewal cycle each time.
         let quarter = options.lease_ttl / 4.0;
         let offset = quarter * ((kill * 7) % 10) as f64 / 10.0;
         tokio::time::sleep(Duration::from_secs_f64(offset)).await;
-        let before = engines.succeeded(primary, &token).await.unwrap_or(0);
+        let before = engines.progress(primary, &token).await.unwrap_or(0);
         let killed = Instant::now();
         engines.kill(primary)?;
-        engines
-            .wait_role(standby, "primary", Duration::from_secs(120))
-            .await?;
+        engines.wait_sole(standby, Duration::from_secs(120)).await?;
         report::record(&mut to_primary, killed.elapsed());
         loop {
             if engines
-                .succeeded(standby, &token)
+                .progress(standby, &token)
                 .await
                 .is_some_and(|now| now > before)
             {
@@ -270,17 +353,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         report::record(&mut to_completion, killed.elapsed());
         engines.start(primary)?;
         engines
-            .wait_role(primary, "standby", Duration::from_secs(60))
+            .wait_joined(primary, Duration::from_secs(60))
             .await?;
-        primary = standby;
     }
     let _ = stop.send(true);
     let published = publisher.await?;
 
     // The books: every trigger one execution, each ended once.
     let settled = Instant::now();
+    let answering = engines.victim().await?;
     let ledger = loop {
-        let ledger = engines.ledger(primary, &token).await?;
+        let ledger = engines.ledger(answering, &token).await?;
         let executions: i64 = ledger["executions"]
             .as_object()
             .map(|m| m.values().filter_map(Value::as_i64).sum())
@@ -311,8 +394,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let handover = seconds(&handover);
     let (to_primary, to_completion) = (seconds(&to_primary), seconds(&to_completion));
     handover.print_row("baseline: clean handover (SIGTERM)", 34);
-    to_primary.print_row("kill -9: the standby is primary", 34);
-    to_completion.print_row("kill -9: its first completion", 34);
+    if options.partitions.is_some() {
+        to_primary.print_row("kill -9: the other owns them all", 34);
+        to_completion.print_row("kill -9: its first trigger", 34);
+    } else {
+        to_primary.print_row("kill -9: the standby is primary", 34);
+        to_completion.print_row("kill -9: its first completion", 34);
+    }
     println!(
         "  {} kills; {published} triggers, {published} executions, 0 lost, 0 ended twice; lease {} s",
         options.kills, options.lease_ttl
@@ -324,6 +412,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 "scenario": "takeover",
                 "kills": options.kills,
                 "lease_ttl_s": options.lease_ttl,
+                "partitions": options.partitions,
                 "handover_s": handover,
                 "kill_to_primary_s": to_primary,
                 "kill_to_completion_s": to_completion,

@@ -29,7 +29,7 @@ use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_store::ExecutionFilter;
 use utoipa::OpenApi as _;
 
-pub use error::{ApiError, AppState, Body};
+pub use error::{ApiError, AppState, Body, problem};
 use error::{Query, instant};
 pub use exposition::metrics;
 use exposition::prometheus_text;

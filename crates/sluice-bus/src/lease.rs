@@ -28,7 +28,7 @@ pub const LEASE_BUCKET: &str = "sluice-leases";
 /// The lease of the execution core: one engine at a time runs it.
 pub const ENGINE_LEASE: &str = "engine";
 
-/// With several engines active at once, the duty they share out ([`crate::shares`]): the
+/// With several engines active at once, the duty they share out (see `shares`): the
 /// lease of partition `n` of the actions is `partition.<n>`, and so is its fence in the
 /// store.
 pub const PARTITION_DUTY: &str = "partition";

@@ -840,7 +840,7 @@ impl Engine {
         let traceparent = trace.traceparent();
         let traceparent = traceparent.as_deref();
         let store = &self.shared.store;
-        let supervisor = self.directory.supervisor(&action_ref);
+        let supervisor = self.directory.admitting_on_arrival(&action_ref);
         // A free slot and nothing queued: stored already `scheduled`, one commit fewer on
         // its way to a worker, as a trigger's execution is (see `ingest`).
         let slot = match &supervisor {
@@ -877,7 +877,7 @@ impl Engine {
             (Some(slot), _) => slot.bind(pending),
             (None, Some(supervisor)) => supervisor.enqueue(pending),
             (None, None) => {
-                // Another engine owns the action: announced to it.
+                // Queued at its supervisor here, or announced to the engine that owns it.
                 self.directory.queue(&action_ref, pending);
             }
         }

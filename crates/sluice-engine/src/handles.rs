@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::error;
 
 use crate::gate::Reservation;
-use crate::routes::Routes;
+use crate::routes::{Requested, Routes};
 
 /// An execution waiting for, or holding, a slot.
 #[derive(Debug, Clone)]
@@ -471,7 +471,15 @@ impl Directory {
         }
         match self.routes.get() {
             Some(routes) => {
-                routes.requested(action, pending.id);
+                routes.requested(&Requested {
+                    execution_id: pending.id,
+                    action: action.clone(),
+                    attempt: pending.attempt,
+                    requested_at: pending.enqueued_at,
+                    traceparent: pending.trace.traceparent(),
+                    parent: pending.parent,
+                    parameters: pending.parameters,
+                });
                 true
             }
             None => false,
@@ -494,6 +502,22 @@ impl Directory {
     /// Whether the engines run partitioned, so some actions are other engines' to run.
     pub(crate) fn partitioned(&self) -> bool {
         self.routes.get().is_some()
+    }
+
+    /// The supervisor of `action` here, when an execution of it may be admitted as it is
+    /// stored by a write checked against the engine's own fence: always with one engine;
+    /// with partitioned engines, only for an action of partition 0, whose fence the
+    /// triggers' and the API's writes are checked against. Others queue and are admitted
+    /// under their own partition's fence.
+    pub(crate) fn admitting_on_arrival(&self, action: &ActionRef) -> Option<SupervisorHandle> {
+        if self
+            .routes
+            .get()
+            .is_some_and(|routes| routes.partition_of(action) != 0)
+        {
+            return None;
+        }
+        self.supervisor(action)
     }
 
     /// A supervisor admitted an execution that a worker runs.

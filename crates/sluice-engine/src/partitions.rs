@@ -16,19 +16,22 @@
 //!
 //! The announcements are core NATS messages: quick, and allowed to be lost, because the
 //! store says the same. Every [`RECONCILE`] the owner queues any `requested` execution of
-//! its actions that it does not hold yet, and each workflow it runs looks up the ends of its
+//! its actions stored since its last look that it does not hold yet, and each workflow it runs looks up the ends of its
 //! tasks that other engines run. An engine rebuilds a partition's queues from the store
 //! after it listens for the partition's announcements, so none falls between the two.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use sluice_core::{ExecutionId, ExecutionStatus};
+use sluice_core::ExecutionStatus;
+use sluice_store::ExecutionFilter;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::context::Shared;
+use crate::handles::Pending;
 use crate::recover;
 use crate::routes::{CHILD_ENDED_SUBJECT, ChildEnded, Requested, requested_subject};
 
@@ -73,12 +76,22 @@ pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: C
     let mut ticks = tokio::time::interval(RECONCILE);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
+    // Each round looks at what was requested since the last round's window, less one
+    // [`RECONCILE`] for transactions still open then and clocks a little apart; what was
+    // requested before this engine listened is in its rebuild. The newest [`RECONCILE`] is
+    // left to the announcements still on their way.
+    let lag = chrono::Duration::from_std(RECONCILE).unwrap_or_default();
+    let mut since = Utc::now() - lag - lag;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             Some(message) = listening.requested.next() => {
                 match sluice_core::decode::<Requested>(&message.payload) {
-                    Ok(request) => adopt(&shared, request.execution_id).await,
+                    Ok(request) => {
+                        if let Some(supervisor) = shared.directory.supervisor(&request.action) {
+                            supervisor.adopt(pending_of(request));
+                        }
+                    }
                     Err(e) => warn!(subject = %message.subject, error = %e, "unreadable announcement ignored"),
                 }
             }
@@ -92,20 +105,32 @@ pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: C
                     Err(e) => warn!(subject = %message.subject, error = %e, "unreadable announcement ignored"),
                 }
             }
-            _ = ticks.tick() => reconcile(&shared).await,
+            _ = ticks.tick() => {
+                let until = Utc::now() - lag;
+                if reconcile(&shared, (since, until)).await {
+                    since = until - lag;
+                }
+            }
         }
     }
 }
 
-/// Queues a `requested` execution announced for one of this engine's actions.
-async fn adopt(shared: &Shared, id: ExecutionId) {
-    match shared.store.get_execution(id).await {
-        Ok(Some(execution)) => adopt_stored(shared, &execution),
-        Ok(None) => debug!(execution_id = %id, "announced execution not in the store"),
-        Err(e) => {
-            warn!(execution_id = %id, error = %e, "announced execution not read; the next reconciliation queues it")
-        }
-    }
+/// What the owner's supervisor queues an announced execution with.
+fn pending_of(request: Requested) -> Pending {
+    let trace = request
+        .traceparent
+        .into_iter()
+        .map(|tp| (sluice_telemetry::TRACEPARENT.to_owned(), tp))
+        .collect();
+    let mut pending = Pending::new(
+        request.execution_id,
+        request.attempt,
+        request.parameters,
+        request.requested_at,
+        sluice_telemetry::TraceContext::from_headers(&trace),
+    );
+    pending.parent = request.parent;
+    pending
 }
 
 /// Queues `execution` at its supervisor here, if it is still `requested`, readable, and of
@@ -120,26 +145,42 @@ fn adopt_stored(shared: &Shared, execution: &sluice_store::Execution) {
     }
 }
 
-/// Queues every `requested` execution of this engine's actions that its supervisor does not
-/// hold yet, and has every workflow look up the ends of its tasks on other engines.
-async fn reconcile(shared: &Shared) {
+/// Queues every `requested` execution of this engine's actions, stored in `window`, that its
+/// supervisor does not hold yet, and has every workflow look up the ends of its tasks on
+/// other engines. Returns whether the store answered.
+async fn reconcile(shared: &Shared, window: (DateTime<Utc>, DateTime<Utc>)) -> bool {
     const PAGE: u32 = 1_000;
-    let mut after = ExecutionId(0);
+    let mut found = Vec::new();
+    let mut before = None;
     loop {
-        let page = match shared.store.unfinished_executions_after(after, PAGE).await {
+        let filter = ExecutionFilter {
+            status: Some(ExecutionStatus::Requested),
+            since: Some(window.0),
+            until: Some(window.1),
+            limit: Some(PAGE),
+            before,
+            ..Default::default()
+        };
+        let page = match shared.store.list_executions(&filter).await {
             Ok(page) => page,
             Err(e) => {
                 warn!(error = %e, "reconciliation with the store failed; tried again shortly");
-                return;
+                return false;
             }
         };
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        for execution in &page {
-            adopt_stored(shared, execution);
+        let full = page.len() == PAGE as usize;
+        before = page.last().map(|e| e.id.0);
+        found.extend(page);
+        if !full {
+            break;
         }
+    }
+    // Oldest first: in the order they were requested.
+    for execution in found.iter().rev() {
+        adopt_stored(shared, execution);
     }
     for workflow in shared.directory.workflows() {
         workflow.reconcile();
     }
+    true
 }

@@ -39,10 +39,18 @@ pub(crate) fn requested_subject(partition: u32) -> String {
     format!("sluice.partition.{partition}.requested")
 }
 
+/// An execution stored `requested` for an action another engine owns, with what its
+/// supervisor queues it with (the parameters as stored: secret ones sealed), so the owner
+/// queues it without reading it back.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Requested {
     pub(crate) execution_id: ExecutionId,
-    action: ActionRef,
+    pub(crate) action: ActionRef,
+    pub(crate) attempt: u32,
+    pub(crate) parameters: serde_json::Map<String, serde_json::Value>,
+    pub(crate) requested_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) parent: Option<ExecutionId>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +69,11 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    /// The partition of `action`.
+    pub(crate) fn partition_of(&self, action: &ActionRef) -> u32 {
+        partition_of(action, self.count)
+    }
+
     /// Announces through `client` until every clone of the returned value is dropped.
     pub(crate) fn new(client: async_nats::Client, count: u32) -> Self {
         let (outbox, mut announcements) =
@@ -81,12 +94,9 @@ impl Routes {
         }
     }
 
-    /// `id`, stored `requested`, is for `action`, which another engine owns.
-    pub(crate) fn requested(&self, action: &ActionRef, id: ExecutionId) {
-        let message = Requested {
-            execution_id: id,
-            action: action.clone(),
-        };
+    /// `message`'s execution, stored `requested`, is for an action another engine owns.
+    pub(crate) fn requested(&self, message: &Requested) {
+        let (id, action) = (message.execution_id, &message.action);
         match sluice_core::encode(&message) {
             Ok(payload) => {
                 self.announce(requested_subject(partition_of(action, self.count)), payload)

@@ -119,6 +119,27 @@ async fn start_engine(
     owner: Option<Owner>,
     partitions: Option<Partitioned>,
 ) -> anyhow::Result<(Arc<Engine>, TcpListener, Option<Sensors>)> {
+    let (engine, listening, sensors) =
+        start_core(config, nats_url, owner, partitions, Listening::Bind).await?;
+    let listener = listening.expect("a listener bound");
+    Ok((engine, listener, sensors))
+}
+
+/// Where the engine's API listens: bound by [`start_core`] once the admin token is
+/// written, or already bound (and served) at this address.
+enum Listening {
+    Bind,
+    Bound(std::net::SocketAddr),
+}
+
+/// [`start_engine`], with the API's listener bound here or already.
+async fn start_core(
+    config: &Config,
+    nats_url: &str,
+    owner: Option<Owner>,
+    partitions: Option<Partitioned>,
+    listening: Listening,
+) -> anyhow::Result<(Arc<Engine>, Option<TcpListener>, Option<Sensors>)> {
     let packs = config.pack_sources();
     if let Some(installed) = &packs.installed {
         std::fs::create_dir_all(installed).with_context(|| {
@@ -157,7 +178,14 @@ async fn start_engine(
         }
     }
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
-    let listener = listen(config).await?;
+    let (listener, api_addr) = match listening {
+        Listening::Bind => {
+            let listener = listen(config).await?;
+            let addr = listener.local_addr()?;
+            (Some(listener), addr)
+        }
+        Listening::Bound(addr) => (None, addr),
+    };
     let key = config.run_signing_key();
     let run_signer = RunSigner::load_or_create(&key).with_context(|| {
         format!(
@@ -184,12 +212,12 @@ async fn start_engine(
         keyring,
         ingest_triggers: singletons,
         worker_loss_window: config.worker_loss_window,
-        api_url: Some(config.action_api_url(listener.local_addr()?)),
+        api_url: Some(config.action_api_url(api_addr)),
         partitions,
     })
     .await
     .context("failed to start the engine")?;
-    info!(api = %format!("http://{}", listener.local_addr()?), "HTTP API listening");
+    info!(api = %format!("http://{api_addr}"), "HTTP API listening");
     let engine = Arc::new(engine);
     let sensors =
         singletons.then(|| Sensors::start(engine.clone(), service, config.runner.venvs.clone()));
@@ -567,17 +595,20 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     Ok(())
 }
 
-/// An engine running for the partitions it holds: its API, and the sensors when it holds
+/// An engine's execution core for the partitions it holds, with the sensors when it holds
 /// partition 0.
 struct PartitionedEngine {
     engine: Arc<Engine>,
-    api: Api,
-    metrics: Option<Api>,
     sensors: Option<Sensors>,
 }
 
 impl PartitionedEngine {
-    async fn start(config: &Config, count: u32, held: &BTreeMap<u32, u64>) -> anyhow::Result<Self> {
+    async fn start(
+        config: &Config,
+        count: u32,
+        held: &BTreeMap<u32, u64>,
+        listening: Listening,
+    ) -> anyhow::Result<(Self, Option<TcpListener>)> {
         let mut fences = BTreeMap::new();
         for (n, token) in held {
             let fence = sluice_store::Fence {
@@ -592,16 +623,15 @@ impl PartitionedEngine {
             count,
             held: fences,
         };
-        let (engine, listener, sensors) =
-            start_engine(config, &config.nats_url(), None, Some(partitions)).await?;
-        let api = Api::serve(listener, engine.clone(), config);
-        let metrics = serve_open_metrics(config, &engine).await?;
-        Ok(Self {
-            engine,
-            api,
-            metrics,
-            sensors,
-        })
+        let (engine, listener, sensors) = start_core(
+            config,
+            &config.nats_url(),
+            None,
+            Some(partitions),
+            listening,
+        )
+        .await?;
+        Ok((Self { engine, sensors }, listener))
     }
 
     /// Stops it, letting executions in flight finish for at most `drain`; what is still
@@ -610,13 +640,64 @@ impl PartitionedEngine {
         if let Some(sensors) = self.sensors {
             sensors.stop().await;
         }
-        self.api.stop().await;
-        if let Some(metrics) = self.metrics {
-            metrics.stop().await;
-        }
         let store = self.engine.store().clone();
         self.engine.shutdown(drain).await;
         store.close().await;
+    }
+}
+
+/// An API served on one listener while the engine behind it changes: the engine of a
+/// partitioned deployment starts its execution core again when its partitions change, and
+/// its address stays open meanwhile, answering `503` with a `Retry-After` until the new
+/// core is up.
+struct SwitchedApi {
+    current: Arc<std::sync::RwLock<axum::Router>>,
+    api: Api,
+}
+
+impl SwitchedApi {
+    fn serve(listener: TcpListener, router: axum::Router) -> Self {
+        let current = Arc::new(std::sync::RwLock::new(router));
+        let serving = current.clone();
+        let front = axum::Router::new().fallback_service(tower::service_fn(
+            move |request: axum::extract::Request| {
+                let router = serving
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                tower::ServiceExt::oneshot(router, request)
+            },
+        ));
+        Self {
+            current,
+            api: Api::serve_router(listener, front),
+        }
+    }
+
+    fn switch(&self, router: axum::Router) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = router;
+    }
+
+    /// Answers `503` until the next [`SwitchedApi::switch`].
+    fn restarting(&self) {
+        self.switch(axum::Router::new().fallback(|| async {
+            let mut response = sluice_api::problem(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "this engine is starting its execution core again for the partitions it now owns; try again in a moment",
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(1),
+            );
+            response
+        }));
+    }
+
+    async fn stop(self) {
+        self.api.stop().await;
     }
 }
 
@@ -650,6 +731,12 @@ pub async fn run_partitioned(
     let (commands, commanded) = tokio::sync::mpsc::unbounded_channel();
     let keeper = tokio::spawn(keep_shares(shares, wanted, commanded));
     let mut running: Option<(PartitionedEngine, BTreeMap<u32, u64>)> = None;
+    // The API and the open metrics, served throughout, with their address.
+    let mut api: Option<(SwitchedApi, std::net::SocketAddr)> = None;
+    let mut metrics: Option<SwitchedApi> = None;
+    let dashboard = sluice_api::dashboard::Options {
+        jaeger_url: config.jaeger_url.clone(),
+    };
     let started = Instant::now();
     loop {
         tokio::select! {
@@ -663,6 +750,9 @@ pub async fn run_partitioned(
             continue;
         }
         // Started again for the new set: what was running is resumed from the store.
+        for switched in api.iter().map(|(a, _)| a).chain(&metrics) {
+            switched.restarting();
+        }
         if let Some((engine, _)) = running.take() {
             engine.stop(Duration::ZERO).await;
         }
@@ -670,7 +760,32 @@ pub async fn run_partitioned(
             let _ = commands.send(SharesCommand::Release(partition));
             info!(engine = %name, partition, "this engine gives a partition back to another");
         }
-        let engine = PartitionedEngine::start(&config, count, &want.keep).await?;
+        let listening = api
+            .as_ref()
+            .map_or(Listening::Bind, |(_, addr)| Listening::Bound(*addr));
+        let (engine, listener) =
+            PartitionedEngine::start(&config, count, &want.keep, listening).await?;
+        let router = sluice_api::app(engine.engine.clone(), dashboard.clone());
+        match (&api, listener) {
+            (Some((switched, _)), _) => switched.switch(router),
+            (None, Some(listener)) => {
+                let addr = listener.local_addr()?;
+                api = Some((SwitchedApi::serve(listener, router), addr));
+            }
+            (None, None) => unreachable!("the first start binds the listener"),
+        }
+        let open = sluice_api::open_metrics_app(engine.engine.clone());
+        match (&metrics, config.metrics_http) {
+            (Some(switched), _) => switched.switch(open),
+            (None, Some(addr)) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("failed to listen on {addr} (--metrics-http)"))?;
+                info!(metrics = %format!("http://{}/metrics", listener.local_addr()?), "metrics listening, without credentials");
+                metrics = Some(SwitchedApi::serve(listener, open));
+            }
+            (None, None) => {}
+        }
         info!(
             engine = %name,
             partitions = ?want.keep.keys().collect::<Vec<_>>(),
@@ -679,6 +794,12 @@ pub async fn run_partitioned(
             "this engine runs the supervisors of its partitions"
         );
         running = Some((engine, want.keep));
+    }
+    if let Some((switched, _)) = api {
+        switched.stop().await;
+    }
+    if let Some(switched) = metrics {
+        switched.stop().await;
     }
     if let Some((engine, _)) = running {
         // Within the leases' life, which the keeper goes on renewing meanwhile.
