@@ -162,10 +162,18 @@ impl Engine {
         let catalog = with_switches(Arc::new(loaded), &config.store).await?;
         let kv = Kv::new(key_cache.clone(), None);
         let execution_tokens = config.run_signer.execution_tokens();
+        // With partitions, the writes that may admit an execution of any of them (a trigger's,
+        // an API submission's) check every one of their fences.
+        let store = match &config.partitions {
+            Some(partitions) if !partitions.held.is_empty() => config
+                .store
+                .fenced_by_all(partitions.held.values().cloned().collect()),
+            _ => config.store,
+        };
         let shared = Arc::new(Shared {
             directory: directory.clone(),
             catalog: Arc::new(LiveCatalog::new(catalog.clone())),
-            store: config.store,
+            store,
             bus: config.bus.with_run_signer(config.run_signer),
             keyring: config.keyring,
             kv: kv.clone(),
@@ -840,7 +848,7 @@ impl Engine {
         let traceparent = trace.traceparent();
         let traceparent = traceparent.as_deref();
         let store = &self.shared.store;
-        let supervisor = self.directory.admitting_on_arrival(&action_ref);
+        let supervisor = self.directory.supervisor(&action_ref);
         // A free slot and nothing queued: stored already `scheduled`, one commit fewer on
         // its way to a worker, as a trigger's execution is (see `ingest`).
         let slot = match &supervisor {

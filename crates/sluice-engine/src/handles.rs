@@ -504,22 +504,6 @@ impl Directory {
         self.routes.get().is_some()
     }
 
-    /// The supervisor of `action` here, when an execution of it may be admitted as it is
-    /// stored by a write checked against the engine's own fence: always with one engine;
-    /// with partitioned engines, only for an action of partition 0, whose fence the
-    /// triggers' and the API's writes are checked against. Others queue and are admitted
-    /// under their own partition's fence.
-    pub(crate) fn admitting_on_arrival(&self, action: &ActionRef) -> Option<SupervisorHandle> {
-        if self
-            .routes
-            .get()
-            .is_some_and(|routes| routes.partition_of(action) != 0)
-        {
-            return None;
-        }
-        self.supervisor(action)
-    }
-
     /// A supervisor admitted an execution that a worker runs.
     pub(crate) fn run_started(&self) {
         self.in_flight.send_modify(|n| *n += 1);

@@ -81,7 +81,7 @@ async fn reserve(
     queueing: &mut HashSet<ActionRef>,
 ) {
     for (firing, (parameters, _)) in r.firings.iter_mut().zip(&r.parameters) {
-        let supervisor = shared.directory.admitting_on_arrival(&firing.action);
+        let supervisor = shared.directory.supervisor(&firing.action);
         let slot = match supervisor {
             Some(supervisor) if firing.failed.is_none() && !queueing.contains(&firing.action) => {
                 let key = catalog

@@ -69,11 +69,6 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// The partition of `action`.
-    pub(crate) fn partition_of(&self, action: &ActionRef) -> u32 {
-        partition_of(action, self.count)
-    }
-
     /// Announces through `client` until every clone of the returned value is dropped.
     pub(crate) fn new(client: async_nats::Client, count: u32) -> Self {
         let (outbox, mut announcements) =

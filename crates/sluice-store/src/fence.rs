@@ -51,14 +51,26 @@ impl Store {
 
     /// This store with the writes of the execution core (events, executions, their status,
     /// workflow steps) checked against `fence`.
-    pub fn fenced(mut self, fence: Fence) -> Self {
-        self.fence = Some(std::sync::Arc::new(fence));
+    pub fn fenced(self, fence: Fence) -> Self {
+        self.fenced_by_all(vec![fence])
+    }
+
+    /// This store with those writes checked against every one of `fences`: an engine that
+    /// owns several partitions of the actions writes under all of theirs where a write may
+    /// touch any of them.
+    pub fn fenced_by_all(mut self, fences: Vec<Fence>) -> Self {
+        self.fences = fences.into();
         self
     }
 
-    /// The fence this store's writes are checked against, if any.
+    /// The (first) fence this store's writes are checked against, if any.
     pub fn fence(&self) -> Option<&Fence> {
-        self.fence.as_deref()
+        self.fences.first()
+    }
+
+    /// Every fence this store's writes are checked against.
+    pub fn fences(&self) -> &[Fence] {
+        &self.fences
     }
 }
 

@@ -128,7 +128,8 @@ pub(crate) enum Backend {
 pub struct Store {
     pub(crate) backend: Backend,
     /// The lease the execution core's writes are checked against (several engines).
-    pub(crate) fence: Option<Arc<Fence>>,
+    /// The fences the execution core's writes are checked against; none: unfenced.
+    pub(crate) fences: Arc<[Fence]>,
     /// SQLite's checkpoints, while the store is open.
     checkpointer: Option<Arc<Checkpointer>>,
 }
@@ -146,11 +147,11 @@ macro_rules! on_pool {
 pub(crate) use on_pool;
 
 /// Returns [`StoreError::Fenced`] from the enclosing function, with nothing written, when
-/// the store is fenced and its fence is no longer the one in the database. The first
-/// statement of every fenced transaction `$tx`.
+/// the store is fenced and one of its fences is no longer the one in the database. The first
+/// statements of every fenced transaction `$tx`.
 macro_rules! check_fence {
     ($store:expr, $tx:expr) => {
-        if let Some(fence) = $store.fence() {
+        for fence in $store.fences() {
             let current: Option<i64> = sqlx::query_scalar($store.fence_check_sql())
                 .bind(&fence.name)
                 .fetch_optional(&mut *$tx)
@@ -399,7 +400,7 @@ impl Store {
         };
         Ok(Self {
             backend,
-            fence: None,
+            fences: Arc::from(Vec::new()),
             checkpointer,
         })
     }

@@ -753,6 +753,51 @@ async fn an_engine_whose_lease_was_taken_writes_nothing(store: Store) {
     );
 }
 
+/// A store fenced by several partitions' fences writes while all of them are its own, and
+/// nothing once any one of them was raised by another engine.
+async fn a_store_under_several_fences_writes_only_while_it_holds_them_all(store: Store) {
+    let fence = |n: u32, token: i64| Fence {
+        name: format!("partition.{n}"),
+        token,
+    };
+    assert!(store.raise_fence("partition.0", 3, "a").await.unwrap());
+    assert!(store.raise_fence("partition.2", 5, "a").await.unwrap());
+    let a = store.clone().fenced_by_all(vec![fence(0, 3), fence(2, 5)]);
+    assert_eq!(a.fence(), Some(&fence(0, 3)));
+    let recorded = a
+        .record_event(&event(Some(1)), &[firing("examples.a", "core.noop")])
+        .await
+        .unwrap();
+    let id = recorded.executions[0].0;
+    assert!(store.raise_fence("partition.2", 6, "b").await.unwrap());
+    let refused = a
+        .transition(id, &Transition::to(ExecutionStatus::Scheduling))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            StoreError::Fenced {
+                name,
+                token: 5,
+                current: Some(6),
+            } if name == "partition.2"
+        ),
+        "{refused}"
+    );
+    assert!(
+        a.record_event(&event(Some(2)), &[firing("examples.a", "core.noop")])
+            .await
+            .is_err(),
+        "no event either"
+    );
+    assert_eq!(
+        store.get_execution(id).await.unwrap().unwrap().status,
+        ExecutionStatus::Requested,
+        "nothing was written"
+    );
+}
+
 /// A firing whose action had a free slot is stored already `scheduled`, its history the
 /// same as a queued execution's admitted in a round: requested, scheduling, scheduled.
 async fn a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history(store: Store) {
@@ -972,6 +1017,7 @@ store_suite!(
     events_and_executions_filter_by_trigger_status_time_payload_and_rule,
     api_rules_and_switches_are_kept_replaced_and_deleted,
     an_engine_whose_lease_was_taken_writes_nothing,
+    a_store_under_several_fences_writes_only_while_it_holds_them_all,
     a_round_of_admissions_moves_only_requested_executions_at_their_own_times,
     a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history,
     an_end_that_records_its_start_keeps_running_in_the_history,

@@ -172,10 +172,6 @@ async fn start_core(
         for fence in partitions.held.values() {
             own_fence(&store, fence, &engine).await?;
         }
-        // The duties that run once write under partition 0's fence.
-        if let Some(fence) = partitions.held.get(&0) {
-            store = store.fenced(fence.clone());
-        }
     }
     sluice_api::auth::bootstrap_admin_token(&store, &config.data_dir).await?;
     let (listener, api_addr) = match listening {
