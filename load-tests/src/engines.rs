@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, Postgres, free_port};
 
-use crate::process::{cpu_time, sluice_binary, sluice_command};
+use crate::process::{cpu_time, health, sluice_binary, sluice_command};
 
 /// The partitions the engines share; `load.spread`'s six actions fall one in each.
 const PARTITIONS: u32 = 6;
@@ -182,14 +182,7 @@ impl Run {
     }
 
     async fn health(&self, i: usize) -> Option<Value> {
-        let answer = self
-            .http
-            .get(format!("{}/healthz", self.api(i)))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        answer.json().await.ok()
+        health(&self.http, &self.api(i)).await
     }
 
     /// Whether the engines own every partition between them, each its fair share.

@@ -31,6 +31,18 @@ pub fn sluice_command(sluice: &Path, role: &str, dir: &Path, name: &str) -> Comm
     command
 }
 
+/// What an engine's `/healthz` at `api` says; `None` while it does not answer within half
+/// a second.
+pub async fn health(http: &reqwest::Client, api: &str) -> Option<serde_json::Value> {
+    let answer = http
+        .get(format!("{api}/healthz"))
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?;
+    answer.json().await.ok()
+}
+
 /// The `load` pack's directory (`load-tests/pack`).
 pub fn packs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pack")

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, Postgres, free_port};
 
-use crate::process::{sluice_binary, sluice_command, terminate};
+use crate::process::{health, sluice_binary, sluice_command, terminate};
 use crate::report::{self, Percentiles};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -90,14 +90,7 @@ impl Engines {
     /// The partitions engine `i` owns, as its `/healthz` says; `None` while it does not
     /// answer.
     async fn owned(&self, i: usize) -> Option<Vec<u64>> {
-        let answer = self
-            .http
-            .get(format!("{}/healthz", self.api(i)))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .ok()?;
-        let health: Value = answer.json().await.ok()?;
+        let health = health(&self.http, &self.api(i)).await?;
         let owned = health["partitions"].as_array()?;
         Some(owned.iter().filter_map(Value::as_u64).collect())
     }
@@ -166,14 +159,7 @@ impl Engines {
 
     /// `primary`, `standby`, or `None` while it does not answer.
     async fn role(&self, i: usize) -> Option<String> {
-        let answer = self
-            .http
-            .get(format!("{}/healthz", self.api(i)))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .ok()?;
-        let health: Value = answer.json().await.ok()?;
+        let health = health(&self.http, &self.api(i)).await?;
         health["role"].as_str().map(str::to_owned)
     }
 

@@ -89,6 +89,11 @@ pub async fn holder_of(bus: &Bus, name: &str) -> Result<Option<Holder>, BusError
         .get_key_value(LEASE_BUCKET)
         .await
         .map_err(|e| BusError::read(format!("the {LEASE_BUCKET} bucket"), e))?;
+    holder_in(&kv, name).await
+}
+
+/// Who holds lease `name` in `kv`, if anyone.
+async fn holder_in(kv: &kv::Store, name: &str) -> Result<Option<Holder>, BusError> {
     let entry = kv
         .entry(name)
         .await
@@ -156,14 +161,7 @@ impl Leases {
 
     /// Who holds `name` now, if anyone.
     pub async fn holder(&self, name: &str) -> Result<Option<Holder>, BusError> {
-        let entry = self
-            .kv
-            .entry(name)
-            .await
-            .map_err(|e| BusError::read(format!("lease {name}"), e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| serde_json::from_slice(&e.value).ok()))
+        holder_in(&self.kv, name).await
     }
 
     /// Takes `name` for `holder` if no one holds it; `None` if someone does.

@@ -507,12 +507,7 @@ pub async fn run_engine(config: Config, shutdown: impl Future<Output = ()>) -> a
     }
     let mut shutdown = std::pin::pin!(shutdown);
     let name = config.engine_name();
-    let lease_bus = connect(&config, &config.nats_url(), "sluice-engine-lease").await?;
-    let leases = patiently("open the leases", || {
-        Leases::open(&lease_bus, config.lease_ttl)
-    })
-    .await
-    .context("failed to set up the engine leases")?;
+    let leases = open_leases(&config).await?;
     let listener = listen(&config).await?;
     let holder = Holder {
         engine: name.clone(),
@@ -697,6 +692,16 @@ impl SwitchedApi {
     }
 }
 
+/// The `sluice-leases` bucket, on a connection of its own.
+async fn open_leases(config: &Config) -> anyhow::Result<Leases> {
+    let lease_bus = connect(config, &config.nats_url(), "sluice-engine-lease").await?;
+    patiently("open the leases", || {
+        Leases::open(&lease_bus, config.lease_ttl)
+    })
+    .await
+    .context("failed to set up the engine leases")
+}
+
 /// `sluice engine --partitions N`: several engines active at once. Each engine keeps a
 /// membership in `sluice-leases` and holds its fair share of the `partition.<n>` leases
 /// ([`sluice_bus::shares`]); it runs the supervisors of the actions in the partitions it
@@ -711,12 +716,7 @@ pub async fn run_partitioned(
 ) -> anyhow::Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
     let name = config.engine_name();
-    let lease_bus = connect(&config, &config.nats_url(), "sluice-engine-lease").await?;
-    let leases = patiently("open the leases", || {
-        Leases::open(&lease_bus, config.lease_ttl)
-    })
-    .await
-    .context("failed to set up the engine leases")?;
+    let leases = open_leases(&config).await?;
     let holder = Holder {
         engine: name.clone(),
         api_url: Some(config.advertise_url(config.http)),

@@ -132,10 +132,6 @@ impl Drop for Deployment {
 }
 
 impl Deployment {
-    async fn start() -> Self {
-        Self::start_as(Mode::Standby).await
-    }
-
     async fn start_as(mode: Mode) -> Self {
         let nats = NatsCluster::start();
         let postgres = Postgres::start();
@@ -741,145 +737,93 @@ fn signal(pid: u32, name: &str) {
 
 const SETTLE: Duration = Duration::from_secs(180);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_primary_engine_killed_mid_run_is_taken_over_and_nothing_is_lost_or_doubled() {
-    let mut deployment = Deployment::start().await;
-    let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    deployment.kill_engine(0);
-    let takeover = deployment.wait_primary(1, Duration::from_secs(30)).await;
-    eprintln!(
-        "[primary killed] engine e1 took over {:.2} s after e0 was killed (lease {LEASE_TTL} s)",
-        takeover.as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    deployment.start_engine(0);
-    load.await.unwrap();
-    let primary = deployment.settle(SETTLE).await;
-    // Unless e1 itself stepped down on the way (a missed renewal on a loaded machine), the
-    // engine started again waited as a standby.
-    if deployment.restarts == 0 {
-        assert_eq!(primary, 1, "the engine started again waits as a standby");
-    }
-    deployment.close_books(primary, "primary killed").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
-    let mut deployment = Deployment::start().await;
-    let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // The server leading the leases' stream: the hardest one to lose.
-    let node = deployment.lease_stream_leader().await;
-    deployment.nats.nodes[node].kill();
-    let killed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    deployment.nats.nodes[node].restart();
-    let mut unowned_until = None;
-    while unowned_until.is_none() && killed.elapsed() < Duration::from_secs(60) {
-        deployment.restart_ended_engines();
-        if deployment.primary().await.is_some() && deployment.lease_renews().await {
-            unowned_until = Some(killed.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "[nats server killed] n{node}, leader of the leases' stream, killed for 4 s; an engine holds the execution core again {:.2} s after the kill",
-        unowned_until
-            .expect("no engine holds the execution core a minute after")
-            .as_secs_f64()
-    );
-    load.await.unwrap();
-    let primary = deployment.settle(SETTLE).await;
-    eprintln!(
-        "[nats server killed] engine e{primary} holds the execution core at the end; {} engine(s) stepped down on the way and were started again",
-        deployment.restarts
-    );
-    deployment.close_books(primary, "nats server killed").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_paused_past_its_lease_does_nothing_when_it_wakes_and_exits() {
-    let mut deployment = Deployment::start().await;
-    let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let zombie = deployment.pid(0);
-    signal(zombie, "STOP");
-    let takeover = deployment.wait_primary(1, Duration::from_secs(30)).await;
-    eprintln!(
-        "[primary paused] engine e1 took over {:.2} s after e0 was paused (lease {LEASE_TTL} s)",
-        takeover.as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    signal(zombie, "CONT");
-    // Awake, it finds its lease gone and exits without doing anything more.
-    let child = deployment.engines[0].child.as_mut().unwrap();
-    let ended = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            ended.elapsed() < Duration::from_secs(20),
-            "the woken engine kept running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(75), "it exits saying it lost its lease");
-    eprintln!(
-        "[primary paused] e0 exited {:.2} s after it woke",
-        ended.elapsed().as_secs_f64()
-    );
-    deployment.engines[0].child = None;
-    deployment.start_engine(0);
-    load.await.unwrap();
-    // On a loaded machine e1 may in turn miss a renewal and step down; whichever engine
-    // holds the core at the end, the books must balance.
-    let primary = deployment.settle(SETTLE).await;
-    eprintln!(
-        "[primary paused] engine e{primary} holds the execution core at the end; {} engine(s) stepped down after the zombie and were started again",
-        deployment.restarts
-    );
-    deployment
-        .close_books(primary, "primary paused past its lease")
-        .await;
-}
-
 /// The partitions the engines share in the partitioned scenarios.
 const PARTITIONS: u32 = 4;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_an_engine_killed_mid_run_has_its_partitions_taken_over_and_nothing_is_lost_or_doubled()
- {
-    let mut deployment = Deployment::start_as(Mode::Partitioned(PARTITIONS)).await;
+impl Deployment {
+    /// The engine whose loss the scenarios are about: the primary, or with partitioned
+    /// engines the owner of partition 0, which takes the triggers too.
+    async fn core_holder(&self) -> usize {
+        match self.mode {
+            Mode::Standby => self.primary().await.expect("an engine is primary"),
+            Mode::Partitioned(_) => {
+                *self
+                    .owned()
+                    .await
+                    .iter()
+                    .find(|(_, p)| p.contains(&0))
+                    .expect("an engine owns partition 0")
+                    .0
+            }
+        }
+    }
+
+    /// Waits until engine `survivor` took over from the others: it is primary, or with
+    /// partitioned engines the engines that answer own every partition between them; how
+    /// long that took.
+    async fn wait_taken_over(&self, survivor: usize, timeout: Duration) -> Duration {
+        match self.mode {
+            Mode::Standby => self.wait_primary(survivor, timeout).await,
+            Mode::Partitioned(_) => self.wait_owned(timeout).await,
+        }
+    }
+
+    /// Whether the execution core is held: an engine is primary, or every partition owned.
+    async fn core_held(&self) -> bool {
+        match self.mode {
+            Mode::Standby => self.primary().await.is_some(),
+            Mode::Partitioned(count) => {
+                let mut all: Vec<u64> = self.owned().await.into_values().flatten().collect();
+                all.sort_unstable();
+                all == (0..u64::from(count)).collect::<Vec<_>>()
+            }
+        }
+    }
+
+    /// What the core is, for the scenarios' lines.
+    fn core(&self) -> &'static str {
+        match self.mode {
+            Mode::Standby => "the execution core",
+            Mode::Partitioned(_) => "every partition",
+        }
+    }
+}
+
+/// The engine holding the core is killed mid-run, and started again later.
+async fn core_holder_killed(mode: Mode, scenario: &str) {
+    let mut deployment = Deployment::start_as(mode).await;
     let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // The engine that owns partition 0 takes the triggers too: the harder one to lose.
-    let owned = deployment.owned().await;
-    let victim = *owned
-        .iter()
-        .find(|(_, p)| p.contains(&0))
-        .expect("an engine owns partition 0")
-        .0;
+    let victim = deployment.core_holder().await;
+    let survivor = 1 - victim;
     deployment.kill_engine(victim);
-    let takeover = deployment.wait_owned(Duration::from_secs(30)).await;
+    let takeover = deployment
+        .wait_taken_over(survivor, Duration::from_secs(30))
+        .await;
     eprintln!(
-        "[partitioned, engine killed] e{victim}'s partitions {:?} owned again {:.2} s after it was killed (lease {LEASE_TTL} s)",
-        owned[&victim],
+        "[{scenario}] engine e{survivor} holds {} {:.2} s after e{victim} was killed (lease {LEASE_TTL} s)",
+        deployment.core(),
         takeover.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     deployment.start_engine(victim);
     load.await.unwrap();
     let answering = deployment.settle(SETTLE).await;
-    deployment
-        .close_books(answering, "partitioned, engine killed")
-        .await;
+    // Unless the survivor itself stepped down on the way (a missed renewal on a loaded
+    // machine), the engine started again waited as a standby.
+    if mode == Mode::Standby && deployment.restarts == 0 {
+        assert_eq!(
+            answering, survivor,
+            "the engine started again waits as a standby"
+        );
+    }
+    deployment.close_books(answering, scenario).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
-    let mut deployment = Deployment::start_as(Mode::Partitioned(PARTITIONS)).await;
+/// The NATS server leading the leases' stream, the hardest one to lose, is killed mid-run
+/// for 4 s.
+async fn nats_server_killed(mode: Mode, scenario: &str) {
+    let mut deployment = Deployment::start_as(mode).await;
     let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let node = deployment.lease_stream_leader().await;
@@ -887,100 +831,84 @@ async fn partitioned_a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(4)).await;
     deployment.nats.nodes[node].restart();
-    let mut owned_after = None;
-    while owned_after.is_none() && killed.elapsed() < Duration::from_secs(60) {
+    let mut held_again = None;
+    while held_again.is_none() && killed.elapsed() < Duration::from_secs(60) {
         deployment.restart_ended_engines();
-        let mut all: Vec<u64> = deployment.owned().await.into_values().flatten().collect();
-        all.sort_unstable();
-        if all == (0..u64::from(PARTITIONS)).collect::<Vec<_>>() && deployment.lease_renews().await
-        {
-            owned_after = Some(killed.elapsed());
+        if deployment.core_held().await && deployment.lease_renews().await {
+            held_again = Some(killed.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!(
-        "[partitioned, nats server killed] n{node}, leader of the leases' stream, killed for 4 s; every partition owned {:.2} s after the kill",
-        owned_after
-            .expect("the partitions were not all owned a minute after")
+        "[{scenario}] n{node}, leader of the leases' stream, killed for 4 s; {} held again {:.2} s after the kill",
+        deployment.core(),
+        held_again
+            .expect("the core is not held a minute after")
             .as_secs_f64()
     );
     load.await.unwrap();
     let answering = deployment.settle(SETTLE).await;
     eprintln!(
-        "[partitioned, nats server killed] {} engine(s) stepped down on the way and were started again",
+        "[{scenario}] {} engine(s) stepped down on the way and were started again",
         deployment.restarts
     );
-    deployment
-        .close_books(answering, "partitioned, nats server killed")
-        .await;
+    deployment.close_books(answering, scenario).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_an_owner_paused_past_its_leases_does_nothing_when_it_wakes_and_exits() {
-    let mut deployment = Deployment::start_as(Mode::Partitioned(PARTITIONS)).await;
-    // A rule switched through the engine that does not take the triggers is switched where
-    // they are taken.
-    let owned = deployment.owned().await;
-    let taker = *owned.iter().find(|(_, p)| p.contains(&0)).unwrap().0;
-    let other = 1 - taker;
-    let enabled = async |i: usize| {
-        let url = format!("{}/api/v1/rules/t.to_one", deployment.api(i));
-        let rule: Value = deployment
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        rule["enabled"].clone()
-    };
-    for (switch, want) in [("disable", false), ("enable", true)] {
-        let url = format!("{}/api/v1/rules/t.to_one/{switch}", deployment.api(other));
-        let answer = deployment.http.post(url).send().await.unwrap();
-        assert!(
-            answer.status().is_success(),
-            "{switch}: {}",
-            answer.status()
-        );
-        assert_eq!(
-            enabled(taker).await,
-            want,
-            "{switch}d where the triggers are taken"
-        );
+/// The engine holding the core is paused past its lease, then woken: it must do nothing
+/// more and exit.
+async fn core_holder_paused(mode: Mode, scenario: &str) {
+    let mut deployment = Deployment::start_as(mode).await;
+    if let Mode::Partitioned(_) = mode {
+        // A rule switched through the engine that does not take the triggers is switched
+        // where they are taken.
+        let taker = deployment.core_holder().await;
+        let other = 1 - taker;
+        let enabled = async |i: usize| {
+            let url = format!("{}/api/v1/rules/t.to_one", deployment.api(i));
+            let rule: Value = deployment
+                .http
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            rule["enabled"].clone()
+        };
+        for (switch, want) in [("disable", false), ("enable", true)] {
+            let url = format!("{}/api/v1/rules/t.to_one/{switch}", deployment.api(other));
+            let answer = deployment.http.post(url).send().await.unwrap();
+            assert!(
+                answer.status().is_success(),
+                "{switch}: {}",
+                answer.status()
+            );
+            assert_eq!(
+                enabled(taker).await,
+                want,
+                "{switch}d where the triggers are taken"
+            );
+        }
     }
     let load = tokio::spawn(publish_ticks(deployment.nats_urls()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let zombie = deployment.pid(0);
-    let owned = deployment.owned().await;
-    signal(zombie, "STOP");
-    let paused = Instant::now();
-    // The other engine takes the paused one's partitions once their leases expire.
-    loop {
-        let now = deployment.owned().await;
-        let others: Vec<u64> = now
-            .iter()
-            .filter(|(i, _)| **i != 0)
-            .flat_map(|(_, p)| p.clone())
-            .collect();
-        if others.len() == PARTITIONS as usize {
-            break;
-        }
-        assert!(
-            paused.elapsed() < Duration::from_secs(30),
-            "e0's partitions were not taken over: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let zombie = deployment.core_holder().await;
+    let survivor = 1 - zombie;
+    signal(deployment.pid(zombie), "STOP");
+    let takeover = deployment
+        .wait_taken_over(survivor, Duration::from_secs(30))
+        .await;
     eprintln!(
-        "[partitioned, owner paused] e0's partitions {:?} taken over {:.2} s after it was paused (lease {LEASE_TTL} s)",
-        owned.get(&0),
-        paused.elapsed().as_secs_f64()
+        "[{scenario}] engine e{survivor} holds {} {:.2} s after e{zombie} was paused (lease {LEASE_TTL} s)",
+        deployment.core(),
+        takeover.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    signal(zombie, "CONT");
-    let child = deployment.engines[0].child.as_mut().unwrap();
+    signal(deployment.pid(zombie), "CONT");
+    // Awake, it finds its lease gone and exits without doing anything more.
+    let child = deployment.engines[zombie].child.as_mut().unwrap();
     let woke = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -992,20 +920,59 @@ async fn partitioned_an_owner_paused_past_its_leases_does_nothing_when_it_wakes_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(
-        status.code(),
-        Some(75),
-        "it exits saying it lost its leases"
-    );
+    assert_eq!(status.code(), Some(75), "it exits saying it lost its lease");
     eprintln!(
-        "[partitioned, owner paused] e0 exited {:.2} s after it woke",
+        "[{scenario}] e{zombie} exited {:.2} s after it woke",
         woke.elapsed().as_secs_f64()
     );
-    deployment.engines[0].child = None;
-    deployment.start_engine(0);
+    deployment.engines[zombie].child = None;
+    deployment.start_engine(zombie);
     load.await.unwrap();
+    // On a loaded machine the survivor may in turn miss a renewal and step down; whichever
+    // engine answers at the end, the books must balance.
     let answering = deployment.settle(SETTLE).await;
-    deployment
-        .close_books(answering, "partitioned, owner paused past its leases")
-        .await;
+    eprintln!(
+        "[{scenario}] {} engine(s) stepped down after the zombie and were started again",
+        deployment.restarts
+    );
+    deployment.close_books(answering, scenario).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_engine_killed_mid_run_is_taken_over_and_nothing_is_lost_or_doubled() {
+    core_holder_killed(Mode::Standby, "primary killed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
+    nats_server_killed(Mode::Standby, "nats server killed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_paused_past_its_lease_does_nothing_when_it_wakes_and_exits() {
+    core_holder_paused(Mode::Standby, "primary paused past its lease").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_an_engine_killed_mid_run_has_its_partitions_taken_over_and_nothing_is_lost_or_doubled()
+ {
+    core_holder_killed(Mode::Partitioned(PARTITIONS), "partitioned, engine killed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
+    nats_server_killed(
+        Mode::Partitioned(PARTITIONS),
+        "partitioned, nats server killed",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_an_owner_paused_past_its_leases_does_nothing_when_it_wakes_and_exits() {
+    core_holder_paused(
+        Mode::Partitioned(PARTITIONS),
+        "partitioned, owner paused past its leases",
+    )
+    .await;
 }
