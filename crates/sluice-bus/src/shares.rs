@@ -114,9 +114,24 @@ impl Shares {
     }
 
     /// One round: renew, name the surplus, take vacant partitions up to the fair share.
+    ///
+    /// A partition [`Change::Lost`] is always returned, even when the rest of the round
+    /// fails (the bucket unreachable): the error then only ends the round early.
     pub async fn round(&mut self) -> Result<Vec<Change>, BusError> {
         let mut changes = Vec::new();
         self.renew_held(&mut changes).await;
+        match self.share_out(&mut changes).await {
+            Ok(()) => Ok(changes),
+            Err(e) if changes.is_empty() => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the shares could not be looked at this round");
+                Ok(changes)
+            }
+        }
+    }
+
+    /// The rest of a round, after the renewals: membership, surplus, vacant partitions.
+    async fn share_out(&mut self, changes: &mut Vec<Change>) -> Result<(), BusError> {
         let member = serde_json::to_vec(&self.me).expect("a holder serialises");
         match self
             .leases
@@ -174,7 +189,7 @@ impl Shares {
                 }
             }
         }
-        Ok(changes)
+        Ok(())
     }
 
     async fn renew_held(&mut self, changes: &mut Vec<Change>) {

@@ -121,9 +121,14 @@ impl Drop for Deployment {
                 let log =
                     std::fs::read_to_string(self.dir.path().join(format!("{}.log", engine.name)))
                         .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- {} (last lines)", engine.name);
-                for line in tail.iter().rev() {
+                // What it warned of, and what it said last.
+                let lines: Vec<&str> = log.lines().collect();
+                let last = lines.len().saturating_sub(40);
+                eprintln!("--- {} (warnings, then the last lines)", engine.name);
+                let warned = lines[..last].iter().filter(|l| {
+                    l.contains("WARN") || l.contains("ERROR") || l.contains("partition")
+                });
+                for line in warned.chain(&lines[last..]) {
                     eprintln!("{line}");
                 }
             }
@@ -482,10 +487,20 @@ impl Deployment {
             &ACTIONS.map(|(a, _)| a),
         )
         .await;
-        assert_eq!(
-            books.count("succeeded"),
-            books.executions.len(),
-            "{scenario}"
+        let not_succeeded: Vec<String> = books
+            .executions
+            .iter()
+            .filter(|e| e["status"] != "succeeded")
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e["id"], e["action"], e["status"], e["result"]
+                )
+            })
+            .collect();
+        assert!(
+            not_succeeded.is_empty(),
+            "{scenario}: executions that did not succeed: {not_succeeded:#?}"
         );
         for standby in (0..self.engines.len()).filter(|i| *i != primary) {
             if self.engines[standby].child.is_none() {
