@@ -163,3 +163,33 @@ async fn partitions_are_spread_evenly_held_once_and_follow_engines_that_die_paus
     assert!(left < ttl, "taken {left:?} after a left");
     assert_eq!(counts(&[&mut b, &mut c]), [4, 4]);
 }
+
+/// An engine cut off from the bucket for longer than the leases live learns, at its first
+/// round back, that it lost every partition it held, even though the rest of that round
+/// (writing its membership) fails too.
+#[tokio::test]
+async fn partitions_lost_while_the_bucket_was_unreachable_are_reported() {
+    let mut nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "e0").await.unwrap();
+    let ttl = Duration::from_secs(1);
+    let leases = Leases::open(&bus, ttl).await.unwrap();
+    let mut shares = Shares::new(leases, "partition", 2, holder("e0"));
+    let gained = shares.round().await.unwrap();
+    assert_eq!(gained.len(), 2, "{gained:?}");
+    nats.kill();
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let changes = shares
+        .round()
+        .await
+        .expect("the lost partitions are reported, not an error");
+    let lost: BTreeSet<u32> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Lost { partition, .. } => Some(*partition),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost, BTreeSet::from([0, 1]), "{changes:?}");
+    assert!(shares.held().is_empty());
+    nats.restart();
+}
