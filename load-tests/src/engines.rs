@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, Postgres, free_port};
 
-use crate::process::{cpu_time, health, sluice_binary, sluice_command};
+use crate::process::{cpu_time, get_json, health, sluice_binary, sluice_command};
 
 /// The partitions the engines share; `load.spread`'s six actions fall one in each.
 const PARTITIONS: u32 = 6;
@@ -169,16 +169,7 @@ impl Run {
     }
 
     async fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.api(i)))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        get_json(&self.http, &format!("{}{path}", self.api(i)), &self.token).await
     }
 
     async fn health(&self, i: usize) -> Option<Value> {

@@ -43,6 +43,23 @@ pub async fn health(http: &reqwest::Client, api: &str) -> Option<serde_json::Val
     answer.json().await.ok()
 }
 
+/// The JSON an engine's API answers `url` with, asked with `token`.
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .get(url)
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// The `load` pack's directory (`load-tests/pack`).
 pub fn packs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pack")

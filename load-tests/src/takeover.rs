@@ -29,7 +29,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_testkit::{NatsServer, Postgres, free_port};
 
-use crate::process::{health, sluice_binary, sluice_command, terminate};
+use crate::process::{get_json, health, sluice_binary, sluice_command, terminate};
 use crate::report::{self, Percentiles};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -176,16 +176,7 @@ impl Engines {
     }
 
     async fn ledger(&self, i: usize, token: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}/api/v1/ledger", self.api(i)))
-            .bearer_auth(token)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        get_json(&self.http, &format!("{}/api/v1/ledger", self.api(i)), token).await
     }
 
     fn kill(&mut self, i: usize) -> anyhow::Result<()> {

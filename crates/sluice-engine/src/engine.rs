@@ -89,19 +89,20 @@ pub struct Engine {
 /// What each action's supervisor is started with: one context for every action, or, when
 /// the engine owns some partitions, one per partition (its writes checked against the
 /// partition's fence) and none for the actions of other engines.
-struct Contexts {
-    all: Option<Arc<ActorContext>>,
-    by_partition: std::collections::BTreeMap<u32, Arc<ActorContext>>,
-    count: u32,
+enum Contexts {
+    All(Arc<ActorContext>),
+    Partitions {
+        count: u32,
+        held: std::collections::BTreeMap<u32, Arc<ActorContext>>,
+    },
 }
 
 impl Contexts {
     fn of(&self, action: &ActionRef) -> Option<Arc<ActorContext>> {
-        match &self.all {
-            Some(ctx) => Some(ctx.clone()),
-            None => self
-                .by_partition
-                .get(&sluice_core::partition::partition_of(action, self.count))
+        match self {
+            Self::All(ctx) => Some(ctx.clone()),
+            Self::Partitions { count, held } => held
+                .get(&sluice_core::partition::partition_of(action, *count))
                 .cloned(),
         }
     }
@@ -200,21 +201,16 @@ impl Engine {
             })
         };
         let contexts = match &config.partitions {
-            None => Contexts {
-                all: Some(context(shared.store.clone())),
-                by_partition: Default::default(),
-                count: 1,
-            },
+            None => Contexts::All(context(shared.store.clone())),
             Some(partitions) => {
                 directory.route_through(Routes::new(shared.bus.client().clone(), partitions.count));
-                Contexts {
-                    all: None,
-                    by_partition: partitions
+                Contexts::Partitions {
+                    count: partitions.count,
+                    held: partitions
                         .held
                         .iter()
                         .map(|(n, fence)| (*n, context(shared.store.clone().fenced(fence.clone()))))
                         .collect(),
-                    count: partitions.count,
                 }
             }
         };

@@ -64,6 +64,31 @@ impl Pending {
         }
     }
 
+    /// One requested earlier and kept elsewhere (the store, another engine's announcement):
+    /// its trace comes back from the `traceparent` it was kept with.
+    pub(crate) fn kept(
+        id: ExecutionId,
+        attempt: u32,
+        parameters: Map<String, Value>,
+        requested_at: DateTime<Utc>,
+        traceparent: Option<String>,
+        parent: Option<ExecutionId>,
+    ) -> Self {
+        let headers = traceparent
+            .into_iter()
+            .map(|tp| (sluice_telemetry::TRACEPARENT.to_owned(), tp))
+            .collect();
+        let mut pending = Self::new(
+            id,
+            attempt,
+            parameters,
+            requested_at,
+            TraceContext::from_headers(&headers),
+        );
+        pending.parent = parent;
+        pending
+    }
+
     pub(crate) fn with_parent(mut self, parent: ExecutionId) -> Self {
         self.parent = Some(parent);
         self

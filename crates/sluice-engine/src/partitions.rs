@@ -9,15 +9,15 @@
 //!
 //! - an execution requested here (a trigger's, an API submission, a workflow's task) for an
 //!   action another engine owns is stored `requested`, then announced on
-//!   `sluice.partition.<n>.requested`; the owner reads it from the store and queues it;
+//!   `sluice.partition.<n>.requested` with what the owner's supervisor queues it with;
 //! - the end of a workflow's task whose workflow another engine runs is announced on
 //!   `sluice.partition.child-ended`, and the engine running the workflow reads it from the
 //!   store and goes on.
 //!
 //! The announcements are core NATS messages: quick, and allowed to be lost, because the
 //! store says the same. Every [`RECONCILE`] the owner queues any `requested` execution of
-//! its actions stored since its last look that it does not hold yet, and each workflow it runs looks up the ends of its
-//! tasks that other engines run. An engine rebuilds a partition's queues from the store
+//! its actions stored since its last look that it does not hold yet, and each workflow it
+//! runs looks up the ends of its tasks that other engines run. An engine rebuilds a partition's queues from the store
 //! after it listens for the partition's announcements, so none falls between the two.
 
 use std::sync::Arc;
@@ -117,27 +117,21 @@ pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: C
 
 /// What the owner's supervisor queues an announced execution with.
 fn pending_of(request: Requested) -> Pending {
-    let trace = request
-        .traceparent
-        .into_iter()
-        .map(|tp| (sluice_telemetry::TRACEPARENT.to_owned(), tp))
-        .collect();
-    let mut pending = Pending::new(
+    Pending::kept(
         request.execution_id,
         request.attempt,
         request.parameters,
         request.requested_at,
-        sluice_telemetry::TraceContext::from_headers(&trace),
-    );
-    pending.parent = request.parent;
-    pending
+        request.traceparent,
+        request.parent,
+    )
 }
 
-/// Queues `execution` at its supervisor here, if it is still `requested`, readable, and of
-/// an action this engine owns; one its supervisor holds already is left as it is. An
+/// Queues `requested` `execution` at its supervisor here, if it is readable and of an
+/// action this engine owns; one its supervisor holds already is left as it is. An
 /// unreadable one is failed by its owner's next rebuild.
 fn adopt_stored(shared: &Shared, execution: &sluice_store::Execution) {
-    if execution.status != ExecutionStatus::Requested || execution.unreadable.is_some() {
+    if execution.unreadable.is_some() {
         return;
     }
     if let Some(supervisor) = shared.directory.supervisor(&execution.action) {

@@ -5,7 +5,6 @@ use serde_json::Value;
 use sluice_core::{ExecutionId, ExecutionStatus};
 use sluice_pack::{Catalog, params};
 use sluice_store::{Execution, Store};
-use sluice_telemetry::{TRACEPARENT, TraceContext};
 use tracing::{info, warn};
 
 use crate::error::EngineError;
@@ -113,18 +112,12 @@ pub(crate) fn pending_of(execution: &Execution) -> Pending {
         .as_object()
         .cloned()
         .unwrap_or_default();
-    let trace = execution
-        .traceparent
-        .iter()
-        .map(|tp| (TRACEPARENT.to_owned(), tp.clone()))
-        .collect();
-    let mut pending = Pending::new(
+    Pending::kept(
         execution.id,
         execution.attempt,
         parameters,
         execution.created_at,
-        TraceContext::from_headers(&trace),
-    );
-    pending.parent = execution.parent_id;
-    pending
+        execution.traceparent.clone(),
+        execution.parent_id,
+    )
 }

@@ -154,16 +154,7 @@ async fn start_core(
     let mut store = open_store(config).await?;
     if let Some(owner) = owner {
         // The store refuses the writes of whoever held the lease before.
-        let raised = store
-            .raise_fence(&owner.fence.name, owner.fence.token, &owner.engine)
-            .await
-            .context("failed to raise the engine fence in the store")?;
-        if !raised {
-            anyhow::bail!(
-                "an engine with a newer lease than this one's (token {}) has written to the store; this engine stops",
-                owner.fence.token
-            );
-        }
+        own_fence(&store, &owner.fence, &owner.engine).await?;
         store = store.fenced(owner.fence);
     }
     let singletons = partitions.as_ref().is_none_or(|p| p.held.contains_key(&0));
