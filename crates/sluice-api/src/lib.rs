@@ -106,9 +106,8 @@ async fn to_duty_owner(
     if partitions.held.contains_key(&0) || !(changes_rules || path == "/api/v1/timers") {
         return next.run(request).await;
     }
-    let (me, takeover) = (partitions.engine.clone(), partitions.lease_ttl);
     let holder = engine.partition_holder(0).await;
-    standby::to_partition_owner(&me, 0, holder, takeover, request).await
+    standby::to_partition_owner(partitions, 0, holder, request).await
 }
 
 async fn no_route(uri: axum::http::Uri) -> ApiError {
@@ -761,8 +760,7 @@ async fn queue_stats(
         && engine.catalog().action(&action_ref).is_some()
         && let Some((partition, holder)) = engine.owner_of(&action_ref).await
     {
-        let (me, takeover) = (partitions.engine.clone(), partitions.lease_ttl);
-        return Ok(standby::to_partition_owner(&me, partition, holder, takeover, request).await);
+        return Ok(standby::to_partition_owner(partitions, partition, holder, request).await);
     }
     Err(ApiError::NotFound(format!("unknown action {action}")))
 }

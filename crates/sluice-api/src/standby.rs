@@ -66,18 +66,18 @@ pub(crate) fn forwarding_client() -> reqwest::Client {
         .expect("an HTTP client builds")
 }
 
-/// Forwards `request`, about an action of partition `partition`, to the engine that owns
-/// the partition (`holder`, from its lease): with several engines active at once, the live
-/// state of an action (its queue, its active count) is on its owner only. 503 with a
-/// `Retry-After` of `takeover` when no engine owns it now, or when the request was
-/// forwarded to this engine already.
+/// Forwards `request`, about partition `partition`, from this engine (owning `partitions`)
+/// to the engine that owns it (`holder`, from its lease): with several engines active at
+/// once, the live state of an action (its queue, its active count) is on its owner only.
+/// 503 with a `Retry-After` of the leases' life when no engine owns it now, or when the
+/// request was forwarded to this engine already.
 pub(crate) async fn to_partition_owner(
-    me: &str,
+    partitions: &sluice_engine::Partitioned,
     partition: u32,
     holder: Option<Holder>,
-    takeover: Duration,
     request: Request,
 ) -> Response {
+    let (me, takeover) = (partitions.engine.as_str(), partitions.lease_ttl);
     static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let unavailable = |detail: String| {
         let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, &detail);

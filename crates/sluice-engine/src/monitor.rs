@@ -123,8 +123,7 @@ impl Workers {
 async fn reports_applied(status: &[async_nats::jetstream::consumer::PullConsumer]) -> bool {
     for consumer in status {
         let idle = consumer
-            .clone()
-            .info()
+            .get_info()
             .await
             .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0);
         if !idle {
