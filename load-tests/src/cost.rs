@@ -26,6 +26,8 @@ const BASELINE_PREFIX: &str = "BENCH_";
 pub struct Reading {
     /// Store transactions by operation (`sluice_store_write_seconds_count`).
     transactions: BTreeMap<String, f64>,
+    /// Seconds spent in store transactions by operation (`sluice_store_write_seconds_sum`).
+    transaction_seconds: BTreeMap<String, f64>,
     /// Rows written by table (`sluice_store_writes_total`).
     rows: BTreeMap<String, f64>,
     /// Messages ever stored, by stream (its last sequence).
@@ -63,6 +65,12 @@ impl Reading {
                 "sluice_store_write_seconds_count" => {
                     *reading
                         .transactions
+                        .entry(label(labels, "op").to_owned())
+                        .or_default() += value;
+                }
+                "sluice_store_write_seconds_sum" => {
+                    *reading
+                        .transaction_seconds
                         .entry(label(labels, "op").to_owned())
                         .or_default() += value;
                 }
@@ -174,6 +182,9 @@ impl Part {
 #[derive(Debug)]
 pub struct Cost {
     pub store_transactions: Part,
+    /// The mean time of one store transaction, in microseconds, by operation: from asking
+    /// for the store's connection to the commit's return.
+    pub transaction_us: BTreeMap<String, f64>,
     pub store_rows: Part,
     pub jetstream_stored: Part,
     pub jetstream_delivered: Part,
@@ -186,6 +197,16 @@ impl Cost {
         let n = executions.max(1) as f64;
         Self {
             store_transactions: Part::between(&before.transactions, &after.transactions, n),
+            transaction_us: after
+                .transaction_seconds
+                .iter()
+                .filter_map(|(op, &seconds)| {
+                    let count =
+                        after.transactions.get(op)? - before.transactions.get(op).unwrap_or(&0.0);
+                    let spent = seconds - before.transaction_seconds.get(op).unwrap_or(&0.0);
+                    (count > 0.0).then(|| (op.clone(), spent / count * 1e6))
+                })
+                .collect(),
             store_rows: Part::between(&before.rows, &after.rows, n),
             jetstream_stored: Part::between(&before.stored, &after.stored, n),
             jetstream_delivered: Part::between(&before.delivered, &after.delivered, n),
@@ -219,6 +240,15 @@ impl Cost {
             "    store transactions      {}",
             self.store_transactions.line(3)
         );
+        if !self.transaction_us.is_empty() {
+            let each = self
+                .transaction_us
+                .iter()
+                .map(|(op, us)| format!("{op} {us:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("    µs per transaction      mean: {each}");
+        }
         println!("    store rows written      {}", self.store_rows.line(3));
         println!(
             "    JetStream msgs stored   {}",
@@ -283,6 +313,11 @@ mod tests {
         let mut after = Reading::default();
         after.transactions.insert("transition".into(), 30.0);
         after.transactions.insert("record_event".into(), 5.0);
+        before.transaction_seconds.insert("transition".into(), 1.0);
+        after.transaction_seconds.insert("transition".into(), 1.004);
+        after
+            .transaction_seconds
+            .insert("record_event".into(), 0.001);
         after.stored.insert("RUN".into(), 110.0);
         after.stored.insert("TRIGGERS".into(), 10.0);
         let cost = Cost::between(&before, &after, 10);
@@ -291,5 +326,7 @@ mod tests {
         assert_eq!(cost.jetstream_stored.total, 2.0);
         assert_eq!(cost.jetstream_stored.by["TRIGGERS"], 1.0);
         assert_eq!(cost.store_rows.total, 0.0);
+        assert!((cost.transaction_us["transition"] - 200.0).abs() < 1e-6);
+        assert!((cost.transaction_us["record_event"] - 200.0).abs() < 1e-6);
     }
 }

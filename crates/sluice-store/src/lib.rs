@@ -7,6 +7,7 @@
 //! status is not a write.
 
 mod checkpoint;
+mod direct;
 mod fence;
 mod model;
 mod reseal;

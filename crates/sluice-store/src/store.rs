@@ -17,10 +17,173 @@ use sluice_core::DeadLetter;
 use sluice_telemetry::metrics;
 
 use crate::checkpoint::Checkpointer;
+use crate::direct::{self, Direct};
 use crate::model::{
     DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
-    Fence, Firing, HistoryEntry, Ledger, NewEvent, Transition,
+    Fence, Firing, HistoryEntry, Ledger, NewEvent, ResultJson, Transition,
 };
+
+/// An event, unless its stream sequence was recorded before.
+const INSERT_EVENT: &str = "INSERT INTO events (trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_seq) DO NOTHING RETURNING id";
+
+/// The event recorded for a stream sequence.
+const EVENT_OF_SEQ: &str = "SELECT id FROM events WHERE stream_seq = $1";
+
+/// An execution a rule requested; the database adds its history and its enforcement
+/// (migrations 0011, 0012, 0014).
+const INSERT_FIRED_EXECUTION: &str = "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
+     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id";
+
+fn event_status(event: &NewEvent) -> &'static str {
+    if event.rejected.is_some() {
+        EventStatus::Rejected
+    } else {
+        EventStatus::Accepted
+    }
+    .as_str()
+}
+
+/// The status an execution is created in for `firing`.
+fn firing_status(firing: &Firing) -> ExecutionStatus {
+    match (&firing.failed, firing.admitted) {
+        (Some(_), _) => ExecutionStatus::Failed,
+        (None, true) => ExecutionStatus::Scheduled,
+        (None, false) => ExecutionStatus::Requested,
+    }
+}
+
+/// [`Store::record_events`]' statements, on SQLite's connection directly.
+fn record_events_on(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[(&NewEvent, &[Firing])],
+    now: DateTime<Utc>,
+) -> Result<Vec<EventOutcome>, StoreError> {
+    let now_text = direct::time(now);
+    let mut insert_event = tx.prepare_cached(INSERT_EVENT)?;
+    let mut insert_execution = tx.prepare_cached(INSERT_FIRED_EXECUTION)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (event, firings) in batch {
+        let stream_seq = event.stream_seq.map(|s| s as i64);
+        let payload = event.payload.as_ref().map(direct::json).transpose()?;
+        let inserted: Option<i64> = direct::rows(
+            &mut insert_event,
+            rusqlite::params![
+                event.trigger,
+                event_status(event),
+                event.rejected,
+                payload,
+                event.subject,
+                stream_seq,
+                event.msg_id,
+                now_text,
+            ],
+            |row| row.get(0),
+        )?
+        .pop();
+        let Some(event_id) = inserted else {
+            let event_id: i64 = direct::rows(
+                &mut tx.prepare_cached(EVENT_OF_SEQ)?,
+                rusqlite::params![stream_seq],
+                |row| row.get(0),
+            )?
+            .pop()
+            .ok_or(StoreError::Corrupt {
+                table: "events",
+                message: format!("no event recorded for stream sequence {stream_seq:?}"),
+            })?;
+            outcomes.push(EventOutcome {
+                event_id: EventId(event_id),
+                duplicate: true,
+                executions: Vec::new(),
+            });
+            continue;
+        };
+        let mut executions = Vec::new();
+        for firing in firings.iter() {
+            let result = firing
+                .failed
+                .as_ref()
+                .map(|reason| direct::json(&serde_json::json!({ "error": reason })))
+                .transpose()?;
+            let id: i64 = direct::rows(
+                &mut insert_execution,
+                rusqlite::params![
+                    firing.action.as_str(),
+                    firing_status(firing).as_str(),
+                    direct::json(&firing.parameters)?,
+                    result,
+                    firing.rule,
+                    event_id,
+                    now_text,
+                    firing.failed.as_ref().map(|_| &now_text),
+                    firing.traceparent,
+                ],
+                |row| row.get(0),
+            )?
+            .pop()
+            .ok_or(StoreError::Corrupt {
+                table: "executions",
+                message: "an insert returned no id".to_owned(),
+            })?;
+            if firing.failed.is_none() {
+                executions.push((ExecutionId(id), firing.action.clone()));
+            }
+        }
+        outcomes.push(EventOutcome {
+            event_id: EventId(event_id),
+            duplicate: false,
+            executions,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// [`Store::transitions`]' updates, on SQLite's connection directly; `sql` is the update
+/// for a transition and its sources.
+fn transitions_on(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[(ExecutionId, &Transition, &[ExecutionStatus])],
+    sql: impl Fn(&Transition, &[ExecutionStatus]) -> String,
+) -> Result<Vec<(bool, Option<String>)>, StoreError> {
+    let mut results = Vec::with_capacity(batch.len());
+    for (id, transition, sources) in batch {
+        let to = transition.to;
+        debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
+        if sources.is_empty() {
+            results.push((false, None));
+            continue;
+        }
+        // A result that arrived as JSON text is written as that text, without a copy.
+        let value_text;
+        let result: Option<&str> = match &transition.result {
+            None => None,
+            Some(ResultJson::Text(raw)) => Some(raw.get()),
+            Some(ResultJson::Value(value)) => {
+                value_text = value.to_string();
+                Some(&value_text)
+            }
+        };
+        let action: Option<String> = direct::rows(
+            &mut tx.prepare_cached(&sql(transition, sources))?,
+            rusqlite::params![
+                to.as_str(),
+                direct::time(transition.at),
+                result,
+                transition.worker,
+                to == ExecutionStatus::Running,
+                to.is_terminal(),
+                id.0,
+                to == ExecutionStatus::Requested,
+                transition.started.map(direct::time),
+            ],
+            |row| row.get(0),
+        )?
+        .pop();
+        results.push((action.is_some(), action));
+    }
+    Ok(results)
+}
 
 /// Records how long a write took, for `sluice_store_write_seconds`.
 pub(crate) fn timed(op: &'static str, started: std::time::Instant) {
@@ -40,6 +203,9 @@ pub(crate) fn wrote(table: &'static str, kind: &'static str, rows: u64) {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// SQLite's own error, from a write run on its connection directly.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("failed to apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid row in {table}: {message}")]
@@ -80,6 +246,15 @@ impl StoreError {
                 StoreErrorKind::Unavailable
             }
             Self::Database(_) => StoreErrorKind::Refused,
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreErrorKind::Unavailable
+            }
+            Self::Sqlite(_) => StoreErrorKind::Refused,
             Self::Migrate(_) | Self::Corrupt { .. } => StoreErrorKind::Corrupt,
             // The message goes back for the engine that owns the lease now.
             Self::Fenced { .. } => StoreErrorKind::Unavailable,
@@ -126,8 +301,10 @@ pub(crate) enum Backend {
 /// A handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// SQLite's writes on the execution path, run on its connection directly. Before
+    /// `backend`, so the last clone lets its statements go before the pool goes.
+    direct: Arc<Direct>,
     pub(crate) backend: Backend,
-    /// The lease the execution core's writes are checked against (several engines).
     /// The fences the execution core's writes are checked against; none: unfenced.
     pub(crate) fences: Arc<[Fence]>,
     /// SQLite's checkpoints, while the store is open.
@@ -383,14 +560,21 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(WAIT_FOR_DATABASE)
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Its statements may be let go from another thread (see `direct`).
+                .serialized(true);
             // Checkpoints are taken by a connection of their own (see `checkpoint`).
             let writer = options.clone().pragma("wal_autocheckpoint", "0");
             // SQLite has one write lock. With one connection, writers queue in the pool, in
             // order; with several, they collide on the lock and back off in sleeps, which
-            // halved throughput. Readers are short and queue with them.
+            // halved throughput. Readers are short and queue with them. The pool never
+            // closes its connection on its own (`direct` keeps statements on it), and a
+            // connection to a file does not go stale, so it is not pinged before each use.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .acquire_timeout(WAIT_FOR_DATABASE)
                 .connect_with(writer)
                 .await?;
@@ -399,6 +583,7 @@ impl Store {
             Backend::Sqlite(pool)
         };
         Ok(Self {
+            direct: Arc::default(),
             backend,
             fences: Arc::from(Vec::new()),
             checkpointer,
@@ -424,6 +609,9 @@ impl Store {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.stop();
         }
+        if let Backend::Sqlite(pool) = &self.backend {
+            self.direct.close(pool).await;
+        }
         on_pool!(self, pool => pool.close().await)
     }
 
@@ -446,69 +634,77 @@ impl Store {
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let now = Utc::now();
         let started = std::time::Instant::now();
-        let outcomes = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            check_fence!(self, tx);
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for (event, firings) in batch {
-                let stream_seq = event.stream_seq.map(|s| s as i64);
-                let status = if event.rejected.is_some() { EventStatus::Rejected } else { EventStatus::Accepted }.as_str();
-                let inserted: Option<(i64,)> = sqlx::query_as(
-                    "INSERT INTO events (trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_seq) DO NOTHING RETURNING id",
-                )
-                .bind(&event.trigger)
-                .bind(status)
-                .bind(&event.rejected)
-                .bind(event.payload.as_ref().map(Json))
-                .bind(&event.subject)
-                .bind(stream_seq)
-                .bind(&event.msg_id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((event_id,)) = inserted else {
-                    let (event_id,): (i64,) = sqlx::query_as("SELECT id FROM events WHERE stream_seq = $1")
-                        .bind(stream_seq)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    outcomes.push(EventOutcome { event_id: EventId(event_id), duplicate: true, executions: Vec::new() });
-                    continue;
-                };
-                let mut executions = Vec::new();
-                for firing in firings.iter() {
-                    let status = match (&firing.failed, firing.admitted) {
-                        (Some(_), _) => ExecutionStatus::Failed,
-                        (None, true) => ExecutionStatus::Scheduled,
-                        (None, false) => ExecutionStatus::Requested,
-                    };
-                    let result = firing.failed.as_ref().map(|reason| Json(serde_json::json!({ "error": reason })));
-                    // The database adds its history and its enforcement (migrations 0011, 0012,
-                    // 0014).
-                    let (id,): (i64,) = sqlx::query_as(
-                        "INSERT INTO executions (action, status, parameters, result, rule, event_id, attempt, created_at, updated_at, finished_at, traceparent) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8, $9) RETURNING id",
-                    )
-                    .bind(firing.action.as_str())
-                    .bind(status.as_str())
-                    .bind(Json(&firing.parameters))
-                    .bind(result)
-                    .bind(&firing.rule)
-                    .bind(event_id)
-                    .bind(now)
-                    .bind(firing.failed.as_ref().map(|_| now))
-                    .bind(&firing.traceparent)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if firing.failed.is_none() {
-                        executions.push((ExecutionId(id), firing.action.clone()));
-                    }
-                }
-                outcomes.push(EventOutcome { event_id: EventId(event_id), duplicate: false, executions });
+        let outcomes = match &self.backend {
+            Backend::Sqlite(pool) => {
+                self.direct
+                    .transaction(pool, &self.fences, |tx| record_events_on(tx, batch, now))
+                    .await?
             }
-            tx.commit().await?;
-            outcomes
-        });
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                check_fence!(self, tx);
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for (event, firings) in batch {
+                    let stream_seq = event.stream_seq.map(|s| s as i64);
+                    let status = event_status(event);
+                    let inserted: Option<(i64,)> = sqlx::query_as(INSERT_EVENT)
+                        .bind(&event.trigger)
+                        .bind(status)
+                        .bind(&event.rejected)
+                        .bind(event.payload.as_ref().map(Json))
+                        .bind(&event.subject)
+                        .bind(stream_seq)
+                        .bind(&event.msg_id)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some((event_id,)) = inserted else {
+                        let (event_id,): (i64,) = sqlx::query_as(EVENT_OF_SEQ)
+                            .bind(stream_seq)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        outcomes.push(EventOutcome {
+                            event_id: EventId(event_id),
+                            duplicate: true,
+                            executions: Vec::new(),
+                        });
+                        continue;
+                    };
+                    let mut executions = Vec::new();
+                    for firing in firings.iter() {
+                        let status = firing_status(firing);
+                        let result = firing
+                            .failed
+                            .as_ref()
+                            .map(|reason| Json(serde_json::json!({ "error": reason })));
+                        // The database adds its history and its enforcement (migrations 0011, 0012,
+                        // 0014).
+                        let (id,): (i64,) = sqlx::query_as(INSERT_FIRED_EXECUTION)
+                            .bind(firing.action.as_str())
+                            .bind(status.as_str())
+                            .bind(Json(&firing.parameters))
+                            .bind(result)
+                            .bind(&firing.rule)
+                            .bind(event_id)
+                            .bind(now)
+                            .bind(firing.failed.as_ref().map(|_| now))
+                            .bind(&firing.traceparent)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        if firing.failed.is_none() {
+                            executions.push((ExecutionId(id), firing.action.clone()));
+                        }
+                    }
+                    outcomes.push(EventOutcome {
+                        event_id: EventId(event_id),
+                        duplicate: false,
+                        executions,
+                    });
+                }
+                tx.commit().await?;
+                outcomes
+            }
+        };
         for ((_, firings), outcome) in batch.iter().zip(&outcomes) {
             if outcome.duplicate {
                 continue;
@@ -726,18 +922,36 @@ impl Store {
             ExecutionStatus::Requested,
         );
         let started = std::time::Instant::now();
-        let admitted: std::collections::HashSet<i64> = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            check_fence!(self, tx);
-            let mut query = sqlx::query_scalar(AssertSqlSafe(sql.clone()));
-            for (id, at) in round {
-                query = query.bind(id.0).bind(*at);
+        let admitted: std::collections::HashSet<i64> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                self.direct
+                    .transaction(pool, &self.fences, |tx| {
+                        let mut update = tx.prepare_cached(&sql)?;
+                        let times: Vec<String> =
+                            round.iter().map(|(_, at)| direct::time(*at)).collect();
+                        let params: Vec<&dyn rusqlite::ToSql> = round
+                            .iter()
+                            .zip(&times)
+                            .flat_map(|((id, _), at)| [&id.0 as &dyn rusqlite::ToSql, at])
+                            .collect();
+                        let admitted = direct::rows(&mut update, &params, |row| row.get(0))?;
+                        Ok(admitted.into_iter().collect())
+                    })
+                    .await?
             }
-            let admitted: std::collections::HashSet<i64> =
-                query.fetch_all(&mut *tx).await?.into_iter().collect();
-            tx.commit().await?;
-            admitted
-        });
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                check_fence!(self, tx);
+                let mut query = sqlx::query_scalar(AssertSqlSafe(sql.clone()));
+                for (id, at) in round {
+                    query = query.bind(id.0).bind(*at);
+                }
+                let admitted: std::collections::HashSet<i64> =
+                    query.fetch_all(&mut *tx).await?.into_iter().collect();
+                tx.commit().await?;
+                admitted
+            }
+        };
         timed("transition", started);
         let n = admitted.len() as u64;
         // Each admission is one update, and its trigger adds two statuses to the history.
@@ -773,34 +987,42 @@ impl Store {
             )
         };
         let started = std::time::Instant::now();
-        let results: Vec<(bool, Option<String>)> = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            check_fence!(self, tx);
-            let mut results = Vec::with_capacity(batch.len());
-            for (id, transition, sources) in batch {
-                let to = transition.to;
-                debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
-                if sources.is_empty() {
-                    results.push((false, None));
-                    continue;
-                }
-                let action: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql(transition, sources)))
-                    .bind(to.as_str())
-                    .bind(transition.at)
-                    .bind(transition.result.as_ref().map(Json))
-                    .bind(&transition.worker)
-                    .bind(to == ExecutionStatus::Running)
-                    .bind(to.is_terminal())
-                    .bind(id.0)
-                    .bind(to == ExecutionStatus::Requested)
-                    .bind(transition.started)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                results.push((action.is_some(), action.map(|(a,)| a)));
+        let results: Vec<(bool, Option<String>)> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                self.direct
+                    .transaction(pool, &self.fences, |tx| transitions_on(tx, batch, sql))
+                    .await?
             }
-            tx.commit().await?;
-            results
-        });
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                check_fence!(self, tx);
+                let mut results = Vec::with_capacity(batch.len());
+                for (id, transition, sources) in batch {
+                    let to = transition.to;
+                    debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
+                    if sources.is_empty() {
+                        results.push((false, None));
+                        continue;
+                    }
+                    let action: Option<(String,)> =
+                        sqlx::query_as(AssertSqlSafe(sql(transition, sources)))
+                            .bind(to.as_str())
+                            .bind(transition.at)
+                            .bind(transition.result.as_ref().map(Json))
+                            .bind(&transition.worker)
+                            .bind(to == ExecutionStatus::Running)
+                            .bind(to.is_terminal())
+                            .bind(id.0)
+                            .bind(to == ExecutionStatus::Requested)
+                            .bind(transition.started)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    results.push((action.is_some(), action.map(|(a,)| a)));
+                }
+                tx.commit().await?;
+                results
+            }
+        };
         timed("transition", started);
         for ((_, transition, _), (changed, action)) in batch.iter().zip(&results) {
             // The update's triggers add the status to the history (migration 0011), and

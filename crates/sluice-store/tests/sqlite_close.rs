@@ -1,0 +1,98 @@
+//! A SQLite store keeps prepared statements on its connection for the writes on the
+//! execution path; the connection refuses to close while any is left, and its thread panics
+//! then. Closed or dropped, the store lets them go first. A test binary of its own: it
+//! watches for a panic on any thread.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sluice_core::{ActionRef, ExecutionStatus};
+use sluice_store::{Firing, NewEvent, Store, Transition};
+
+/// Takes every write that keeps statements: an event with its execution, an admission, a
+/// status change.
+async fn write_on_the_execution_path(store: &Store, seq: u64) {
+    let event = NewEvent {
+        trigger: "examples.alert".into(),
+        subject: "sluice.trigger.examples.alert".into(),
+        payload: Some(json!({"seq": seq})),
+        rejected: None,
+        stream_seq: Some(seq),
+        msg_id: None,
+    };
+    let firing = Firing {
+        rule: "examples.a".into(),
+        action: "core.noop".parse::<ActionRef>().unwrap(),
+        parameters: Default::default(),
+        failed: None,
+        traceparent: None,
+        admitted: false,
+    };
+    let recorded = store.record_event(&event, &[firing]).await.unwrap();
+    let id = recorded.executions[0].0;
+    assert_eq!(store.admit(&[(id, Utc::now())]).await.unwrap(), [true]);
+    let running = Transition::to(ExecutionStatus::Running);
+    assert!(store.transition(id, &running).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_or_dropped_store_closes_its_connection_cleanly() {
+    let panics = Arc::new(AtomicUsize::new(0));
+    let seen = panics.clone();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        default_hook(info);
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.db");
+    let path = path.to_str().unwrap();
+
+    let store = Store::connect(path).await.unwrap();
+    write_on_the_execution_path(&store, 1).await;
+    store.close().await;
+    assert!(
+        store
+            .record_event(
+                &NewEvent {
+                    trigger: "examples.alert".into(),
+                    subject: "sluice.trigger.examples.alert".into(),
+                    payload: None,
+                    rejected: None,
+                    stream_seq: Some(2),
+                    msg_id: None,
+                },
+                &[],
+            )
+            .await
+            .is_err(),
+        "a closed store writes nothing"
+    );
+
+    let store = Store::connect(path).await.unwrap();
+    write_on_the_execution_path(&store, 3).await;
+    let clone = store.clone();
+    drop(store);
+    write_on_the_execution_path(&clone, 4).await;
+    drop(clone);
+    // The pool closes its connection from a task and a thread of its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let store = Store::connect(path).await.unwrap();
+    let ledger = store.ledger().await.unwrap();
+    store.close().await;
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        0,
+        "a thread panicked while the store closed"
+    );
+    assert_eq!(ledger.events, 3, "every event before the close was kept");
+    assert_eq!(
+        ledger.executions.get(&ExecutionStatus::Running),
+        Some(&3),
+        "every status change before the close was kept"
+    );
+}
