@@ -34,6 +34,15 @@ pub struct Firing {
     pub admitted: bool,
 }
 
+impl Firing {
+    /// The result an execution that could not even be requested is stored with.
+    pub(crate) fn failure(&self) -> Option<serde_json::Value> {
+        self.failed
+            .as_ref()
+            .map(|reason| serde_json::json!({ "error": reason }))
+    }
+}
+
 /// What recording an event did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventOutcome {
@@ -44,6 +53,26 @@ pub struct EventOutcome {
     /// The executions created (`requested`, or `scheduled` when admitted as the event
     /// arrived), in firing order; failed firings left out.
     pub executions: Vec<(ExecutionId, ActionRef)>,
+}
+
+impl EventOutcome {
+    /// An event stored before: nothing written.
+    pub(crate) fn duplicate(event_id: EventId) -> Self {
+        Self {
+            event_id,
+            duplicate: true,
+            executions: Vec::new(),
+        }
+    }
+
+    /// An event stored now, with the executions it created.
+    pub(crate) fn recorded(event_id: EventId, executions: Vec<(ExecutionId, ActionRef)>) -> Self {
+        Self {
+            event_id,
+            duplicate: false,
+            executions,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

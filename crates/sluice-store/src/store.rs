@@ -92,20 +92,12 @@ fn record_events_on(
                 table: "events",
                 message: format!("no event recorded for stream sequence {stream_seq:?}"),
             })?;
-            outcomes.push(EventOutcome {
-                event_id: EventId(event_id),
-                duplicate: true,
-                executions: Vec::new(),
-            });
+            outcomes.push(EventOutcome::duplicate(EventId(event_id)));
             continue;
         };
         let mut executions = Vec::new();
         for firing in firings.iter() {
-            let result = firing
-                .failed
-                .as_ref()
-                .map(|reason| direct::json(&serde_json::json!({ "error": reason })))
-                .transpose()?;
+            let result = firing.failure().as_ref().map(direct::json).transpose()?;
             let id: i64 = direct::rows(
                 &mut insert_execution,
                 rusqlite::params![
@@ -130,11 +122,7 @@ fn record_events_on(
                 executions.push((ExecutionId(id), firing.action.clone()));
             }
         }
-        outcomes.push(EventOutcome {
-            event_id: EventId(event_id),
-            duplicate: false,
-            executions,
-        });
+        outcomes.push(EventOutcome::recorded(EventId(event_id), executions));
     }
     Ok(outcomes)
 }
@@ -663,20 +651,13 @@ impl Store {
                             .bind(stream_seq)
                             .fetch_one(&mut *tx)
                             .await?;
-                        outcomes.push(EventOutcome {
-                            event_id: EventId(event_id),
-                            duplicate: true,
-                            executions: Vec::new(),
-                        });
+                        outcomes.push(EventOutcome::duplicate(EventId(event_id)));
                         continue;
                     };
                     let mut executions = Vec::new();
                     for firing in firings.iter() {
                         let status = firing_status(firing);
-                        let result = firing
-                            .failed
-                            .as_ref()
-                            .map(|reason| Json(serde_json::json!({ "error": reason })));
+                        let result = firing.failure().map(Json);
                         // The database adds its history and its enforcement (migrations 0011, 0012,
                         // 0014).
                         let (id,): (i64,) = sqlx::query_as(INSERT_FIRED_EXECUTION)
@@ -695,11 +676,7 @@ impl Store {
                             executions.push((ExecutionId(id), firing.action.clone()));
                         }
                     }
-                    outcomes.push(EventOutcome {
-                        event_id: EventId(event_id),
-                        duplicate: false,
-                        executions,
-                    });
+                    outcomes.push(EventOutcome::recorded(EventId(event_id), executions));
                 }
                 tx.commit().await?;
                 outcomes
