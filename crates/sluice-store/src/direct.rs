@@ -11,7 +11,9 @@
 //! handle back) and run the whole transaction on it through rusqlite, with their statements
 //! prepared once and kept. The connection is still the store's one connection from its
 //! pool, so writers queue for it in order as before, and the transaction is SQLite's as
-//! before: the same statements, the same fence check, the same busy timeout.
+//! before: the same statements, the same fence check, the same busy timeout. It runs on the
+//! calling task's thread; with one connection, one such transaction runs at a time, for as
+//! long as sqlx's thread took for it before.
 //!
 //! The kept statements belong to sqlx's connection, which refuses to close while any is
 //! left. They are let go before the pool can close it: in [`Store::close`], or when the last
@@ -25,8 +27,8 @@ use std::sync::Mutex;
 
 use sqlx::SqlitePool;
 
+use crate::error::StoreError;
 use crate::model::Fence;
-use crate::store::StoreError;
 
 /// How many prepared statements are kept, the least recently used let go first.
 const KEPT_STATEMENTS: usize = 64;
@@ -116,7 +118,7 @@ impl Direct {
     }
 }
 
-/// [`crate::store::check_fence`] on a rusqlite transaction.
+/// The store's fence check (`check_fence!`) on a rusqlite transaction.
 fn check_fences(tx: &rusqlite::Transaction<'_>, fences: &[Fence]) -> Result<(), StoreError> {
     for fence in fences {
         let current: Option<i64> = tx

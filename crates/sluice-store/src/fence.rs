@@ -10,8 +10,9 @@
 
 use chrono::Utc;
 
+use crate::error::StoreError;
 use crate::model::Fence;
-use crate::store::{Store, StoreError, on_pool};
+use crate::store::{Store, on_pool};
 
 impl Store {
     /// Makes `token` the fence of `name`, held by `holder`, if it is newer than the one the

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod direct;
+mod error;
 mod fence;
 mod model;
 mod reseal;
@@ -16,13 +17,14 @@ mod store;
 mod tokens;
 mod workflow;
 
+pub use error::{StoreError, StoreErrorKind};
 pub use model::{
     DeadLetterRecord, Enforcement, Event, EventFilter, EventOutcome, Execution, ExecutionFilter,
     Fence, Firing, HistoryEntry, Ledger, NewEvent, ResultJson, Transition,
 };
 pub use reseal::Resealed;
 pub use rules::{ApiRule, RuleSwitch};
-pub use store::{Store, StoreError, StoreErrorKind};
+pub use store::Store;
 pub use tokens::{NewToken, Token};
 pub use workflow::{NewChild, WorkflowChild, WorkflowRecord, WorkflowSave};
 

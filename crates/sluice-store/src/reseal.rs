@@ -11,7 +11,8 @@ use serde_json::Value;
 use sluice_core::ExecutionStatus;
 use sqlx::types::Json;
 
-use crate::store::{Store, StoreError, on_pool};
+use crate::error::StoreError;
+use crate::store::{Store, on_pool};
 
 /// How many stored values a rotation sealed again.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
-use crate::store::{Store, StoreError, corrupt, on_pool};
+use crate::error::StoreError;
+use crate::store::{Store, corrupt, on_pool};
 
 /// A rule switched on or off through the API.
 #[derive(Debug, Clone, Serialize, PartialEq, FromRow)]

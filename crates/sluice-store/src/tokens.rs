@@ -6,7 +6,8 @@ use serde::Serialize;
 use sluice_core::Scope;
 use sqlx::FromRow;
 
-use crate::store::{Store, StoreError, corrupt, on_pool};
+use crate::error::StoreError;
+use crate::store::{Store, corrupt, on_pool};
 
 /// A token to create: its hash, never the token itself.
 #[derive(Debug, Clone)]

@@ -11,7 +11,8 @@ use serde_json::Value;
 use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
 use sqlx::types::Json;
 
-use crate::store::{Store, StoreError, check_fence, on_pool, timed, wrote};
+use crate::error::StoreError;
+use crate::store::{Store, check_fence, on_pool, timed, wrote};
 
 /// A child execution a workflow step starts.
 #[derive(Debug, Clone)]
