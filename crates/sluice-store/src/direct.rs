@@ -166,10 +166,13 @@ pub(crate) fn time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
-/// A JSON value as sqlx writes it to SQLite (`Json`): its text.
-pub(crate) fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+/// A JSON value for a column of `table`, as sqlx writes it to SQLite (`Json`): its text.
+pub(crate) fn json(
+    table: &'static str,
+    value: &impl serde::Serialize,
+) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-        table: "executions",
+        table,
         message: format!("a value that cannot be written as JSON: {e}"),
     })
 }

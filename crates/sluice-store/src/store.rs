@@ -66,7 +66,11 @@ fn record_events_on(
     let mut outcomes = Vec::with_capacity(batch.len());
     for (event, firings) in batch {
         let stream_seq = event.stream_seq.map(|s| s as i64);
-        let payload = event.payload.as_ref().map(direct::json).transpose()?;
+        let payload = event
+            .payload
+            .as_ref()
+            .map(|payload| direct::json("events", payload))
+            .transpose()?;
         let inserted: Option<i64> = direct::rows(
             &mut insert_event,
             rusqlite::params![
@@ -98,13 +102,17 @@ fn record_events_on(
         };
         let mut executions = Vec::new();
         for firing in firings.iter() {
-            let result = firing.failure().as_ref().map(direct::json).transpose()?;
+            let result = firing
+                .failure()
+                .as_ref()
+                .map(|result| direct::json("executions", result))
+                .transpose()?;
             let id: i64 = direct::rows(
                 &mut insert_execution,
                 rusqlite::params![
                     firing.action.as_str(),
                     firing_status(firing).as_str(),
-                    direct::json(&firing.parameters)?,
+                    direct::json("executions", &firing.parameters)?,
                     result,
                     firing.rule,
                     event_id,
