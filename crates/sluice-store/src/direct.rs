@@ -118,24 +118,19 @@ impl Direct {
     }
 }
 
+/// The statement that reads a fence's token on SQLite.
+pub(crate) const FENCE_CHECK: &str = "SELECT token FROM fences WHERE name = $1";
+
 /// The store's fence check (`check_fence!`) on a rusqlite transaction.
 fn check_fences(tx: &rusqlite::Transaction<'_>, fences: &[Fence]) -> Result<(), StoreError> {
     for fence in fences {
-        let current: Option<i64> = tx
-            .prepare_cached("SELECT token FROM fences WHERE name = ?1")?
-            .query_row([&fence.name], |row| row.get(0))
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
-        if current != Some(fence.token) {
-            return Err(StoreError::Fenced {
-                name: fence.name.clone(),
-                token: fence.token,
-                current,
-            });
-        }
+        let current: Option<i64> = rows(
+            &mut tx.prepare_cached(FENCE_CHECK)?,
+            &[&fence.name],
+            |row| row.get(0),
+        )?
+        .pop();
+        fence.check(current)?;
     }
     Ok(())
 }

@@ -279,3 +279,18 @@ pub struct Fence {
     pub name: String,
     pub token: i64,
 }
+
+impl Fence {
+    /// Whether a transaction that read `current` as this fence's token may write: only
+    /// while the token is still this one.
+    pub(crate) fn check(&self, current: Option<i64>) -> Result<(), crate::error::StoreError> {
+        if current == Some(self.token) {
+            return Ok(());
+        }
+        Err(crate::error::StoreError::Fenced {
+            name: self.name.clone(),
+            token: self.token,
+            current,
+        })
+    }
+}

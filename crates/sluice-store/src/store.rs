@@ -198,16 +198,18 @@ pub(crate) fn wrote(table: &'static str, kind: &'static str, rows: u64) {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite {
+        /// Its writes on the execution path, run on the connection directly. Before `pool`,
+        /// so the last clone lets its statements go before the pool goes.
+        direct: Arc<Direct>,
+        pool: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
 /// A handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// SQLite's writes on the execution path, run on its connection directly. Before
-    /// `backend`, so the last clone lets its statements go before the pool goes.
-    direct: Arc<Direct>,
     pub(crate) backend: Backend,
     /// The fences the execution core's writes are checked against; none: unfenced.
     pub(crate) fences: Arc<[Fence]>,
@@ -220,7 +222,7 @@ pub struct Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Sqlite { pool: $pool, .. } => $body,
             $crate::store::Backend::Postgres($pool) => $body,
         }
     };
@@ -237,13 +239,7 @@ macro_rules! check_fence {
                 .bind(&fence.name)
                 .fetch_optional(&mut *$tx)
                 .await?;
-            if current != Some(fence.token) {
-                return Err($crate::error::StoreError::Fenced {
-                    name: fence.name.clone(),
-                    token: fence.token,
-                    current,
-                });
-            }
+            fence.check(current)?;
         }
     };
 }
@@ -484,10 +480,12 @@ impl Store {
                 .await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
             checkpointer = Some(Arc::new(Checkpointer::start(&options, pool.clone()).await?));
-            Backend::Sqlite(pool)
+            Backend::Sqlite {
+                direct: Arc::default(),
+                pool,
+            }
         };
         Ok(Self {
-            direct: Arc::default(),
             backend,
             fences: Arc::from(Vec::new()),
             checkpointer,
@@ -498,13 +496,13 @@ impl Store {
     pub(crate) fn fence_check_sql(&self) -> &'static str {
         match self.backend {
             Backend::Postgres(_) => "SELECT token FROM fences WHERE name = $1 FOR SHARE",
-            Backend::Sqlite(_) => "SELECT token FROM fences WHERE name = $1",
+            Backend::Sqlite { .. } => direct::FENCE_CHECK,
         }
     }
 
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
-            Backend::Sqlite(_) => "sqlite",
+            Backend::Sqlite { .. } => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
     }
@@ -513,8 +511,8 @@ impl Store {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.stop();
         }
-        if let Backend::Sqlite(pool) = &self.backend {
-            self.direct.close(pool).await;
+        if let Backend::Sqlite { direct, pool } = &self.backend {
+            direct.close(pool).await;
         }
         on_pool!(self, pool => pool.close().await)
     }
@@ -539,8 +537,8 @@ impl Store {
         let now = Utc::now();
         let started = std::time::Instant::now();
         let outcomes = match &self.backend {
-            Backend::Sqlite(pool) => {
-                self.direct
+            Backend::Sqlite { direct, pool } => {
+                direct
                     .transaction(pool, &self.fences, |tx| record_events_on(tx, batch, now))
                     .await?
             }
@@ -816,8 +814,8 @@ impl Store {
         );
         let started = std::time::Instant::now();
         let admitted: std::collections::HashSet<i64> = match &self.backend {
-            Backend::Sqlite(pool) => {
-                self.direct
+            Backend::Sqlite { direct, pool } => {
+                direct
                     .transaction(pool, &self.fences, |tx| {
                         let mut update = tx.prepare_cached(&sql)?;
                         let times: Vec<String> =
@@ -881,8 +879,8 @@ impl Store {
         };
         let started = std::time::Instant::now();
         let results: Vec<(bool, Option<String>)> = match &self.backend {
-            Backend::Sqlite(pool) => {
-                self.direct
+            Backend::Sqlite { direct, pool } => {
+                direct
                     .transaction(pool, &self.fences, |tx| transitions_on(tx, batch, sql))
                     .await?
             }
@@ -1052,7 +1050,7 @@ impl Store {
     pub async fn find_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         // The payload path is bound, never written into the statement.
         let at_path = match self.backend {
-            Backend::Sqlite(_) => "CAST(json_extract(payload, '$.' || $7) AS TEXT)",
+            Backend::Sqlite { .. } => "CAST(json_extract(payload, '$.' || $7) AS TEXT)",
             Backend::Postgres(_) => "payload #>> string_to_array($7, '.')",
         };
         let sql = format!(
