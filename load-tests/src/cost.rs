@@ -197,16 +197,19 @@ impl Cost {
         let n = executions.max(1) as f64;
         Self {
             store_transactions: Part::between(&before.transactions, &after.transactions, n),
-            transaction_us: after
-                .transaction_seconds
-                .iter()
-                .filter_map(|(op, &seconds)| {
-                    let count =
-                        after.transactions.get(op)? - before.transactions.get(op).unwrap_or(&0.0);
-                    let spent = seconds - before.transaction_seconds.get(op).unwrap_or(&0.0);
-                    (count > 0.0).then(|| (op.clone(), spent / count * 1e6))
-                })
-                .collect(),
+            transaction_us: {
+                let spent =
+                    Part::between(&before.transaction_seconds, &after.transaction_seconds, 1.0);
+                let count = Part::between(&before.transactions, &after.transactions, 1.0);
+                spent
+                    .by
+                    .into_iter()
+                    .filter_map(|(op, seconds)| {
+                        let each = seconds / count.by.get(&op)?;
+                        Some((op, each * 1e6))
+                    })
+                    .collect()
+            },
             store_rows: Part::between(&before.rows, &after.rows, n),
             jetstream_stored: Part::between(&before.stored, &after.stored, n),
             jetstream_delivered: Part::between(&before.delivered, &after.delivered, n),
