@@ -3,6 +3,9 @@
 //!
 //! - **Round trip:** publish → pull consumer → publish a reply → pull consumer, one at a
 //!   time: the two hops every execution makes at the least (run message out, report back).
+//!   Back to back, and, for a scenario at a fixed rate, also spaced at that rate: a round
+//!   trip that starts on an idle machine wakes every process and core on its way, as each
+//!   of the scenario's trips does, and takes longer than one that follows another at once.
 //! - **Throughput:** pipelined publishes with bounded in-flight acks, consumed and acked by a
 //!   pull consumer at the same time.
 
@@ -16,9 +19,15 @@ use futures::StreamExt;
 use crate::report::Percentiles;
 
 pub struct Baseline {
+    /// Round trips back to back.
     pub roundtrip: Percentiles,
+    /// Round trips at the scenario's rate, when it has one: (per second, their times).
+    pub paced: Option<(u64, Percentiles)>,
     pub msgs_per_s: f64,
 }
+
+/// How long the round trips at a scenario's rate are measured for, at most.
+const PACED_FOR: Duration = Duration::from_secs(5);
 
 async fn stream_with_consumer(
     js: &jetstream::Context,
@@ -47,7 +56,14 @@ async fn stream_with_consumer(
         .map_err(|e| anyhow::anyhow!("consumer on {name}: {e}"))
 }
 
-pub async fn measure(nats_url: &str, roundtrips: u64, messages: u64) -> anyhow::Result<Baseline> {
+/// `roundtrips` round trips back to back, then, with `rate`, as many as [`PACED_FOR`] holds
+/// at `rate` a second (at most `roundtrips`); `messages` publishes pipelined.
+pub async fn measure(
+    nats_url: &str,
+    roundtrips: u64,
+    messages: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<Baseline> {
     let client =
         sluice_bus::connect_client(nats_url, "sluice-load-baseline", &Default::default()).await?;
     let js = jetstream::ContextBuilder::new()
@@ -72,22 +88,43 @@ pub async fn measure(nats_url: &str, roundtrips: u64, messages: u64) -> anyhow::
         anyhow::Ok(())
     });
     let mut replies = replies.messages().await?;
-    let mut histogram = crate::report::histogram();
     let payload = Bytes::from(vec![b'x'; 256]);
-    for i in 0..roundtrips + 100 {
-        let started = Instant::now();
-        js.publish("bench.req", payload.clone()).await?.await?;
-        let reply = replies
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("reply stream ended"))?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        reply.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        if i >= 100 {
-            // The first hundred warm the connection and the consumers up.
-            crate::report::record(&mut histogram, started.elapsed());
+    let mut round_trips = async |count: u64, every: Option<Duration>| {
+        let mut histogram = crate::report::histogram();
+        let mut ticks = every.map(|every| {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        for i in 0..count + 100 {
+            if let Some(ticks) = ticks.as_mut() {
+                ticks.tick().await;
+            }
+            let started = Instant::now();
+            js.publish("bench.req", payload.clone()).await?.await?;
+            let reply = replies
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("reply stream ended"))?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            reply.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if i >= 100 {
+                // The first hundred warm the connection and the consumers up.
+                crate::report::record(&mut histogram, started.elapsed());
+            }
         }
-    }
+        anyhow::Ok(Percentiles::of(&histogram))
+    };
+    let roundtrip = round_trips(roundtrips, None).await?;
+    let paced = match rate {
+        Some(rate) => {
+            let rate = rate.max(1);
+            let count = (PACED_FOR.as_secs() * rate).min(roundtrips);
+            let every = Duration::from_secs_f64(1.0 / rate as f64);
+            Some((rate, round_trips(count, Some(every)).await?))
+        }
+        None => None,
+    };
     echo.abort();
 
     // Pipelined: publish with bounded in-flight acks while a consumer drains.
@@ -130,7 +167,8 @@ pub async fn measure(nats_url: &str, roundtrips: u64, messages: u64) -> anyhow::
         let _ = js.delete_stream(name).await;
     }
     Ok(Baseline {
-        roundtrip: Percentiles::of(&histogram),
+        roundtrip,
+        paced,
         msgs_per_s: messages as f64 / elapsed.as_secs_f64(),
     })
 }

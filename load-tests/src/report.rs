@@ -61,6 +61,15 @@ pub struct Summary {
     pub baseline_msgs_per_s: f64,
     pub p50_ratio: f64,
     pub p99_ratio: f64,
+    /// At a fixed rate: the baseline's round trips at that rate, and the ratios to them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_paced_per_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_paced_roundtrip_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paced_p50_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paced_p99_ratio: Option<f64>,
     pub throughput_ratio: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
@@ -93,6 +102,14 @@ impl Summary {
             baseline_msgs_per_s: baseline.msgs_per_s,
             p50_ratio: ratio(latency.p50, baseline.roundtrip.p50),
             p99_ratio: ratio(latency.p99, baseline.roundtrip.p99),
+            baseline_paced_per_s: baseline.paced.map(|(rate, _)| rate),
+            baseline_paced_roundtrip_ms: baseline.paced.map(|(_, paced)| paced),
+            paced_p50_ratio: baseline
+                .paced
+                .map(|(_, paced)| ratio(latency.p50, paced.p50)),
+            paced_p99_ratio: baseline
+                .paced
+                .map(|(_, paced)| ratio(latency.p99, paced.p99)),
             throughput_ratio: ratio(executions_per_s, baseline.msgs_per_s),
             rss_mb: None,
             commit: commit(),
@@ -124,10 +141,25 @@ impl Summary {
         );
         row("trigger -> completion", &self.latency_ms);
         row("baseline JetStream 2-hop", &self.baseline_roundtrip_ms);
+        if let (Some(rate), Some(paced)) =
+            (self.baseline_paced_per_s, &self.baseline_paced_roundtrip_ms)
+        {
+            row(&format!("baseline 2-hop at {rate}/s"), paced);
+        }
         println!(
             "  ratio to baseline          p50 {:.1}x   p99 {:.1}x",
             self.p50_ratio, self.p99_ratio
         );
+        if let (Some(rate), Some(p50), Some(p99)) = (
+            self.baseline_paced_per_s,
+            self.paced_p50_ratio,
+            self.paced_p99_ratio,
+        ) {
+            println!(
+                "  {:<26} p50 {p50:.1}x   p99 {p99:.1}x",
+                format!("ratio to 2-hop at {rate}/s")
+            );
+        }
         println!(
             "  throughput                 {:>9.0} executions/s   baseline {:.0} msgs/s   ratio {:.3}",
             self.executions_per_s, self.baseline_msgs_per_s, self.throughput_ratio

@@ -37,14 +37,18 @@ pub struct Options {
 /// Unacknowledged publishes a pipelined publisher keeps in flight.
 const IN_FLIGHT: usize = 2_000;
 
+/// The baseline against `deployment`'s nats-server; with `rate`, its round trips are also
+/// measured at that rate, the scenario's own.
 pub(crate) async fn baseline(
     deployment: &Deployment,
     options: &Options,
+    rate: Option<u64>,
 ) -> anyhow::Result<Baseline> {
     baseline::measure(
         &deployment.nats_url,
         options.baseline_roundtrips,
         options.baseline_messages,
+        rate,
     )
     .await
 }
@@ -174,7 +178,7 @@ pub(crate) fn measure(
 /// `throughput`: N triggers published pipelined, one rule to a `noop` action.
 pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
-    let baseline = baseline(&deployment, &options).await?;
+    let baseline = baseline(&deployment, &options, None).await?;
     let outcome = run(&deployment, "noop", executions, None).await?;
     let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
     let mut summary = Summary::new(
@@ -199,7 +203,7 @@ pub async fn latency(
     options: Options,
 ) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
-    let baseline = baseline(&deployment, &options).await?;
+    let baseline = baseline(&deployment, &options, Some(rate)).await?;
     let executions = rate * duration;
     let outcome = run(&deployment, action, executions, Some(rate)).await?;
     let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
@@ -282,7 +286,7 @@ async fn stages(
 pub async fn python(rate: u64, duration: u64, burst: u64, options: Options) -> anyhow::Result<()> {
     let bare = bare_python(50).await?;
     let deployment = Deployment::start(&options.target).await?;
-    let baseline = baseline(&deployment, &options).await?;
+    let baseline = baseline(&deployment, &options, Some(rate)).await?;
     let executions = rate * duration;
     let outcome = run(&deployment, "python", executions, Some(rate)).await?;
     let (latency, _) = measure(&outcome.published, &outcome.runs)?;
@@ -329,7 +333,7 @@ async fn bare_python(count: u32) -> anyhow::Result<Percentiles> {
 /// order their triggers were published in.
 pub async fn fifo(executions: u64, options: Options) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
-    let baseline = baseline(&deployment, &options).await?;
+    let baseline = baseline(&deployment, &options, None).await?;
     let Outcome {
         published,
         mut runs,
@@ -386,7 +390,7 @@ pub async fn scale(
     for &workers in worker_counts {
         options.target.workers = workers;
         let deployment = Deployment::start(&options.target).await?;
-        let baseline = baseline(&deployment, &options).await?;
+        let baseline = baseline(&deployment, &options, None).await?;
         let outcome = run(&deployment, "sleep", executions, None).await?;
         let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
         let store = deployment.store.clone();

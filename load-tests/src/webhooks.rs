@@ -166,7 +166,7 @@ fn rebased(runs: Vec<Run>, from: u64) -> Vec<Run> {
 
 pub async fn run(load: Load, options: Options) -> anyhow::Result<()> {
     let deployment = Arc::new(Deployment::start(&options.target).await?);
-    let baseline = baseline(&deployment, &options).await?;
+    let baseline = baseline(&deployment, &options, Some(load.rate)).await?;
 
     let (sent, answers, took) =
         closed_loop(&deployment, 0, load.requests, load.connections).await?;
