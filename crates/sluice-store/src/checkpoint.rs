@@ -3,23 +3,26 @@
 //! In WAL mode SQLite appends each commit to the write-ahead log and copies the log back
 //! into the database file in a checkpoint, which syncs the file to disk. By default the
 //! connection that commits past 1,000 pages of log runs the checkpoint before its commit
-//! returns; with the store's one connection, every write queued behind it waits too, and
-//! those waits were most of the engine's slowest trips. So the store's connection runs no
-//! checkpoints of its own accord (`wal_autocheckpoint = 0`), and a connection of its own
+//! returns; with the store's writes taking turns, every write queued behind it waits too, and
+//! those waits were most of the engine's slowest trips. So the store's connections run no
+//! checkpoints of their own accord (`wal_autocheckpoint = 0`), and a connection of its own
 //! takes one every second (`PASSIVE`), which copies what it can without blocking anyone and
 //! writes nothing to the log, so the writer never finds its view of the log out of date.
 //!
 //! Once every page of the log is copied back, the next commit starts the log again from its
 //! beginning. A writer that never pauses long enough for that lets the log grow; past
-//! [`MOST_PAGES`] the store's own connection, between two of its transactions, copies it all
-//! back and empties it (`TRUNCATE`), as the commit that crossed the old threshold did.
+//! [`MOST_PAGES`] the store's writing connection, in a turn between two transactions, copies it
+//! all back and empties it (`TRUNCATE`), as the commit that crossed the old threshold did.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use sqlx::ConnectOptions as _;
-use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
 use tracing::{debug, warn};
+
+use crate::direct::Direct;
 
 /// How often the log is copied back into the database file.
 const EVERY: Duration = Duration::from_secs(1);
@@ -36,10 +39,10 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Opens a connection to the database `options` name and checkpoints on it from now on;
-    /// `writer` is the store's pool, which empties a log that grew too long.
+    /// `writer` is the store's writing connection, which empties a log that grew too long.
     pub(crate) async fn start(
         options: &SqliteConnectOptions,
-        writer: SqlitePool,
+        writer: Arc<Direct>,
     ) -> Result<Self, sqlx::Error> {
         let mut connection = options.connect().await?;
         let task = tokio::spawn(async move {
@@ -58,10 +61,7 @@ impl Checkpointer {
                             pages = log,
                             "the log outgrew its passive checkpoints; emptying it"
                         );
-                        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                            .execute(&writer)
-                            .await
-                        {
+                        if let Err(e) = writer.truncate_log().await {
                             warn!(error = %e, "SQLite checkpoint failed; the next one tries again");
                         }
                     }

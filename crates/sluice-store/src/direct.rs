@@ -1,31 +1,22 @@
-//! SQLite's writes on the execution path, each run as one turn on the store's connection.
+//! SQLite's writes on the execution path, each run in one turn on a connection of their own.
 //!
 //! sqlx drives a SQLite connection from a thread of its own: every statement, `BEGIN` and
 //! `COMMIT` included, goes to that thread over a channel and its answer comes back over
 //! another, two thread wake-ups each. An event and its execution took five of them (`BEGIN`,
 //! the fence, two inserts, `COMMIT`), about 310 µs at p50 on an idle two-core machine,
-//! where the same statements run straight on the connection took about 70 µs.
+//! where the same statements run straight on a connection took about 70 µs.
 //!
-//! So these writes take the connection's handle from sqlx for the length of one
-//! transaction (`lock_handle`: a single round trip, after which sqlx's thread waits for the
-//! handle back) and run the whole transaction on it through rusqlite, with their statements
-//! prepared once and kept. The connection is still the store's one connection from its
-//! pool, so writers queue for it in order as before, and the transaction is SQLite's as
-//! before: the same statements, the same fence check, the same busy timeout. It runs on the
-//! calling task's thread; with one connection, one such transaction runs at a time, for as
-//! long as sqlx's thread took for it before.
-//!
-//! The kept statements belong to sqlx's connection, which refuses to close while any is
-//! left. They are let go before the pool can close it: in [`Store::close`], or when the last
-//! clone of the store is dropped (the connection is opened serialized, so letting them go
-//! is safe whatever sqlx's thread is doing then), and the pool never closes the connection
-//! on its own (no idle timeout, no lifetime, no test before use).
-//!
-//! [`Store::close`]: crate::Store::close
+//! So these writes run on a connection the store opens for them through rusqlite, with their
+//! statements prepared once and kept, on the calling task's thread: no other thread is woken
+//! for them. SQLite has one write lock, and two connections that both write collide on it
+//! and back off in sleeps; so the store's other statements, on sqlx's connection, take the
+//! same turn ([`Direct::turn`]) as these writes, and writers still queue in order, one at a
+//! time, as they did for the store's one connection. The transaction is SQLite's as before:
+//! the same statements, the same fence check, the same busy timeout and settings.
 
-use std::sync::Mutex;
-
-use sqlx::SqlitePool;
+use rusqlite::{Connection, OpenFlags};
+use sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::StoreError;
 use crate::model::Fence;
@@ -33,24 +24,10 @@ use crate::model::Fence;
 /// How many prepared statements are kept, the least recently used let go first.
 const KEPT_STATEMENTS: usize = 64;
 
-/// The kept statements of the store's SQLite connection; shared by the store's clones.
-#[derive(Default)]
+/// The connection the writes on the execution path run on, and the turn every statement
+/// of the store takes; shared by the store's clones. `None` once the store is closed.
 pub(crate) struct Direct {
-    kept: Mutex<Kept>,
-}
-
-#[derive(Default)]
-enum Kept {
-    #[default]
-    None,
-    /// rusqlite's view of the connection whose handle is `handle`: a new connection needs a
-    /// new view.
-    On {
-        handle: usize,
-        connection: rusqlite::Connection,
-    },
-    /// The store is closed: nothing more may be kept.
-    Closed,
+    connection: Mutex<Option<Connection>>,
 }
 
 impl std::fmt::Debug for Direct {
@@ -59,46 +36,49 @@ impl std::fmt::Debug for Direct {
     }
 }
 
+/// A turn on the database: while it is held, no other statement of the store runs.
+pub(crate) type Turn<'a> = MutexGuard<'a, Option<Connection>>;
+
 impl Direct {
-    /// Runs `work` in one transaction on the pool's connection, after checking `fences`,
-    /// and commits it; an error rolls it all back.
+    /// Opens the connection to the database `options` names, which exists, is migrated and
+    /// is in WAL mode, with the settings of the store's sqlx connection: `synchronous`,
+    /// foreign keys, `busy_timeout`, and no checkpoints of its own (see `checkpoint`).
+    pub(crate) fn open(
+        options: &SqliteConnectOptions,
+        busy_timeout: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let connection = Connection::open_with_flags(
+            options.get_filename(),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(busy_timeout)?;
+        connection.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        // Status updates differ by their sources and attempt, admissions by their round's
+        // size: room for those in use, beside the few fixed statements.
+        connection.set_prepared_statement_cache_capacity(KEPT_STATEMENTS);
+        Ok(Self {
+            connection: Mutex::new(Some(connection)),
+        })
+    }
+
+    /// Waits for a turn on the database: sqlx's statements take one, as these writes do.
+    pub(crate) async fn turn(&self) -> Turn<'_> {
+        self.connection.lock().await
+    }
+
+    /// Runs `work` in one transaction in a turn of its own, after checking `fences`, and
+    /// commits it; an error rolls it all back.
     pub(crate) async fn transaction<T>(
         &self,
-        pool: &SqlitePool,
         fences: &[Fence],
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut connection = pool.acquire().await?;
-        let mut locked = connection.lock_handle().await?;
-        let handle = locked.as_raw_handle();
-        let handle_id = handle.as_ptr() as usize;
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        match &*kept {
-            Kept::Closed => return Err(StoreError::Database(sqlx::Error::PoolClosed)),
-            Kept::On { handle, .. } if *handle == handle_id => {}
-            _ => {
-                // SAFETY: the handle is sqlx's open connection, which stays open while the pool
-                // holds it: the pool closes it only when closed or dropped, and the statements
-                // this view keeps are let go before either (see the module's comment). rusqlite
-                // does not close a connection it did not open. It runs statements only while
-                // `locked` holds the handle, so nothing else runs on it meanwhile; dropped with
-                // the last clone of the store, it lets its statements go on a connection
-                // opened serialized, which SQLite makes safe from any thread.
-                #[allow(unsafe_code)]
-                let connection =
-                    unsafe { rusqlite::Connection::from_handle(handle.as_ptr().cast()) }?;
-                // Status updates differ by their sources and attempt, admissions by their
-                // round's size: room for those in use, beside the few fixed statements.
-                connection.set_prepared_statement_cache_capacity(KEPT_STATEMENTS);
-                *kept = Kept::On {
-                    handle: handle_id,
-                    connection,
-                };
-            }
-        }
-        let Kept::On { connection, .. } = &*kept else {
-            unreachable!("set above");
-        };
+        let turn = self.turn().await;
+        let connection = turn
+            .as_ref()
+            .ok_or(StoreError::Database(sqlx::Error::PoolClosed))?;
         let tx = connection.unchecked_transaction()?;
         check_fences(&tx, fences)?;
         let done = work(&tx)?;
@@ -106,15 +86,26 @@ impl Direct {
         Ok(done)
     }
 
-    /// Lets the kept statements go, while the pool's connection is held, before the pool
-    /// closes it; no transaction runs here after this.
-    pub(crate) async fn close(&self, pool: &SqlitePool) {
-        let mut connection = pool.acquire().await.ok();
-        let _locked = match connection.as_mut() {
-            Some(connection) => connection.lock_handle().await.ok(),
-            None => None,
-        };
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Kept::Closed;
+    /// Copies the whole write-ahead log back into the database file and empties it, in a turn
+    /// of its own, on a thread that may block.
+    pub(crate) async fn truncate_log(self: &std::sync::Arc<Self>) -> Result<(), StoreError> {
+        let direct = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let turn = handle.block_on(direct.turn());
+            let connection = turn
+                .as_ref()
+                .ok_or(StoreError::Database(sqlx::Error::PoolClosed))?;
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
+    }
+
+    /// Closes the connection once no turn holds it; no write runs here after this.
+    pub(crate) async fn close(&self) {
+        self.turn().await.take();
     }
 }
 

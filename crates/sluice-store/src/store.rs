@@ -199,8 +199,8 @@ pub(crate) fn wrote(table: &'static str, kind: &'static str, rows: u64) {
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     Sqlite {
-        /// Its writes on the execution path, run on the connection directly. Before `pool`,
-        /// so the last clone lets its statements go before the pool goes.
+        /// The connection its writes on the execution path run on, and the turn every
+        /// statement takes.
         direct: Arc<Direct>,
         pool: SqlitePool,
     },
@@ -222,7 +222,13 @@ pub struct Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite { pool: $pool, .. } => $body,
+            $crate::store::Backend::Sqlite {
+                pool: $pool,
+                direct,
+            } => {
+                let _turn = direct.turn().await;
+                $body
+            }
             $crate::store::Backend::Postgres($pool) => $body,
         }
     };
@@ -460,30 +466,26 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(WAIT_FOR_DATABASE)
-                .foreign_keys(true)
-                // Its statements may be let go from another thread (see `direct`).
-                .serialized(true);
+                .foreign_keys(true);
             // Checkpoints are taken by a connection of their own (see `checkpoint`).
             let writer = options.clone().pragma("wal_autocheckpoint", "0");
-            // SQLite has one write lock. With one connection, writers queue in the pool, in
-            // order; with several, they collide on the lock and back off in sleeps, which
-            // halved throughput. Readers are short and queue with them. The pool never
-            // closes its connection on its own (`direct` keeps statements on it), and a
-            // connection to a file does not go stale, so it is not pinged before each use.
+            // SQLite has one write lock. With several connections writing at once, writers
+            // collide on it and back off in sleeps, which halved throughput; so every
+            // statement takes a turn on the database (`direct`), and writers queue in order.
+            // Readers are short and queue with them. A connection to a file does not go
+            // stale, so it is not pinged before each use.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .test_before_acquire(false)
-                .idle_timeout(None)
-                .max_lifetime(None)
                 .acquire_timeout(WAIT_FOR_DATABASE)
                 .connect_with(writer)
                 .await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-            checkpointer = Some(Arc::new(Checkpointer::start(&options, pool.clone()).await?));
-            Backend::Sqlite {
-                direct: Arc::default(),
-                pool,
-            }
+            let direct = Arc::new(Direct::open(&options, WAIT_FOR_DATABASE)?);
+            checkpointer = Some(Arc::new(
+                Checkpointer::start(&options, direct.clone()).await?,
+            ));
+            Backend::Sqlite { direct, pool }
         };
         Ok(Self {
             backend,
@@ -511,10 +513,13 @@ impl Store {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.stop();
         }
-        if let Backend::Sqlite { direct, pool } = &self.backend {
-            direct.close(pool).await;
+        match &self.backend {
+            Backend::Sqlite { direct, pool } => {
+                direct.close().await;
+                pool.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
         }
-        on_pool!(self, pool => pool.close().await)
     }
 
     /// Stores an event and, in the same transaction, one enforcement and one execution per
@@ -537,9 +542,9 @@ impl Store {
         let now = Utc::now();
         let started = std::time::Instant::now();
         let outcomes = match &self.backend {
-            Backend::Sqlite { direct, pool } => {
+            Backend::Sqlite { direct, .. } => {
                 direct
-                    .transaction(pool, &self.fences, |tx| record_events_on(tx, batch, now))
+                    .transaction(&self.fences, |tx| record_events_on(tx, batch, now))
                     .await?
             }
             Backend::Postgres(pool) => {
@@ -814,9 +819,9 @@ impl Store {
         );
         let started = std::time::Instant::now();
         let admitted: std::collections::HashSet<i64> = match &self.backend {
-            Backend::Sqlite { direct, pool } => {
+            Backend::Sqlite { direct, .. } => {
                 direct
-                    .transaction(pool, &self.fences, |tx| {
+                    .transaction(&self.fences, |tx| {
                         let mut update = tx.prepare_cached(&sql)?;
                         let times: Vec<String> =
                             round.iter().map(|(_, at)| direct::time(*at)).collect();
@@ -879,9 +884,9 @@ impl Store {
         };
         let started = std::time::Instant::now();
         let results: Vec<(bool, Option<String>)> = match &self.backend {
-            Backend::Sqlite { direct, pool } => {
+            Backend::Sqlite { direct, .. } => {
                 direct
-                    .transaction(pool, &self.fences, |tx| transitions_on(tx, batch, sql))
+                    .transaction(&self.fences, |tx| transitions_on(tx, batch, sql))
                     .await?
             }
             Backend::Postgres(pool) => {

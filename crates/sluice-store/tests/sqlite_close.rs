@@ -1,7 +1,7 @@
-//! A SQLite store keeps prepared statements on its connection for the writes on the
-//! execution path; the connection refuses to close while any is left, and its thread panics
-//! then. Closed or dropped, the store lets them go first. A test binary of its own: it
-//! watches for a panic on any thread.
+//! A SQLite store has two connections to its file: sqlx's, and the one its writes on the
+//! execution path run on, with statements kept prepared. Closed or dropped, the store closes
+//! both with no panic on any thread, writes nothing once closed, and keeps everything written
+//! through either before. A test binary of its own: it watches for a panic on any thread.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +12,8 @@ use serde_json::json;
 use sluice_core::{ActionRef, ExecutionStatus};
 use sluice_store::{Firing, NewEvent, Store, Transition};
 
-/// Takes every write that keeps statements: an event with its execution, an admission, a
-/// status change.
+/// Takes every write that runs on the execution path's connection: an event with its
+/// execution, an admission, a status change.
 async fn write_on_the_execution_path(store: &Store, seq: u64) {
     let event = NewEvent {
         trigger: "examples.alert".into(),
