@@ -42,7 +42,8 @@ pub(crate) type Turn<'a> = MutexGuard<'a, Option<Connection>>;
 impl Direct {
     /// Opens the connection to the database `options` names, which exists, is migrated and
     /// is in WAL mode, with the settings of the store's sqlx connection: `synchronous`,
-    /// foreign keys, `busy_timeout`, and no checkpoints of its own (see `checkpoint`).
+    /// foreign keys, `temp_store`, `busy_timeout`, and no checkpoints of its own (see
+    /// `checkpoint`).
     pub(crate) fn open(
         options: &SqliteConnectOptions,
         busy_timeout: std::time::Duration,
@@ -53,7 +54,8 @@ impl Direct {
         )?;
         connection.busy_timeout(busy_timeout)?;
         connection.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
+             PRAGMA wal_autocheckpoint = 0;",
         )?;
         // Status updates differ by their sources and attempt, admissions by their round's
         // size: room for those in use, beside the few fixed statements.
