@@ -37,12 +37,12 @@ pub(crate) async fn rebuild(
             resume_one(store, catalog, directory, workers, execution).await?;
         }
     }
-    if count > 0 {
-        info!(
-            executions = count,
-            "resumed unfinished executions from the store"
-        );
-    }
+    // Logged at every start, none resumed included: a start that stalls shows on which side
+    // of the store's read it stopped.
+    info!(
+        executions = count,
+        "resumed unfinished executions from the store"
+    );
     Ok(())
 }
 
