@@ -24,6 +24,22 @@ use crate::model::Fence;
 /// How many prepared statements are kept, the least recently used let go first.
 const KEPT_STATEMENTS: usize = 64;
 
+/// The settings of every connection to a SQLite store, sqlx's and this one, as `PRAGMA`
+/// names and values.
+pub(crate) const SETTINGS: [(&str, &str); 3] = [
+    ("synchronous", "NORMAL"),
+    ("foreign_keys", "ON"),
+    // A statement's undo within its transaction (the statement journal) stays in memory:
+    // past 64 KiB SQLite moved it to a temporary file for the rest of the transaction and
+    // wrote it there page by page, which under load was a tenth of the engine's CPU. It is
+    // never needed after the transaction.
+    ("temp_store", "MEMORY"),
+];
+
+/// What the connections that write set besides: they take no checkpoints of their own
+/// accord (see `checkpoint`).
+pub(crate) const WRITER_SETTING: (&str, &str) = ("wal_autocheckpoint", "0");
+
 /// The connection the writes on the execution path run on, and the turn every statement
 /// of the store takes; shared by the store's clones. `None` once the store is closed.
 pub(crate) struct Direct {
@@ -41,9 +57,8 @@ pub(crate) type Turn<'a> = MutexGuard<'a, Option<Connection>>;
 
 impl Direct {
     /// Opens the connection to the database `options` names, which exists, is migrated and
-    /// is in WAL mode, with the settings of the store's sqlx connection: `synchronous`,
-    /// foreign keys, `temp_store`, `busy_timeout`, and no checkpoints of its own (see
-    /// `checkpoint`).
+    /// is in WAL mode, with the settings of the store's sqlx connection: [`SETTINGS`],
+    /// [`WRITER_SETTING`] and `busy_timeout`.
     pub(crate) fn open(
         options: &SqliteConnectOptions,
         busy_timeout: std::time::Duration,
@@ -53,10 +68,9 @@ impl Direct {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(busy_timeout)?;
-        connection.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
-             PRAGMA wal_autocheckpoint = 0;",
-        )?;
+        for (name, value) in SETTINGS.into_iter().chain([WRITER_SETTING]) {
+            connection.execute_batch(&format!("PRAGMA {name} = {value};"))?;
+        }
         // Status updates differ by their sources and attempt, admissions by their round's
         // size: room for those in use, beside the few fixed statements.
         connection.set_prepared_statement_cache_capacity(KEPT_STATEMENTS);

@@ -7,9 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sluice_core::{ActionRef, EventId, EventStatus, ExecutionId, ExecutionStatus};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, FromRow};
 
@@ -461,19 +459,16 @@ impl Store {
             } else {
                 format!("sqlite://{url}")
             };
-            let options = SqliteConnectOptions::from_str(&url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(WAIT_FOR_DATABASE)
-                .foreign_keys(true)
-                // A statement's undo within its transaction (the statement journal) stays in
-                // memory: past 64 KiB SQLite moved it to a temporary file for the rest of
-                // the transaction and wrote it there page by page, which under load was a
-                // tenth of the engine's CPU. It is never needed after the transaction.
-                .pragma("temp_store", "memory");
+            let options = direct::SETTINGS.into_iter().fold(
+                SqliteConnectOptions::from_str(&url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(WAIT_FOR_DATABASE),
+                |options, (name, value)| options.pragma(name, value),
+            );
             // Checkpoints are taken by a connection of their own (see `checkpoint`).
-            let writer = options.clone().pragma("wal_autocheckpoint", "0");
+            let (name, value) = direct::WRITER_SETTING;
+            let writer = options.clone().pragma(name, value);
             // SQLite has one write lock. With several connections writing at once, writers
             // collide on it and back off in sleeps, which halved throughput; so every
             // statement takes a turn on the database (`direct`), and writers queue in order.
