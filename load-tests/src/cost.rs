@@ -168,14 +168,21 @@ impl Part {
 
     /// The total and its parts, with `decimals` digits after the point.
     fn line(&self, decimals: usize) -> String {
-        let by = self
-            .by
-            .iter()
-            .map(|(key, value)| format!("{key} {value:.decimals$}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("{:>7.decimals$}   ({by})", self.total)
+        format!(
+            "{:>7.decimals$}   ({})",
+            self.total,
+            listed(&self.by, decimals)
+        )
     }
+}
+
+/// `key value, key value, …`, each value with `decimals` digits after the point.
+fn listed(values: &BTreeMap<String, f64>, decimals: usize) -> String {
+    values
+        .iter()
+        .map(|(key, value)| format!("{key} {value:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What each execution cost between two readings; as JSON, its four totals as flat keys.
@@ -244,13 +251,10 @@ impl Cost {
             self.store_transactions.line(3)
         );
         if !self.transaction_us.is_empty() {
-            let each = self
-                .transaction_us
-                .iter()
-                .map(|(op, us)| format!("{op} {us:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            println!("    µs per transaction      mean: {each}");
+            println!(
+                "    µs per transaction      mean: {}",
+                listed(&self.transaction_us, 0)
+            );
         }
         println!("    store rows written      {}", self.store_rows.line(3));
         println!(

@@ -62,14 +62,8 @@ pub struct Summary {
     pub p50_ratio: f64,
     pub p99_ratio: f64,
     /// At a fixed rate: the baseline's round trips at that rate, and the ratios to them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub baseline_paced_per_s: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub baseline_paced_roundtrip_ms: Option<Percentiles>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub paced_p50_ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub paced_p99_ratio: Option<f64>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub paced: Option<Paced>,
     pub throughput_ratio: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
@@ -82,6 +76,19 @@ pub struct Summary {
     pub figures: BTreeMap<String, f64>,
 }
 
+/// The baseline's round trips at a scenario's fixed rate, and the latency's ratios to them.
+#[derive(Debug, Serialize)]
+pub struct Paced {
+    pub baseline_paced_per_s: u64,
+    pub baseline_paced_roundtrip_ms: Percentiles,
+    pub paced_p50_ratio: f64,
+    pub paced_p99_ratio: f64,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
 impl Summary {
     pub fn new(
         scenario: &str,
@@ -91,7 +98,6 @@ impl Summary {
         latency: Percentiles,
         baseline: &crate::baseline::Baseline,
     ) -> Self {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         Self {
             scenario: scenario.to_owned(),
             store: store.to_owned(),
@@ -102,14 +108,12 @@ impl Summary {
             baseline_msgs_per_s: baseline.msgs_per_s,
             p50_ratio: ratio(latency.p50, baseline.roundtrip.p50),
             p99_ratio: ratio(latency.p99, baseline.roundtrip.p99),
-            baseline_paced_per_s: baseline.paced.map(|(rate, _)| rate),
-            baseline_paced_roundtrip_ms: baseline.paced.map(|(_, paced)| paced),
-            paced_p50_ratio: baseline
-                .paced
-                .map(|(_, paced)| ratio(latency.p50, paced.p50)),
-            paced_p99_ratio: baseline
-                .paced
-                .map(|(_, paced)| ratio(latency.p99, paced.p99)),
+            paced: baseline.paced.map(|(rate, paced)| Paced {
+                baseline_paced_per_s: rate,
+                baseline_paced_roundtrip_ms: paced,
+                paced_p50_ratio: ratio(latency.p50, paced.p50),
+                paced_p99_ratio: ratio(latency.p99, paced.p99),
+            }),
             throughput_ratio: ratio(executions_per_s, baseline.msgs_per_s),
             rss_mb: None,
             commit: commit(),
@@ -141,23 +145,23 @@ impl Summary {
         );
         row("trigger -> completion", &self.latency_ms);
         row("baseline JetStream 2-hop", &self.baseline_roundtrip_ms);
-        if let (Some(rate), Some(paced)) =
-            (self.baseline_paced_per_s, &self.baseline_paced_roundtrip_ms)
-        {
-            row(&format!("baseline 2-hop at {rate}/s"), paced);
+        if let Some(paced) = &self.paced {
+            let rate = paced.baseline_paced_per_s;
+            row(
+                &format!("baseline 2-hop at {rate}/s"),
+                &paced.baseline_paced_roundtrip_ms,
+            );
         }
         println!(
             "  ratio to baseline          p50 {:.1}x   p99 {:.1}x",
             self.p50_ratio, self.p99_ratio
         );
-        if let (Some(rate), Some(p50), Some(p99)) = (
-            self.baseline_paced_per_s,
-            self.paced_p50_ratio,
-            self.paced_p99_ratio,
-        ) {
+        if let Some(paced) = &self.paced {
             println!(
-                "  {:<26} p50 {p50:.1}x   p99 {p99:.1}x",
-                format!("ratio to 2-hop at {rate}/s")
+                "  {:<26} p50 {:.1}x   p99 {:.1}x",
+                format!("ratio to 2-hop at {}/s", paced.baseline_paced_per_s),
+                paced.paced_p50_ratio,
+                paced.paced_p99_ratio
             );
         }
         println!(
