@@ -14,9 +14,8 @@
 //! [`MOST_PAGES`] the store's writing connection, in a turn between two transactions, copies it
 //! all back and empties it (`TRUNCATE`), as the commit that crossed the old threshold did.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
 use sqlx::sqlite::SqliteConnectOptions;
