@@ -134,6 +134,140 @@ fn record_events_on(
     Ok(outcomes)
 }
 
+/// [`Store::record_events`]' statements on PostgreSQL: the batch's events in one insert and
+/// its executions in another, whatever its size. Ids are taken from their sequences first,
+/// in ascending order, so each row's id is known before the insert, in the batch's order.
+async fn record_events_pg(
+    tx: &mut sqlx::PgConnection,
+    batch: &[(&NewEvent, &[Firing])],
+    now: DateTime<Utc>,
+) -> Result<Vec<EventOutcome>, StoreError> {
+    let firings = batch.iter().map(|(_, f)| f.len()).sum::<usize>();
+    let (event_ids, execution_ids): (Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "SELECT \
+         (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM (SELECT nextval('events_id_seq') AS id FROM generate_series(1, $1)) e), \
+         (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM (SELECT nextval('executions_id_seq') AS id FROM generate_series(1, $2)) x)",
+    )
+    .bind(batch.len() as i64)
+    .bind(firings as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    let stream_seqs: Vec<Option<i64>> = batch
+        .iter()
+        .map(|(event, _)| event.stream_seq.map(|s| s as i64))
+        .collect();
+    let inserted: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "INSERT INTO events (id, trigger, status, reason, payload, subject, stream_seq, msg_id, created_at) \
+         SELECT *, $9 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::JSONB[], $6::TEXT[], $7::BIGINT[], $8::TEXT[]) \
+         ON CONFLICT (stream_seq) DO NOTHING RETURNING id",
+    )
+    .bind(&event_ids)
+    .bind(batch.iter().map(|(e, _)| e.trigger.as_str()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(e, _)| event_status(e)).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(e, _)| e.rejected.as_deref()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(e, _)| e.payload.as_ref().map(Json)).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(e, _)| e.subject.as_str()).collect::<Vec<_>>())
+    .bind(&stream_seqs)
+    .bind(batch.iter().map(|(e, _)| e.msg_id.as_deref()).collect::<Vec<_>>())
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    // A redelivered trigger, or the same one twice in this batch: the event first recorded
+    // for its stream sequence.
+    let recorded: std::collections::HashMap<i64, i64> = if inserted.len() < batch.len() {
+        let seqs: Vec<i64> = stream_seqs.iter().flatten().copied().collect();
+        sqlx::query_as("SELECT stream_seq, id FROM events WHERE stream_seq = ANY($1)")
+            .bind(seqs)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        Default::default()
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut rows = ExecutionRows::default();
+    let mut next_id = execution_ids.into_iter();
+    for (((event, firings), event_id), stream_seq) in batch.iter().zip(event_ids).zip(&stream_seqs)
+    {
+        if !inserted.contains(&event_id) {
+            let event_id = stream_seq.and_then(|seq| recorded.get(&seq)).ok_or_else(|| {
+                StoreError::Corrupt {
+                    table: "events",
+                    message: format!(
+                        "no event recorded for stream sequence {:?}",
+                        event.stream_seq
+                    ),
+                }
+            })?;
+            outcomes.push(EventOutcome::duplicate(EventId(*event_id)));
+            continue;
+        }
+        let mut executions = Vec::new();
+        for firing in firings.iter() {
+            let id = next_id.next().ok_or(StoreError::Corrupt {
+                table: "executions",
+                message: "fewer ids than executions".to_owned(),
+            })?;
+            rows.push(id, firing, event_id, now);
+            if firing.failed.is_none() {
+                executions.push((ExecutionId(id), firing.action.clone()));
+            }
+        }
+        outcomes.push(EventOutcome::recorded(EventId(event_id), executions));
+    }
+    if !rows.id.is_empty() {
+        // The database adds their history and their enforcements (migration 0015).
+        sqlx::query(
+            "INSERT INTO executions (id, action, status, parameters, result, rule, event_id, finished_at, traceparent, attempt, created_at, updated_at) \
+             SELECT *, 1, $10, $10 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::JSONB[], $5::JSONB[], $6::TEXT[], $7::BIGINT[], $8::TIMESTAMPTZ[], $9::TEXT[])",
+        )
+        .bind(rows.id)
+        .bind(rows.action)
+        .bind(rows.status)
+        .bind(rows.parameters)
+        .bind(rows.result)
+        .bind(rows.rule)
+        .bind(rows.event_id)
+        .bind(rows.finished_at)
+        .bind(rows.traceparent)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+/// The columns of a batch of fired executions, one array each, for an `UNNEST` insert.
+#[derive(Default)]
+struct ExecutionRows<'a> {
+    id: Vec<i64>,
+    action: Vec<&'a str>,
+    status: Vec<&'static str>,
+    parameters: Vec<Json<&'a serde_json::Map<String, serde_json::Value>>>,
+    result: Vec<Option<Json<serde_json::Value>>>,
+    rule: Vec<&'a str>,
+    event_id: Vec<i64>,
+    finished_at: Vec<Option<DateTime<Utc>>>,
+    traceparent: Vec<Option<&'a str>>,
+}
+
+impl<'a> ExecutionRows<'a> {
+    fn push(&mut self, id: i64, firing: &'a Firing, event_id: i64, now: DateTime<Utc>) {
+        self.id.push(id);
+        self.action.push(firing.action.as_str());
+        self.status.push(firing_status(firing).as_str());
+        self.parameters.push(Json(&firing.parameters));
+        self.result.push(firing.failure().map(Json));
+        self.rule.push(&firing.rule);
+        self.event_id.push(event_id);
+        self.finished_at.push(firing.failed.as_ref().map(|_| now));
+        self.traceparent.push(firing.traceparent.as_deref());
+    }
+}
+
 /// [`Store::transitions`]' updates, on SQLite's connection directly; `sql` is the update
 /// for a transition and its sources.
 fn transitions_on(
@@ -550,53 +684,7 @@ impl Store {
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 check_fence!(self, tx);
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for (event, firings) in batch {
-                    let stream_seq = event.stream_seq.map(|s| s as i64);
-                    let status = event_status(event);
-                    let inserted: Option<(i64,)> = sqlx::query_as(INSERT_EVENT)
-                        .bind(&event.trigger)
-                        .bind(status)
-                        .bind(&event.rejected)
-                        .bind(event.payload.as_ref().map(Json))
-                        .bind(&event.subject)
-                        .bind(stream_seq)
-                        .bind(&event.msg_id)
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let Some((event_id,)) = inserted else {
-                        let (event_id,): (i64,) = sqlx::query_as(EVENT_OF_SEQ)
-                            .bind(stream_seq)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        outcomes.push(EventOutcome::duplicate(EventId(event_id)));
-                        continue;
-                    };
-                    let mut executions = Vec::new();
-                    for firing in firings.iter() {
-                        let status = firing_status(firing);
-                        let result = firing.failure().map(Json);
-                        // The database adds its history and its enforcement (migrations 0011, 0012,
-                        // 0014).
-                        let (id,): (i64,) = sqlx::query_as(INSERT_FIRED_EXECUTION)
-                            .bind(firing.action.as_str())
-                            .bind(status.as_str())
-                            .bind(Json(&firing.parameters))
-                            .bind(result)
-                            .bind(&firing.rule)
-                            .bind(event_id)
-                            .bind(now)
-                            .bind(firing.failed.as_ref().map(|_| now))
-                            .bind(&firing.traceparent)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        if firing.failed.is_none() {
-                            executions.push((ExecutionId(id), firing.action.clone()));
-                        }
-                    }
-                    outcomes.push(EventOutcome::recorded(EventId(event_id), executions));
-                }
+                let outcomes = record_events_pg(&mut tx, batch, now).await?;
                 tx.commit().await?;
                 outcomes
             }

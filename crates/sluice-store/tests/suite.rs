@@ -79,6 +79,88 @@ async fn an_event_creates_one_execution_per_rule_once(store: Store) {
     );
 }
 
+async fn a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised(
+    store: Store,
+) {
+    let before = store.record_event(&event(Some(20)), &[]).await.unwrap();
+    let both = [
+        firing("examples.a", "core.noop"),
+        Firing {
+            admitted: true,
+            ..firing("examples.b", "core.echo")
+        },
+    ];
+    let failed = [Firing {
+        failed: Some("template failed".into()),
+        ..firing("examples.c", "core.noop")
+    }];
+    let (first, again, unsequenced, redelivered) =
+        (event(Some(21)), event(Some(21)), event(None), event(Some(20)));
+    let outcomes = store
+        .record_events(&[
+            (&first, &both[..]),
+            (&again, &both[..]),
+            (&unsequenced, &failed[..]),
+            (&redelivered, &both[..1]),
+        ])
+        .await
+        .unwrap();
+    let duplicates: Vec<bool> = outcomes.iter().map(|o| o.duplicate).collect();
+    assert_eq!(
+        duplicates,
+        [false, true, false, true],
+        "the same stream sequence twice in a batch, or again later, is one event"
+    );
+    assert_eq!(outcomes[1].event_id, outcomes[0].event_id);
+    assert_eq!(outcomes[3].event_id, before.event_id);
+    assert!(outcomes[0].event_id.0 < outcomes[2].event_id.0);
+    assert!(outcomes[1].executions.is_empty() && outcomes[3].executions.is_empty());
+    assert!(
+        outcomes[2].executions.is_empty(),
+        "a failed firing is stored, not run"
+    );
+    let ids: Vec<_> = outcomes[0].executions.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0].0 < ids[1].0, "executions take ids in firing order");
+    assert_eq!(store.count_enforcements(outcomes[0].event_id).await.unwrap(), 2);
+    assert_eq!(store.count_enforcements(outcomes[2].event_id).await.unwrap(), 1);
+
+    let queued = store.get_execution(ids[0]).await.unwrap().unwrap();
+    assert_eq!(queued.status, ExecutionStatus::Requested);
+    assert_eq!(queued.rule.as_deref(), Some("examples.a"));
+    assert_eq!(queued.event_id, Some(outcomes[0].event_id));
+    assert_eq!(queued.parameters, json!({"host": "db1"}));
+    let statuses = |e: &sluice_store::Execution| -> Vec<ExecutionStatus> {
+        e.history.iter().map(|h| h.status).collect()
+    };
+    assert_eq!(statuses(&queued), [ExecutionStatus::Requested]);
+    let admitted = store.get_execution(ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        statuses(&admitted),
+        [
+            ExecutionStatus::Requested,
+            ExecutionStatus::Scheduling,
+            ExecutionStatus::Scheduled
+        ]
+    );
+    let failed = store
+        .list_executions(&ExecutionFilter {
+            status: Some(ExecutionStatus::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].event_id, Some(outcomes[2].event_id));
+    assert_eq!(failed[0].result, Some(json!({"error": "template failed"})));
+    assert!(failed[0].finished_at.is_some());
+    let failed = store.get_execution(failed[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        statuses(&failed),
+        [ExecutionStatus::Requested, ExecutionStatus::Failed]
+    );
+}
+
 async fn a_result_arriving_as_json_text_is_stored_as_that_json(store: Store) {
     let id = store
         .create_execution(&action("core.noop"), &Default::default(), None, None)
@@ -1004,6 +1086,7 @@ macro_rules! store_suite {
 
 store_suite!(
     an_event_creates_one_execution_per_rule_once,
+    a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised,
     transitions_follow_the_state_machine_and_write_once,
     a_result_arriving_as_json_text_is_stored_as_that_json,
     failed_firings_are_stored_failed_with_the_reason,
