@@ -193,15 +193,15 @@ async fn record_events_pg(
     for (((event, firings), event_id), stream_seq) in batch.iter().zip(event_ids).zip(&stream_seqs)
     {
         if !inserted.contains(&event_id) {
-            let event_id = stream_seq.and_then(|seq| recorded.get(&seq)).ok_or_else(|| {
-                StoreError::Corrupt {
+            let event_id = stream_seq
+                .and_then(|seq| recorded.get(&seq))
+                .ok_or_else(|| StoreError::Corrupt {
                     table: "events",
                     message: format!(
                         "no event recorded for stream sequence {:?}",
                         event.stream_seq
                     ),
-                }
-            })?;
+                })?;
             outcomes.push(EventOutcome::duplicate(EventId(*event_id)));
             continue;
         }
@@ -312,6 +312,127 @@ fn transitions_on(
         results.push((action.is_some(), action));
     }
     Ok(results)
+}
+
+/// [`Store::transitions`]' updates on PostgreSQL: one update for the whole batch. A batch
+/// that moves an execution more than once is applied in rounds, each holding at most one
+/// move of an execution, in the batch's order: an execution's second move is checked
+/// against what its first left.
+async fn transitions_pg(
+    tx: &mut sqlx::PgConnection,
+    batch: &[(ExecutionId, &Transition, &[ExecutionStatus])],
+) -> Result<Vec<(bool, Option<String>)>, StoreError> {
+    let mut rounds: Vec<TransitionRows> = Vec::new();
+    let mut moves = std::collections::HashMap::<i64, usize>::new();
+    for (i, (id, transition, sources)) in batch.iter().enumerate() {
+        debug_assert!(
+            sources
+                .iter()
+                .all(|from| from.can_transition_to(transition.to))
+        );
+        if sources.is_empty() {
+            continue;
+        }
+        let round = moves.entry(id.0).or_default();
+        if rounds.len() <= *round {
+            rounds.push(TransitionRows::default());
+        }
+        rounds[*round].push(i, *id, transition, sources);
+        *round += 1;
+    }
+    let mut results = vec![(false, None); batch.len()];
+    for round in rounds {
+        let changed: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE executions e SET status = t.status, updated_at = t.at, \
+             result = COALESCE(t.result, e.result), \
+             worker = CASE WHEN t.retry THEN NULL ELSE COALESCE(t.worker, e.worker) END, \
+             attempt = CASE WHEN t.retry THEN e.attempt + 1 ELSE e.attempt END, \
+             started_at = CASE WHEN t.running THEN t.at WHEN t.retry THEN NULL ELSE COALESCE(t.started, e.started_at) END, \
+             finished_at = CASE WHEN t.terminal THEN t.at ELSE e.finished_at END \
+             FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TIMESTAMPTZ[], $5::JSONB[], $6::TEXT[], \
+                         $7::BOOL[], $8::BOOL[], $9::BOOL[], $10::TIMESTAMPTZ[], $11::TEXT[], $12::BIGINT[]) \
+                 AS t(i, id, status, at, result, worker, running, terminal, retry, started, sources, attempt) \
+             WHERE e.id = t.id AND e.status = ANY(string_to_array(t.sources, ',')) \
+             AND (t.attempt IS NULL OR e.attempt = t.attempt) \
+             RETURNING t.i, e.action",
+        )
+        .bind(round.i)
+        .bind(round.id)
+        .bind(round.status)
+        .bind(round.at)
+        .bind(round.result)
+        .bind(round.worker)
+        .bind(round.running)
+        .bind(round.terminal)
+        .bind(round.retry)
+        .bind(round.started)
+        .bind(round.sources)
+        .bind(round.attempt)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (i, action) in changed {
+            let slot = usize::try_from(i)
+                .ok()
+                .and_then(|i| results.get_mut(i))
+                .ok_or(StoreError::Corrupt {
+                    table: "executions",
+                    message: format!("an update returned an unknown position {i}"),
+                })?;
+            *slot = (true, Some(action));
+        }
+    }
+    Ok(results)
+}
+
+/// One round of [`transitions_pg`]: a column each, for an `UNNEST`.
+#[derive(Default)]
+struct TransitionRows<'a> {
+    /// The transition's position in its batch.
+    i: Vec<i64>,
+    id: Vec<i64>,
+    status: Vec<&'static str>,
+    at: Vec<DateTime<Utc>>,
+    result: Vec<Option<Json<&'a ResultJson>>>,
+    worker: Vec<Option<&'a str>>,
+    running: Vec<bool>,
+    terminal: Vec<bool>,
+    /// Back to `requested` for another attempt.
+    retry: Vec<bool>,
+    started: Vec<Option<DateTime<Utc>>>,
+    /// The statuses it may move from, comma-separated.
+    sources: Vec<String>,
+    /// Only if this is the execution's current attempt.
+    attempt: Vec<Option<i64>>,
+}
+
+impl<'a> TransitionRows<'a> {
+    fn push(
+        &mut self,
+        i: usize,
+        id: ExecutionId,
+        transition: &'a Transition,
+        sources: &[ExecutionStatus],
+    ) {
+        let to = transition.to;
+        self.i.push(i as i64);
+        self.id.push(id.0);
+        self.status.push(to.as_str());
+        self.at.push(transition.at);
+        self.result.push(transition.result.as_ref().map(Json));
+        self.worker.push(transition.worker.as_deref());
+        self.running.push(to == ExecutionStatus::Running);
+        self.terminal.push(to.is_terminal());
+        self.retry.push(to == ExecutionStatus::Requested);
+        self.started.push(transition.started);
+        self.sources.push(
+            sources
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        self.attempt.push(transition.attempt.map(i64::from));
+    }
 }
 
 /// Records how long a write took, for `sluice_store_write_seconds`.
@@ -980,29 +1101,7 @@ impl Store {
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 check_fence!(self, tx);
-                let mut results = Vec::with_capacity(batch.len());
-                for (id, transition, sources) in batch {
-                    let to = transition.to;
-                    debug_assert!(sources.iter().all(|from| from.can_transition_to(to)));
-                    if sources.is_empty() {
-                        results.push((false, None));
-                        continue;
-                    }
-                    let action: Option<(String,)> =
-                        sqlx::query_as(AssertSqlSafe(sql(transition, sources)))
-                            .bind(to.as_str())
-                            .bind(transition.at)
-                            .bind(transition.result.as_ref().map(Json))
-                            .bind(&transition.worker)
-                            .bind(to == ExecutionStatus::Running)
-                            .bind(to.is_terminal())
-                            .bind(id.0)
-                            .bind(to == ExecutionStatus::Requested)
-                            .bind(transition.started)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    results.push((action.is_some(), action.map(|(a,)| a)));
-                }
+                let results = transitions_pg(&mut tx, batch).await?;
                 tx.commit().await?;
                 results
             }

@@ -79,9 +79,7 @@ async fn an_event_creates_one_execution_per_rule_once(store: Store) {
     );
 }
 
-async fn a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised(
-    store: Store,
-) {
+async fn a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised(store: Store) {
     let before = store.record_event(&event(Some(20)), &[]).await.unwrap();
     let both = [
         firing("examples.a", "core.noop"),
@@ -94,8 +92,12 @@ async fn a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised
         failed: Some("template failed".into()),
         ..firing("examples.c", "core.noop")
     }];
-    let (first, again, unsequenced, redelivered) =
-        (event(Some(21)), event(Some(21)), event(None), event(Some(20)));
+    let (first, again, unsequenced, redelivered) = (
+        event(Some(21)),
+        event(Some(21)),
+        event(None),
+        event(Some(20)),
+    );
     let outcomes = store
         .record_events(&[
             (&first, &both[..]),
@@ -122,8 +124,20 @@ async fn a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised
     let ids: Vec<_> = outcomes[0].executions.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids[0].0 < ids[1].0, "executions take ids in firing order");
-    assert_eq!(store.count_enforcements(outcomes[0].event_id).await.unwrap(), 2);
-    assert_eq!(store.count_enforcements(outcomes[2].event_id).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .count_enforcements(outcomes[0].event_id)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .count_enforcements(outcomes[2].event_id)
+            .await
+            .unwrap(),
+        1
+    );
 
     let queued = store.get_execution(ids[0]).await.unwrap().unwrap();
     assert_eq!(queued.status, ExecutionStatus::Requested);
@@ -1008,6 +1022,68 @@ async fn a_round_of_admissions_moves_only_requested_executions_at_their_own_time
     );
 }
 
+async fn a_batch_of_reports_moves_each_execution_in_order(store: Store) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = store
+            .create_admitted_execution(&action("core.noop"), &Default::default(), None, None)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let [a, b, c] = ids[..] else { unreachable!() };
+    let report = |to: ExecutionStatus, attempt: u32, worker: &str| Transition {
+        attempt: Some(attempt),
+        worker: Some(worker.into()),
+        ..Transition::to(to)
+    };
+    let a_running = report(ExecutionStatus::Running, 1, "w1");
+    let started = chrono::Utc::now();
+    let mut b_end = report(ExecutionStatus::Succeeded, 1, "w2");
+    b_end.started = Some(started);
+    b_end.result = Some(json!({"n": 2}).into());
+    let mut a_end = report(ExecutionStatus::Succeeded, 1, "w1");
+    a_end.result = Some(json!({"n": 1}).into());
+    let changed = store
+        .transitions(&[
+            (a, a_running),
+            (b, b_end),
+            (a, a_end),
+            (c, report(ExecutionStatus::Running, 2, "w3")),
+            (a, report(ExecutionStatus::Failed, 1, "w1")),
+            (c, report(ExecutionStatus::Running, 1, "w3")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        changed,
+        [true, true, true, false, false, true],
+        "each move is checked against what the one before it in the batch left: \
+         another attempt's claim and a second end change nothing"
+    );
+    let statuses = |e: &sluice_store::Execution| -> Vec<ExecutionStatus> {
+        e.history.iter().map(|h| h.status).collect()
+    };
+    let whole = [
+        ExecutionStatus::Requested,
+        ExecutionStatus::Scheduling,
+        ExecutionStatus::Scheduled,
+        ExecutionStatus::Running,
+        ExecutionStatus::Succeeded,
+    ];
+    for (id, result) in [(a, json!({"n": 1})), (b, json!({"n": 2}))] {
+        let execution = store.get_execution(id).await.unwrap().unwrap();
+        assert_eq!(execution.status, ExecutionStatus::Succeeded);
+        assert_eq!(execution.result, Some(result));
+        assert!(execution.started_at.is_some() && execution.finished_at.is_some());
+        assert_eq!(statuses(&execution), whole);
+    }
+    let c = store.get_execution(c).await.unwrap().unwrap();
+    assert_eq!(c.status, ExecutionStatus::Running);
+    assert_eq!(c.worker.as_deref(), Some("w3"));
+    assert_eq!(statuses(&c), whole[..4]);
+}
+
 async fn an_end_that_records_its_start_keeps_running_in_the_history(store: Store) {
     let id = store
         .create_execution(&action("core.noop"), &Default::default(), None, None)
@@ -1104,4 +1180,5 @@ store_suite!(
     a_round_of_admissions_moves_only_requested_executions_at_their_own_times,
     a_firing_admitted_on_arrival_is_stored_scheduled_with_its_whole_history,
     an_end_that_records_its_start_keeps_running_in_the_history,
+    a_batch_of_reports_moves_each_execution_in_order,
 );
