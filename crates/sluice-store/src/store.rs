@@ -317,7 +317,8 @@ fn transitions_on(
 /// [`Store::transitions`]' updates on PostgreSQL: one update for the whole batch. A batch
 /// that moves an execution more than once is applied in rounds, each holding at most one
 /// move of an execution, in the batch's order: an execution's second move is checked
-/// against what its first left.
+/// against what its first left. The statement is planned for each batch, with its arrays
+/// and the table as they are: a plan kept from when the table was small reads all of it.
 async fn transitions_pg(
     tx: &mut sqlx::PgConnection,
     batch: &[(ExecutionId, &Transition, &[ExecutionStatus])],
@@ -356,6 +357,7 @@ async fn transitions_pg(
              AND (t.attempt IS NULL OR e.attempt = t.attempt) \
              RETURNING t.i, e.action",
         )
+        .persistent(false)
         .bind(round.i)
         .bind(round.id)
         .bind(round.status)
@@ -1047,7 +1049,8 @@ impl Store {
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 check_fence!(self, tx);
-                let mut query = sqlx::query_scalar(AssertSqlSafe(sql.clone()));
+                // Planned for each round, as `transitions_pg`'s update is.
+                let mut query = sqlx::query_scalar(AssertSqlSafe(sql.clone())).persistent(false);
                 for (id, at) in round {
                     query = query.bind(id.0).bind(*at);
                 }
