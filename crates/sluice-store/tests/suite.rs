@@ -11,6 +11,11 @@ fn action(r: &str) -> ActionRef {
     r.parse().unwrap()
 }
 
+/// The statuses of an execution's history, in order.
+fn statuses(execution: &sluice_store::Execution) -> Vec<ExecutionStatus> {
+    execution.history.iter().map(|h| h.status).collect()
+}
+
 fn event(seq: Option<u64>) -> NewEvent {
     NewEvent {
         trigger: "examples.alert".into(),
@@ -144,9 +149,6 @@ async fn a_batch_of_events_is_recorded_in_order_with_its_redeliveries_recognised
     assert_eq!(queued.rule.as_deref(), Some("examples.a"));
     assert_eq!(queued.event_id, Some(outcomes[0].event_id));
     assert_eq!(queued.parameters, json!({"host": "db1"}));
-    let statuses = |e: &sluice_store::Execution| -> Vec<ExecutionStatus> {
-        e.history.iter().map(|h| h.status).collect()
-    };
     assert_eq!(statuses(&queued), [ExecutionStatus::Requested]);
     let admitted = store.get_execution(ids[1]).await.unwrap().unwrap();
     assert_eq!(
@@ -1061,9 +1063,6 @@ async fn a_batch_of_reports_moves_each_execution_in_order(store: Store) {
         "each move is checked against what the one before it in the batch left: \
          another attempt's claim and a second end change nothing"
     );
-    let statuses = |e: &sluice_store::Execution| -> Vec<ExecutionStatus> {
-        e.history.iter().map(|h| h.status).collect()
-    };
     let whole = [
         ExecutionStatus::Requested,
         ExecutionStatus::Scheduling,
