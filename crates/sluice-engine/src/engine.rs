@@ -979,7 +979,7 @@ impl Engine {
     /// The queue figures of one action.
     pub async fn queue_stats(&self, action: &str) -> Option<SupervisorStats> {
         let action: ActionRef = action.parse().ok()?;
-        self.directory.supervisor(&action)?.stats().await
+        self.directory.supervisor(&action)?.counts().await
     }
 
     /// Workers the engine has heard from, with their last heartbeat.
@@ -987,11 +987,22 @@ impl Engine {
         self.workers.snapshot()
     }
 
-    /// Queue figures of every action supervisor, by action.
+    /// Queue figures of every action supervisor, by action, without their admitted
+    /// executions.
     pub async fn supervisor_stats(&self) -> Vec<SupervisorStats> {
+        self.all_stats(false).await
+    }
+
+    /// Every supervisor's figures, by action; with their admitted executions if `admitted`.
+    async fn all_stats(&self, admitted: bool) -> Vec<SupervisorStats> {
         let mut stats = Vec::with_capacity(self.directory.supervisor_count());
         for supervisor in self.directory.supervisors() {
-            stats.extend(supervisor.stats().await);
+            let figures = if admitted {
+                supervisor.stats().await
+            } else {
+                supervisor.counts().await
+            };
+            stats.extend(figures);
         }
         stats.sort_by(|a, b| a.action.cmp(&b.action));
         stats
@@ -999,7 +1010,7 @@ impl Engine {
 
     /// The live actor tree, read from ractor's supervision links.
     pub async fn actor_tree(&self) -> ActorNode {
-        let stats = self.supervisor_stats().await;
+        let stats = self.all_stats(true).await;
         let workers = self.workers.snapshot();
         let lags = self.consumer_lag().await;
         tree::snapshot(

@@ -187,7 +187,8 @@ pub struct SupervisorStats {
     /// Per concurrency key, when the action has one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyQueueStats>,
-    /// The admitted executions, one per live child (shown on the children in the tree).
+    /// The admitted executions, one per live child (shown on the children in the tree);
+    /// empty in the counts alone.
     #[serde(skip)]
     pub admitted: Vec<AdmittedExecution>,
     /// The supervisor's actor.
@@ -276,7 +277,9 @@ pub(crate) enum SupervisorMsg {
     /// The action's definition from a pack installed or reloaded: executions admitted from
     /// now on run it; those admitted already keep the one they were admitted with.
     Define(Box<sluice_pack::Action>),
-    Stats(RpcReplyPort<SupervisorStats>),
+    /// The supervisor's figures; with each admitted execution when the flag is set (the
+    /// actor tree's view), without them for the counts alone (`/metrics`, the dashboard).
+    Stats(bool, RpcReplyPort<SupervisorStats>),
 }
 
 /// The executions each live worker's last heartbeat listed, sent to every supervisor at
@@ -393,8 +396,15 @@ impl SupervisorHandle {
         ractor::call!(self.actor, SupervisorMsg::Cancel, id).unwrap_or(CancelOutcome::NotHere)
     }
 
+    /// The supervisor's figures, with each admitted execution.
     pub(crate) async fn stats(&self) -> Option<SupervisorStats> {
-        ractor::call!(self.actor, SupervisorMsg::Stats).ok()
+        ractor::call!(self.actor, SupervisorMsg::Stats, true).ok()
+    }
+
+    /// The supervisor's figures without the admitted executions: what a scrape needs, read
+    /// without walking every admitted execution while the supervisor waits.
+    pub(crate) async fn counts(&self) -> Option<SupervisorStats> {
+        ractor::call!(self.actor, SupervisorMsg::Stats, false).ok()
     }
 }
 

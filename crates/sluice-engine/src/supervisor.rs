@@ -109,7 +109,8 @@ impl SupervisorState {
         );
     }
 
-    fn stats(&self) -> SupervisorStats {
+    /// The figures, and each admitted execution if `admitted`.
+    fn stats(&self, admitted: bool) -> SupervisorStats {
         let now = Instant::now();
         let keys = self.gate.key_stats(now);
         let oldest = keys.iter().filter_map(|k| k.oldest_queued_for).max();
@@ -134,25 +135,28 @@ impl SupervisorState {
             } else {
                 keys.iter().map(key_view).collect()
             },
-            admitted: self
-                .admitted
-                .values()
-                .map(|p| {
-                    let worker = self.running_on.get(&p.id).cloned();
-                    AdmittedExecution {
-                        actor: self.children.get(&p.id).map(|c| c.get_id()),
-                        execution_id: p.id,
-                        attempt: p.attempt,
-                        status: if worker.is_some() {
-                            ExecutionStatus::Running
-                        } else {
-                            ExecutionStatus::Scheduled
-                        },
-                        worker,
-                        requested_at: p.enqueued_at,
-                    }
-                })
-                .collect(),
+            admitted: if !admitted {
+                Vec::new()
+            } else {
+                self.admitted
+                    .values()
+                    .map(|p| {
+                        let worker = self.running_on.get(&p.id).cloned();
+                        AdmittedExecution {
+                            actor: self.children.get(&p.id).map(|c| c.get_id()),
+                            execution_id: p.id,
+                            attempt: p.attempt,
+                            status: if worker.is_some() {
+                                ExecutionStatus::Running
+                            } else {
+                                ExecutionStatus::Scheduled
+                            },
+                            worker,
+                            requested_at: p.enqueued_at,
+                        }
+                    })
+                    .collect()
+            },
             actor: None,
         }
     }
@@ -640,8 +644,8 @@ impl Actor for ActionSupervisor {
                 state.action = Arc::new(*action);
                 Self::admit(&myself, state).await;
             }
-            SupervisorMsg::Stats(reply) => {
-                let mut stats = state.stats();
+            SupervisorMsg::Stats(admitted, reply) => {
+                let mut stats = state.stats(admitted);
                 stats.actor = Some(myself.get_id());
                 let _ = reply.send(stats);
             }
