@@ -979,7 +979,7 @@ impl Engine {
     /// The queue figures of one action.
     pub async fn queue_stats(&self, action: &str) -> Option<SupervisorStats> {
         let action: ActionRef = action.parse().ok()?;
-        self.directory.supervisor(&action)?.counts().await
+        self.directory.supervisor(&action)?.stats(false).await
     }
 
     /// Workers the engine has heard from, with their last heartbeat.
@@ -997,12 +997,7 @@ impl Engine {
     async fn all_stats(&self, admitted: bool) -> Vec<SupervisorStats> {
         let mut stats = Vec::with_capacity(self.directory.supervisor_count());
         for supervisor in self.directory.supervisors() {
-            let figures = if admitted {
-                supervisor.stats().await
-            } else {
-                supervisor.counts().await
-            };
-            stats.extend(figures);
+            stats.extend(supervisor.stats(admitted).await);
         }
         stats.sort_by(|a, b| a.action.cmp(&b.action));
         stats

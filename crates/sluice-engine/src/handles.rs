@@ -396,15 +396,11 @@ impl SupervisorHandle {
         ractor::call!(self.actor, SupervisorMsg::Cancel, id).unwrap_or(CancelOutcome::NotHere)
     }
 
-    /// The supervisor's figures, with each admitted execution.
-    pub(crate) async fn stats(&self) -> Option<SupervisorStats> {
-        ractor::call!(self.actor, SupervisorMsg::Stats, true).ok()
-    }
-
-    /// The supervisor's figures without the admitted executions: what a scrape needs, read
-    /// without walking every admitted execution while the supervisor waits.
-    pub(crate) async fn counts(&self) -> Option<SupervisorStats> {
-        ractor::call!(self.actor, SupervisorMsg::Stats, false).ok()
+    /// The supervisor's figures, with each admitted execution if `admitted`. A scrape needs
+    /// the counts alone, read without walking every admitted execution while the supervisor
+    /// waits.
+    pub(crate) async fn stats(&self, admitted: bool) -> Option<SupervisorStats> {
+        ractor::call!(self.actor, SupervisorMsg::Stats, admitted).ok()
     }
 }
 

@@ -135,9 +135,7 @@ impl SupervisorState {
             } else {
                 keys.iter().map(key_view).collect()
             },
-            admitted: if !admitted {
-                Vec::new()
-            } else {
+            admitted: if admitted {
                 self.admitted
                     .values()
                     .map(|p| {
@@ -156,6 +154,8 @@ impl SupervisorState {
                         }
                     })
                     .collect()
+            } else {
+                Vec::new()
             },
             actor: None,
         }
@@ -778,7 +778,7 @@ mod tests {
         }
 
         async fn stats(&self) -> SupervisorStats {
-            self.handle.stats().await.unwrap()
+            self.handle.stats(true).await.unwrap()
         }
 
         /// Waits until the supervisor's own figures satisfy `check`.

@@ -148,7 +148,7 @@ async fn a_workflow_runs_its_items_through_their_action_s_gate_and_finishes() {
     assert_eq!(
         world
             .supervisor("t.work")
-            .stats()
+            .stats(false)
             .await
             .unwrap()
             .queue_length,
