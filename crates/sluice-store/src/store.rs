@@ -268,13 +268,29 @@ impl<'a> ExecutionRows<'a> {
     }
 }
 
-/// [`Store::transitions`]' updates, on SQLite's connection directly; `sql` is the update
-/// for a transition and its sources.
+/// [`Store::transitions`]' updates, on SQLite's connection directly: one conditional
+/// update a transition, its sources and attempt in its text, so each shape is prepared once.
 fn transitions_on(
     tx: &rusqlite::Transaction<'_>,
     batch: &[(ExecutionId, &Transition, &[ExecutionStatus])],
-    sql: impl Fn(&Transition, &[ExecutionStatus]) -> String,
 ) -> Result<Vec<(bool, Option<String>)>, StoreError> {
+    let sql = |transition: &Transition, sources: &[ExecutionStatus]| {
+        format!(
+            "UPDATE executions SET status = $1, updated_at = $2, \
+             result = COALESCE($3, result), \
+             worker = CASE WHEN $8 THEN NULL ELSE COALESCE($4, worker) END, \
+             attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
+             started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE COALESCE($9, started_at) END, \
+             finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
+             WHERE id = $7 AND status IN ({}){} RETURNING action",
+            status_list(sources),
+            // A number from the report's typed field, never text from outside.
+            transition
+                .attempt
+                .map(|a| format!(" AND attempt = {a}"))
+                .unwrap_or_default()
+        )
+    };
     let mut results = Vec::with_capacity(batch.len());
     for (id, transition, sources) in batch {
         let to = transition.to;
@@ -1077,28 +1093,11 @@ impl Store {
         &self,
         batch: &[(ExecutionId, &Transition, &[ExecutionStatus])],
     ) -> Result<Vec<bool>, StoreError> {
-        let sql = |transition: &Transition, sources: &[ExecutionStatus]| {
-            format!(
-                "UPDATE executions SET status = $1, updated_at = $2, \
-                 result = COALESCE($3, result), \
-                 worker = CASE WHEN $8 THEN NULL ELSE COALESCE($4, worker) END, \
-                 attempt = CASE WHEN $8 THEN attempt + 1 ELSE attempt END, \
-                 started_at = CASE WHEN $5 THEN $2 WHEN $8 THEN NULL ELSE COALESCE($9, started_at) END, \
-                 finished_at = CASE WHEN $6 THEN $2 ELSE finished_at END \
-                 WHERE id = $7 AND status IN ({}){} RETURNING action",
-                status_list(sources),
-                // A number from the report's typed field, never text from outside.
-                transition
-                    .attempt
-                    .map(|a| format!(" AND attempt = {a}"))
-                    .unwrap_or_default()
-            )
-        };
         let started = std::time::Instant::now();
         let results: Vec<(bool, Option<String>)> = match &self.backend {
             Backend::Sqlite { direct, .. } => {
                 direct
-                    .transaction(&self.fences, |tx| transitions_on(tx, batch, sql))
+                    .transaction(&self.fences, |tx| transitions_on(tx, batch))
                     .await?
             }
             Backend::Postgres(pool) => {
