@@ -37,6 +37,7 @@ mod process;
 mod queue_memory;
 mod report;
 mod results;
+mod skeleton;
 mod takeover;
 mod timers;
 mod triggers;

@@ -65,6 +65,9 @@ pub struct Summary {
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub paced: Option<Paced>,
     pub throughput_ratio: f64,
+    /// `throughput`: the JetStream skeleton of an execution, and the ratio to it.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub skeleton: Option<SkeletonFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
     pub commit: String,
@@ -83,6 +86,17 @@ pub struct Paced {
     pub baseline_paced_roundtrip_ms: Percentiles,
     pub paced_p50_ratio: f64,
     pub paced_p99_ratio: f64,
+}
+
+/// What the JetStream skeleton of an execution reached in the same run
+/// ([`crate::skeleton`]), and Sluice's executions a second as a share of it.
+#[derive(Debug, Serialize)]
+pub struct SkeletonFigures {
+    pub skeleton_executions_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skeleton_nats_cpu_us: Option<f64>,
+    pub skeleton_clients_cpu_us: f64,
+    pub skeleton_ratio: f64,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -115,6 +129,7 @@ impl Summary {
                 paced_p99_ratio: ratio(latency.p99, paced.p99),
             }),
             throughput_ratio: ratio(executions_per_s, baseline.msgs_per_s),
+            skeleton: None,
             rss_mb: None,
             commit: commit(),
             cost: None,
@@ -125,6 +140,16 @@ impl Summary {
     /// Adds what each execution cost.
     pub fn cost(&mut self, cost: crate::cost::Cost) {
         self.cost = Some(cost);
+    }
+
+    /// Adds what the JetStream skeleton of an execution reached in the same run.
+    pub fn skeleton(&mut self, skeleton: &crate::skeleton::Skeleton) {
+        self.skeleton = Some(SkeletonFigures {
+            skeleton_executions_per_s: skeleton.executions_per_s,
+            skeleton_nats_cpu_us: skeleton.nats_cpu_us,
+            skeleton_clients_cpu_us: skeleton.clients_cpu_us,
+            skeleton_ratio: ratio(self.executions_per_s, skeleton.executions_per_s),
+        });
     }
 
     /// Adds a figure only this scenario measures.
@@ -168,6 +193,17 @@ impl Summary {
             "  throughput                 {:>9.0} executions/s   baseline {:.0} msgs/s   ratio {:.3}",
             self.executions_per_s, self.baseline_msgs_per_s, self.throughput_ratio
         );
+        if let Some(skeleton) = &self.skeleton {
+            let nats = skeleton
+                .skeleton_nats_cpu_us
+                .map_or(String::new(), |us| format!("nats-server {us:.0}, "));
+            println!(
+                "  skeleton of an execution   {:>9.0} executions/s   ratio {:.3}   CPU µs per execution: {nats}clients {:.0}",
+                skeleton.skeleton_executions_per_s,
+                skeleton.skeleton_ratio,
+                skeleton.skeleton_clients_cpu_us
+            );
+        }
         for (key, value) in &self.figures {
             println!("  {key:<26} {value:>9.2}");
         }

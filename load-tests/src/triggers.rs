@@ -17,6 +17,7 @@ use crate::baseline::{self, Baseline};
 use crate::cost::{Cost, Reading};
 use crate::deployment::{Deployment, Run, Target};
 use crate::report::{self, Percentiles, Summary};
+use crate::skeleton;
 
 /// What every trigger scenario accepts.
 #[derive(clap::Args, Debug, Clone)]
@@ -179,6 +180,12 @@ pub(crate) fn measure(
 pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
     let baseline = baseline(&deployment, &options, None).await?;
+    let nats_pid = deployment
+        .processes()
+        .into_iter()
+        .find(|(kind, _)| *kind == "nats-server")
+        .and_then(|(_, pids)| pids.first().copied());
+    let skeleton = skeleton::measure(&deployment.nats_url, nats_pid, executions).await?;
     let outcome = run(&deployment, "noop", executions, None).await?;
     let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
     let mut summary = Summary::new(
@@ -189,6 +196,7 @@ pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()>
         latency,
         &baseline,
     );
+    summary.skeleton(&skeleton);
     summary.cost(outcome.cost);
     deployment.stop().await;
     summary.emit(options.json.as_deref())

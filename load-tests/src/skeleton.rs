@@ -1,0 +1,313 @@
+//! The JetStream skeleton of an execution, measured in the same run as `throughput`: the
+//! four durable messages every execution crosses JetStream with, sent, consumed and
+//! acknowledged the way Sluice does it, and nothing else: no store, no signature, no rule,
+//! no actor. What it reaches is as far as any execution path that keeps those four
+//! crossings can go on this machine.
+//!
+//! Each execution is:
+//!
+//! 1. its **trigger**, published pipelined (2,000 acks in flight) as `throughput` publishes;
+//! 2. the **run message**: an "engine" pulls triggers in batches (Sluice's own
+//!    [`sluice_bus::consume_batches`]), publishes one run message for each with a
+//!    `Nats-Msg-Id`, waits for their acks and then acks the batch's triggers;
+//! 3. the **claim**: a "worker" pulls run messages within 64 slots (Sluice's own
+//!    [`sluice_bus::consume_within`]) and publishes a `running` report on the execution's
+//!    status subject only if the subject is still empty (`Nats-Expected-Last-Subject-Sequence:
+//!    0`), waiting for its ack;
+//! 4. the **end**: the worker publishes the final report on the same subject, waits for its
+//!    ack, then acks the run message; the "engine" pulls both reports in batches and acks
+//!    them.
+//!
+//! The streams and consumers are copies of TRIGGERS, RUN and STATUS and their consumers as
+//! `streams/` declares them (retention, storage, windows, ack waits), under other names.
+//! The publisher, the "engine" and the "worker" have a connection each, as they have in a
+//! deployment. The CPU each execution costs is counted for nats-server and for this process,
+//! which holds all three clients.
+
+use std::future::IntoFuture as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// The skeleton's stream names start with this; the cost counters leave such streams out.
+const PREFIX: &str = "BENCH_SKELETON_";
+
+/// A worker's slots, as `sluice-load` starts its worker processes (`--capacity`).
+const SLOTS: usize = 64;
+
+/// Unacknowledged trigger publishes in flight, as the scenarios keep them.
+const IN_FLIGHT: usize = 2_000;
+
+/// What the skeleton reached.
+pub struct Skeleton {
+    pub executions_per_s: f64,
+    /// nats-server's CPU per execution, when the scenario started the server.
+    pub nats_cpu_us: Option<f64>,
+    /// This process's CPU per execution: the publisher, the "engine" and the "worker".
+    pub clients_cpu_us: f64,
+}
+
+/// The subject prefix of a copied stream: `bench.skeleton.<name>`.
+fn subject_of(name: &str) -> String {
+    format!("bench.skeleton.{}", name.to_lowercase())
+}
+
+/// Copies of TRIGGERS, RUN and STATUS with their consumers, under the skeleton's names;
+/// the consumers, in that order.
+async fn streams(js: &jetstream::Context) -> anyhow::Result<Vec<consumer::PullConsumer>> {
+    let mut consumers = Vec::new();
+    for name in [
+        sluice_bus::names::TRIGGERS,
+        sluice_bus::names::RUN,
+        sluice_bus::names::STATUS,
+    ] {
+        let def = sluice_bus::definitions()
+            .into_iter()
+            .find(|d| d.stream.name == name)
+            .ok_or_else(|| anyhow::anyhow!("streams/: no {name}"))?;
+        let subjects = format!("{}.>", subject_of(name));
+        let copy = stream::Config {
+            name: format!("{PREFIX}{name}"),
+            subjects: vec![subjects.clone()],
+            ..def.stream
+        };
+        let _ = js.delete_stream(&copy.name).await;
+        let created = js
+            .create_stream(copy)
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {PREFIX}{name}: {e}"))?;
+        let config = def
+            .consumers
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("streams/{name}: no consumer"))?
+            .config;
+        let config = consumer::pull::Config {
+            filter_subject: subjects,
+            ..config
+        };
+        consumers.push(
+            created
+                .create_consumer(config)
+                .await
+                .map_err(|e| anyhow::anyhow!("consumer on {PREFIX}{name}: {e}"))?,
+        );
+    }
+    Ok(consumers)
+}
+
+async fn jetstream(nats_url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
+    let client = sluice_bus::connect_client(nats_url, name, &Default::default()).await?;
+    Ok(jetstream::new(client))
+}
+
+/// Publishes `payload` with a deduplication id, and `expected_last` as the subject's last
+/// sequence when given; the ack still to come.
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    id: String,
+    payload: Bytes,
+    expected_last: Option<u64>,
+) -> anyhow::Result<PublishAckFuture> {
+    let mut message = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .message_id(id);
+    if let Some(sequence) = expected_last {
+        message = message.expected_last_subject_sequence(sequence);
+    }
+    Ok(js.send_publish(subject, message).await?)
+}
+
+/// Runs `executions` through the skeleton against the server at `nats_url` (`nats_pid`:
+/// its process, to count its CPU) and tears its streams down.
+pub async fn measure(
+    nats_url: &str,
+    nats_pid: Option<u32>,
+    executions: u64,
+) -> anyhow::Result<Skeleton> {
+    let publisher = jetstream(nats_url, "sluice-load-skeleton-publisher").await?;
+    let engine = jetstream(nats_url, "sluice-load-skeleton-engine").await?;
+    let worker = jetstream(nats_url, "sluice-load-skeleton-worker").await?;
+    let mut consumers = streams(&publisher).await?.into_iter();
+    let (Some(triggers), Some(runs), Some(reports)) =
+        (consumers.next(), consumers.next(), consumers.next())
+    else {
+        anyhow::bail!("three consumers expected");
+    };
+    let run_subject = format!("{}.default", subject_of(sluice_bus::names::RUN));
+    let status_prefix = subject_of(sluice_bus::names::STATUS);
+    let cancel = CancellationToken::new();
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fail = {
+        let failed = failed.clone();
+        let cancel = cancel.clone();
+        move |what: &str, e: &dyn std::fmt::Display| {
+            failed
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| format!("{what}: {e}"));
+            cancel.cancel();
+        }
+    };
+
+    // The "engine": a run message for each trigger, then the triggers acked.
+    let ingest = tokio::spawn({
+        let (js, cancel, fail) = (engine.clone(), cancel.clone(), fail.clone());
+        let payload = Bytes::from(vec![b'r'; 512]);
+        sluice_bus::consume_batches(triggers, cancel, move |batch| {
+            let (js, fail, payload) = (js.clone(), fail.clone(), payload.clone());
+            let subject = run_subject.clone();
+            async move {
+                let mut acks = FuturesUnordered::new();
+                for message in &batch {
+                    let n = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    match publish(
+                        &js,
+                        subject.clone(),
+                        format!("{n}.1"),
+                        payload.clone(),
+                        None,
+                    )
+                    .await
+                    {
+                        Ok(ack) => acks.push(ack.into_future()),
+                        Err(e) => return fail("run message", &e),
+                    }
+                }
+                while let Some(ack) = acks.next().await {
+                    if let Err(e) = ack {
+                        return fail("run message's ack", &e);
+                    }
+                }
+                for message in &batch {
+                    let _ = message.ack().await;
+                }
+            }
+        })
+    });
+
+    // The "worker": the claim and the end on the execution's status subject.
+    let work = tokio::spawn({
+        let (js, cancel, fail) = (worker.clone(), cancel.clone(), fail.clone());
+        let report = Bytes::from(vec![b's'; 256]);
+        sluice_bus::consume_within(
+            runs,
+            Arc::new(Semaphore::new(SLOTS)),
+            cancel,
+            move |message, permit| {
+                let (js, fail, report) = (js.clone(), fail.clone(), report.clone());
+                let subject = format!(
+                    "{status_prefix}.{}",
+                    message.info().map(|i| i.stream_sequence).unwrap_or(0)
+                );
+                tokio::spawn(async move {
+                    let steps = async {
+                        let claim = publish(
+                            &js,
+                            subject.clone(),
+                            format!("{subject}.claim"),
+                            report.clone(),
+                            Some(0),
+                        );
+                        claim.await?.await?;
+                        let end =
+                            publish(&js, subject.clone(), format!("{subject}.end"), report, None);
+                        end.await?.await?;
+                        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        anyhow::Ok(())
+                    };
+                    if let Err(e) = steps.await {
+                        fail("claim or end", &e);
+                    }
+                    drop(permit);
+                });
+                true
+            },
+        )
+    });
+
+    // The "engine" again: both reports acked and counted.
+    let reported = Arc::new(AtomicU64::new(0));
+    let all_ended = Arc::new(Notify::new());
+    let listen = tokio::spawn({
+        let (cancel, reported, all_ended) = (cancel.clone(), reported.clone(), all_ended.clone());
+        sluice_bus::consume_batches(reports, cancel, move |batch| {
+            let (reported, all_ended) = (reported.clone(), all_ended.clone());
+            async move {
+                for message in &batch {
+                    let _ = message.ack().await;
+                }
+                let count = batch.len() as u64;
+                if reported.fetch_add(count, Ordering::Relaxed) + count >= 2 * executions {
+                    all_ended.notify_one();
+                }
+            }
+        })
+    });
+
+    let nats_before = nats_pid.map(crate::process::cpu_time);
+    let clients_before = crate::process::cpu_time(std::process::id());
+    let started = Instant::now();
+    let trigger_subject = format!("{}.load", subject_of(sluice_bus::names::TRIGGERS));
+    let mut acks = FuturesUnordered::new();
+    for n in 0..executions {
+        let payload = Bytes::from(format!("{{\"n\":{n}}}"));
+        acks.push(
+            publisher
+                .publish(trigger_subject.clone(), payload)
+                .await?
+                .into_future(),
+        );
+        while acks.len() >= IN_FLIGHT {
+            if let Some(ack) = acks.next().await {
+                ack?;
+            }
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    let waited = tokio::select! {
+        _ = all_ended.notified() => Ok(()),
+        _ = cancel.cancelled() => Err(anyhow::anyhow!("skeleton stopped")),
+        _ = tokio::time::sleep(Duration::from_secs(120)) => Err(anyhow::anyhow!(
+            "{} of {} skeleton reports in 120 s",
+            reported.load(Ordering::Relaxed),
+            2 * executions
+        )),
+    };
+    let elapsed = started.elapsed();
+    let nats_cpu = nats_pid
+        .zip(nats_before)
+        .map(|(pid, before)| crate::process::cpu_time(pid).saturating_sub(before));
+    let clients_cpu = crate::process::cpu_time(std::process::id()).saturating_sub(clients_before);
+    cancel.cancel();
+    for task in [ingest, work, listen] {
+        let _ = task.await;
+    }
+    if let Some(failure) = failed.lock().expect("not poisoned").take() {
+        anyhow::bail!("skeleton: {failure}");
+    }
+    waited?;
+    for name in [
+        sluice_bus::names::TRIGGERS,
+        sluice_bus::names::RUN,
+        sluice_bus::names::STATUS,
+    ] {
+        let _ = publisher.delete_stream(format!("{PREFIX}{name}")).await;
+    }
+    let per_execution = |cpu: Duration| cpu.as_secs_f64() * 1e6 / executions as f64;
+    Ok(Skeleton {
+        executions_per_s: executions as f64 / elapsed.as_secs_f64(),
+        nats_cpu_us: nats_cpu.map(per_execution),
+        clients_cpu_us: per_execution(clients_cpu),
+    })
+}
