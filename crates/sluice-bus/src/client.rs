@@ -272,17 +272,15 @@ impl Bus {
     /// was stored.
     pub async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
         let what = format!("consumer {stream}/{durable}");
+        // One request for the consumer's state, and one more for the age only when
+        // something is pending: `/metrics` asks this for every consumer at each scrape.
         let handle = self
             .jetstream
-            .get_stream(stream)
+            .get_stream_no_info(stream)
             .await
             .map_err(|e| BusError::read(&what, e))?;
-        let consumer: PullConsumer = handle
-            .get_consumer(durable)
-            .await
-            .map_err(|e| BusError::read(&what, e))?;
-        let info = consumer
-            .get_info()
+        let info = handle
+            .consumer_info(durable)
             .await
             .map_err(|e| BusError::read(&what, e))?;
         let oldest_unprocessed_at = if info.num_pending + info.num_ack_pending as u64 > 0 {
