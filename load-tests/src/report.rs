@@ -97,6 +97,13 @@ pub struct SkeletonFigures {
     pub skeleton_nats_cpu_us: Option<f64>,
     pub skeleton_clients_cpu_us: f64,
     pub skeleton_ratio: f64,
+    /// At a fixed rate: each skeleton execution's trip, and the scenario's ratios to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skeleton_latency_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skeleton_p50_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skeleton_p99_ratio: Option<f64>,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -149,6 +156,13 @@ impl Summary {
             skeleton_nats_cpu_us: skeleton.nats_cpu_us,
             skeleton_clients_cpu_us: skeleton.clients_cpu_us,
             skeleton_ratio: ratio(self.executions_per_s, skeleton.executions_per_s),
+            skeleton_latency_ms: skeleton.rate.map(|_| skeleton.latency),
+            skeleton_p50_ratio: skeleton
+                .rate
+                .map(|_| ratio(self.latency_ms.p50, skeleton.latency.p50)),
+            skeleton_p99_ratio: skeleton
+                .rate
+                .map(|_| ratio(self.latency_ms.p99, skeleton.latency.p99)),
         });
     }
 
@@ -177,6 +191,16 @@ impl Summary {
                 &paced.baseline_paced_roundtrip_ms,
             );
         }
+        let skeleton_trip = self.skeleton.as_ref().and_then(|s| {
+            Some((
+                s.skeleton_latency_ms?,
+                s.skeleton_p50_ratio?,
+                s.skeleton_p99_ratio?,
+            ))
+        });
+        if let Some((trip, _, _)) = &skeleton_trip {
+            row("skeleton, trigger -> claim", trip);
+        }
         println!(
             "  ratio to baseline          p50 {:.1}x   p99 {:.1}x",
             self.p50_ratio, self.p99_ratio
@@ -188,6 +212,9 @@ impl Summary {
                 paced.paced_p50_ratio,
                 paced.paced_p99_ratio
             );
+        }
+        if let Some((_, p50, p99)) = skeleton_trip {
+            println!("  ratio to skeleton          p50 {p50:.1}x   p99 {p99:.1}x");
         }
         println!(
             "  throughput                 {:>9.0} executions/s   baseline {:.0} msgs/s   ratio {:.3}",

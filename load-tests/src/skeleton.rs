@@ -18,6 +18,10 @@
 //!    ack, then acks the run message; the "engine" pulls both reports in batches and acks
 //!    them.
 //!
+//! At a fixed rate (`latency`, `shell`), the triggers are published at that rate instead,
+//! and each execution's time from its trigger's publish to the worker holding its claim,
+//! where a noop action's run would end, is what the scenario's trip is compared with.
+//!
 //! The streams and consumers are copies of TRIGGERS, RUN and STATUS and their consumers as
 //! `streams/` declares them (retention, storage, windows, ack waits), under other names.
 //! The publisher, the "engine" and the "worker" have a connection each, as they have in a
@@ -36,6 +40,8 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::report::Percentiles;
+
 /// The skeleton's stream names start with this; the cost counters leave such streams out.
 const PREFIX: &str = "BENCH_SKELETON_";
 
@@ -48,6 +54,10 @@ const IN_FLIGHT: usize = 2_000;
 /// What the skeleton reached.
 pub struct Skeleton {
     pub executions_per_s: f64,
+    /// From each trigger's publish to its claim held.
+    pub latency: Percentiles,
+    /// The fixed rate it ran at, if not pipelined.
+    pub rate: Option<u64>,
     /// nats-server's CPU per execution, when the scenario started the server.
     pub nats_cpu_us: Option<f64>,
     /// This process's CPU per execution: the publisher, the "engine" and the "worker".
@@ -103,6 +113,18 @@ async fn streams(js: &jetstream::Context) -> anyhow::Result<Vec<consumer::PullCo
     Ok(consumers)
 }
 
+/// The tick a skeleton message carries: `{"n":N}` in a trigger, `N` and padding in a run
+/// message.
+fn tick_of(payload: &[u8]) -> u64 {
+    let digits: String = payload
+        .iter()
+        .map(|&b| char::from(b))
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or(0)
+}
+
 async fn jetstream(nats_url: &str, name: &str) -> anyhow::Result<jetstream::Context> {
     let client = sluice_bus::connect_client(nats_url, name, &Default::default()).await?;
     Ok(jetstream::new(client))
@@ -127,11 +149,13 @@ async fn publish(
 }
 
 /// Runs `executions` through the skeleton against the server at `nats_url` (`nats_pid`:
-/// its process, to count its CPU) and tears its streams down.
+/// its process, to count its CPU), pipelined or at `rate` a second, and tears its streams
+/// down.
 pub async fn measure(
     nats_url: &str,
     nats_pid: Option<u32>,
     executions: u64,
+    rate: Option<u64>,
 ) -> anyhow::Result<Skeleton> {
     let publisher = jetstream(nats_url, "sluice-load-skeleton-publisher").await?;
     let engine = jetstream(nats_url, "sluice-load-skeleton-engine").await?;
@@ -161,23 +185,16 @@ pub async fn measure(
     // The "engine": a run message for each trigger, then the triggers acked.
     let ingest = tokio::spawn({
         let (js, cancel, fail) = (engine.clone(), cancel.clone(), fail.clone());
-        let payload = Bytes::from(vec![b'r'; 512]);
         sluice_bus::consume_batches(triggers, cancel, move |batch| {
-            let (js, fail, payload) = (js.clone(), fail.clone(), payload.clone());
+            let (js, fail) = (js.clone(), fail.clone());
             let subject = run_subject.clone();
             async move {
                 let mut acks = FuturesUnordered::new();
                 for message in &batch {
-                    let n = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-                    match publish(
-                        &js,
-                        subject.clone(),
-                        format!("{n}.1"),
-                        payload.clone(),
-                        None,
-                    )
-                    .await
-                    {
+                    // The tick, padded to about a run message's size.
+                    let n = tick_of(&message.payload);
+                    let payload = Bytes::from(format!("{n:<512}"));
+                    match publish(&js, subject.clone(), format!("{n}.1"), payload, None).await {
                         Ok(ack) => acks.push(ack.into_future()),
                         Err(e) => return fail("run message", &e),
                     }
@@ -194,9 +211,17 @@ pub async fn measure(
         })
     });
 
+    // When each tick was published, and the trips to their claims.
+    let published = Arc::new(std::sync::Mutex::new(vec![
+        None::<Instant>;
+        executions as usize
+    ]));
+    let trips = Arc::new(std::sync::Mutex::new(crate::report::histogram()));
+
     // The "worker": the claim and the end on the execution's status subject.
     let work = tokio::spawn({
         let (js, cancel, fail) = (worker.clone(), cancel.clone(), fail.clone());
+        let (published, trips) = (published.clone(), trips.clone());
         let report = Bytes::from(vec![b's'; 256]);
         sluice_bus::consume_within(
             runs,
@@ -204,10 +229,9 @@ pub async fn measure(
             cancel,
             move |message, permit| {
                 let (js, fail, report) = (js.clone(), fail.clone(), report.clone());
-                let subject = format!(
-                    "{status_prefix}.{}",
-                    message.info().map(|i| i.stream_sequence).unwrap_or(0)
-                );
+                let (published, trips) = (published.clone(), trips.clone());
+                let n = tick_of(&message.payload);
+                let subject = format!("{status_prefix}.{n}");
                 tokio::spawn(async move {
                     let steps = async {
                         let claim = publish(
@@ -218,6 +242,16 @@ pub async fn measure(
                             Some(0),
                         );
                         claim.await?.await?;
+                        let sent = published
+                            .lock()
+                            .expect("not poisoned")
+                            .get(usize::try_from(n).unwrap_or(usize::MAX))
+                            .copied()
+                            .flatten();
+                        if let Some(sent) = sent {
+                            let mut trips = trips.lock().expect("not poisoned");
+                            crate::report::record(&mut trips, sent.elapsed());
+                        }
                         let end =
                             publish(&js, subject.clone(), format!("{subject}.end"), report, None);
                         end.await?.await?;
@@ -257,15 +291,34 @@ pub async fn measure(
     let clients_before = crate::process::cpu_time(std::process::id());
     let started = Instant::now();
     let trigger_subject = format!("{}.load", subject_of(sluice_bus::names::TRIGGERS));
+    let mut ticks = rate.map(|rate| {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut acks = FuturesUnordered::new();
     for n in 0..executions {
+        if let Some(ticks) = ticks.as_mut() {
+            ticks.tick().await;
+        }
         let payload = Bytes::from(format!("{{\"n\":{n}}}"));
+        if let Some(sent) = published
+            .lock()
+            .expect("not poisoned")
+            .get_mut(usize::try_from(n).unwrap_or(usize::MAX))
+        {
+            *sent = Some(Instant::now());
+        }
         acks.push(
             publisher
                 .publish(trigger_subject.clone(), payload)
                 .await?
                 .into_future(),
         );
+        // The acks that are in, collected without waiting for any.
+        while let Some(Some(ack)) = futures::FutureExt::now_or_never(acks.next()) {
+            ack?;
+        }
         while acks.len() >= IN_FLIGHT {
             if let Some(ack) = acks.next().await {
                 ack?;
@@ -305,8 +358,11 @@ pub async fn measure(
         let _ = publisher.delete_stream(format!("{PREFIX}{name}")).await;
     }
     let per_execution = |cpu: Duration| cpu.as_secs_f64() * 1e6 / executions as f64;
+    let latency = Percentiles::of(&trips.lock().expect("not poisoned"));
     Ok(Skeleton {
         executions_per_s: executions as f64 / elapsed.as_secs_f64(),
+        latency,
+        rate,
         nats_cpu_us: nats_cpu.map(per_execution),
         clients_cpu_us: per_execution(clients_cpu),
     })

@@ -54,6 +54,22 @@ pub(crate) async fn baseline(
     .await
 }
 
+/// The skeleton of an execution against `deployment`'s nats-server: `executions` of them
+/// pipelined, or at `rate` for as many as five seconds hold (at most `executions`).
+async fn skeleton(
+    deployment: &Deployment,
+    executions: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<skeleton::Skeleton> {
+    let nats_pid = deployment
+        .processes()
+        .into_iter()
+        .find(|(kind, _)| *kind == "nats-server")
+        .and_then(|(_, pids)| pids.first().copied());
+    let count = rate.map_or(executions, |rate| executions.min(rate.max(1) * 5));
+    skeleton::measure(&deployment.nats_url, nats_pid, count, rate).await
+}
+
 fn tick(n: u64) -> Bytes {
     Bytes::from(format!("{{\"n\":{n}}}"))
 }
@@ -180,12 +196,7 @@ pub(crate) fn measure(
 pub async fn throughput(executions: u64, options: Options) -> anyhow::Result<()> {
     let deployment = Deployment::start(&options.target).await?;
     let baseline = baseline(&deployment, &options, None).await?;
-    let nats_pid = deployment
-        .processes()
-        .into_iter()
-        .find(|(kind, _)| *kind == "nats-server")
-        .and_then(|(_, pids)| pids.first().copied());
-    let skeleton = skeleton::measure(&deployment.nats_url, nats_pid, executions).await?;
+    let skeleton = skeleton(&deployment, executions, None).await?;
     let outcome = run(&deployment, "noop", executions, None).await?;
     let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
     let mut summary = Summary::new(
@@ -213,6 +224,7 @@ pub async fn latency(
     let deployment = Deployment::start(&options.target).await?;
     let baseline = baseline(&deployment, &options, Some(rate)).await?;
     let executions = rate * duration;
+    let skeleton = skeleton(&deployment, executions, Some(rate)).await?;
     let outcome = run(&deployment, action, executions, Some(rate)).await?;
     let (latency, per_s) = measure(&outcome.published, &outcome.runs)?;
     let scenario = match action {
@@ -227,6 +239,7 @@ pub async fn latency(
         latency,
         &baseline,
     );
+    summary.skeleton(&skeleton);
     summary.cost(outcome.cost);
     let stages = stages(&deployment, &outcome.published, &outcome.runs).await?;
     for (stage, percentiles) in &stages {
