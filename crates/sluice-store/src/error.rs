@@ -71,7 +71,9 @@ impl StoreError {
 /// Whether a database's own error code says "busy, try again": SQLite's `SQLITE_BUSY` and
 /// `SQLITE_LOCKED` (extended codes keep the primary code in their low byte); PostgreSQL's
 /// connection exceptions (class 08), an administrator or crash shutdown, "cannot connect
-/// now", too many connections, and a serialization failure or deadlock.
+/// now", a session the server ended for idling (in a transaction, as it ends a paused
+/// engine's, or outside one), too many connections, and a serialization failure or
+/// deadlock.
 fn transient_code(error: &dyn sqlx::error::DatabaseError) -> bool {
     let Some(code) = error.code() else {
         return false;
@@ -89,6 +91,6 @@ fn transient_code(error: &dyn sqlx::error::DatabaseError) -> bool {
     code.starts_with("08")
         || matches!(
             code.as_ref(),
-            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+            "57P01" | "57P02" | "57P03" | "25P03" | "57P05" | "53300" | "40001" | "40P01"
         )
 }

@@ -1181,3 +1181,26 @@ store_suite!(
     an_end_that_records_its_start_keeps_running_in_the_history,
     a_batch_of_reports_moves_each_execution_in_order,
 );
+
+/// A paused engine's transaction is ended by PostgreSQL after
+/// `idle_in_transaction_session_timeout`; the write that finds it ended must hand its
+/// message back for the engine that took over, not give it up as refused.
+#[tokio::test]
+async fn a_transaction_postgresql_ended_for_idling_is_worth_retrying() {
+    use sqlx::{Connection as _, Executor as _};
+    let pg = sluice_testkit::Postgres::start();
+    let mut connection = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    connection
+        .execute("SET idle_in_transaction_session_timeout = '100ms'")
+        .await
+        .unwrap();
+    connection.execute("BEGIN").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ended = connection.execute("SELECT 1").await.unwrap_err();
+    let ended = StoreError::from(ended);
+    assert!(
+        ended.to_string().contains("idle-in-transaction"),
+        "the server's own reason: {ended}"
+    );
+    assert!(ended.is_transient(), "{ended}");
+}
