@@ -6,7 +6,8 @@
 //!
 //! Each execution is:
 //!
-//! 1. its **trigger**, published pipelined (2,000 acks in flight) as `throughput` publishes;
+//! 1. its **trigger**, published by the code that publishes the scenario's own triggers
+//!    ([`crate::triggers::publish_ticks`]: pipelined with 2,000 acks in flight);
 //! 2. the **run message**: an "engine" pulls triggers in batches (Sluice's own
 //!    [`sluice_bus::consume_batches`]), publishes one run message for each with a
 //!    `Nats-Msg-Id`, waits for their acks and then acks the batch's triggers;
@@ -33,6 +34,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -47,9 +50,6 @@ const PREFIX: &str = "BENCH_SKELETON_";
 
 /// A worker's slots, as `sluice-load` starts its worker processes (`--capacity`).
 const SLOTS: usize = 64;
-
-/// Unacknowledged trigger publishes in flight, as the scenarios keep them.
-const IN_FLIGHT: usize = 2_000;
 
 /// What the skeleton reached.
 pub struct Skeleton {
@@ -157,10 +157,10 @@ pub async fn measure(
     executions: u64,
     rate: Option<u64>,
 ) -> anyhow::Result<Skeleton> {
-    let publisher = jetstream(nats_url, "sluice-load-skeleton-publisher").await?;
+    let setup = jetstream(nats_url, "sluice-load-skeleton").await?;
     let engine = jetstream(nats_url, "sluice-load-skeleton-engine").await?;
     let worker = jetstream(nats_url, "sluice-load-skeleton-worker").await?;
-    let mut consumers = streams(&publisher).await?.into_iter();
+    let mut consumers = streams(&setup).await?.into_iter();
     let (Some(triggers), Some(runs), Some(reports)) =
         (consumers.next(), consumers.next(), consumers.next())
     else {
@@ -211,17 +211,16 @@ pub async fn measure(
         })
     });
 
-    // When each tick was published, and the trips to their claims.
-    let published = Arc::new(std::sync::Mutex::new(vec![
-        None::<Instant>;
+    // When each tick's claim was held.
+    let claimed = Arc::new(std::sync::Mutex::new(vec![
+        None::<DateTime<Utc>>;
         executions as usize
     ]));
-    let trips = Arc::new(std::sync::Mutex::new(crate::report::histogram()));
 
     // The "worker": the claim and the end on the execution's status subject.
     let work = tokio::spawn({
         let (js, cancel, fail) = (worker.clone(), cancel.clone(), fail.clone());
-        let (published, trips) = (published.clone(), trips.clone());
+        let claimed = claimed.clone();
         let report = Bytes::from(vec![b's'; 256]);
         sluice_bus::consume_within(
             runs,
@@ -229,7 +228,7 @@ pub async fn measure(
             cancel,
             move |message, permit| {
                 let (js, fail, report) = (js.clone(), fail.clone(), report.clone());
-                let (published, trips) = (published.clone(), trips.clone());
+                let claimed = claimed.clone();
                 let n = tick_of(&message.payload);
                 let subject = format!("{status_prefix}.{n}");
                 tokio::spawn(async move {
@@ -242,15 +241,12 @@ pub async fn measure(
                             Some(0),
                         );
                         claim.await?.await?;
-                        let sent = published
+                        if let Some(at) = claimed
                             .lock()
                             .expect("not poisoned")
-                            .get(usize::try_from(n).unwrap_or(usize::MAX))
-                            .copied()
-                            .flatten();
-                        if let Some(sent) = sent {
-                            let mut trips = trips.lock().expect("not poisoned");
-                            crate::report::record(&mut trips, sent.elapsed());
+                            .get_mut(usize::try_from(n).unwrap_or(usize::MAX))
+                        {
+                            *at = Some(Utc::now());
                         }
                         let end =
                             publish(&js, subject.clone(), format!("{subject}.end"), report, None);
@@ -291,43 +287,8 @@ pub async fn measure(
     let clients_before = crate::process::cpu_time(std::process::id());
     let started = Instant::now();
     let trigger_subject = format!("{}.load", subject_of(sluice_bus::names::TRIGGERS));
-    let mut ticks = rate.map(|rate| {
-        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks
-    });
-    let mut acks = FuturesUnordered::new();
-    for n in 0..executions {
-        if let Some(ticks) = ticks.as_mut() {
-            ticks.tick().await;
-        }
-        let payload = Bytes::from(format!("{{\"n\":{n}}}"));
-        if let Some(sent) = published
-            .lock()
-            .expect("not poisoned")
-            .get_mut(usize::try_from(n).unwrap_or(usize::MAX))
-        {
-            *sent = Some(Instant::now());
-        }
-        acks.push(
-            publisher
-                .publish(trigger_subject.clone(), payload)
-                .await?
-                .into_future(),
-        );
-        // The acks that are in, collected without waiting for any.
-        while let Some(Some(ack)) = futures::FutureExt::now_or_never(acks.next()) {
-            ack?;
-        }
-        while acks.len() >= IN_FLIGHT {
-            if let Some(ack) = acks.next().await {
-                ack?;
-            }
-        }
-    }
-    while let Some(ack) = acks.next().await {
-        ack?;
-    }
+    let published =
+        crate::triggers::publish_ticks(nats_url, &trigger_subject, executions, rate).await?;
     let waited = tokio::select! {
         _ = all_ended.notified() => Ok(()),
         _ = cancel.cancelled() => Err(anyhow::anyhow!("skeleton stopped")),
@@ -355,10 +316,19 @@ pub async fn measure(
         sluice_bus::names::RUN,
         sluice_bus::names::STATUS,
     ] {
-        let _ = publisher.delete_stream(format!("{PREFIX}{name}")).await;
+        let _ = setup.delete_stream(format!("{PREFIX}{name}")).await;
     }
     let per_execution = |cpu: Duration| cpu.as_secs_f64() * 1e6 / executions as f64;
-    let latency = Percentiles::of(&trips.lock().expect("not poisoned"));
+    let mut trips = crate::report::histogram();
+    for (sent, claimed) in published
+        .iter()
+        .zip(claimed.lock().expect("not poisoned").iter())
+    {
+        if let Some(claimed) = claimed {
+            crate::report::record(&mut trips, (*claimed - *sent).to_std().unwrap_or_default());
+        }
+    }
+    let latency = Percentiles::of(&trips);
     Ok(Skeleton {
         executions_per_s: executions as f64 / elapsed.as_secs_f64(),
         latency,

@@ -92,9 +92,26 @@ pub(crate) async fn publish_to(
     count: u64,
     rate: Option<u64>,
 ) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    publish_ticks(
+        nats_url,
+        &format!("sluice.trigger.load.{action}"),
+        count,
+        rate,
+    )
+    .await
+}
+
+/// Publishes ticks `0..count` to `subject` on the NATS server at `nats_url`, as
+/// [`publish`] does.
+pub(crate) async fn publish_ticks(
+    nats_url: &str,
+    subject: &str,
+    count: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<Vec<DateTime<Utc>>> {
     let client = sluice_bus::connect_client(nats_url, "sluice-load", &Default::default()).await?;
     let js = async_nats::jetstream::new(client);
-    let subject = format!("sluice.trigger.load.{action}");
+    let subject = subject.to_owned();
     let mut published = Vec::with_capacity(count as usize);
     let mut ticks = rate.map(|rate| {
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
