@@ -65,7 +65,8 @@ pub struct Summary {
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub paced: Option<Paced>,
     pub throughput_ratio: f64,
-    /// `throughput`: the JetStream skeleton of an execution, and the ratio to it.
+    /// `throughput`, `latency`, `shell`: the JetStream skeleton of an execution, and the
+    /// ratios to it.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub skeleton: Option<SkeletonFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,8 +1,8 @@
-//! The JetStream skeleton of an execution, measured in the same run as `throughput`: the
-//! four durable messages every execution crosses JetStream with, sent, consumed and
-//! acknowledged the way Sluice does it, and nothing else: no store, no signature, no rule,
-//! no actor. What it reaches is as far as any execution path that keeps those four
-//! crossings can go on this machine.
+//! The JetStream skeleton of an execution, measured in the same run as `throughput`,
+//! `latency` and `shell`: the four durable messages every execution crosses JetStream
+//! with, sent, consumed and acknowledged the way Sluice does it, and nothing else: no
+//! store, no signature, no rule, no actor. What it reaches is as far as any execution path
+//! that keeps those four crossings can go on this machine.
 //!
 //! Each execution is:
 //!
