@@ -99,12 +99,16 @@ pub struct SkeletonFigures {
     pub skeleton_clients_cpu_us: f64,
     pub skeleton_ratio: f64,
     /// At a fixed rate: each skeleton execution's trip, and the scenario's ratios to it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skeleton_latency_ms: Option<Percentiles>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skeleton_p50_ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skeleton_p99_ratio: Option<f64>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub trip: Option<SkeletonTrip>,
+}
+
+/// The skeleton's trips at a scenario's fixed rate, and the latency's ratios to them.
+#[derive(Debug, Serialize)]
+pub struct SkeletonTrip {
+    pub skeleton_latency_ms: Percentiles,
+    pub skeleton_p50_ratio: f64,
+    pub skeleton_p99_ratio: f64,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -157,13 +161,11 @@ impl Summary {
             skeleton_nats_cpu_us: skeleton.nats_cpu_us,
             skeleton_clients_cpu_us: skeleton.clients_cpu_us,
             skeleton_ratio: ratio(self.executions_per_s, skeleton.executions_per_s),
-            skeleton_latency_ms: skeleton.rate.map(|_| skeleton.latency),
-            skeleton_p50_ratio: skeleton
-                .rate
-                .map(|_| ratio(self.latency_ms.p50, skeleton.latency.p50)),
-            skeleton_p99_ratio: skeleton
-                .rate
-                .map(|_| ratio(self.latency_ms.p99, skeleton.latency.p99)),
+            trip: skeleton.rate.map(|_| SkeletonTrip {
+                skeleton_latency_ms: skeleton.latency,
+                skeleton_p50_ratio: ratio(self.latency_ms.p50, skeleton.latency.p50),
+                skeleton_p99_ratio: ratio(self.latency_ms.p99, skeleton.latency.p99),
+            }),
         });
     }
 
@@ -192,15 +194,9 @@ impl Summary {
                 &paced.baseline_paced_roundtrip_ms,
             );
         }
-        let skeleton_trip = self.skeleton.as_ref().and_then(|s| {
-            Some((
-                s.skeleton_latency_ms?,
-                s.skeleton_p50_ratio?,
-                s.skeleton_p99_ratio?,
-            ))
-        });
-        if let Some((trip, _, _)) = &skeleton_trip {
-            row("skeleton, trigger -> claim", trip);
+        let trip = self.skeleton.as_ref().and_then(|s| s.trip.as_ref());
+        if let Some(trip) = trip {
+            row("skeleton, trigger -> claim", &trip.skeleton_latency_ms);
         }
         println!(
             "  ratio to baseline          p50 {:.1}x   p99 {:.1}x",
@@ -214,8 +210,11 @@ impl Summary {
                 paced.paced_p99_ratio
             );
         }
-        if let Some((_, p50, p99)) = skeleton_trip {
-            println!("  ratio to skeleton          p50 {p50:.1}x   p99 {p99:.1}x");
+        if let Some(trip) = trip {
+            println!(
+                "  ratio to skeleton          p50 {:.1}x   p99 {:.1}x",
+                trip.skeleton_p50_ratio, trip.skeleton_p99_ratio
+            );
         }
         println!(
             "  throughput                 {:>9.0} executions/s   baseline {:.0} msgs/s   ratio {:.3}",

@@ -69,48 +69,44 @@ fn subject_of(name: &str) -> String {
     format!("bench.skeleton.{}", name.to_lowercase())
 }
 
-/// Copies of TRIGGERS, RUN and STATUS with their consumers, under the skeleton's names;
-/// the consumers, in that order.
-async fn streams(js: &jetstream::Context) -> anyhow::Result<Vec<consumer::PullConsumer>> {
-    let mut consumers = Vec::new();
-    for name in [
-        sluice_bus::names::TRIGGERS,
-        sluice_bus::names::RUN,
-        sluice_bus::names::STATUS,
-    ] {
-        let def = sluice_bus::definitions()
-            .into_iter()
-            .find(|d| d.stream.name == name)
-            .ok_or_else(|| anyhow::anyhow!("streams/: no {name}"))?;
-        let subjects = format!("{}.>", subject_of(name));
-        let copy = stream::Config {
-            name: format!("{PREFIX}{name}"),
-            subjects: vec![subjects.clone()],
-            ..def.stream
-        };
-        let _ = js.delete_stream(&copy.name).await;
-        let created = js
-            .create_stream(copy)
-            .await
-            .map_err(|e| anyhow::anyhow!("stream {PREFIX}{name}: {e}"))?;
-        let config = def
-            .consumers
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("streams/{name}: no consumer"))?
-            .config;
-        let config = consumer::pull::Config {
+/// The streams the skeleton copies, each with its one consumer.
+const COPIED: [&str; 3] = [
+    sluice_bus::names::TRIGGERS,
+    sluice_bus::names::RUN,
+    sluice_bus::names::STATUS,
+];
+
+/// A copy of the stream `name` and its consumer as `streams/` declares them, under the
+/// skeleton's names; its consumer.
+async fn copy_of(js: &jetstream::Context, name: &str) -> anyhow::Result<consumer::PullConsumer> {
+    let def = sluice_bus::definitions()
+        .into_iter()
+        .find(|d| d.stream.name == name)
+        .ok_or_else(|| anyhow::anyhow!("streams/: no {name}"))?;
+    let subjects = format!("{}.>", subject_of(name));
+    let copy = stream::Config {
+        name: format!("{PREFIX}{name}"),
+        subjects: vec![subjects.clone()],
+        ..def.stream
+    };
+    let _ = js.delete_stream(&copy.name).await;
+    let created = js
+        .create_stream(copy)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {PREFIX}{name}: {e}"))?;
+    let config = def
+        .consumers
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("streams/{name}: no consumer"))?
+        .config;
+    created
+        .create_consumer(consumer::pull::Config {
             filter_subject: subjects,
             ..config
-        };
-        consumers.push(
-            created
-                .create_consumer(config)
-                .await
-                .map_err(|e| anyhow::anyhow!("consumer on {PREFIX}{name}: {e}"))?,
-        );
-    }
-    Ok(consumers)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer on {PREFIX}{name}: {e}"))
 }
 
 /// The tick a skeleton message carries: `{"n":N}` in a trigger, `N` and padding in a run
@@ -160,12 +156,10 @@ pub async fn measure(
     let setup = jetstream(nats_url, "sluice-load-skeleton").await?;
     let engine = jetstream(nats_url, "sluice-load-skeleton-engine").await?;
     let worker = jetstream(nats_url, "sluice-load-skeleton-worker").await?;
-    let mut consumers = streams(&setup).await?.into_iter();
-    let (Some(triggers), Some(runs), Some(reports)) =
-        (consumers.next(), consumers.next(), consumers.next())
-    else {
-        anyhow::bail!("three consumers expected");
-    };
+    let [triggers, runs, reports] = COPIED;
+    let triggers = copy_of(&setup, triggers).await?;
+    let runs = copy_of(&setup, runs).await?;
+    let reports = copy_of(&setup, reports).await?;
     let run_subject = format!("{}.default", subject_of(sluice_bus::names::RUN));
     let status_prefix = subject_of(sluice_bus::names::STATUS);
     let cancel = CancellationToken::new();
@@ -311,11 +305,7 @@ pub async fn measure(
         anyhow::bail!("skeleton: {failure}");
     }
     waited?;
-    for name in [
-        sluice_bus::names::TRIGGERS,
-        sluice_bus::names::RUN,
-        sluice_bus::names::STATUS,
-    ] {
+    for name in COPIED {
         let _ = setup.delete_stream(format!("{PREFIX}{name}")).await;
     }
     let per_execution = |cpu: Duration| cpu.as_secs_f64() * 1e6 / executions as f64;
