@@ -318,13 +318,14 @@ impl Engine {
 
         let timers = Timers::default();
         if config.ingest_triggers {
-            let (s, t, state) = (
-                shared.clone(),
-                timers.clone(),
-                TimerState::create(&shared.bus).await?,
-            );
-            let run: LoopFn = Box::new(move |cancel| Box::pin(timers::run(s, state, t, cancel)));
-            spawn_loop(ActorName::Timers, ActorKind::Timers, &intake, run).await?;
+            let state = TimerState::create(&shared.bus).await?;
+            // Cancelled only by a shutdown during the start, when nothing is left to run.
+            if let Some(started) = timers::start_all(&shared, &state, &timers, &intake).await {
+                let (s, t) = (shared.clone(), timers.clone());
+                let run: LoopFn =
+                    Box::new(move |cancel| Box::pin(timers::run(s, state, t, started, cancel)));
+                spawn_loop(ActorName::Timers, ActorKind::Timers, &intake, run).await?;
+            }
         }
 
         let settle = |stream, label| {

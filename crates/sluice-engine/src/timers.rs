@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sluice_bus::timers::TimerState;
 use sluice_pack::Catalog;
 use sluice_pack::timer::{Catchup, MAX_CATCHUP, Overlap, Schedule, Timer};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -439,13 +440,22 @@ async fn follow(
     }
 }
 
-/// Runs every timer rule's schedule until `cancel`, pausing the timers of disabled rules.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    state: TimerState,
-    timers: Timers,
-    cancel: CancellationToken,
-) {
+/// The timers of the rules in force, each started from its last tick, and the catalog
+/// they were read from, whose changes [`run`] follows.
+pub(crate) struct Started {
+    catalog: watch::Receiver<Arc<Catalog>>,
+    running: Vec<Running>,
+}
+
+/// Starts the timer of every timer rule in force and lists it in `timers`: done before the
+/// engine answers, so that the API lists every timer from its first request. `None` if
+/// `cancel` came first.
+pub(crate) async fn start_all(
+    shared: &Shared,
+    state: &TimerState,
+    timers: &Timers,
+    cancel: &CancellationToken,
+) -> Option<Started> {
     let mut catalog = shared.catalog.watch();
     let rules: Vec<(String, Timer, bool)> = catalog
         .borrow_and_update()
@@ -458,28 +468,34 @@ pub(crate) async fn run(
     let starting: Vec<_> = rules
         .iter()
         .map(|(rule, timer, enabled)| {
-            start(
-                &shared,
-                &state,
-                rule,
-                timer.clone(),
-                *enabled,
-                true,
-                &cancel,
-            )
+            start(shared, state, rule, timer.clone(), *enabled, true, cancel)
         })
         .collect();
     let started: Vec<Option<Running>> = futures::stream::iter(starting)
         .buffered(READ_AT_ONCE)
         .collect()
         .await;
-    let Some(mut running) = started.into_iter().collect::<Option<Vec<Running>>>() else {
-        return;
-    };
+    let running = started.into_iter().collect::<Option<Vec<Running>>>()?;
     timers
         .lock()
         .extend(running.iter().map(|r| (r.rule.clone(), r.view())));
     info!(timers = running.len(), "timers running");
+    Some(Started { catalog, running })
+}
+
+/// Runs every timer rule's schedule from where [`start_all`] left them until `cancel`,
+/// pausing the timers of disabled rules.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    state: TimerState,
+    timers: Timers,
+    started: Started,
+    cancel: CancellationToken,
+) {
+    let Started {
+        mut catalog,
+        mut running,
+    } = started;
     loop {
         let mut wait = running
             .iter()

@@ -327,7 +327,21 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
     });
     let (code, created) = api.post("/api/v1/rules", &definition).await;
     assert_eq!(code, 201, "{created}");
-    let listed = timer_named(cluster.get("/api/v1/timers").await, "t.from_api");
+    // The rule is in force when the API answers; the timers' view follows it.
+    let listed = sluice_testkit::eventually(
+        "the new rule's timer to be listed",
+        Duration::from_secs(5),
+        || async {
+            let timers = cluster.get("/api/v1/timers").await;
+            timers
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["rule"] == "t.from_api")
+                .cloned()
+        },
+    )
+    .await;
     assert!(listed["next_fire"].is_string(), "{listed}");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (code, _) = api.delete("/api/v1/rules/t.from_api").await;
