@@ -226,18 +226,26 @@ impl Bus {
             def.stream.num_replicas = self.stream_replicas;
             let name = def.stream.name.clone();
             let what = format!("stream {name}");
-            self.jetstream
+            if let Err(e) = self
+                .jetstream
                 .create_or_update_stream(def.stream.clone())
                 .await
-                .map_err(|e| {
-                    if storage_refused(&e) {
-                        BusError::setup(storage_hint(&name, def.stream.max_bytes), e)
-                    } else if stream_setup_unavailable(&e) {
-                        BusError::setup_unavailable(&what, e)
-                    } else {
-                        BusError::setup(&what, e)
+            {
+                return Err(if storage_refused(&e) {
+                    BusError::setup(storage_hint(&name, def.stream.max_bytes), e)
+                } else if stream_setup_unavailable(&e) {
+                    BusError::setup_unavailable(&what, e)
+                } else {
+                    match self.overlap(&def, &e).await {
+                        Overlap::Itself => BusError::setup_unavailable(&what, e),
+                        Overlap::With(other) => BusError::setup(
+                            format!("{what}: its subjects are taken by stream {other}"),
+                            e,
+                        ),
+                        Overlap::None => BusError::setup(&what, e),
                     }
-                })?;
+                });
+            }
             let stream = self
                 .jetstream
                 .get_stream(&name)
@@ -264,6 +272,30 @@ impl Bus {
             }
         }
         Ok(())
+    }
+
+    /// Which stream holds the subjects `e` says overlap `def`'s. A cluster that lost a
+    /// server may answer an update with "not found" for a stream it holds, and then refuse
+    /// to create it again because the stream holds its subjects: that passes once the
+    /// servers agree.
+    async fn overlap(
+        &self,
+        def: &crate::StreamDef,
+        e: &jetstream::context::CreateStreamError,
+    ) -> Overlap {
+        let overlap = matches!(
+            e.kind(),
+            jetstream::context::CreateStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+        );
+        let Some(subject) = def.stream.subjects.first().filter(|_| overlap) else {
+            return Overlap::None;
+        };
+        match self.jetstream.stream_by_subject(subject.as_str()).await {
+            Ok(holder) if holder != def.stream.name => Overlap::With(holder),
+            // Itself, or not even that could be read: the servers do not agree yet.
+            _ => Overlap::Itself,
+        }
     }
 
     /// The durable pull consumer `durable` of `stream`, as declared in `streams/`.
@@ -781,6 +813,16 @@ pub struct ConsumerLag {
 
 /// Whether JetStream answered a stream's setup with "not now": no answer in time, not
 /// available, or a 503 (a cluster without a leader for it yet).
+/// What holds the subjects of a stream whose creation was refused for overlapping.
+enum Overlap {
+    /// Not refused for that.
+    None,
+    /// The stream itself, which the servers do not yet agree exists.
+    Itself,
+    /// A stream of this other name.
+    With(String),
+}
+
 pub(crate) fn stream_setup_unavailable(e: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::context::CreateStreamErrorKind as Kind;
     match e.kind() {

@@ -283,3 +283,28 @@ async fn an_object_bucket_that_kept_one_message_per_subject_keeps_every_chunk_af
         Some(&bundle[..])
     );
 }
+
+#[tokio::test]
+async fn a_stream_of_another_name_on_sluice_s_subjects_is_refused_at_once() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".into(),
+            subjects: vec!["sluice.run.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bus = Bus::attach(&nats.url(), "test", &Default::default())
+        .await
+        .unwrap();
+    let refused = bus.ensure_streams().await.unwrap_err();
+    assert!(!refused.is_transient(), "not worth waiting for: {refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("stream RUN: its subjects are taken by stream OTHER"),
+        "{refused}"
+    );
+}
