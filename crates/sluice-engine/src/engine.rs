@@ -18,7 +18,7 @@ use sluice_pack::{Catalog, params};
 use sluice_store::{ApiRule, Resealed, RuleSwitch, Store};
 use sluice_telemetry::TraceContext;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, warn};
 
 use crate::backend::Live;
 use crate::consumer::{self, LoopFn};
@@ -157,6 +157,7 @@ impl Engine {
         pack_changes::publish(&pack_store, &mut loaded)
             .await
             .map_err(|e| EngineError::Packs(e.to_string()))?;
+        debug!("starting: packs published; reading the rules' switches");
         loaded
             .seal_configs(&config.keyring)
             .map_err(|e| EngineError::Packs(format!("sealing pack configurations: {e}")))?;
@@ -228,6 +229,10 @@ impl Engine {
                 ActionSupervisor::spawn(args, root.get_cell()).await?,
             );
         }
+        debug!(
+            supervisors = supervisors.len(),
+            "starting: supervisors spawned; rebuilding their queues from the store"
+        );
         directory.add_supervisors(supervisors);
         let workers = Workers::default();
         // Listening before the rebuild reads the store: a request stored after that read is
@@ -246,6 +251,7 @@ impl Engine {
             config.partitions.as_ref(),
         )
         .await?;
+        debug!("starting: queues rebuilt; opening the consumers");
 
         let mut fixed = HashMap::from([(root.get_id(), ActorKind::Engine)]);
         let mut spawn_loop = async |actor: ActorName<'_>, kind, token: &CancellationToken, run| {

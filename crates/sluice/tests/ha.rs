@@ -110,6 +110,12 @@ struct Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
+        // Whether each engine was still there when the test gave up, before it is killed.
+        let states: Vec<String> = self
+            .engines
+            .iter_mut()
+            .map(|e| e.child.as_mut().map_or("not started".into(), process_state))
+            .collect();
         let engines = self.engines.iter_mut().filter_map(|e| e.child.as_mut());
         for child in engines.chain(self.workers.iter_mut()) {
             let _ = child.kill();
@@ -117,14 +123,17 @@ impl Drop for Deployment {
         }
         // A failed test shows what the engines said.
         if std::thread::panicking() {
-            for engine in &self.engines {
+            for (engine, state) in self.engines.iter().zip(&states) {
                 let log =
                     std::fs::read_to_string(self.dir.path().join(format!("{}.log", engine.name)))
                         .unwrap_or_default();
                 // What it warned of, and what it said last.
                 let lines: Vec<&str> = log.lines().collect();
                 let last = lines.len().saturating_sub(40);
-                eprintln!("--- {} (warnings, then the last lines)", engine.name);
+                eprintln!(
+                    "--- {} ({state}; warnings, then the last lines)",
+                    engine.name
+                );
                 let warned = lines[..last].iter().filter(|l| {
                     l.contains("WARN") || l.contains("ERROR") || l.contains("partition")
                 });
@@ -133,6 +142,46 @@ impl Drop for Deployment {
                 }
             }
         }
+    }
+}
+
+/// An engine's process as a failed test found it: how it ended, or what the kernel says it
+/// is doing (`R` running, `S` waiting, `T` stopped by a signal) and, per thread, the kernel
+/// function it waits in.
+fn process_state(child: &mut Child) -> String {
+    match child.try_wait() {
+        Ok(Some(status)) => format!("ended: {status}"),
+        Ok(None) => {
+            let pid = child.id();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    Some(
+                        stat.rsplit_once(')')?
+                            .1
+                            .split_whitespace()
+                            .next()?
+                            .to_owned(),
+                    )
+                })
+                .unwrap_or_default();
+            let waits: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|task| {
+                    let read = |name: &str| {
+                        std::fs::read_to_string(task.path().join(name)).unwrap_or_default()
+                    };
+                    format!("{} in {}", read("comm").trim(), read("wchan").trim())
+                })
+                .collect();
+            format!(
+                "running, pid {pid}, state {state}; threads: {}",
+                waits.join(", ")
+            )
+        }
+        Err(e) => format!("unknown: {e}"),
     }
 }
 
@@ -300,7 +349,8 @@ impl Deployment {
             .arg(self.dir.path().join("packs"))
             .arg("--secrets-key")
             .arg(self.keys().join("secrets.key"))
-            .env("RUST_LOG", "info")
+            // With the engine's start-up steps, so that a failed test shows where one waits.
+            .env("RUST_LOG", "info,sluice_engine::engine=debug")
             .stdout(Stdio::null())
             .stderr(log);
     }
