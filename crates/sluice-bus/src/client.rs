@@ -811,18 +811,19 @@ pub struct ConsumerLag {
     pub oldest_unprocessed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Whether JetStream answered a stream's setup with "not now": no answer in time, not
-/// available, or a 503 (a cluster without a leader for it yet).
 /// What holds the subjects of a stream whose creation was refused for overlapping.
 enum Overlap {
     /// Not refused for that.
     None,
-    /// The stream itself, which the servers do not yet agree exists.
+    /// The stream itself, which the servers do not yet agree exists (or no server could
+    /// say).
     Itself,
     /// A stream of this other name.
     With(String),
 }
 
+/// Whether JetStream answered a stream's setup with "not now": no answer in time, not
+/// available, or a 503 (a cluster without a leader for it yet).
 pub(crate) fn stream_setup_unavailable(e: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::context::CreateStreamErrorKind as Kind;
     match e.kind() {

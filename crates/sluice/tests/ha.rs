@@ -127,7 +127,7 @@ impl Drop for Deployment {
                 let log =
                     std::fs::read_to_string(self.dir.path().join(format!("{}.log", engine.name)))
                         .unwrap_or_default();
-                // What it warned of, and what it said last.
+                // What it warned of, how far its starts got, and what it said last.
                 let lines: Vec<&str> = log.lines().collect();
                 let last = lines.len().saturating_sub(40);
                 eprintln!(
@@ -135,7 +135,9 @@ impl Drop for Deployment {
                     engine.name
                 );
                 let warned = lines[..last].iter().filter(|l| {
-                    l.contains("WARN") || l.contains("ERROR") || l.contains("partition")
+                    ["WARN", "ERROR", "partition", "starting:"]
+                        .iter()
+                        .any(|word| l.contains(word))
                 });
                 for line in warned.chain(&lines[last..]) {
                     eprintln!("{line}");
