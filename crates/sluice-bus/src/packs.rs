@@ -5,7 +5,7 @@
 //! A version stays until [`KEPT_VERSIONS`] newer ones of the same pack are published, so an
 //! execution admitted before a few reloads still finds the files it was admitted with.
 
-use async_nats::jetstream::object_store;
+use async_nats::jetstream::{object_store, stream};
 use futures::StreamExt;
 
 use crate::Bus;
@@ -23,6 +23,8 @@ const PUBLISHED: &str = "published";
 #[derive(Clone)]
 pub struct PackStore {
     store: object_store::ObjectStore,
+    /// The bucket's stream, whose metadata subjects name the objects it holds.
+    stream: stream::Stream<()>,
 }
 
 fn object_name(pack: &str, digest: &str) -> String {
@@ -39,13 +41,22 @@ impl PackStore {
             std::time::Duration::ZERO,
         )
         .await?;
-        Ok(Self { store })
+        Self::with_stream(bus, store).await
+    }
+
+    async fn with_stream(bus: &Bus, store: object_store::ObjectStore) -> Result<Self, BusError> {
+        let stream = bus
+            .jetstream()
+            .get_stream_no_info(format!("OBJ_{PACKS_BUCKET}"))
+            .await
+            .map_err(|e| BusError::setup(format!("the {PACKS_BUCKET} object store"), e))?;
+        Ok(Self { store, stream })
     }
 
     /// The bucket the engine made (a worker).
     pub async fn open(bus: &Bus) -> Result<Self, BusError> {
         let store = crate::buckets::open(bus, PACKS_BUCKET).await?;
-        Ok(Self { store })
+        Self::with_stream(bus, store).await
     }
 
     /// Stores a version unless it is there already; `true` if it was stored now. Older
@@ -76,17 +87,30 @@ impl PackStore {
     }
 
     /// The digests of a pack's versions held, oldest first.
+    ///
+    /// Read from the stream's metadata subjects and the last message on each, every one a
+    /// request with a time limit. The object store's own listing is not used: it follows
+    /// an ordered consumer until the server says nothing is pending, and nats-server 2.9
+    /// may count as pending messages that never come, so that listing can wait forever.
     pub async fn versions(&self, pack: &str) -> Result<Vec<String>, BusError> {
-        let what = || format!("the {PACKS_BUCKET} object store's list");
+        let what = || format!("the {PACKS_BUCKET} object store's objects");
         let prefix = format!("{pack}/");
-        let mut list = self
-            .store
-            .list()
+        let mut subjects = self
+            .stream
+            .info_with_subjects(format!("$O.{PACKS_BUCKET}.M.>"))
             .await
             .map_err(|e| BusError::read(what(), e))?;
         let mut found = Vec::new();
-        while let Some(info) = list.next().await {
-            let info = info.map_err(|e| BusError::read(what(), e))?;
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| BusError::read(what(), e))?;
+            let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(last) => last,
+                // Deleted since the subjects were read.
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
+                Err(e) => return Err(BusError::read(what(), e)),
+            };
+            let info: object_store::ObjectInfo = serde_json::from_slice(&last.payload)
+                .map_err(|e| BusError::read(format!("{} on {subject}", what()), e))?;
             if info.deleted {
                 continue;
             }

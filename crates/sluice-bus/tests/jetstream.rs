@@ -308,3 +308,33 @@ async fn a_stream_of_another_name_on_sluice_s_subjects_is_refused_at_once() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_pack_keeps_its_newest_versions_and_the_others_are_deleted() {
+    use sluice_bus::packs::{KEPT_VERSIONS, PackStore};
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let packs = PackStore::create(&bus).await.unwrap();
+    assert!(packs.publish("other", "sha256:o", b"o").await.unwrap());
+    let digests: Vec<String> = (0..KEPT_VERSIONS + 3)
+        .map(|i| format!("sha256:{i:02}"))
+        .collect();
+    for digest in &digests {
+        assert!(packs.publish("p", digest, digest.as_bytes()).await.unwrap());
+        assert!(
+            !packs.publish("p", digest, digest.as_bytes()).await.unwrap(),
+            "a version held already is not stored again"
+        );
+    }
+    let kept = &digests[3..];
+    assert_eq!(packs.versions("p").await.unwrap(), kept, "oldest first");
+    for digest in &digests[..3] {
+        assert_eq!(packs.fetch("p", digest).await.unwrap(), None, "{digest}");
+    }
+    assert_eq!(
+        packs.fetch("p", &kept[0]).await.unwrap().as_deref(),
+        Some(kept[0].as_bytes())
+    );
+    assert_eq!(packs.versions("other").await.unwrap(), ["sha256:o"]);
+    assert_eq!(packs.versions("none").await.unwrap(), Vec::<String>::new());
+}

@@ -964,6 +964,15 @@ async fn core_holder_paused(mode: Mode, scenario: &str) {
     let zombie = deployment.core_holder().await;
     let survivor = 1 - zombie;
     signal(deployment.pid(zombie), "STOP");
+    let paused = eventually("the paused engine to stop", Duration::from_secs(5), || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", deployment.pid(zombie)));
+        let stopped = stat.is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        });
+        async move { stopped.then_some(()) }
+    });
+    paused.await;
     let takeover = deployment
         .wait_taken_over(survivor, Duration::from_secs(30))
         .await;
