@@ -85,7 +85,9 @@ struct Shared {
     packs: packs::PackCache,
     /// The results bucket, opened by the first result too large for its report.
     results: tokio::sync::OnceCell<sluice_bus::results::ResultStore>,
-    /// Executions this worker is running, for heartbeats.
+    /// Executions this worker is running or claiming, for heartbeats. A claim whose
+    /// acknowledgement is late may already be stored and read by the engine: listed
+    /// meanwhile, the execution is not taken for lost while the worker reads it back.
     running: Mutex<BTreeSet<ExecutionId>>,
     /// The run message each run actor holds, by execution: its stream sequence.
     held: Mutex<HashMap<ExecutionId, u64>>,
@@ -725,6 +727,8 @@ impl RunActor {
                 return Self::finish(&myself, state, ExecutionStatus::Failed, result).await;
             }
         };
+        // Listed from the claim on; whatever the claim's outcome, the actor's stop unlists it.
+        state.shared.running().insert(id);
         match Self::claim(state).await {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Settled(reason)) => {
@@ -743,7 +747,6 @@ impl RunActor {
                     .await;
             }
         }
-        state.shared.running().insert(id);
         state.progress = Some(myself.send_interval(PROGRESS_EVERY, || RunMsg::Progress));
         let mut run = state.run.clone();
         run.parameters = parameters;
