@@ -262,7 +262,7 @@ impl Bus {
                     stream
                         .update_consumer(consumer.config.clone())
                         .await
-                        .map_err(|e| BusError::setup(what, e))?;
+                        .map_err(|e| consumer_update_error(what, e))?;
                 } else {
                     stream
                         .create_consumer(consumer.config.clone())
@@ -840,6 +840,27 @@ fn consumer_setup_error(what: String, e: jetstream::stream::ConsumerError) -> Bu
         Kind::JetStream(e) => e.code() == 503,
         _ => false,
     };
+    setup_error(what, unavailable, e)
+}
+
+/// [`consumer_setup_error`] for an update of a consumer that exists: a cluster electing its
+/// leaders may not answer it in time.
+fn consumer_update_error(what: String, e: jetstream::stream::ConsumerUpdateError) -> BusError {
+    use jetstream::stream::ConsumerUpdateErrorKind as Kind;
+    let unavailable = match e.kind() {
+        Kind::TimedOut => true,
+        Kind::JetStream(e) => e.code() == 503,
+        _ => false,
+    };
+    setup_error(what, unavailable, e)
+}
+
+/// A setup step that failed, worth trying again if JetStream was `unavailable`.
+fn setup_error(
+    what: String,
+    unavailable: bool,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> BusError {
     if unavailable {
         BusError::setup_unavailable(what, e)
     } else {
