@@ -6,6 +6,8 @@
 //! execution admitted before a few reloads still finds the files it was admitted with.
 
 use async_nats::jetstream::{object_store, stream};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 use futures::StreamExt;
 
 use crate::Bus;
@@ -88,21 +90,30 @@ impl PackStore {
 
     /// The digests of a pack's versions held, oldest first.
     ///
-    /// Read from the stream's metadata subjects and the last message on each, every one a
-    /// request with a time limit. The object store's own listing is not used: it follows
-    /// an ordered consumer until the server says nothing is pending, and nats-server 2.9
-    /// may count as pending messages that never come, so that listing can wait forever.
+    /// Read from the stream's metadata subjects, which carry each object's name (base64),
+    /// and the last message on each of this pack's, every one a request with a time limit.
+    /// The object store's own listing is not used: it follows an ordered consumer until the
+    /// server says nothing is pending, and nats-server 2.9 may count as pending messages
+    /// that never come, so that listing can wait forever.
     pub async fn versions(&self, pack: &str) -> Result<Vec<String>, BusError> {
         let what = || format!("the {PACKS_BUCKET} object store's objects");
         let prefix = format!("{pack}/");
+        let meta = format!("$O.{PACKS_BUCKET}.M.");
         let mut subjects = self
             .stream
-            .info_with_subjects(format!("$O.{PACKS_BUCKET}.M.>"))
+            .info_with_subjects(format!("{meta}>"))
             .await
             .map_err(|e| BusError::read(what(), e))?;
         let mut found = Vec::new();
         while let Some(subject) = subjects.next().await {
             let (subject, _) = subject.map_err(|e| BusError::read(what(), e))?;
+            let of_pack = subject
+                .strip_prefix(&meta)
+                .and_then(|name| URL_SAFE.decode(name).ok())
+                .is_some_and(|name| name.starts_with(prefix.as_bytes()));
+            if !of_pack {
+                continue;
+            }
             let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(last) => last,
                 // Deleted since the subjects were read.
