@@ -147,6 +147,14 @@ impl Drop for Deployment {
     }
 }
 
+/// The state letter `/proc/<pid>/stat` gives process `pid` (`R`, `S`, `T`, …).
+fn process_letter(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, in parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
 /// An engine's process as a failed test found it: how it ended, or what the kernel says it
 /// is doing (`R` running, `S` waiting, `T` stopped by a signal) and, per thread, the kernel
 /// function it waits in.
@@ -155,18 +163,7 @@ fn process_state(child: &mut Child) -> String {
         Ok(Some(status)) => format!("ended: {status}"),
         Ok(None) => {
             let pid = child.id();
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    Some(
-                        stat.rsplit_once(')')?
-                            .1
-                            .split_whitespace()
-                            .next()?
-                            .to_owned(),
-                    )
-                })
-                .unwrap_or_default();
+            let state = process_letter(pid).unwrap_or_default();
             let waits: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
                 .into_iter()
                 .flatten()
@@ -965,11 +962,7 @@ async fn core_holder_paused(mode: Mode, scenario: &str) {
     let survivor = 1 - zombie;
     signal(deployment.pid(zombie), "STOP");
     let paused = eventually("the paused engine to stop", Duration::from_secs(5), || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", deployment.pid(zombie)));
-        let stopped = stat.is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-        });
+        let stopped = process_letter(deployment.pid(zombie)).is_some_and(|state| state == "T");
         async move { stopped.then_some(()) }
     });
     paused.await;

@@ -35,15 +35,19 @@ async fn ticking(extra: &[(String, String)]) -> Cluster {
     cluster
 }
 
-/// The timer of `rule` in `GET /api/v1/timers`.
-fn timer_named(timers: serde_json::Value, rule: &str) -> serde_json::Value {
+/// The timer of `rule` in `GET /api/v1/timers`, if listed.
+fn find_timer(timers: &serde_json::Value, rule: &str) -> Option<serde_json::Value> {
     timers
         .as_array()
         .unwrap()
         .iter()
         .find(|t| t["rule"] == rule)
         .cloned()
-        .unwrap_or_else(|| panic!("no timer {rule}: {timers}"))
+}
+
+/// The timer of `rule` in `GET /api/v1/timers`.
+fn timer_named(timers: serde_json::Value, rule: &str) -> serde_json::Value {
+    find_timer(&timers, rule).unwrap_or_else(|| panic!("no timer {rule}: {timers}"))
 }
 
 /// (nominal time, whether it was a catch-up) per line of a tick log.
@@ -331,15 +335,7 @@ async fn disabling_a_timer_rule_pauses_its_timer_across_a_restart_and_enabling_r
     let listed = sluice_testkit::eventually(
         "the new rule's timer to be listed",
         Duration::from_secs(5),
-        || async {
-            let timers = cluster.get("/api/v1/timers").await;
-            timers
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["rule"] == "t.from_api")
-                .cloned()
-        },
+        || async { find_timer(&cluster.get("/api/v1/timers").await, "t.from_api") },
     )
     .await;
     assert!(listed["next_fire"].is_string(), "{listed}");
