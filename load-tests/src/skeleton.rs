@@ -220,39 +220,46 @@ pub async fn measure(
             runs,
             Arc::new(Semaphore::new(SLOTS)),
             cancel,
-            move |message, permit| {
-                let (js, fail, report) = (js.clone(), fail.clone(), report.clone());
-                let claimed = claimed.clone();
-                let n = tick_of(&message.payload);
-                let subject = format!("{status_prefix}.{n}");
-                tokio::spawn(async move {
-                    let steps = async {
-                        let claim = publish(
-                            &js,
-                            subject.clone(),
-                            format!("{subject}.claim"),
-                            report.clone(),
-                            Some(0),
-                        );
-                        claim.await?.await?;
-                        if let Some(at) = claimed
-                            .lock()
-                            .expect("not poisoned")
-                            .get_mut(usize::try_from(n).unwrap_or(usize::MAX))
-                        {
-                            *at = Some(Utc::now());
+            move |group| {
+                for (message, permit) in group {
+                    let (js, fail, report) = (js.clone(), fail.clone(), report.clone());
+                    let claimed = claimed.clone();
+                    let n = tick_of(&message.payload);
+                    let subject = format!("{status_prefix}.{n}");
+                    tokio::spawn(async move {
+                        let steps = async {
+                            let claim = publish(
+                                &js,
+                                subject.clone(),
+                                format!("{subject}.claim"),
+                                report.clone(),
+                                Some(0),
+                            );
+                            claim.await?.await?;
+                            if let Some(at) = claimed
+                                .lock()
+                                .expect("not poisoned")
+                                .get_mut(usize::try_from(n).unwrap_or(usize::MAX))
+                            {
+                                *at = Some(Utc::now());
+                            }
+                            let end = publish(
+                                &js,
+                                subject.clone(),
+                                format!("{subject}.end"),
+                                report,
+                                None,
+                            );
+                            end.await?.await?;
+                            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                            anyhow::Ok(())
+                        };
+                        if let Err(e) = steps.await {
+                            fail("claim or end", &e);
                         }
-                        let end =
-                            publish(&js, subject.clone(), format!("{subject}.end"), report, None);
-                        end.await?.await?;
-                        message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                        anyhow::Ok(())
-                    };
-                    if let Err(e) = steps.await {
-                        fail("claim or end", &e);
-                    }
-                    drop(permit);
-                });
+                        drop(permit);
+                    });
+                }
                 true
             },
         )

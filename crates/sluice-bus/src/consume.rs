@@ -95,16 +95,18 @@ pub async fn consume_batches<F, Fut>(
     }
 }
 
-/// Hands the messages of a durable consumer to `deliver` one at a time, each with a permit
-/// of `slots`, until cancelled or until `deliver` returns `false`: each pull asks for as
-/// many messages as there are free slots, and waits for a slot before pulling at all.
+/// Hands the messages of a durable consumer to `deliver`, each with a permit of `slots`,
+/// until cancelled or until `deliver` returns `false`: each pull asks for as many messages
+/// as there are free slots, and waits for a slot before pulling at all. A message is handed
+/// over as soon as it arrives, together with those of the same pull that arrived with it,
+/// so a group can be checked at once.
 pub async fn consume_within<F>(
     consumer: PullConsumer,
     slots: Arc<Semaphore>,
     cancel: CancellationToken,
     mut deliver: F,
 ) where
-    F: FnMut(Message, OwnedSemaphorePermit) -> bool,
+    F: FnMut(Vec<(Message, OwnedSemaphorePermit)>) -> bool,
 {
     loop {
         let first = tokio::select! {
@@ -131,18 +133,39 @@ pub async fn consume_within<F>(
                 _ = cancel.cancelled() => return,
                 next = batch.next() => next,
             };
-            match next {
-                Some(Ok(message)) => {
-                    let Some(permit) = permits.pop() else { break };
-                    if !deliver(message, permit) {
-                        return;
-                    }
-                }
+            let message = match next {
+                Some(Ok(message)) => message,
                 Some(Err(e)) => {
                     debug!(error = %e, "pull request ended");
                     break;
                 }
                 None => break,
+            };
+            let Some(permit) = permits.pop() else { break };
+            let mut group = vec![(message, permit)];
+            let mut ended = false;
+            while !permits.is_empty() {
+                match batch.next().now_or_never() {
+                    Some(Some(Ok(message))) => {
+                        group.push((message, permits.pop().expect("a permit is left")));
+                    }
+                    Some(Some(Err(e))) => {
+                        debug!(error = %e, "pull request ended");
+                        ended = true;
+                        break;
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !deliver(group) {
+                return;
+            }
+            if ended {
+                break;
             }
         }
     }

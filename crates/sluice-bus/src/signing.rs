@@ -161,6 +161,57 @@ impl RunVerifier {
     /// Whether `payload` carries a valid signature of a known key in `headers`; the reason
     /// when not.
     pub fn verify(&self, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<(), String> {
+        let (key, signature) = self.signature_of(headers)?;
+        Self::check(key, payload, &signature)
+    }
+
+    /// [`verify`](Self::verify) for each of `messages` (headers and payload), in order.
+    /// Their signatures are checked together, which costs about half as much per message
+    /// as checking each alone; when the group holds a bad one, each is checked alone to
+    /// name it.
+    pub fn verify_all(&self, messages: &[(Option<&HeaderMap>, &[u8])]) -> Vec<Result<(), String>> {
+        let found: Vec<_> = messages
+            .iter()
+            .map(|(headers, _)| self.signature_of(*headers))
+            .collect();
+        let signed: Vec<usize> = (0..messages.len()).filter(|&i| found[i].is_ok()).collect();
+        let all_valid = signed.len() > 1 && {
+            let mut payloads = Vec::with_capacity(signed.len());
+            let mut signatures = Vec::with_capacity(signed.len());
+            let mut keys = Vec::with_capacity(signed.len());
+            for &i in &signed {
+                let (key, signature) = found[i].as_ref().expect("signed");
+                payloads.push(messages[i].1);
+                signatures.push(*signature);
+                keys.push(**key);
+            }
+            ed25519_dalek::verify_batch(&payloads, &signatures, &keys).is_ok()
+        };
+        found
+            .into_iter()
+            .zip(messages)
+            .map(|(found, (_, payload))| {
+                let (key, signature) = found?;
+                if all_valid {
+                    Ok(())
+                } else {
+                    Self::check(key, payload, &signature)
+                }
+            })
+            .collect()
+    }
+
+    fn check(key: &VerifyingKey, payload: &[u8], signature: &Signature) -> Result<(), String> {
+        key.verify(payload, signature)
+            .map_err(|_| "the signature does not match the message".to_owned())
+    }
+
+    /// The key and signature a message's `Sluice-Signature` header names; the reason when
+    /// there is none, or the key is not one of ours.
+    fn signature_of(
+        &self,
+        headers: Option<&HeaderMap>,
+    ) -> Result<(&VerifyingKey, Signature), String> {
         let value = headers
             .and_then(|h| h.get(SIGNATURE_HEADER))
             .map(|v| v.as_str().to_owned())
@@ -178,8 +229,7 @@ impl RunVerifier {
             .ok()
             .and_then(|bytes| Signature::from_slice(&bytes).ok())
             .ok_or_else(|| format!("{SIGNATURE_HEADER} holds no signature"))?;
-        key.verify(payload, &signature)
-            .map_err(|_| "the signature does not match the message".to_owned())
+        Ok((key, signature))
     }
 }
 
@@ -218,6 +268,54 @@ mod tests {
                 .verify(Some(&headers), b"run 1")
                 .unwrap_err()
                 .contains("malformed")
+        );
+    }
+
+    #[test]
+    fn a_group_is_checked_together_and_a_bad_message_in_it_is_named() {
+        let signer = RunSigner::generate().unwrap();
+        let stranger = RunSigner::generate().unwrap();
+        let verifier = signer.verifier();
+        let signed = |signer: &RunSigner, payload: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(SIGNATURE_HEADER, signer.sign(payload).as_str());
+            headers
+        };
+        let payloads: Vec<Vec<u8>> = (0..6).map(|i| format!("run {i}").into_bytes()).collect();
+        let good: Vec<HeaderMap> = payloads.iter().map(|p| signed(&signer, p)).collect();
+        let group: Vec<_> = good
+            .iter()
+            .zip(&payloads)
+            .map(|(h, p)| (Some(h), &p[..]))
+            .collect();
+        assert!(verifier.verify_all(&group).iter().all(Result::is_ok));
+        assert_eq!(verifier.verify_all(&group[..1]), vec![Ok(())]);
+        assert!(verifier.verify_all(&[]).is_empty());
+
+        // Another message's signature, a stranger's, none: each is named, and the rest of
+        // the group still verifies.
+        let mut mixed = group.clone();
+        mixed[1] = (Some(&good[2]), &payloads[1][..]);
+        let strangers = signed(&stranger, &payloads[3]);
+        mixed[3] = (Some(&strangers), &payloads[3][..]);
+        mixed[4] = (None, &payloads[4][..]);
+        let outcomes = verifier.verify_all(&mixed);
+        assert_eq!(outcomes[0], Ok(()));
+        assert_eq!(
+            outcomes[1],
+            Err("the signature does not match the message".to_owned())
+        );
+        assert_eq!(outcomes[2], Ok(()));
+        assert!(outcomes[3].as_ref().unwrap_err().contains("unknown key"));
+        assert!(outcomes[4].as_ref().unwrap_err().contains("no Sluice-Signature"));
+        assert_eq!(outcomes[5], Ok(()));
+        assert_eq!(
+            outcomes,
+            mixed
+                .iter()
+                .map(|(h, p)| verifier.verify(*h, p))
+                .collect::<Vec<_>>(),
+            "a group's outcomes are those of checking each alone"
         );
     }
 

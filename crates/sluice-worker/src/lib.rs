@@ -122,7 +122,8 @@ pub struct Worker {
 }
 
 enum RunSupervisorMsg {
-    Start(Box<jetstream::Message>, OwnedSemaphorePermit),
+    /// Run messages that arrived together, each with its capacity slot.
+    Start(Vec<(jetstream::Message, OwnedSemaphorePermit)>),
 }
 
 struct RunSupervisor;
@@ -146,59 +147,14 @@ impl Actor for RunSupervisor {
         message: Self::Msg,
         shared: &mut Arc<Shared>,
     ) -> Result<(), ActorProcessingErr> {
-        let RunSupervisorMsg::Start(message, permit) = message;
-        shared.settle.received(&message);
-        if let Err(reason) = shared
-            .run_verifier
-            .verify(message.headers.as_ref(), &message.payload)
-        {
-            // Not issued by the engine: never run, never redelivered, recorded.
-            warn!(subject = %message.subject, reason, "run message refused");
-            metrics().forged_run_messages.inc();
-            shared
-                .settle
-                .dead(&message, format!("run message refused: {reason}"))
-                .await;
-            return Ok(());
-        }
-        let run: RunMessage = match sluice_core::decode(&message.payload) {
-            Ok(run) => run,
-            Err(e) => {
-                let reason = format!("unreadable run message: {e}");
-                shared.settle.dead(&message, reason).await;
-                return Ok(());
-            }
-        };
-        let name = shared.run_actor_name(run.execution_id);
-        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let held = shared.held().get(&run.execution_id).copied();
-        if let Some(held) = held {
-            drop(permit);
-            metrics().duplicates_suppressed.inc(["run"]);
-            if held == stream_seq {
-                // The very message a run actor here holds, delivered again (its ack was
-                // late): that actor settles it. Acking it here would take it from under
-                // an actor that may still hand it back.
-                debug!(execution_id = %run.execution_id, "redelivery of a run message this worker holds; left to its run actor");
-            } else {
-                // Another copy of the run message: the one being handled here decides.
-                debug!(execution_id = %run.execution_id, "copy of a run message this worker already holds");
-                let _ = shared.settle.double_ack(&message).await;
-            }
-            return Ok(());
-        }
-        shared.held().insert(run.execution_id, stream_seq);
-        let args = RunArgs {
-            shared: shared.clone(),
-            run,
-            message,
-            permit,
-        };
-        let id = args.run.execution_id;
-        if let Err(e) = Actor::spawn_linked(Some(name), RunActor, args, myself.get_cell()).await {
-            // The message was not acked: it is redelivered after ack_wait.
-            shared.held().remove(&id);
-            error!(error = %e, "failed to start run actor");
+        let RunSupervisorMsg::Start(group) = message;
+        let signed: Vec<_> = group
+            .iter()
+            .map(|(message, _)| (message.headers.as_ref(), &message.payload[..]))
+            .collect();
+        let verified = shared.run_verifier.verify_all(&signed);
+        for ((message, permit), verified) in group.into_iter().zip(verified) {
+            start(&myself, shared, Box::new(message), permit, verified).await;
         }
         Ok(())
     }
@@ -215,6 +171,67 @@ impl Actor for RunSupervisor {
             error!(actor = ?child.get_name(), error = %err, "run actor failed");
         }
         Ok(())
+    }
+}
+
+/// Starts a run actor for one run message whose signature was checked (`verified`), unless
+/// the message is refused, unreadable, or a copy of one this worker holds.
+async fn start(
+    myself: &ActorRef<RunSupervisorMsg>,
+    shared: &Arc<Shared>,
+    message: Box<jetstream::Message>,
+    permit: OwnedSemaphorePermit,
+    verified: Result<(), String>,
+) {
+    shared.settle.received(&message);
+    if let Err(reason) = verified {
+        // Not issued by the engine: never run, never redelivered, recorded.
+        warn!(subject = %message.subject, reason, "run message refused");
+        metrics().forged_run_messages.inc();
+        shared
+            .settle
+            .dead(&message, format!("run message refused: {reason}"))
+            .await;
+        return;
+    }
+    let run: RunMessage = match sluice_core::decode(&message.payload) {
+        Ok(run) => run,
+        Err(e) => {
+            let reason = format!("unreadable run message: {e}");
+            shared.settle.dead(&message, reason).await;
+            return;
+        }
+    };
+    let name = shared.run_actor_name(run.execution_id);
+    let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let held = shared.held().get(&run.execution_id).copied();
+    if let Some(held) = held {
+        drop(permit);
+        metrics().duplicates_suppressed.inc(["run"]);
+        if held == stream_seq {
+            // The very message a run actor here holds, delivered again (its ack was
+            // late): that actor settles it. Acking it here would take it from under
+            // an actor that may still hand it back.
+            debug!(execution_id = %run.execution_id, "redelivery of a run message this worker holds; left to its run actor");
+        } else {
+            // Another copy of the run message: the one being handled here decides.
+            debug!(execution_id = %run.execution_id, "copy of a run message this worker already holds");
+            let _ = shared.settle.double_ack(&message).await;
+        }
+        return;
+    }
+    shared.held().insert(run.execution_id, stream_seq);
+    let args = RunArgs {
+        shared: shared.clone(),
+        run,
+        message,
+        permit,
+    };
+    let id = args.run.execution_id;
+    if let Err(e) = Actor::spawn_linked(Some(name), RunActor, args, myself.get_cell()).await {
+        // The message was not acked: it is redelivered after ack_wait.
+        shared.held().remove(&id);
+        error!(error = %e, "failed to start run actor");
     }
 }
 
@@ -893,10 +910,7 @@ impl Worker {
             consumer,
             slots.clone(),
             cancel.clone(),
-            move |message, permit| {
-                runs.send_message(RunSupervisorMsg::Start(Box::new(message), permit))
-                    .is_ok()
-            },
+            move |group| runs.send_message(RunSupervisorMsg::Start(group)).is_ok(),
         ));
         let background = vec![
             tokio::spawn(heartbeat_loop(
