@@ -307,7 +307,12 @@ mod tests {
         );
         assert_eq!(outcomes[2], Ok(()));
         assert!(outcomes[3].as_ref().unwrap_err().contains("unknown key"));
-        assert!(outcomes[4].as_ref().unwrap_err().contains("no Sluice-Signature"));
+        assert!(
+            outcomes[4]
+                .as_ref()
+                .unwrap_err()
+                .contains("no Sluice-Signature")
+        );
         assert_eq!(outcomes[5], Ok(()));
         assert_eq!(
             outcomes,

@@ -1204,3 +1204,78 @@ async fn a_transaction_postgresql_ended_for_idling_is_worth_retrying() {
     );
     assert!(ended.is_transient(), "{ended}");
 }
+
+/// On PostgreSQL the history and the enforcements carry no foreign keys (migration 0016):
+/// the triggers on `executions` write them from the statement's own rows, so each names an
+/// execution and an event that exist, and an execution, which they refer to, cannot be
+/// deleted.
+#[tokio::test]
+async fn postgresql_history_and_enforcements_name_rows_that_exist_and_executions_are_kept() {
+    use sqlx::{Connection as _, Executor as _, Row as _};
+    let pg = sluice_testkit::Postgres::start();
+    let store = Store::connect(&pg.url()).await.unwrap();
+    let admitted = Firing {
+        admitted: true,
+        ..firing("examples.b", "core.echo")
+    };
+    let batch: Vec<(NewEvent, Vec<Firing>)> = (1..=20)
+        .map(|seq| {
+            (
+                event(Some(seq)),
+                vec![firing("examples.a", "core.noop"), admitted.clone()],
+            )
+        })
+        .collect();
+    let batch: Vec<(&NewEvent, &[Firing])> = batch.iter().map(|(e, f)| (e, &f[..])).collect();
+    let recorded = store.record_events(&batch).await.unwrap();
+    let ids: Vec<_> = recorded
+        .iter()
+        .flat_map(|r| r.executions.iter().map(|(id, _)| *id))
+        .collect();
+    assert_eq!(ids.len(), 40);
+
+    let mut connection = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    for (what, orphans) in [
+        (
+            "history of no execution",
+            "SELECT count(*) FROM execution_history h \
+             WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = h.execution_id)",
+        ),
+        (
+            "enforcements of no execution",
+            "SELECT count(*) FROM enforcements f \
+             WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = f.execution_id)",
+        ),
+        (
+            "enforcements of no event",
+            "SELECT count(*) FROM enforcements f \
+             WHERE NOT EXISTS (SELECT 1 FROM events v WHERE v.id = f.event_id)",
+        ),
+    ] {
+        let row = connection.fetch_one(orphans).await.unwrap();
+        assert_eq!(row.get::<i64, _>(0), 0, "{what}");
+    }
+    let row = connection
+        .fetch_one("SELECT count(*) FROM execution_history")
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<i64, _>(0),
+        20 + 20 * 3,
+        "requested for each; scheduling and scheduled too for those admitted on arrival"
+    );
+    let row = connection
+        .fetch_one("SELECT count(*) FROM enforcements")
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64, _>(0), 40);
+
+    for statement in ["DELETE FROM executions", "TRUNCATE executions CASCADE"] {
+        let refused = connection.execute(statement).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("executions are kept"),
+            "{statement}: {refused}"
+        );
+    }
+    assert!(store.get_execution(ids[0]).await.unwrap().is_some());
+}
