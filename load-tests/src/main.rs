@@ -9,6 +9,7 @@
 //! cargo run -p sluice-load --release -- python [--rate R] [--duration S] [--burst N]
 //! cargo run -p sluice-load --release -- scale [--executions N] [--worker-counts 1,2,4]
 //! cargo run -p sluice-load --release -- gate [--operations N]
+//! cargo run -p sluice-load --release -- signatures [--messages N]
 //! cargo build --release -p sluice -p sluice-load && ./target/release/sluice-load queue-memory [--executions N]
 //! cargo run -p sluice-load --release -- timers [--timers N] [--duration S]
 //! cargo run -p sluice-load --release -- webhooks [--requests N] [--connections C] [--rate R]
@@ -37,6 +38,7 @@ mod process;
 mod queue_memory;
 mod report;
 mod results;
+mod signatures;
 mod skeleton;
 mod takeover;
 mod timers;
@@ -131,6 +133,11 @@ enum Scenario {
     Gate {
         #[arg(long, default_value_t = 1_000_000)]
         operations: u64,
+    },
+    /// Signing a run message, and checking signatures alone and in groups, in process.
+    Signatures {
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
     },
     /// Engine memory with N triggers queued behind `max_concurrent: 1` and no worker, and
     /// again after a restart rebuilt the queue.
@@ -238,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
             options,
         } => triggers::scale(executions, &worker_counts, options).await,
         Scenario::Gate { operations } => gate::run(operations).await,
+        Scenario::Signatures { messages } => signatures::run(messages),
         Scenario::QueueMemory { executions, json } => {
             queue_memory::run(executions, json.as_deref()).await
         }
