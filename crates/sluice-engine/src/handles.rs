@@ -502,7 +502,7 @@ impl Directory {
         }
         match self.routes.get() {
             Some(routes) => {
-                routes.requested(&Requested {
+                routes.requested(Requested {
                     execution_id: pending.id,
                     action: action.clone(),
                     attempt: pending.attempt,
@@ -510,6 +510,7 @@ impl Directory {
                     traceparent: pending.trace.traceparent(),
                     parent: pending.parent,
                     parameters: pending.parameters,
+                    sequence: None,
                 });
                 true
             }

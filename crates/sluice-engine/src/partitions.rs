@@ -19,6 +19,12 @@
 //! its actions stored since its last look that it does not hold yet, and each workflow it
 //! runs looks up the ends of its tasks that other engines run. An engine rebuilds a partition's queues from the store
 //! after it listens for the partition's announcements, so none falls between the two.
+//!
+//! A lost announcement must not let a later request of the same action be queued ahead of
+//! it. Each sender numbers its announcements per partition ([`Sequence`]); when the owner
+//! hears a sender for the first time (it may have started after another engine stored
+//! requests and stopped before announcing them) or finds a number skipped, it looks in the
+//! store first and queues what it finds there, oldest first, before the announced request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +39,7 @@ use tracing::warn;
 use crate::context::Shared;
 use crate::handles::Pending;
 use crate::recover;
-use crate::routes::{CHILD_ENDED_SUBJECT, ChildEnded, Requested, requested_subject};
+use crate::routes::{CHILD_ENDED_SUBJECT, ChildEnded, Requested, Sequence, requested_subject};
 
 /// How often an owner looks in the store for what its announcements may have missed.
 pub(crate) const RECONCILE: Duration = Duration::from_secs(5);
@@ -82,12 +88,17 @@ pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: C
     // left to the announcements still on their way.
     let lag = chrono::Duration::from_std(RECONCILE).unwrap_or_default();
     let mut since = Utc::now() - lag - lag;
+    let mut heard = Heard::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             Some(message) = listening.requested.next() => {
                 match sluice_core::decode::<Requested>(&message.payload) {
                     Ok(request) => {
+                        if heard.may_have_missed(message.subject.as_str(), request.sequence) {
+                            // What was stored before it is queued before it.
+                            reconcile(&shared, (since, Utc::now())).await;
+                        }
                         if let Some(supervisor) = shared.directory.supervisor(&request.action) {
                             supervisor.adopt(pending_of(request));
                         }
@@ -110,6 +121,36 @@ pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: C
                 if reconcile(&shared, (since, until)).await {
                     since = until - lag;
                 }
+            }
+        }
+    }
+}
+
+/// The highest announcement number heard from each sender on each subject.
+#[derive(Default)]
+struct Heard {
+    last: std::collections::HashMap<(String, u64), u64>,
+}
+
+impl Heard {
+    /// Records `sequence`, heard on `subject`; whether an announcement of that sender may
+    /// have been lost before it: the sender is heard for the first time, or a number was
+    /// skipped. An announcement that carries no number is taken as it comes.
+    fn may_have_missed(&mut self, subject: &str, sequence: Option<Sequence>) -> bool {
+        let Some(Sequence { sender, number }) = sequence else {
+            return false;
+        };
+        match self.last.entry((subject.to_owned(), sender)) {
+            std::collections::hash_map::Entry::Vacant(first) => {
+                first.insert(number);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(mut last) => {
+                let skipped = number > *last.get() + 1;
+                if number > *last.get() {
+                    last.insert(number);
+                }
+                skipped
             }
         }
     }
@@ -177,4 +218,47 @@ async fn reconcile(shared: &Shared, window: (DateTime<Utc>, DateTime<Utc>)) -> b
         workflow.reconcile();
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_sender_or_a_skipped_number_sends_the_owner_to_the_store_first() {
+        let mut heard = Heard::default();
+        let a = |number| Some(Sequence { sender: 1, number });
+        let b = |number| Some(Sequence { sender: 2, number });
+        let p0 = "sluice.partition.0.requested";
+        let p1 = "sluice.partition.1.requested";
+        let looks: Vec<bool> = [
+            (p0, a(1)),
+            (p0, a(2)),
+            (p0, a(3)),
+            // 4 lost
+            (p0, a(5)),
+            (p0, a(6)),
+            // another sender, started after the first had stored requests it never announced
+            (p0, b(1)),
+            (p0, b(2)),
+            // each partition is numbered on its own
+            (p1, a(1)),
+            (p1, a(2)),
+            // out of order: a number already passed is taken as it comes
+            (p0, a(8)),
+            (p0, a(7)),
+            (p0, a(9)),
+            (p0, None),
+        ]
+        .into_iter()
+        .map(|(subject, sequence)| heard.may_have_missed(subject, sequence))
+        .collect();
+        assert_eq!(
+            looks,
+            [
+                true, false, false, true, false, true, false, true, false, true, false, false,
+                false
+            ]
+        );
+    }
 }

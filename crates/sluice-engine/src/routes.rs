@@ -51,6 +51,51 @@ pub(crate) struct Requested {
     pub(crate) requested_at: chrono::DateTime<chrono::Utc>,
     pub(crate) traceparent: Option<String>,
     pub(crate) parent: Option<ExecutionId>,
+    /// Where this announcement stands among its sender's announcements for the partition;
+    /// none from an engine that does not number them.
+    #[serde(default)]
+    pub(crate) sequence: Option<Sequence>,
+}
+
+/// An announcement's place among those one sender made for one partition: `number` counts
+/// from 1 for each `sender`, a value drawn at random when the sender's routes start. An
+/// owner that hears a sender for the first time, or finds a number skipped, may have missed
+/// a request stored before this one, and looks in the store first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Sequence {
+    pub(crate) sender: u64,
+    pub(crate) number: u64,
+}
+
+/// Numbers one sender's announcements, per partition.
+struct Numbering {
+    sender: u64,
+    last: std::collections::HashMap<u32, u64>,
+}
+
+impl Numbering {
+    fn new(sender: u64) -> Self {
+        Self {
+            sender,
+            last: Default::default(),
+        }
+    }
+
+    fn next(&mut self, partition: u32) -> Sequence {
+        let number = self.last.entry(partition).or_default();
+        *number += 1;
+        Sequence {
+            sender: self.sender,
+            number: *number,
+        }
+    }
+}
+
+/// What the announcing task sends: a request, numbered as it goes out, or a message
+/// encoded already.
+enum Outgoing {
+    Requested(u32, Box<Requested>),
+    Encoded(String, Vec<u8>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,17 +109,36 @@ pub(crate) struct ChildEnded {
 /// in the order they were stored here.
 #[derive(Clone)]
 pub(crate) struct Routes {
-    outbox: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
+    outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
     count: u32,
 }
 
 impl Routes {
     /// Announces through `client` until every clone of the returned value is dropped.
     pub(crate) fn new(client: async_nats::Client, count: u32) -> Self {
-        let (outbox, mut announcements) =
-            tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let (outbox, mut announcements) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+        let mut sender = [0u8; 8];
+        if let Err(e) = getrandom::fill(&mut sender) {
+            warn!(error = %e, "no randomness for this engine's announcements; numbered from the clock");
+            let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+            sender = nanos.to_le_bytes();
+        }
+        let mut numbering = Numbering::new(u64::from_le_bytes(sender));
         tokio::spawn(async move {
-            while let Some((subject, payload)) = announcements.recv().await {
+            while let Some(outgoing) = announcements.recv().await {
+                let (subject, payload) = match outgoing {
+                    Outgoing::Requested(partition, mut request) => {
+                        request.sequence = Some(numbering.next(partition));
+                        match sluice_core::encode(&request) {
+                            Ok(payload) => (requested_subject(partition), payload),
+                            Err(e) => {
+                                warn!(execution_id = %request.execution_id, error = %e, "announcement not encoded");
+                                continue;
+                            }
+                        }
+                    }
+                    Outgoing::Encoded(subject, payload) => (subject, payload),
+                };
                 if let Err(e) = client.publish(subject.clone(), payload.into()).await {
                     warn!(subject, error = %e, "announcement not sent; its owner finds it in the store");
                 }
@@ -83,28 +147,41 @@ impl Routes {
         Self { outbox, count }
     }
 
-    fn announce(&self, subject: String, payload: Vec<u8>) {
-        if self.outbox.send((subject, payload)).is_err() {
+    fn announce(&self, outgoing: Outgoing) {
+        if self.outbox.send(outgoing).is_err() {
             warn!("announcements stopped; the owners find what was requested in the store");
         }
     }
 
     /// `message`'s execution, stored `requested`, is for an action another engine owns.
-    pub(crate) fn requested(&self, message: &Requested) {
-        let (id, action) = (message.execution_id, &message.action);
-        match sluice_core::encode(&message) {
-            Ok(payload) => {
-                self.announce(requested_subject(partition_of(action, self.count)), payload)
-            }
-            Err(e) => warn!(execution_id = %id, error = %e, "announcement not encoded"),
-        }
+    pub(crate) fn requested(&self, message: Requested) {
+        let partition = partition_of(&message.action, self.count);
+        self.announce(Outgoing::Requested(partition, Box::new(message)));
     }
 
     /// `child`, a task of workflow `parent` that another engine runs, has ended.
     pub(crate) fn child_ended(&self, parent: ExecutionId, child: ExecutionId) {
         match sluice_core::encode(&ChildEnded { parent, child }) {
-            Ok(payload) => self.announce(CHILD_ENDED_SUBJECT.to_owned(), payload),
+            Ok(payload) => {
+                self.announce(Outgoing::Encoded(CHILD_ENDED_SUBJECT.to_owned(), payload))
+            }
             Err(e) => warn!(execution_id = %child, error = %e, "announcement not encoded"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_partition_s_announcements_are_numbered_from_one_by_their_sender() {
+        let mut numbering = Numbering::new(7);
+        let numbers: Vec<(u32, u64)> = [0, 0, 3, 0, 3]
+            .into_iter()
+            .map(|partition| (partition, numbering.next(partition).number))
+            .collect();
+        assert_eq!(numbers, [(0, 1), (0, 2), (3, 1), (0, 3), (3, 2)]);
+        assert_eq!(numbering.next(1).sender, 7);
     }
 }
