@@ -176,19 +176,16 @@ impl RunVerifier {
             .iter()
             .map(|(headers, _)| self.signature_of(*headers))
             .collect();
-        let signed: Vec<usize> = (0..messages.len()).filter(|&i| found[i].is_ok()).collect();
-        let all_valid = signed.len() > 1 && {
-            let mut payloads = Vec::with_capacity(signed.len());
-            let mut signatures = Vec::with_capacity(signed.len());
-            let mut keys = Vec::with_capacity(signed.len());
-            for &i in &signed {
-                let (key, signature) = found[i].as_ref().expect("signed");
-                payloads.push(messages[i].1);
+        let (mut payloads, mut signatures, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (found, (_, payload)) in found.iter().zip(messages) {
+            if let Ok((key, signature)) = found {
+                payloads.push(*payload);
                 signatures.push(*signature);
                 keys.push(**key);
             }
-            ed25519_dalek::verify_batch(&payloads, &signatures, &keys).is_ok()
-        };
+        }
+        let all_valid = payloads.len() > 1
+            && ed25519_dalek::verify_batch(&payloads, &signatures, &keys).is_ok();
         found
             .into_iter()
             .zip(messages)
