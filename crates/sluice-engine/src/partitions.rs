@@ -97,7 +97,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut listening: Listening, cancel: C
                     Ok(request) => {
                         if heard.may_have_missed(message.subject.as_str(), request.sequence) {
                             // What was stored before it is queued before it.
-                            reconcile(&shared, (since, Utc::now())).await;
+                            adopt_requested(&shared, (since, Utc::now())).await;
                         }
                         if let Some(supervisor) = shared.directory.supervisor(&request.action) {
                             supervisor.adopt(pending_of(request));
@@ -184,6 +184,18 @@ fn adopt_stored(shared: &Shared, execution: &sluice_store::Execution) {
 /// supervisor does not hold yet, and has every workflow look up the ends of its tasks on
 /// other engines. Returns whether the store answered.
 async fn reconcile(shared: &Shared, window: (DateTime<Utc>, DateTime<Utc>)) -> bool {
+    if !adopt_requested(shared, window).await {
+        return false;
+    }
+    for workflow in shared.directory.workflows() {
+        workflow.reconcile();
+    }
+    true
+}
+
+/// Queues every `requested` execution of this engine's actions, stored in `window`, that its
+/// supervisor does not hold yet, oldest first. Returns whether the store answered.
+async fn adopt_requested(shared: &Shared, window: (DateTime<Utc>, DateTime<Utc>)) -> bool {
     const PAGE: u32 = 1_000;
     let mut found = Vec::new();
     let mut before = None;
@@ -213,9 +225,6 @@ async fn reconcile(shared: &Shared, window: (DateTime<Utc>, DateTime<Utc>)) -> b
     // Oldest first: in the order they were requested.
     for execution in found.iter().rev() {
         adopt_stored(shared, execution);
-    }
-    for workflow in shared.directory.workflows() {
-        workflow.reconcile();
     }
     true
 }

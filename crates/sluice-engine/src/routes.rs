@@ -117,13 +117,11 @@ impl Routes {
     /// Announces through `client` until every clone of the returned value is dropped.
     pub(crate) fn new(client: async_nats::Client, count: u32) -> Self {
         let (outbox, mut announcements) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
-        let mut sender = [0u8; 8];
-        if let Err(e) = getrandom::fill(&mut sender) {
+        let sender = getrandom::u64().unwrap_or_else(|e| {
             warn!(error = %e, "no randomness for this engine's announcements; numbered from the clock");
-            let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-            sender = nanos.to_le_bytes();
-        }
-        let mut numbering = Numbering::new(u64::from_le_bytes(sender));
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64
+        });
+        let mut numbering = Numbering::new(sender);
         tokio::spawn(async move {
             while let Some(outgoing) = announcements.recv().await {
                 let (subject, payload) = match outgoing {
