@@ -78,7 +78,13 @@ pub async fn consume_batches<F, Fut>(
             let mut ended = false;
             while batch.len() < MAX_BATCH {
                 match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Ok(message))) => {
+                        // One allocation for a busy stream's batch, none for a quiet one's.
+                        if batch.len() == 1 {
+                            batch.reserve_exact(MAX_BATCH - 1);
+                        }
+                        batch.push(message);
+                    }
                     Some(Some(Err(e))) => warn!(error = %e, "consumer stream error"),
                     Some(None) => {
                         ended = true;
