@@ -413,7 +413,8 @@ impl Bus {
                     "this process holds no run signing key; only the engine publishes run messages",
                 )
             })?;
-            headers.insert(names::SIGNATURE_HEADER, signer.sign(&payload).as_str());
+            let signature = signer.sign_together(&payload).await;
+            headers.insert(names::SIGNATURE_HEADER, signature.as_str());
         }
         // The publishing span's context travels with the message, so the consumer's spans
         // join the same trace.

@@ -376,6 +376,10 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
         ("unsigned", async_nats::HeaderMap::new()),
         ("another key", header(stranger.sign(&payload))),
         ("other content", header(engine_key.sign(b"something else"))),
+        (
+            "other content, signed in a tree",
+            header(engine_key.sign_together(b"something else").await),
+        ),
     ];
     let js = async_nats::jetstream::new(sluice.nats_client().await);
     for (i, (_, headers)) in attempts.iter().enumerate() {
@@ -390,25 +394,27 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
             .unwrap();
     }
     let letters =
-        sluice_testkit::eventually("three dead letters", Duration::from_secs(20), || async {
+        sluice_testkit::eventually("four dead letters", Duration::from_secs(20), || async {
             let (_, list) = sluice.get("/api/v1/dead-letters").await;
             let list = list.as_array()?.clone();
-            (list.len() == 3).then_some(list)
+            (list.len() == 4).then_some(list)
         })
         .await;
     let reasons: Vec<&str> = letters
         .iter()
         .map(|l| l["reason"].as_str().unwrap())
         .collect();
-    for want in [
-        "no Sluice-Signature header",
-        "signed by an unknown key",
-        "the signature does not match",
+    for (want, times) in [
+        ("no Sluice-Signature header", 1),
+        ("signed by an unknown key", 1),
+        ("the signature does not match", 2),
     ] {
-        assert!(
+        assert_eq!(
             reasons
                 .iter()
-                .any(|r| r.starts_with("run message refused") && r.contains(want)),
+                .filter(|r| r.starts_with("run message refused") && r.contains(want))
+                .count(),
+            times,
             "{want}: {reasons:?}"
         );
     }
@@ -420,7 +426,7 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
     assert!(!marker.exists(), "a forged run message ran");
     let metrics = sluice.metrics().await;
     assert!(
-        metrics.contains("sluice_forged_run_messages_total 3"),
+        metrics.contains("sluice_forged_run_messages_total 4"),
         "{metrics}"
     );
     // What the engine issues still runs.
