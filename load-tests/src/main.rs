@@ -134,7 +134,8 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         operations: u64,
     },
-    /// Signing a run message, and checking signatures alone and in groups, in process.
+    /// Signing and checking run messages each alone, against signing them in groups and
+    /// checking them in pulls of the same size, in process.
     Signatures {
         #[arg(long, default_value_t = 20_000)]
         messages: usize,
@@ -245,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
             options,
         } => triggers::scale(executions, &worker_counts, options).await,
         Scenario::Gate { operations } => gate::run(operations).await,
-        Scenario::Signatures { messages } => signatures::run(messages),
+        Scenario::Signatures { messages } => signatures::run(messages).await,
         Scenario::QueueMemory { executions, json } => {
             queue_memory::run(executions, json.as_deref()).await
         }

@@ -1,20 +1,21 @@
 //! What signing and checking run messages costs: the engine's signature of each run
-//! message, and a worker's check of it, alone (the baseline) and in groups of the sizes a
-//! worker's pull hands over together, through the same calls the engine and the workers
-//! make.
+//! message, and a worker's check of it, through the same calls the engine and the workers
+//! make. The baseline signs and checks each message alone (`ed25519`); against it, messages
+//! signed together in groups of the sizes a busy engine publishes at once
+//! (`ed25519-tree`), checked in pulls of the same size.
 
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use futures::future::join_all;
 use sluice_bus::{RunSigner, names::SIGNATURE_HEADER};
 
-/// The group sizes measured beside checking each message alone.
-const GROUPS: [usize; 5] = [2, 4, 8, 16, 64];
+/// The group sizes measured beside signing and checking each message alone.
+const GROUPS: [usize; 6] = [1, 2, 4, 8, 16, 64];
 
-pub fn run(messages: usize) -> anyhow::Result<()> {
+pub async fn run(messages: usize) -> anyhow::Result<()> {
     let messages = messages.max(64);
     let signer = RunSigner::generate()?;
-    let verifier = signer.verifier();
     // About the size of a noop action's run message with its trace context.
     let payloads: Vec<Vec<u8>> = (0..messages)
         .map(|i| {
@@ -23,26 +24,22 @@ pub fn run(messages: usize) -> anyhow::Result<()> {
             payload
         })
         .collect();
-
-    let started = Instant::now();
-    let headers: Vec<HeaderMap> = payloads
-        .iter()
-        .map(|payload| {
-            let mut headers = HeaderMap::new();
-            headers.insert(SIGNATURE_HEADER, signer.sign(payload).as_str());
-            headers
-        })
-        .collect();
-    let signing = started.elapsed();
-    let signed: Vec<_> = headers
-        .iter()
-        .zip(&payloads)
-        .map(|(headers, payload)| (Some(headers), &payload[..]))
-        .collect();
-
-    let check = |group: usize| -> anyhow::Result<Duration> {
+    let each = |d: Duration| d.as_secs_f64() * 1e6 / messages as f64;
+    let with_header = |value: String| {
+        let mut headers = HeaderMap::new();
+        headers.insert(SIGNATURE_HEADER, value.as_str());
+        headers
+    };
+    // Checks every message in pulls of `pull`, with one verifier as a worker holds it.
+    let check = |headers: &[HeaderMap], pull: usize| -> anyhow::Result<Duration> {
+        let verifier = signer.verifier();
+        let signed: Vec<_> = headers
+            .iter()
+            .zip(&payloads)
+            .map(|(headers, payload)| (Some(headers), &payload[..]))
+            .collect();
         let started = Instant::now();
-        for chunk in signed.chunks(group) {
+        for chunk in signed.chunks(pull) {
             let outcomes = verifier.verify_all(chunk);
             anyhow::ensure!(
                 outcomes.iter().all(Result::is_ok),
@@ -51,18 +48,36 @@ pub fn run(messages: usize) -> anyhow::Result<()> {
         }
         Ok(started.elapsed())
     };
-    let alone = check(1)?;
-    let each = |d: Duration| d.as_secs_f64() * 1e6 / messages as f64;
+
+    let started = Instant::now();
+    let alone: Vec<HeaderMap> = payloads
+        .iter()
+        .map(|payload| with_header(signer.sign(payload)))
+        .collect();
+    let signing_alone = started.elapsed();
+    let checking_alone = check(&alone, 1)?;
 
     println!("scenario: signatures ({messages} run messages of 400 bytes, Ed25519)");
-    println!("  signing, each                 {:>8.1} µs", each(signing));
-    println!("  baseline: checking each alone {:>8.1} µs", each(alone));
+    println!(
+        "  baseline, each alone (ed25519):   signing {:>6.1} µs   checking {:>6.1} µs",
+        each(signing_alone),
+        each(checking_alone)
+    );
     for group in GROUPS {
-        let together = check(group)?;
+        let started = Instant::now();
+        let mut together = Vec::with_capacity(messages);
+        for chunk in payloads.chunks(group) {
+            let signed = join_all(chunk.iter().map(|p| signer.sign_together(p))).await;
+            together.extend(signed.into_iter().map(with_header));
+        }
+        let signing = started.elapsed();
+        let checking = check(&together, group)?;
         println!(
-            "  checking in groups of {group:<3}     {:>8.1} µs each  ({:.2}x alone)",
-            each(together),
-            together.as_secs_f64() / alone.as_secs_f64()
+            "  in groups of {group:<3} (ed25519-tree):  signing {:>6.1} µs   checking {:>6.1} µs   ({:.2}x and {:.2}x alone)",
+            each(signing),
+            each(checking),
+            signing.as_secs_f64() / signing_alone.as_secs_f64(),
+            checking.as_secs_f64() / checking_alone.as_secs_f64(),
         );
     }
     Ok(())
