@@ -60,6 +60,15 @@ impl RunnerType {
         }
     }
 
+    /// Whether the runner starts a process of the action's own: only such a process is
+    /// given the API and a token of its execution (`ST2_ACTION_AUTH_TOKEN`).
+    pub fn starts_a_process(self) -> bool {
+        matches!(
+            self,
+            Self::LocalShellCmd | Self::LocalShellScript | Self::PythonScript
+        )
+    }
+
     /// Whether the runner executes a file named by the action's `entry_point`.
     pub fn needs_entry_point(self) -> bool {
         matches!(

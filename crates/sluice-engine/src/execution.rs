@@ -77,8 +77,13 @@ impl ExecutionActor {
         }
     }
 
-    /// The API and this attempt's token, sealed, when the engine serves an API.
+    /// The API and this attempt's token, sealed, when the engine serves an API and the
+    /// runner starts a process that could use them. A runner of the worker's own (`noop`,
+    /// `http-request`, …) is given no token.
     fn action_api(state: &ExecutionState) -> Option<sluice_core::ActionApi> {
+        if !state.action.runner.starts_a_process() {
+            return None;
+        }
         let access = state.ctx.action_api.as_ref()?;
         let token = access.tokens.mint(state.pending.id, state.pending.attempt);
         match state.ctx.keyring.seal(&serde_json::Value::String(token)) {

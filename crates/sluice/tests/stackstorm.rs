@@ -697,6 +697,19 @@ async fn an_action_calls_the_api_with_its_execution_s_token_which_ends_with_the_
     assert!(text.contains("sluice-sealed:"), "{text}");
     assert!(!text.contains(&token), "the token crossed NATS in clear");
     assert!(!done.to_string().contains(&token));
+    let caller: sluice_core::RunMessage = sluice_core::decode(&message.payload).unwrap();
+    assert!(caller.api.is_some(), "a python action is given the API");
+    // The execution it started runs `noop`, which starts no process: no token is made.
+    let started = tokio::time::timeout(std::time::Duration::from_secs(5), runs.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let started: sluice_core::RunMessage = sluice_core::decode(&started.payload).unwrap();
+    assert_eq!(started.action.as_str(), "core.noop");
+    assert_eq!(
+        started.api, None,
+        "a runner of the worker's own is given no token"
+    );
 
     // Once the execution has ended, its token opens nothing, on any route.
     let ended = common::client_with_token(&token);
