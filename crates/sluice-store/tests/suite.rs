@@ -1279,3 +1279,97 @@ async fn postgresql_history_and_enforcements_name_rows_that_exist_and_executions
     }
     assert!(store.get_execution(ids[0]).await.unwrap().is_some());
 }
+
+/// SQLite keeps the history without a rowid since migration 0015: the rows a store held
+/// before it are kept, the triggers write to the new table, every row names an execution
+/// that exists, and an execution cannot be deleted.
+#[tokio::test]
+async fn sqlite_history_moved_to_its_own_key_is_kept_and_executions_are_kept() {
+    use sqlx::{Executor as _, Row as _};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+
+    // A store as 0014 left it, with an execution admitted on arrival.
+    let migrations =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
+    let before = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    before.run_to(14, &pool).await.unwrap();
+    pool.execute(
+        "INSERT INTO events (trigger, status, subject, stream_seq, created_at) \
+         VALUES ('examples.alert', 'accepted', 's', 1, '2026-01-01T00:00:00Z'); \
+         INSERT INTO executions (action, status, parameters, rule, event_id, created_at, updated_at) \
+         VALUES ('core.noop', 'scheduled', '{}', 'examples.a', 1, '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z');",
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::connect(path.to_str().unwrap()).await.unwrap();
+    let old = store
+        .get_execution(sluice_core::ExecutionId(1))
+        .await
+        .unwrap()
+        .unwrap();
+    use ExecutionStatus::*;
+    assert_eq!(statuses(&old), [Requested, Scheduling, Scheduled]);
+
+    let admitted = Firing {
+        admitted: true,
+        ..firing("examples.b", "core.echo")
+    };
+    let batch: Vec<(NewEvent, Vec<Firing>)> = (2..=21)
+        .map(|seq| {
+            (
+                event(Some(seq)),
+                vec![firing("examples.a", "core.noop"), admitted.clone()],
+            )
+        })
+        .collect();
+    let batch: Vec<(&NewEvent, &[Firing])> = batch.iter().map(|(e, f)| (e, &f[..])).collect();
+    let recorded = store.record_events(&batch).await.unwrap();
+    let ids: Vec<_> = recorded
+        .iter()
+        .flat_map(|r| r.executions.iter().map(|(id, _)| *id))
+        .collect();
+    assert_eq!(ids.len(), 40);
+    let started = Transition {
+        worker: Some("w1".into()),
+        ..Transition::to(Running)
+    };
+    assert!(store.transition(ids[1], &started).await.unwrap());
+    let running = store.get_execution(ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        statuses(&running),
+        [Requested, Scheduling, Scheduled, Running]
+    );
+
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { pool.fetch_one(sql).await.unwrap().get::<i64, _>(0) }
+    };
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM execution_history h \
+             WHERE NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = h.execution_id)"
+        )
+        .await,
+        0,
+        "history of no execution"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM execution_history").await,
+        3 + 20 + 20 * 3 + 1,
+        "the old execution's three; requested for each new one; scheduling and scheduled \
+         too for those admitted on arrival; running for the one started"
+    );
+    assert_eq!(count("SELECT count(*) FROM enforcements").await, 41);
+    let refused = pool.execute("DELETE FROM executions").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("executions are kept"),
+        "{refused}"
+    );
+    assert!(store.get_execution(ids[0]).await.unwrap().is_some());
+}
