@@ -1,5 +1,6 @@
-//! What one execution costs, counted rather than timed: store transactions and rows written
-//! (the engine's own counters, read from its `/metrics`), and JetStream messages stored in
+//! What one execution costs, counted rather than timed: store transactions, rows written
+//! and run message signatures (the engine's own counters, read from its `/metrics`), and
+//! JetStream messages stored in
 //! each stream and delivered to each durable consumer (read from the server). Two readings,
 //! one just before a scenario publishes and one once every execution has ended; their
 //! difference divided by the executions is the budget each one spent.
@@ -30,6 +31,8 @@ pub struct Reading {
     transaction_seconds: BTreeMap<String, f64>,
     /// Rows written by table (`sluice_store_writes_total`).
     rows: BTreeMap<String, f64>,
+    /// Signatures made for run messages (`sluice_run_signatures_total`).
+    signatures: f64,
     /// Messages ever stored, by stream (its last sequence).
     stored: BTreeMap<String, f64>,
     /// Messages ever delivered, by `stream/durable` (the consumer sequence).
@@ -80,6 +83,7 @@ impl Reading {
                         .entry(label(labels, "table").to_owned())
                         .or_default() += value;
                 }
+                "sluice_run_signatures_total" => reading.signatures += value,
                 _ => {}
             }
         }
@@ -195,6 +199,8 @@ pub struct Cost {
     pub store_rows: Part,
     pub jetstream_stored: Part,
     pub jetstream_delivered: Part,
+    /// Signatures the engine made for run messages.
+    pub run_signatures: f64,
     /// Microseconds of CPU, by process.
     pub cpu: Part,
 }
@@ -220,12 +226,13 @@ impl Cost {
             store_rows: Part::between(&before.rows, &after.rows, n),
             jetstream_stored: Part::between(&before.stored, &after.stored, n),
             jetstream_delivered: Part::between(&before.delivered, &after.delivered, n),
+            run_signatures: (after.signatures - before.signatures) / n,
             cpu: Part::between(&before.cpu, &after.cpu, n),
         }
     }
 
     /// The totals, under their JSON keys.
-    pub fn figures(&self) -> [(&'static str, f64); 5] {
+    pub fn figures(&self) -> [(&'static str, f64); 6] {
         [
             (
                 "store_transactions_per_execution",
@@ -240,6 +247,7 @@ impl Cost {
                 "jetstream_deliveries_per_execution",
                 self.jetstream_delivered.total,
             ),
+            ("run_signatures_per_execution", self.run_signatures),
             ("cpu_us_per_execution", self.cpu.total),
         ]
     }
@@ -265,6 +273,14 @@ impl Cost {
             "    JetStream deliveries    {}",
             self.jetstream_delivered.line(3)
         );
+        if self.run_signatures > 0.0 {
+            let run_messages = self.jetstream_stored.by.get("RUN").copied().unwrap_or(0.0);
+            println!(
+                "    run signatures          {:>7.3}   ({:.1} run messages each)",
+                self.run_signatures,
+                run_messages / self.run_signatures
+            );
+        }
         if self.cpu.total > 0.0 {
             println!("    CPU µs                  {}", self.cpu.line(0));
         }
@@ -327,7 +343,10 @@ mod tests {
             .insert("record_event".into(), 0.001);
         after.stored.insert("RUN".into(), 110.0);
         after.stored.insert("TRIGGERS".into(), 10.0);
+        before.signatures = 4.0;
+        after.signatures = 6.0;
         let cost = Cost::between(&before, &after, 10);
+        assert_eq!(cost.run_signatures, 0.2);
         assert_eq!(cost.store_transactions.total, 2.5);
         assert_eq!(cost.store_transactions.by["transition"], 2.0);
         assert_eq!(cost.jetstream_stored.total, 2.0);

@@ -351,6 +351,7 @@ impl RunSigner {
         let leaves: Vec<Hash> = group.iter().map(|w| w.leaf).collect();
         let (root, paths) = tree(&leaves);
         let signature = hex::encode(self.key.sign(&tree_message(&root)).to_bytes());
+        sluice_telemetry::metrics().run_signatures.inc();
         for (waiting, path) in group.into_iter().zip(paths) {
             // A caller that gave up no longer waits for its header.
             let _ = waiting.signed.send(format!(

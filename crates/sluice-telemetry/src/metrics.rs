@@ -179,6 +179,8 @@ pub struct Metrics {
     pub stale_reports_ignored: Counter,
     /// Run messages a worker refused because the engine did not sign them.
     pub forged_run_messages: Counter,
+    /// Signatures the engine made for run messages: one for each group signed together.
+    pub run_signatures: Counter,
     /// Trigger events recorded, by status (`accepted`, `rejected`).
     pub trigger_events: CounterVec<1>,
     /// Webhook calls refused before they became events, by reason (`unauthorized`,
@@ -308,6 +310,11 @@ impl Metrics {
                 r,
                 "sluice_forged_run_messages_total",
                 "Run messages a worker refused: not signed by the engine's key.",
+            ),
+            run_signatures: Counter::new(
+                r,
+                "sluice_run_signatures_total",
+                "Signatures the engine made for run messages, one per group signed together.",
             ),
             registry,
         }

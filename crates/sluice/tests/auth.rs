@@ -429,7 +429,15 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
         metrics.contains("sluice_forged_run_messages_total 4"),
         "{metrics}"
     );
-    // What the engine issues still runs.
+    // What the engine issues still runs, signed once.
+    let signatures = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_run_signatures_total "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    let signed_before = signatures(&metrics);
     let (status, created) = sluice
         .post(
             "/api/v1/executions",
@@ -439,4 +447,5 @@ async fn a_run_message_the_engine_did_not_sign_is_refused_and_recorded() {
     assert_eq!(status, 201, "{created}");
     let done = sluice.wait_execution(created["id"].as_i64().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(signatures(&sluice.metrics().await), signed_before + 1);
 }
