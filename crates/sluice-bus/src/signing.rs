@@ -33,8 +33,10 @@ const TREE_SCHEME: &str = "ed25519-tree";
 /// What a tree signature signs, before the root: never the start of a run message's
 /// payload (MessagePack), so neither scheme's signature can pass for the other's.
 const TREE_CONTEXT: &[u8] = b"sluice run messages, hash tree root, v1\0";
+/// The most run messages signed together: their paths have at most 8 levels.
+const MAX_GROUP: usize = 256;
 /// A path longer than this cannot come from a group the engine signs.
-const MAX_PATH: usize = 32;
+const MAX_PATH: usize = 8;
 /// How many valid tree roots a worker remembers.
 const REMEMBERED_ROOTS: usize = 64;
 
@@ -323,21 +325,31 @@ impl RunSigner {
 
     /// The `Sluice-Signature` header value for `payload`, signed together with the run
     /// messages other tasks are signing at the same moment (`ed25519-tree`). The caller
-    /// lets the tasks ready to run go first, then signs every message waiting by then, its
-    /// own among them, unless another task already took it. A lone message costs one
-    /// signature as before; a busy engine signs once per group.
+    /// lets the tasks ready to run go first, then signs the messages waiting by then, in
+    /// groups of at most [`MAX_GROUP`], until its own is signed or another task took it. A
+    /// lone message costs one signature as before; a busy engine signs once per group.
     pub async fn sign_together(&self, payload: &[u8]) -> String {
-        let (signed, header) = tokio::sync::oneshot::channel();
+        let (signed, mut header) = tokio::sync::oneshot::channel();
         self.lock_waiting().push(Waiting {
             leaf: leaf_hash(payload),
             signed,
         });
         tokio::task::yield_now().await;
-        let group = std::mem::take(&mut *self.lock_waiting());
-        if !group.is_empty() {
+        loop {
+            let group: Vec<Waiting> = {
+                let mut waiting = self.lock_waiting();
+                let n = waiting.len().min(MAX_GROUP);
+                waiting.drain(..n).collect()
+            };
+            if group.is_empty() {
+                break;
+            }
             self.sign_group(group);
+            if let Ok(signed) = header.try_recv() {
+                return signed;
+            }
         }
-        // Whoever took this message's leaf signed it in the same step, without waiting.
+        // Whoever took this message's leaf signs it in the same step, without waiting.
         header
             .await
             .expect("a task that takes waiting messages signs them")
@@ -679,6 +691,36 @@ mod tests {
         assert!(lone.get(SIGNATURE_HEADER).unwrap().as_str().ends_with(" -"));
         assert_eq!(verifier.verify(Some(&lone), b"run alone"), Ok(()));
         assert!(verifier.verify(Some(&lone), b"run 0").is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn more_messages_than_a_group_holds_are_signed_in_several_groups() {
+        let signer = Arc::new(RunSigner::generate().unwrap());
+        let payloads: Vec<Vec<u8>> = (0..MAX_GROUP + 44)
+            .map(|i| format!("run {i}").into_bytes())
+            .collect();
+        let tasks: Vec<_> = payloads
+            .iter()
+            .cloned()
+            .map(|payload| {
+                let signer = signer.clone();
+                tokio::spawn(async move { signer.sign_together(&payload).await })
+            })
+            .collect();
+        let verifier = signer.verifier();
+        let mut signatures = std::collections::HashMap::<String, usize>::new();
+        for (task, payload) in tasks.into_iter().zip(&payloads) {
+            let value = task.await.unwrap();
+            let fields: Vec<&str> = value.split(' ').collect();
+            assert!(decode_path(fields[3]).unwrap().len() <= MAX_PATH);
+            *signatures.entry(fields[2].to_owned()).or_default() += 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(SIGNATURE_HEADER, value.as_str());
+            assert_eq!(verifier.verify(Some(&headers), payload), Ok(()));
+        }
+        let mut sizes: Vec<usize> = signatures.into_values().collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, [44, MAX_GROUP]);
     }
 
     #[tokio::test(flavor = "current_thread")]
