@@ -531,6 +531,29 @@ impl RunVerifier {
 mod tests {
     use super::*;
 
+    /// The headers of `payloads`, each signed by a task of its own, all at the same moment.
+    async fn signed_at_once(signer: &Arc<RunSigner>, payloads: &[Vec<u8>]) -> Vec<String> {
+        let tasks: Vec<_> = payloads
+            .iter()
+            .cloned()
+            .map(|payload| {
+                let signer = signer.clone();
+                tokio::spawn(async move { signer.sign_together(&payload).await })
+            })
+            .collect();
+        let mut headers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            headers.push(task.await.unwrap());
+        }
+        headers
+    }
+
+    fn with_header(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(SIGNATURE_HEADER, value);
+        headers
+    }
+
     #[test]
     fn only_the_signed_payload_under_a_known_key_verifies() {
         let signer = RunSigner::generate().unwrap();
@@ -648,20 +671,11 @@ mod tests {
     async fn messages_signed_at_the_same_moment_share_one_signature_and_each_verifies_alone() {
         let signer = Arc::new(RunSigner::generate().unwrap());
         let payloads: Vec<Vec<u8>> = (0..12).map(|i| format!("run {i}").into_bytes()).collect();
-        let signing: Vec<_> = payloads
+        let signed: Vec<HeaderMap> = signed_at_once(&signer, &payloads)
+            .await
             .iter()
-            .cloned()
-            .map(|payload| {
-                let signer = signer.clone();
-                tokio::spawn(async move { signer.sign_together(&payload).await })
-            })
+            .map(|h| with_header(h))
             .collect();
-        let mut signed = Vec::new();
-        for task in signing {
-            let mut headers = HeaderMap::new();
-            headers.insert(SIGNATURE_HEADER, task.await.unwrap().as_str());
-            signed.push(headers);
-        }
         let signature_of = |h: &HeaderMap| {
             let value = h.get(SIGNATURE_HEADER).unwrap().as_str().to_owned();
             assert!(value.starts_with("ed25519-tree "), "{value}");
@@ -699,24 +713,17 @@ mod tests {
         let payloads: Vec<Vec<u8>> = (0..MAX_GROUP + 44)
             .map(|i| format!("run {i}").into_bytes())
             .collect();
-        let tasks: Vec<_> = payloads
-            .iter()
-            .cloned()
-            .map(|payload| {
-                let signer = signer.clone();
-                tokio::spawn(async move { signer.sign_together(&payload).await })
-            })
-            .collect();
         let verifier = signer.verifier();
         let mut signatures = std::collections::HashMap::<String, usize>::new();
-        for (task, payload) in tasks.into_iter().zip(&payloads) {
-            let value = task.await.unwrap();
+        for (value, payload) in signed_at_once(&signer, &payloads)
+            .await
+            .iter()
+            .zip(&payloads)
+        {
             let fields: Vec<&str> = value.split(' ').collect();
             assert!(decode_path(fields[3]).unwrap().len() <= MAX_PATH);
             *signatures.entry(fields[2].to_owned()).or_default() += 1;
-            let mut headers = HeaderMap::new();
-            headers.insert(SIGNATURE_HEADER, value.as_str());
-            assert_eq!(verifier.verify(Some(&headers), payload), Ok(()));
+            assert_eq!(verifier.verify(Some(&with_header(value)), payload), Ok(()));
         }
         let mut sizes: Vec<usize> = signatures.into_values().collect();
         sizes.sort_unstable();
@@ -728,37 +735,21 @@ mod tests {
         let signer = Arc::new(RunSigner::generate().unwrap());
         let verifier = signer.verifier();
         let payloads: Vec<Vec<u8>> = (0..5).map(|i| format!("run {i}").into_bytes()).collect();
-        let tasks: Vec<_> = payloads
-            .iter()
-            .cloned()
-            .map(|payload| {
-                let signer = signer.clone();
-                tokio::spawn(async move { signer.sign_together(&payload).await })
-            })
-            .collect();
-        let mut headers = Vec::new();
-        for task in tasks {
-            headers.push(task.await.unwrap());
-        }
-        let with = |value: &str| {
-            let mut map = HeaderMap::new();
-            map.insert(SIGNATURE_HEADER, value);
-            map
-        };
+        let headers = signed_at_once(&signer, &payloads).await;
         // The root is now remembered as valid.
         assert_eq!(
-            verifier.verify(Some(&with(&headers[0])), &payloads[0]),
+            verifier.verify(Some(&with_header(&headers[0])), &payloads[0]),
             Ok(())
         );
         let mismatch = Err("the signature does not match the message".to_owned());
 
         // Another message's path, another payload, a side flipped, a sibling changed.
         assert_eq!(
-            verifier.verify(Some(&with(&headers[1])), &payloads[0]),
+            verifier.verify(Some(&with_header(&headers[1])), &payloads[0]),
             mismatch
         );
         assert_eq!(
-            verifier.verify(Some(&with(&headers[0])), b"run 9"),
+            verifier.verify(Some(&with_header(&headers[0])), b"run 9"),
             mismatch
         );
         let fields: Vec<&str> = headers[0].split(' ').collect();
@@ -768,7 +759,7 @@ mod tests {
         let flipped_side = format!("{} {} {} {path}", fields[0], fields[1], fields[2]);
         assert_ne!(flipped_side, headers[0]);
         assert_eq!(
-            verifier.verify(Some(&with(&flipped_side)), &payloads[0]),
+            verifier.verify(Some(&with_header(&flipped_side)), &payloads[0]),
             mismatch
         );
         let mut changed = fields[3].to_owned();
@@ -780,24 +771,27 @@ mod tests {
         changed.replace_range(1..2, digit);
         let changed_sibling = format!("{} {} {} {changed}", fields[0], fields[1], fields[2]);
         assert_eq!(
-            verifier.verify(Some(&with(&changed_sibling)), &payloads[0]),
+            verifier.verify(Some(&with_header(&changed_sibling)), &payloads[0]),
             mismatch
         );
 
         // The same path under the plain scheme, or with no path, or a stranger's key.
         let plain = format!("ed25519 {} {}", fields[1], fields[2]);
-        assert_eq!(verifier.verify(Some(&with(&plain)), &payloads[0]), mismatch);
+        assert_eq!(
+            verifier.verify(Some(&with_header(&plain)), &payloads[0]),
+            mismatch
+        );
         let no_path = format!("{} {} {}", fields[0], fields[1], fields[2]);
         assert!(
             verifier
-                .verify(Some(&with(&no_path)), &payloads[0])
+                .verify(Some(&with_header(&no_path)), &payloads[0])
                 .unwrap_err()
                 .contains("malformed")
         );
         let bad_path = format!("{} {} {} l00", fields[0], fields[1], fields[2]);
         assert!(
             verifier
-                .verify(Some(&with(&bad_path)), &payloads[0])
+                .verify(Some(&with_header(&bad_path)), &payloads[0])
                 .unwrap_err()
                 .contains("no valid tree path")
         );
@@ -805,14 +799,14 @@ mod tests {
         let strangers = stranger.sign_together(&payloads[0]).await;
         assert!(
             verifier
-                .verify(Some(&with(&strangers)), &payloads[0])
+                .verify(Some(&with_header(&strangers)), &payloads[0])
                 .unwrap_err()
                 .contains("unknown key")
         );
 
         // In one group: the forgeries are named, the genuine ones pass.
-        let forged = with(&headers[1]);
-        let genuine: Vec<HeaderMap> = headers.iter().map(|h| with(h)).collect();
+        let forged = with_header(&headers[1]);
+        let genuine: Vec<HeaderMap> = headers.iter().map(|h| with_header(h)).collect();
         let mut group: Vec<_> = genuine
             .iter()
             .zip(&payloads)

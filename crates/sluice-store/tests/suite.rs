@@ -1205,20 +1205,17 @@ async fn a_transaction_postgresql_ended_for_idling_is_worth_retrying() {
     assert!(ended.is_transient(), "{ended}");
 }
 
-/// On PostgreSQL the history and the enforcements carry no foreign keys (migration 0016):
-/// the triggers on `executions` write them from the statement's own rows, so each names an
-/// execution and an event that exist, and an execution, which they refer to, cannot be
-/// deleted.
-#[tokio::test]
-async fn postgresql_history_and_enforcements_name_rows_that_exist_and_executions_are_kept() {
-    use sqlx::{Connection as _, Executor as _, Row as _};
-    let pg = sluice_testkit::Postgres::start();
-    let store = Store::connect(&pg.url()).await.unwrap();
+/// Records 20 events from stream sequence `first` on, each firing a rule whose execution
+/// queues and one admitted on arrival; the 40 executions' ids.
+async fn twenty_events_firing_two_rules(
+    store: &Store,
+    first: u64,
+) -> Vec<sluice_core::ExecutionId> {
     let admitted = Firing {
         admitted: true,
         ..firing("examples.b", "core.echo")
     };
-    let batch: Vec<(NewEvent, Vec<Firing>)> = (1..=20)
+    let batch: Vec<(NewEvent, Vec<Firing>)> = (first..first + 20)
         .map(|seq| {
             (
                 event(Some(seq)),
@@ -1233,6 +1230,19 @@ async fn postgresql_history_and_enforcements_name_rows_that_exist_and_executions
         .flat_map(|r| r.executions.iter().map(|(id, _)| *id))
         .collect();
     assert_eq!(ids.len(), 40);
+    ids
+}
+
+/// On PostgreSQL the history and the enforcements carry no foreign keys (migration 0016):
+/// the triggers on `executions` write them from the statement's own rows, so each names an
+/// execution and an event that exist, and an execution, which they refer to, cannot be
+/// deleted.
+#[tokio::test]
+async fn postgresql_history_and_enforcements_name_rows_that_exist_and_executions_are_kept() {
+    use sqlx::{Connection as _, Executor as _, Row as _};
+    let pg = sluice_testkit::Postgres::start();
+    let store = Store::connect(&pg.url()).await.unwrap();
+    let ids = twenty_events_firing_two_rules(&store, 1).await;
 
     let mut connection = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
     for (what, orphans) in [
@@ -1315,25 +1325,7 @@ async fn sqlite_history_moved_to_its_own_key_is_kept_and_executions_are_kept() {
     use ExecutionStatus::*;
     assert_eq!(statuses(&old), [Requested, Scheduling, Scheduled]);
 
-    let admitted = Firing {
-        admitted: true,
-        ..firing("examples.b", "core.echo")
-    };
-    let batch: Vec<(NewEvent, Vec<Firing>)> = (2..=21)
-        .map(|seq| {
-            (
-                event(Some(seq)),
-                vec![firing("examples.a", "core.noop"), admitted.clone()],
-            )
-        })
-        .collect();
-    let batch: Vec<(&NewEvent, &[Firing])> = batch.iter().map(|(e, f)| (e, &f[..])).collect();
-    let recorded = store.record_events(&batch).await.unwrap();
-    let ids: Vec<_> = recorded
-        .iter()
-        .flat_map(|r| r.executions.iter().map(|(id, _)| *id))
-        .collect();
-    assert_eq!(ids.len(), 40);
+    let ids = twenty_events_firing_two_rules(&store, 2).await;
     let started = Transition {
         worker: Some("w1".into()),
         ..Transition::to(Running)
