@@ -18,6 +18,7 @@
 //!   remembers the last roots it found valid, so the messages of one group cost it one
 //!   check however they arrive.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -67,7 +68,7 @@ struct Step {
     sibling: Hash,
 }
 
-/// The root of the tree over `leaves`, and each leaf's path to it. Neighbours are paired
+/// The root of the tree over `leaves` (at least one), and each leaf's path to it. Neighbours are paired
 /// level by level; the last node of an odd level goes up unpaired.
 fn tree(leaves: &[Hash]) -> (Hash, Vec<Vec<Step>>) {
     let mut paths = vec![Vec::new(); leaves.len()];
@@ -102,9 +103,7 @@ fn tree(leaves: &[Hash]) -> (Hash, Vec<Vec<Step>>) {
         }
         level = up;
     }
-    let root = level
-        .first()
-        .map_or_else(|| leaf_hash(&[]), |(root, _)| *root);
+    let (root, _) = level.pop().expect("a group holds at least one message");
     (root, paths)
 }
 
@@ -198,6 +197,14 @@ struct Claim<'k> {
     /// The tree root the signature is over, when the scheme is `ed25519-tree`; otherwise
     /// it is over the payload.
     root: Option<Hash>,
+}
+
+/// A distinct signature still to check: the claim, the bytes it signs, and the messages
+/// (by index) that rest on it.
+struct Check<'a> {
+    claim: &'a Claim<'a>,
+    signed: Cow<'a, [u8]>,
+    resting: Vec<usize>,
 }
 
 impl Claim<'_> {
@@ -419,9 +426,7 @@ impl RunVerifier {
             .iter()
             .map(|(headers, payload)| self.claim_of(*headers, payload))
             .collect();
-        // What is left to check: each distinct (key, signed message, signature) once, with
-        // the messages that rest on it.
-        let mut checks: Vec<(&Claim<'_>, Vec<u8>, Vec<usize>)> = Vec::new();
+        let mut checks: Vec<Check<'_>> = Vec::new();
         let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(messages.len());
         {
             let remembered = self.lock_valid_roots();
@@ -438,27 +443,37 @@ impl RunVerifier {
                 if valid_root.as_ref().is_some_and(|v| remembered.contains(v)) {
                     continue;
                 }
-                let signed = claim
-                    .root
-                    .map_or_else(|| payload.to_vec(), |r| tree_message(&r));
-                match checks.iter_mut().find(|(other, other_signed, _)| {
-                    other.key == claim.key
-                        && other.signature == claim.signature
-                        && *other_signed == signed
+                let signed: Cow<'_, [u8]> = match claim.root {
+                    Some(root) => Cow::Owned(tree_message(&root)),
+                    None => Cow::Borrowed(payload),
+                };
+                match checks.iter_mut().find(|check| {
+                    check.claim.key == claim.key
+                        && check.claim.signature == claim.signature
+                        && check.signed == signed
                 }) {
-                    Some((_, _, resting)) => resting.push(i),
-                    None => checks.push((claim, signed, vec![i])),
+                    Some(check) => check.resting.push(i),
+                    None => checks.push(Check {
+                        claim,
+                        signed,
+                        resting: vec![i],
+                    }),
                 }
             }
         }
         let all_valid = checks.len() > 1 && {
-            let signed: Vec<&[u8]> = checks.iter().map(|(_, s, _)| &s[..]).collect();
-            let signatures: Vec<Signature> = checks.iter().map(|(c, _, _)| c.signature).collect();
-            let keys: Vec<VerifyingKey> = checks.iter().map(|(c, _, _)| *c.key).collect();
+            let signed: Vec<&[u8]> = checks.iter().map(|c| &c.signed[..]).collect();
+            let signatures: Vec<Signature> = checks.iter().map(|c| c.claim.signature).collect();
+            let keys: Vec<VerifyingKey> = checks.iter().map(|c| *c.claim.key).collect();
             ed25519_dalek::verify_batch(&signed, &signatures, &keys).is_ok()
         };
         let mut now_valid = Vec::new();
-        for (claim, signed, resting) in &checks {
+        for Check {
+            claim,
+            signed,
+            resting,
+        } in &checks
+        {
             let outcome = if all_valid {
                 Ok(())
             } else {
@@ -593,11 +608,7 @@ mod tests {
         let signer = RunSigner::generate().unwrap();
         let stranger = RunSigner::generate().unwrap();
         let verifier = signer.verifier();
-        let signed = |signer: &RunSigner, payload: &[u8]| {
-            let mut headers = HeaderMap::new();
-            headers.insert(SIGNATURE_HEADER, signer.sign(payload).as_str());
-            headers
-        };
+        let signed = |signer: &RunSigner, payload: &[u8]| with_header(&signer.sign(payload));
         let payloads: Vec<Vec<u8>> = (0..6).map(|i| format!("run {i}").into_bytes()).collect();
         let good: Vec<HeaderMap> = payloads.iter().map(|p| signed(&signer, p)).collect();
         let group: Vec<_> = good
