@@ -36,6 +36,37 @@ pub(crate) const SETTINGS: [(&str, &str); 3] = [
     ("temp_store", "MEMORY"),
 ];
 
+/// Sets what SQLite keeps for the whole process, once, before its first connection opens.
+///
+/// SQLite counts the memory it holds, for `sqlite3_memory_used` and its soft heap limit, by
+/// taking a process-wide mutex around every allocation and free it makes. Sluice reads
+/// neither, and under load those lock and unlock pairs were a sixth of SQLite's time on the
+/// execution path; so the count is off. Once SQLite has started in the process (another
+/// library opened a database first), the setting is refused and SQLite keeps counting, which
+/// changes nothing else.
+pub(crate) fn configure_process() {
+    static CONFIGURED: std::sync::Once = std::sync::Once::new();
+    CONFIGURED.call_once(|| {
+        // SAFETY: `sqlite3_config` is called before any connection of this process opened
+        // (the store opens SQLite's connections, and this runs before its first), with the
+        // one `int` argument `SQLITE_CONFIG_MEMSTATUS` takes. If SQLite has already started,
+        // it returns `SQLITE_MISUSE` and changes nothing.
+        #[allow(unsafe_code)]
+        let code = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                std::ffi::c_int::from(0u8),
+            )
+        };
+        if code != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(
+                code,
+                "SQLite had started already; its memory count stays on"
+            );
+        }
+    });
+}
+
 /// What the connections that write set besides: they take no checkpoints of their own
 /// accord (see `checkpoint`).
 pub(crate) const WRITER_SETTING: (&str, &str) = ("wal_autocheckpoint", "0");
@@ -142,6 +173,13 @@ fn check_fences(tx: &rusqlite::Transaction<'_>, fences: &[Fence]) -> Result<(), 
     Ok(())
 }
 
+/// The names of the first parameters [`rows`] binds, in order, so that a status update's
+/// are not written out again for every row.
+const PARAMETERS: [&str; 16] = [
+    "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12", "$13", "$14", "$15",
+    "$16",
+];
+
 /// The rows `statement` returns for `values`. The statements are written with `$1`, `$2`,
 /// … as for PostgreSQL; SQLite numbers such names in the order they first appear, so each
 /// value is bound by its name.
@@ -151,7 +189,11 @@ pub(crate) fn rows<T>(
     mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>, StoreError> {
     for (n, value) in values.iter().enumerate() {
-        if let Some(index) = statement.parameter_index(&format!("${}", n + 1))? {
+        let index = match PARAMETERS.get(n) {
+            Some(name) => statement.parameter_index(name)?,
+            None => statement.parameter_index(&format!("${}", n + 1))?,
+        };
+        if let Some(index) = index {
             statement.raw_bind_parameter(index, value)?;
         }
     }

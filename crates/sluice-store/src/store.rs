@@ -727,6 +727,7 @@ impl Store {
                 .await?;
             Backend::Postgres(pool)
         } else {
+            direct::configure_process();
             let url = if url.starts_with("sqlite:") {
                 url.to_owned()
             } else {

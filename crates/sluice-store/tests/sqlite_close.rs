@@ -1,7 +1,8 @@
 //! A SQLite store has two connections to its file: sqlx's, and the one its writes on the
 //! execution path run on, with statements kept prepared. Closed or dropped, the store closes
 //! both with no panic on any thread, writes nothing once closed, and keeps everything written
-//! through either before. A test binary of its own: it watches for a panic on any thread.
+//! through either before. A test binary of its own: it watches for a panic on any thread, and
+//! its process opens SQLite only through the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,4 +96,21 @@ async fn a_closed_or_dropped_store_closes_its_connection_cleanly() {
         Some(&3),
         "every status change before the close was kept"
     );
+}
+
+/// SQLite's process-wide memory count takes a mutex around every allocation it makes; the
+/// store turns it off before SQLite's first connection, so the count stays at nothing while
+/// the execution path's writes run.
+#[tokio::test]
+async fn sqlite_counts_no_memory_in_a_process_that_opened_it_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(dir.path().join("sluice.db").to_str().unwrap())
+        .await
+        .unwrap();
+    write_on_the_execution_path(&store, 1).await;
+    // SAFETY: reads SQLite's memory counter, which any thread may read at any time.
+    #[allow(unsafe_code)]
+    let counted = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    store.close().await;
+    assert_eq!(counted, 0, "SQLite counted the memory it holds");
 }
