@@ -42,6 +42,11 @@ pub struct Target {
     pub capacity: Option<usize>,
 }
 
+/// Threads that run this process's tasks (`--threads`).
+pub fn runtime_threads() -> usize {
+    tokio::runtime::Handle::current().metrics().num_workers()
+}
+
 /// The packs a scenario's deployment loads: the bundled ones and `load`.
 fn pack_dirs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -339,6 +344,8 @@ impl Local {
                 .await;
         });
         let exe = std::env::current_exe()?;
+        // Each worker process runs as many threads as this one.
+        let threads = runtime_threads().to_string();
         let mut workers = Vec::with_capacity(target.workers);
         for i in 1..=target.workers {
             workers.push(
@@ -350,6 +357,7 @@ impl Local {
                     .arg(dir.path().join("secrets.key"))
                     .args(["--name", &format!("worker/load-{i}")])
                     .args(["--capacity", &target.capacity.unwrap_or(64).to_string()])
+                    .args(["--threads", &threads])
                     .stdin(Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()?,

@@ -51,6 +51,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "sluice-load", about = "Sluice benchmark scenarios")]
 struct Cli {
+    /// Threads that run the tasks of each Sluice process a scenario starts, as `sluice
+    /// --threads`: this one (the engine, its API, the publisher, the baselines) and each
+    /// worker process [default: one per core].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -205,11 +210,20 @@ enum Scenario {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    runtime.build()?.block_on(run(cli.scenario))
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
     // The engine's and workers' warnings and errors, as they happen (`RUST_LOG` for more).
     sluice_telemetry::init_logs(sluice_telemetry::LogFormat::Human);
-    match Cli::parse().scenario {
+    match scenario {
         Scenario::Throughput {
             executions,
             options,

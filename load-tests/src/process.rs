@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 /// `sluice ROLE` as every process of a deployment runs: its data directory
 /// `<dir>/<name>`, the shared keys in `<dir>/keys` (the engine signs with them, the worker
-/// verifies), the `load` pack, warnings only.
+/// verifies), the `load` pack, as many threads as this process, warnings only.
 pub fn sluice_command(sluice: &Path, role: &str, dir: &Path, name: &str) -> Command {
     let keys = dir.join("keys");
     let (signing, key) = match role {
@@ -26,6 +26,8 @@ pub fn sluice_command(sluice: &Path, role: &str, dir: &Path, name: &str) -> Comm
         .arg(keys.join("secrets.key"))
         .arg("--packs")
         .arg(packs_dir())
+        .arg("--threads")
+        .arg(crate::deployment::runtime_threads().to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     command

@@ -54,6 +54,8 @@ impl Percentiles {
 pub struct Summary {
     pub scenario: String,
     pub store: String,
+    /// Threads that run the tasks of the engine's process and of each worker process.
+    pub threads: usize,
     pub executions: u64,
     pub executions_per_s: f64,
     pub latency_ms: Percentiles,
@@ -127,6 +129,7 @@ impl Summary {
         Self {
             scenario: scenario.to_owned(),
             store: store.to_owned(),
+            threads: crate::deployment::runtime_threads(),
             executions,
             executions_per_s,
             latency_ms: latency,
@@ -178,8 +181,13 @@ impl Summary {
     pub fn emit(&self, json: Option<&Path>) -> anyhow::Result<()> {
         let row = |name: &str, p: &Percentiles| p.print_row(name, 26);
         println!(
-            "scenario: {} ({} executions, store {}, commit {})",
-            self.scenario, self.executions, self.store, self.commit
+            "scenario: {} ({} executions, store {}, {} thread{} a process, commit {})",
+            self.scenario,
+            self.executions,
+            self.store,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.commit
         );
         println!(
             "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -331,9 +331,24 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &gauges.registry);
+        let _ = encode_registry(&mut out, &runtime_gauges().registry);
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// The gauges of the async runtime rendering the metrics, if one is: its threads.
+fn runtime_gauges() -> Gauges {
+    let mut gauges = Gauges::default();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        gauges.add(
+            "sluice_runtime_threads",
+            "Threads that run the process's tasks (--threads).",
+            &[],
+            &[(Vec::new(), runtime.metrics().num_workers() as f64)],
+        );
+    }
+    gauges
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -407,6 +422,22 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(m.messages_published.get(["run"]), 2);
         assert_eq!(m.redeliveries.get(["status"]), 0);
+    }
+
+    #[test]
+    fn the_runtime_rendering_the_metrics_gives_its_threads() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("sluice_runtime_threads"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(3)
+            .build()
+            .unwrap();
+        let text = runtime.block_on(async { m.render() });
+        assert!(
+            text.contains("# TYPE sluice_runtime_threads gauge\nsluice_runtime_threads 3.0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]

@@ -24,6 +24,11 @@ impl Drop for Up {
 }
 
 fn up(data_dir: &Path, nats_port: u16, http_port: u16) -> Up {
+    up_with(data_dir, nats_port, http_port, &[])
+}
+
+/// `sluice up` with `flags` besides its ports and data directory.
+fn up_with(data_dir: &Path, nats_port: u16, http_port: u16, flags: &[&str]) -> Up {
     let child = Command::new(SLUICE)
         .args([
             "up",
@@ -34,6 +39,7 @@ fn up(data_dir: &Path, nats_port: u16, http_port: u16) -> Up {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -599,6 +605,48 @@ fn a_broken_pack_is_left_out_with_file_and_field_and_the_others_load() {
     );
     let ran = sluice(&["run", "core.echo", "message=still here", "--wait"], &up);
     assert!(ran.status.success(), "the other packs run: {}", text(&ran));
+}
+
+/// `--threads` sets how many threads run the process's tasks: `sluice up --threads 1` runs
+/// an action end to end on one thread and says so on /metrics. Zero is refused, naming the
+/// flag.
+#[test]
+fn threads_sets_the_process_s_runtime_and_zero_is_refused() {
+    let refused = Command::new(SLUICE)
+        .args(["worker", "--threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("invalid value '0' for '--threads <THREADS>'"),
+        "{}",
+        text(&refused)
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let metrics_http = format!("127.0.0.1:{metrics_port}");
+    let up = up_with(
+        data.path(),
+        free_port(),
+        free_port(),
+        &["--threads", "1", "--metrics-http", &metrics_http],
+    );
+    let ran = sluice(
+        &["run", "core.echo", "message=on one thread", "--wait"],
+        &up,
+    );
+    assert!(ran.status.success(), "{}", text(&ran));
+    assert!(text(&ran).contains("on one thread"), "{}", text(&ran));
+
+    let mut scrape = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    std::io::Write::write_all(&mut scrape, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut scrape, &mut metrics).unwrap();
+    assert!(
+        metrics.contains("\nsluice_runtime_threads 1.0\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
