@@ -81,6 +81,7 @@ impl Sluice {
             advertise_url: None,
             lease_ttl: Duration::from_secs(3),
             partitions: None,
+            nats_threads: None,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
