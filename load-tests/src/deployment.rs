@@ -298,8 +298,7 @@ impl Local {
         let mut dirs = pack_dirs();
         dirs.extend_from_slice(packs);
         let catalog = Arc::new(sluice_pack::load_packs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?);
-        // nats-server runs its Go code on as many threads as this process.
-        let nats = NatsServer::start_with_threads(runtime_threads());
+        let nats = NatsServer::start();
         let (postgres, url) = match target.database_url.as_deref() {
             Some("start") => {
                 let pg = Postgres::start();

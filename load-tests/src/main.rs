@@ -53,8 +53,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Threads that run the tasks of each Sluice process a scenario starts, as `sluice
     /// --threads`: this one (the engine, its API, the publisher, the baselines) and each
-    /// worker process; and, as `sluice up --threads` gives its own, the threads of the
-    /// trigger scenarios' nats-server (GOMAXPROCS) [default: one per core].
+    /// worker process [default: one per core].
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     #[command(subcommand)]

@@ -29,23 +29,12 @@ pub struct NatsServer {
     config: Option<String>,
     /// The JetStream file storage its streams may reserve (nats-server's size syntax).
     file_store: &'static str,
-    /// The threads its Go code runs on (GOMAXPROCS); one per core when `None`.
-    threads: Option<usize>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory.
     pub fn start() -> Self {
         Self::launch(None, TEST_FILE_STORE)
-    }
-
-    /// Starts a server as [`NatsServer::start`] does, its Go code on `threads` threads
-    /// (GOMAXPROCS), as `sluice up --threads` starts its own.
-    pub fn start_with_threads(threads: usize) -> Self {
-        let mut server = Self::unstarted(None, TEST_FILE_STORE);
-        server.threads = Some(threads);
-        server.spawn_or_panic();
-        server
     }
 
     /// Starts a server whose JetStream may reserve only `limit` of file storage
@@ -61,29 +50,21 @@ impl NatsServer {
     }
 
     fn launch(config: Option<String>, file_store: &'static str) -> Self {
-        let mut server = Self::unstarted(config, file_store);
-        server.spawn_or_panic();
-        server
-    }
-
-    fn unstarted(config: Option<String>, file_store: &'static str) -> Self {
         let store_dir = tempfile::Builder::new()
             .prefix("sluice-nats-")
             .tempdir()
             .expect("temp dir");
-        Self {
+        let mut server = Self {
             child: None,
             port: free_port(),
             store_dir,
             config,
             file_store,
-            threads: None,
-        }
-    }
-
-    fn spawn_or_panic(&mut self) {
-        self.spawn()
+        };
+        server
+            .spawn()
             .expect("failed to start nats-server (install it: apt-get install -y nats-server)");
+        server
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -103,9 +84,6 @@ impl NatsServer {
         )?;
         let mut command = Command::new("nats-server");
         command.arg("-c").arg(file);
-        if let Some(threads) = self.threads {
-            command.env("GOMAXPROCS", threads.to_string());
-        }
         let log = std::fs::File::create(self.store_dir.path().join("server.log"))?;
         let child = command
             .stdout(Stdio::null())

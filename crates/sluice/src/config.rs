@@ -83,9 +83,6 @@ pub struct Config {
     /// partitions the actions are cut into, the same on every engine. `None`: one engine at
     /// a time runs the execution core, the others stand by.
     pub partitions: Option<u32>,
-    /// Threads the nats-server that `sluice up` starts runs Go code on (`GOMAXPROCS`), as
-    /// `--threads` gives this process; `None`: one per core.
-    pub nats_threads: Option<u16>,
 }
 
 impl Config {

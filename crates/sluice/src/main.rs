@@ -635,10 +635,9 @@ struct ServerArgs {
     #[arg(long, env = "SLUICE_PARTITIONS",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: Option<u32>,
-    /// Threads that run this process's tasks, and the threads of the nats-server that
-    /// `sluice up` starts (GOMAXPROCS) [default: one per core]. Where the engine, a worker
-    /// and nats-server share a few cores, one each wakes no second thread for every message
-    /// and spends less CPU per execution (docs/performance.md).
+    /// Threads that run this process's tasks [default: one per core]. Where the engine, a
+    /// worker and nats-server share a few cores, one each wakes no second thread for every
+    /// message and spends less CPU per execution (docs/performance.md).
     #[arg(long, env = "SLUICE_THREADS",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
@@ -694,7 +693,6 @@ impl ServerArgs {
             advertise_url: self.advertise_url,
             lease_ttl: Duration::from_secs_f64(self.lease_ttl.max(1.0)),
             partitions: self.partitions,
-            nats_threads: self.threads,
         }
     }
 }

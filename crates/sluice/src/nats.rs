@@ -171,10 +171,9 @@ fn die_with_parent(command: &mut Command) {
 }
 
 impl NatsChild {
-    /// Starts `nats-server -js` on 127.0.0.1:`port` with its store under `data_dir/nats`, its
-    /// Go code on `threads` threads if given (GOMAXPROCS), and waits until it accepts
-    /// connections.
-    pub fn start(data_dir: &Path, port: u16, threads: Option<u16>) -> anyhow::Result<Self> {
+    /// Starts `nats-server -js` on 127.0.0.1:`port` with its store under `data_dir/nats` and
+    /// waits until it accepts connections.
+    pub fn start(data_dir: &Path, port: u16) -> anyhow::Result<Self> {
         let store = data_dir.join("nats");
         std::fs::create_dir_all(&store)
             .with_context(|| format!("failed to create {}", store.display()))?;
@@ -205,9 +204,6 @@ impl NatsChild {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        if let Some(threads) = threads {
-            command.env("GOMAXPROCS", threads.to_string());
-        }
         die_with_parent(&mut command);
         let child = match command.spawn() {
             Ok(child) => child,

@@ -453,11 +453,7 @@ async fn serve_open_metrics(config: &Config, engine: &Arc<Engine>) -> anyhow::Re
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let nats = match config.nats_url {
         Some(_) => None,
-        None => Some(NatsChild::start(
-            &config.data_dir,
-            config.nats_port,
-            config.nats_threads,
-        )?),
+        None => Some(NatsChild::start(&config.data_dir, config.nats_port)?),
     };
     // Its own server takes a user per part; a given server, whatever its URL carries.
     let (engine_url, worker_url) = match &nats {

@@ -81,7 +81,6 @@ impl Sluice {
             advertise_url: None,
             lease_ttl: Duration::from_secs(3),
             partitions: None,
-            nats_threads: None,
         };
         let mut sluice = Self {
             api: format!("http://{}", config.http),
