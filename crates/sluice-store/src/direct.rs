@@ -47,10 +47,12 @@ pub(crate) const SETTINGS: [(&str, &str); 3] = [
 pub(crate) fn configure_process() {
     static CONFIGURED: std::sync::Once = std::sync::Once::new();
     CONFIGURED.call_once(|| {
-        // SAFETY: `sqlite3_config` is called before any connection of this process opened
-        // (the store opens SQLite's connections, and this runs before its first), with the
-        // one `int` argument `SQLITE_CONFIG_MEMSTATUS` takes. If SQLite has already started,
-        // it returns `SQLITE_MISUSE` and changes nothing.
+        // SAFETY: `sqlite3_config` takes the one `int` argument `SQLITE_CONFIG_MEMSTATUS`
+        // takes, and must not run while another thread calls into SQLite. Every SQLite
+        // connection of a Sluice process is opened by `Store::connect`, which runs this
+        // first; a second caller waits here until it is done. If SQLite has already started
+        // (a test that opened a database by other means), it returns `SQLITE_MISUSE` and
+        // changes nothing.
         #[allow(unsafe_code)]
         let code = unsafe {
             rusqlite::ffi::sqlite3_config(
