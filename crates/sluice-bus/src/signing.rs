@@ -563,6 +563,18 @@ mod tests {
         headers
     }
 
+    /// Each message's headers beside its payload, as a pull hands them to `verify_all`.
+    fn pulled<'a>(
+        headers: &'a [HeaderMap],
+        payloads: &'a [Vec<u8>],
+    ) -> Vec<(Option<&'a HeaderMap>, &'a [u8])> {
+        headers
+            .iter()
+            .zip(payloads)
+            .map(|(h, p)| (Some(h), &p[..]))
+            .collect()
+    }
+
     fn with_header(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(SIGNATURE_HEADER, value);
@@ -611,11 +623,7 @@ mod tests {
         let signed = |signer: &RunSigner, payload: &[u8]| with_header(&signer.sign(payload));
         let payloads: Vec<Vec<u8>> = (0..6).map(|i| format!("run {i}").into_bytes()).collect();
         let good: Vec<HeaderMap> = payloads.iter().map(|p| signed(&signer, p)).collect();
-        let group: Vec<_> = good
-            .iter()
-            .zip(&payloads)
-            .map(|(h, p)| (Some(h), &p[..]))
-            .collect();
+        let group = pulled(&good, &payloads);
         assert!(verifier.verify_all(&group).iter().all(Result::is_ok));
         assert_eq!(verifier.verify_all(&group[..1]), vec![Ok(())]);
         assert!(verifier.verify_all(&[]).is_empty());
@@ -700,11 +708,7 @@ mod tests {
             assert_eq!(signer.verifier().verify(Some(headers), payload), Ok(()));
         }
         let verifier = signer.verifier();
-        let group: Vec<_> = signed
-            .iter()
-            .zip(&payloads)
-            .map(|(h, p)| (Some(h), &p[..]))
-            .collect();
+        let group = pulled(&signed, &payloads);
         assert!(verifier.verify_all(&group).iter().all(Result::is_ok));
 
         // A lone message is a tree of one.
@@ -818,11 +822,7 @@ mod tests {
         // In one group: the forgeries are named, the genuine ones pass.
         let forged = with_header(&headers[1]);
         let genuine: Vec<HeaderMap> = headers.iter().map(|h| with_header(h)).collect();
-        let mut group: Vec<_> = genuine
-            .iter()
-            .zip(&payloads)
-            .map(|(h, p)| (Some(h), &p[..]))
-            .collect();
+        let mut group = pulled(&genuine, &payloads);
         group.push((Some(&forged), &payloads[2][..]));
         let outcomes = verifier.verify_all(&group);
         assert!(outcomes[..5].iter().all(Result::is_ok), "{outcomes:?}");

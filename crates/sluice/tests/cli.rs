@@ -560,30 +560,17 @@ fn a_broken_pack_is_left_out_with_file_and_field_and_the_others_load() {
     )
     .unwrap();
     let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
-    let http_port = free_port();
-    let child = Command::new(SLUICE)
-        .args(["up", "--nats-port", &free_port().to_string()])
-        .args(["--http", &format!("127.0.0.1:{http_port}"), "--data-dir"])
-        .arg(packs.path().join("data"))
-        .arg("--packs")
-        .arg(&bundled)
-        .arg("--packs")
-        .arg(packs.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-        assert!(Instant::now() < deadline, "sluice up did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let up = Up {
-        child,
-        api: format!("http://127.0.0.1:{http_port}"),
-        data_dir: packs.path().join("data"),
-    };
+    let up = up_with(
+        &packs.path().join("data"),
+        free_port(),
+        free_port(),
+        &[
+            "--packs",
+            bundled.to_str().unwrap(),
+            "--packs",
+            packs.path().to_str().unwrap(),
+        ],
+    );
 
     let listed = sluice(&["pack", "list"], &up);
     let listed = text(&listed);
