@@ -135,12 +135,23 @@ pub struct Bus {
     /// How many copies of each stream and bucket a clustered server keeps, when set up
     /// through this bus (`streams/` says 1).
     stream_replicas: usize,
-    /// Whether CONTROL answers direct gets from one copy only, and when that was read.
-    control_direct: Arc<std::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
 
-/// How long what CONTROL's configuration says about direct gets is taken as still true.
-const CONTROL_CONFIG_TTL: Duration = Duration::from_secs(60);
+/// How many times the engine tries to claim an attempt it cancels, each after reading the
+/// attempt's status subject again: another claim can come between the read and the try.
+const CANCEL_TRIES: usize = 3;
+
+/// What cancelling an attempt handed to the workers did ([`Bus::cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelSent {
+    /// No worker had claimed it: the engine's claim ends it `cancelled`, its process never
+    /// started.
+    Claimed,
+    /// A worker holds it: that worker was asked to stop it.
+    Requested,
+    /// It had ended already.
+    Ended,
+}
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,7 +199,6 @@ impl Bus {
             jetstream,
             signer: None,
             stream_replicas: 1,
-            control_direct: Default::default(),
         }
     }
 
@@ -552,20 +562,29 @@ impl Bus {
     /// Claims an execution attempt for one worker: publishes its `running` report only if
     /// `expected_last` (from [`Bus::last_status`], 0 for none) is still the last message on
     /// the execution's status subject. Of several workers holding copies of one run
-    /// message, exactly one claim succeeds; the others get `Ok(false)` and must not run it.
-    /// Each call is a new try with an id of its own ([`StatusReport::claim_id`]): only a
-    /// repeat of its own publish counts as a duplicate, and so as claimed.
+    /// message, and the engine cancelling the attempt ([`Bus::cancel`]), exactly one claim
+    /// succeeds; the others get `Ok(false)` and must not run it. Each call is a new try
+    /// with an id of its own ([`StatusReport::claim_id`]): only a repeat of its own publish
+    /// counts as a duplicate, and so as claimed.
     pub async fn claim(&self, report: &StatusReport, expected_last: u64) -> Result<bool, BusError> {
-        debug_assert_eq!(report.status, sluice_core::ExecutionStatus::Running);
+        debug_assert!(
+            report.status == sluice_core::ExecutionStatus::Running || report.by_engine(),
+            "a claim is a worker's `running` report or the engine's cancel"
+        );
         let mut claim = [0u8; 8];
         getrandom::fill(&mut claim).map_err(|e| BusError::Publish {
             subject: status_subject(report.partition, report.execution_id),
             source: format!("no random number for the claim's id: {e}").into(),
             transient: false,
         })?;
+        let kind = if report.status.is_terminal() {
+            "completed"
+        } else {
+            "running"
+        };
         let published = self
             .publish(
-                "running",
+                kind,
                 status_subject(report.partition, report.execution_id),
                 &report.claim_id(u64::from_le_bytes(claim)),
                 sluice_core::encode(report)?,
@@ -579,9 +598,52 @@ impl Bus {
         }
     }
 
-    /// Asks whichever worker holds the execution to cancel it; a worker that takes it later
-    /// finds the request before starting. Deduplicated per execution.
-    pub async fn publish_cancel(&self, id: ExecutionId) -> Result<Published, BusError> {
+    /// Cancels an attempt handed to the workers. `cancelled` is the engine's report of it
+    /// ([`StatusReport::cancelled_before_start`]), published as a claim: if no worker has
+    /// claimed the attempt, the report takes the attempt's status subject, a worker's claim
+    /// then fails, and the engine records the report as it records any. If a worker holds
+    /// the attempt, that worker is asked to stop it (`sluice.cancel.<id>`, which every
+    /// worker hears). An attempt that has ended is left as it is.
+    pub async fn cancel(&self, cancelled: &StatusReport) -> Result<CancelSent, BusError> {
+        let (id, attempt) = (cancelled.execution_id, cancelled.attempt);
+        for _ in 0..CANCEL_TRIES {
+            let expected = match self.last_status(id, cancelled.partition).await? {
+                None => 0,
+                Some(LastStatus {
+                    report: Ok(last), ..
+                }) if last.attempt >= attempt => {
+                    return Ok(if last.attempt > attempt || last.status.is_terminal() {
+                        if last.attempt == attempt && last.by_engine() {
+                            CancelSent::Claimed
+                        } else {
+                            CancelSent::Ended
+                        }
+                    } else {
+                        self.publish_cancel(id).await?;
+                        CancelSent::Requested
+                    });
+                }
+                // A report of an earlier attempt, or a message no worker wrote: the attempt
+                // is unclaimed.
+                Some(last) => last.sequence,
+            };
+            match self.claim(cancelled, expected).await {
+                Ok(true) => return Ok(CancelSent::Claimed),
+                // Claimed meanwhile, or the publish's fate unknown: read again.
+                Ok(false) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(execution_id = %id, error = %e, "cancel not confirmed; reading it back");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BusError::NotLast {
+            subject: status_subject(cancelled.partition, id),
+        })
+    }
+
+    /// Asks whichever worker holds the execution to stop it. Deduplicated per execution.
+    async fn publish_cancel(&self, id: ExecutionId) -> Result<Published, BusError> {
         self.publish(
             "cancel",
             cancel_subject(id),
@@ -602,61 +664,6 @@ impl Bus {
             None,
         )
         .await
-    }
-
-    /// Whether a cancel request exists for the execution.
-    ///
-    /// When CONTROL is kept in one copy, the request is a direct get, which the stream
-    /// answers itself, without JetStream's API: about half the round trip. With replicas
-    /// it goes to the stream's leader, because a direct get may be answered by a replica
-    /// that has not yet stored a request its leader acknowledged. Which of the two is read
-    /// from the stream's configuration, again after [`CONTROL_CONFIG_TTL`].
-    pub async fn cancel_requested(&self, id: ExecutionId) -> Result<bool, BusError> {
-        if !self.control_direct().await? {
-            return Ok(self
-                .last_on_subject(names::CONTROL, &cancel_subject(id))
-                .await?
-                .is_some());
-        }
-        let what = || format!("{} stream", names::CONTROL);
-        let stream = self
-            .jetstream
-            .get_stream_no_info(names::CONTROL)
-            .await
-            .map_err(|e| BusError::read(what(), e))?;
-        match stream.direct_get_last_for_subject(cancel_subject(id)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(false),
-            Err(e) => Err(BusError::read(what(), e)),
-        }
-    }
-
-    /// Whether CONTROL answers direct gets and keeps one copy, from its configuration as
-    /// last read (at most [`CONTROL_CONFIG_TTL`] ago).
-    async fn control_direct(&self) -> Result<bool, BusError> {
-        let known = *self
-            .control_direct
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((read, direct)) = known
-            && read.elapsed() < CONTROL_CONFIG_TTL
-        {
-            return Ok(direct);
-        }
-        let what = format!("{} stream", names::CONTROL);
-        let stream = self
-            .jetstream
-            .get_stream(names::CONTROL)
-            .await
-            .map_err(|e| BusError::read(&what, e))?;
-        let config = &stream.cached_info().config;
-        let direct = config.allow_direct && config.num_replicas <= 1;
-        *self
-            .control_direct
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((std::time::Instant::now(), direct));
-        Ok(direct)
     }
 
     /// The sequence and payload of the last message stored on `subject` in `stream`, if any:

@@ -5,8 +5,10 @@
 //! |----------|--------------------------|------------------------------------------|
 //! | TRIGGERS | `sluice.trigger.<p>.<n>` | trigger payloads, JSON or MessagePack     |
 //! | RUN      | `sluice.run.<queue>`     | [`RunMessage`]s, a work queue to workers  |
-//! | CONTROL  | `sluice.cancel.<id>`     | cancel requests after the handoff         |
-//! | STATUS   | `sluice.status.<id>`     | [`StatusReport`]s from workers            |
+//! | CONTROL  | `sluice.cancel.<id>`     | cancel requests to a running attempt      |
+//! | STATUS   | `sluice.status.<id>`     | [`StatusReport`]s: workers' claims and     |
+//! |          |                          | ends, the engine's cancel of an unclaimed |
+//! |          |                          | attempt                                   |
 //!
 //! The datastore is a key-value bucket, `sluice-datastore` ([`datastore`]); timers keep their
 //! last tick in another, `sluice-timers` ([`timers`]). Pack versions are an object store,
@@ -41,7 +43,8 @@ mod trigger;
 mod url;
 
 pub use client::{
-    Bus, ConsumerLag, LastStatus, NatsOptions, Published, connect_client, continue_trace, header,
+    Bus, CancelSent, ConsumerLag, LastStatus, NatsOptions, Published, connect_client,
+    continue_trace, header,
 };
 pub use consume::{consume_batches, consume_within};
 pub use error::{BusError, BusErrorKind};

@@ -5,7 +5,7 @@
 pub const TRIGGERS: &str = "TRIGGERS";
 /// Run messages to workers, a work queue: `sluice.run.<queue>`.
 pub const RUN: &str = "RUN";
-/// Cancel requests after the handoff: `sluice.cancel.<id>`.
+/// Cancel requests to the worker that claimed an attempt: `sluice.cancel.<id>`.
 pub const CONTROL: &str = "CONTROL";
 /// Executions' output, as workers read it.
 pub const OUTPUT: &str = "OUTPUT";

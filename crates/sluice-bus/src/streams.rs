@@ -105,7 +105,7 @@ mod tests {
         let engine = &defs[0].consumers[0].config;
         assert!(
             defs[2].consumers.is_empty(),
-            "cancel requests are read by subject, not consumed"
+            "workers hear cancel requests by subscribing; nothing consumes them"
         );
         assert_eq!(engine.durable_name.as_deref(), Some(names::ENGINE_CONSUMER));
         assert_eq!(engine.ack_policy, consumer::AckPolicy::Explicit);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::run_message;
 use sluice_bus::datastore::Datastore;
-use sluice_bus::{Bus, Published, RunSigner, definitions, names};
-use sluice_core::ExecutionId;
+use sluice_bus::{Bus, CancelSent, Published, RunSigner, definitions, names};
+use sluice_core::{ExecutionId, ExecutionStatus, StatusReport};
 use sluice_testkit::{NatsCluster, eventually};
 
 #[tokio::test]
@@ -57,11 +57,20 @@ async fn streams_kept_in_three_copies_lose_nothing_when_a_server_dies() {
         assert_eq!(copies, 3, "{name} keeps three copies");
     }
 
-    // With three copies a cancel request is read from CONTROL's leader, never from a
-    // replica that may not have it yet.
-    bus.publish_cancel(ExecutionId(7)).await.unwrap();
-    assert!(bus.cancel_requested(ExecutionId(7)).await.unwrap());
-    assert!(!bus.cancel_requested(ExecutionId(8)).await.unwrap());
+    // With three copies, the engine's cancel and a worker's claim still exclude each other:
+    // the condition is checked by STATUS's leader, whichever copy a read came from.
+    let cancelled =
+        StatusReport::cancelled_before_start(ExecutionId(7), 1, "core.noop".parse().unwrap(), None);
+    assert_eq!(bus.cancel(&cancelled).await.unwrap(), CancelSent::Claimed);
+    let mut claim = cancelled.clone();
+    claim.worker = "a".into();
+    claim.status = ExecutionStatus::Running;
+    assert!(!bus.claim(&claim, 0).await.unwrap());
+    claim.execution_id = ExecutionId(8);
+    assert!(bus.claim(&claim, 0).await.unwrap());
+    let mut cancelled = cancelled;
+    cancelled.execution_id = ExecutionId(8);
+    assert_eq!(bus.cancel(&cancelled).await.unwrap(), CancelSent::Requested);
 
     assert!(matches!(
         bus.publish_run(&run_message(1, 1)).await.unwrap(),

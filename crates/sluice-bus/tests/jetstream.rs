@@ -4,7 +4,8 @@ mod common;
 
 use chrono::Utc;
 use common::run_message;
-use sluice_bus::{Bus, Published};
+use futures::StreamExt as _;
+use sluice_bus::{Bus, CancelSent, Published};
 use sluice_core::{ExecutionId, ExecutionStatus, StatusReport};
 use sluice_testkit::NatsServer;
 
@@ -174,13 +175,10 @@ async fn a_partition_s_reports_reach_its_own_consumer() {
     );
 }
 
-#[tokio::test]
-async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
-    let nats = NatsServer::start();
-    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
-    let claim = |worker: &str| StatusReport {
-        execution_id: ExecutionId(8),
-        attempt: 1,
+fn claim_of(id: i64, attempt: u32, worker: &str) -> StatusReport {
+    StatusReport {
+        execution_id: ExecutionId(id),
+        attempt,
         action: "core.noop".parse().unwrap(),
         worker: worker.into(),
         status: ExecutionStatus::Running,
@@ -188,7 +186,23 @@ async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
         at: Utc::now(),
         result_object: None,
         partition: None,
-    };
+    }
+}
+
+fn cancel_of(id: i64, attempt: u32) -> StatusReport {
+    StatusReport::cancelled_before_start(
+        ExecutionId(id),
+        attempt,
+        "core.noop".parse().unwrap(),
+        None,
+    )
+}
+
+#[tokio::test]
+async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&nats.url(), "test").await.unwrap();
+    let claim = |worker: &str| claim_of(8, 1, worker);
     // Both read an empty subject, then both claim against it.
     assert!(bus.claim(&claim("a"), 0).await.unwrap());
     assert!(
@@ -214,20 +228,91 @@ async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
 }
 
 #[tokio::test]
-async fn a_cancel_request_is_kept_until_a_worker_looks() {
+async fn the_engine_s_cancel_and_a_worker_s_claim_exclude_each_other() {
     let nats = NatsServer::start();
     let bus = Bus::connect(&nats.url(), "test").await.unwrap();
-    assert!(!bus.cancel_requested(ExecutionId(9)).await.unwrap());
-    assert!(matches!(
-        bus.publish_cancel(ExecutionId(9)).await.unwrap(),
-        Published::Stored { .. }
-    ));
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut requests = client.subscribe("sluice.cancel.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    // Unclaimed: the cancel takes the subject, and a worker's claim is refused.
     assert_eq!(
-        bus.publish_cancel(ExecutionId(9)).await.unwrap(),
-        Published::Duplicate
+        bus.cancel(&cancel_of(9, 1)).await.unwrap(),
+        CancelSent::Claimed
     );
-    assert!(bus.cancel_requested(ExecutionId(9)).await.unwrap());
-    assert!(!bus.cancel_requested(ExecutionId(10)).await.unwrap());
+    assert!(
+        !bus.claim(&claim_of(9, 1, "a"), 0).await.unwrap(),
+        "a cancelled attempt is claimed"
+    );
+    let last = bus
+        .last_status(ExecutionId(9), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let last = last.report.unwrap();
+    assert!(last.by_engine());
+    assert_eq!(last.status, ExecutionStatus::Cancelled);
+    // Asked again, it knows its own claim.
+    assert_eq!(
+        bus.cancel(&cancel_of(9, 1)).await.unwrap(),
+        CancelSent::Claimed
+    );
+
+    // Claimed by a worker first: the worker is asked to stop, and the subject keeps its claim.
+    assert!(bus.claim(&claim_of(10, 1, "a"), 0).await.unwrap());
+    assert_eq!(
+        bus.cancel(&cancel_of(10, 1)).await.unwrap(),
+        CancelSent::Requested
+    );
+    let request = tokio::time::timeout(std::time::Duration::from_secs(5), requests.next())
+        .await
+        .expect("a cancel request for the running attempt")
+        .unwrap();
+    assert_eq!(request.subject.as_str(), "sluice.cancel.10");
+    let last = bus
+        .last_status(ExecutionId(10), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.report.unwrap().worker, "a");
+
+    // Ended: nothing to do, and nobody is asked.
+    let mut done = claim_of(11, 1, "a");
+    done.status = ExecutionStatus::Succeeded;
+    bus.publish_status(&done).await.unwrap();
+    assert_eq!(
+        bus.cancel(&cancel_of(11, 1)).await.unwrap(),
+        CancelSent::Ended
+    );
+
+    // A second attempt, its first one's end still last on the subject: claimed over it, and
+    // a worker's claim against that end (read before the cancel) is refused.
+    let mut failed = claim_of(12, 1, "a");
+    failed.status = ExecutionStatus::Failed;
+    bus.publish_status(&failed).await.unwrap();
+    let first = bus
+        .last_status(ExecutionId(12), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        bus.cancel(&cancel_of(12, 2)).await.unwrap(),
+        CancelSent::Claimed
+    );
+    assert!(
+        !bus.claim(&claim_of(12, 2, "b"), first.sequence)
+            .await
+            .unwrap()
+    );
+
+    // Only execution 10's request went out.
+    client.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), requests.next())
+            .await
+            .is_err(),
+        "no other cancel request"
+    );
 }
 
 #[tokio::test]

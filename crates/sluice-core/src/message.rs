@@ -146,17 +146,52 @@ impl StatusReport {
         }
     }
 
-    /// `<execution id>.<attempt>.running.<worker>.<claim>`: a claim's id, unique to one
-    /// try (`claim`, a random number the claiming worker draws for it). JetStream answers a
+    /// `<execution id>.<attempt>.running.<worker>.<claim>`, or
+    /// `<execution id>.<attempt>.cancelled.<claim>` for the engine's: a claim's id, unique to
+    /// one try (`claim`, a random number the claimant draws for it). JetStream answers a
     /// duplicate id as stored without checking the claim's expected-last-sequence condition,
     /// so only a repeat of this very publish may be a duplicate: anything else, another
     /// worker's claim, or this worker's claim from an earlier copy of the run message or an
     /// earlier life of the worker, is decided by the condition.
     pub fn claim_id(&self, claim: u64) -> String {
+        if self.worker.is_empty() {
+            return format!(
+                "{}.{}.{}.{claim:016x}",
+                self.execution_id, self.attempt, self.status
+            );
+        }
         format!(
-            "{}.{}.running.{}.{claim:016x}",
-            self.execution_id, self.attempt, self.worker
+            "{}.{}.{}.{}.{claim:016x}",
+            self.execution_id, self.attempt, self.status, self.worker
         )
+    }
+
+    /// The engine's claim of an attempt no worker has claimed yet, which ends it
+    /// `cancelled`: published on the same condition as a worker's claim, so exactly one of
+    /// the two holds the attempt. No worker took it, so `worker` is empty.
+    pub fn cancelled_before_start(
+        execution_id: ExecutionId,
+        attempt: u32,
+        action: ActionRef,
+        partition: Option<u32>,
+    ) -> Self {
+        Self {
+            execution_id,
+            attempt,
+            action,
+            worker: String::new(),
+            status: ExecutionStatus::Cancelled,
+            result: serde_json::json!({ "error": "cancelled before it started" }),
+            at: Utc::now(),
+            result_object: None,
+            partition,
+        }
+    }
+
+    /// Whether the engine wrote this report ([`StatusReport::cancelled_before_start`])
+    /// rather than a worker.
+    pub fn by_engine(&self) -> bool {
+        self.worker.is_empty()
     }
 }
 

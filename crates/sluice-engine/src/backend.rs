@@ -8,8 +8,8 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sluice_bus::{Bus, BusError};
-use sluice_core::{ExecutionId, ExecutionStatus, RunMessage};
+use sluice_bus::{Bus, BusError, CancelSent};
+use sluice_core::{ExecutionId, ExecutionStatus, RunMessage, StatusReport};
 use sluice_store::{NewChild, Store, StoreError, Transition, WorkflowRecord, WorkflowSave};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -90,8 +90,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Vec<Option<ExecutionId>>>, StoreError>>;
     /// The handoff: the run message to the workers.
     fn publish_run<'a>(&'a self, message: &'a RunMessage) -> BoxFuture<'a, Result<(), BusError>>;
-    /// Asks the worker holding the execution to cancel it.
-    fn publish_cancel(&self, id: ExecutionId) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Cancels an attempt handed to the workers ([`Bus::cancel`](sluice_bus::Bus::cancel)):
+    /// `cancelled` claims it if no worker has, else the worker holding it is asked to stop.
+    fn cancel(&self, cancelled: StatusReport) -> BoxFuture<'_, Result<CancelSent, BusError>>;
 }
 
 /// The real store and bus.
@@ -136,6 +137,7 @@ impl Backend for Live {
         Box::pin(async move {
             Ok(self.store.get_execution(id).await?.map(|e| ExecutionState {
                 status: e.status,
+                attempt: e.attempt,
                 result: e.result,
             }))
         })
@@ -162,8 +164,8 @@ impl Backend for Live {
         Box::pin(async move { self.bus.publish_run(message).await.map(drop) })
     }
 
-    fn publish_cancel(&self, id: ExecutionId) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move { self.bus.publish_cancel(id).await.map(drop) })
+    fn cancel(&self, cancelled: StatusReport) -> BoxFuture<'_, Result<CancelSent, BusError>> {
+        Box::pin(async move { self.bus.cancel(&cancelled).await })
     }
 }
 
@@ -171,5 +173,6 @@ impl Backend for Live {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ExecutionState {
     pub(crate) status: ExecutionStatus,
+    pub(crate) attempt: u32,
     pub(crate) result: Option<Value>,
 }

@@ -1,8 +1,9 @@
 //! The completion listener: STATUS stream → store → the action's supervisor.
 //!
-//! The engine only records what workers report. Every update is conditional on the status
-//! and on the report's attempt, so a report that is stale or repeated changes nothing and
-//! tells nobody; a change is passed to the action's supervisor.
+//! The engine records what workers report, and its own cancel of an attempt no worker had
+//! claimed ([`sluice_bus::Bus::cancel`]), which travels the same way. Every update is
+//! conditional on the status and on the report's attempt, so a report that is stale or
+//! repeated changes nothing and tells nobody; a change is passed to the action's supervisor.
 //!
 //! Reports are handled in batches: the batch's updates are applied in order in one
 //! transaction (group commit), and each report is acknowledged once that has committed. An
@@ -76,6 +77,14 @@ pub(crate) async fn handle_statuses(shared: &Shared, settle: &Settle, batch: Vec
         if report.status != ExecutionStatus::Running && !report.status.is_terminal() {
             let reason = format!(
                 "status {} is set by the engine only; a worker cannot report it",
+                report.status
+            );
+            settle.dead(&message, reason).instrument(span).await;
+            continue;
+        }
+        if report.by_engine() && report.status != ExecutionStatus::Cancelled {
+            let reason = format!(
+                "a {} report must name its worker; only the engine's cancel names none",
                 report.status
             );
             settle.dead(&message, reason).instrument(span).await;
@@ -176,7 +185,8 @@ fn transition(r: &Received) -> Transition {
         to: report.status,
         attempt: Some(report.attempt),
         result: terminal.then(|| r.result.clone()),
-        worker: Some(report.worker.clone()),
+        // The engine's cancel of an attempt no worker claimed names no worker.
+        worker: (!report.by_engine()).then(|| report.worker.clone()),
         at: report.at,
         started: None,
     }

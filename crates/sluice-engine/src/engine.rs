@@ -12,7 +12,7 @@ use sluice_bus::datastore::Datastore;
 use sluice_bus::timers::TimerState;
 use sluice_bus::{Bus, BusError, ExecutionTokens, RunSigner, Settle, names};
 use sluice_core::secrets::Keyring;
-use sluice_core::{ActionRef, ExecutionId, ExecutionStatus};
+use sluice_core::{ActionRef, ExecutionId, ExecutionStatus, StatusReport};
 use sluice_pack::datastore::{Kv, opened_during};
 use sluice_pack::{Catalog, params};
 use sluice_store::{ApiRule, Resealed, RuleSwitch, Store};
@@ -946,7 +946,8 @@ impl Engine {
     }
 
     /// Cancels an execution, following the ownership model: one not yet handed to a worker
-    /// is cancelled here; one a worker holds is cancelled by that worker, which is asked.
+    /// is cancelled here; one handed off that no worker has claimed is claimed by the
+    /// engine's cancel; one a worker holds is cancelled by that worker, which is asked.
     pub async fn cancel(&self, id: ExecutionId) -> Result<CancelOutcome, CancelError> {
         let execution = self
             .shared
@@ -975,9 +976,19 @@ impl Engine {
         {
             return Ok(CancelOutcome::Cancelled);
         }
+        let partition = self
+            .partitions
+            .as_ref()
+            .map(|p| sluice_core::partition::partition_of(&execution.action, p.count));
+        let cancelled = StatusReport::cancelled_before_start(
+            id,
+            execution.attempt,
+            execution.action.clone(),
+            partition,
+        );
         self.shared
             .bus
-            .publish_cancel(id)
+            .cancel(&cancelled)
             .await
             .map_err(CancelError::Bus)?;
         Ok(CancelOutcome::Requested)

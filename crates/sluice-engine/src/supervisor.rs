@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
-use sluice_core::{ExecutionId, ExecutionStatus};
+use sluice_core::{ExecutionId, ExecutionStatus, StatusReport};
 use sluice_pack::Action;
 use sluice_pack::model::OnFull;
 use sluice_store::Transition;
@@ -353,9 +353,15 @@ impl ActionSupervisor {
             tell_parent(state, id, pending.parent);
             return Ok(CancelOutcome::Cancelled);
         }
-        if !state.children.contains_key(&id) {
+        // Every child's execution is admitted, with its attempt.
+        let Some(attempt) = state
+            .children
+            .contains_key(&id)
+            .then(|| state.admitted.get(&id).map(|pending| pending.attempt))
+            .flatten()
+        else {
             return Ok(CancelOutcome::NotHere);
-        }
+        };
         // Admitted but maybe not handed off: the engine still owns it, and its child stops
         // when it finds the status changed.
         if store
@@ -377,7 +383,14 @@ impl ActionSupervisor {
                 CancelOutcome::NotHere
             });
         }
-        state.ctx.backend.publish_cancel(id).await?;
+        let cancelled = StatusReport::cancelled_before_start(
+            id,
+            attempt,
+            state.action.action_ref.clone(),
+            state.ctx.partition_of(&state.action.action_ref),
+        );
+        // A claimed cancel ends the execution when its report is recorded, as a worker's.
+        state.ctx.backend.cancel(cancelled).await?;
         Ok(CancelOutcome::Requested)
     }
 

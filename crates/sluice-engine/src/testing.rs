@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_bus::BusError;
-use sluice_core::{ExecutionId, ExecutionStatus, RunMessage};
+use sluice_bus::{BusError, CancelSent};
+use sluice_core::{ExecutionId, ExecutionStatus, RunMessage, StatusReport};
 use sluice_store::{NewChild, StoreError, Transition, WorkflowChild, WorkflowRecord, WorkflowSave};
 
 use crate::backend::{Backend, BoxFuture, ExecutionState};
@@ -42,6 +42,7 @@ impl Fake {
         let mut executions = lock(&self.executions);
         let execution = executions.entry(ExecutionId(id)).or_insert(ExecutionState {
             status,
+            attempt: 1,
             result: None,
         });
         execution.status = status;
@@ -185,6 +186,7 @@ impl Backend for Fake {
                     child_id,
                     ExecutionState {
                         status: ExecutionStatus::Requested,
+                        attempt: 1,
                         result: None,
                     },
                 );
@@ -214,10 +216,10 @@ impl Backend for Fake {
         })
     }
 
-    fn publish_cancel(&self, id: ExecutionId) -> BoxFuture<'_, Result<(), BusError>> {
+    fn cancel(&self, cancelled: StatusReport) -> BoxFuture<'_, Result<CancelSent, BusError>> {
         Box::pin(async move {
-            lock(&self.cancels).push(id.0);
-            Ok(())
+            lock(&self.cancels).push(cancelled.execution_id.0);
+            Ok(CancelSent::Requested)
         })
     }
 }

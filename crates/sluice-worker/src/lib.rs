@@ -17,7 +17,8 @@
 //! The worker publishes a heartbeat every `heartbeat_interval` with what it is running; the
 //! engine declares its executions lost when the heartbeats stop. Cancel requests arrive on
 //! `sluice.cancel.<id>`: a running execution has its process group killed and ends
-//! `cancelled`; one not started yet finds the request before it starts.
+//! `cancelled`. One no worker has claimed yet is cancelled by the engine's own claim of its
+//! status subject, and a worker's claim of it then fails.
 
 mod child_env;
 pub mod forkserver;
@@ -242,10 +243,6 @@ struct RunArgs {
     permit: OwnedSemaphorePermit,
 }
 
-/// How many more times a worker that claimed an attempt looks for its cancel request
-/// after a look failed, before it ends the attempt `failed` unrun.
-const CANCEL_LOOKS: usize = 8;
-
 /// How many times a worker reads an execution's status subject and tries to claim it
 /// before it gives the message back: another message landing between the read and the
 /// claim makes it read again.
@@ -465,48 +462,20 @@ impl RunActor {
     /// arrive more than once — redelivered after `ack_wait`, or published again by an engine
     /// restarted after the deduplication window — and possibly to two workers at once; the
     /// claim is a `running` report published only if the execution's status subject is
-    /// unchanged since it was read, so exactly one worker wins.
+    /// unchanged since it was read, so exactly one worker wins. The engine cancels an
+    /// attempt no worker has claimed by claiming it the same way, with a `cancelled` report
+    /// ([`sluice_bus::Bus::cancel`]): a worker's claim then fails, and the report read back
+    /// ends the attempt for this worker too.
     ///
     /// A first attempt's status subject is empty until someone claims it, so a first
-    /// attempt claims against an empty subject without reading it first, while it looks for
-    /// a cancel request: the two requests travel side by side. A claim that wins against a
-    /// cancel request ends the attempt `cancelled` at once, its process never started. If
-    /// the subject is not empty after all (another worker claimed, or this attempt ran
+    /// attempt claims against an empty subject without reading it first. If the subject is
+    /// not empty after all (another worker or the engine claimed, or this attempt ran
     /// before), that claim is refused and the reports are read as for any other attempt.
     async fn claim(state: &RunState) -> Result<Claim, sluice_bus::BusError> {
         let bus = &state.shared.bus;
         let (id, attempt) = (state.run.execution_id, state.run.attempt);
-        // Whether a cancel request exists, once looked up: one look per run message.
-        let mut cancel = None;
-        if attempt == 1 {
-            let (requested, claimed) =
-                tokio::join!(bus.cancel_requested(id), Self::try_claim(state, 0));
-            let claimed = claimed?;
-            let requested = match requested {
-                Ok(requested) => requested,
-                Err(e) if !claimed => return Err(e),
-                // Claimed, the attempt is this worker's to end: it cannot hand the message
-                // back, so it asks again until it knows, and never runs what it cannot check.
-                Err(e) => match Self::cancel_known(state, e).await {
-                    Ok(requested) => requested,
-                    Err(e) => {
-                        let error = format!(
-                            "worker {} cannot look for a cancel request: {e}",
-                            state.shared.name
-                        );
-                        return Ok(Claim::Finish(
-                            ExecutionStatus::Failed,
-                            json!({ "error": error }),
-                        ));
-                    }
-                },
-            };
-            cancel = Some(requested);
-            match (claimed, requested) {
-                (true, false) => return Ok(Claim::Claimed),
-                (true, true) => return Ok(Self::cancelled_before_start(id)),
-                (false, _) => {}
-            }
+        if attempt == 1 && Self::try_claim(state, 0).await? {
+            return Ok(Claim::Claimed);
         }
         for _ in 0..CLAIM_TRIES {
             let last = bus.last_status(id, state.run.partition).await?;
@@ -523,6 +492,10 @@ impl RunActor {
             if let Some(last) = report {
                 if last.attempt > attempt {
                     return Ok(Claim::Settled("an attempt newer than this one exists"));
+                }
+                if last.attempt == attempt && last.by_engine() {
+                    info!(execution_id = %id, "cancelled before it started");
+                    return Ok(Claim::Settled("the engine cancelled this attempt"));
                 }
                 if last.attempt == attempt && last.status.is_terminal() {
                     return Ok(Claim::Settled("this attempt already completed"));
@@ -541,51 +514,13 @@ impl RunActor {
                     ));
                 }
             }
-            let requested = match cancel {
-                Some(requested) => requested,
-                None => *cancel.insert(bus.cancel_requested(id).await?),
-            };
-            if requested {
-                return Ok(Self::cancelled_before_start(id));
-            }
             if Self::try_claim(state, expected).await? {
                 return Ok(Claim::Claimed);
             }
         }
         Err(sluice_bus::BusError::NotLast {
-            subject: sluice_bus::status_subject(state.run.partition, id),
+            subject: sluice_bus::status_subject(state.run.partition, state.run.execution_id),
         })
-    }
-
-    fn cancelled_before_start(id: ExecutionId) -> Claim {
-        info!(execution_id = %id, "cancelled before it started");
-        Claim::Finish(
-            ExecutionStatus::Cancelled,
-            json!({ "error": "cancelled before it started" }),
-        )
-    }
-
-    /// Whether a cancel request exists, after a look that failed with `error`: asked again
-    /// while the failure is a passing one, at most [`CANCEL_LOOKS`] times (16 s of waits),
-    /// holding on to the run message meanwhile.
-    async fn cancel_known(
-        state: &RunState,
-        mut error: sluice_bus::BusError,
-    ) -> Result<bool, sluice_bus::BusError> {
-        let id = state.run.execution_id;
-        let mut delay = Duration::from_millis(100);
-        for _ in 0..CANCEL_LOOKS {
-            if !error.is_transient() {
-                break;
-            }
-            debug!(execution_id = %id, error = %error, "cancel request still unknown");
-            Self::wait_holding(state, &mut delay).await;
-            match state.shared.bus.cancel_requested(id).await {
-                Ok(requested) => return Ok(requested),
-                Err(e) => error = e,
-            }
-        }
-        Err(error)
     }
 
     /// Publishes this worker's claim if `expected` is still the last sequence on the

@@ -10,7 +10,7 @@
 //! | user | may |
 //! |---|---|
 //! | `engine` | everything |
-//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status and cancel request of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store, put results too large for a report in the results object store, ask an engine for its actions' datastore requests (`sluice.datastore.request`). Not publish run messages, not read triggers, not write the datastore bucket itself |
+//! | `worker` | take run messages from the `workers` consumer and settle them, read the last status of an execution, publish status reports, heartbeats, live output and run dead letters, hear cancel requests, read the datastore and the packs object store, put results too large for a report in the results object store, ask an engine for its actions' datastore requests (`sluice.datastore.request`). Not publish run messages, not read triggers, not write the datastore bucket itself |
 //! | `publisher` | publish triggers (`sluice.trigger.>`), nothing else; its URL is in `<data-dir>/nats-publisher.url` for `sluice trigger` and `nats pub` |
 
 use std::net::TcpStream;
@@ -63,11 +63,11 @@ impl Role {
         publish: { allow: [
           "sluice.status.>", "sluice.heartbeat.>", "sluice.output.>", "sluice.deadletter.run",
           "sluice.datastore.request",
-          "$JS.API.STREAM.INFO.RUN", "$JS.API.STREAM.INFO.STATUS", "$JS.API.STREAM.INFO.CONTROL",
+          "$JS.API.STREAM.INFO.RUN", "$JS.API.STREAM.INFO.STATUS",
           "$JS.API.CONSUMER.INFO.RUN.workers", "$JS.API.CONSUMER.MSG.NEXT.RUN.workers",
           "$JS.ACK.RUN.workers.>",
-          "$JS.API.STREAM.MSG.GET.STATUS", "$JS.API.STREAM.MSG.GET.CONTROL",
-          "$JS.API.DIRECT.GET.STATUS.>", "$JS.API.DIRECT.GET.CONTROL.>",
+          "$JS.API.STREAM.MSG.GET.STATUS",
+          "$JS.API.DIRECT.GET.STATUS.>",
           "$JS.API.STREAM.INFO.KV_sluice-datastore", "$JS.API.STREAM.MSG.GET.KV_sluice-datastore",
           "$JS.API.DIRECT.GET.KV_sluice-datastore.>",
           "$JS.API.STREAM.INFO.OBJ_sluice-packs", "$JS.API.STREAM.MSG.GET.OBJ_sluice-packs",

@@ -813,9 +813,9 @@ fn ends(execution: &Value) -> usize {
         .count()
 }
 
-/// The run message is out and no worker has it when the cancel comes. The worker that
-/// takes it later claims the attempt and looks for a cancel request at the same time; the
-/// claim wins, and the attempt still ends `cancelled` without its process ever starting.
+/// The run message is out and no worker has it when the cancel comes. The engine claims
+/// the attempt with its cancel; the worker that takes the message later finds its claim
+/// refused, and the attempt ends `cancelled` without its process ever starting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_cancelled_before_any_worker_took_it_ends_cancelled_and_never_runs() {
     let mut cluster = Cluster::new(PACK);
@@ -834,13 +834,21 @@ async fn an_execution_cancelled_before_any_worker_took_it_ends_cancelled_and_nev
     assert_eq!(status, 202, "{answer}");
     assert_eq!(
         answer["cancel"], "requested",
-        "a handed-off execution is cancelled by the worker that takes it: {answer}"
+        "a handed-off execution's cancel is recorded from its report: {answer}"
     );
     cluster.start_worker("w", 2);
     let ended = ended(&cluster, "the cancel to end it", id).await;
     assert_eq!(ended["status"], "cancelled", "{ended}");
     assert_eq!(ended["result"]["error"], "cancelled before it started");
     assert_eq!(ends(&ended), 1, "one end: {ended}");
+    assert!(ended["worker"].is_null(), "no worker took it: {ended}");
+    let history: Vec<&str> = ended["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert!(!history.contains(&"running"), "never claimed: {history:?}");
     // The worker goes on: the next execution runs there, and the cancelled one never did.
     let next = a_next_pause_succeeds(&cluster).await;
     let log = std::fs::read_to_string(cluster.dir.path().join("packs/t/slow.log")).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sluice_core::{ExecutionId, ExecutionStatus};
+use sluice_core::{ExecutionId, ExecutionStatus, StatusReport};
 use sluice_pack::Action;
 use sluice_store::{NewChild, StoreError, Transition, WorkflowSave};
 use sluice_telemetry::TraceContext;
@@ -276,10 +276,23 @@ impl WorkflowActor {
                         state.ctx.directory.tell_parent(state.id, child);
                         Ok(())
                     }
-                    Ok(false) => backend
-                        .publish_cancel(child)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    Ok(false) => match backend.state(child).await {
+                        Ok(Some(known)) if !known.status.is_terminal() => {
+                            let cancelled = StatusReport::cancelled_before_start(
+                                child,
+                                known.attempt,
+                                action.clone(),
+                                state.ctx.partition_of(action),
+                            );
+                            backend
+                                .cancel(cancelled)
+                                .await
+                                .map(drop)
+                                .map_err(|e| e.to_string())
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    },
                     Err(e) => Err(e.to_string()),
                 };
                 if let Err(e) = cancelled {
