@@ -526,13 +526,14 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
     let not_msgpack = b"\xc1 not a message".to_vec();
     let json_shaped = br#"{"execution_id": 1, "status": "succeeded"}"#.to_vec();
     let wrong_type = rmp_serde::to_vec(&7u32).unwrap();
-    let report = |id: i64, status: &str| {
+    let report_by = |id: i64, status: &str, worker: &str| {
         rmp_serde::to_vec_named(&json!({
-            "execution_id": id, "attempt": 1, "action": "core.noop", "worker": "worker/evil",
+            "execution_id": id, "attempt": 1, "action": "core.noop", "worker": worker,
             "status": status, "result": null, "at": "2026-01-01T00:00:00Z",
         }))
         .unwrap()
     };
+    let report = |id: i64, status: &str| report_by(id, status, "worker/evil");
 
     // Triggers: each is a rejected event with its reason.
     let mut headers = async_nats::HeaderMap::new();
@@ -572,6 +573,8 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
     }
     publish("sluice.status.998", report(998, "scheduled")).await;
     publish("sluice.status.997", report(997, "succeeded")).await;
+    // Only the engine's cancel of an unclaimed attempt names no worker.
+    publish("sluice.status.996", report_by(996, "succeeded", "")).await;
     publish("sluice.deadletter.run", not_msgpack.clone()).await;
     // Core NATS subjects: heartbeats and cancel requests.
     for subject in [
@@ -602,10 +605,10 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
         assert!(refused.contains("payload"), "{subject}: {refused}");
     }
 
-    let dead = eventually("eight dead letters", Duration::from_secs(30), || async {
+    let dead = eventually("nine dead letters", Duration::from_secs(30), || async {
         let (_, list) = sluice.get("/api/v1/dead-letters").await;
         let list = list.as_array().unwrap().clone();
-        (list.len() >= 8).then_some(list)
+        (list.len() >= 9).then_some(list)
     })
     .await;
     let by_stream =
@@ -627,7 +630,7 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
         );
     }
     let status = by_stream("STATUS");
-    assert_eq!(status.len(), 4, "{dead:#?}");
+    assert_eq!(status.len(), 5, "{dead:#?}");
     let reasons: Vec<&str> = status
         .iter()
         .map(|d| d["reason"].as_str().unwrap())
@@ -647,6 +650,12 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
         "{reasons:?}"
     );
     assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("a succeeded report must name its worker")),
+        "{reasons:?}"
+    );
+    assert!(
         status
             .iter()
             .all(|d| d["payload_size"].as_u64().unwrap() > 0)
@@ -659,7 +668,7 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
             .unwrap()
             .starts_with("unreadable dead letter")
     );
-    assert_eq!(dead.len(), 8, "{dead:#?}");
+    assert_eq!(dead.len(), 9, "{dead:#?}");
 
     let (_, events) = sluice.get("/api/v1/events").await;
     let reasons: Vec<&str> = events
@@ -712,10 +721,10 @@ async fn poison_on_every_subject_is_rejected_or_dead_lettered_once_and_nothing_s
     let metrics = sluice.metrics().await;
     assert_eq!(
         metric(&metrics, "sluice_dead_letters_total"),
-        8,
+        9,
         "{metrics}"
     );
-    assert_eq!(metric(&metrics, "sluice_terms_total"), 7, "{metrics}");
+    assert_eq!(metric(&metrics, "sluice_terms_total"), 8, "{metrics}");
     assert_eq!(metric(&metrics, "sluice_naks_total"), 0, "{metrics}");
     assert!(
         metric(&metrics, "sluice_stale_reports_ignored_total") >= 1,
