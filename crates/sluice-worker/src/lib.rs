@@ -120,6 +120,8 @@ pub struct Worker {
     background: Vec<JoinHandle<()>>,
     capacity: usize,
     slots: Arc<Semaphore>,
+    /// The connection, flushed at the end of a shutdown so the last acks reach the server.
+    client: async_nats::Client,
 }
 
 enum RunSupervisorMsg {
@@ -575,9 +577,10 @@ impl RunActor {
     ) {
         let report = Self::completion(state, status, result).await;
         Self::publish(state, &report).await;
-        if let Err(e) = state.shared.settle.double_ack(&state.message).await {
-            warn!(execution_id = %report.execution_id, error = %e, "run message ack not confirmed; a redelivery will find the completion");
-        }
+        // The completion is stored: an ack lost on its way brings the message back after
+        // `ack_wait`, and the claim of that copy finds the attempt completed. So the ack
+        // needs no confirmation to wait for.
+        state.shared.settle.ack(&state.message).await;
         info!(execution_id = %report.execution_id, action = %report.action, status = %report.status, "execution finished");
         myself.stop(None);
     }
@@ -832,6 +835,7 @@ impl Worker {
             running: Mutex::new(BTreeSet::new()),
             held: Mutex::new(HashMap::new()),
         });
+        let client = shared.bus.client().clone();
         let (supervisor, _) =
             Actor::spawn(Some(config.name.clone()), RunSupervisor, shared.clone())
                 .await
@@ -864,6 +868,7 @@ impl Worker {
             background,
             capacity,
             slots,
+            client,
         })
     }
 
@@ -894,6 +899,9 @@ impl Worker {
             .await;
         for task in self.background {
             let _ = task.await;
+        }
+        if let Err(e) = self.client.flush().await {
+            warn!(error = %e, "the last acks may not have reached nats-server; their messages come back and find their attempts ended");
         }
     }
 }
