@@ -259,19 +259,7 @@ pub fn write_json(path: &Path, summary: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The checked-out commit, when run from a git checkout.
+/// The commit this binary was built from (`unknown` outside a git checkout).
 pub fn commit() -> String {
-    std::process::Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
+    env!("SLUICE_LOAD_COMMIT").to_owned()
 }
