@@ -851,13 +851,11 @@ async fn an_execution_cancelled_before_any_worker_took_it_ends_cancelled_and_nev
     assert_eq!(ended["result"]["error"], "cancelled before it started");
     assert_eq!(ends(&ended), 1, "one end: {ended}");
     assert!(ended["worker"].is_null(), "no worker took it: {ended}");
-    let history: Vec<&str> = ended["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["status"].as_str().unwrap())
-        .collect();
-    assert!(!history.contains(&"running"), "never claimed: {history:?}");
+    let history = statuses(&ended);
+    assert!(
+        !history.iter().any(|s| s == "running"),
+        "never claimed: {history:?}"
+    );
     // The worker goes on: the next execution runs there, and the cancelled one never did.
     let next = a_next_pause_succeeds(&cluster).await;
     let log = std::fs::read_to_string(cluster.dir.path().join("packs/t/slow.log")).unwrap();
