@@ -612,15 +612,15 @@ impl Bus {
                 Some(LastStatus {
                     report: Ok(last), ..
                 }) if last.attempt >= attempt => {
-                    return Ok(if last.attempt > attempt || last.status.is_terminal() {
-                        if last.attempt == attempt && last.by_engine() {
-                            CancelSent::Claimed
-                        } else {
-                            CancelSent::Ended
-                        }
-                    } else {
+                    return Ok(if last.attempt > attempt {
+                        CancelSent::Ended
+                    } else if !last.status.is_terminal() {
                         self.publish_cancel(id).await?;
                         CancelSent::Requested
+                    } else if last.by_engine() {
+                        CancelSent::Claimed
+                    } else {
+                        CancelSent::Ended
                     });
                 }
                 // A report of an earlier attempt, or a message no worker wrote: the attempt

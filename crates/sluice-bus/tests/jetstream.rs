@@ -5,7 +5,7 @@ mod common;
 use chrono::Utc;
 use common::run_message;
 use futures::StreamExt as _;
-use sluice_bus::{Bus, CancelSent, Published};
+use sluice_bus::{Bus, CancelSent, LastStatus, Published};
 use sluice_core::{ExecutionId, ExecutionStatus, StatusReport};
 use sluice_testkit::NatsServer;
 
@@ -89,11 +89,7 @@ async fn the_last_status_of_an_execution_can_be_read_back() {
         Published::Duplicate,
         "one completion per execution"
     );
-    let last = bus
-        .last_status(ExecutionId(5), None)
-        .await
-        .unwrap()
-        .unwrap();
+    let last = last_of(&bus, 5).await;
     assert_eq!(last.report.unwrap().status, ExecutionStatus::Succeeded);
     assert_eq!(last.sequence, 2);
 }
@@ -175,6 +171,14 @@ async fn a_partition_s_reports_reach_its_own_consumer() {
     );
 }
 
+/// The last message on execution `id`'s status subject, which must exist.
+async fn last_of(bus: &Bus, id: i64) -> LastStatus {
+    bus.last_status(ExecutionId(id), None)
+        .await
+        .unwrap()
+        .expect("a message on the status subject")
+}
+
 fn claim_of(id: i64, attempt: u32, worker: &str) -> StatusReport {
     StatusReport {
         execution_id: ExecutionId(id),
@@ -215,11 +219,7 @@ async fn of_two_workers_claiming_one_attempt_exactly_one_wins() {
         !bus.claim(&claim("a"), 0).await.unwrap(),
         "a's second try must not pass as its first"
     );
-    let last = bus
-        .last_status(ExecutionId(8), None)
-        .await
-        .unwrap()
-        .unwrap();
+    let last = last_of(&bus, 8).await;
     assert_eq!(last.report.unwrap().worker, "a");
     // A claim against the current last sequence goes through (a retry after a lost worker).
     let mut retry = claim("b");
@@ -244,11 +244,7 @@ async fn the_engine_s_cancel_and_a_worker_s_claim_exclude_each_other() {
         !bus.claim(&claim_of(9, 1, "a"), 0).await.unwrap(),
         "a cancelled attempt is claimed"
     );
-    let last = bus
-        .last_status(ExecutionId(9), None)
-        .await
-        .unwrap()
-        .unwrap();
+    let last = last_of(&bus, 9).await;
     let last = last.report.unwrap();
     assert!(last.by_engine());
     assert_eq!(last.status, ExecutionStatus::Cancelled);
@@ -269,11 +265,7 @@ async fn the_engine_s_cancel_and_a_worker_s_claim_exclude_each_other() {
         .expect("a cancel request for the running attempt")
         .unwrap();
     assert_eq!(request.subject.as_str(), "sluice.cancel.10");
-    let last = bus
-        .last_status(ExecutionId(10), None)
-        .await
-        .unwrap()
-        .unwrap();
+    let last = last_of(&bus, 10).await;
     assert_eq!(last.report.unwrap().worker, "a");
 
     // Ended: nothing to do, and nobody is asked.
@@ -290,11 +282,7 @@ async fn the_engine_s_cancel_and_a_worker_s_claim_exclude_each_other() {
     let mut failed = claim_of(12, 1, "a");
     failed.status = ExecutionStatus::Failed;
     bus.publish_status(&failed).await.unwrap();
-    let first = bus
-        .last_status(ExecutionId(12), None)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = last_of(&bus, 12).await;
     assert_eq!(
         bus.cancel(&cancel_of(12, 2)).await.unwrap(),
         CancelSent::Claimed

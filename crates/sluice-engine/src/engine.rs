@@ -441,7 +441,7 @@ impl Engine {
         if partitions.owns(action) {
             return None;
         }
-        let partition = sluice_core::partition::partition_of(action, partitions.count);
+        let partition = partitions.partition_of(action);
         Some((partition, self.partition_holder(partition).await))
     }
 
@@ -979,7 +979,7 @@ impl Engine {
         let partition = self
             .partitions
             .as_ref()
-            .map(|p| sluice_core::partition::partition_of(&execution.action, p.count));
+            .map(|p| p.partition_of(&execution.action));
         let cancelled = StatusReport::cancelled_before_start(
             id,
             execution.attempt,

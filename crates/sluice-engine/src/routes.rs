@@ -25,9 +25,14 @@ pub struct Partitioned {
 }
 
 impl Partitioned {
+    /// The partition `action` belongs to.
+    pub fn partition_of(&self, action: &ActionRef) -> u32 {
+        partition_of(action, self.count)
+    }
+
     /// Whether this engine owns `action`.
     pub fn owns(&self, action: &ActionRef) -> bool {
-        self.held.contains_key(&partition_of(action, self.count))
+        self.held.contains_key(&self.partition_of(action))
     }
 }
 

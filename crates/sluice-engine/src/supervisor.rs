@@ -356,9 +356,9 @@ impl ActionSupervisor {
         // Every child's execution is admitted, with its attempt.
         let Some(attempt) = state
             .children
-            .contains_key(&id)
-            .then(|| state.admitted.get(&id).map(|pending| pending.attempt))
-            .flatten()
+            .get(&id)
+            .and(state.admitted.get(&id))
+            .map(|pending| pending.attempt)
         else {
             return Ok(CancelOutcome::NotHere);
         };

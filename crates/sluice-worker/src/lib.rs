@@ -521,7 +521,7 @@ impl RunActor {
             }
         }
         Err(sluice_bus::BusError::NotLast {
-            subject: sluice_bus::status_subject(state.run.partition, state.run.execution_id),
+            subject: sluice_bus::status_subject(state.run.partition, id),
         })
     }
 
